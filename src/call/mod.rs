@@ -1,0 +1,631 @@
+//! The B2BUA: one task per call, owning both legs.
+//!
+//! Room: the call. A call task owns the caller's leg (A, the trunk side), the
+//! agent's leg (B), their dialogs and the media relay. It hears about its
+//! legs only through [`CallEvent`]s from its SIP worker, and speaks only by
+//! sending [`WorkerInput`]s back, so no lock is shared with anyone. Its life:
+//!
+//! 1. ringing: the caller hears 180 while agents of the route's queue are
+//!    tried one at a time, longest idle first, each for `ring_timeout`
+//!    (486, 480, no answer or a transport timeout → the next agent);
+//! 2. answered: the agent's 200 is ACKed, the caller gets 200 with our SDP,
+//!    and the relay carries RTP both ways;
+//! 3. ended: by BYE from either side (the other leg gets BYE), CANCEL from the
+//!    caller before answer (the agent's INVITE is cancelled), silence on a
+//!    leg for `rtp_timeout`, or a 2xx the caller never ACKed.
+//!
+//! re-INVITEs (hold and resume) are passed across: the other leg gets our
+//! offer with the same direction, and the answer comes back the same way.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::acd::{Reservation, SeatContact};
+use crate::media::relay::{self, Relay, RelayCmd, Side};
+use crate::media::sdp::{self, AudioOffer, Direction};
+use crate::server::{now_unix, Shared, WorkerInput};
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Method, OutgoingRequest, Request, Response};
+use crate::sip::transaction::TxKey;
+use crate::sip::{random_token, Peer};
+use crate::store::Route;
+
+/// What a call hears from its worker.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// A request in one of the call's dialogs (or a retransmitted INVITE).
+    Request {
+        /// Server transaction to answer on.
+        key: TxKey,
+        /// The request.
+        request: Box<Request>,
+        /// Source.
+        peer: Peer,
+    },
+    /// The caller ACKed our 2xx.
+    Ack,
+    /// The caller cancelled the INVITE.
+    Cancelled,
+    /// A response to a request we sent (`key` is `None` for a stray 2xx retransmission).
+    Response {
+        /// The client transaction, if it still exists.
+        key: Option<TxKey>,
+        /// The response.
+        response: Box<Response>,
+    },
+    /// One of our requests got no answer (Timer B/F).
+    Timeout {
+        /// The client transaction.
+        key: TxKey,
+    },
+    /// The caller never ACKed our 2xx.
+    AckTimeout,
+}
+
+/// What a call needs from the server.
+pub struct CallCtx {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Our worker.
+    pub worker: mpsc::Sender<WorkerInput>,
+    /// Its index (new Call-IDs must hash to it).
+    pub worker_index: usize,
+    /// Our own event sender (given to the worker for our requests).
+    pub events_tx: mpsc::Sender<CallEvent>,
+}
+
+/// One side of the bridge.
+struct Leg {
+    side: Side,
+    dialog: Dialog,
+    peer: Peer,
+    /// Our media address facing this leg.
+    media: SocketAddr,
+    /// SDP version we last sent this leg.
+    sdp_version: u64,
+    /// A re-INVITE from this leg waiting for the other leg's answer.
+    pending: Option<(TxKey, Box<Request>)>,
+    /// Key of our own re-INVITE to this leg, while it is outstanding.
+    our_reinvite: Option<(TxKey, u32)>,
+}
+
+/// Why the call ended, for the log line.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    CallerHungUp,
+    AgentHungUp,
+    CallerCancelled,
+    NoAgent,
+    RtpTimeout,
+    AckTimeout,
+    Refused,
+}
+
+struct Call {
+    ctx: CallCtx,
+    events: mpsc::Receiver<CallEvent>,
+    silent: mpsc::Receiver<Side>,
+    relay: Relay,
+    /// The caller's INVITE transaction and the INVITE.
+    a_key: TxKey,
+    invite: Request,
+    a_tag: String,
+    session_id: u64,
+    /// Codec both legs use (from the agent's answer).
+    codec: u8,
+    telephone_event: Option<u8>,
+    /// Where the caller's INVITE came from.
+    a_peer: Peer,
+    /// The caller cancelled while agents were ringing.
+    caller_gone: bool,
+    /// An agent leg we gave up on while it rang; a late 2xx from it is ACKed and BYEd.
+    abandoned: Option<(Dialog, Peer)>,
+}
+
+/// Runs a call from the caller's INVITE to its end.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    ctx: CallCtx,
+    events: mpsc::Receiver<CallEvent>,
+    a_key: TxKey,
+    invite: Request,
+    a_peer: Peer,
+    route: Route,
+    dialed: String,
+    caller_agent: Option<String>,
+) {
+    let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue);
+    async move {
+        let shared = ctx.shared.clone();
+        shared.live_calls.fetch_add(1, Ordering::Relaxed);
+        let a_call_id = invite.core.call_id.clone();
+        let caller = invite.core.from.user.clone().unwrap_or_default();
+        info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
+        let worker = ctx.worker.clone();
+        let end = start(ctx, events, a_key, invite, a_peer, &route).await;
+        info!(reason = ?end, "call ended");
+        let _ = worker.send(WorkerInput::Unbind { call_id: a_call_id }).await;
+        shared.live_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+    .instrument(span)
+    .await
+}
+
+fn respond(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16, extra: &[(&str, &str)], body: &[u8]) {
+    let bytes = req.response(status, Some(tag), extra, body);
+    let _ = ctx.worker.try_send(WorkerInput::Respond {
+        key: key.clone(),
+        status,
+        bytes: Bytes::from(bytes),
+    });
+}
+
+async fn start(
+    ctx: CallCtx,
+    events: mpsc::Receiver<CallEvent>,
+    a_key: TxKey,
+    invite: Request,
+    a_peer: Peer,
+    route: &Route,
+) -> End {
+    let a_tag = random_token();
+    let offer = match sdp::parse_audio(&invite.body) {
+        Ok(o) => o,
+        Err(e) => {
+            info!(error = %e, "caller's offer refused");
+            let warning = format!("399 yihaotong \"{e}\"");
+            respond(&ctx, &a_key, &invite, &a_tag, 488, &[("Warning", &warning)], b"");
+            return End::Refused;
+        }
+    };
+    let settings = &ctx.shared.settings;
+    let (silent_tx, silent) = mpsc::channel(2);
+    let Some(relay) = relay::spawn(
+        ctx.shared.ports.clone(),
+        Duration::from_secs(settings.rtp.rtp_timeout.max(1)),
+        silent_tx,
+    ) else {
+        warn!("no RTP ports left");
+        respond(&ctx, &a_key, &invite, &a_tag, 503, &[("Retry-After", "10")], b"");
+        return End::Refused;
+    };
+    let _ = relay.cmd.send(RelayCmd::Remote(Side::A, offer.addr)).await;
+    let mut call = Call {
+        ctx,
+        events,
+        silent,
+        relay,
+        a_key,
+        invite,
+        a_tag,
+        session_id: rand::random::<u32>() as u64,
+        codec: offer.codecs[0],
+        telephone_event: offer.telephone_event,
+        a_peer,
+        caller_gone: false,
+        abandoned: None,
+    };
+    let Some((reservation, b_leg)) = call.ring_agents(&offer, route).await else {
+        return if call.caller_gone { End::CallerCancelled } else { End::NoAgent };
+    };
+    let a_leg = Leg {
+        side: Side::A,
+        dialog: Dialog::uas(&call.invite, &call.a_tag),
+        peer: a_peer,
+        media: call.relay.a_addr,
+        sdp_version: 1,
+        pending: None,
+        our_reinvite: None,
+    };
+    let end = call.bridged(a_leg, b_leg).await;
+    call.ctx.shared.seats.release(reservation);
+    end
+}
+
+/// The outcome of offering the call to one agent.
+enum Offer {
+    Answered(Box<Leg>),
+    Next,
+    CallerGone,
+}
+
+impl Call {
+    fn a_respond(&self, status: u16, extra: &[(&str, &str)], body: &[u8]) {
+        respond(&self.ctx, &self.a_key, &self.invite, &self.a_tag, status, extra, body);
+    }
+
+    fn contact(&self, peer: &Peer) -> String {
+        format!("<sip:yihaotong@{};transport={}>", self.ctx.shared.host, peer.transport.via_token().to_ascii_lowercase())
+    }
+
+    fn our_sdp(&self, media: SocketAddr, version: u64, direction: Direction) -> String {
+        sdp::write(self.session_id, version, media, &[self.codec], self.telephone_event, direction)
+    }
+
+    /// A Call-ID that our own worker owns, so the agent's replies come to us.
+    fn new_call_id(&self) -> String {
+        let n = self.ctx.shared.workers.len();
+        loop {
+            let id = format!("{}-b@yihaotong", random_token());
+            if crate::server::shard(&id, n) == self.ctx.worker_index {
+                return id;
+            }
+        }
+    }
+
+    async fn ring_agents(&mut self, offer: &AudioOffer, route: &Route) -> Option<(Reservation, Leg)> {
+        let mut rang_caller = false;
+        let candidates = self.ctx.shared.seats.candidates(&route.queue, now_unix());
+        for seat in candidates {
+            let Some(reservation) = self.ctx.shared.seats.reserve(&seat.agent) else {
+                continue;
+            };
+            match self.offer_to(&seat, offer, route, &mut rang_caller).await {
+                Offer::Answered(leg) => return Some((reservation, *leg)),
+                Offer::Next => self.ctx.shared.seats.release(reservation),
+                Offer::CallerGone => {
+                    self.ctx.shared.seats.release(reservation);
+                    return None;
+                }
+            }
+        }
+        if !self.caller_gone {
+            info!("no agent answered");
+            self.a_respond(480, &[("Reason", "SIP;cause=480;text=\"No agent available\"")], b"");
+        }
+        None
+    }
+
+    async fn offer_to(&mut self, seat: &SeatContact, offer: &AudioOffer, route: &Route, rang_caller: &mut bool) -> Offer {
+        let shared = self.ctx.shared.clone();
+        let call_id = self.new_call_id();
+        let caller = self.invite.core.from.user.clone().unwrap_or_else(|| "anonymous".into());
+        let local_uri = format!("<sip:{}@{}>", caller, shared.host);
+        let remote_uri = format!("<sip:{}@{}>", seat.agent, shared.settings.sip.domain);
+        let mut dialog = Dialog::uac(call_id.clone(), local_uri, remote_uri, seat.uri.clone());
+        let _ = self
+            .ctx
+            .worker
+            .send(WorkerInput::Bind { call_id: call_id.clone(), owner: self.ctx.events_tx.clone() })
+            .await;
+        let sdp_offer = sdp::write(self.session_id, 1, self.relay.b_addr, &offer.codecs, offer.telephone_event, Direction::SendRecv);
+        let contact = self.contact(&seat.peer);
+        let dialed = self.invite.uri_user.clone().unwrap_or_default();
+        let headers = [
+            ("Contact", contact.as_str()),
+            ("Content-Type", "application/sdp"),
+            ("X-Hotline", route.hotline.as_str()),
+            ("X-Dialed", dialed.as_str()),
+            ("X-Queue", route.queue.as_str()),
+            ("X-Caller-Call-ID", self.invite.core.call_id.as_str()),
+        ];
+        let (bytes, branch, cseq) = dialog.request(
+            &Method::Invite,
+            &shared.host,
+            seat.peer.transport.via_token(),
+            None,
+            &headers,
+            sdp_offer.as_bytes(),
+        );
+        let key = TxKey::client_for(&branch, Method::Invite);
+        let _ = self
+            .ctx
+            .worker
+            .send(WorkerInput::Request {
+                method: Method::Invite,
+                branch: branch.clone(),
+                bytes: Bytes::from(bytes),
+                peer: seat.peer,
+                owner: self.ctx.events_tx.clone(),
+            })
+            .await;
+        info!(agent = %seat.agent, contact = %seat.uri, "ringing agent");
+        let deadline = Instant::now() + Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+        let mut early = false;
+        let outcome = loop {
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                _ = tokio::time::sleep_until(deadline) => {
+                    info!(agent = %seat.agent, "agent did not answer in time");
+                    if early {
+                        self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
+                    }
+                    self.abandoned = Some((dialog.clone(), seat.peer));
+                    break Offer::Next;
+                }
+            };
+            let Some(event) = event else { break Offer::CallerGone };
+            match event {
+                CallEvent::Response { key: Some(k), response } if k == key => match response.status {
+                    100 => {}
+                    101..=199 => {
+                        early = true;
+                        dialog.confirm(&response);
+                        if !*rang_caller {
+                            *rang_caller = true;
+                            self.a_respond(180, &[], b"");
+                        }
+                    }
+                    200..=299 => {
+                        dialog.confirm(&response);
+                        self.ack(&mut dialog, cseq, seat.peer);
+                        let answer = match sdp::parse_audio(&response.body) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                warn!(agent = %seat.agent, error = %e, "agent answered with unusable SDP");
+                                self.bye(&mut dialog, seat.peer);
+                                break Offer::Next;
+                            }
+                        };
+                        let _ = self.relay.cmd.send(RelayCmd::Remote(Side::B, answer.addr)).await;
+                        self.codec = answer.codecs[0];
+                        if answer.telephone_event.is_none() {
+                            self.telephone_event = None;
+                        }
+                        let body = self.our_sdp(self.relay.a_addr, 1, answer.direction);
+                        let contact = self.contact(&self.a_peer);
+                        self.a_respond(200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+                        info!(agent = %seat.agent, "agent answered; media bridged");
+                        break Offer::Answered(Box::new(Leg {
+                            side: Side::B,
+                            dialog,
+                            peer: seat.peer,
+                            media: self.relay.b_addr,
+                            sdp_version: 1,
+                            pending: None,
+                            our_reinvite: None,
+                        }));
+                    }
+                    status => {
+                        info!(agent = %seat.agent, status, "agent declined");
+                        break Offer::Next;
+                    }
+                },
+                CallEvent::Timeout { key: k } if k == key => {
+                    info!(agent = %seat.agent, "agent unreachable");
+                    break Offer::Next;
+                }
+                CallEvent::Cancelled => {
+                    info!("caller cancelled");
+                    self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
+                    self.abandoned = Some((dialog.clone(), seat.peer));
+                    self.a_respond(487, &[], b"");
+                    self.caller_gone = true;
+                    break Offer::CallerGone;
+                }
+                other => self.stray(other),
+            }
+        };
+        if !matches!(outcome, Offer::Answered(_)) {
+            let _ = self.ctx.worker.send(WorkerInput::Unbind { call_id }).await;
+        }
+        outcome
+    }
+
+    /// Events that do not belong to the current step: answer what must be answered.
+    fn stray(&mut self, event: CallEvent) {
+        match event {
+            CallEvent::Request { key, request, .. } => {
+                // Before answer only CANCEL is meaningful from the caller; other requests
+                // (INFO keep-alives, an early re-INVITE) get the answers RFC 3261 expects.
+                let status = match request.method {
+                    Method::Invite => 491,
+                    Method::Info | Method::Options => 200,
+                    _ => 481,
+                };
+                respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
+            }
+            CallEvent::Response { response, .. } => {
+                // A 2xx from an agent we already gave up on: ACK and BYE it.
+                if (200..300).contains(&response.status) && response.core.cseq_method == Method::Invite {
+                    if let Some((mut d, peer)) = self.abandoned.take_if(|(d, _)| d.call_id == response.core.call_id) {
+                        d.confirm(&response);
+                        self.ack(&mut d, response.core.cseq, peer);
+                        self.bye(&mut d, peer);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_to_leg(&self, peer: Peer, bytes: Vec<u8>, branch: String, method: Method) {
+        let _ = self.ctx.worker.try_send(WorkerInput::Request {
+            method,
+            branch,
+            bytes: Bytes::from(bytes),
+            peer,
+            owner: self.ctx.events_tx.clone(),
+        });
+    }
+
+    fn ack(&self, dialog: &mut Dialog, cseq: u32, peer: Peer) {
+        let (bytes, _, _) = dialog.request(&Method::Ack, &self.ctx.shared.host, peer.transport.via_token(), Some(cseq), &[], b"");
+        let _ = self.ctx.worker.try_send(WorkerInput::Stateless { peer, bytes: Bytes::from(bytes) });
+    }
+
+    fn bye(&self, dialog: &mut Dialog, peer: Peer) {
+        let (bytes, branch, _) = dialog.request(&Method::Bye, &self.ctx.shared.host, peer.transport.via_token(), None, &[], b"");
+        self.send_to_leg(peer, bytes, branch, Method::Bye);
+    }
+
+    /// CANCEL for our INVITE (RFC 3261 §9.1: same branch, Request-URI, Call-ID,
+    /// From, To without tag, CSeq number).
+    fn cancel_b(&self, dialog: &Dialog, uri: &str, branch: &str, cseq: u32, peer: Peer) {
+        let via = format!("{} {};branch={};rport", peer.transport.via_token(), self.ctx.shared.host, branch);
+        let from = format!("{};tag={}", dialog.local_uri, dialog.local_tag);
+        let bytes = OutgoingRequest {
+            method: &Method::Cancel,
+            uri,
+            via: &via,
+            from: &from,
+            to: &dialog.remote_uri,
+            call_id: &dialog.call_id,
+            cseq,
+            extra: &[],
+            body: b"",
+        }
+        .write();
+        self.send_to_leg(peer, bytes, branch.to_string(), Method::Cancel);
+    }
+
+    async fn bridged(&mut self, mut a: Leg, mut b: Leg) -> End {
+        let _ = self.relay.cmd.send(RelayCmd::Watch(true)).await;
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                s = self.silent.recv() => {
+                    let side = s.unwrap_or(Side::A);
+                    warn!(?side, "no RTP for rtp_timeout; hanging up");
+                    self.bye(&mut a.dialog, a.peer);
+                    self.bye(&mut b.dialog, b.peer);
+                    return End::RtpTimeout;
+                }
+            };
+            let Some(event) = event else {
+                return End::Refused;
+            };
+            match event {
+                CallEvent::Request { key, request, .. } => {
+                    let from_a = request.core.call_id == a.dialog.call_id;
+                    let (this, other) = if from_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+                    if let Some(end) = self.in_dialog(key, request, this, other).await {
+                        return end;
+                    }
+                }
+                CallEvent::Response { key, response } => {
+                    let for_a = response.core.call_id == a.dialog.call_id;
+                    let (this, other) = if for_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+                    self.reinvite_answer(key, &response, this, other).await;
+                }
+                CallEvent::Timeout { key } => {
+                    // A re-INVITE the other side never answered: give up on the call.
+                    let ours = [&a, &b].iter().any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == key));
+                    if ours {
+                        warn!("re-INVITE timed out; hanging up");
+                        self.bye(&mut a.dialog, a.peer);
+                        self.bye(&mut b.dialog, b.peer);
+                        return End::Refused;
+                    }
+                }
+                CallEvent::AckTimeout => {
+                    warn!("caller never acknowledged the answer; hanging up");
+                    self.bye(&mut a.dialog, a.peer);
+                    self.bye(&mut b.dialog, b.peer);
+                    return End::AckTimeout;
+                }
+                CallEvent::Ack | CallEvent::Cancelled => {}
+            }
+        }
+    }
+
+    /// A request inside an established dialog. Returns `Some` when the call ends.
+    async fn in_dialog(&mut self, key: TxKey, req: Box<Request>, this: &mut Leg, other: &mut Leg) -> Option<End> {
+        let tag = this.dialog.local_tag.clone();
+        if !this.dialog.accept_request(&req) {
+            respond(&self.ctx, &key, &req, &tag, 500, &[("Retry-After", "1")], b"");
+            return None;
+        }
+        match req.method {
+            Method::Bye => {
+                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
+                self.bye(&mut other.dialog, other.peer);
+                Some(if this.side == Side::A { End::CallerHungUp } else { End::AgentHungUp })
+            }
+            Method::Invite | Method::Update if !req.body.is_empty() => {
+                if this.pending.is_some() || other.our_reinvite.is_some() || this.our_reinvite.is_some() {
+                    respond(&self.ctx, &key, &req, &tag, 491, &[], b"");
+                    return None;
+                }
+                let offer = match sdp::parse_audio(&req.body) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let warning = format!("399 yihaotong \"{e}\"");
+                        respond(&self.ctx, &key, &req, &tag, 488, &[("Warning", &warning)], b"");
+                        return None;
+                    }
+                };
+                let _ = self.relay.cmd.send(RelayCmd::Remote(this.side, offer.addr)).await;
+                info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
+                other.sdp_version += 1;
+                let body = self.our_sdp(other.media, other.sdp_version, offer.direction);
+                let contact = self.contact(&other.peer);
+                let (bytes, branch, cseq) = other.dialog.request(
+                    &Method::Invite,
+                    &self.ctx.shared.host,
+                    other.peer.transport.via_token(),
+                    None,
+                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                    body.as_bytes(),
+                );
+                other.our_reinvite = Some((TxKey::client_for(&branch, Method::Invite), cseq));
+                self.send_to_leg(other.peer, bytes, branch, Method::Invite);
+                this.pending = Some((key, req));
+                None
+            }
+            Method::Invite | Method::Update => {
+                // An offerless re-INVITE/UPDATE (session refresh): answer with our current SDP.
+                this.sdp_version += 1;
+                let body = self.our_sdp(this.media, this.sdp_version, Direction::SendRecv);
+                let contact = self.contact(&this.peer);
+                respond(&self.ctx, &key, &req, &tag, 200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+                None
+            }
+            Method::Info | Method::Options => {
+                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
+                None
+            }
+            Method::Other(_) => {
+                respond(&self.ctx, &key, &req, &tag, 501, &[("Allow", crate::server::ALLOW)], b"");
+                None
+            }
+            _ => {
+                respond(&self.ctx, &key, &req, &tag, 405, &[("Allow", crate::server::ALLOW)], b"");
+                None
+            }
+        }
+    }
+
+    /// The answer to a re-INVITE we passed to `this` leg: ACK it, and answer
+    /// the leg that asked.
+    async fn reinvite_answer(&mut self, key: Option<TxKey>, resp: &Response, this: &mut Leg, other: &mut Leg) {
+        if resp.core.cseq_method != Method::Invite || resp.status < 200 {
+            return;
+        }
+        let cseq = resp.core.cseq;
+        if (200..300).contains(&resp.status) {
+            // Always ACK a 2xx, also a retransmission (its ACK may have been lost).
+            self.ack(&mut this.dialog, cseq, this.peer);
+        }
+        let Some((ours, _)) = this.our_reinvite.as_ref() else { return };
+        if key.as_ref() != Some(ours) {
+            return;
+        }
+        this.our_reinvite = None;
+        let Some((pkey, preq)) = other.pending.take() else { return };
+        let tag = other.dialog.local_tag.clone();
+        if (200..300).contains(&resp.status) {
+            let direction = match sdp::parse_audio(&resp.body) {
+                Ok(answer) => {
+                    let _ = self.relay.cmd.send(RelayCmd::Remote(this.side, answer.addr)).await;
+                    answer.direction
+                }
+                Err(_) => Direction::SendRecv,
+            };
+            let _ = self.relay.cmd.send(RelayCmd::Watch(!direction.is_hold())).await;
+            other.sdp_version += 1;
+            let body = self.our_sdp(other.media, other.sdp_version, direction);
+            let contact = self.contact(&other.peer);
+            respond(&self.ctx, &pkey, &preq, &tag, 200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+        } else {
+            respond(&self.ctx, &pkey, &preq, &tag, resp.status, &[], b"");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Settings: built-in defaults, then a TOML file, then `YIHAOTONG_*` variables.
+//!
+//! Room: the front hall. It reads configuration once at start (and at
+//! `yihaotong check`) and hands out a plain [`Settings`] value; nothing else
+//! reads files or the environment for settings. Errors name the layer, and
+//! for the file the line and column.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The defaults, compiled in so `yihaotong run` works from any folder.
+pub const DEFAULTS: &str = include_str!("../config/yihaotong.toml");
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Folder for sled and the admin socket.
+    pub data_dir: PathBuf,
+    /// `[sip]`
+    pub sip: SipSettings,
+    /// `[rtp]`
+    pub rtp: RtpSettings,
+    /// `[trunk]`
+    pub trunk: TrunkSettings,
+    /// `[queue]`
+    pub queue: QueueSettings,
+}
+
+/// `[sip]`: signalling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipSettings {
+    /// UDP and TCP listen address.
+    pub listen: SocketAddr,
+    /// Digest realm.
+    pub domain: String,
+    /// Address for Via/Contact/SDP; empty means the listen address.
+    pub advertise: String,
+    /// Transaction bound per worker.
+    pub max_transactions: usize,
+    /// Nonce lifetime, seconds.
+    pub nonce_lifetime: u64,
+    /// Shortest registration accepted, seconds.
+    pub min_expires: u32,
+    /// Longest registration granted, seconds.
+    pub max_expires: u32,
+    /// Registration interval when the phone names none, seconds.
+    pub default_expires: u32,
+    /// Failures before a source is blocked.
+    pub auth_fail_limit: u32,
+    /// Window the failures are counted in, seconds.
+    pub auth_fail_window: u64,
+    /// First block period, seconds (doubles while failures go on).
+    pub auth_block: u64,
+    /// Contacts per agent.
+    pub max_contacts: usize,
+    /// SIP workers (0 = cores).
+    pub workers: usize,
+}
+
+/// `[rtp]`: media.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtpSettings {
+    /// Media address.
+    pub address: IpAddr,
+    /// Lowest RTP port.
+    pub port_min: u16,
+    /// Highest RTP port.
+    pub port_max: u16,
+    /// Silence on an answered leg before hang-up, seconds.
+    pub rtp_timeout: u64,
+}
+
+/// `[trunk]`: the PSTN side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSettings {
+    /// Trusted trunk sources.
+    pub allow: Vec<IpNet>,
+    /// Dialed-number prefixes to strip.
+    pub normalize: Vec<String>,
+}
+
+/// `[queue]`: the simple queue of the call-path stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Ring time per agent, seconds.
+    pub ring_timeout: u64,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if any; `config/yihaotong.toml` is not read
+    /// implicitly unless given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            check_file(&text, path)?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("YIHAOTONG")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("trunk.allow")
+                .with_list_parse_key("trunk.normalize")
+                .try_parsing(true)
+                .ignore_empty(true),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "settings: {e} (layers: built-in defaults{}, YIHAOTONG_<SECTION>__<KEY> environment)",
+                    file.map(|p| format!(", {}", p.display())).unwrap_or_default()
+                )
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.rtp.port_min >= self.rtp.port_max || self.rtp.port_max - self.rtp.port_min < 4 {
+            bail!("settings: [rtp] port_min must be below port_max with room for at least two calls");
+        }
+        if self.sip.min_expires > self.sip.max_expires {
+            bail!("settings: [sip] min_expires is above max_expires");
+        }
+        if self.sip.domain.is_empty() || self.sip.domain.contains(['"', ' ']) {
+            bail!("settings: [sip] domain must be a plain host name");
+        }
+        Ok(())
+    }
+
+    /// The address we write into Via, Contact and SDP.
+    pub fn advertised_host(&self) -> String {
+        if self.sip.advertise.is_empty() {
+            self.sip.listen.to_string()
+        } else {
+            self.sip.advertise.clone()
+        }
+    }
+}
+
+/// Checks a settings file on its own, so an unknown key or bad value is
+/// reported with the file's name, line and column.
+fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
+    // Every field optional, unknown keys refused: the file is a partial layer.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Partial {
+        data_dir: Option<PathBuf>,
+        sip: Option<toml::Table>,
+        rtp: Option<toml::Table>,
+        trunk: Option<toml::Table>,
+        queue: Option<toml::Table>,
+    }
+    let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
+    let partial: Partial = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let sections = [
+        ("sip", &partial.sip),
+        ("rtp", &partial.rtp),
+        ("trunk", &partial.trunk),
+        ("queue", &partial.queue),
+    ];
+    for (name, table) in sections {
+        let Some(table) = table else { continue };
+        let known = defaults.get(name).and_then(|v| v.as_table());
+        for key in table.keys() {
+            if !known.is_some_and(|k| k.contains_key(key)) {
+                let line = find_line(text, name, key);
+                bail!(
+                    "{}:{}: unknown key `{key}` in [{name}]",
+                    path.display(),
+                    line.map_or("?".into(), |l| l.to_string())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The line of `key` inside `[section]`, for error messages.
+fn find_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut in_section = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t.trim_matches(['[', ']']).trim() == section;
+        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load(None).expect("defaults are valid");
+        assert_eq!(s.sip.domain, "12345.hotline");
+        assert!(s.trunk.allow.iter().any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().expect("ip"))));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        std::fs::write(&path, "[sip]\ndomain = \"x\"\nlisen = \"1.2.3.4:5\"\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("typo must fail").to_string();
+        assert!(err.contains("y.toml:3"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

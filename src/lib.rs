@@ -1,0 +1,28 @@
+//! yihaotong (一号通): the telephony core of a city's 12345 citizen hotline.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from defaults, a file and `YIHAOTONG_*` variables.
+//! - [`sip`]: sans-IO SIP (messages over rsipstack, transactions, dialogs,
+//!   digest auth) and the UDP/TCP transport edge.
+//! - [`registrar`]: agent REGISTER and authentication, with lock-out.
+//! - [`store`]: sled: agents, bindings, the number plan.
+//! - [`routing`]: number normalization and plan files.
+//! - [`acd`]: who takes the next call (the simple queue for now).
+//! - [`media`]: SDP, RTP ports, the relay.
+//! - [`call`]: the B2BUA, one task per call.
+//! - [`server`]: sockets, SIP workers, dispatch.
+//! - [`admin`]: CLI commands, locally or via the running server.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod acd;
+pub mod admin;
+pub mod call;
+pub mod config;
+pub mod media;
+pub mod registrar;
+pub mod routing;
+pub mod server;
+pub mod sip;
+pub mod store;

@@ -1,0 +1,165 @@
+//! The `yihaotong` command: run the server, check settings, manage agents and routes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use yihaotong::admin::{self, AdminCommand};
+use yihaotong::config::Settings;
+use yihaotong::server::Server;
+use yihaotong::store::Store;
+
+#[derive(Parser)]
+#[command(name = "yihaotong", version, about = "一号通: the 12345 citizen hotline's telephony core")]
+struct Cli {
+    /// Settings file layered over the built-in defaults (then YIHAOTONG_* variables).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Run,
+    /// Validate settings and the shipped number plan, then exit.
+    Check {
+        /// Also validate a number-plan file.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
+    /// Agent (seat) accounts.
+    Agents {
+        #[command(subcommand)]
+        action: AgentsAction,
+    },
+    /// The number plan.
+    Routes {
+        #[command(subcommand)]
+        action: RoutesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsAction {
+    /// Add or replace an agent.
+    Add {
+        /// Agent id: the SIP user name the phone registers with.
+        id: String,
+        /// Password (stored only as digest HA1).
+        #[arg(long)]
+        password: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Queues the agent serves, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "main")]
+        queues: Vec<String>,
+    },
+    /// List agents and their registrations.
+    List,
+    /// Remove an agent.
+    Remove {
+        /// Agent id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesAction {
+    /// Route a number (or prefix) to a queue.
+    Set {
+        /// Dialed number or prefix.
+        number: String,
+        /// Target queue.
+        #[arg(long)]
+        queue: String,
+        /// Hotline label for reports.
+        #[arg(long)]
+        hotline: Option<String>,
+    },
+    /// Remove a route.
+    Remove {
+        /// Number or prefix.
+        number: String,
+    },
+    /// List routes.
+    List,
+    /// Import a TOML plan: [[route]] number=… queue=… hotline=…
+    Import {
+        /// The plan file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    let realm = settings.sip.domain.clone();
+    let data_dir = settings.data_dir.clone();
+    let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
+        let v = admin::run_command(&data_dir, &realm, cmd)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    };
+    match cli.command {
+        Command::Run => run(settings),
+        Command::Check { plan } => {
+            yihaotong::routing::parse_plan(yihaotong::routing::SHIPPED_PLAN, "config/numbers.toml")?;
+            if let Some(p) = plan {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                let n = yihaotong::routing::parse_plan(&text, &p.display().to_string())?.len();
+                println!("{}: {n} routes OK", p.display());
+            }
+            println!("settings OK: SIP {} (realm {}), RTP {}:{}-{}", settings.sip.listen, settings.sip.domain, settings.rtp.address, settings.rtp.port_min, settings.rtp.port_max);
+            Ok(())
+        }
+        Command::Agents { action } => run_admin(match action {
+            AgentsAction::Add { id, password, name, queues } => AdminCommand::AgentsAdd { id, password, name, queues },
+            AgentsAction::List => AdminCommand::AgentsList,
+            AgentsAction::Remove { id } => AdminCommand::AgentsRemove { id },
+        }),
+        Command::Routes { action } => run_admin(match action {
+            RoutesAction::Set { number, queue, hotline } => AdminCommand::RoutesSet { number, queue, hotline },
+            RoutesAction::Remove { number } => AdminCommand::RoutesRemove { number },
+            RoutesAction::List => AdminCommand::RoutesList,
+            RoutesAction::Import { file } => {
+                let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                AdminCommand::RoutesImport { name: file.display().to_string(), text }
+            }
+        }),
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let store = Store::open(&settings.data_dir)?;
+        let socket = admin::socket_path(&settings.data_dir);
+        admin::serve(socket.clone(), store.clone(), settings.sip.domain.clone()).await?;
+        let server = Server::start(settings, store.clone()).await?;
+        println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        store.flush()?;
+        let _ = std::fs::remove_file(socket);
+        Ok(())
+    })
+}

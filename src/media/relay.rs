@@ -1,0 +1,320 @@
+//! The RTP relay of one bridged call: two sockets, packets across, both ways.
+//!
+//! Room: one call's media anchor. The sans-IO part is [`Rewriter`]: it gives
+//! the packets leaving one side a single SSRC and continuous sequence numbers
+//! and timestamps, even when the far side's stream changes (another agent, a
+//! re-INVITE). The edge is [`spawn`]: a task owning the two sockets, latching
+//! each side to the first source that sends to it (symmetric RTP, for phones
+//! behind NAT), and reporting a side that falls silent for `rtp_timeout`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc_shared::marshal::Unmarshal;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ports::PortPool;
+
+/// Rewrites SSRC, sequence number and timestamp of packets leaving one side.
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    out_ssrc: u32,
+    in_ssrc: Option<u32>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_out_seq: u16,
+    last_out_ts: u32,
+}
+
+impl Rewriter {
+    /// A rewriter that sends with `out_ssrc`.
+    pub fn new(out_ssrc: u32) -> Rewriter {
+        Rewriter {
+            out_ssrc,
+            in_ssrc: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_out_seq: rand::random(),
+            last_out_ts: rand::random(),
+        }
+    }
+
+    /// Rewrites `pkt` in place. Returns `false` (leave the packet alone and
+    /// drop it) when it is not a well-formed RTP packet.
+    pub fn rewrite(&mut self, pkt: &mut [u8]) -> bool {
+        let mut view: &[u8] = pkt;
+        if rtc_rtp::header::Header::unmarshal(&mut view).is_err() || pkt[0] >> 6 != 2 {
+            return false;
+        }
+        let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+        let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        if self.in_ssrc != Some(ssrc) {
+            // A new source: continue our numbering from where we left off.
+            self.in_ssrc = Some(ssrc);
+            self.seq_offset = self.last_out_seq.wrapping_add(1).wrapping_sub(seq);
+            self.ts_offset = self.last_out_ts.wrapping_add(160).wrapping_sub(ts);
+            pkt[1] |= 0x80; // marker: a new talk spurt for the receiver's jitter buffer
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        // Only move "last" forward (reordered packets keep their place).
+        if out_seq.wrapping_sub(self.last_out_seq) < 0x8000 {
+            self.last_out_seq = out_seq;
+            self.last_out_ts = out_ts;
+        }
+        pkt[2..4].copy_from_slice(&out_seq.to_be_bytes());
+        pkt[4..8].copy_from_slice(&out_ts.to_be_bytes());
+        pkt[8..12].copy_from_slice(&self.out_ssrc.to_be_bytes());
+        true
+    }
+}
+
+/// Which side of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller (trunk) side.
+    A,
+    /// The agent side.
+    B,
+}
+
+/// Commands to a running relay.
+#[derive(Debug)]
+pub enum RelayCmd {
+    /// Where a side's RTP should go (from its SDP); resets latching.
+    Remote(Side, SocketAddr),
+    /// Start watching for silence (after answer) or stop (on hold).
+    Watch(bool),
+}
+
+/// Packet counters, readable while the relay runs.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Packets relayed from A to B.
+    pub a_to_b: AtomicU64,
+    /// Packets relayed from B to A.
+    pub b_to_a: AtomicU64,
+    /// Packets dropped (not RTP, wrong source, or no destination yet).
+    pub dropped: AtomicU64,
+}
+
+/// A running relay: its ports, a command channel, its counters.
+#[derive(Debug)]
+pub struct Relay {
+    /// Our port facing the caller.
+    pub a_addr: SocketAddr,
+    /// Our port facing the agent.
+    pub b_addr: SocketAddr,
+    /// Commands.
+    pub cmd: mpsc::Sender<RelayCmd>,
+    /// Counters.
+    pub stats: Arc<RelayStats>,
+}
+
+struct SideState {
+    socket: UdpSocket,
+    remote: Option<SocketAddr>,
+    latched: bool,
+    last_rx: Instant,
+    /// Rewrites what we send out of this side.
+    rewriter: Rewriter,
+}
+
+impl SideState {
+    /// Accepts a packet from `src`: latch on the first one, then only that source.
+    fn accept(&mut self, src: SocketAddr, now: Instant) -> bool {
+        if !self.latched {
+            self.remote = Some(src);
+            self.latched = true;
+        }
+        if self.remote == Some(src) {
+            self.last_rx = now;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Binds two ports and starts the relay task. `silent` receives the side that
+/// stopped sending for `timeout` while watching.
+pub fn spawn(pool: Arc<PortPool>, timeout: Duration, silent: mpsc::Sender<Side>) -> Option<Relay> {
+    let a = pool.bind()?;
+    let Some(b) = pool.bind() else {
+        if let Ok(addr) = a.local_addr() {
+            pool.release(addr.port());
+        }
+        return None;
+    };
+    let (a_addr, b_addr) = (a.local_addr().ok()?, b.local_addr().ok()?);
+    let make = |s: std::net::UdpSocket| -> Option<UdpSocket> {
+        s.set_nonblocking(true).ok()?;
+        UdpSocket::from_std(s).ok()
+    };
+    let (Some(a), Some(b)) = (make(a), make(b)) else {
+        pool.release(a_addr.port());
+        pool.release(b_addr.port());
+        return None;
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let stats = Arc::new(RelayStats::default());
+    let now = Instant::now();
+    let side = move |socket| SideState {
+        socket,
+        remote: None,
+        latched: false,
+        last_rx: now,
+        rewriter: Rewriter::new(rand::random()),
+    };
+    let task_stats = stats.clone();
+    tokio::spawn(async move {
+        run(side(a), side(b), cmd_rx, timeout, silent, &task_stats).await;
+        pool.release(a_addr.port());
+        pool.release(b_addr.port());
+    });
+    Some(Relay {
+        a_addr,
+        b_addr,
+        cmd: cmd_tx,
+        stats,
+    })
+}
+
+async fn run(
+    mut a: SideState,
+    mut b: SideState,
+    mut cmd: mpsc::Receiver<RelayCmd>,
+    timeout: Duration,
+    silent: mpsc::Sender<Side>,
+    stats: &RelayStats,
+) {
+    let mut buf_a = vec![0u8; 2048];
+    let mut buf_b = vec![0u8; 2048];
+    let mut watching = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout));
+    loop {
+        tokio::select! {
+            r = a.socket.recv_from(&mut buf_a) => {
+                let Ok((n, src)) = r else { continue };
+                forward(&mut a, &mut b, &mut buf_a[..n], src, &stats.a_to_b, &stats.dropped).await;
+            }
+            r = b.socket.recv_from(&mut buf_b) => {
+                let Ok((n, src)) = r else { continue };
+                forward(&mut b, &mut a, &mut buf_b[..n], src, &stats.b_to_a, &stats.dropped).await;
+            }
+            c = cmd.recv() => match c {
+                // The call dropped its handle: the call is over.
+                None => return,
+                Some(RelayCmd::Remote(which, addr)) => {
+                    let s = if which == Side::A { &mut a } else { &mut b };
+                    s.remote = Some(addr);
+                    s.latched = false;
+                }
+                Some(RelayCmd::Watch(on)) => {
+                    watching = on;
+                    let now = Instant::now();
+                    a.last_rx = now;
+                    b.last_rx = now;
+                }
+            },
+            _ = tick.tick() => {
+                if watching {
+                    let now = Instant::now();
+                    for (which, s) in [(Side::A, &a), (Side::B, &b)] {
+                        if now.duration_since(s.last_rx) >= timeout {
+                            let _ = silent.try_send(which);
+                            watching = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn forward(
+    from: &mut SideState,
+    to: &mut SideState,
+    pkt: &mut [u8],
+    src: SocketAddr,
+    counter: &AtomicU64,
+    dropped: &AtomicU64,
+) {
+    let now = Instant::now();
+    if !from.accept(src, now) {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Some(dest) = to.remote else {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if !to.rewriter.rewrite(pkt) {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if to.socket.send_to(pkt, dest).await.is_ok() {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc_shared::marshal::Marshal;
+
+    fn packet(ssrc: u32, seq: u16, ts: u32) -> Vec<u8> {
+        let p = rtc_rtp::packet::Packet {
+            header: rtc_rtp::header::Header {
+                version: 2,
+                payload_type: 0,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0xffu8; 160]),
+        };
+        p.marshal().expect("marshal").to_vec()
+    }
+
+    fn fields(pkt: &[u8]) -> (u32, u16, u32) {
+        let mut view = pkt;
+        let h = rtc_rtp::header::Header::unmarshal(&mut view).expect("valid RTP");
+        (h.ssrc, h.sequence_number, h.timestamp)
+    }
+
+    #[test]
+    fn ssrc_switch_keeps_sequence_and_timestamp_continuous() {
+        let mut r = Rewriter::new(0xabcd);
+        let mut out = Vec::new();
+        for i in 0..3u16 {
+            let mut p = packet(1, 100 + i, 1000 + 160 * i as u32);
+            assert!(r.rewrite(&mut p));
+            out.push(fields(&p));
+        }
+        // The far side changes stream (new SSRC, unrelated numbers).
+        let mut p = packet(2, 7, 555);
+        assert!(r.rewrite(&mut p));
+        out.push(fields(&p));
+        assert!(out.iter().all(|(s, _, _)| *s == 0xabcd));
+        for w in out.windows(2) {
+            assert_eq!(w[1].1, w[0].1.wrapping_add(1));
+            assert_eq!(w[1].2, w[0].2.wrapping_add(160));
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let mut r = Rewriter::new(1);
+        assert!(!r.rewrite(&mut [0u8; 5]));
+        let mut v1 = packet(1, 1, 1);
+        v1[0] = (v1[0] & 0x3f) | 0x40; // version 1
+        assert!(!r.rewrite(&mut v1));
+    }
+}

@@ -1,0 +1,255 @@
+//! The registrar: agent softphones REGISTER here, with digest auth.
+//!
+//! Room: the seat-side front desk. It answers REGISTER (RFC 3261 §10.3) and
+//! authenticates agent INVITEs, using the accounts and bindings in
+//! [`Store`] and the [`Authenticator`]. It also keeps the per-source failure
+//! counts that turn a password-guessing source from 401 into 403 with a
+//! doubling back-off. It is called synchronously by the SIP workers and holds
+//! no lock across an await (it has none).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::SipSettings;
+use crate::sip::auth::{Authenticator, DigestResponse, Verdict};
+use crate::sip::dialog::contact_uri;
+use crate::sip::message::Request;
+use crate::sip::Peer;
+use crate::store::{Binding, Store};
+
+/// What the registrar wants sent back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers (WWW-Authenticate, Contact, Min-Expires...).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn plain(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// The outcome of authenticating a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Authenticated as this agent.
+    Agent(String),
+    /// Send this answer (a challenge or a refusal).
+    Refuse(Answer),
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    window_start: u64,
+    blocked_until: u64,
+    /// Next block length, doubling while the source keeps failing.
+    next_block: u64,
+}
+
+/// Registrar state.
+#[derive(Debug)]
+pub struct Registrar {
+    store: Store,
+    auth: Authenticator,
+    settings: SipSettings,
+    failures: HashMap<IpAddr, Failures>,
+}
+
+const MAX_TRACKED_SOURCES: usize = 100_000;
+
+impl Registrar {
+    /// A registrar over `store`.
+    pub fn new(store: Store, settings: SipSettings) -> Registrar {
+        Registrar {
+            auth: Authenticator::new(&settings.domain, Duration::from_secs(settings.nonce_lifetime)),
+            store,
+            settings,
+            failures: HashMap::new(),
+        }
+    }
+
+    fn blocked(&self, ip: IpAddr, now: u64) -> bool {
+        self.failures.get(&ip).is_some_and(|f| f.blocked_until > now)
+    }
+
+    fn record_failure(&mut self, ip: IpAddr, now: u64, user: &str) -> bool {
+        if self.failures.len() >= MAX_TRACKED_SOURCES && !self.failures.contains_key(&ip) {
+            self.failures.retain(|_, f| f.blocked_until > now);
+        }
+        let s = &self.settings;
+        let f = self.failures.entry(ip).or_default();
+        if now.saturating_sub(f.window_start) > s.auth_fail_window {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count += 1;
+        if f.count >= s.auth_fail_limit {
+            let block = f.next_block.max(s.auth_block);
+            f.blocked_until = now + block;
+            f.next_block = (block * 2).min(86_400);
+            f.count = 0;
+            tracing::warn!(source = %ip, account = user, seconds = block, "blocking source after repeated authentication failures");
+            return true;
+        }
+        false
+    }
+
+    fn challenge(&self, now: u64, stale: bool, header: &'static str) -> Answer {
+        let status = if header == "WWW-Authenticate" { 401 } else { 407 };
+        Answer {
+            status,
+            headers: self
+                .auth
+                .challenges(now, stale)
+                .into_iter()
+                .map(|c| (header, c))
+                .collect(),
+        }
+    }
+
+    /// Authenticates `req` (REGISTER uses 401/Authorization, INVITE
+    /// 407/Proxy-Authorization). Unknown accounts are treated exactly like
+    /// wrong passwords.
+    pub fn authenticate(&mut self, now: u64, req: &Request, peer: &Peer) -> AuthOutcome {
+        let ip = peer.addr.ip();
+        if self.blocked(ip, now) {
+            return AuthOutcome::Refuse(Answer::plain(403));
+        }
+        let (cred_header, challenge_header) = if req.method == crate::sip::message::Method::Register {
+            ("authorization", "WWW-Authenticate")
+        } else {
+            ("proxy-authorization", "Proxy-Authenticate")
+        };
+        let Some(value) = req.headers.get(cred_header) else {
+            return AuthOutcome::Refuse(self.challenge(now, false, challenge_header));
+        };
+        let Some(digest) = DigestResponse::parse(value) else {
+            return AuthOutcome::Refuse(Answer::plain(400));
+        };
+        let account = self.store.agent(&digest.username).ok().flatten();
+        let verdict = self.auth.verify(
+            now,
+            req.method.as_str(),
+            &digest,
+            account.as_ref().map(|a| &a.credentials),
+        );
+        match verdict {
+            Verdict::Ok => AuthOutcome::Agent(digest.username),
+            Verdict::Stale => AuthOutcome::Refuse(self.challenge(now, true, challenge_header)),
+            Verdict::Denied => {
+                tracing::info!(source = %peer.addr, account = %digest.username, "authentication failed");
+                if self.record_failure(ip, now, &digest.username) {
+                    AuthOutcome::Refuse(Answer::plain(403))
+                } else {
+                    AuthOutcome::Refuse(self.challenge(now, false, challenge_header))
+                }
+            }
+        }
+    }
+
+    /// Handles a REGISTER at `now` (Unix seconds).
+    pub fn register(&mut self, now: u64, req: &Request, peer: &Peer) -> Answer {
+        let agent = match self.authenticate(now, req, peer) {
+            AuthOutcome::Agent(id) => id,
+            AuthOutcome::Refuse(answer) => return answer,
+        };
+        // The address-of-record is the To user; an agent registers only itself.
+        if req.core.to.user.as_deref() != Some(agent.as_str()) {
+            return Answer::plain(403);
+        }
+        match self.update_bindings(now, &agent, req, peer) {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, agent, "registration store failed");
+                Answer::plain(500)
+            }
+        }
+    }
+
+    fn update_bindings(&mut self, now: u64, agent: &str, req: &Request, peer: &Peer) -> anyhow::Result<Answer> {
+        let s = &self.settings;
+        let header_expires: Option<u32> = match req.headers.get("expires") {
+            Some(v) => match v.parse() {
+                Ok(n) => Some(n),
+                Err(_) => return Ok(Answer::plain(400)),
+            },
+            None => None,
+        };
+        let mut bindings: Vec<Binding> = self
+            .store
+            .bindings(agent)?
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .collect();
+        let contacts: Vec<&str> = req.headers.get_all("contact").collect();
+        if contacts.contains(&"*") {
+            // RFC 3261 §10.3 step 6: `*` only alone and with Expires: 0.
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return Ok(Answer::plain(400));
+            }
+            bindings.clear();
+        }
+        for c in contacts.iter().filter(|c| **c != "*") {
+            let Some(uri) = contact_uri(c) else {
+                return Ok(Answer::plain(400));
+            };
+            let param_expires = c
+                .rsplit_once('>')
+                .map_or(*c, |(_, params)| params)
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("expires="))
+                .map(|v| v.trim().parse::<u32>());
+            let expires = match param_expires {
+                Some(Ok(n)) => n,
+                Some(Err(_)) => return Ok(Answer::plain(400)),
+                None => header_expires.unwrap_or(s.default_expires),
+            };
+            if expires != 0 && expires < s.min_expires {
+                return Ok(Answer {
+                    status: 423,
+                    headers: vec![("Min-Expires", s.min_expires.to_string())],
+                });
+            }
+            let existing = bindings.iter().position(|b| b.contact == uri);
+            if let Some(i) = existing {
+                let b = &bindings[i];
+                if b.call_id == req.core.call_id && b.cseq >= req.core.cseq {
+                    // Out of order (§10.3 step 7).
+                    return Ok(Answer::plain(500));
+                }
+                bindings.remove(i);
+            }
+            if expires > 0 {
+                bindings.push(Binding {
+                    contact: uri,
+                    received: peer.addr,
+                    transport: peer.transport.via_token().to_string(),
+                    conn: peer.conn,
+                    expires_at: now + expires.min(s.max_expires) as u64,
+                    call_id: req.core.call_id.clone(),
+                    cseq: req.core.cseq,
+                });
+            }
+        }
+        while bindings.len() > s.max_contacts {
+            bindings.remove(0);
+        }
+        self.store.put_bindings(agent, &bindings)?;
+        if !contacts.is_empty() {
+            tracing::info!(agent, contacts = bindings.len(), source = %peer.addr, "registration updated");
+        }
+        let headers = bindings
+            .iter()
+            .map(|b| ("Contact", format!("<{}>;expires={}", b.contact, b.expires_at.saturating_sub(now))))
+            .collect();
+        Ok(Answer { status: 200, headers })
+    }
+}

@@ -1,0 +1,471 @@
+//! The server: sockets, SIP workers, and the requests that start things.
+//!
+//! Room: the switchboard. [`Server::start`] binds the sockets and starts one
+//! SIP worker per core. Received messages are parsed on the socket tasks and
+//! handed to the worker that owns their Call-ID (a hash), so a call's
+//! messages are always handled in order by one task, and SIP work spreads
+//! over the cores. A worker is the thin async driver of one sans-IO
+//! [`Transactions`] table: it feeds it messages and timeouts, sends what it
+//! asks to send, and turns its events into registrar answers, OPTIONS
+//! answers, new calls, or messages to a running call's task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::acd::{Distributor, SimpleQueue};
+use crate::call::{self, CallEvent};
+use crate::config::Settings;
+use crate::media::ports::PortPool;
+use crate::registrar::{Answer, AuthOutcome, Registrar};
+use crate::routing;
+use crate::sip::message::{self, Message, Method, Request};
+use crate::sip::transaction::{TimerConfig, Transactions, TxEvent, TxKey};
+use crate::sip::transport::SipSockets;
+use crate::sip::{random_token, Peer};
+use crate::store::Store;
+
+/// Methods we implement, for Allow headers.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+
+/// Depth of each worker's input queue; past it new INVITEs get 503.
+const WORKER_QUEUE: usize = 8192;
+
+/// Seconds since the Unix epoch (the registrar's and nonces' clock).
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a worker is told.
+#[derive(Debug)]
+pub enum WorkerInput {
+    /// A message from the network.
+    Incoming(Message, Peer),
+    /// A call answers one of its server transactions.
+    Respond {
+        /// Transaction.
+        key: TxKey,
+        /// Status in `bytes`.
+        status: u16,
+        /// The response.
+        bytes: Bytes,
+    },
+    /// A call starts a client transaction; its events go to `owner`.
+    Request {
+        /// Method.
+        method: Method,
+        /// Branch in the request's Via.
+        branch: String,
+        /// The request.
+        bytes: Bytes,
+        /// Destination.
+        peer: Peer,
+        /// The call.
+        owner: mpsc::Sender<CallEvent>,
+    },
+    /// Bytes outside any transaction (ACK for 2xx).
+    Stateless {
+        /// Destination.
+        peer: Peer,
+        /// Bytes.
+        bytes: Bytes,
+    },
+    /// Route messages of this Call-ID to a call.
+    Bind {
+        /// Call-ID.
+        call_id: String,
+        /// The call.
+        owner: mpsc::Sender<CallEvent>,
+    },
+    /// Stop routing this Call-ID.
+    Unbind {
+        /// Call-ID.
+        call_id: String,
+    },
+}
+
+/// State every worker and call shares. Each part is either immutable or
+/// behind a short lock that is never held across an await.
+pub struct Shared {
+    /// Settings.
+    pub settings: Settings,
+    /// Database.
+    pub store: Store,
+    /// Registrar and authenticator.
+    pub registrar: Mutex<Registrar>,
+    /// Who takes queue calls.
+    pub seats: Arc<dyn Distributor>,
+    /// RTP ports.
+    pub ports: Arc<PortPool>,
+    /// Sockets.
+    pub sockets: Arc<SipSockets>,
+    /// Worker inputs, by index.
+    pub workers: Vec<mpsc::Sender<WorkerInput>>,
+    /// host:port for Via and Contact.
+    pub host: String,
+    /// Calls alive now.
+    pub live_calls: AtomicUsize,
+}
+
+impl Shared {
+    /// Which worker owns a Call-ID.
+    pub fn worker_of(&self, call_id: &str) -> usize {
+        shard(call_id, self.workers.len())
+    }
+}
+
+/// FNV-1a of the Call-ID, modulo the worker count.
+pub fn shard(call_id: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in call_id.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (h % n.max(1) as u64) as usize
+}
+
+/// A running server.
+pub struct Server {
+    /// Shared state (for tests and the admin endpoint).
+    pub shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the store, seeds the plan, binds the sockets and starts the workers.
+    pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Server> {
+        routing::seed(&store)?;
+        let (sockets, listener) = SipSockets::bind(settings.sip.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} ([sip] listen): {e}", settings.sip.listen)
+        })?;
+        let local = sockets.local_addr();
+        let n = if settings.sip.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            settings.sip.workers
+        };
+        let mut senders = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let host = if settings.sip.advertise.is_empty() {
+            local.to_string()
+        } else {
+            settings.sip.advertise.clone()
+        };
+        let shared = Arc::new(Shared {
+            registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
+            seats: Arc::new(SimpleQueue::new(store.clone())),
+            ports: Arc::new(PortPool::new(settings.rtp.address, settings.rtp.port_min, settings.rtp.port_max)),
+            sockets: sockets.clone(),
+            workers: senders,
+            host,
+            live_calls: AtomicUsize::new(0),
+            store,
+            settings,
+        });
+        for (index, rx) in receivers.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                shared: shared.clone(),
+                txs: Transactions::new(TimerConfig::default(), shared.settings.sip.max_transactions),
+                calls: HashMap::new(),
+                owners: HashMap::new(),
+            };
+            tokio::spawn(worker.run(rx));
+        }
+        let inbound_shared = shared.clone();
+        sockets.start(
+            listener,
+            n,
+            Arc::new(move |bytes: &[u8], peer: Peer| dispatch(&inbound_shared, bytes, peer)),
+        );
+        tracing::info!(%local, workers = n, "SIP listening on UDP and TCP");
+        Ok(Server { shared })
+    }
+
+    /// The SIP address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.sockets.local_addr()
+    }
+}
+
+/// Parses one received message and hands it to its worker. Malformed requests
+/// get a stateless answer here, when RFC 3261 wants one.
+fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return; // keep-alive
+    }
+    match message::parse(bytes) {
+        Ok(msg) => {
+            let w = shared.worker_of(&msg.core().call_id);
+            let new_invite = matches!(&msg, Message::Request(r) if r.method == Method::Invite && r.core.to.tag.is_none());
+            if let Err(mpsc::error::TrySendError::Full(WorkerInput::Incoming(Message::Request(req), _))) =
+                shared.workers[w].try_send(WorkerInput::Incoming(msg, peer))
+            {
+                if new_invite {
+                    let resp = req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+                    shared.sockets.send(peer, Bytes::from(resp));
+                }
+            }
+        }
+        Err(rej) => {
+            tracing::debug!(peer = %peer.addr, reason = %rej.reason, status = ?rej.status, "refused message");
+            if let (Some(status), Some(echo)) = (rej.status, rej.echo.as_ref()) {
+                let reason = if status == 400 { Some(rej.reason.as_str()) } else { None };
+                let resp = message::write_response(echo, status, reason, Some(&random_token()), &[], b"");
+                shared.sockets.send(peer, Bytes::from(resp));
+            }
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    txs: Transactions,
+    /// Running calls by Call-ID (both legs).
+    calls: HashMap<String, mpsc::Sender<CallEvent>>,
+    /// Owners of client transactions started by calls.
+    owners: HashMap<TxKey, mpsc::Sender<CallEvent>>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<WorkerInput>) {
+        loop {
+            let deadline = self.txs.poll_timeout();
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => self.handle_input(input),
+                    None => return,
+                },
+                _ = sleep_until(deadline) => self.txs.handle_timeout(Instant::now()),
+            }
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(t) = self.txs.poll_transmit() {
+            self.shared.sockets.send(t.peer, t.bytes);
+        }
+        while let Some(event) = self.txs.poll_event() {
+            self.handle_event(event);
+            while let Some(t) = self.txs.poll_transmit() {
+                self.shared.sockets.send(t.peer, t.bytes);
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: WorkerInput) {
+        let now = Instant::now();
+        match input {
+            WorkerInput::Incoming(msg, peer) => {
+                let new_request = matches!(&msg, Message::Request(r) if r.method != Method::Ack);
+                if new_request && self.txs.is_full() {
+                    if let Message::Request(req) = &msg {
+                        let resp = req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+                        self.shared.sockets.send(peer, Bytes::from(resp));
+                    }
+                    return;
+                }
+                self.txs.handle_message(now, msg, peer);
+            }
+            WorkerInput::Respond { key, status, bytes } => {
+                if let Err(e) = self.txs.respond(now, &key, status, bytes) {
+                    tracing::debug!(error = %e, status, "response not sent");
+                }
+            }
+            WorkerInput::Request {
+                method,
+                branch,
+                bytes,
+                peer,
+                owner,
+            } => {
+                let key = self.txs.request(now, method, &branch, bytes, peer);
+                self.owners.insert(key, owner);
+            }
+            WorkerInput::Stateless { peer, bytes } => self.txs.send_stateless(peer, bytes),
+            WorkerInput::Bind { call_id, owner } => {
+                self.calls.insert(call_id, owner);
+            }
+            WorkerInput::Unbind { call_id } => {
+                self.calls.remove(&call_id);
+                self.owners.retain(|_, o| !o.is_closed());
+            }
+        }
+    }
+
+    fn to_call(&mut self, call_id: &str, event: CallEvent) -> Result<(), CallEvent> {
+        match self.calls.get(call_id) {
+            Some(call) => call.try_send(event).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
+            }),
+            None => Err(event),
+        }
+    }
+
+    fn handle_event(&mut self, event: TxEvent) {
+        match event {
+            TxEvent::Request { key, request, peer } => {
+                let call_id = request.core.call_id.clone();
+                if let Err(CallEvent::Request { key, request, .. }) =
+                    self.to_call(&call_id, CallEvent::Request { key, request, peer })
+                {
+                    self.new_request(key, *request, peer);
+                }
+            }
+            TxEvent::Ack { request, .. } => {
+                let call_id = request.core.call_id.clone();
+                let _ = self.to_call(&call_id, CallEvent::Ack);
+            }
+            TxEvent::Cancelled { invite, request } => {
+                let call_id = request.core.call_id.clone();
+                if self.to_call(&call_id, CallEvent::Cancelled).is_err() {
+                    let resp = request.response(487, Some(&random_token()), &[], b"");
+                    let _ = self.txs.respond(Instant::now(), &invite, 487, Bytes::from(resp));
+                }
+            }
+            TxEvent::Response { key, response } => {
+                let final_response = response.status >= 200;
+                let owner = if final_response { self.owners.remove(&key) } else { self.owners.get(&key).cloned() };
+                let call_id = response.core.call_id.clone();
+                let event = CallEvent::Response { key: Some(key), response };
+                match owner {
+                    Some(o) => {
+                        let _ = o.try_send(event);
+                    }
+                    None => {
+                        let _ = self.to_call(&call_id, event);
+                    }
+                }
+            }
+            TxEvent::Stray { response, .. } => {
+                let call_id = response.core.call_id.clone();
+                let _ = self.to_call(&call_id, CallEvent::Response { key: None, response });
+            }
+            TxEvent::Timeout { key } => {
+                if let Some(o) = self.owners.remove(&key) {
+                    let _ = o.try_send(CallEvent::Timeout { key });
+                }
+            }
+            TxEvent::AckTimeout { call_id, .. } => {
+                let _ = self.to_call(&call_id, CallEvent::AckTimeout);
+            }
+        }
+    }
+
+    fn answer(&mut self, key: &TxKey, req: &Request, answer: &Answer) {
+        let headers: Vec<(&str, &str)> = answer.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let bytes = req.response(answer.status, Some(&random_token()), &headers, b"");
+        let _ = self.txs.respond(Instant::now(), key, answer.status, Bytes::from(bytes));
+    }
+
+    fn simple(&mut self, key: &TxKey, req: &Request, status: u16, headers: &[(&'static str, String)]) {
+        self.answer(key, req, &Answer { status, headers: headers.to_vec() });
+    }
+
+    fn new_request(&mut self, key: TxKey, req: Request, peer: Peer) {
+        // We support no extensions: any Require gets 420 (RFC 3261 §8.2.2.3).
+        let required: Vec<&str> = req.headers.get_all("require").collect();
+        if !required.is_empty() && req.method != Method::Cancel {
+            let unsupported = required.join(", ");
+            self.simple(&key, &req, 420, &[("Unsupported", unsupported)]);
+            return;
+        }
+        match &req.method {
+            Method::Register => {
+                let answer = match self.shared.registrar.lock() {
+                    Ok(mut r) => r.register(now_unix(), &req, &peer),
+                    Err(_) => Answer { status: 500, headers: vec![] },
+                };
+                self.answer(&key, &req, &answer);
+            }
+            Method::Options => {
+                let headers = [
+                    ("Allow", ALLOW.to_string()),
+                    ("Accept", "application/sdp".to_string()),
+                ];
+                self.simple(&key, &req, 200, &headers);
+            }
+            Method::Invite if req.core.to.tag.is_some() => self.simple(&key, &req, 481, &[]),
+            Method::Invite => self.new_call(key, req, peer),
+            Method::Bye | Method::Info | Method::Update | Method::Refer | Method::Notify | Method::Prack => {
+                self.simple(&key, &req, 481, &[])
+            }
+            Method::Subscribe | Method::Message | Method::Publish => {
+                self.simple(&key, &req, 405, &[("Allow", ALLOW.to_string())])
+            }
+            Method::Other(_) => self.simple(&key, &req, 501, &[("Allow", ALLOW.to_string())]),
+            Method::Ack | Method::Cancel => {}
+        }
+    }
+
+    fn new_call(&mut self, key: TxKey, req: Request, peer: Peer) {
+        let settings = &self.shared.settings;
+        let trunk = settings.trunk.allow.iter().any(|net| net.contains(&peer.addr.ip()));
+        let caller_agent = if trunk {
+            None
+        } else {
+            let outcome = match self.shared.registrar.lock() {
+                Ok(mut r) => r.authenticate(now_unix(), &req, &peer),
+                Err(_) => AuthOutcome::Refuse(Answer { status: 500, headers: vec![] }),
+            };
+            match outcome {
+                AuthOutcome::Agent(id) => Some(id),
+                AuthOutcome::Refuse(answer) => {
+                    if answer.status == 403 {
+                        tracing::info!(source = %peer.addr, "INVITE from outside the trunk ACL refused");
+                    }
+                    self.answer(&key, &req, &answer);
+                    return;
+                }
+            }
+        };
+        let dialed_raw = req.uri_user.clone().or_else(|| req.core.to.user.clone()).unwrap_or_default();
+        let Some(dialed) = routing::normalize(&dialed_raw, &settings.trunk.normalize) else {
+            tracing::info!(dialed = %dialed_raw, "INVITE for a number that is not dialable");
+            self.simple(&key, &req, 404, &[]);
+            return;
+        };
+        let route = match self.shared.store.route_for(&dialed) {
+            Ok(Some(route)) => route,
+            Ok(None) => {
+                tracing::info!(dialed = %dialed, call_id = %req.core.call_id, "no route for dialed number");
+                self.simple(&key, &req, 404, &[]);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "number plan lookup failed");
+                self.simple(&key, &req, 500, &[]);
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(64);
+        self.calls.insert(req.core.call_id.clone(), tx.clone());
+        let ctx = call::CallCtx {
+            shared: self.shared.clone(),
+            worker: self.shared.workers[self.index].clone(),
+            worker_index: self.index,
+            events_tx: tx,
+        };
+        tokio::spawn(call::run(ctx, rx, key, req, peer, route, dialed, caller_agent));
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,226 @@
+//! The embedded database: agent accounts, registrations, the number plan.
+//!
+//! Room: the cellar. [`Store`] wraps one sled database and is the only code
+//! that knows its trees and encodings (JSON values, so `sled` dumps stay
+//! readable). Route writes are flushed at once (sled recovers to the last
+//! flush after a crash); bindings are flushed by sled's own interval.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::sip::auth::Credentials;
+
+/// An agent (seat) account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Login and SIP user name, e.g. "1001".
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Queues the agent serves.
+    pub queues: Vec<String>,
+    /// Digest HA1 values; never the password.
+    pub credentials: Credentials,
+}
+
+/// One registered contact of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Contact URI as registered.
+    pub contact: String,
+    /// Where the REGISTER really came from (NAT: we send there).
+    pub received: std::net::SocketAddr,
+    /// "UDP" or "TCP".
+    pub transport: String,
+    /// TCP connection the REGISTER came on (0 = open a new one).
+    #[serde(default)]
+    pub conn: u64,
+    /// Unix seconds when the binding lapses.
+    pub expires_at: u64,
+    /// Call-ID of the REGISTER that made it (RFC 3261 §10.3 ordering).
+    pub call_id: String,
+    /// CSeq of that REGISTER.
+    pub cseq: u32,
+}
+
+/// A number-plan entry: dialed number (or prefix) → target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Normalized number or prefix.
+    pub number: String,
+    /// Queue the call goes to.
+    pub queue: String,
+    /// Hotline label for reports ("12345", "12315 market regulation").
+    #[serde(default)]
+    pub hotline: String,
+}
+
+/// The database handle. Cloning is cheap (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    agents: sled::Tree,
+    bindings: sled::Tree,
+    routes: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating) the database under `data_dir`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        let path = data_dir.join("db");
+        let db = sled::open(&path).with_context(|| {
+            format!(
+                "cannot open the database {} (is a server already running on it?)",
+                path.display()
+            )
+        })?;
+        Ok(Store {
+            agents: db.open_tree("agents")?,
+            bindings: db.open_tree("bindings")?,
+            routes: db.open_tree("routes")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Writes everything to disk.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(tree: &sled::Tree, key: &str) -> anyhow::Result<Option<T>> {
+        match tree.get(key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).with_context(|| format!("corrupt record {key}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> anyhow::Result<Vec<T>> {
+        tree.iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Adds or replaces an agent.
+    pub fn put_agent(&self, agent: &Agent) -> anyhow::Result<()> {
+        self.agents.insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
+        self.agents.flush()?;
+        Ok(())
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &str) -> anyhow::Result<Option<Agent>> {
+        Self::get(&self.agents, id)
+    }
+
+    /// All agents, by id.
+    pub fn agents(&self) -> anyhow::Result<Vec<Agent>> {
+        Self::list(&self.agents)
+    }
+
+    /// Removes an agent and its bindings; `false` if there was none.
+    pub fn remove_agent(&self, id: &str) -> anyhow::Result<bool> {
+        let existed = self.agents.remove(id.as_bytes())?.is_some();
+        self.bindings.remove(id.as_bytes())?;
+        self.agents.flush()?;
+        Ok(existed)
+    }
+
+    /// An agent's bindings (possibly expired ones; callers filter by time).
+    pub fn bindings(&self, id: &str) -> anyhow::Result<Vec<Binding>> {
+        Ok(Self::get(&self.bindings, id)?.unwrap_or_default())
+    }
+
+    /// Replaces an agent's bindings.
+    pub fn put_bindings(&self, id: &str, bindings: &[Binding]) -> anyhow::Result<()> {
+        if bindings.is_empty() {
+            self.bindings.remove(id.as_bytes())?;
+        } else {
+            self.bindings.insert(id.as_bytes(), serde_json::to_vec(bindings)?)?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a route.
+    pub fn put_route(&self, route: &Route) -> anyhow::Result<()> {
+        self.routes.insert(route.number.as_bytes(), serde_json::to_vec(route)?)?;
+        self.routes.flush()?;
+        Ok(())
+    }
+
+    /// Removes a route; `false` if there was none.
+    pub fn remove_route(&self, number: &str) -> anyhow::Result<bool> {
+        let existed = self.routes.remove(number.as_bytes())?.is_some();
+        self.routes.flush()?;
+        Ok(existed)
+    }
+
+    /// All routes, by number.
+    pub fn routes(&self) -> anyhow::Result<Vec<Route>> {
+        Self::list(&self.routes)
+    }
+
+    /// Longest-prefix match of a normalized number.
+    pub fn route_for(&self, number: &str) -> anyhow::Result<Option<Route>> {
+        for end in (1..=number.len()).rev() {
+            if !number.is_char_boundary(end) {
+                continue;
+            }
+            if let Some(route) = Self::get(&self.routes, &number[..end])? {
+                return Ok(Some(route));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A flag in the meta tree (e.g. "the shipped plan was imported").
+    pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self.meta.get(name.as_bytes())?.is_some())
+    }
+
+    /// Sets a meta flag.
+    pub fn set_flag(&self, name: &str) -> anyhow::Result<()> {
+        self.meta.insert(name.as_bytes(), b"1".to_vec())?;
+        self.meta.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            for (n, q) in [("8", "legacy"), ("8123", "dept"), ("12345", "main")] {
+                store
+                    .put_route(&Route { number: n.into(), queue: q.into(), hotline: n.into() })
+                    .expect("put");
+            }
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let q = |n: &str| store.route_for(n).expect("lookup").map(|r| r.queue);
+        assert_eq!(q("81234567").as_deref(), Some("dept"));
+        assert_eq!(q("88888888").as_deref(), Some("legacy"));
+        assert_eq!(q("12345").as_deref(), Some("main"));
+        assert_eq!(q("1234"), None);
+        assert!(store.remove_route("8").expect("remove"));
+        assert_eq!(q("88888888"), None);
+    }
+}

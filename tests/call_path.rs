@@ -1,0 +1,176 @@
+//! The call path end to end: the real server on loopback, phones speaking
+//! real SIP and RTP, a real sled database in a temp folder.
+
+mod common;
+
+use common::{Phone, TestServer};
+use yihaotong::sip::auth::Algorithm;
+
+#[test]
+fn options_unknown_method_and_garbage() {
+    let server = TestServer::start();
+    let mut phone = Phone::new("1");
+    assert_eq!(phone.options(server.sip), Some(200));
+    phone.send(
+        server.sip,
+        &format!(
+            "FROBNICATE sip:x@{s} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKfrob\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: frob\r\nCSeq: 1 FROBNICATE\r\nContent-Length: 0\r\n\r\n",
+            s = server.sip,
+            a = phone.addr
+        ),
+    );
+    assert_eq!(phone.response("frob", "FROBNICATE", 200, 2.0).map(|r| r.status), Some(501));
+    phone.send(
+        server.sip,
+        &format!(
+            "OPTIONS sip:x@{s} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKreq\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: req\r\nCSeq: 1 OPTIONS\r\nRequire: 100rel, foo\r\nContent-Length: 0\r\n\r\n",
+            s = server.sip,
+            a = phone.addr
+        ),
+    );
+    let r = phone.response("req", "OPTIONS", 200, 2.0).expect("answered");
+    assert_eq!(r.status, 420);
+    assert!(r.headers.get("unsupported").is_some_and(|u| u.contains("foo")));
+    // Bytes that are not SIP: silence, and the server lives on.
+    phone.send(server.sip, "\u{0}\u{1}garbage\r\n\r\n");
+    phone.send(
+        server.sip,
+        &format!(
+            "INVITE sip:x@{s} SIP/7.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKv7\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: v7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            s = server.sip,
+            a = phone.addr
+        ),
+    );
+    assert_eq!(phone.response("v7", "INVITE", 200, 2.0).map(|r| r.status), Some(505));
+    assert_eq!(phone.options(server.sip), Some(200));
+}
+
+#[test]
+fn register_with_digest_both_algorithms_and_lockout() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = Phone::new("1001");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Sha256), 200);
+    let (ok, list) = server.cli(&["agents", "list"]);
+    assert!(ok, "{list}");
+    assert!(list.contains(&phone.addr.to_string()), "binding listed: {list}");
+    // An unknown account is answered like a wrong password.
+    let mut stranger = Phone::new("9999");
+    assert_eq!(stranger.register(server.sip, "s3cret", Algorithm::Md5), 401);
+    // Repeated failures from one source end in 403.
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(phone.register(server.sip, "wrong", Algorithm::Md5));
+    }
+    assert_eq!(codes[0], 401);
+    assert_eq!(*codes.last().expect("codes"), 403, "{codes:?}");
+    // The source is blocked, not the account: another source unregisters fine.
+    let mut other = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(other.register_expires(server.sip, "s3cret", Algorithm::Md5, 0), 200);
+}
+
+#[test]
+fn unknown_number_gets_404_and_outsider_must_authenticate() {
+    let server = TestServer::start();
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "99999");
+    assert_eq!(trunk.response(&d.call_id, "INVITE", 200, 3.0).map(|r| r.status), Some(404));
+    // 127.0.0.2 is outside the trunk ACL (127.0.0.1/32): challenged, never rung.
+    let mut outsider = Phone::bind("13900000000", "127.0.0.2");
+    let d = outsider.invite(server.sip, "12345");
+    let r = outsider.response(&d.call_id, "INVITE", 200, 3.0).expect("answered");
+    assert_eq!(r.status, 407);
+    assert!(r.headers.get("proxy-authenticate").is_some());
+}
+
+#[test]
+fn no_agent_gets_480_with_reason() {
+    let server = TestServer::start();
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "12345");
+    let r = trunk.response(&d.call_id, "INVITE", 200, 3.0).expect("answered");
+    assert_eq!(r.status, 480);
+    assert!(r.headers.get("reason").is_some());
+}
+
+/// Registers an agent, places a trunk call to 12345 and answers it.
+/// Returns (trunk, caller dialog, agent, agent dialog).
+fn answered_call(server: &TestServer) -> (Phone, common::PhoneDialog, Phone, common::PhoneDialog) {
+    let mut agent = Phone::new("1001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000000");
+    let mut d = trunk.invite(server.sip, "+8612345");
+    let inv = agent.request("INVITE", 5.0).expect("agent rung");
+    assert_eq!(inv.headers.get("x-dialed"), Some("+8612345"));
+    assert_eq!(inv.headers.get("x-queue"), Some("main"));
+    agent.reply(server.sip, &inv, 180, "agt");
+    let ringing = trunk.response(&d.call_id, "INVITE", 180, 3.0).expect("caller hears ringing");
+    assert_eq!(ringing.status, 180);
+    agent.reply(server.sip, &inv, 200, "agt");
+    let ack = agent.request("ACK", 3.0).expect("agent's 200 ACKed");
+    assert_eq!(ack.core.call_id, inv.core.call_id);
+    let ok = trunk.response(&d.call_id, "INVITE", 200, 3.0).expect("caller answered");
+    assert_eq!(ok.status, 200);
+    trunk.ack(server.sip, &mut d, &ok);
+    let ad = Phone::uas_dialog(&inv, "agt");
+    (trunk, d, agent, ad)
+}
+
+fn talk(trunk: &Phone, d: &common::PhoneDialog, agent: &Phone, ad: &common::PhoneDialog) -> (usize, usize) {
+    let to_server_from_caller = d.remote_rtp.expect("caller has our RTP address");
+    let to_server_from_agent = ad.remote_rtp.expect("agent has our RTP address");
+    std::thread::scope(|s| {
+        let c = s.spawn(|| trunk.exchange_rtp(to_server_from_caller, 50, 0x1111));
+        let a = s.spawn(|| agent.exchange_rtp(to_server_from_agent, 50, 0x2222));
+        (c.join().expect("caller rtp"), a.join().expect("agent rtp"))
+    })
+}
+
+#[test]
+fn trunk_call_rings_agent_media_both_ways_caller_hangs_up() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, mut d, mut agent, _ad) = answered_call(&server);
+    let (caller_got, agent_got) = talk(&trunk, &d, &agent, &_ad);
+    assert!(caller_got >= 45, "caller received {caller_got} of 50 packets");
+    assert!(agent_got >= 45, "agent received {agent_got} of 50 packets");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.response(&d.call_id, "BYE", 200, 3.0).map(|r| r.status), Some(200));
+    let bye = agent.request("BYE", 3.0).expect("agent gets BYE");
+    agent.reply(server.sip, &bye, 200, "agt");
+}
+
+#[test]
+fn agent_hangs_up_and_caller_gets_bye() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, d, mut agent, mut ad) = answered_call(&server);
+    agent.in_dialog(server.sip, &mut ad, "BYE", "");
+    assert_eq!(agent.response(&ad.call_id, "BYE", 200, 3.0).map(|r| r.status), Some(200));
+    let bye = trunk.request("BYE", 3.0).expect("caller gets BYE");
+    assert_eq!(bye.core.call_id, d.call_id);
+    trunk.reply(server.sip, &bye, 200, "x");
+}
+
+#[test]
+fn caller_cancels_while_agent_rings() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut agent = Phone::new("1001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "12345");
+    let inv = agent.request("INVITE", 5.0).expect("agent rung");
+    agent.reply(server.sip, &inv, 180, "agt");
+    trunk.response(&d.call_id, "INVITE", 180, 3.0).expect("ringing");
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.response(&d.call_id, "CANCEL", 200, 3.0).map(|r| r.status), Some(200));
+    assert_eq!(trunk.response(&d.call_id, "INVITE", 200, 3.0).map(|r| r.status), Some(487));
+    let cancel = agent.request("CANCEL", 3.0).expect("agent's INVITE cancelled");
+    agent.reply(server.sip, &cancel, 200, "agt");
+    agent.reply(server.sip, &inv, 487, "agt");
+    let ack = agent.request("ACK", 3.0).expect("487 ACKed by the transaction");
+    assert_eq!(ack.core.call_id, inv.core.call_id);
+}
+

@@ -1,0 +1,441 @@
+//! Test harness: the real server binary on loopback with a temp data dir, and
+//! small SIP phones that speak real SIP and RTP over UDP sockets.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use rtc_shared::marshal::{Marshal, Unmarshal};
+use yihaotong::sip::auth::{challenge_params, client_response, Algorithm};
+use yihaotong::sip::message::{parse, Message, Request, Response};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_yihaotong");
+
+/// A free UDP+TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = u.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// RTP ranges per test so parallel tests do not collide.
+fn rtp_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 30_000 + (std::process::id() % 50) as u16 * 400 + slot * 40;
+    (base, base + 38)
+}
+
+pub struct TestServer {
+    pub child: Child,
+    pub sip: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra_env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let (lo, hi) = rtp_range();
+        let mut env: Vec<(String, String)> = vec![
+            ("YIHAOTONG_SIP__LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("YIHAOTONG_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            ("YIHAOTONG_RTP__PORT_MIN".into(), lo.to_string()),
+            ("YIHAOTONG_RTP__PORT_MAX".into(), hi.to_string()),
+            ("YIHAOTONG_QUEUE__RING_TIMEOUT".into(), "3".into()),
+            ("YIHAOTONG_SIP__WORKERS".into(), "2".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut server = TestServer {
+            child: spawn_server(&env),
+            sip: format!("127.0.0.1:{port}").parse().expect("addr"),
+            dir,
+            env,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let probe = Phone::new("probe");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(code) = probe.options(self.sip) {
+                assert_eq!(code, 200);
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited early: {status}");
+            }
+        }
+        panic!("server did not answer OPTIONS");
+    }
+
+    /// Stops and starts the server on the same data dir and port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_server(&self.env);
+        self.wait_ready();
+    }
+
+    /// Runs the CLI with this server's settings; returns (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run cli");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    pub fn add_agent(&self, id: &str, password: &str, queues: &str) {
+        let (ok, out) = self.cli(&["agents", "add", id, "--password", password, "--queues", queues]);
+        assert!(ok, "agents add failed: {out}");
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+fn spawn_server(env: &[(String, String)]) -> Child {
+    Command::new(BIN)
+        .arg("run")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_SERVER_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .expect("spawn server")
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token() -> String {
+    format!("{:x}", rand::random::<u64>())
+}
+
+/// A dialog as the phone sees it.
+#[derive(Debug, Clone)]
+pub struct PhoneDialog {
+    pub call_id: String,
+    pub local: String,
+    pub remote: String,
+    pub target: String,
+    pub cseq: u32,
+    pub remote_rtp: Option<SocketAddr>,
+    /// Branch of the INVITE (for CANCEL).
+    pub branch: String,
+}
+
+/// A small SIP phone over UDP with an RTP socket.
+pub struct Phone {
+    pub user: String,
+    pub sock: UdpSocket,
+    pub rtp: UdpSocket,
+    pub addr: SocketAddr,
+    nc: u32,
+    backlog: Vec<Message>,
+}
+
+impl Phone {
+    pub fn new(user: &str) -> Phone {
+        Self::bind(user, "127.0.0.1")
+    }
+
+    pub fn bind(user: &str, ip: &str) -> Phone {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind sip");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let rtp = UdpSocket::bind((ip, 0)).expect("bind rtp");
+        rtp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        Phone { user: user.into(), sock, rtp, addr, nc: 0, backlog: Vec::new() }
+    }
+
+    pub fn send(&self, to: SocketAddr, text: &str) {
+        self.sock.send_to(text.as_bytes(), to).expect("send");
+    }
+
+    fn via(&self) -> String {
+        format!("SIP/2.0/UDP {};branch=z9hG4bK{};rport", self.addr, token())
+    }
+
+    /// Receives the next message matching `pred` within `secs`.
+    pub fn recv_where(&mut self, secs: f64, pred: impl Fn(&Message) -> bool) -> Option<Message> {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return Some(self.backlog.remove(i));
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                if let Ok(m) = parse(&buf[..n]) {
+                    if pred(&m) {
+                        return Some(m);
+                    }
+                    if self.backlog.len() < 64 {
+                        self.backlog.push(m);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The next response (final unless `provisional`) for `call_id` and method.
+    pub fn response(&mut self, call_id: &str, method: &str, min_status: u16, secs: f64) -> Option<Response> {
+        let call_id = call_id.to_string();
+        let method = method.to_string();
+        match self.recv_where(secs, |m| {
+            matches!(m, Message::Response(r) if r.core.call_id == call_id && r.core.cseq_method.as_str() == method && r.status >= min_status)
+        }) {
+            Some(Message::Response(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn request(&mut self, method: &str, secs: f64) -> Option<Request> {
+        let method = method.to_string();
+        match self.recv_where(secs, |m| matches!(m, Message::Request(r) if r.method.as_str() == method)) {
+            Some(Message::Request(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn options(&self, server: SocketAddr) -> Option<u16> {
+        let call_id = token();
+        self.send(
+            server,
+            &format!(
+                "OPTIONS sip:{server} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p\r\nTo: <sip:{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                self.via()
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                if let Ok(Message::Response(r)) = parse(&buf[..n]) {
+                    if r.core.call_id == call_id {
+                        return Some(r.status);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn register_once(&mut self, server: SocketAddr, call_id: &str, cseq: u32, expires: u32, auth: Option<&str>) -> Response {
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let msg = format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: <sip:{u}@{server}>;tag={t}\r\nTo: <sip:{u}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{u}@{a}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
+            self.via(),
+            u = self.user,
+            t = token(),
+            a = self.addr,
+        );
+        self.send(server, &msg);
+        self.response(call_id, "REGISTER", 200, 3.0).expect("REGISTER answered")
+    }
+
+    /// REGISTERs with digest auth; returns the final status.
+    pub fn register(&mut self, server: SocketAddr, password: &str, alg: Algorithm) -> u16 {
+        self.register_expires(server, password, alg, 300)
+    }
+
+    pub fn register_expires(&mut self, server: SocketAddr, password: &str, alg: Algorithm, expires: u32) -> u16 {
+        let call_id = token();
+        let first = self.register_once(server, &call_id, 1, expires, None);
+        if first.status != 401 {
+            return first.status;
+        }
+        let challenge = first
+            .headers
+            .get_all("www-authenticate")
+            .find(|c| c.contains(&format!("algorithm={}", alg.token())))
+            .expect("challenge for the algorithm")
+            .to_string();
+        let (realm, nonce, _) = challenge_params(&challenge).expect("challenge parses");
+        self.nc += 1;
+        let auth = client_response(alg, &self.user, password, &realm, "REGISTER", &format!("sip:{server}"), &nonce, self.nc, "cn0nce");
+        self.register_once(server, &call_id, 2, expires, Some(&auth)).status
+    }
+
+    /// Sends an INVITE as the trunk to `number`; returns the dialog (no tag yet).
+    pub fn invite(&mut self, server: SocketAddr, number: &str) -> PhoneDialog {
+        let call_id = token();
+        let local = format!("<sip:{}@127.0.0.1>;tag={}", self.user, token());
+        let sdp = self.sdp();
+        let branch = format!("z9hG4bK{}", token());
+        let msg = format!(
+            "INVITE sip:{number}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {local}\r\nTo: <sip:{number}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{}@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            self.addr,
+            self.user,
+            self.addr,
+            sdp.len()
+        );
+        self.send(server, &msg);
+        PhoneDialog {
+            branch,
+            call_id,
+            local,
+            remote: format!("<sip:{number}@{server}>"),
+            target: format!("sip:{number}@{server}"),
+            cseq: 1,
+            remote_rtp: None,
+        }
+    }
+
+    /// Raw INVITE text for CANCEL construction.
+    pub fn cancel(&mut self, server: SocketAddr, d: &PhoneDialog) {
+        let invite_branch = &d.branch;
+        let msg = format!(
+            "CANCEL {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={invite_branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+            d.target, self.addr, d.local, d.remote, d.call_id
+        );
+        self.send(server, &msg);
+    }
+
+    pub fn sdp(&self) -> String {
+        self.sdp_dir("sendrecv")
+    }
+
+    pub fn sdp_dir(&self, dir: &str) -> String {
+        let a = self.rtp.local_addr().expect("rtp addr");
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na={dir}\r\n",
+            ip = a.ip(),
+            port = a.port()
+        )
+    }
+
+    /// Completes a UAC dialog from a 2xx: sends the ACK, learns tag and RTP address.
+    pub fn ack(&self, server: SocketAddr, d: &mut PhoneDialog, ok: &Response) {
+        d.remote = ok.core.to.raw.clone();
+        if let Ok(a) = yihaotong::media::sdp::parse_audio(&ok.body) {
+            d.remote_rtp = Some(a.addr);
+        }
+        if let Some(c) = ok.headers.get("contact").and_then(yihaotong::sip::dialog::contact_uri) {
+            d.target = c;
+        }
+        let msg = format!(
+            "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            d.target,
+            self.via(),
+            d.local,
+            d.remote,
+            d.call_id,
+            ok.core.cseq
+        );
+        self.send(server, &msg);
+    }
+
+    /// Sends an in-dialog request (BYE, re-INVITE) with the next CSeq.
+    pub fn in_dialog(&self, server: SocketAddr, d: &mut PhoneDialog, method: &str, body: &str) {
+        d.cseq += 1;
+        let ctype = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let msg = format!(
+            "{method} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:{}@{}>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+            d.target,
+            self.via(),
+            d.local,
+            d.remote,
+            d.call_id,
+            d.cseq,
+            self.user,
+            self.addr,
+            body.len()
+        );
+        self.send(server, &msg);
+    }
+
+    /// Answers a request with `status` (adding our tag and SDP for 2xx to INVITE).
+    pub fn reply(&self, server: SocketAddr, req: &Request, status: u16, tag: &str) {
+        let sdp = if status == 200 && req.method.as_str() == "INVITE" { self.sdp() } else { String::new() };
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        let contact = format!("<sip:{}@{}>", self.user, self.addr);
+        extra.push(("Contact", &contact));
+        if !sdp.is_empty() {
+            extra.push(("Content-Type", "application/sdp"));
+        }
+        let bytes = req.response(status, Some(tag), &extra, sdp.as_bytes());
+        self.sock.send_to(&bytes, server).expect("send");
+    }
+
+    /// The dialog an answered INVITE makes, from the callee's side.
+    pub fn uas_dialog(req: &Request, tag: &str) -> PhoneDialog {
+        PhoneDialog {
+            call_id: req.core.call_id.clone(),
+            local: format!("{};tag={tag}", req.core.to.raw),
+            remote: req.core.from.raw.clone(),
+            target: req.headers.get("contact").and_then(yihaotong::sip::dialog::contact_uri).expect("contact"),
+            cseq: 100,
+            branch: String::new(),
+            remote_rtp: yihaotong::media::sdp::parse_audio(&req.body).ok().map(|a| a.addr),
+        }
+    }
+
+    /// Sends `count` 20 ms G.711 packets to `to` while counting what arrives; returns packets received.
+    pub fn exchange_rtp(&self, to: SocketAddr, count: u16, ssrc: u32) -> usize {
+        let mut received = 0;
+        let mut buf = [0u8; 2048];
+        for i in 0..count {
+            let p = rtc_rtp::packet::Packet {
+                header: rtc_rtp::header::Header {
+                    version: 2,
+                    payload_type: 0,
+                    sequence_number: i,
+                    timestamp: i as u32 * 160,
+                    ssrc,
+                    marker: i == 0,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(vec![0xffu8; 160]),
+            };
+            self.rtp.send_to(&p.marshal().expect("marshal"), to).expect("rtp send");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(20) {
+                if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
+                    let mut view = &buf[..n];
+                    if rtc_rtp::packet::Packet::unmarshal(&mut view).is_ok() {
+                        received += 1;
+                    }
+                }
+            }
+        }
+        // Drain the tail.
+        let end = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < end {
+            if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
+                let mut view = &buf[..n];
+                if rtc_rtp::packet::Packet::unmarshal(&mut view).is_ok() {
+                    received += 1;
+                }
+            }
+        }
+        received
+    }
+}
