@@ -1,1 +1,91 @@
-fn main(){}
+//! Hot paths of signalling: parse an INVITE, route its dialed number through
+//! the sled number plan, write the 100 Trying; and one transaction step.
+//! Run: `cargo bench --bench sip_path`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use yihaotong::routing;
+use yihaotong::sip::message::{parse, Message};
+use yihaotong::sip::transaction::{TimerConfig, Transactions};
+use yihaotong::sip::{Peer, TransportKind};
+use yihaotong::store::{Route, Store};
+
+const INVITE: &str = "INVITE sip:+8612345@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:12345@127.0.0.1>\r\n\
+From: \"Citizen\" <sip:13800000000@127.0.0.1:5070>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@127.0.0.1\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:13800000000@127.0.0.1:5070>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 129\r\n\r\n\
+v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    routing::seed(&store).expect("seed");
+    // A realistic plan size: the shipped numbers plus 10,000 department lines.
+    for i in 0..10_000u32 {
+        store
+            .put_route(&Route {
+                number: format!("8{:07}", i * 7),
+                queue: "dept".into(),
+                hotline: String::new(),
+            })
+            .expect("route");
+    }
+    let prefixes = vec!["+86".to_string(), "0086".to_string(), "028".to_string()];
+    let bytes = INVITE.as_bytes();
+
+    c.bench_function("sip/parse_invite", |b| {
+        b.iter(|| black_box(parse(black_box(bytes)).is_ok()))
+    });
+
+    c.bench_function("sip/parse_route_respond", |b| {
+        b.iter(|| {
+            let Ok(Message::Request(req)) = parse(black_box(bytes)) else {
+                unreachable!("valid INVITE")
+            };
+            let dialed = req.uri_user.as_deref().unwrap_or_default();
+            let number = routing::normalize(dialed, &prefixes).unwrap_or_default();
+            let route = store.route_for(&number).ok().flatten();
+            let resp = req.response(100, None, &[], b"");
+            black_box((route, resp))
+        })
+    });
+
+    let peer = Peer::new(
+        "127.0.0.1:5070".parse().expect("addr"),
+        TransportKind::Udp,
+        0,
+    );
+    c.bench_function("sip/transaction_invite_100_180_200", |b| {
+        let mut txs = Transactions::new(TimerConfig::default(), 1_000_000);
+        let now = Instant::now();
+        let mut n = 0u64;
+        b.iter(|| {
+            n += 1;
+            let text = INVITE.replace("z9hG4bK776asdhds", &format!("z9hG4bK{n}"));
+            let Ok(msg) = parse(text.as_bytes()) else {
+                unreachable!("valid INVITE")
+            };
+            txs.handle_message(now, msg, peer);
+            while txs.poll_transmit().is_some() {}
+            if let Some(yihaotong::sip::transaction::TxEvent::Request { key, request, .. }) =
+                txs.poll_event()
+            {
+                let ringing = Bytes::from(request.response(180, Some("t"), &[], b""));
+                let _ = txs.respond(now, &key, 180, ringing);
+            }
+            while txs.poll_transmit().is_some() {}
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

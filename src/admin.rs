@@ -69,7 +69,12 @@ pub enum AdminCommand {
 }
 
 fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
-    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         bail!("{kind} {s:?} must be 1-64 letters, digits, '-', '_' or '.'");
     }
     Ok(())
@@ -77,9 +82,19 @@ fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
 
 /// Executes a command against the store. `realm` is the digest realm the
 /// password is hashed for.
-pub fn execute(store: &Store, realm: &str, cmd: AdminCommand, now_unix: u64) -> anyhow::Result<Value> {
+pub fn execute(
+    store: &Store,
+    realm: &str,
+    cmd: AdminCommand,
+    now_unix: u64,
+) -> anyhow::Result<Value> {
     match cmd {
-        AdminCommand::AgentsAdd { id, password, name, queues } => {
+        AdminCommand::AgentsAdd {
+            id,
+            password,
+            name,
+            queues,
+        } => {
             valid_name("agent id", &id)?;
             if password.len() < 4 {
                 bail!("password must be at least 4 characters");
@@ -114,7 +129,11 @@ pub fn execute(store: &Store, realm: &str, cmd: AdminCommand, now_unix: u64) -> 
             }
             Ok(json!({ "removed": id }))
         }
-        AdminCommand::RoutesSet { number, queue, hotline } => {
+        AdminCommand::RoutesSet {
+            number,
+            queue,
+            hotline,
+        } => {
             let Some(normalized) = routing::normalize(&number, &[]) else {
                 bail!("{number:?} is not a dialable number");
             };
@@ -158,7 +177,9 @@ pub async fn serve(path: PathBuf, store: Store, realm: String) -> anyhow::Result
     }
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let store = store.clone();
             let realm = realm.clone();
             tokio::spawn(async move {
@@ -171,13 +192,19 @@ pub async fn serve(path: PathBuf, store: Store, realm: String) -> anyhow::Result
                             let realm = realm.clone();
                             let now = crate::server::now_unix();
                             // sled calls may block briefly: keep them off the async threads.
-                            match tokio::task::spawn_blocking(move || execute(&store, &realm, cmd, now)).await {
+                            match tokio::task::spawn_blocking(move || {
+                                execute(&store, &realm, cmd, now)
+                            })
+                            .await
+                            {
                                 Ok(Ok(v)) => json!({ "ok": true, "result": v }),
                                 Ok(Err(e)) => json!({ "ok": false, "error": format!("{e:#}") }),
                                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
                             }
                         }
-                        Err(e) => json!({ "ok": false, "error": format!("bad admin command: {e}") }),
+                        Err(e) => {
+                            json!({ "ok": false, "error": format!("bad admin command: {e}") })
+                        }
                     };
                     let mut text = answer.to_string();
                     text.push('\n');
@@ -201,11 +228,15 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
         stream.write_all(line.as_bytes())?;
         let mut answer = String::new();
         BufReader::new(stream).read_line(&mut answer)?;
-        let v: Value = serde_json::from_str(&answer).context("bad answer from the server's admin socket")?;
+        let v: Value =
+            serde_json::from_str(&answer).context("bad answer from the server's admin socket")?;
         if v["ok"] == Value::Bool(true) {
             return Ok(v["result"].clone());
         }
-        bail!("{}", v["error"].as_str().unwrap_or("server refused the command"));
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("server refused the command")
+        );
     }
     let store = Store::open(data_dir)?;
     let v = execute(&store, realm, cmd, crate::server::now_unix())?;

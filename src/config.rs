@@ -99,10 +99,8 @@ impl Settings {
     /// Loads defaults, then `file` (if any; `config/yihaotong.toml` is not read
     /// implicitly unless given), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULTS,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -134,7 +132,9 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         if self.rtp.port_min >= self.rtp.port_max || self.rtp.port_max - self.rtp.port_min < 4 {
-            bail!("settings: [rtp] port_min must be below port_max with room for at least two calls");
+            bail!(
+                "settings: [rtp] port_min must be below port_max with room for at least two calls"
+            );
         }
         if self.sip.min_expires > self.sip.max_expires {
             bail!("settings: [sip] min_expires is above max_expires");
@@ -170,7 +170,8 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         queue: Option<toml::Table>,
     }
     let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
-    let partial: Partial = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let partial: Partial =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let sections = [
         ("sip", &partial.sip),
         ("rtp", &partial.rtp),
@@ -216,7 +217,11 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load(None).expect("defaults are valid");
         assert_eq!(s.sip.domain, "12345.hotline");
-        assert!(s.trunk.allow.iter().any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().expect("ip"))));
+        assert!(s
+            .trunk
+            .allow
+            .iter()
+            .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().expect("ip"))));
     }
 
     #[test]
@@ -224,7 +229,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("y.toml");
         std::fs::write(&path, "[sip]\ndomain = \"x\"\nlisen = \"1.2.3.4:5\"\n").expect("write");
-        let err = Settings::load(Some(&path)).expect_err("typo must fail").to_string();
+        let err = Settings::load(Some(&path))
+            .expect_err("typo must fail")
+            .to_string();
         assert!(err.contains("y.toml:3"), "{err}");
         assert!(err.contains("lisen"), "{err}");
     }

@@ -10,7 +10,11 @@ use yihaotong::server::Server;
 use yihaotong::store::Store;
 
 #[derive(Parser)]
-#[command(name = "yihaotong", version, about = "一号通: the 12345 citizen hotline's telephony core")]
+#[command(
+    name = "yihaotong",
+    version,
+    about = "一号通: the 12345 citizen hotline's telephony core"
+)]
 struct Cli {
     /// Settings file layered over the built-in defaults (then YIHAOTONG_* variables).
     #[arg(long, global = true)]
@@ -122,34 +126,69 @@ fn real_main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run => run(settings),
         Command::Check { plan } => {
-            yihaotong::routing::parse_plan(yihaotong::routing::SHIPPED_PLAN, "config/numbers.toml")?;
+            yihaotong::routing::parse_plan(
+                yihaotong::routing::SHIPPED_PLAN,
+                "config/numbers.toml",
+            )?;
             if let Some(p) = plan {
-                let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
                 let n = yihaotong::routing::parse_plan(&text, &p.display().to_string())?.len();
                 println!("{}: {n} routes OK", p.display());
             }
-            println!("settings OK: SIP {} (realm {}), RTP {}:{}-{}", settings.sip.listen, settings.sip.domain, settings.rtp.address, settings.rtp.port_min, settings.rtp.port_max);
+            println!(
+                "settings OK: SIP {} (realm {}), RTP {}:{}-{}",
+                settings.sip.listen,
+                settings.sip.domain,
+                settings.rtp.address,
+                settings.rtp.port_min,
+                settings.rtp.port_max
+            );
             Ok(())
         }
         Command::Agents { action } => run_admin(match action {
-            AgentsAction::Add { id, password, name, queues } => AdminCommand::AgentsAdd { id, password, name, queues },
+            AgentsAction::Add {
+                id,
+                password,
+                name,
+                queues,
+            } => AdminCommand::AgentsAdd {
+                id,
+                password,
+                name,
+                queues,
+            },
             AgentsAction::List => AdminCommand::AgentsList,
             AgentsAction::Remove { id } => AdminCommand::AgentsRemove { id },
         }),
         Command::Routes { action } => run_admin(match action {
-            RoutesAction::Set { number, queue, hotline } => AdminCommand::RoutesSet { number, queue, hotline },
+            RoutesAction::Set {
+                number,
+                queue,
+                hotline,
+            } => AdminCommand::RoutesSet {
+                number,
+                queue,
+                hotline,
+            },
             RoutesAction::Remove { number } => AdminCommand::RoutesRemove { number },
             RoutesAction::List => AdminCommand::RoutesList,
             RoutesAction::Import { file } => {
-                let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-                AdminCommand::RoutesImport { name: file.display().to_string(), text }
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                AdminCommand::RoutesImport {
+                    name: file.display().to_string(),
+                    text,
+                }
             }
         }),
     }
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let store = Store::open(&settings.data_dir)?;
         let socket = admin::socket_path(&settings.data_dir);

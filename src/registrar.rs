@@ -54,6 +54,36 @@ struct Failures {
     next_block: u64,
 }
 
+/// Where calls for a new binding are sent. Behind NAT (the top Via's
+/// sent-by is not where the packet came from) that is the source address,
+/// the only one known to reach the phone. Otherwise the Contact is honoured
+/// when it names an IP address and port; a host name is never resolved.
+fn delivery_address(req: &Request, peer: &Peer, contact: &str) -> std::net::SocketAddr {
+    let sent_by = &req.core.top_via().sent_by;
+    let via_matches = sent_by.parse::<std::net::SocketAddr>().ok() == Some(peer.addr)
+        || (peer.addr.port() == 5060 && sent_by.parse::<IpAddr>().ok() == Some(peer.addr.ip()));
+    if !via_matches || peer.reliable() {
+        return peer.addr;
+    }
+    let host_port = contact
+        .split_once(':')
+        .map_or(contact, |(_, rest)| rest)
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default();
+    host_port
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            host_port
+                .parse::<IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 5060))
+        })
+        .unwrap_or(peer.addr)
+}
+
 /// Registrar state.
 #[derive(Debug)]
 pub struct Registrar {
@@ -69,7 +99,10 @@ impl Registrar {
     /// A registrar over `store`.
     pub fn new(store: Store, settings: SipSettings) -> Registrar {
         Registrar {
-            auth: Authenticator::new(&settings.domain, Duration::from_secs(settings.nonce_lifetime)),
+            auth: Authenticator::new(
+                &settings.domain,
+                Duration::from_secs(settings.nonce_lifetime),
+            ),
             store,
             settings,
             failures: HashMap::new(),
@@ -77,7 +110,9 @@ impl Registrar {
     }
 
     fn blocked(&self, ip: IpAddr, now: u64) -> bool {
-        self.failures.get(&ip).is_some_and(|f| f.blocked_until > now)
+        self.failures
+            .get(&ip)
+            .is_some_and(|f| f.blocked_until > now)
     }
 
     fn record_failure(&mut self, ip: IpAddr, now: u64, user: &str) -> bool {
@@ -103,7 +138,11 @@ impl Registrar {
     }
 
     fn challenge(&self, now: u64, stale: bool, header: &'static str) -> Answer {
-        let status = if header == "WWW-Authenticate" { 401 } else { 407 };
+        let status = if header == "WWW-Authenticate" {
+            401
+        } else {
+            407
+        };
         Answer {
             status,
             headers: self
@@ -123,7 +162,8 @@ impl Registrar {
         if self.blocked(ip, now) {
             return AuthOutcome::Refuse(Answer::plain(403));
         }
-        let (cred_header, challenge_header) = if req.method == crate::sip::message::Method::Register {
+        let (cred_header, challenge_header) = if req.method == crate::sip::message::Method::Register
+        {
             ("authorization", "WWW-Authenticate")
         } else {
             ("proxy-authorization", "Proxy-Authenticate")
@@ -131,8 +171,9 @@ impl Registrar {
         let Some(value) = req.headers.get(cred_header) else {
             return AuthOutcome::Refuse(self.challenge(now, false, challenge_header));
         };
+        // A scheme we do not know (or broken credentials): challenge again.
         let Some(digest) = DigestResponse::parse(value) else {
-            return AuthOutcome::Refuse(Answer::plain(400));
+            return AuthOutcome::Refuse(self.challenge(now, false, challenge_header));
         };
         let account = self.store.agent(&digest.username).ok().flatten();
         let verdict = self.auth.verify(
@@ -174,7 +215,13 @@ impl Registrar {
         }
     }
 
-    fn update_bindings(&mut self, now: u64, agent: &str, req: &Request, peer: &Peer) -> anyhow::Result<Answer> {
+    fn update_bindings(
+        &mut self,
+        now: u64,
+        agent: &str,
+        req: &Request,
+        peer: &Peer,
+    ) -> anyhow::Result<Answer> {
         let s = &self.settings;
         let header_expires: Option<u32> = match req.headers.get("expires") {
             Some(v) => match v.parse() {
@@ -228,9 +275,10 @@ impl Registrar {
                 bindings.remove(i);
             }
             if expires > 0 {
+                let received = delivery_address(req, peer, &uri);
                 bindings.push(Binding {
                     contact: uri,
-                    received: peer.addr,
+                    received,
                     transport: peer.transport.via_token().to_string(),
                     conn: peer.conn,
                     expires_at: now + expires.min(s.max_expires) as u64,
@@ -248,8 +296,20 @@ impl Registrar {
         }
         let headers = bindings
             .iter()
-            .map(|b| ("Contact", format!("<{}>;expires={}", b.contact, b.expires_at.saturating_sub(now))))
+            .map(|b| {
+                (
+                    "Contact",
+                    format!(
+                        "<{}>;expires={}",
+                        b.contact,
+                        b.expires_at.saturating_sub(now)
+                    ),
+                )
+            })
             .collect();
-        Ok(Answer { status: 200, headers })
+        Ok(Answer {
+            status: 200,
+            headers,
+        })
     }
 }

@@ -19,7 +19,10 @@ pub const SHIPPED_PLAN: &str = include_str!("../config/numbers.toml");
 /// matching configured prefix ("+86", "0086", "028") when digits remain.
 /// Returns `None` for something that is not a dialable number.
 pub fn normalize(dialed: &str, prefixes: &[String]) -> Option<String> {
-    let cleaned: String = dialed.chars().filter(|c| !matches!(c, '-' | '.' | ' ' | '(' | ')')).collect();
+    let cleaned: String = dialed
+        .chars()
+        .filter(|c| !matches!(c, '-' | '.' | ' ' | '(' | ')'))
+        .collect();
     if cleaned.is_empty() || cleaned.len() > 32 {
         return None;
     }
@@ -27,13 +30,20 @@ pub fn normalize(dialed: &str, prefixes: &[String]) -> Option<String> {
         Some(rest) => ("+", rest),
         None => ("", cleaned.as_str()),
     };
-    if !digits.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#') || digits.is_empty() {
+    if !digits
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+        || digits.is_empty()
+    {
         return None;
     }
     let full = format!("{plus}{digits}");
     let mut best: Option<&str> = None;
     for p in prefixes {
-        if full.starts_with(p.as_str()) && full.len() > p.len() && best.is_none_or(|b| p.len() > b.len()) {
+        if full.starts_with(p.as_str())
+            && full.len() > p.len()
+            && best.is_none_or(|b| p.len() > b.len())
+        {
             best = Some(p);
         }
     }
@@ -75,10 +85,21 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
         let (line, _) = line_col(text, spanned.span().start);
         let r = spanned.into_inner();
         let Some(number) = normalize(&r.number, &[]) else {
-            bail!("{name}:{line}: field `number`: {:?} is not a dialable number", r.number);
+            bail!(
+                "{name}:{line}: field `number`: {:?} is not a dialable number",
+                r.number
+            );
         };
-        if r.queue.is_empty() || !r.queue.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_') {
-            bail!("{name}:{line}: field `queue`: {:?} must be a plain name", r.queue);
+        if r.queue.is_empty()
+            || !r
+                .queue
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "{name}:{line}: field `queue`: {:?} must be a plain name",
+                r.queue
+            );
         }
         routes.push(Route {
             number,
@@ -98,7 +119,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Imports a plan file into the store; returns how many routes were written.
 pub fn import_file(store: &Store, path: &Path) -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     import_text(store, &text, &path.display().to_string())
 }
 
@@ -146,9 +168,16 @@ mod tests {
     #[test]
     fn plan_errors_name_line_and_field() {
         let text = "[[route]]\nnumber = \"12345\"\nqueue = \"main\"\n\n[[route]]\nnumber = \"x1\"\nqueue = \"q\"\n";
-        let err = parse_plan(text, "p.toml").expect_err("bad number").to_string();
-        assert!(err.starts_with("p.toml:5") && err.contains("number"), "{err}");
-        let err = parse_plan("[[route]]\nnumbr = \"1\"\n", "p.toml").expect_err("typo").to_string();
+        let err = parse_plan(text, "p.toml")
+            .expect_err("bad number")
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:5") && err.contains("number"),
+            "{err}"
+        );
+        let err = parse_plan("[[route]]\nnumbr = \"1\"\n", "p.toml")
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("p.toml:2"), "{err}");
     }
 }

@@ -48,7 +48,7 @@ pub fn now_unix() -> u64 {
 #[derive(Debug)]
 pub enum WorkerInput {
     /// A message from the network.
-    Incoming(Message, Peer),
+    Incoming(Box<Message>, Peer),
     /// A call answers one of its server transactions.
     Respond {
         /// Transaction.
@@ -142,7 +142,10 @@ impl Server {
     pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Server> {
         routing::seed(&store)?;
         let (sockets, listener) = SipSockets::bind(settings.sip.listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} ([sip] listen): {e}", settings.sip.listen)
+            anyhow::anyhow!(
+                "cannot listen on {} ([sip] listen): {e}",
+                settings.sip.listen
+            )
         })?;
         let local = sockets.local_addr();
         let n = if settings.sip.workers == 0 {
@@ -165,7 +168,11 @@ impl Server {
         let shared = Arc::new(Shared {
             registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
             seats: Arc::new(SimpleQueue::new(store.clone())),
-            ports: Arc::new(PortPool::new(settings.rtp.address, settings.rtp.port_min, settings.rtp.port_max)),
+            ports: Arc::new(PortPool::new(
+                settings.rtp.address,
+                settings.rtp.port_min,
+                settings.rtp.port_max,
+            )),
             sockets: sockets.clone(),
             workers: senders,
             host,
@@ -177,7 +184,10 @@ impl Server {
             let worker = Worker {
                 index,
                 shared: shared.clone(),
-                txs: Transactions::new(TimerConfig::default(), shared.settings.sip.max_transactions),
+                txs: Transactions::new(
+                    TimerConfig::default(),
+                    shared.settings.sip.max_transactions,
+                ),
                 calls: HashMap::new(),
                 owners: HashMap::new(),
             };
@@ -209,11 +219,12 @@ fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
         Ok(msg) => {
             let w = shared.worker_of(&msg.core().call_id);
             let new_invite = matches!(&msg, Message::Request(r) if r.method == Method::Invite && r.core.to.tag.is_none());
-            if let Err(mpsc::error::TrySendError::Full(WorkerInput::Incoming(Message::Request(req), _))) =
-                shared.workers[w].try_send(WorkerInput::Incoming(msg, peer))
-            {
-                if new_invite {
-                    let resp = req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+            let sent = shared.workers[w].try_send(WorkerInput::Incoming(Box::new(msg), peer));
+            if let Err(mpsc::error::TrySendError::Full(WorkerInput::Incoming(msg, _))) = sent {
+                // The worker is swamped: shed new calls, never in-dialog requests.
+                if let (true, Message::Request(req)) = (new_invite, *msg) {
+                    let resp =
+                        req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
                     shared.sockets.send(peer, Bytes::from(resp));
                 }
             }
@@ -221,8 +232,13 @@ fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
         Err(rej) => {
             tracing::debug!(peer = %peer.addr, reason = %rej.reason, status = ?rej.status, "refused message");
             if let (Some(status), Some(echo)) = (rej.status, rej.echo.as_ref()) {
-                let reason = if status == 400 { Some(rej.reason.as_str()) } else { None };
-                let resp = message::write_response(echo, status, reason, Some(&random_token()), &[], b"");
+                let reason = if status == 400 {
+                    Some(rej.reason.as_str())
+                } else {
+                    None
+                };
+                let resp =
+                    message::write_response(echo, status, reason, Some(&random_token()), &[], b"");
                 shared.sockets.send(peer, Bytes::from(resp));
             }
         }
@@ -270,15 +286,16 @@ impl Worker {
         let now = Instant::now();
         match input {
             WorkerInput::Incoming(msg, peer) => {
-                let new_request = matches!(&msg, Message::Request(r) if r.method != Method::Ack);
+                let new_request = matches!(&*msg, Message::Request(r) if r.method != Method::Ack);
                 if new_request && self.txs.is_full() {
-                    if let Message::Request(req) = &msg {
-                        let resp = req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+                    if let Message::Request(req) = &*msg {
+                        let resp =
+                            req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
                         self.shared.sockets.send(peer, Bytes::from(resp));
                     }
                     return;
                 }
-                self.txs.handle_message(now, msg, peer);
+                self.txs.handle_message(now, *msg, peer);
             }
             WorkerInput::Respond { key, status, bytes } => {
                 if let Err(e) = self.txs.respond(now, &key, status, bytes) {
@@ -306,12 +323,14 @@ impl Worker {
         }
     }
 
-    fn to_call(&mut self, call_id: &str, event: CallEvent) -> Result<(), CallEvent> {
+    /// Hands `event` to the call owning `call_id`; gives it back if there is
+    /// no such call (or it is gone).
+    fn deliver(&mut self, call_id: &str, event: CallEvent) -> Option<CallEvent> {
         match self.calls.get(call_id) {
-            Some(call) => call.try_send(event).map_err(|e| match e {
+            Some(call) => call.try_send(event).err().map(|e| match e {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             }),
-            None => Err(event),
+            None => Some(event),
         }
     }
 
@@ -319,40 +338,55 @@ impl Worker {
         match event {
             TxEvent::Request { key, request, peer } => {
                 let call_id = request.core.call_id.clone();
-                if let Err(CallEvent::Request { key, request, .. }) =
-                    self.to_call(&call_id, CallEvent::Request { key, request, peer })
+                if let Some(CallEvent::Request { key, request, .. }) =
+                    self.deliver(&call_id, CallEvent::Request { key, request, peer })
                 {
                     self.new_request(key, *request, peer);
                 }
             }
             TxEvent::Ack { request, .. } => {
                 let call_id = request.core.call_id.clone();
-                let _ = self.to_call(&call_id, CallEvent::Ack);
+                let _ = self.deliver(&call_id, CallEvent::Ack);
             }
             TxEvent::Cancelled { invite, request } => {
                 let call_id = request.core.call_id.clone();
-                if self.to_call(&call_id, CallEvent::Cancelled).is_err() {
+                if self.deliver(&call_id, CallEvent::Cancelled).is_some() {
                     let resp = request.response(487, Some(&random_token()), &[], b"");
-                    let _ = self.txs.respond(Instant::now(), &invite, 487, Bytes::from(resp));
+                    let _ = self
+                        .txs
+                        .respond(Instant::now(), &invite, 487, Bytes::from(resp));
                 }
             }
             TxEvent::Response { key, response } => {
                 let final_response = response.status >= 200;
-                let owner = if final_response { self.owners.remove(&key) } else { self.owners.get(&key).cloned() };
+                let owner = if final_response {
+                    self.owners.remove(&key)
+                } else {
+                    self.owners.get(&key).cloned()
+                };
                 let call_id = response.core.call_id.clone();
-                let event = CallEvent::Response { key: Some(key), response };
+                let event = CallEvent::Response {
+                    key: Some(key),
+                    response,
+                };
                 match owner {
                     Some(o) => {
                         let _ = o.try_send(event);
                     }
                     None => {
-                        let _ = self.to_call(&call_id, event);
+                        let _ = self.deliver(&call_id, event);
                     }
                 }
             }
             TxEvent::Stray { response, .. } => {
                 let call_id = response.core.call_id.clone();
-                let _ = self.to_call(&call_id, CallEvent::Response { key: None, response });
+                let _ = self.deliver(
+                    &call_id,
+                    CallEvent::Response {
+                        key: None,
+                        response,
+                    },
+                );
             }
             TxEvent::Timeout { key } => {
                 if let Some(o) = self.owners.remove(&key) {
@@ -360,19 +394,38 @@ impl Worker {
                 }
             }
             TxEvent::AckTimeout { call_id, .. } => {
-                let _ = self.to_call(&call_id, CallEvent::AckTimeout);
+                let _ = self.deliver(&call_id, CallEvent::AckTimeout);
             }
         }
     }
 
     fn answer(&mut self, key: &TxKey, req: &Request, answer: &Answer) {
-        let headers: Vec<(&str, &str)> = answer.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = answer
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
         let bytes = req.response(answer.status, Some(&random_token()), &headers, b"");
-        let _ = self.txs.respond(Instant::now(), key, answer.status, Bytes::from(bytes));
+        let _ = self
+            .txs
+            .respond(Instant::now(), key, answer.status, Bytes::from(bytes));
     }
 
-    fn simple(&mut self, key: &TxKey, req: &Request, status: u16, headers: &[(&'static str, String)]) {
-        self.answer(key, req, &Answer { status, headers: headers.to_vec() });
+    fn simple(
+        &mut self,
+        key: &TxKey,
+        req: &Request,
+        status: u16,
+        headers: &[(&'static str, String)],
+    ) {
+        self.answer(
+            key,
+            req,
+            &Answer {
+                status,
+                headers: headers.to_vec(),
+            },
+        );
     }
 
     fn new_request(&mut self, key: TxKey, req: Request, peer: Peer) {
@@ -387,7 +440,10 @@ impl Worker {
             Method::Register => {
                 let answer = match self.shared.registrar.lock() {
                     Ok(mut r) => r.register(now_unix(), &req, &peer),
-                    Err(_) => Answer { status: 500, headers: vec![] },
+                    Err(_) => Answer {
+                        status: 500,
+                        headers: vec![],
+                    },
                 };
                 self.answer(&key, &req, &answer);
             }
@@ -400,9 +456,12 @@ impl Worker {
             }
             Method::Invite if req.core.to.tag.is_some() => self.simple(&key, &req, 481, &[]),
             Method::Invite => self.new_call(key, req, peer),
-            Method::Bye | Method::Info | Method::Update | Method::Refer | Method::Notify | Method::Prack => {
-                self.simple(&key, &req, 481, &[])
-            }
+            Method::Bye
+            | Method::Info
+            | Method::Update
+            | Method::Refer
+            | Method::Notify
+            | Method::Prack => self.simple(&key, &req, 481, &[]),
             Method::Subscribe | Method::Message | Method::Publish => {
                 self.simple(&key, &req, 405, &[("Allow", ALLOW.to_string())])
             }
@@ -413,13 +472,20 @@ impl Worker {
 
     fn new_call(&mut self, key: TxKey, req: Request, peer: Peer) {
         let settings = &self.shared.settings;
-        let trunk = settings.trunk.allow.iter().any(|net| net.contains(&peer.addr.ip()));
+        let trunk = settings
+            .trunk
+            .allow
+            .iter()
+            .any(|net| net.contains(&peer.addr.ip()));
         let caller_agent = if trunk {
             None
         } else {
             let outcome = match self.shared.registrar.lock() {
                 Ok(mut r) => r.authenticate(now_unix(), &req, &peer),
-                Err(_) => AuthOutcome::Refuse(Answer { status: 500, headers: vec![] }),
+                Err(_) => AuthOutcome::Refuse(Answer {
+                    status: 500,
+                    headers: vec![],
+                }),
             };
             match outcome {
                 AuthOutcome::Agent(id) => Some(id),
@@ -432,7 +498,11 @@ impl Worker {
                 }
             }
         };
-        let dialed_raw = req.uri_user.clone().or_else(|| req.core.to.user.clone()).unwrap_or_default();
+        let dialed_raw = req
+            .uri_user
+            .clone()
+            .or_else(|| req.core.to.user.clone())
+            .unwrap_or_default();
         let Some(dialed) = routing::normalize(&dialed_raw, &settings.trunk.normalize) else {
             tracing::info!(dialed = %dialed_raw, "INVITE for a number that is not dialable");
             self.simple(&key, &req, 404, &[]);
@@ -459,7 +529,16 @@ impl Worker {
             worker_index: self.index,
             events_tx: tx,
         };
-        tokio::spawn(call::run(ctx, rx, key, req, peer, route, dialed, caller_agent));
+        tokio::spawn(call::run(
+            ctx,
+            rx,
+            key,
+            req,
+            peer,
+            route,
+            dialed,
+            caller_agent,
+        ));
     }
 }
 

@@ -100,9 +100,14 @@ impl Store {
         Ok(())
     }
 
-    fn get<T: for<'de> Deserialize<'de>>(tree: &sled::Tree, key: &str) -> anyhow::Result<Option<T>> {
+    fn get<T: for<'de> Deserialize<'de>>(
+        tree: &sled::Tree,
+        key: &str,
+    ) -> anyhow::Result<Option<T>> {
         match tree.get(key.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).with_context(|| format!("corrupt record {key}"))?)),
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).with_context(|| format!("corrupt record {key}"))?,
+            )),
             None => Ok(None),
         }
     }
@@ -116,7 +121,8 @@ impl Store {
 
     /// Adds or replaces an agent.
     pub fn put_agent(&self, agent: &Agent) -> anyhow::Result<()> {
-        self.agents.insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
+        self.agents
+            .insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
         self.agents.flush()?;
         Ok(())
     }
@@ -149,14 +155,16 @@ impl Store {
         if bindings.is_empty() {
             self.bindings.remove(id.as_bytes())?;
         } else {
-            self.bindings.insert(id.as_bytes(), serde_json::to_vec(bindings)?)?;
+            self.bindings
+                .insert(id.as_bytes(), serde_json::to_vec(bindings)?)?;
         }
         Ok(())
     }
 
     /// Adds or replaces a route.
     pub fn put_route(&self, route: &Route) -> anyhow::Result<()> {
-        self.routes.insert(route.number.as_bytes(), serde_json::to_vec(route)?)?;
+        self.routes
+            .insert(route.number.as_bytes(), serde_json::to_vec(route)?)?;
         self.routes.flush()?;
         Ok(())
     }
@@ -210,7 +218,11 @@ mod tests {
             let store = Store::open(dir.path()).expect("open");
             for (n, q) in [("8", "legacy"), ("8123", "dept"), ("12345", "main")] {
                 store
-                    .put_route(&Route { number: n.into(), queue: q.into(), hotline: n.into() })
+                    .put_route(&Route {
+                        number: n.into(),
+                        queue: q.into(),
+                        hotline: n.into(),
+                    })
                     .expect("put");
             }
         }

@@ -19,7 +19,12 @@ fn options_unknown_method_and_garbage() {
             a = phone.addr
         ),
     );
-    assert_eq!(phone.response("frob", "FROBNICATE", 200, 2.0).map(|r| r.status), Some(501));
+    assert_eq!(
+        phone
+            .response("frob", "FROBNICATE", 200, 2.0)
+            .map(|r| r.status),
+        Some(501)
+    );
     phone.send(
         server.sip,
         &format!(
@@ -28,9 +33,14 @@ fn options_unknown_method_and_garbage() {
             a = phone.addr
         ),
     );
-    let r = phone.response("req", "OPTIONS", 200, 2.0).expect("answered");
+    let r = phone
+        .response("req", "OPTIONS", 200, 2.0)
+        .expect("answered");
     assert_eq!(r.status, 420);
-    assert!(r.headers.get("unsupported").is_some_and(|u| u.contains("foo")));
+    assert!(r
+        .headers
+        .get("unsupported")
+        .is_some_and(|u| u.contains("foo")));
     // Bytes that are not SIP: silence, and the server lives on.
     phone.send(server.sip, "\u{0}\u{1}garbage\r\n\r\n");
     phone.send(
@@ -41,7 +51,10 @@ fn options_unknown_method_and_garbage() {
             a = phone.addr
         ),
     );
-    assert_eq!(phone.response("v7", "INVITE", 200, 2.0).map(|r| r.status), Some(505));
+    assert_eq!(
+        phone.response("v7", "INVITE", 200, 2.0).map(|r| r.status),
+        Some(505)
+    );
     assert_eq!(phone.options(server.sip), Some(200));
 }
 
@@ -54,7 +67,10 @@ fn register_with_digest_both_algorithms_and_lockout() {
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Sha256), 200);
     let (ok, list) = server.cli(&["agents", "list"]);
     assert!(ok, "{list}");
-    assert!(list.contains(&phone.addr.to_string()), "binding listed: {list}");
+    assert!(
+        list.contains(&phone.addr.to_string()),
+        "binding listed: {list}"
+    );
     // An unknown account is answered like a wrong password.
     let mut stranger = Phone::new("9999");
     assert_eq!(stranger.register(server.sip, "s3cret", Algorithm::Md5), 401);
@@ -67,7 +83,10 @@ fn register_with_digest_both_algorithms_and_lockout() {
     assert_eq!(*codes.last().expect("codes"), 403, "{codes:?}");
     // The source is blocked, not the account: another source unregisters fine.
     let mut other = Phone::bind("1001", "127.0.0.3");
-    assert_eq!(other.register_expires(server.sip, "s3cret", Algorithm::Md5, 0), 200);
+    assert_eq!(
+        other.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
+        200
+    );
 }
 
 #[test]
@@ -75,11 +94,18 @@ fn unknown_number_gets_404_and_outsider_must_authenticate() {
     let server = TestServer::start();
     let mut trunk = Phone::new("13800000000");
     let d = trunk.invite(server.sip, "99999");
-    assert_eq!(trunk.response(&d.call_id, "INVITE", 200, 3.0).map(|r| r.status), Some(404));
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .map(|r| r.status),
+        Some(404)
+    );
     // 127.0.0.2 is outside the trunk ACL (127.0.0.1/32): challenged, never rung.
     let mut outsider = Phone::bind("13900000000", "127.0.0.2");
     let d = outsider.invite(server.sip, "12345");
-    let r = outsider.response(&d.call_id, "INVITE", 200, 3.0).expect("answered");
+    let r = outsider
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
     assert_eq!(r.status, 407);
     assert!(r.headers.get("proxy-authenticate").is_some());
 }
@@ -89,7 +115,9 @@ fn no_agent_gets_480_with_reason() {
     let server = TestServer::start();
     let mut trunk = Phone::new("13800000000");
     let d = trunk.invite(server.sip, "12345");
-    let r = trunk.response(&d.call_id, "INVITE", 200, 3.0).expect("answered");
+    let r = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
     assert_eq!(r.status, 480);
     assert!(r.headers.get("reason").is_some());
 }
@@ -105,19 +133,28 @@ fn answered_call(server: &TestServer) -> (Phone, common::PhoneDialog, Phone, com
     assert_eq!(inv.headers.get("x-dialed"), Some("+8612345"));
     assert_eq!(inv.headers.get("x-queue"), Some("main"));
     agent.reply(server.sip, &inv, 180, "agt");
-    let ringing = trunk.response(&d.call_id, "INVITE", 180, 3.0).expect("caller hears ringing");
+    let ringing = trunk
+        .response(&d.call_id, "INVITE", 180, 3.0)
+        .expect("caller hears ringing");
     assert_eq!(ringing.status, 180);
     agent.reply(server.sip, &inv, 200, "agt");
     let ack = agent.request("ACK", 3.0).expect("agent's 200 ACKed");
     assert_eq!(ack.core.call_id, inv.core.call_id);
-    let ok = trunk.response(&d.call_id, "INVITE", 200, 3.0).expect("caller answered");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("caller answered");
     assert_eq!(ok.status, 200);
     trunk.ack(server.sip, &mut d, &ok);
     let ad = Phone::uas_dialog(&inv, "agt");
     (trunk, d, agent, ad)
 }
 
-fn talk(trunk: &Phone, d: &common::PhoneDialog, agent: &Phone, ad: &common::PhoneDialog) -> (usize, usize) {
+fn talk(
+    trunk: &Phone,
+    d: &common::PhoneDialog,
+    agent: &Phone,
+    ad: &common::PhoneDialog,
+) -> (usize, usize) {
     let to_server_from_caller = d.remote_rtp.expect("caller has our RTP address");
     let to_server_from_agent = ad.remote_rtp.expect("agent has our RTP address");
     std::thread::scope(|s| {
@@ -133,10 +170,18 @@ fn trunk_call_rings_agent_media_both_ways_caller_hangs_up() {
     server.add_agent("1001", "s3cret", "main");
     let (mut trunk, mut d, mut agent, _ad) = answered_call(&server);
     let (caller_got, agent_got) = talk(&trunk, &d, &agent, &_ad);
-    assert!(caller_got >= 45, "caller received {caller_got} of 50 packets");
+    assert!(
+        caller_got >= 45,
+        "caller received {caller_got} of 50 packets"
+    );
     assert!(agent_got >= 45, "agent received {agent_got} of 50 packets");
     trunk.in_dialog(server.sip, &mut d, "BYE", "");
-    assert_eq!(trunk.response(&d.call_id, "BYE", 200, 3.0).map(|r| r.status), Some(200));
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "BYE", 200, 3.0)
+            .map(|r| r.status),
+        Some(200)
+    );
     let bye = agent.request("BYE", 3.0).expect("agent gets BYE");
     agent.reply(server.sip, &bye, 200, "agt");
 }
@@ -147,7 +192,12 @@ fn agent_hangs_up_and_caller_gets_bye() {
     server.add_agent("1001", "s3cret", "main");
     let (mut trunk, d, mut agent, mut ad) = answered_call(&server);
     agent.in_dialog(server.sip, &mut ad, "BYE", "");
-    assert_eq!(agent.response(&ad.call_id, "BYE", 200, 3.0).map(|r| r.status), Some(200));
+    assert_eq!(
+        agent
+            .response(&ad.call_id, "BYE", 200, 3.0)
+            .map(|r| r.status),
+        Some(200)
+    );
     let bye = trunk.request("BYE", 3.0).expect("caller gets BYE");
     assert_eq!(bye.core.call_id, d.call_id);
     trunk.reply(server.sip, &bye, 200, "x");
@@ -163,14 +213,160 @@ fn caller_cancels_while_agent_rings() {
     let d = trunk.invite(server.sip, "12345");
     let inv = agent.request("INVITE", 5.0).expect("agent rung");
     agent.reply(server.sip, &inv, 180, "agt");
-    trunk.response(&d.call_id, "INVITE", 180, 3.0).expect("ringing");
+    trunk
+        .response(&d.call_id, "INVITE", 180, 3.0)
+        .expect("ringing");
     trunk.cancel(server.sip, &d);
-    assert_eq!(trunk.response(&d.call_id, "CANCEL", 200, 3.0).map(|r| r.status), Some(200));
-    assert_eq!(trunk.response(&d.call_id, "INVITE", 200, 3.0).map(|r| r.status), Some(487));
-    let cancel = agent.request("CANCEL", 3.0).expect("agent's INVITE cancelled");
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "CANCEL", 200, 3.0)
+            .map(|r| r.status),
+        Some(200)
+    );
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .map(|r| r.status),
+        Some(487)
+    );
+    let cancel = agent
+        .request("CANCEL", 3.0)
+        .expect("agent's INVITE cancelled");
     agent.reply(server.sip, &cancel, 200, "agt");
     agent.reply(server.sip, &inv, 487, "agt");
-    let ack = agent.request("ACK", 3.0).expect("487 ACKed by the transaction");
+    let ack = agent
+        .request("ACK", 3.0)
+        .expect("487 ACKed by the transaction");
     assert_eq!(ack.core.call_id, inv.core.call_id);
 }
 
+#[test]
+fn hold_and_resume_pass_across() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, mut d, mut agent, _ad) = answered_call(&server);
+    for (offer, answer) in [("sendonly", "recvonly"), ("sendrecv", "sendrecv")] {
+        let sdp = trunk.sdp_dir(offer);
+        trunk.in_dialog(server.sip, &mut d, "INVITE", &sdp);
+        let reinvite = agent
+            .request("INVITE", 3.0)
+            .expect("re-INVITE passed to the agent");
+        let seen = yihaotong::media::sdp::parse_audio(&reinvite.body).expect("our offer parses");
+        assert_eq!(seen.direction.token(), offer);
+        // The agent answers with the mirrored direction.
+        let body = agent.sdp_dir(answer);
+        let contact = format!("<sip:1001@{}>", agent.addr);
+        let bytes = reinvite.response(
+            200,
+            Some("agt"),
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            body.as_bytes(),
+        );
+        agent.sock.send_to(&bytes, server.sip).expect("send");
+        agent
+            .request("ACK", 3.0)
+            .expect("agent's re-INVITE answer ACKed");
+        let ok = trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .expect("caller's re-INVITE answered");
+        assert_eq!(ok.status, 200);
+        let back = yihaotong::media::sdp::parse_audio(&ok.body).expect("answer parses");
+        assert_eq!(back.direction.token(), answer);
+        trunk.ack(server.sip, &mut d, &ok);
+    }
+}
+
+#[test]
+fn silent_leg_is_hung_up_after_rtp_timeout() {
+    let server = TestServer::start_with(&[("YIHAOTONG_RTP__RTP_TIMEOUT", "2")]);
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, d, mut agent, ad) = answered_call(&server);
+    // Nobody sends RTP: both sides get BYE.
+    let bye = trunk
+        .request("BYE", 6.0)
+        .expect("caller hung up on silence");
+    assert_eq!(bye.core.call_id, d.call_id);
+    let bye = agent.request("BYE", 3.0).expect("agent hung up on silence");
+    assert_eq!(bye.core.call_id, ad.call_id);
+}
+
+#[test]
+fn agent_registered_over_tcp_is_rung_on_its_connection() {
+    use std::io::{Read, Write};
+    use yihaotong::sip::auth::{challenge_params, DigestClient};
+    use yihaotong::sip::message::{frame_length, parse, Message};
+
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut tcp = std::net::TcpStream::connect(server.sip).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let local = tcp.local_addr().expect("addr");
+    let mut buf: Vec<u8> = Vec::new();
+    let mut next = |tcp: &mut std::net::TcpStream| -> Message {
+        loop {
+            if let Ok(Some(n)) = frame_length(&buf) {
+                let msg = parse(&buf[..n]).expect("server sends valid SIP");
+                buf.drain(..n);
+                return msg;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).expect("read");
+            assert!(n > 0, "server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let register = |auth: &str, cseq: u32| {
+        format!(
+            "REGISTER sip:{s} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{s}>;tag=t\r\nTo: <sip:1001@{s}>\r\nCall-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@{local};transport=tcp>\r\n{auth}Content-Length: 0\r\n\r\n",
+            s = server.sip
+        )
+    };
+    tcp.write_all(register("", 1).as_bytes()).expect("write");
+    let Message::Response(challenge) = next(&mut tcp) else {
+        panic!("response expected")
+    };
+    assert_eq!(challenge.status, 401);
+    let (realm, nonce, _) = challenge_params(
+        challenge
+            .headers
+            .get("www-authenticate")
+            .expect("challenge"),
+    )
+    .expect("params");
+    let client = DigestClient {
+        alg: Algorithm::Md5,
+        user: "1001",
+        password: "s3cret",
+        realm: &realm,
+        nonce: &nonce,
+        cnonce: "c",
+    };
+    let auth = client.authorization("REGISTER", &format!("sip:{}", server.sip), 1);
+    tcp.write_all(register(&format!("Authorization: {auth}\r\n"), 2).as_bytes())
+        .expect("write");
+    let Message::Response(ok) = next(&mut tcp) else {
+        panic!("response expected")
+    };
+    assert_eq!(ok.status, 200);
+
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "12345");
+    let Message::Request(inv) = next(&mut tcp) else {
+        panic!("INVITE expected on the TCP connection")
+    };
+    assert_eq!(inv.method.as_str(), "INVITE");
+    assert_eq!(inv.core.top_via().transport, "TCP");
+    tcp.write_all(&inv.response(486, Some("busy"), &[], b""))
+        .expect("write");
+    let Message::Request(ack) = next(&mut tcp) else {
+        panic!("ACK expected")
+    };
+    assert_eq!(ack.method.as_str(), "ACK");
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .map(|r| r.status),
+        Some(480)
+    );
+}

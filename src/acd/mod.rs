@@ -82,7 +82,10 @@ impl Distributor for SimpleQueue {
             return Vec::new();
         };
         let mut out: Vec<(Instant, SeatContact)> = Vec::new();
-        for agent in agents.into_iter().filter(|a| a.queues.iter().any(|q| q == queue)) {
+        for agent in agents
+            .into_iter()
+            .filter(|a| a.queues.iter().any(|q| q == queue))
+        {
             let state = seats.get(&agent.id);
             if state.is_some_and(|s| s.busy) {
                 continue;
@@ -96,7 +99,11 @@ impl Distributor for SimpleQueue {
                 .filter(|b| b.expires_at > now_unix)
                 .max_by_key(|b| b.expires_at);
             let Some(b) = binding else { continue };
-            let transport = if b.transport == "TCP" { TransportKind::Tcp } else { TransportKind::Udp };
+            let transport = if b.transport == "TCP" {
+                TransportKind::Tcp
+            } else {
+                TransportKind::Udp
+            };
             out.push((
                 state.map_or(self.started, |s| s.idle_since),
                 SeatContact {
@@ -173,7 +180,12 @@ mod tests {
                 .expect("binding");
         }
         let q = SimpleQueue::new(store);
-        let names = |q: &SimpleQueue| q.candidates("main", 1_000).into_iter().map(|c| c.agent).collect::<Vec<_>>();
+        let names = |q: &SimpleQueue| {
+            q.candidates("main", 1_000)
+                .into_iter()
+                .map(|c| c.agent)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&q), vec!["1001", "1002"]);
         let r = q.reserve("1001").expect("free");
         assert!(q.reserve("1001").is_none(), "one seat, one call");
@@ -181,7 +193,10 @@ mod tests {
         q.release(r);
         // 1001 just finished a call, so 1002 has been idle longer.
         assert_eq!(names(&q), vec!["1002", "1001"]);
-        assert!(q.candidates("main", 3_000).is_empty(), "expired bindings are not rung");
+        assert!(
+            q.candidates("main", 3_000).is_empty(),
+            "expired bindings are not rung"
+        );
         assert!(q.candidates("other", 1_000).is_empty());
     }
 }

@@ -141,7 +141,8 @@ pub async fn run(
     dialed: String,
     caller_agent: Option<String>,
 ) {
-    let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue);
+    let span =
+        info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue);
     async move {
         let shared = ctx.shared.clone();
         shared.live_calls.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +159,15 @@ pub async fn run(
     .await
 }
 
-fn respond(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16, extra: &[(&str, &str)], body: &[u8]) {
+fn respond(
+    ctx: &CallCtx,
+    key: &TxKey,
+    req: &Request,
+    tag: &str,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) {
     let bytes = req.response(status, Some(tag), extra, body);
     let _ = ctx.worker.try_send(WorkerInput::Respond {
         key: key.clone(),
@@ -181,7 +190,15 @@ async fn start(
         Err(e) => {
             info!(error = %e, "caller's offer refused");
             let warning = format!("399 yihaotong \"{e}\"");
-            respond(&ctx, &a_key, &invite, &a_tag, 488, &[("Warning", &warning)], b"");
+            respond(
+                &ctx,
+                &a_key,
+                &invite,
+                &a_tag,
+                488,
+                &[("Warning", &warning)],
+                b"",
+            );
             return End::Refused;
         }
     };
@@ -193,7 +210,15 @@ async fn start(
         silent_tx,
     ) else {
         warn!("no RTP ports left");
-        respond(&ctx, &a_key, &invite, &a_tag, 503, &[("Retry-After", "10")], b"");
+        respond(
+            &ctx,
+            &a_key,
+            &invite,
+            &a_tag,
+            503,
+            &[("Retry-After", "10")],
+            b"",
+        );
         return End::Refused;
     };
     let _ = relay.cmd.send(RelayCmd::Remote(Side::A, offer.addr)).await;
@@ -213,7 +238,11 @@ async fn start(
         abandoned: None,
     };
     let Some((reservation, b_leg)) = call.ring_agents(&offer, route).await else {
-        return if call.caller_gone { End::CallerCancelled } else { End::NoAgent };
+        return if call.caller_gone {
+            End::CallerCancelled
+        } else {
+            End::NoAgent
+        };
     };
     let a_leg = Leg {
         side: Side::A,
@@ -238,15 +267,34 @@ enum Offer {
 
 impl Call {
     fn a_respond(&self, status: u16, extra: &[(&str, &str)], body: &[u8]) {
-        respond(&self.ctx, &self.a_key, &self.invite, &self.a_tag, status, extra, body);
+        respond(
+            &self.ctx,
+            &self.a_key,
+            &self.invite,
+            &self.a_tag,
+            status,
+            extra,
+            body,
+        );
     }
 
     fn contact(&self, peer: &Peer) -> String {
-        format!("<sip:yihaotong@{};transport={}>", self.ctx.shared.host, peer.transport.via_token().to_ascii_lowercase())
+        format!(
+            "<sip:yihaotong@{};transport={}>",
+            self.ctx.shared.host,
+            peer.transport.via_token().to_ascii_lowercase()
+        )
     }
 
     fn our_sdp(&self, media: SocketAddr, version: u64, direction: Direction) -> String {
-        sdp::write(self.session_id, version, media, &[self.codec], self.telephone_event, direction)
+        sdp::write(
+            self.session_id,
+            version,
+            media,
+            &[self.codec],
+            self.telephone_event,
+            direction,
+        )
     }
 
     /// A Call-ID that our own worker owns, so the agent's replies come to us.
@@ -260,7 +308,11 @@ impl Call {
         }
     }
 
-    async fn ring_agents(&mut self, offer: &AudioOffer, route: &Route) -> Option<(Reservation, Leg)> {
+    async fn ring_agents(
+        &mut self,
+        offer: &AudioOffer,
+        route: &Route,
+    ) -> Option<(Reservation, Leg)> {
         let mut rang_caller = false;
         let candidates = self.ctx.shared.seats.candidates(&route.queue, now_unix());
         for seat in candidates {
@@ -278,24 +330,50 @@ impl Call {
         }
         if !self.caller_gone {
             info!("no agent answered");
-            self.a_respond(480, &[("Reason", "SIP;cause=480;text=\"No agent available\"")], b"");
+            self.a_respond(
+                480,
+                &[("Reason", "SIP;cause=480;text=\"No agent available\"")],
+                b"",
+            );
         }
         None
     }
 
-    async fn offer_to(&mut self, seat: &SeatContact, offer: &AudioOffer, route: &Route, rang_caller: &mut bool) -> Offer {
+    async fn offer_to(
+        &mut self,
+        seat: &SeatContact,
+        offer: &AudioOffer,
+        route: &Route,
+        rang_caller: &mut bool,
+    ) -> Offer {
         let shared = self.ctx.shared.clone();
         let call_id = self.new_call_id();
-        let caller = self.invite.core.from.user.clone().unwrap_or_else(|| "anonymous".into());
+        let caller = self
+            .invite
+            .core
+            .from
+            .user
+            .clone()
+            .unwrap_or_else(|| "anonymous".into());
         let local_uri = format!("<sip:{}@{}>", caller, shared.host);
         let remote_uri = format!("<sip:{}@{}>", seat.agent, shared.settings.sip.domain);
         let mut dialog = Dialog::uac(call_id.clone(), local_uri, remote_uri, seat.uri.clone());
         let _ = self
             .ctx
             .worker
-            .send(WorkerInput::Bind { call_id: call_id.clone(), owner: self.ctx.events_tx.clone() })
+            .send(WorkerInput::Bind {
+                call_id: call_id.clone(),
+                owner: self.ctx.events_tx.clone(),
+            })
             .await;
-        let sdp_offer = sdp::write(self.session_id, 1, self.relay.b_addr, &offer.codecs, offer.telephone_event, Direction::SendRecv);
+        let sdp_offer = sdp::write(
+            self.session_id,
+            1,
+            self.relay.b_addr,
+            &offer.codecs,
+            offer.telephone_event,
+            Direction::SendRecv,
+        );
         let contact = self.contact(&seat.peer);
         let dialed = self.invite.uri_user.clone().unwrap_or_default();
         let headers = [
@@ -327,7 +405,8 @@ impl Call {
             })
             .await;
         info!(agent = %seat.agent, contact = %seat.uri, "ringing agent");
-        let deadline = Instant::now() + Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+        let deadline =
+            Instant::now() + Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
         let mut early = false;
         let outcome = loop {
             let event = tokio::select! {
@@ -341,9 +420,14 @@ impl Call {
                     break Offer::Next;
                 }
             };
-            let Some(event) = event else { break Offer::CallerGone };
+            let Some(event) = event else {
+                break Offer::CallerGone;
+            };
             match event {
-                CallEvent::Response { key: Some(k), response } if k == key => match response.status {
+                CallEvent::Response {
+                    key: Some(k),
+                    response,
+                } if k == key => match response.status {
                     100 => {}
                     101..=199 => {
                         early = true;
@@ -364,14 +448,22 @@ impl Call {
                                 break Offer::Next;
                             }
                         };
-                        let _ = self.relay.cmd.send(RelayCmd::Remote(Side::B, answer.addr)).await;
+                        let _ = self
+                            .relay
+                            .cmd
+                            .send(RelayCmd::Remote(Side::B, answer.addr))
+                            .await;
                         self.codec = answer.codecs[0];
                         if answer.telephone_event.is_none() {
                             self.telephone_event = None;
                         }
                         let body = self.our_sdp(self.relay.a_addr, 1, answer.direction);
                         let contact = self.contact(&self.a_peer);
-                        self.a_respond(200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+                        self.a_respond(
+                            200,
+                            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                            body.as_bytes(),
+                        );
                         info!(agent = %seat.agent, "agent answered; media bridged");
                         break Offer::Answered(Box::new(Leg {
                             side: Side::B,
@@ -422,14 +514,18 @@ impl Call {
                 };
                 respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
             }
-            CallEvent::Response { response, .. } => {
-                // A 2xx from an agent we already gave up on: ACK and BYE it.
-                if (200..300).contains(&response.status) && response.core.cseq_method == Method::Invite {
-                    if let Some((mut d, peer)) = self.abandoned.take_if(|(d, _)| d.call_id == response.core.call_id) {
-                        d.confirm(&response);
-                        self.ack(&mut d, response.core.cseq, peer);
-                        self.bye(&mut d, peer);
-                    }
+            // A 2xx from an agent we already gave up on: ACK and BYE it.
+            CallEvent::Response { response, .. }
+                if (200..300).contains(&response.status)
+                    && response.core.cseq_method == Method::Invite =>
+            {
+                if let Some((mut d, peer)) = self
+                    .abandoned
+                    .take_if(|(d, _)| d.call_id == response.core.call_id)
+                {
+                    d.confirm(&response);
+                    self.ack(&mut d, response.core.cseq, peer);
+                    self.bye(&mut d, peer);
                 }
             }
             _ => {}
@@ -447,19 +543,41 @@ impl Call {
     }
 
     fn ack(&self, dialog: &mut Dialog, cseq: u32, peer: Peer) {
-        let (bytes, _, _) = dialog.request(&Method::Ack, &self.ctx.shared.host, peer.transport.via_token(), Some(cseq), &[], b"");
-        let _ = self.ctx.worker.try_send(WorkerInput::Stateless { peer, bytes: Bytes::from(bytes) });
+        let (bytes, _, _) = dialog.request(
+            &Method::Ack,
+            &self.ctx.shared.host,
+            peer.transport.via_token(),
+            Some(cseq),
+            &[],
+            b"",
+        );
+        let _ = self.ctx.worker.try_send(WorkerInput::Stateless {
+            peer,
+            bytes: Bytes::from(bytes),
+        });
     }
 
     fn bye(&self, dialog: &mut Dialog, peer: Peer) {
-        let (bytes, branch, _) = dialog.request(&Method::Bye, &self.ctx.shared.host, peer.transport.via_token(), None, &[], b"");
+        let (bytes, branch, _) = dialog.request(
+            &Method::Bye,
+            &self.ctx.shared.host,
+            peer.transport.via_token(),
+            None,
+            &[],
+            b"",
+        );
         self.send_to_leg(peer, bytes, branch, Method::Bye);
     }
 
     /// CANCEL for our INVITE (RFC 3261 §9.1: same branch, Request-URI, Call-ID,
     /// From, To without tag, CSeq number).
     fn cancel_b(&self, dialog: &Dialog, uri: &str, branch: &str, cseq: u32, peer: Peer) {
-        let via = format!("{} {};branch={};rport", peer.transport.via_token(), self.ctx.shared.host, branch);
+        let via = format!(
+            "{} {};branch={};rport",
+            peer.transport.via_token(),
+            self.ctx.shared.host,
+            branch
+        );
         let from = format!("{};tag={}", dialog.local_uri, dialog.local_tag);
         let bytes = OutgoingRequest {
             method: &Method::Cancel,
@@ -495,19 +613,29 @@ impl Call {
             match event {
                 CallEvent::Request { key, request, .. } => {
                     let from_a = request.core.call_id == a.dialog.call_id;
-                    let (this, other) = if from_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+                    let (this, other) = if from_a {
+                        (&mut a, &mut b)
+                    } else {
+                        (&mut b, &mut a)
+                    };
                     if let Some(end) = self.in_dialog(key, request, this, other).await {
                         return end;
                     }
                 }
                 CallEvent::Response { key, response } => {
                     let for_a = response.core.call_id == a.dialog.call_id;
-                    let (this, other) = if for_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+                    let (this, other) = if for_a {
+                        (&mut a, &mut b)
+                    } else {
+                        (&mut b, &mut a)
+                    };
                     self.reinvite_answer(key, &response, this, other).await;
                 }
                 CallEvent::Timeout { key } => {
                     // A re-INVITE the other side never answered: give up on the call.
-                    let ours = [&a, &b].iter().any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == key));
+                    let ours = [&a, &b]
+                        .iter()
+                        .any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == key));
                     if ours {
                         warn!("re-INVITE timed out; hanging up");
                         self.bye(&mut a.dialog, a.peer);
@@ -527,20 +655,41 @@ impl Call {
     }
 
     /// A request inside an established dialog. Returns `Some` when the call ends.
-    async fn in_dialog(&mut self, key: TxKey, req: Box<Request>, this: &mut Leg, other: &mut Leg) -> Option<End> {
+    async fn in_dialog(
+        &mut self,
+        key: TxKey,
+        req: Box<Request>,
+        this: &mut Leg,
+        other: &mut Leg,
+    ) -> Option<End> {
         let tag = this.dialog.local_tag.clone();
         if !this.dialog.accept_request(&req) {
-            respond(&self.ctx, &key, &req, &tag, 500, &[("Retry-After", "1")], b"");
+            respond(
+                &self.ctx,
+                &key,
+                &req,
+                &tag,
+                500,
+                &[("Retry-After", "1")],
+                b"",
+            );
             return None;
         }
         match req.method {
             Method::Bye => {
                 respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
                 self.bye(&mut other.dialog, other.peer);
-                Some(if this.side == Side::A { End::CallerHungUp } else { End::AgentHungUp })
+                Some(if this.side == Side::A {
+                    End::CallerHungUp
+                } else {
+                    End::AgentHungUp
+                })
             }
             Method::Invite | Method::Update if !req.body.is_empty() => {
-                if this.pending.is_some() || other.our_reinvite.is_some() || this.our_reinvite.is_some() {
+                if this.pending.is_some()
+                    || other.our_reinvite.is_some()
+                    || this.our_reinvite.is_some()
+                {
                     respond(&self.ctx, &key, &req, &tag, 491, &[], b"");
                     return None;
                 }
@@ -548,11 +697,23 @@ impl Call {
                     Ok(o) => o,
                     Err(e) => {
                         let warning = format!("399 yihaotong \"{e}\"");
-                        respond(&self.ctx, &key, &req, &tag, 488, &[("Warning", &warning)], b"");
+                        respond(
+                            &self.ctx,
+                            &key,
+                            &req,
+                            &tag,
+                            488,
+                            &[("Warning", &warning)],
+                            b"",
+                        );
                         return None;
                     }
                 };
-                let _ = self.relay.cmd.send(RelayCmd::Remote(this.side, offer.addr)).await;
+                let _ = self
+                    .relay
+                    .cmd
+                    .send(RelayCmd::Remote(this.side, offer.addr))
+                    .await;
                 info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
                 other.sdp_version += 1;
                 let body = self.our_sdp(other.media, other.sdp_version, offer.direction);
@@ -575,7 +736,15 @@ impl Call {
                 this.sdp_version += 1;
                 let body = self.our_sdp(this.media, this.sdp_version, Direction::SendRecv);
                 let contact = self.contact(&this.peer);
-                respond(&self.ctx, &key, &req, &tag, 200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    &tag,
+                    200,
+                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                    body.as_bytes(),
+                );
                 None
             }
             Method::Info | Method::Options => {
@@ -583,11 +752,27 @@ impl Call {
                 None
             }
             Method::Other(_) => {
-                respond(&self.ctx, &key, &req, &tag, 501, &[("Allow", crate::server::ALLOW)], b"");
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    &tag,
+                    501,
+                    &[("Allow", crate::server::ALLOW)],
+                    b"",
+                );
                 None
             }
             _ => {
-                respond(&self.ctx, &key, &req, &tag, 405, &[("Allow", crate::server::ALLOW)], b"");
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    &tag,
+                    405,
+                    &[("Allow", crate::server::ALLOW)],
+                    b"",
+                );
                 None
             }
         }
@@ -595,7 +780,13 @@ impl Call {
 
     /// The answer to a re-INVITE we passed to `this` leg: ACK it, and answer
     /// the leg that asked.
-    async fn reinvite_answer(&mut self, key: Option<TxKey>, resp: &Response, this: &mut Leg, other: &mut Leg) {
+    async fn reinvite_answer(
+        &mut self,
+        key: Option<TxKey>,
+        resp: &Response,
+        this: &mut Leg,
+        other: &mut Leg,
+    ) {
         if resp.core.cseq_method != Method::Invite || resp.status < 200 {
             return;
         }
@@ -604,26 +795,46 @@ impl Call {
             // Always ACK a 2xx, also a retransmission (its ACK may have been lost).
             self.ack(&mut this.dialog, cseq, this.peer);
         }
-        let Some((ours, _)) = this.our_reinvite.as_ref() else { return };
+        let Some((ours, _)) = this.our_reinvite.as_ref() else {
+            return;
+        };
         if key.as_ref() != Some(ours) {
             return;
         }
         this.our_reinvite = None;
-        let Some((pkey, preq)) = other.pending.take() else { return };
+        let Some((pkey, preq)) = other.pending.take() else {
+            return;
+        };
         let tag = other.dialog.local_tag.clone();
         if (200..300).contains(&resp.status) {
             let direction = match sdp::parse_audio(&resp.body) {
                 Ok(answer) => {
-                    let _ = self.relay.cmd.send(RelayCmd::Remote(this.side, answer.addr)).await;
+                    let _ = self
+                        .relay
+                        .cmd
+                        .send(RelayCmd::Remote(this.side, answer.addr))
+                        .await;
                     answer.direction
                 }
                 Err(_) => Direction::SendRecv,
             };
-            let _ = self.relay.cmd.send(RelayCmd::Watch(!direction.is_hold())).await;
+            let _ = self
+                .relay
+                .cmd
+                .send(RelayCmd::Watch(!direction.is_hold()))
+                .await;
             other.sdp_version += 1;
             let body = self.our_sdp(other.media, other.sdp_version, direction);
             let contact = self.contact(&other.peer);
-            respond(&self.ctx, &pkey, &preq, &tag, 200, &[("Contact", &contact), ("Content-Type", "application/sdp")], body.as_bytes());
+            respond(
+                &self.ctx,
+                &pkey,
+                &preq,
+                &tag,
+                200,
+                &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                body.as_bytes(),
+            );
         } else {
             respond(&self.ctx, &pkey, &preq, &tag, resp.status, &[], b"");
         }

@@ -110,7 +110,9 @@ pub fn parse_audio(body: &[u8]) -> Result<AudioOffer, SdpError> {
             .next()
             .unwrap_or_default()
             .parse()
-            .map_err(|_| SdpError::Malformed(format!("c= address {addr_text:?} is not an IP address")))?;
+            .map_err(|_| {
+                SdpError::Malformed(format!("c= address {addr_text:?} is not an IP address"))
+            })?;
         let port = u16::try_from(m.media_name.port.value)
             .map_err(|_| SdpError::Malformed("bad m= port".into()))?;
         let rtpmaps = m.codecs();
@@ -133,7 +135,11 @@ pub fn parse_audio(body: &[u8]) -> Result<AudioOffer, SdpError> {
             return Err(SdpError::NoCodec);
         }
         let media_dir = direction_of(m.attributes.iter().map(|a| a.key.as_str()));
-        let mut direction = if media_dir != Direction::SendRecv { media_dir } else { session_dir };
+        let mut direction = if media_dir != Direction::SendRecv {
+            media_dir
+        } else {
+            session_dir
+        };
         if ip.is_unspecified() && direction == Direction::SendRecv {
             // RFC 2543 hold: c=0.0.0.0.
             direction = Direction::SendOnly;
@@ -190,7 +196,9 @@ pub fn write(
         }
     }
     if let Some(te) = telephone_event {
-        s.push_str(&format!("a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"));
+        s.push_str(&format!(
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+        ));
     }
     s.push_str("a=ptime:20\r\n");
     s.push_str(&format!("a={}\r\n", direction.token()));
@@ -217,7 +225,12 @@ m=audio 40000 RTP/AVP 8 0 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 tel
     fn hold_forms() {
         let o = parse_audio(OFFER.replace("a=sendrecv", "a=sendonly").as_bytes()).expect("parse");
         assert_eq!(o.direction, Direction::SendOnly);
-        let o = parse_audio(OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0").as_bytes()).expect("parse");
+        let o = parse_audio(
+            OFFER
+                .replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
+                .as_bytes(),
+        )
+        .expect("parse");
         assert_eq!(o.direction, Direction::SendOnly);
     }
 
@@ -227,14 +240,27 @@ m=audio 40000 RTP/AVP 8 0 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 tel
             parse_audio(OFFER.replace("8 0 96 101", "96").as_bytes()),
             Err(SdpError::NoCodec)
         );
-        assert!(matches!(parse_audio(b"garbage"), Err(SdpError::Malformed(_))));
+        assert!(matches!(
+            parse_audio(b"garbage"),
+            Err(SdpError::Malformed(_))
+        ));
         let named = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 media.example.com");
-        assert!(matches!(parse_audio(named.as_bytes()), Err(SdpError::Malformed(_))));
+        assert!(matches!(
+            parse_audio(named.as_bytes()),
+            Err(SdpError::Malformed(_))
+        ));
     }
 
     #[test]
     fn our_sdp_round_trips() {
-        let text = write(1, 2, "127.0.0.1:20000".parse().expect("addr"), &[0], Some(101), Direction::RecvOnly);
+        let text = write(
+            1,
+            2,
+            "127.0.0.1:20000".parse().expect("addr"),
+            &[0],
+            Some(101),
+            Direction::RecvOnly,
+        );
         let o = parse_audio(text.as_bytes()).expect("own SDP parses");
         assert_eq!(o.codecs, vec![0]);
         assert_eq!(o.telephone_event, Some(101));

@@ -222,11 +222,14 @@ impl Authenticator {
         format!("{stamp}.{sig}")
     }
 
-    /// `WWW-Authenticate` values: SHA-256 first (RFC 8760 §2.4), then MD5.
+    /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 §2.4
+    /// would put the preferred one first, but many deployed phones (and SIPp
+    /// 3.6) answer only the first challenge and know only MD5; phones that
+    /// know SHA-256 pick it from the list.
     pub fn challenges(&self, now_secs: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_secs);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
+        [Algorithm::Md5, Algorithm::Sha256]
             .iter()
             .map(|alg| {
                 format!(
@@ -287,7 +290,10 @@ impl Authenticator {
             None => alg.hash(&format!("{ha1}:{}:{ha2}", resp.nonce)),
             Some(_) => return Verdict::Denied,
         };
-        let right = constant_eq(expected.as_bytes(), resp.response.to_ascii_lowercase().as_bytes());
+        let right = constant_eq(
+            expected.as_bytes(),
+            resp.response.to_ascii_lowercase().as_bytes(),
+        );
         if !right || creds.is_none() {
             return Verdict::Denied;
         }
@@ -319,27 +325,44 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Computes a client's digest answer (used by test phones and the load harness).
-pub fn client_response(
-    alg: Algorithm,
-    user: &str,
-    password: &str,
-    realm: &str,
-    method: &str,
-    uri: &str,
-    nonce: &str,
-    nc: u32,
-    cnonce: &str,
-) -> String {
-    let ha1 = ha1(alg, user, realm, password);
-    let ha2 = alg.hash(&format!("{method}:{uri}"));
-    let nc = format!("{nc:08x}");
-    let response = alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
-    format!(
-        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
-        alg.token()
-    )
+/// A client's side of digest auth (test phones and the load harness).
+#[derive(Debug, Clone)]
+pub struct DigestClient<'a> {
+    /// Algorithm to answer with.
+    pub alg: Algorithm,
+    /// User name.
+    pub user: &'a str,
+    /// Password.
+    pub password: &'a str,
+    /// Realm from the challenge.
+    pub realm: &'a str,
+    /// Nonce from the challenge.
+    pub nonce: &'a str,
+    /// Client nonce.
+    pub cnonce: &'a str,
+}
+
+impl DigestClient<'_> {
+    /// The `Authorization` value for `method` on `uri`, the `nc`-th use of the nonce.
+    pub fn authorization(&self, method: &str, uri: &str, nc: u32) -> String {
+        let alg = self.alg;
+        let ha1 = ha1(alg, self.user, self.realm, self.password);
+        let ha2 = alg.hash(&format!("{method}:{uri}"));
+        let nc = format!("{nc:08x}");
+        let response = alg.hash(&format!(
+            "{ha1}:{}:{nc}:{}:auth:{ha2}",
+            self.nonce, self.cnonce
+        ));
+        format!(
+            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"{}\"",
+            self.user,
+            self.realm,
+            self.nonce,
+            alg.token(),
+            self.cnonce
+        )
+    }
 }
 
 /// Pulls the nonce (and realm) out of a `WWW-Authenticate` value.
@@ -352,7 +375,11 @@ pub fn challenge_params(value: &str) -> Option<(String, String, String)> {
             .find(|(n, _)| n.eq_ignore_ascii_case(k))
             .map(|(_, v)| v.to_string())
     };
-    Some((get("realm")?, get("nonce")?, get("algorithm").unwrap_or_else(|| "MD5".into())))
+    Some((
+        get("realm")?,
+        get("nonce")?,
+        get("algorithm").unwrap_or_else(|| "MD5".into()),
+    ))
 }
 
 #[cfg(test)]
@@ -362,7 +389,12 @@ mod tests {
     #[test]
     fn rfc2617_md5_vector() {
         // RFC 2617 §3.5 example (HTTP, but the arithmetic is the same).
-        let ha1 = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let ha1 = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
         let ha2 = Algorithm::Md5.hash("GET:/dir/index.html");
         let r = Algorithm::Md5.hash(&format!(
             "{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"
@@ -372,7 +404,15 @@ mod tests {
 
     fn answer(auth: &Authenticator, alg: Algorithm, pw: &str, nc: u32) -> DigestResponse {
         let nonce = auth.nonce(1_000);
-        let v = client_response(alg, "1001", pw, "hotline", "REGISTER", "sip:hotline", &nonce, nc, "abc");
+        let client = DigestClient {
+            alg,
+            user: "1001",
+            password: pw,
+            realm: "hotline",
+            nonce: &nonce,
+            cnonce: "abc",
+        };
+        let v = client.authorization("REGISTER", "sip:hotline", nc);
         DigestResponse::parse(&v).expect("own header parses")
     }
 
@@ -382,11 +422,20 @@ mod tests {
         let creds = Credentials::new("1001", "hotline", "secret");
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let good = answer(&auth, alg, "secret", 1);
-            assert_eq!(auth.verify(1_010, "REGISTER", &good, Some(&creds)), Verdict::Ok);
+            assert_eq!(
+                auth.verify(1_010, "REGISTER", &good, Some(&creds)),
+                Verdict::Ok
+            );
             let bad = answer(&auth, alg, "wrong", 1);
-            assert_eq!(auth.verify(1_010, "REGISTER", &bad, Some(&creds)), Verdict::Denied);
+            assert_eq!(
+                auth.verify(1_010, "REGISTER", &bad, Some(&creds)),
+                Verdict::Denied
+            );
             let unknown = answer(&auth, alg, "secret", 1);
-            assert_eq!(auth.verify(1_010, "REGISTER", &unknown, None), Verdict::Denied);
+            assert_eq!(
+                auth.verify(1_010, "REGISTER", &unknown, None),
+                Verdict::Denied
+            );
         }
     }
 
@@ -395,10 +444,20 @@ mod tests {
         let mut auth = Authenticator::new("hotline", Duration::from_secs(300));
         let creds = Credentials::new("1001", "hotline", "secret");
         let r = answer(&auth, Algorithm::Md5, "secret", 1);
-        assert_eq!(auth.verify(2_000, "REGISTER", &r, Some(&creds)), Verdict::Stale);
+        assert_eq!(
+            auth.verify(2_000, "REGISTER", &r, Some(&creds)),
+            Verdict::Stale
+        );
         let r = answer(&auth, Algorithm::Md5, "secret", 1);
-        assert_eq!(auth.verify(1_001, "REGISTER", &r, Some(&creds)), Verdict::Ok);
-        assert_eq!(auth.verify(1_002, "REGISTER", &r, Some(&creds)), Verdict::Denied, "replayed nc");
+        assert_eq!(
+            auth.verify(1_001, "REGISTER", &r, Some(&creds)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            auth.verify(1_002, "REGISTER", &r, Some(&creds)),
+            Verdict::Denied,
+            "replayed nc"
+        );
     }
 
     #[test]
@@ -407,6 +466,9 @@ mod tests {
         let other = Authenticator::new("hotline", Duration::from_secs(300));
         let creds = Credentials::new("1001", "hotline", "secret");
         let r = answer(&other, Algorithm::Md5, "secret", 1);
-        assert_eq!(auth.verify(1_000, "REGISTER", &r, Some(&creds)), Verdict::Denied);
+        assert_eq!(
+            auth.verify(1_000, "REGISTER", &r, Some(&creds)),
+            Verdict::Denied
+        );
     }
 }

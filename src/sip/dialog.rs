@@ -74,7 +74,11 @@ impl Dialog {
                 .get("contact")
                 .and_then(contact_uri)
                 .unwrap_or_else(|| req.core.from.uri.clone()),
-            route_set: req.headers.get_all("record-route").map(str::to_string).collect(),
+            route_set: req
+                .headers
+                .get_all("record-route")
+                .map(str::to_string)
+                .collect(),
         }
     }
 
@@ -103,7 +107,11 @@ impl Dialog {
         if let Some(target) = resp.headers.get("contact").and_then(contact_uri) {
             self.remote_target = target;
         }
-        let mut routes: Vec<String> = resp.headers.get_all("record-route").map(str::to_string).collect();
+        let mut routes: Vec<String> = resp
+            .headers
+            .get_all("record-route")
+            .map(str::to_string)
+            .collect();
         routes.reverse();
         if !routes.is_empty() {
             self.route_set = routes;
@@ -156,7 +164,11 @@ impl Dialog {
         } else {
             format!("{};tag={}", self.remote_uri, self.remote_tag)
         };
-        let mut headers: Vec<(&str, &str)> = self.route_set.iter().map(|r| ("Route", r.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = self
+            .route_set
+            .iter()
+            .map(|r| ("Route", r.as_str()))
+            .collect();
         headers.extend_from_slice(extra);
         let bytes = OutgoingRequest {
             method,
@@ -211,7 +223,9 @@ Contact: <sip:138@127.0.0.1:5070;transport=udp>\r\nRecord-Route: <sip:p1;lr>, <s
     fn cseq_must_grow() {
         let invite = req(INVITE);
         let mut d = Dialog::uas(&invite, "t");
-        let bye = INVITE.replace("INVITE sip", "BYE sip").replace("10 INVITE", "9 BYE");
+        let bye = INVITE
+            .replace("INVITE sip", "BYE sip")
+            .replace("10 INVITE", "9 BYE");
         assert!(!d.accept_request(&req(&bye)));
         let bye = bye.replace("9 BYE", "11 BYE");
         assert!(d.accept_request(&req(&bye)));
@@ -220,7 +234,10 @@ Contact: <sip:138@127.0.0.1:5070;transport=udp>\r\nRecord-Route: <sip:p1;lr>, <s
     #[test]
     fn tag_stripping() {
         assert_eq!(without_tag("<sip:a@b>;tag=x;foo=1"), "<sip:a@b>;foo=1");
-        assert_eq!(without_tag("\"x;tag=y\" <sip:a@b>;tag=z"), "\"x;tag=y\" <sip:a@b>");
+        assert_eq!(
+            without_tag("\"x;tag=y\" <sip:a@b>;tag=z"),
+            "\"x;tag=y\" <sip:a@b>"
+        );
         assert_eq!(without_tag("sip:a@b"), "sip:a@b");
     }
 }

@@ -25,7 +25,7 @@ pub const MAX_MESSAGE_SIZE: usize = 65_535;
 /// the work any one message can cause).
 pub const MAX_HEADERS: usize = 128;
 /// Most Via entries we accept; a request looping through proxies is refused.
-pub const MAX_VIAS: usize = 32;
+pub const MAX_VIAS: usize = 70;
 
 /// A SIP method. Unknown methods are kept by name so they can get a 501.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -115,6 +115,35 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// `host[:port]` where host is a name, an IPv4 address or a bracketed IPv6 address.
+fn valid_host_port(s: &str) -> bool {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        if rest[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        let after = &rest[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => ("v6", Some(p)),
+            None if after.is_empty() => ("v6", None),
+            None => return false,
+        }
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
@@ -139,16 +168,23 @@ impl Headers {
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let whole = matches!(
             name,
-            "www-authenticate" | "authorization" | "proxy-authenticate" | "proxy-authorization" | "date"
+            "www-authenticate"
+                | "authorization"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "date"
         );
-        self.0.iter().filter(move |(n, _)| n == name).flat_map(move |(_, v)| {
-            let parts: Box<dyn Iterator<Item = &str>> = if whole {
-                Box::new(std::iter::once(v.as_str()))
-            } else {
-                Box::new(split_list(v))
-            };
-            parts
-        })
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(move |(_, v)| {
+                let parts: Box<dyn Iterator<Item = &str>> = if whole {
+                    Box::new(std::iter::once(v.as_str()))
+                } else {
+                    Box::new(split_list(v))
+                };
+                parts
+            })
     }
 
     /// Whether any header of this name exists.
@@ -209,26 +245,53 @@ pub struct Via {
 }
 
 impl Via {
+    /// Parses one Via entry: `SIP / 2.0 / transport sent-by *( ; param )`.
+    /// Written here rather than taken from rsipstack, whose parser refuses
+    /// transports it does not know (RFC 3261 allows any token).
     fn parse(raw: &str) -> Option<Via> {
-        let parsed = typed::Via::parse(raw).ok()?;
-        // rsipstack does not check the protocol and version; RFC 3261 wants SIP/2.0.
         let mut parts = raw.splitn(3, '/');
         let proto = parts.next()?.trim();
         let version = parts.next()?.trim();
         if !proto.eq_ignore_ascii_case("SIP") || version != "2.0" {
             return None;
         }
-        let transport = parts
-            .next()?
-            .split_whitespace()
-            .next()?
-            .to_ascii_uppercase();
+        let rest = parts.next()?.trim_start();
+        let split = rest.find(|c: char| c.is_ascii_whitespace())?;
+        let transport = &rest[..split];
+        if transport.is_empty() || !transport.bytes().all(is_token_byte) {
+            return None;
+        }
+        let rest = rest[split..].trim_start();
+        let (sent_by, params) = match rest.find(';') {
+            Some(i) => (rest[..i].trim(), &rest[i + 1..]),
+            None => (rest.trim(), ""),
+        };
+        if !valid_host_port(sent_by) {
+            return None;
+        }
+        let mut branch = None;
+        let mut rport = false;
+        for param in params.split(';').filter(|_| !params.trim().is_empty()) {
+            let (name, value) = match param.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (param.trim(), None),
+            };
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("branch") {
+                let v = value.filter(|v| !v.is_empty() && v.bytes().all(is_token_byte))?;
+                branch = Some(v.to_string());
+            } else if name.eq_ignore_ascii_case("rport") {
+                rport = true;
+            }
+        }
         Some(Via {
             raw: raw.to_string(),
-            transport,
-            sent_by: parsed.sent_by().to_string(),
-            branch: parsed.branch().map(|b| b.to_string()),
-            rport: parsed.rport().is_some(),
+            transport: transport.to_ascii_uppercase(),
+            sent_by: sent_by.to_string(),
+            branch,
+            rport,
         })
     }
 
@@ -357,7 +420,7 @@ pub struct Rejection {
     pub reason: String,
     /// For answerable requests: enough of the request to write a stateless
     /// response (Via, From, To, Call-ID, CSeq as received).
-    pub echo: Option<Echo>,
+    pub echo: Option<Box<Echo>>,
 }
 
 /// Raw header values of a refused request, enough to build a stateless answer.
@@ -431,7 +494,10 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 fn trim_bytes(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -462,7 +528,7 @@ fn long_name(name: &str) -> String {
     long.to_string()
 }
 
-fn bad(status: Option<u16>, reason: &str, echo: Option<Echo>) -> Rejection {
+fn bad(status: Option<u16>, reason: &str, echo: Option<Box<Echo>>) -> Rejection {
     Rejection {
         status,
         reason: reason.to_string(),
@@ -531,7 +597,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     }
 
     let is_response = start_line.starts_with("SIP/");
-    let echo = echo_of(&headers);
+    let echo = echo_of(&headers).map(Box::new);
     // Only requests are ever answered; a broken response is dropped.
     let answer = |status: u16| {
         if is_response || echo.is_none() {
@@ -545,9 +611,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     // Body length: Content-Length must be a number and not exceed the bytes we have.
     let body = match headers.get("content-length") {
         Some(v) => {
-            let n: usize = v
-                .parse()
-                .map_err(|_| reject(400, "Bad Content-Length"))?;
+            let n: usize = v.parse().map_err(|_| reject(400, "Bad Content-Length"))?;
             if n > body.len() {
                 return Err(reject(400, "Content-Length larger than body"));
             }
@@ -557,6 +621,23 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     };
     if malformed_line {
         return Err(reject(400, "Malformed header line"));
+    }
+    if headers
+        .0
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .count()
+        > 1
+    {
+        return Err(reject(400, "Duplicate Content-Length"));
+    }
+    // A request in another SIP version gets 505 even if its headers differ too.
+    if !is_response {
+        if let Some(version) = start_line.rsplit(' ').next() {
+            if version.starts_with("SIP/") && version != "SIP/2.0" {
+                return Err(reject(505, "Version Not Supported"));
+            }
+        }
     }
 
     let core = parse_core(&headers).map_err(|why| reject(400, why))?;
@@ -601,15 +682,25 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     if uri.starts_with('<') || uri.is_empty() {
         return Err(reject(400, "Malformed Request-URI"));
     }
-    let scheme_ok = uri
-        .split_once(':')
-        .is_some_and(|(s, _)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)));
+    let scheme_ok = uri.split_once(':').is_some_and(|(s, _)| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
     if !scheme_ok {
         return Err(reject(400, "Malformed Request-URI"));
     }
     let lower = uri.to_ascii_lowercase();
     let uri_user = if lower.starts_with("sip:") || lower.starts_with("sips:") {
-        let parsed = rsipstack::sip::uri::parse_uri(uri).map_err(|_| reject(400, "Malformed Request-URI"))?;
+        // rsipstack accepts an unbracketed IPv6 host; RFC 3261 does not.
+        let after_scheme = &uri[uri.find(':').map_or(0, |i| i + 1)..];
+        let host_port = after_scheme.rsplit('@').next().unwrap_or_default();
+        let host_port = host_port.split([';', '?']).next().unwrap_or_default();
+        if !valid_host_port(host_port) {
+            return Err(reject(400, "Malformed Request-URI host"));
+        }
+        let parsed = rsipstack::sip::uri::parse_uri(uri)
+            .map_err(|_| reject(400, "Malformed Request-URI"))?;
         parsed.user().map(str::to_string)
     } else if lower.starts_with("tel:") {
         Some(uri[4..].split(';').next().unwrap_or_default().to_string())
@@ -617,7 +708,8 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
         // Well-formed but a scheme we do not serve (RFC 3261 §8.2.2.1).
         return Err(reject(416, "Unsupported URI Scheme"));
     };
-    if core.cseq_method != method && !(method == Method::Ack && core.cseq_method == Method::Invite) {
+    if core.cseq_method != method && !(method == Method::Ack && core.cseq_method == Method::Invite)
+    {
         return Err(reject(400, "CSeq method does not match"));
     }
     if let Some(mf) = headers.get("max-forwards") {
@@ -871,21 +963,29 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(req.core.call_id, "a84b4c76e66710");
         assert_eq!(req.core.from.tag.as_deref(), Some("1928301774"));
         assert_eq!(req.core.to.tag, None);
-        assert_eq!(req.core.top_via().branch.as_deref(), Some("z9hG4bK776asdhds"));
+        assert_eq!(
+            req.core.top_via().branch.as_deref(),
+            Some("z9hG4bK776asdhds")
+        );
         assert!(req.core.top_via().rport);
         assert_eq!(&req.body[..], b"v=0\n");
     }
 
     #[test]
     fn wrong_version_is_505() {
-        let msg = INVITE.replace("12345@hotline.example SIP/2.0", "12345@hotline.example SIP/7.0");
-        let err = parse(msg.as_bytes()).err().expect("must be refused");
+        let msg = INVITE.replace(
+            "12345@hotline.example SIP/2.0",
+            "12345@hotline.example SIP/7.0",
+        );
+        let err = parse(msg.as_bytes()).expect_err("must be refused");
         assert_eq!(err.status, Some(505));
     }
 
     #[test]
     fn unknown_method_parses_for_501() {
-        let msg = INVITE.replace("INVITE sip", "NEWMETHOD sip").replace("314159 INVITE", "314159 NEWMETHOD");
+        let msg = INVITE
+            .replace("INVITE sip", "NEWMETHOD sip")
+            .replace("314159 INVITE", "314159 NEWMETHOD");
         let Ok(Message::Request(req)) = parse(msg.as_bytes()) else {
             panic!("should parse");
         };
@@ -895,7 +995,10 @@ Content-Length: 4\r\n\r\nv=0\n";
     #[test]
     fn cseq_mismatch_is_400_and_missing_call_id_is_answered_silently() {
         let msg = INVITE.replace("314159 INVITE", "314159 OPTIONS");
-        assert_eq!(parse(msg.as_bytes()).err().map(|e| e.status), Some(Some(400)));
+        assert_eq!(
+            parse(msg.as_bytes()).err().map(|e| e.status),
+            Some(Some(400))
+        );
         let msg = INVITE.replace("i: a84b4c76e66710\r\n", "");
         assert_eq!(parse(msg.as_bytes()).err().map(|e| e.status), Some(None));
     }
@@ -903,7 +1006,7 @@ Content-Length: 4\r\n\r\nv=0\n";
     #[test]
     fn bad_responses_are_dropped() {
         let msg = "SIP/2.0 1000 Huge\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-        let err = parse(msg.as_bytes()).err().expect("refused");
+        let err = parse(msg.as_bytes()).expect_err("refused");
         assert_eq!(err.status, None);
     }
 
@@ -929,6 +1032,19 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(frame_length(bytes), Ok(Some(bytes.len())));
         let no_length = INVITE.replace("Content-Length: 4\r\n", "");
         assert!(frame_length(no_length.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn via_forms() {
+        let v = Via::parse("SIP / 2.0 / UNKNOWN t4.example.com").expect("any transport token");
+        assert_eq!(v.transport, "UNKNOWN");
+        assert_eq!(v.branch, None);
+        let v = Via::parse("SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKa;rport").expect("ipv6");
+        assert_eq!(v.sent_by, "[2001:db8::9:1]:5070");
+        assert!(v.rport);
+        assert!(Via::parse("SIP/2.0/UDP host:99999").is_none());
+        assert!(Via::parse("SIP/2.0/UDP 2001:db8::1").is_none());
+        assert!(Via::parse("SIP/3.0/UDP host").is_none());
     }
 
     #[test]

@@ -122,6 +122,12 @@ pub struct TxKey {
     pub sent_by: String,
     /// The method, ACK folded into INVITE.
     pub method: Method,
+    /// Server side: Call-ID, CSeq number and Request-URI too. RFC 3261
+    /// matches on branch alone, trusting clients to make branches unique;
+    /// broken clients reuse them. A retransmission, the ACK of a non-2xx and
+    /// a CANCEL all repeat these three (§17.1.1.3, §9.1), so nothing that
+    /// should match is lost.
+    pub request: Option<(String, u32, String)>,
 }
 
 impl TxKey {
@@ -149,6 +155,7 @@ impl TxKey {
             branch,
             sent_by: via.sent_by.to_ascii_lowercase(),
             method,
+            request: Some((req.core.call_id.clone(), req.core.cseq, req.uri.clone())),
         }
     }
 
@@ -159,17 +166,13 @@ impl TxKey {
             branch: branch.to_string(),
             sent_by: String::new(),
             method,
+            request: None,
         }
     }
 
     fn client(resp: &Response) -> Option<TxKey> {
         let branch = resp.core.top_via().branch.clone()?;
-        Some(TxKey {
-            role: Role::Client,
-            branch,
-            sent_by: String::new(),
-            method: resp.core.cseq_method.clone(),
-        })
+        Some(TxKey::client_for(&branch, resp.core.cseq_method.clone()))
     }
 
     /// The key of the INVITE a CANCEL refers to.
@@ -183,10 +186,10 @@ impl TxKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    ClientInvite,
-    ClientNonInvite,
-    ServerInvite,
-    ServerNonInvite,
+    InviteClient,
+    NonInviteClient,
+    InviteServer,
+    NonInviteServer,
 }
 
 /// Transaction states of RFC 3261 §17 and RFC 6026.
@@ -457,9 +460,14 @@ impl Transactions {
                     .get(&invite)
                     .and_then(|id| self.txs.get(id))
                     .is_some_and(|(_, tx)| tx.state == State::Proceeding);
-                let status = if self.by_key.contains_key(&invite) { 200 } else { 481 };
-                let response = Bytes::from(req.response(status, Some(&local_tag_for(&req)), &[], b""));
-                let id = self.new_server(now, key, Kind::ServerNonInvite, peer);
+                let status = if self.by_key.contains_key(&invite) {
+                    200
+                } else {
+                    481
+                };
+                let response =
+                    Bytes::from(req.response(status, Some(&local_tag_for(&req)), &[], b""));
+                let id = self.new_server(now, key, Kind::NonInviteServer, peer);
                 self.respond_id(now, id, status, response);
                 if pending {
                     self.events.push_back(TxEvent::Cancelled {
@@ -469,7 +477,7 @@ impl Transactions {
                 }
             }
             Method::Invite => {
-                let id = self.new_server(now, key.clone(), Kind::ServerInvite, peer);
+                let id = self.new_server(now, key.clone(), Kind::InviteServer, peer);
                 if let Some((_, tx)) = self.txs.get_mut(&id) {
                     tx.dialog_id = Some((req.core.call_id.clone(), req.core.cseq));
                     tx.state = State::Proceeding;
@@ -484,7 +492,7 @@ impl Transactions {
                 });
             }
             _ => {
-                self.new_server(now, key.clone(), Kind::ServerNonInvite, peer);
+                self.new_server(now, key.clone(), Kind::NonInviteServer, peer);
                 self.events.push_back(TxEvent::Request {
                     key,
                     request: Box::new(req),
@@ -518,14 +526,18 @@ impl Transactions {
         };
         let is_ack = req.method == Method::Ack;
         match (tx.kind, tx.state, is_ack) {
-            (Kind::ServerInvite, State::Completed, true) => {
+            (Kind::InviteServer, State::Completed, true) => {
                 tx.state = State::Confirmed;
                 tx.timers.stop(Timer::G);
                 tx.timers.stop(Timer::H);
-                let wait = if tx.peer.reliable() { Duration::ZERO } else { self.config.t4 };
+                let wait = if tx.peer.reliable() {
+                    Duration::ZERO
+                } else {
+                    self.config.t4
+                };
                 self.arm(id, Timer::I, now + wait);
             }
-            (Kind::ServerInvite, State::Accepted, true) => {
+            (Kind::InviteServer, State::Accepted, true) => {
                 // RFC 6026: an ACK with the INVITE's branch (RFC 2543 peers) in Accepted.
                 tx.timers.stop(Timer::G);
                 tx.dialog_id = None;
@@ -582,7 +594,7 @@ impl Transactions {
             (_, 100..=199) => {
                 tx.state = State::Proceeding;
             }
-            (Kind::ServerInvite, 200..=299) => {
+            (Kind::InviteServer, 200..=299) => {
                 if tx.state != State::Accepted {
                     tx.state = State::Accepted;
                     tx.interval = t1;
@@ -593,7 +605,7 @@ impl Transactions {
                     }
                 }
             }
-            (Kind::ServerInvite, _) => {
+            (Kind::InviteServer, _) => {
                 tx.state = State::Completed;
                 tx.dialog_id = None;
                 if !reliable {
@@ -636,11 +648,15 @@ impl Transactions {
         let mut arm = Vec::new();
         let mut deliver = true;
         match (tx.kind, tx.state, status) {
-            (Kind::ClientInvite, State::Calling | State::Proceeding, 100..=199) => {
+            (Kind::InviteClient, State::Calling | State::Proceeding, 100..=199) => {
                 tx.state = State::Proceeding;
                 tx.timers.stop(Timer::A);
             }
-            (Kind::ClientInvite, State::Calling | State::Proceeding | State::Accepted, 200..=299) => {
+            (
+                Kind::InviteClient,
+                State::Calling | State::Proceeding | State::Accepted,
+                200..=299,
+            ) => {
                 // 2xx (and its retransmissions): the TU ACKs; RFC 6026 Accepted.
                 if tx.state != State::Accepted {
                     tx.state = State::Accepted;
@@ -649,29 +665,42 @@ impl Transactions {
                     arm.push((Timer::M, now + 64 * t1));
                 }
             }
-            (Kind::ClientInvite, State::Calling | State::Proceeding, _) => {
+            (Kind::InviteClient, State::Calling | State::Proceeding, _) => {
                 tx.state = State::Completed;
                 tx.timers.stop(Timer::A);
                 tx.timers.stop(Timer::B);
-                let ack = tx.ack_parts.as_ref().map(|p| Bytes::from(write_ack(p, &resp)));
+                let ack = tx
+                    .ack_parts
+                    .as_ref()
+                    .map(|p| Bytes::from(write_ack(p, &resp)));
                 tx.ack = ack.clone();
                 if let Some(ack) = ack {
-                    self.transmits.push_back(Transmit { peer: tx.peer, bytes: ack });
+                    self.transmits.push_back(Transmit {
+                        peer: tx.peer,
+                        bytes: ack,
+                    });
                 }
-                let wait = if reliable { Duration::ZERO } else { Duration::from_secs(32) };
+                let wait = if reliable {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(32)
+                };
                 arm.push((Timer::D, now + wait));
             }
-            (Kind::ClientInvite, State::Completed, 300..=699) => {
+            (Kind::InviteClient, State::Completed, 300..=699) => {
                 // A retransmitted final response: ACK again, tell nobody.
                 if let Some(ack) = tx.ack.clone() {
-                    self.transmits.push_back(Transmit { peer: tx.peer, bytes: ack });
+                    self.transmits.push_back(Transmit {
+                        peer: tx.peer,
+                        bytes: ack,
+                    });
                 }
                 deliver = false;
             }
-            (Kind::ClientNonInvite, State::Trying | State::Proceeding, 100..=199) => {
+            (Kind::NonInviteClient, State::Trying | State::Proceeding, 100..=199) => {
                 tx.state = State::Proceeding;
             }
-            (Kind::ClientNonInvite, State::Trying | State::Proceeding, _) => {
+            (Kind::NonInviteClient, State::Trying | State::Proceeding, _) => {
                 tx.state = State::Completed;
                 tx.timers.stop(Timer::E);
                 tx.timers.stop(Timer::F);
@@ -709,8 +738,16 @@ impl Transactions {
         let id = self.insert(
             key.clone(),
             Tx {
-                kind: if invite { Kind::ClientInvite } else { Kind::ClientNonInvite },
-                state: if invite { State::Calling } else { State::Trying },
+                kind: if invite {
+                    Kind::InviteClient
+                } else {
+                    Kind::NonInviteClient
+                },
+                state: if invite {
+                    State::Calling
+                } else {
+                    State::Trying
+                },
                 peer,
                 request: bytes.clone(),
                 response: None,
@@ -860,7 +897,11 @@ mod tests {
     use crate::sip::{Peer, TransportKind};
 
     fn peer() -> Peer {
-        Peer::new("127.0.0.1:5070".parse().expect("addr"), TransportKind::Udp, 0)
+        Peer::new(
+            "127.0.0.1:5070".parse().expect("addr"),
+            TransportKind::Udp,
+            0,
+        )
     }
 
     fn invite_bytes(branch: &str) -> Bytes {
@@ -888,7 +929,11 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     }
 
     /// Drives the layer to each wakeup until `end`, returning (time since start, bytes) sent.
-    fn run_until(tx: &mut Transactions, start: Instant, end: Duration) -> Vec<(Duration, Transmit)> {
+    fn run_until(
+        tx: &mut Transactions,
+        start: Instant,
+        end: Duration,
+    ) -> Vec<(Duration, Transmit)> {
         let mut sent = Vec::new();
         while let Some(at) = tx.poll_timeout() {
             if at > start + end {
@@ -906,7 +951,13 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     fn invite_retransmits_at_half_second_doublings_then_times_out_at_32s() {
         let start = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default(), 100);
-        let key = tx.request(start, Method::Invite, "z9hG4bKa", invite_bytes("z9hG4bKa"), peer());
+        let key = tx.request(
+            start,
+            Method::Invite,
+            "z9hG4bKa",
+            invite_bytes("z9hG4bKa"),
+            peer(),
+        );
         assert_eq!(drain(&mut tx).len(), 1);
         let sent = run_until(&mut tx, start, Duration::from_secs(40));
         let times: Vec<f64> = sent.iter().map(|(d, _)| d.as_secs_f64()).collect();
@@ -938,8 +989,18 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     fn reliable_transport_never_retransmits() {
         let start = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default(), 100);
-        let tcp = Peer::new("127.0.0.1:5070".parse().expect("addr"), TransportKind::Tcp, 7);
-        tx.request(start, Method::Invite, "z9hG4bKt", invite_bytes("z9hG4bKt"), tcp);
+        let tcp = Peer::new(
+            "127.0.0.1:5070".parse().expect("addr"),
+            TransportKind::Tcp,
+            7,
+        );
+        tx.request(
+            start,
+            Method::Invite,
+            "z9hG4bKt",
+            invite_bytes("z9hG4bKt"),
+            tcp,
+        );
         drain(&mut tx);
         assert!(run_until(&mut tx, start, Duration::from_secs(40)).is_empty());
         assert!(matches!(tx.poll_event(), Some(TxEvent::Timeout { .. })));
@@ -959,7 +1020,9 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(ack.method, Method::Ack);
         assert_eq!(ack.core.to.tag.as_deref(), Some("b1"));
         assert_eq!(ack.core.top_via().branch.as_deref(), Some("z9hG4bKn"));
-        assert!(matches!(tx.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 486));
+        assert!(
+            matches!(tx.poll_event(), Some(TxEvent::Response { ref response, .. }) if response.status == 486)
+        );
         // The 486 again: ACK again, TU not told twice.
         tx.handle_message(start, response_to(&bytes, 486), peer());
         assert_eq!(drain(&mut tx).len(), 1);
@@ -978,7 +1041,10 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let trying = drain(&mut tx);
         assert_eq!(trying.len(), 1);
         assert!(trying[0].bytes.starts_with(b"SIP/2.0 100"));
-        let Some(TxEvent::Request { key, request: req, .. }) = tx.poll_event() else {
+        let Some(TxEvent::Request {
+            key, request: req, ..
+        }) = tx.poll_event()
+        else {
             panic!("TU must see the INVITE");
         };
         // Retransmitted INVITE: the 100 again, no new event.
@@ -992,8 +1058,14 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let times: Vec<f64> = sent.iter().map(|(d, _)| d.as_secs_f64()).collect();
         assert_eq!(times, vec![0.5, 1.5]);
         // ACK (same branch) stops Timer G and moves to Confirmed.
-        let ack = String::from_utf8_lossy(&bytes).replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
-        tx.handle_message(start + Duration::from_secs(3), Message::Request(request(ack.as_bytes())), peer());
+        let ack = String::from_utf8_lossy(&bytes)
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
+        tx.handle_message(
+            start + Duration::from_secs(3),
+            Message::Request(request(ack.as_bytes())),
+            peer(),
+        );
         assert_eq!(tx.state(&key), Some(State::Confirmed));
         assert!(run_until(&mut tx, start, Duration::from_secs(60)).is_empty());
         assert!(tx.is_empty());
@@ -1006,11 +1078,19 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let bytes = invite_bytes("z9hG4bK2");
         tx.handle_message(start, Message::Request(request(&bytes)), peer());
         drain(&mut tx);
-        let Some(TxEvent::Request { key, request: req, .. }) = tx.poll_event() else {
+        let Some(TxEvent::Request {
+            key, request: req, ..
+        }) = tx.poll_event()
+        else {
             panic!("INVITE");
         };
-        tx.respond(start, &key, 200, Bytes::from(req.response(200, Some("t"), &[], b"")))
-            .expect("respond");
+        tx.respond(
+            start,
+            &key,
+            200,
+            Bytes::from(req.response(200, Some("t"), &[], b"")),
+        )
+        .expect("respond");
         drain(&mut tx);
         let sent = run_until(&mut tx, start, Duration::from_secs(40));
         let times: Vec<f64> = sent.iter().map(|(d, _)| d.as_secs_f64()).collect();
@@ -1026,11 +1106,19 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let bytes = invite_bytes("z9hG4bK3");
         tx.handle_message(start, Message::Request(request(&bytes)), peer());
         drain(&mut tx);
-        let Some(TxEvent::Request { key, request: req, .. }) = tx.poll_event() else {
+        let Some(TxEvent::Request {
+            key, request: req, ..
+        }) = tx.poll_event()
+        else {
             panic!("INVITE");
         };
-        tx.respond(start, &key, 200, Bytes::from(req.response(200, Some("t"), &[], b"")))
-            .expect("respond");
+        tx.respond(
+            start,
+            &key,
+            200,
+            Bytes::from(req.response(200, Some("t"), &[], b"")),
+        )
+        .expect("respond");
         drain(&mut tx);
         let ack = String::from_utf8_lossy(&bytes)
             .replace("INVITE sip", "ACK sip")
@@ -1051,11 +1139,19 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let bytes = invite_bytes("z9hG4bKc");
         tx.handle_message(start, Message::Request(request(&bytes)), peer());
         drain(&mut tx);
-        let Some(TxEvent::Request { key, request: req, .. }) = tx.poll_event() else {
+        let Some(TxEvent::Request {
+            key, request: req, ..
+        }) = tx.poll_event()
+        else {
             panic!("INVITE");
         };
-        tx.respond(start, &key, 200, Bytes::from(req.response(200, Some("t"), &[], b"")))
-            .expect("respond");
+        tx.respond(
+            start,
+            &key,
+            200,
+            Bytes::from(req.response(200, Some("t"), &[], b"")),
+        )
+        .expect("respond");
         drain(&mut tx);
         let cancel = String::from_utf8_lossy(&bytes)
             .replace("INVITE sip", "CANCEL sip")
@@ -1064,13 +1160,19 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         let out = drain(&mut tx);
         assert_eq!(out.len(), 1);
         assert!(out[0].bytes.starts_with(b"SIP/2.0 200"));
-        assert!(tx.poll_event().is_none(), "an answered INVITE is not cancelled");
+        assert!(
+            tx.poll_event().is_none(),
+            "an answered INVITE is not cancelled"
+        );
 
         // Before the answer: the TU hears Cancelled and can still send 487.
         let bytes = invite_bytes("z9hG4bKd");
         tx.handle_message(start, Message::Request(request(&bytes)), peer());
         drain(&mut tx);
-        let Some(TxEvent::Request { key, request: req, .. }) = tx.poll_event() else {
+        let Some(TxEvent::Request {
+            key, request: req, ..
+        }) = tx.poll_event()
+        else {
             panic!("INVITE");
         };
         let cancel = String::from_utf8_lossy(&bytes)
@@ -1078,9 +1180,16 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
             .replace("1 INVITE", "1 CANCEL");
         tx.handle_message(start, Message::Request(request(cancel.as_bytes())), peer());
         drain(&mut tx);
-        assert!(matches!(tx.poll_event(), Some(TxEvent::Cancelled { ref invite, .. }) if *invite == key));
-        tx.respond(start, &key, 487, Bytes::from(req.response(487, Some("t"), &[], b"")))
-            .expect("487 goes out");
+        assert!(
+            matches!(tx.poll_event(), Some(TxEvent::Cancelled { ref invite, .. }) if *invite == key)
+        );
+        tx.respond(
+            start,
+            &key,
+            487,
+            Bytes::from(req.response(487, Some("t"), &[], b"")),
+        )
+        .expect("487 goes out");
         // A CANCEL for nothing gets 481.
         let stray = cancel.replace("z9hG4bKd", "z9hG4bKnone");
         tx.handle_message(start, Message::Request(request(stray.as_bytes())), peer());

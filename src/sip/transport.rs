@@ -41,7 +41,9 @@ pub struct SipSockets {
 
 impl std::fmt::Debug for SipSockets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipSockets").field("local", &self.local).finish()
+        f.debug_struct("SipSockets")
+            .field("local", &self.local)
+            .finish()
     }
 }
 
@@ -126,6 +128,7 @@ impl SipSockets {
         tokio::spawn(async move {
             let peer = Peer::new(src, TransportKind::Tcp, id);
             let mut buf = BytesMut::with_capacity(4096);
+            let mut unframeable = false;
             'conn: loop {
                 match reader.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -133,7 +136,10 @@ impl SipSockets {
                 }
                 loop {
                     // RFC 5626 keep-alive: CRLFCRLF ping gets a CRLF pong.
-                    let crlfs = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    let crlfs = buf
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
                     if crlfs > 0 {
                         if buf[..crlfs].windows(4).any(|w| w == b"\r\n\r\n") {
                             me.send(peer, Bytes::from_static(b"\r\n"));
@@ -149,10 +155,17 @@ impl SipSockets {
                         Err(why) => {
                             // The stream cannot be framed any more: close it (RFC 3261 §18.3).
                             tracing::debug!(peer = %src, why, "closing unframeable TCP connection");
+                            unframeable = true;
                             break 'conn;
                         }
                     }
                 }
+            }
+            if unframeable {
+                // Answers to the messages framed before the junk are still on
+                // their way through the workers: let them out before closing.
+                drop(reader);
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
             if let Ok(mut w) = me.tcp_writers.lock() {
                 w.remove(&id);
@@ -177,7 +190,11 @@ impl SipSockets {
                 }
             }
             TransportKind::Tcp => {
-                let writer = self.tcp_writers.lock().ok().and_then(|w| w.get(&peer.conn).cloned());
+                let writer = self
+                    .tcp_writers
+                    .lock()
+                    .ok()
+                    .and_then(|w| w.get(&peer.conn).cloned());
                 match writer {
                     Some(w) => {
                         let _ = w.try_send(bytes);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc_shared::marshal::{Marshal, Unmarshal};
-use yihaotong::sip::auth::{challenge_params, client_response, Algorithm};
+use yihaotong::sip::auth::{challenge_params, Algorithm, DigestClient};
 use yihaotong::sip::message::{parse, Message, Request, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_yihaotong");
@@ -52,7 +52,10 @@ impl TestServer {
         let (lo, hi) = rtp_range();
         let mut env: Vec<(String, String)> = vec![
             ("YIHAOTONG_SIP__LISTEN".into(), format!("127.0.0.1:{port}")),
-            ("YIHAOTONG_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            (
+                "YIHAOTONG_DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
             ("YIHAOTONG_RTP__PORT_MIN".into(), lo.to_string()),
             ("YIHAOTONG_RTP__PORT_MAX".into(), hi.to_string()),
             ("YIHAOTONG_QUEUE__RING_TIMEOUT".into(), "3".into()),
@@ -102,12 +105,24 @@ impl TestServer {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run cli");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 
     pub fn add_agent(&self, id: &str, password: &str, queues: &str) {
-        let (ok, out) = self.cli(&["agents", "add", id, "--password", password, "--queues", queues]);
+        let (ok, out) = self.cli(&[
+            "agents",
+            "add",
+            id,
+            "--password",
+            password,
+            "--queues",
+            queues,
+        ]);
         assert!(ok, "agents add failed: {out}");
     }
 
@@ -120,9 +135,16 @@ fn spawn_server(env: &[(String, String)]) -> Child {
     Command::new(BIN)
         .arg("run")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_SERVER_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if std::env::var("TEST_SERVER_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("spawn server")
 }
@@ -168,11 +190,20 @@ impl Phone {
 
     pub fn bind(user: &str, ip: &str) -> Phone {
         let sock = UdpSocket::bind((ip, 0)).expect("bind sip");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let rtp = UdpSocket::bind((ip, 0)).expect("bind rtp");
-        rtp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        rtp.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         let addr = sock.local_addr().expect("addr");
-        Phone { user: user.into(), sock, rtp, addr, nc: 0, backlog: Vec::new() }
+        Phone {
+            user: user.into(),
+            sock,
+            rtp,
+            addr,
+            nc: 0,
+            backlog: Vec::new(),
+        }
     }
 
     pub fn send(&self, to: SocketAddr, text: &str) {
@@ -206,7 +237,13 @@ impl Phone {
     }
 
     /// The next response (final unless `provisional`) for `call_id` and method.
-    pub fn response(&mut self, call_id: &str, method: &str, min_status: u16, secs: f64) -> Option<Response> {
+    pub fn response(
+        &mut self,
+        call_id: &str,
+        method: &str,
+        min_status: u16,
+        secs: f64,
+    ) -> Option<Response> {
         let call_id = call_id.to_string();
         let method = method.to_string();
         match self.recv_where(secs, |m| {
@@ -219,7 +256,10 @@ impl Phone {
 
     pub fn request(&mut self, method: &str, secs: f64) -> Option<Request> {
         let method = method.to_string();
-        match self.recv_where(secs, |m| matches!(m, Message::Request(r) if r.method.as_str() == method)) {
+        match self.recv_where(
+            secs,
+            |m| matches!(m, Message::Request(r) if r.method.as_str() == method),
+        ) {
             Some(Message::Request(r)) => Some(r),
             _ => None,
         }
@@ -248,8 +288,17 @@ impl Phone {
         None
     }
 
-    fn register_once(&mut self, server: SocketAddr, call_id: &str, cseq: u32, expires: u32, auth: Option<&str>) -> Response {
-        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    fn register_once(
+        &mut self,
+        server: SocketAddr,
+        call_id: &str,
+        cseq: u32,
+        expires: u32,
+        auth: Option<&str>,
+    ) -> Response {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         let msg = format!(
             "REGISTER sip:{server} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: <sip:{u}@{server}>;tag={t}\r\nTo: <sip:{u}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{u}@{a}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
             self.via(),
@@ -258,7 +307,8 @@ impl Phone {
             a = self.addr,
         );
         self.send(server, &msg);
-        self.response(call_id, "REGISTER", 200, 3.0).expect("REGISTER answered")
+        self.response(call_id, "REGISTER", 200, 3.0)
+            .expect("REGISTER answered")
     }
 
     /// REGISTERs with digest auth; returns the final status.
@@ -266,7 +316,13 @@ impl Phone {
         self.register_expires(server, password, alg, 300)
     }
 
-    pub fn register_expires(&mut self, server: SocketAddr, password: &str, alg: Algorithm, expires: u32) -> u16 {
+    pub fn register_expires(
+        &mut self,
+        server: SocketAddr,
+        password: &str,
+        alg: Algorithm,
+        expires: u32,
+    ) -> u16 {
         let call_id = token();
         let first = self.register_once(server, &call_id, 1, expires, None);
         if first.status != 401 {
@@ -280,8 +336,17 @@ impl Phone {
             .to_string();
         let (realm, nonce, _) = challenge_params(&challenge).expect("challenge parses");
         self.nc += 1;
-        let auth = client_response(alg, &self.user, password, &realm, "REGISTER", &format!("sip:{server}"), &nonce, self.nc, "cn0nce");
-        self.register_once(server, &call_id, 2, expires, Some(&auth)).status
+        let client = DigestClient {
+            alg,
+            user: &self.user,
+            password,
+            realm: &realm,
+            nonce: &nonce,
+            cnonce: "cn0nce",
+        };
+        let auth = client.authorization("REGISTER", &format!("sip:{server}"), self.nc);
+        self.register_once(server, &call_id, 2, expires, Some(&auth))
+            .status
     }
 
     /// Sends an INVITE as the trunk to `number`; returns the dialog (no tag yet).
@@ -338,7 +403,11 @@ impl Phone {
         if let Ok(a) = yihaotong::media::sdp::parse_audio(&ok.body) {
             d.remote_rtp = Some(a.addr);
         }
-        if let Some(c) = ok.headers.get("contact").and_then(yihaotong::sip::dialog::contact_uri) {
+        if let Some(c) = ok
+            .headers
+            .get("contact")
+            .and_then(yihaotong::sip::dialog::contact_uri)
+        {
             d.target = c;
         }
         let msg = format!(
@@ -356,7 +425,11 @@ impl Phone {
     /// Sends an in-dialog request (BYE, re-INVITE) with the next CSeq.
     pub fn in_dialog(&self, server: SocketAddr, d: &mut PhoneDialog, method: &str, body: &str) {
         d.cseq += 1;
-        let ctype = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
+        let ctype = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".into()
+        };
         let msg = format!(
             "{method} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:{}@{}>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
             d.target,
@@ -374,7 +447,11 @@ impl Phone {
 
     /// Answers a request with `status` (adding our tag and SDP for 2xx to INVITE).
     pub fn reply(&self, server: SocketAddr, req: &Request, status: u16, tag: &str) {
-        let sdp = if status == 200 && req.method.as_str() == "INVITE" { self.sdp() } else { String::new() };
+        let sdp = if status == 200 && req.method.as_str() == "INVITE" {
+            self.sdp()
+        } else {
+            String::new()
+        };
         let mut extra: Vec<(&str, &str)> = Vec::new();
         let contact = format!("<sip:{}@{}>", self.user, self.addr);
         extra.push(("Contact", &contact));
@@ -391,10 +468,16 @@ impl Phone {
             call_id: req.core.call_id.clone(),
             local: format!("{};tag={tag}", req.core.to.raw),
             remote: req.core.from.raw.clone(),
-            target: req.headers.get("contact").and_then(yihaotong::sip::dialog::contact_uri).expect("contact"),
+            target: req
+                .headers
+                .get("contact")
+                .and_then(yihaotong::sip::dialog::contact_uri)
+                .expect("contact"),
             cseq: 100,
             branch: String::new(),
-            remote_rtp: yihaotong::media::sdp::parse_audio(&req.body).ok().map(|a| a.addr),
+            remote_rtp: yihaotong::media::sdp::parse_audio(&req.body)
+                .ok()
+                .map(|a| a.addr),
         }
     }
 
@@ -415,7 +498,9 @@ impl Phone {
                 },
                 payload: bytes::Bytes::from(vec![0xffu8; 160]),
             };
-            self.rtp.send_to(&p.marshal().expect("marshal"), to).expect("rtp send");
+            self.rtp
+                .send_to(&p.marshal().expect("marshal"), to)
+                .expect("rtp send");
             let start = Instant::now();
             while start.elapsed() < Duration::from_millis(20) {
                 if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {

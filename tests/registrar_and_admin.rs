@@ -1,0 +1,103 @@
+//! Registrar persistence, live administration through the admin socket, and
+//! the agent-selection rules of the simple queue, all against the real server.
+
+mod common;
+
+use common::{Phone, TestServer};
+use yihaotong::sip::auth::Algorithm;
+
+#[test]
+fn bindings_survive_a_restart_and_routes_change_live() {
+    let mut server = TestServer::start();
+    server.add_agent("1001", "s3cret", "hrss");
+    let mut agent = Phone::new("1001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Sha256), 200);
+    // Route a number live, while the server runs (through the admin socket).
+    let (ok, out) = server.cli(&[
+        "routes",
+        "set",
+        "12333",
+        "--queue",
+        "hrss",
+        "--hotline",
+        "social insurance",
+    ]);
+    assert!(ok, "{out}");
+    server.restart();
+    // After the restart the binding is still there: the call reaches the phone.
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "12333");
+    let inv = agent
+        .request("INVITE", 5.0)
+        .expect("agent rung after restart");
+    assert_eq!(inv.headers.get("x-hotline"), Some("social insurance"));
+    agent.reply(server.sip, &inv, 486, "busy");
+    let r = trunk
+        .response(&d.call_id, "INVITE", 200, 6.0)
+        .expect("final answer");
+    assert_eq!(r.status, 480, "the only agent was busy");
+    // Remove the route: the next call is refused with 404.
+    let (ok, out) = server.cli(&["routes", "remove", "12333"]);
+    assert!(ok, "{out}");
+    let d = trunk.invite(server.sip, "12333");
+    assert_eq!(
+        trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .map(|r| r.status),
+        Some(404)
+    );
+}
+
+#[test]
+fn busy_agent_passes_the_call_to_the_next_and_no_answer_times_out() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "main");
+    server.add_agent("1003", "s3cret", "main");
+    let mut a1 = Phone::new("1001");
+    let mut a2 = Phone::new("1002");
+    let mut a3 = Phone::new("1003");
+    for a in [&mut a1, &mut a2, &mut a3] {
+        assert_eq!(a.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    }
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "12345");
+    // All idle equally long: tried in id order. 1001 is busy, 1002 never answers
+    // (ring_timeout is 3 s in tests: its INVITE is cancelled), 1003 answers.
+    let inv1 = a1.request("INVITE", 5.0).expect("1001 rung first");
+    a1.reply(server.sip, &inv1, 486, "a1");
+    let inv2 = a2.request("INVITE", 5.0).expect("1002 rung next");
+    a2.reply(server.sip, &inv2, 180, "a2");
+    let cancel = a2
+        .request("CANCEL", 6.0)
+        .expect("1002 cancelled after ring_timeout");
+    a2.reply(server.sip, &cancel, 200, "a2");
+    a2.reply(server.sip, &inv2, 487, "a2");
+    let inv3 = a3.request("INVITE", 5.0).expect("1003 rung last");
+    a3.reply(server.sip, &inv3, 200, "a3");
+    a3.request("ACK", 3.0).expect("ACK");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn cli_validates_input_and_check_reports_file_line() {
+    let server = TestServer::start();
+    let (ok, out) = server.cli(&["agents", "add", "bad id!", "--password", "xxxx"]);
+    assert!(!ok && out.contains("agent id"), "{out}");
+    let plan = server.dir.path().join("plan.toml");
+    std::fs::write(&plan, "[[route]]\nnumber = \"12345\"\nqueue = \"main\"\n[[route]]\nnumber = \"1x\"\nqueue = \"q\"\n").expect("write");
+    let (ok, out) = server.cli(&["routes", "import", &plan.display().to_string()]);
+    assert!(!ok && out.contains("plan.toml:4"), "{out}");
+    let (ok, out) = server.cli(&["check", "--plan", &plan.display().to_string()]);
+    assert!(!ok && out.contains("plan.toml:4"), "{out}");
+    let cfg = server.dir.path().join("y.toml");
+    std::fs::write(&cfg, "[rtp]\nport_mn = 1\n").expect("write");
+    let (ok, out) = server.cli(&["--config", &cfg.display().to_string(), "check"]);
+    assert!(
+        !ok && out.contains("y.toml:2") && out.contains("port_mn"),
+        "{out}"
+    );
+}
