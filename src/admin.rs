@@ -59,6 +59,8 @@ pub enum AdminCommand {
     },
     /// List routes.
     RoutesList,
+    /// Live figures of the running server (calls, free RTP ports).
+    Status,
     /// Import a plan file's text.
     RoutesImport {
         /// The file's name, for error messages.
@@ -152,6 +154,7 @@ pub fn execute(
             Ok(json!({ "removed": number }))
         }
         AdminCommand::RoutesList => Ok(serde_json::to_value(store.routes()?)?),
+        AdminCommand::Status => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;
             Ok(json!({ "imported": n }))
@@ -164,8 +167,16 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
 
+/// Live figures, provided by the running server.
+pub type StatusFn = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// Serves the admin socket (one JSON command per line, one JSON answer per line).
-pub async fn serve(path: PathBuf, store: Store, realm: String) -> anyhow::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    store: Store,
+    realm: String,
+    status: StatusFn,
+) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
@@ -182,11 +193,13 @@ pub async fn serve(path: PathBuf, store: Store, realm: String) -> anyhow::Result
             };
             let store = store.clone();
             let realm = realm.clone();
+            let status = status.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r.take(MAX_COMMAND_BYTES)).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let answer = match serde_json::from_str::<AdminCommand>(&line) {
+                        Ok(AdminCommand::Status) => json!({ "ok": true, "result": status() }),
                         Ok(cmd) => {
                             let store = store.clone();
                             let realm = realm.clone();

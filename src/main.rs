@@ -38,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         action: AgentsAction,
     },
+    /// Live figures of the running server.
+    Status,
     /// The number plan.
     Routes {
         #[command(subcommand)]
@@ -146,6 +148,7 @@ fn real_main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Status => run_admin(AdminCommand::Status),
         Command::Agents { action } => run_admin(match action {
             AgentsAction::Add {
                 id,
@@ -192,8 +195,11 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let store = Store::open(&settings.data_dir)?;
         let socket = admin::socket_path(&settings.data_dir);
-        admin::serve(socket.clone(), store.clone(), settings.sip.domain.clone()).await?;
+        let realm = settings.sip.domain.clone();
         let server = Server::start(settings, store.clone()).await?;
+        let shared = server.shared.clone();
+        let status: admin::StatusFn = std::sync::Arc::new(move || shared.status());
+        admin::serve(socket.clone(), store.clone(), realm, status).await?;
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
         tokio::signal::ctrl_c().await?;
         tracing::info!("shutting down");

@@ -116,6 +116,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Live figures for `yihaotong status`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "live_calls": self.live_calls.load(std::sync::atomic::Ordering::Relaxed),
+            "rtp_ports_free": self.ports.available(),
+            "rtp_ports_total": self.ports.total(),
+        })
+    }
+
     /// Which worker owns a Call-ID.
     pub fn worker_of(&self, call_id: &str) -> usize {
         shard(call_id, self.workers.len())

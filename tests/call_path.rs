@@ -11,27 +11,14 @@ fn options_unknown_method_and_garbage() {
     let server = TestServer::start();
     let mut phone = Phone::new("1");
     assert_eq!(phone.options(server.sip), Some(200));
-    phone.send(
+    phone.out_of_dialog(server.sip, "FROBNICATE", "SIP/2.0", "frob", "");
+    assert_eq!(phone.final_status("frob", "FROBNICATE", 2.0), Some(501));
+    phone.out_of_dialog(
         server.sip,
-        &format!(
-            "FROBNICATE sip:x@{s} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKfrob\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: frob\r\nCSeq: 1 FROBNICATE\r\nContent-Length: 0\r\n\r\n",
-            s = server.sip,
-            a = phone.addr
-        ),
-    );
-    assert_eq!(
-        phone
-            .response("frob", "FROBNICATE", 200, 2.0)
-            .map(|r| r.status),
-        Some(501)
-    );
-    phone.send(
-        server.sip,
-        &format!(
-            "OPTIONS sip:x@{s} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKreq\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: req\r\nCSeq: 1 OPTIONS\r\nRequire: 100rel, foo\r\nContent-Length: 0\r\n\r\n",
-            s = server.sip,
-            a = phone.addr
-        ),
+        "OPTIONS",
+        "SIP/2.0",
+        "req",
+        "Require: 100rel, foo\r\n",
     );
     let r = phone
         .response("req", "OPTIONS", 200, 2.0)
@@ -43,18 +30,8 @@ fn options_unknown_method_and_garbage() {
         .is_some_and(|u| u.contains("foo")));
     // Bytes that are not SIP: silence, and the server lives on.
     phone.send(server.sip, "\u{0}\u{1}garbage\r\n\r\n");
-    phone.send(
-        server.sip,
-        &format!(
-            "INVITE sip:x@{s} SIP/7.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKv7\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{s}>\r\nCall-ID: v7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
-            s = server.sip,
-            a = phone.addr
-        ),
-    );
-    assert_eq!(
-        phone.response("v7", "INVITE", 200, 2.0).map(|r| r.status),
-        Some(505)
-    );
+    phone.out_of_dialog(server.sip, "INVITE", "SIP/7.0", "v7", "");
+    assert_eq!(phone.final_status("v7", "INVITE", 2.0), Some(505));
     assert_eq!(phone.options(server.sip), Some(200));
 }
 
@@ -94,12 +71,7 @@ fn unknown_number_gets_404_and_outsider_must_authenticate() {
     let server = TestServer::start();
     let mut trunk = Phone::new("13800000000");
     let d = trunk.invite(server.sip, "99999");
-    assert_eq!(
-        trunk
-            .response(&d.call_id, "INVITE", 200, 3.0)
-            .map(|r| r.status),
-        Some(404)
-    );
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(404));
     // 127.0.0.2 is outside the trunk ACL (127.0.0.1/32): challenged, never rung.
     let mut outsider = Phone::bind("13900000000", "127.0.0.2");
     let d = outsider.invite(server.sip, "12345");
@@ -176,14 +148,10 @@ fn trunk_call_rings_agent_media_both_ways_caller_hangs_up() {
     );
     assert!(agent_got >= 45, "agent received {agent_got} of 50 packets");
     trunk.in_dialog(server.sip, &mut d, "BYE", "");
-    assert_eq!(
-        trunk
-            .response(&d.call_id, "BYE", 200, 3.0)
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
     let bye = agent.request("BYE", 3.0).expect("agent gets BYE");
     agent.reply(server.sip, &bye, 200, "agt");
+    server.assert_idle();
 }
 
 #[test]
@@ -201,6 +169,7 @@ fn agent_hangs_up_and_caller_gets_bye() {
     let bye = trunk.request("BYE", 3.0).expect("caller gets BYE");
     assert_eq!(bye.core.call_id, d.call_id);
     trunk.reply(server.sip, &bye, 200, "x");
+    server.assert_idle();
 }
 
 #[test]
@@ -217,18 +186,8 @@ fn caller_cancels_while_agent_rings() {
         .response(&d.call_id, "INVITE", 180, 3.0)
         .expect("ringing");
     trunk.cancel(server.sip, &d);
-    assert_eq!(
-        trunk
-            .response(&d.call_id, "CANCEL", 200, 3.0)
-            .map(|r| r.status),
-        Some(200)
-    );
-    assert_eq!(
-        trunk
-            .response(&d.call_id, "INVITE", 200, 3.0)
-            .map(|r| r.status),
-        Some(487)
-    );
+    assert_eq!(trunk.final_status(&d.call_id, "CANCEL", 3.0), Some(200));
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
     let cancel = agent
         .request("CANCEL", 3.0)
         .expect("agent's INVITE cancelled");
@@ -288,6 +247,7 @@ fn silent_leg_is_hung_up_after_rtp_timeout() {
     assert_eq!(bye.core.call_id, d.call_id);
     let bye = agent.request("BYE", 3.0).expect("agent hung up on silence");
     assert_eq!(bye.core.call_id, ad.call_id);
+    server.assert_idle();
 }
 
 #[test]
@@ -363,10 +323,5 @@ fn agent_registered_over_tcp_is_rung_on_its_connection() {
         panic!("ACK expected")
     };
     assert_eq!(ack.method.as_str(), "ACK");
-    assert_eq!(
-        trunk
-            .response(&d.call_id, "INVITE", 200, 3.0)
-            .map(|r| r.status),
-        Some(480)
-    );
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(480));
 }

@@ -126,7 +126,7 @@ struct Call {
     /// The caller cancelled while agents were ringing.
     caller_gone: bool,
     /// An agent leg we gave up on while it rang; a late 2xx from it is ACKed and BYEd.
-    abandoned: Option<(Dialog, Peer)>,
+    abandoned: Vec<(Dialog, Peer)>,
 }
 
 /// Runs a call from the caller's INVITE to its end.
@@ -235,7 +235,7 @@ async fn start(
         telephone_event: offer.telephone_event,
         a_peer,
         caller_gone: false,
-        abandoned: None,
+        abandoned: Vec::new(),
     };
     let Some((reservation, b_leg)) = call.ring_agents(&offer, route).await else {
         return if call.caller_gone {
@@ -253,8 +253,14 @@ async fn start(
         pending: None,
         our_reinvite: None,
     };
+    let b_call_id = b_leg.dialog.call_id.clone();
     let end = call.bridged(a_leg, b_leg).await;
     call.ctx.shared.seats.release(reservation);
+    let _ = call
+        .ctx
+        .worker
+        .send(WorkerInput::Unbind { call_id: b_call_id })
+        .await;
     end
 }
 
@@ -416,7 +422,7 @@ impl Call {
                     if early {
                         self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
                     }
-                    self.abandoned = Some((dialog.clone(), seat.peer));
+                    self.abandoned.push((dialog.clone(), seat.peer));
                     break Offer::Next;
                 }
             };
@@ -487,7 +493,7 @@ impl Call {
                 CallEvent::Cancelled => {
                     info!("caller cancelled");
                     self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
-                    self.abandoned = Some((dialog.clone(), seat.peer));
+                    self.abandoned.push((dialog.clone(), seat.peer));
                     self.a_respond(487, &[], b"");
                     self.caller_gone = true;
                     break Offer::CallerGone;
@@ -519,10 +525,11 @@ impl Call {
                 if (200..300).contains(&response.status)
                     && response.core.cseq_method == Method::Invite =>
             {
-                if let Some((mut d, peer)) = self
+                let found = self
                     .abandoned
-                    .take_if(|(d, _)| d.call_id == response.core.call_id)
-                {
+                    .iter()
+                    .position(|(d, _)| d.call_id == response.core.call_id);
+                if let Some((mut d, peer)) = found.map(|i| self.abandoned.swap_remove(i)) {
                     d.confirm(&response);
                     self.ack(&mut d, response.core.cseq, peer);
                     self.bye(&mut d, peer);
@@ -621,6 +628,12 @@ impl Call {
                     if let Some(end) = self.in_dialog(key, request, this, other).await {
                         return end;
                     }
+                }
+                CallEvent::Response { key, response }
+                    if response.core.call_id != a.dialog.call_id
+                        && response.core.call_id != b.dialog.call_id =>
+                {
+                    self.stray(CallEvent::Response { key, response });
                 }
                 CallEvent::Response { key, response } => {
                     let for_a = response.core.call_id == a.dialog.call_id;

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct PortPool {
     address: IpAddr,
+    total: usize,
     free: Mutex<VecDeque<u16>>,
 }
 
@@ -20,11 +21,17 @@ impl PortPool {
     /// A pool over the even ports of the range.
     pub fn new(address: IpAddr, min: u16, max: u16) -> PortPool {
         let start = min + (min % 2);
-        let free = (start..=max).step_by(2).collect();
+        let free: VecDeque<u16> = (start..=max).step_by(2).collect();
         PortPool {
             address,
+            total: free.len(),
             free: Mutex::new(free),
         }
+    }
+
+    /// Ports in the pool.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// Free ports left.

@@ -947,6 +947,29 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         sent
     }
 
+    /// A new INVITE reaches a server transaction; returns its bytes, key and
+    /// the request as the TU sees it.
+    fn server_invite(
+        tx: &mut Transactions,
+        now: Instant,
+        branch: &str,
+    ) -> (Bytes, TxKey, Box<Request>) {
+        let bytes = invite_bytes(branch);
+        tx.handle_message(now, Message::Request(request(&bytes)), peer());
+        drain(tx);
+        match tx.poll_event() {
+            Some(TxEvent::Request { key, request, .. }) => (bytes, key, request),
+            other => panic!("the TU must see the INVITE, got {other:?}"),
+        }
+    }
+
+    /// The TU answers `req` with `status`.
+    fn answer(tx: &mut Transactions, now: Instant, key: &TxKey, req: &Request, status: u16) {
+        let bytes = Bytes::from(req.response(status, Some("t"), &[], b""));
+        tx.respond(now, key, status, bytes).expect("respond");
+        drain(tx);
+    }
+
     #[test]
     fn invite_retransmits_at_half_second_doublings_then_times_out_at_32s() {
         let start = Instant::now();
@@ -1075,23 +1098,8 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     fn server_2xx_is_retransmitted_until_ack_and_unacked_2xx_is_reported() {
         let start = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default(), 100);
-        let bytes = invite_bytes("z9hG4bK2");
-        tx.handle_message(start, Message::Request(request(&bytes)), peer());
-        drain(&mut tx);
-        let Some(TxEvent::Request {
-            key, request: req, ..
-        }) = tx.poll_event()
-        else {
-            panic!("INVITE");
-        };
-        tx.respond(
-            start,
-            &key,
-            200,
-            Bytes::from(req.response(200, Some("t"), &[], b"")),
-        )
-        .expect("respond");
-        drain(&mut tx);
+        let (_, key, req) = server_invite(&mut tx, start, "z9hG4bK2");
+        answer(&mut tx, start, &key, &req, 200);
         let sent = run_until(&mut tx, start, Duration::from_secs(40));
         let times: Vec<f64> = sent.iter().map(|(d, _)| d.as_secs_f64()).collect();
         assert_eq!(&times[..4], &[0.5, 1.5, 3.5, 7.5]);
@@ -1103,23 +1111,8 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     fn ack_for_2xx_with_new_branch_stops_retransmission() {
         let start = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default(), 100);
-        let bytes = invite_bytes("z9hG4bK3");
-        tx.handle_message(start, Message::Request(request(&bytes)), peer());
-        drain(&mut tx);
-        let Some(TxEvent::Request {
-            key, request: req, ..
-        }) = tx.poll_event()
-        else {
-            panic!("INVITE");
-        };
-        tx.respond(
-            start,
-            &key,
-            200,
-            Bytes::from(req.response(200, Some("t"), &[], b"")),
-        )
-        .expect("respond");
-        drain(&mut tx);
+        let (bytes, key, req) = server_invite(&mut tx, start, "z9hG4bK3");
+        answer(&mut tx, start, &key, &req, 200);
         let ack = String::from_utf8_lossy(&bytes)
             .replace("INVITE sip", "ACK sip")
             .replace("1 INVITE", "1 ACK")
@@ -1136,23 +1129,8 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         // transaction exists) but the TU is not told to stop (RFC 3261 §9.2).
         let start = Instant::now();
         let mut tx = Transactions::new(TimerConfig::default(), 100);
-        let bytes = invite_bytes("z9hG4bKc");
-        tx.handle_message(start, Message::Request(request(&bytes)), peer());
-        drain(&mut tx);
-        let Some(TxEvent::Request {
-            key, request: req, ..
-        }) = tx.poll_event()
-        else {
-            panic!("INVITE");
-        };
-        tx.respond(
-            start,
-            &key,
-            200,
-            Bytes::from(req.response(200, Some("t"), &[], b"")),
-        )
-        .expect("respond");
-        drain(&mut tx);
+        let (bytes, key, req) = server_invite(&mut tx, start, "z9hG4bKc");
+        answer(&mut tx, start, &key, &req, 200);
         let cancel = String::from_utf8_lossy(&bytes)
             .replace("INVITE sip", "CANCEL sip")
             .replace("1 INVITE", "1 CANCEL");
@@ -1166,15 +1144,7 @@ Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
 
         // Before the answer: the TU hears Cancelled and can still send 487.
-        let bytes = invite_bytes("z9hG4bKd");
-        tx.handle_message(start, Message::Request(request(&bytes)), peer());
-        drain(&mut tx);
-        let Some(TxEvent::Request {
-            key, request: req, ..
-        }) = tx.poll_event()
-        else {
-            panic!("INVITE");
-        };
+        let (bytes, key, req) = server_invite(&mut tx, start, "z9hG4bKd");
         let cancel = String::from_utf8_lossy(&bytes)
             .replace("INVITE sip", "CANCEL sip")
             .replace("1 INVITE", "1 CANCEL");

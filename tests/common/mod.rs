@@ -126,6 +126,24 @@ impl TestServer {
         assert!(ok, "agents add failed: {out}");
     }
 
+    /// Waits until no call is alive and every RTP port is back in the pool:
+    /// every per-call task and relay ended with its call.
+    pub fn assert_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let (ok, out) = self.cli(&["status"]);
+            assert!(ok, "status failed: {out}");
+            let v: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+            if v["live_calls"] == 0 && v["rtp_ports_free"] == v["rtp_ports_total"] {
+                return;
+            }
+            last = out;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("calls or relays still alive after the calls ended: {last}");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -252,6 +270,29 @@ impl Phone {
             Some(Message::Response(r)) => Some(r),
             _ => None,
         }
+    }
+
+    /// The status of the final response for `call_id` and method.
+    pub fn final_status(&mut self, call_id: &str, method: &str, secs: f64) -> Option<u16> {
+        self.response(call_id, method, 200, secs).map(|r| r.status)
+    }
+
+    /// Sends an out-of-dialog request with the given request-line version and extra headers.
+    pub fn out_of_dialog(
+        &self,
+        server: SocketAddr,
+        method: &str,
+        version: &str,
+        call_id: &str,
+        extra: &str,
+    ) {
+        self.send(
+            server,
+            &format!(
+                "{method} sip:x@{server} {version}\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{call_id}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+                a = self.addr
+            ),
+        );
     }
 
     pub fn request(&mut self, method: &str, secs: f64) -> Option<Request> {
