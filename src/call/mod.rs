@@ -411,6 +411,12 @@ impl Call {
             })
             .await;
         info!(agent = %seat.agent, contact = %seat.uri, "ringing agent");
+        // The caller hears ringing from the moment a seat is offered the call,
+        // whether or not the phone itself sends 180 (many answer straight away).
+        if !*rang_caller {
+            *rang_caller = true;
+            self.a_respond(180, &[], b"");
+        }
         let deadline =
             Instant::now() + Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
         let mut early = false;
@@ -438,10 +444,6 @@ impl Call {
                     101..=199 => {
                         early = true;
                         dialog.confirm(&response);
-                        if !*rang_caller {
-                            *rang_caller = true;
-                            self.a_respond(180, &[], b"");
-                        }
                     }
                     200..=299 => {
                         dialog.confirm(&response);
