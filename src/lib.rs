@@ -13,6 +13,7 @@
 //! - [`call`]: the B2BUA, one task per call.
 //! - [`server`]: sockets, SIP workers, dispatch.
 //! - [`admin`]: CLI commands, locally or via the running server.
+//! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -20,6 +21,7 @@ pub mod acd;
 pub mod admin;
 pub mod call;
 pub mod config;
+pub mod load;
 pub mod media;
 pub mod registrar;
 pub mod routing;

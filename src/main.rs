@@ -40,6 +40,8 @@ enum Command {
     },
     /// Live figures of the running server.
     Status,
+    /// Drive a running server with SIP and RTP load over loopback and report.
+    Load(yihaotong::load::LoadOptions),
     /// The number plan.
     Routes {
         #[command(subcommand)]
@@ -149,6 +151,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
+        Command::Load(opts) => load(opts, &data_dir, &realm),
         Command::Agents { action } => run_admin(match action {
             AgentsAction::Add {
                 id,
@@ -186,6 +189,39 @@ fn real_main() -> anyhow::Result<()> {
             }
         }),
     }
+}
+
+fn load(
+    opts: yihaotong::load::LoadOptions,
+    data_dir: &std::path::Path,
+    realm: &str,
+) -> anyhow::Result<()> {
+    if opts.provision {
+        for i in 0..opts.agents {
+            let cmd = AdminCommand::AgentsAdd {
+                id: (opts.agent_base + i).to_string(),
+                password: opts.password.clone(),
+                name: None,
+                queues: vec![opts.queue.clone()],
+            };
+            admin::run_command(data_dir, realm, cmd).context("provisioning load agents")?;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let json = opts.json.clone();
+    let check = opts.check;
+    let report = runtime.block_on(yihaotong::load::run(opts))?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if check && !report.all_good() {
+        anyhow::bail!("load check failed: not every call completed with audio both ways");
+    }
+    Ok(())
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {

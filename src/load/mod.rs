@@ -1,0 +1,385 @@
+//! The load harness: `yihaotong load` drives a running server with real SIP
+//! and RTP over loopback and measures what it gets back.
+//!
+//! Room: the test bench, outside the server. It plays both ends of the
+//! hotline: callers on the trunk side (one UDP socket for all their
+//! signalling) and agent seats (one UDP socket; each seat registers with
+//! digest auth under its own user and is told apart by the Request-URI). Each
+//! call gets its own RTP sockets on both ends; all streams are paced by one
+//! 20 ms clock ([`pacer`]) and every received stream is measured (loss,
+//! RFC 3550 jitter, inter-arrival deviation). Every run is bounded in calls
+//! and seconds and stops by itself.
+
+mod rtp;
+mod ua;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+pub use rtp::StreamStats;
+
+/// Which traffic to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// A storm of REGISTERs with digest auth.
+    Register,
+    /// The full path: trunk call → queue → agent answers → talk → hang up.
+    Queue,
+}
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadOptions {
+    /// The server's SIP address.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    pub server: SocketAddr,
+    /// Traffic to generate.
+    #[arg(long, value_enum, default_value = "queue")]
+    pub scenario: Scenario,
+    /// Calls (or registrations) to attempt in all.
+    #[arg(long, default_value_t = 100)]
+    pub calls: u64,
+    /// Open loop: new calls per second. Ignored when --concurrency is given.
+    #[arg(long, default_value_t = 10.0)]
+    pub cps: f64,
+    /// Closed loop: keep this many calls in flight instead of a fixed rate.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Hard limit on the whole run, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
+    /// Agent seats to register (ids agent_base, agent_base+1, ...).
+    #[arg(long, default_value_t = 10)]
+    pub agents: u32,
+    /// First agent id.
+    #[arg(long, default_value_t = 9000)]
+    pub agent_base: u32,
+    /// The agents' password.
+    #[arg(long, default_value = "load-test")]
+    pub password: String,
+    /// Create the agent accounts first (through the server's admin socket).
+    #[arg(long)]
+    pub provision: bool,
+    /// Queue the provisioned agents serve.
+    #[arg(long, default_value = "main")]
+    pub queue: String,
+    /// Number the callers dial.
+    #[arg(long, default_value = "12345")]
+    pub number: String,
+    /// Milliseconds an agent rings before answering.
+    #[arg(long, default_value_t = 200)]
+    pub ring_ms: u64,
+    /// Milliseconds of talk (RTP both ways) before the caller hangs up.
+    #[arg(long, default_value_t = 2000)]
+    pub talk_ms: u64,
+    /// Fraction of callers who hang up (CANCEL) while the agent rings.
+    #[arg(long, default_value_t = 0.0)]
+    pub abandon: f64,
+    /// Local address for our sockets (loopback only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Exit non-zero unless every call completed and audio arrived both ways.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Shared counters and histograms, filled by every call.
+pub(crate) struct Metrics {
+    pub(crate) attempted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) failed: Mutex<BTreeMap<String, u64>>,
+    pub(crate) setup_180: Mutex<Histogram<u64>>,
+    pub(crate) setup_200: Mutex<Histogram<u64>>,
+    pub(crate) first_audio: Mutex<Histogram<u64>>,
+    pub(crate) caller_rtp: Mutex<StreamStats>,
+    pub(crate) agent_rtp: Mutex<StreamStats>,
+}
+
+fn histogram() -> Mutex<Histogram<u64>> {
+    // 1 µs .. 10 min, 3 significant digits. The bounds are constants that
+    // hdrhistogram accepts, so this cannot fail.
+    Mutex::new(
+        Histogram::new_with_bounds(1, 600_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).expect("3 digits is valid")),
+    )
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            attempted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            failed: Mutex::new(BTreeMap::new()),
+            setup_180: histogram(),
+            setup_200: histogram(),
+            first_audio: histogram(),
+            caller_rtp: Mutex::new(StreamStats::default()),
+            agent_rtp: Mutex::new(StreamStats::default()),
+        }
+    }
+
+    pub(crate) fn fail(&self, why: impl Into<String>) {
+        if let Ok(mut f) = self.failed.lock() {
+            *f.entry(why.into()).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
+        if let Ok(mut h) = h.lock() {
+            let _ = h.record((d.as_micros() as u64).max(1));
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Calls (registrations) started.
+    pub attempted: u64,
+    /// Finished as planned.
+    pub completed: u64,
+    /// Callers who hung up while ringing, as asked.
+    pub abandoned: u64,
+    /// Failures by reason (SIP status or "timeout").
+    pub failed: BTreeMap<String, u64>,
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+    /// Attempts per second achieved.
+    pub achieved_cps: f64,
+    /// INVITE → 180 (or REGISTER → 200 for the register scenario).
+    pub setup_180_ms: Percentiles,
+    /// INVITE → 200.
+    pub setup_200_ms: Percentiles,
+    /// 200 → first RTP packet at the caller.
+    pub first_audio_ms: Percentiles,
+    /// RTP as received by the callers (sent by agents, relayed by the server).
+    pub caller_rtp: StreamStats,
+    /// RTP as received by the agents.
+    pub agent_rtp: StreamStats,
+}
+
+impl Report {
+    /// Whether every attempt completed (or was abandoned as asked) and, for
+    /// calls, audio arrived at both ends.
+    pub fn all_good(&self) -> bool {
+        let done = self.completed + self.abandoned == self.attempted && self.failed.is_empty();
+        let audio = self.scenario != Scenario::Queue
+            || self.completed == 0
+            || (self.caller_rtp.received > 0 && self.agent_rtp.received > 0);
+        done && audio
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<28} {v}\n"));
+        line(&mut out, "scenario", format!("{:?}", self.scenario));
+        line(&mut out, "attempted", self.attempted.to_string());
+        line(&mut out, "completed", self.completed.to_string());
+        line(&mut out, "abandoned (asked)", self.abandoned.to_string());
+        line(&mut out, "failed", format!("{:?}", self.failed));
+        line(&mut out, "seconds", format!("{:.2}", self.seconds));
+        line(
+            &mut out,
+            "achieved cps",
+            format!("{:.1}", self.achieved_cps),
+        );
+        let p = |p: &Percentiles| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms (n={})",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            )
+        };
+        let first = if self.scenario == Scenario::Register {
+            "REGISTER → 200"
+        } else {
+            "INVITE → 180"
+        };
+        line(&mut out, first, p(&self.setup_180_ms));
+        if self.scenario == Scenario::Queue {
+            line(&mut out, "INVITE → 200", p(&self.setup_200_ms));
+            line(&mut out, "200 → first audio", p(&self.first_audio_ms));
+            for (name, s) in [
+                ("RTP at callers", &self.caller_rtp),
+                ("RTP at agents", &self.agent_rtp),
+            ] {
+                line(
+                    &mut out,
+                    name,
+                    format!(
+                        "{} streams, {} pkts, loss {:.4}%, jitter(3550) max {:.2} ms, inter-arrival dev p99 {:.2} ms",
+                        s.streams,
+                        s.received,
+                        s.loss_percent(),
+                        s.max_jitter_ms,
+                        s.interarrival_dev_p99_ms()
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Runs a load test to its end (bounded by calls and `max_seconds`).
+pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        opts.server.ip().is_loopback() && opts.bind.is_loopback(),
+        "the load harness only sends to loopback addresses"
+    );
+    let metrics = Arc::new(Metrics::new());
+    let pacer = rtp::Pacer::start();
+    let agents = ua::Seats::start(&opts, metrics.clone(), pacer.clone()).await?;
+    let registered = agents.register_all(&opts).await;
+    if opts.scenario == Scenario::Queue {
+        anyhow::ensure!(
+            registered > 0,
+            "no agent could register (are the accounts provisioned? try --provision)"
+        );
+    }
+    let callers = ua::Callers::start(&opts, metrics.clone(), pacer.clone()).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(opts.max_seconds);
+    let progress = indicatif::ProgressBar::new(opts.calls);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    let interval = Duration::from_secs_f64(1.0 / opts.cps.max(0.01));
+    let mut next_start = Instant::now();
+    let mut last_progress = Instant::now();
+    for i in 0..opts.calls {
+        if Instant::now() >= deadline {
+            break;
+        }
+        match opts.concurrency {
+            Some(c) => {
+                while tasks.len() >= c.max(1) {
+                    let _ = tasks.join_next().await;
+                }
+            }
+            None => {
+                tokio::time::sleep_until(next_start).await;
+                next_start += interval;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        metrics.attempted.fetch_add(1, Ordering::Relaxed);
+        match opts.scenario {
+            Scenario::Register => {
+                let a = agents.clone();
+                let o = opts.clone();
+                tasks.spawn(async move { a.register_one(&o, i).await });
+            }
+            Scenario::Queue => {
+                let c = callers.clone();
+                let abandon = rand::random::<f64>() < opts.abandon;
+                tasks.spawn(async move { c.call(i, abandon).await });
+            }
+        }
+        if last_progress.elapsed() > Duration::from_millis(250) {
+            last_progress = Instant::now();
+            progress.set_position(i + 1);
+            progress.set_message(format!(
+                "completed {} failed {} active {}",
+                metrics.completed.load(Ordering::Relaxed),
+                metrics
+                    .failed
+                    .lock()
+                    .map(|f| f.values().sum::<u64>())
+                    .unwrap_or(0),
+                metrics.active.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    // Let the calls in flight finish, within the deadline.
+    let drain = tokio::time::timeout_at(
+        deadline.max(Instant::now() + Duration::from_secs(1)),
+        async { while tasks.join_next().await.is_some() {} },
+    )
+    .await;
+    if drain.is_err() {
+        let left = tasks.len() as u64;
+        tasks.abort_all();
+        for _ in 0..left {
+            metrics.fail("unfinished at max_seconds");
+        }
+    }
+    progress.finish_and_clear();
+    agents.unregister_all(&opts).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let attempted = metrics.attempted.load(Ordering::Relaxed);
+    let get = |h: &Mutex<Histogram<u64>>| h.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
+    let report = Report {
+        scenario: opts.scenario,
+        attempted,
+        completed: metrics.completed.load(Ordering::Relaxed),
+        abandoned: metrics.abandoned.load(Ordering::Relaxed),
+        failed: metrics.failed.lock().map(|f| f.clone()).unwrap_or_default(),
+        seconds,
+        achieved_cps: attempted as f64 / seconds.max(1e-9),
+        setup_180_ms: get(&metrics.setup_180),
+        setup_200_ms: get(&metrics.setup_200),
+        first_audio_ms: get(&metrics.first_audio),
+        caller_rtp: metrics
+            .caller_rtp
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
+        agent_rtp: metrics
+            .agent_rtp
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
+    };
+    Ok(report)
+}

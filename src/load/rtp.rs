@@ -1,0 +1,201 @@
+//! The harness's RTP: one pacing clock for every stream, and per-stream
+//! receive statistics (loss, RFC 3550 jitter, inter-arrival deviation).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rtc_shared::marshal::Unmarshal;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Samples per 20 ms G.711 frame.
+const FRAME_SAMPLES: u32 = 160;
+const FRAME: Duration = Duration::from_millis(20);
+
+/// Receive statistics of one or more streams.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStats {
+    /// Streams measured.
+    pub streams: u64,
+    /// Packets received.
+    pub received: u64,
+    /// Packets the sequence numbers say were sent.
+    pub expected: u64,
+    /// Largest RFC 3550 interarrival jitter seen on any stream, ms.
+    pub max_jitter_ms: f64,
+    /// 99th percentile of |arrival gap − 20 ms| over all packets, ms.
+    pub interarrival_dev_p99_ms: f64,
+    #[serde(skip)]
+    dev_us: Option<Histogram<u64>>,
+}
+
+impl StreamStats {
+    /// Lost packets as a percentage of expected.
+    pub fn loss_percent(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        self.expected.saturating_sub(self.received) as f64 * 100.0 / self.expected as f64
+    }
+
+    /// The 99th percentile inter-arrival deviation, ms.
+    pub fn interarrival_dev_p99_ms(&self) -> f64 {
+        self.interarrival_dev_p99_ms
+    }
+
+    /// Adds another stream's figures.
+    pub fn merge(&mut self, other: &StreamStats) {
+        self.streams += other.streams;
+        self.received += other.received;
+        self.expected += other.expected;
+        self.max_jitter_ms = self.max_jitter_ms.max(other.max_jitter_ms);
+        if let Some(o) = &other.dev_us {
+            match &mut self.dev_us {
+                Some(h) => {
+                    let _ = h.add(o);
+                }
+                None => self.dev_us = Some(o.clone()),
+            }
+        }
+        if let Some(h) = &self.dev_us {
+            self.interarrival_dev_p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+    }
+}
+
+struct Stream {
+    socket: Arc<UdpSocket>,
+    dest: SocketAddr,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    stop: Arc<AtomicBool>,
+}
+
+/// One clock for every outgoing stream: wakes every 20 ms and sends one frame
+/// on each live stream, from one reused buffer.
+pub(crate) struct Pacer {
+    add: mpsc::UnboundedSender<Stream>,
+}
+
+impl Pacer {
+    pub(crate) fn start() -> Arc<Pacer> {
+        let (add, mut new_streams) = mpsc::unbounded_channel::<Stream>();
+        tokio::spawn(async move {
+            let mut streams: Vec<Stream> = Vec::new();
+            let mut tick = tokio::time::interval(FRAME);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut packet = [0xffu8; 12 + 160];
+            loop {
+                tick.tick().await;
+                loop {
+                    match new_streams.try_recv() {
+                        Ok(s) => streams.push(s),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            if streams.is_empty() {
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                }
+                streams.retain(|s| !s.stop.load(Ordering::Relaxed));
+                for s in &mut streams {
+                    packet[0] = 0x80;
+                    packet[1] = if s.seq == 0 { 0x80 } else { 0 }; // marker on the first, PT 0 (PCMU)
+                    packet[2..4].copy_from_slice(&s.seq.to_be_bytes());
+                    packet[4..8].copy_from_slice(&s.timestamp.to_be_bytes());
+                    packet[8..12].copy_from_slice(&s.ssrc.to_be_bytes());
+                    let _ = s.socket.try_send_to(&packet, s.dest);
+                    s.seq = s.seq.wrapping_add(1);
+                    s.timestamp = s.timestamp.wrapping_add(FRAME_SAMPLES);
+                }
+            }
+        });
+        Arc::new(Pacer { add })
+    }
+
+    /// Starts sending on `socket` to `dest`; set the returned flag to stop.
+    pub(crate) fn send(&self, socket: Arc<UdpSocket>, dest: SocketAddr) -> Arc<AtomicBool> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = self.add.send(Stream {
+            socket,
+            dest,
+            seq: 0,
+            timestamp: rand::random(),
+            ssrc: rand::random(),
+            stop: stop.clone(),
+        });
+        stop
+    }
+}
+
+/// Receives on `socket` until `stop` is set; returns the stream's statistics
+/// and when its first packet arrived.
+pub(crate) async fn receive(
+    socket: Arc<UdpSocket>,
+    stop: Arc<AtomicBool>,
+) -> (StreamStats, Option<Instant>) {
+    let mut buf = [0u8; 2048];
+    let mut first: Option<Instant> = None;
+    let mut first_seq: Option<u16> = None;
+    let mut highest: i64 = 0;
+    let mut cycles: i64 = 0;
+    let mut last_seq: u16 = 0;
+    let mut received = 0u64;
+    let mut jitter = 0.0f64;
+    let mut prev: Option<(Instant, u32)> = None;
+    let mut dev = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(50), socket.recv_from(&mut buf)).await
+        else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut view = &buf[..n];
+        let Ok(h) = rtc_rtp::header::Header::unmarshal(&mut view) else {
+            continue;
+        };
+        received += 1;
+        first.get_or_insert(now);
+        let base = *first_seq.get_or_insert(h.sequence_number);
+        if received > 1 && h.sequence_number < last_seq && last_seq - h.sequence_number > 0x8000 {
+            cycles += 1 << 16;
+        }
+        last_seq = h.sequence_number;
+        highest = highest.max(cycles + h.sequence_number as i64 - base as i64);
+        if let Some((t, ts)) = prev {
+            // RFC 3550 §6.4.1: D = (Rj − Ri) − (Sj − Si), in timestamp units (8 kHz).
+            let arrival = now.duration_since(t).as_secs_f64() * 8000.0;
+            let sent = h.timestamp.wrapping_sub(ts) as i32 as f64;
+            jitter += ((arrival - sent).abs() - jitter) / 16.0;
+            let gap = now.duration_since(t);
+            let deviation = gap.abs_diff(FRAME);
+            if let Some(d) = dev.as_mut() {
+                let _ = d.record((deviation.as_micros() as u64).max(1));
+            }
+        }
+        prev = Some((now, h.timestamp));
+    }
+    let mut stats = StreamStats {
+        streams: 1,
+        received,
+        expected: if received == 0 { 0 } else { highest as u64 + 1 },
+        max_jitter_ms: jitter / 8.0,
+        interarrival_dev_p99_ms: 0.0,
+        dev_us: None,
+    };
+    let single = StreamStats {
+        dev_us: dev,
+        ..Default::default()
+    };
+    stats.merge(&single);
+    (stats, first)
+}
