@@ -470,28 +470,27 @@ impl Callers {
         let rtp = rtp_socket(self.bind).await.ok_or("no local RTP port")?;
         let server = ep.server;
         let branch = crate::sip::new_branch();
-        let from = format!(
-            "<sip:138{:08}@{}>;tag={}",
-            rand::random::<u32>() % 100_000_000,
-            ep.addr,
-            random_token()
-        );
-        let to = format!("<sip:{}@{server}>", self.number);
-        let uri = format!("sip:{}@{server}", self.number);
+        let mut leg = CallerLeg {
+            ep,
+            from: format!(
+                "<sip:138{:08}@{}>;tag={}",
+                rand::random::<u32>() % 100_000_000,
+                ep.addr,
+                random_token()
+            ),
+            call_id,
+            to: format!("<sip:{}@{server}>", self.number),
+            target: format!("sip:{}@{server}", self.number),
+        };
         let body = offer(&rtp);
         let contact = format!("<sip:caller@{}>", ep.addr);
-        let invite = message::OutgoingRequest {
-            method: &Method::Invite,
-            uri: &uri,
-            via: &ep.via(&branch),
-            from: &from,
-            to: &to,
-            call_id,
-            cseq: 1,
-            extra: &[("Contact", &contact), ("Content-Type", "application/sdp")],
-            body: body.as_bytes(),
-        }
-        .write();
+        let invite = leg.write(
+            &Method::Invite,
+            &branch,
+            1,
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            body.as_bytes(),
+        );
         let started = Instant::now();
         ep.send(&invite);
         let give_up = started + GIVE_UP + Duration::from_secs(60);
@@ -511,27 +510,15 @@ impl Callers {
                                 Metrics::record(&self.metrics.setup_180, started.elapsed());
                                 if abandon && !cancelled {
                                     cancelled = true;
-                                    let cancel = message::OutgoingRequest {
-                                        method: &Method::Cancel,
-                                        uri: &uri,
-                                        via: &ep.via(&branch),
-                                        from: &from,
-                                        to: &to,
-                                        call_id,
-                                        cseq: 1,
-                                        extra: &[],
-                                        body: b"",
-                                    }
-                                    .write();
-                                    ep.send(&cancel);
+                                    ep.send(&leg.write(&Method::Cancel, &branch, 1, &[], b""));
                                 }
                             }
                         }
                         200..=299 => break r,
                         status => {
-                            let ack =
-                                ack(&uri, &ep.via(&branch), &from, &r.core.to.raw, call_id, &[]);
-                            ep.send(&ack);
+                            // The ACK of a non-2xx shares the INVITE's branch and takes the To tag.
+                            leg.to = r.core.to.raw.clone();
+                            ep.send(&leg.write(&Method::Ack, &branch, 1, &[], b""));
                             return if status == 487 && cancelled {
                                 Ok(Outcome::Abandoned)
                             } else {
@@ -551,23 +538,19 @@ impl Callers {
         };
         let answered = Instant::now();
         Metrics::record(&self.metrics.setup_200, started.elapsed());
-        let target = ok
+        if let Some(target) = ok
             .headers
             .get("contact")
             .and_then(crate::sip::dialog::contact_uri)
-            .unwrap_or(uri.clone());
-        let to_tagged = ok.core.to.raw.clone();
-        ep.send(&ack(
-            &target,
-            &ep.via(&crate::sip::new_branch()),
-            &from,
-            &to_tagged,
-            call_id,
-            &[],
-        ));
+        {
+            leg.target = target;
+        }
+        leg.to = ok.core.to.raw.clone();
+        let ack = leg.write(&Method::Ack, &crate::sip::new_branch(), 1, &[], b"");
+        ep.send(&ack);
+        let bye = leg.write(&Method::Bye, &crate::sip::new_branch(), 2, &[], b"");
         if cancelled {
             // The answer crossed our CANCEL: hang up at once.
-            let bye = in_dialog(&Method::Bye, &target, ep, &from, &to_tagged, call_id, 2);
             transact(ep, rx, &bye, &Method::Bye, 200).await;
             return Ok(Outcome::Abandoned);
         }
@@ -590,27 +573,16 @@ impl Callers {
                     if r.status == 200 && r.core.cseq_method == Method::Invite =>
                 {
                     // A retransmitted 200: our ACK was lost.
-                    ep.send(&ack(
-                        &target,
-                        &ep.via(&crate::sip::new_branch()),
-                        &from,
-                        &to_tagged,
-                        call_id,
-                        &[],
-                    ));
+                    ep.send(&ack);
                 }
                 Some(_) => {}
                 None => break,
             }
         }
-        let bye_ok = if server_bye {
-            false
-        } else {
-            let bye = in_dialog(&Method::Bye, &target, ep, &from, &to_tagged, call_id, 2);
-            transact(ep, rx, &bye, &Method::Bye, 200)
+        let bye_ok = !server_bye
+            && transact(ep, rx, &bye, &Method::Bye, 200)
                 .await
-                .is_some_and(|r| r.status == 200)
-        };
+                .is_some_and(|r| r.status == 200);
         stop.store(true, Ordering::Relaxed);
         if let Ok((stats, first)) = recv.await {
             if let Some(first) = first {
@@ -636,47 +608,36 @@ enum Outcome {
     Abandoned,
 }
 
-fn ack(
-    uri: &str,
-    via: &str,
-    from: &str,
-    to: &str,
-    call_id: &str,
-    extra: &[(&str, &str)],
-) -> Vec<u8> {
-    message::OutgoingRequest {
-        method: &Method::Ack,
-        uri,
-        via,
-        from,
-        to,
-        call_id,
-        cseq: 1,
-        extra,
-        body: b"",
-    }
-    .write()
+/// The fixed parts of a caller's requests; `to` and `target` follow the dialog.
+struct CallerLeg<'a> {
+    ep: &'a Endpoint,
+    from: String,
+    call_id: &'a str,
+    to: String,
+    /// Request-URI: the dialed number, then the answerer's Contact.
+    target: String,
 }
 
-fn in_dialog(
-    method: &Method,
-    uri: &str,
-    ep: &Endpoint,
-    from: &str,
-    to: &str,
-    call_id: &str,
-    cseq: u32,
-) -> Vec<u8> {
-    message::OutgoingRequest {
-        method,
-        uri,
-        via: &ep.via(&crate::sip::new_branch()),
-        from,
-        to,
-        call_id,
-        cseq,
-        extra: &[],
-        body: b"",
+impl CallerLeg<'_> {
+    fn write(
+        &self,
+        method: &Method,
+        branch: &str,
+        cseq: u32,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Vec<u8> {
+        message::OutgoingRequest {
+            method,
+            uri: &self.target,
+            via: &self.ep.via(branch),
+            from: &self.from,
+            to: &self.to,
+            call_id: self.call_id,
+            cseq,
+            extra,
+            body,
+        }
+        .write()
     }
-    .write()
 }
