@@ -60,6 +60,9 @@ pub struct Route {
 /// The database handle. Cloning is cheap (sled trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
+    /// Bumped on every agent or binding write, so readers can cache the
+    /// directory and notice changes without a sled scan per call.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     db: sled::Db,
     agents: sled::Tree,
     bindings: sled::Tree,
@@ -86,12 +89,23 @@ impl Store {
             )
         })?;
         Ok(Store {
+            generation: Default::default(),
             agents: db.open_tree("agents")?,
             bindings: db.open_tree("bindings")?,
             routes: db.open_tree("routes")?,
             meta: db.open_tree("meta")?,
             db,
         })
+    }
+
+    /// The directory generation (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Writes everything to disk.
@@ -142,6 +156,7 @@ impl Store {
         let existed = self.agents.remove(id.as_bytes())?.is_some();
         self.bindings.remove(id.as_bytes())?;
         self.agents.flush()?;
+        self.bump();
         Ok(existed)
     }
 

@@ -55,10 +55,20 @@ struct SeatState {
     idle_since: Instant,
 }
 
+/// Queue members and their bindings, read from the store once per change
+/// (not once per call: a sled scan of every agent per call capped the call
+/// rate at a few hundred per second with 400 agents).
+#[derive(Default)]
+struct Directory {
+    generation: Option<u64>,
+    by_queue: HashMap<String, Vec<(String, Vec<crate::store::Binding>)>>,
+}
+
 /// The call-path stage's queue: longest idle first, no states beyond busy.
 pub struct SimpleQueue {
     store: Store,
     seats: Mutex<HashMap<String, SeatState>>,
+    directory: Mutex<Directory>,
     started: Instant,
 }
 
@@ -68,6 +78,7 @@ impl SimpleQueue {
         SimpleQueue {
             store,
             seats: Mutex::new(HashMap::new()),
+            directory: Mutex::new(Directory::default()),
             started: Instant::now(),
         }
     }
@@ -75,30 +86,46 @@ impl SimpleQueue {
 
 impl Distributor for SimpleQueue {
     fn candidates(&self, queue: &str, now_unix: u64) -> Vec<SeatContact> {
-        let Ok(agents) = self.store.agents() else {
+        let Ok(mut directory) = self.directory.lock() else {
+            return Vec::new();
+        };
+        let generation = self.store.generation();
+        if directory.generation != Some(generation) {
+            let mut by_queue: HashMap<String, Vec<_>> = HashMap::new();
+            for agent in self.store.agents().unwrap_or_default() {
+                let bindings = self.store.bindings(&agent.id).unwrap_or_default();
+                for q in &agent.queues {
+                    by_queue
+                        .entry(q.clone())
+                        .or_default()
+                        .push((agent.id.clone(), bindings.clone()));
+                }
+            }
+            *directory = Directory {
+                generation: Some(generation),
+                by_queue,
+            };
+        }
+        let Some(members) = directory.by_queue.get(queue) else {
             return Vec::new();
         };
         let Ok(seats) = self.seats.lock() else {
             return Vec::new();
         };
         let mut out: Vec<(Instant, SeatContact)> = Vec::new();
-        for agent in agents
-            .into_iter()
-            .filter(|a| a.queues.iter().any(|q| q == queue))
-        {
-            let state = seats.get(&agent.id);
+        for (agent, bindings) in members {
+            let state = seats.get(agent);
             if state.is_some_and(|s| s.busy) {
                 continue;
             }
             // The newest live binding is where the agent sits now.
-            let binding = self
-                .store
-                .bindings(&agent.id)
-                .unwrap_or_default()
-                .into_iter()
+            let Some(b) = bindings
+                .iter()
                 .filter(|b| b.expires_at > now_unix)
-                .max_by_key(|b| b.expires_at);
-            let Some(b) = binding else { continue };
+                .max_by_key(|b| b.expires_at)
+            else {
+                continue;
+            };
             let transport = if b.transport == "TCP" {
                 TransportKind::Tcp
             } else {
@@ -107,13 +134,13 @@ impl Distributor for SimpleQueue {
             out.push((
                 state.map_or(self.started, |s| s.idle_since),
                 SeatContact {
-                    agent: agent.id,
-                    uri: b.contact,
+                    agent: agent.clone(),
+                    uri: b.contact.clone(),
                     peer: Peer::new(b.received, transport, b.conn),
                 },
             ));
         }
-        out.sort_by_key(|(idle, c)| (*idle, c.agent.clone()));
+        out.sort_by(|(ia, a), (ib, b)| ia.cmp(ib).then_with(|| a.agent.cmp(&b.agent)));
         out.into_iter().map(|(_, c)| c).collect()
     }
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Signalling capacity, side by side, in one run on this machine (loopback only):
+#   ceiling    SIPp UAC -> SIPp UAS directly: what the load generator can do
+#   kamailio   SIPp UAC -> Kamailio 5.6 stateful proxy (tm, record-route) -> SIPp UAS
+#   yihaotong  SIPp UAC (trunk) -> yihaotong (route 12345 -> queue -> agent,
+#              both legs answered, media anchored) -> SIPp UAS (the agents)
+# Each target is driven at rising calls per second (CPS_STEPS) for STEP_SECONDS
+# each; a step passes while failed calls stay at or under 0.1%. Then the
+# harness's own measurements: `yihaotong load` register storm, and queue calls
+# with RTP both ways. Prints a table; BENCHMARKS.md records it.
+#
+# Usage: benches/run.sh            (installs sip-tester and kamailio if missing)
+# Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
+#        TARGETS="sipp kamailio yihaotong harness" (a subset measures less; ratios need all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CPS_STEPS=${CPS_STEPS:-"200 400 800 1200 1600 2000 2500"}
+STEP_SECONDS=${STEP_SECONDS:-10}
+AGENTS=${AGENTS:-400}
+TARGETS=" ${TARGETS:-sipp kamailio yihaotong harness} "
+want() { [[ "$TARGETS" == *" $1 "* ]]; }
+CEILING=0 KAMAILIO=0 YIHAOTONG=0
+WORK=$(mktemp -d)
+BIN=$ROOT/target/release/yihaotong
+UAS_PORT=5091 KAM_PORT=5090 YHT_PORT=5092 UAC_PORT=5093
+
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+need sipp sip-tester
+need kamailio kamailio
+cargo build --release -q
+cleanup() { pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; pkill -f "kamailio -f $WORK" 2>/dev/null; [ -n "${YHT_PID:-}" ] && kill "$YHT_PID" 2>/dev/null; true; }
+trap cleanup EXIT
+
+# One SIPp UAS answering everything (the agents, or the proxied callee).
+start_uas() {
+  pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; sleep 0.3
+  sipp -sn uas -i 127.0.0.1 -p $UAS_PORT -bg -nostdin >/dev/null 2>&1
+  sleep 0.5
+}
+
+# run_step TARGET_PORT CPS [extra sipp args] -> prints "attempted failed"
+run_step() {
+  local port=$1 cps=$2; shift 2
+  local calls=$((cps * STEP_SECONDS)) dir="$WORK/step-$port-$cps"
+  mkdir -p "$dir"
+  (cd "$dir" && timeout $((STEP_SECONDS * 3 + 40)) sipp -sn uac -i 127.0.0.1 -p $UAC_PORT "127.0.0.1:$port" \
+      -r "$cps" -m "$calls" -l $((cps * 4)) -d 0 -nostdin -timeout $((STEP_SECONDS * 3 + 30))s \
+      -trace_stat -stf stats.csv -fd 1000 "$@" >/dev/null 2>&1)
+  # Last line of the stats file: cumulative SuccessfulCall and FailedCall columns.
+  python3 - "$dir/stats.csv" "$calls" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1]), delimiter=';')) if __import__('os').path.exists(sys.argv[1]) else []
+if len(rows) < 2:
+    print(sys.argv[2], sys.argv[2]); sys.exit()
+head, last = rows[0], rows[-1]
+ok = int(last[head.index('SuccessfulCall(C)')]); bad = int(last[head.index('FailedCall(C)')])
+print(int(sys.argv[2]), int(sys.argv[2]) - ok if ok + bad < int(sys.argv[2]) else bad)
+PY
+}
+
+# sweep NAME PORT -> best passing CPS
+sweep() {
+  local name=$1 port=$2 best=0
+  for cps in $CPS_STEPS; do
+    read -r attempted failed < <(run_step "$port" "$cps" -s 12345)
+    local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
+    printf '  %-10s %5s cps: %6s calls, %5s failed\n' "$name" "$cps" "$attempted" "$failed" >&2
+    if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi
+  done
+  echo "$best"
+}
+
+if want sipp; then
+echo "== ceiling: SIPp UAC -> SIPp UAS" >&2
+start_uas
+CEILING=$(sweep sipp $UAS_PORT)
+fi
+
+if want kamailio; then
+echo "== Kamailio 5.6 stateful proxy" >&2
+sed -e "s/__KAM_PORT__/$KAM_PORT/" -e "s/__UAS_PORT__/$UAS_PORT/" benches/kamailio-proxy.cfg > "$WORK/kamailio.cfg"
+kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kamailio.pid" -Y "$WORK" -m 256 -M 32 >/dev/null 2>&1
+sleep 1
+start_uas
+KAMAILIO=$(sweep kamailio $KAM_PORT)
+pkill -f "kamailio -f $WORK" 2>/dev/null; sleep 0.5
+fi
+
+echo "== yihaotong: trunk -> queue -> $AGENTS agents (SIPp UAS)" >&2
+export YIHAOTONG_DATA_DIR=$WORK/yht YIHAOTONG_SIP__LISTEN=127.0.0.1:$YHT_PORT
+python3 - "$AGENTS" > "$WORK/agents.csv" <<'PY'
+import sys
+print("SEQUENTIAL")
+for i in range(int(sys.argv[1])): print(f"{7000+i};[authentication username={7000+i} password=bench-pw]")
+PY
+for i in $(seq 0 $((AGENTS - 1))); do
+  echo "{\"op\":\"agents_add\",\"id\":\"$((7000 + i))\",\"password\":\"bench-pw\",\"name\":null,\"queues\":[\"main\"]}"
+done > "$WORK/provision.jsonl"
+# The harness's own runs use their own number and queue, apart from the SIPp agents.
+echo '{"op":"routes_set","number":"12399","queue":"loadq","hotline":"load harness"}' >> "$WORK/provision.jsonl"
+RUST_LOG=warn "$BIN" run >"$WORK/yht.log" 2>&1 &
+YHT_PID=$!
+sleep 1.5
+python3 - "$WORK/yht/admin.sock" "$WORK/provision.jsonl" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rw')
+for line in open(sys.argv[2]):
+    f.write(line); f.flush(); assert '"ok":true' in f.readline()
+PY
+start_uas
+(cd "$WORK" && sipp -sf "$ROOT/benches/sipp/register_many.xml" -inf "$WORK/agents.csv" -set agent_port $UAS_PORT \
+   -i 127.0.0.1 -p $UAC_PORT 127.0.0.1:$YHT_PORT -m "$AGENTS" -r 200 -nostdin >/dev/null 2>&1) || echo "  (some agent registrations failed)" >&2
+if want yihaotong; then YIHAOTONG=$(sweep yihaotong $YHT_PORT); fi
+
+echo '{}' > "$WORK/register.json"; echo '{}' > "$WORK/queue.json"
+if want harness; then
+echo "== yihaotong load: register storm, queue calls with RTP" >&2
+"$BIN" load --server 127.0.0.1:$YHT_PORT --scenario register --agents 50 --agent-base 8000 --provision --queue loadq --calls 20000 --concurrency 64 --json "$WORK/register.json" >/dev/null
+"$BIN" load --server 127.0.0.1:$YHT_PORT --scenario queue --agents 200 --agent-base 8000 --provision --queue loadq --number 12399 --calls 2000 --cps 100 --talk-ms 1000 --ring-ms 50 --json "$WORK/queue.json" >/dev/null
+fi
+kill "$YHT_PID" 2>/dev/null; YHT_PID=
+
+python3 - "$CEILING" "$KAMAILIO" "$YIHAOTONG" "$WORK/register.json" "$WORK/queue.json" "$STEP_SECONDS" <<'PY'
+import json, sys
+ceiling, kam, yht = (int(x) for x in sys.argv[1:4])
+reg, q = json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
+ratio = lambda a, b: f"{a / b:.2f}x" if b else "n/a"
+print(f"\nSignalling, highest CPS step with <= 0.1% failed calls ({sys.argv[6]} s per step):")
+print(f"| target | CPS | vs Kamailio | vs SIPp ceiling |\n|---|---|---|---|")
+print(f"| SIPp UAC -> UAS direct | {ceiling} | {ratio(ceiling, kam)} | 1.00x |")
+print(f"| Kamailio 5.6 stateful proxy | {kam} | 1.00x | {ratio(kam, ceiling)} |")
+print(f"| yihaotong trunk -> agent (B2BUA, media anchored) | {yht} | {ratio(yht, kam)} | {ratio(yht, ceiling)} |")
+if not reg or not q:
+    sys.exit()
+print(f"\nyihaotong load, register storm: {reg['completed']}/{reg['attempted']} in {reg['seconds']:.1f} s = {reg['completed']/reg['seconds']:.0f} REGISTER+auth/s, p99 {reg['setup_180_ms']['p99']:.2f} ms")
+c, a = q['caller_rtp'], q['agent_rtp']
+print(f"yihaotong load, queue calls: {q['completed']}/{q['attempted']} at {q['achieved_cps']:.0f} cps; INVITE->200 p50 {q['setup_200_ms']['p50']:.1f} p99 {q['setup_200_ms']['p99']:.1f} ms; "
+      f"RTP loss {100*(c['expected']-c['received'])/max(c['expected'],1):.3f}% / {100*(a['expected']-a['received'])/max(a['expected'],1):.3f}%, "
+      f"inter-arrival dev p99 {c['interarrival_dev_p99_ms']:.2f} / {a['interarrival_dev_p99_ms']:.2f} ms (callers / agents)")
+PY
