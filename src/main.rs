@@ -9,6 +9,10 @@ use yihaotong::config::Settings;
 use yihaotong::server::Server;
 use yihaotong::store::Store;
 
+/// The allocator (see Cargo.toml for why).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "yihaotong",

@@ -41,10 +41,15 @@ impl Reservation {
 
 /// Chooses agents for queue calls.
 pub trait Distributor: Send + Sync {
-    /// Agents that could take a call for `queue` now, best first.
-    fn candidates(&self, queue: &str, now_unix: u64) -> Vec<SeatContact>;
-    /// Reserves an agent for one call; `None` if it is busy.
-    fn reserve(&self, agent: &str) -> Option<Reservation>;
+    /// Picks the best free agent of `queue` that this call has not tried yet,
+    /// reserves it (choice and reservation are one step, so two calls cannot
+    /// both take it), and says where to ring it.
+    fn reserve_next(
+        &self,
+        queue: &str,
+        now_unix: u64,
+        tried: &[String],
+    ) -> Option<(Reservation, SeatContact)>;
     /// Gives the seat back (the call ended, or the agent did not answer).
     fn release(&self, reservation: Reservation);
 }
@@ -85,10 +90,13 @@ impl SimpleQueue {
 }
 
 impl Distributor for SimpleQueue {
-    fn candidates(&self, queue: &str, now_unix: u64) -> Vec<SeatContact> {
-        let Ok(mut directory) = self.directory.lock() else {
-            return Vec::new();
-        };
+    fn reserve_next(
+        &self,
+        queue: &str,
+        now_unix: u64,
+        tried: &[String],
+    ) -> Option<(Reservation, SeatContact)> {
+        let mut directory = self.directory.lock().ok()?;
         let generation = self.store.generation();
         if directory.generation != Some(generation) {
             let mut by_queue: HashMap<String, Vec<_>> = HashMap::new();
@@ -106,57 +114,51 @@ impl Distributor for SimpleQueue {
                 by_queue,
             };
         }
-        let Some(members) = directory.by_queue.get(queue) else {
-            return Vec::new();
-        };
-        let Ok(seats) = self.seats.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<(Instant, SeatContact)> = Vec::new();
+        let members = directory.by_queue.get(queue)?;
+        let mut seats = self.seats.lock().ok()?;
+        // One pass, no allocation: the free member idle longest (ties by id).
+        let mut best: Option<(Instant, &str, &crate::store::Binding)> = None;
         for (agent, bindings) in members {
-            let state = seats.get(agent);
-            if state.is_some_and(|s| s.busy) {
+            let state = seats.get(agent.as_str());
+            if state.is_some_and(|s| s.busy) || tried.iter().any(|t| t == agent) {
                 continue;
             }
             // The newest live binding is where the agent sits now.
-            let Some(b) = bindings
+            let Some(binding) = bindings
                 .iter()
                 .filter(|b| b.expires_at > now_unix)
                 .max_by_key(|b| b.expires_at)
             else {
                 continue;
             };
-            let transport = if b.transport == "TCP" {
-                TransportKind::Tcp
-            } else {
-                TransportKind::Udp
-            };
-            out.push((
-                state.map_or(self.started, |s| s.idle_since),
-                SeatContact {
-                    agent: agent.clone(),
-                    uri: b.contact.clone(),
-                    peer: Peer::new(b.received, transport, b.conn),
-                },
-            ));
+            let idle = state.map_or(self.started, |s| s.idle_since);
+            if best.is_none_or(|(bi, ba, _)| (idle, agent.as_str()) < (bi, ba)) {
+                best = Some((idle, agent, binding));
+            }
         }
-        out.sort_by(|(ia, a), (ib, b)| ia.cmp(ib).then_with(|| a.agent.cmp(&b.agent)));
-        out.into_iter().map(|(_, c)| c).collect()
-    }
-
-    fn reserve(&self, agent: &str) -> Option<Reservation> {
-        let mut seats = self.seats.lock().ok()?;
-        let seat = seats.entry(agent.to_string()).or_insert(SeatState {
-            busy: false,
-            idle_since: self.started,
-        });
-        if seat.busy {
-            return None;
-        }
-        seat.busy = true;
-        Some(Reservation {
-            agent: agent.to_string(),
-        })
+        let (idle_since, agent, b) = best?;
+        seats.insert(
+            agent.to_string(),
+            SeatState {
+                busy: true,
+                idle_since,
+            },
+        );
+        let transport = if b.transport == "TCP" {
+            TransportKind::Tcp
+        } else {
+            TransportKind::Udp
+        };
+        Some((
+            Reservation {
+                agent: agent.to_string(),
+            },
+            SeatContact {
+                agent: agent.to_string(),
+                uri: b.contact.clone(),
+                peer: Peer::new(b.received, transport, b.conn),
+            },
+        ))
     }
 
     fn release(&self, reservation: Reservation) {
@@ -179,7 +181,7 @@ mod tests {
     use crate::store::{Agent, Binding};
 
     #[test]
-    fn longest_idle_first_and_no_double_reservation() {
+    fn longest_idle_first_tried_skipped_and_no_double_reservation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         for id in ["1001", "1002"] {
@@ -207,23 +209,26 @@ mod tests {
                 .expect("binding");
         }
         let q = SimpleQueue::new(store);
-        let names = |q: &SimpleQueue| {
-            q.candidates("main", 1_000)
-                .into_iter()
-                .map(|c| c.agent)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names(&q), vec!["1001", "1002"]);
-        let r = q.reserve("1001").expect("free");
-        assert!(q.reserve("1001").is_none(), "one seat, one call");
-        assert_eq!(names(&q), vec!["1002"]);
+        let next = |q: &SimpleQueue, now: u64, tried: &[String]| q.reserve_next("main", now, tried);
+        let (r1, c1) = next(&q, 1_000, &[]).expect("free seat");
+        assert_eq!(c1.agent, "1001", "equally idle: by id");
+        assert_eq!(c1.uri, "sip:1001@127.0.0.1:6000");
+        let (r2, c2) = next(&q, 1_000, &[]).expect("second seat");
+        assert_eq!(c2.agent, "1002", "one seat, one call: 1001 is taken");
+        assert!(next(&q, 1_000, &[]).is_none(), "everyone is busy");
+        q.release(r2);
+        q.release(r1);
+        // 1002 was released first, so it has been idle longest.
+        let (r, c) = next(&q, 1_000, &[]).expect("free again");
+        assert_eq!(c.agent, "1002");
         q.release(r);
-        // 1001 just finished a call, so 1002 has been idle longer.
-        assert_eq!(names(&q), vec!["1002", "1001"]);
+        let (r, c) = next(&q, 1_000, &["1001".to_string()]).expect("not tried yet");
+        assert_eq!(c.agent, "1002");
+        q.release(r);
         assert!(
-            q.candidates("main", 3_000).is_empty(),
+            next(&q, 3_000, &[]).is_none(),
             "expired bindings are not rung"
         );
-        assert!(q.candidates("other", 1_000).is_empty());
+        assert!(q.reserve_next("other", 1_000, &[]).is_none());
     }
 }

@@ -320,11 +320,14 @@ impl Call {
         route: &Route,
     ) -> Option<(Reservation, Leg)> {
         let mut rang_caller = false;
-        let candidates = self.ctx.shared.seats.candidates(&route.queue, now_unix());
-        for seat in candidates {
-            let Some(reservation) = self.ctx.shared.seats.reserve(&seat.agent) else {
-                continue;
-            };
+        let mut tried: Vec<String> = Vec::new();
+        while let Some((reservation, seat)) =
+            self.ctx
+                .shared
+                .seats
+                .reserve_next(&route.queue, now_unix(), &tried)
+        {
+            tried.push(seat.agent.clone());
             match self.offer_to(&seat, offer, route, &mut rang_caller).await {
                 Offer::Answered(leg) => return Some((reservation, *leg)),
                 Offer::Next => self.ctx.shared.seats.release(reservation),
