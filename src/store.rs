@@ -138,6 +138,7 @@ impl Store {
         self.agents
             .insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
         self.agents.flush()?;
+        self.bump();
         Ok(())
     }
 
@@ -173,6 +174,7 @@ impl Store {
             self.bindings
                 .insert(id.as_bytes(), serde_json::to_vec(bindings)?)?;
         }
+        self.bump();
         Ok(())
     }
 

@@ -96,3 +96,21 @@ fn cli_validates_input_and_check_reports_file_line() {
         "{out}"
     );
 }
+
+#[test]
+fn a_seat_that_moves_is_rung_where_it_registered_last() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut trunk = Phone::new("13800000000");
+    for _ in 0..2 {
+        // The same seat registers from a new phone (new address) each round;
+        // the call must reach the new one, not the one before.
+        let mut phone = Phone::new("1001");
+        assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+        let d = trunk.invite(server.sip, "12345");
+        let inv = phone.request("INVITE", 5.0).expect("the newest registration is rung");
+        phone.reply(server.sip, &inv, 486, "busy");
+        assert_eq!(trunk.final_status(&d.call_id, "INVITE", 5.0), Some(480));
+        assert_eq!(phone.register_expires(server.sip, "s3cret", Algorithm::Md5, 0), 200);
+    }
+}

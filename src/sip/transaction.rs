@@ -446,6 +446,8 @@ impl Transactions {
                     if let Some((_, tx)) = self.txs.get_mut(&id) {
                         tx.timers.stop(Timer::G);
                         tx.dialog_id = None;
+                        // Acknowledged: it only absorbs INVITE retransmissions now.
+                        tx.response = None;
                     }
                 }
                 self.events.push_back(TxEvent::Ack {
@@ -528,6 +530,7 @@ impl Transactions {
         match (tx.kind, tx.state, is_ack) {
             (Kind::InviteServer, State::Completed, true) => {
                 tx.state = State::Confirmed;
+                tx.response = None;
                 tx.timers.stop(Timer::G);
                 tx.timers.stop(Timer::H);
                 let wait = if tx.peer.reliable() {
@@ -662,6 +665,9 @@ impl Transactions {
                     tx.state = State::Accepted;
                     tx.timers.stop(Timer::A);
                     tx.timers.stop(Timer::B);
+                    // No more retransmissions: keep only the key (memory under load).
+                    tx.request = Bytes::new();
+                    tx.ack_parts = None;
                     arm.push((Timer::M, now + 64 * t1));
                 }
             }
@@ -704,6 +710,7 @@ impl Transactions {
                 tx.state = State::Completed;
                 tx.timers.stop(Timer::E);
                 tx.timers.stop(Timer::F);
+                tx.request = Bytes::new();
                 let wait = if reliable { Duration::ZERO } else { t4 };
                 arm.push((Timer::K, now + wait));
             }
