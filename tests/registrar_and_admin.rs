@@ -108,9 +108,14 @@ fn a_seat_that_moves_is_rung_where_it_registered_last() {
         let mut phone = Phone::new("1001");
         assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
         let d = trunk.invite(server.sip, "12345");
-        let inv = phone.request("INVITE", 5.0).expect("the newest registration is rung");
+        let inv = phone
+            .request("INVITE", 5.0)
+            .expect("the newest registration is rung");
         phone.reply(server.sip, &inv, 486, "busy");
         assert_eq!(trunk.final_status(&d.call_id, "INVITE", 5.0), Some(480));
-        assert_eq!(phone.register_expires(server.sip, "s3cret", Algorithm::Md5, 0), 200);
+        assert_eq!(
+            phone.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
+            200
+        );
     }
 }

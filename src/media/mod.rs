@@ -4,6 +4,7 @@
 //! shared pool behind a short lock; `relay` owns the two RTP sockets of one
 //! call and nothing else. Prompts, DTMF and recording join in the IVR issue.
 
+pub mod dtmf;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
