@@ -21,6 +21,8 @@ pub const DEFAULTS: &str = include_str!("../config/yihaotong.toml");
 pub struct Settings {
     /// Folder for sled and the admin socket.
     pub data_dir: PathBuf,
+    /// Folder of prompt files.
+    pub sounds_dir: PathBuf,
     /// `[sip]`
     pub sip: SipSettings,
     /// `[rtp]`
@@ -164,6 +166,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
     #[allow(dead_code)]
     struct Partial {
         data_dir: Option<PathBuf>,
+        sounds_dir: Option<PathBuf>,
         sip: Option<toml::Table>,
         rtp: Option<toml::Table>,
         trunk: Option<toml::Table>,

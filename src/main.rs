@@ -152,6 +152,21 @@ fn real_main() -> anyhow::Result<()> {
                 settings.rtp.port_min,
                 settings.rtp.port_max
             );
+            let (prompts, errors) =
+                yihaotong::media::prompts::PromptCache::load(&settings.sounds_dir);
+            for e in &errors {
+                eprintln!("prompt error: {e}");
+            }
+            anyhow::ensure!(
+                errors.is_empty(),
+                "{} prompt file(s) failed to decode",
+                errors.len()
+            );
+            println!(
+                "prompts OK: {} decoded from {}",
+                prompts.len(),
+                settings.sounds_dir.display()
+            );
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
@@ -234,6 +249,14 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let store = Store::open(&settings.data_dir)?;
+        // Prompts are decoded once, here, never during a call. A broken file
+        // is reported (and refused by `yihaotong check`) but does not stop
+        // the hotline from taking calls.
+        let (prompts, errors) = yihaotong::media::prompts::PromptCache::load(&settings.sounds_dir);
+        for e in &errors {
+            tracing::warn!(error = %e, "prompt not loaded");
+        }
+        tracing::info!(prompts = prompts.len(), dir = %settings.sounds_dir.display(), "prompts decoded");
         let socket = admin::socket_path(&settings.data_dir);
         let realm = settings.sip.domain.clone();
         let server = Server::start(settings, store.clone()).await?;

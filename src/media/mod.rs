@@ -6,5 +6,6 @@
 
 pub mod dtmf;
 pub mod ports;
+pub mod prompts;
 pub mod relay;
 pub mod sdp;
