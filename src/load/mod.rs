@@ -204,6 +204,9 @@ pub struct Report {
     pub caller_rtp: StreamStats,
     /// RTP as received by the agents.
     pub agent_rtp: StreamStats,
+    /// How late the harness's own 20 ms pacing ticks fired: the part of any
+    /// measured jitter that is the harness's, not the server's.
+    pub pacer_late_ms: Percentiles,
 }
 
 impl Report {
@@ -247,6 +250,7 @@ impl Report {
         if self.scenario == Scenario::Queue {
             line(&mut out, "INVITE → 200", p(&self.setup_200_ms));
             line(&mut out, "200 → first audio", p(&self.first_audio_ms));
+            line(&mut out, "harness pacer lateness", p(&self.pacer_late_ms));
             for (name, s) in [
                 ("RTP at callers", &self.caller_rtp),
                 ("RTP at agents", &self.agent_rtp),
@@ -382,6 +386,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default(),
+        pacer_late_ms: get(&pacer.lateness_us),
     };
     Ok(report)
 }

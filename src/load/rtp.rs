@@ -10,7 +10,6 @@ use hdrhistogram::Histogram;
 use rtc_shared::marshal::Unmarshal;
 use serde::Serialize;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Samples per 20 ms G.711 frame.
@@ -69,7 +68,7 @@ impl StreamStats {
 }
 
 struct Stream {
-    socket: Arc<UdpSocket>,
+    socket: std::net::UdpSocket,
     dest: SocketAddr,
     seq: u16,
     timestamp: u32,
@@ -77,27 +76,49 @@ struct Stream {
     stop: Arc<AtomicBool>,
 }
 
-/// One clock for every outgoing stream: wakes every 20 ms and sends one frame
-/// on each live stream, from one reused buffer.
+/// One clock for every outgoing stream, on its own OS thread: it sleeps to
+/// absolute 20 ms deadlines (so lateness does not accumulate) and sends one
+/// frame on each live stream from one reused buffer. A thread rather than a
+/// tokio timer, so the harness's own scheduling does not show up as jitter in
+/// what it measures; how late each tick fired is recorded as well.
 pub(crate) struct Pacer {
-    add: mpsc::UnboundedSender<Stream>,
+    add: std::sync::Mutex<std::sync::mpsc::Sender<Stream>>,
+    /// How late ticks fired, µs.
+    pub(crate) lateness_us: Arc<std::sync::Mutex<Histogram<u64>>>,
 }
 
 impl Pacer {
     pub(crate) fn start() -> Arc<Pacer> {
-        let (add, mut new_streams) = mpsc::unbounded_channel::<Stream>();
-        tokio::spawn(async move {
+        let (add, new_streams) = std::sync::mpsc::channel::<Stream>();
+        let lateness_us = Arc::new(std::sync::Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("valid")),
+        ));
+        let late = lateness_us.clone();
+        std::thread::spawn(move || {
             let mut streams: Vec<Stream> = Vec::new();
-            let mut tick = tokio::time::interval(FRAME);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut packet = [0xffu8; 12 + 160];
+            let mut next = std::time::Instant::now() + FRAME;
             loop {
-                tick.tick().await;
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                let fired = std::time::Instant::now();
+                if let Ok(mut h) = late.lock() {
+                    let _ =
+                        h.record((fired.saturating_duration_since(next).as_micros() as u64).max(1));
+                }
+                // Keep the schedule absolute; after a long stall, skip ahead rather than burst.
+                next += FRAME;
+                if fired > next + FRAME * 5 {
+                    next = fired + FRAME;
+                }
                 loop {
                     match new_streams.try_recv() {
                         Ok(s) => streams.push(s),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                             if streams.is_empty() {
                                 return;
                             }
@@ -112,26 +133,31 @@ impl Pacer {
                     packet[2..4].copy_from_slice(&s.seq.to_be_bytes());
                     packet[4..8].copy_from_slice(&s.timestamp.to_be_bytes());
                     packet[8..12].copy_from_slice(&s.ssrc.to_be_bytes());
-                    let _ = s.socket.try_send_to(&packet, s.dest);
+                    let _ = s.socket.send_to(&packet, s.dest);
                     s.seq = s.seq.wrapping_add(1);
                     s.timestamp = s.timestamp.wrapping_add(FRAME_SAMPLES);
                 }
             }
         });
-        Arc::new(Pacer { add })
+        Arc::new(Pacer {
+            add: std::sync::Mutex::new(add),
+            lateness_us,
+        })
     }
 
     /// Starts sending on `socket` to `dest`; set the returned flag to stop.
-    pub(crate) fn send(&self, socket: Arc<UdpSocket>, dest: SocketAddr) -> Arc<AtomicBool> {
+    pub(crate) fn send(&self, socket: std::net::UdpSocket, dest: SocketAddr) -> Arc<AtomicBool> {
         let stop = Arc::new(AtomicBool::new(false));
-        let _ = self.add.send(Stream {
-            socket,
-            dest,
-            seq: 0,
-            timestamp: rand::random(),
-            ssrc: rand::random(),
-            stop: stop.clone(),
-        });
+        if let Ok(add) = self.add.lock() {
+            let _ = add.send(Stream {
+                socket,
+                dest,
+                seq: 0,
+                timestamp: rand::random(),
+                ssrc: rand::random(),
+                stop: stop.clone(),
+            });
+        }
         stop
     }
 }

@@ -147,8 +147,18 @@ async fn transact(
     }
 }
 
-async fn rtp_socket(ip: std::net::IpAddr) -> Option<Arc<UdpSocket>> {
-    UdpSocket::bind((ip, 0)).await.ok().map(Arc::new)
+/// An RTP socket: the tokio side receives, a clone goes to the pacing thread.
+struct RtpSocket {
+    recv: Arc<UdpSocket>,
+    send: std::net::UdpSocket,
+}
+
+async fn rtp_socket(ip: std::net::IpAddr) -> Option<RtpSocket> {
+    let std_socket = std::net::UdpSocket::bind((ip, 0)).ok()?;
+    std_socket.set_nonblocking(true).ok()?;
+    let send = std_socket.try_clone().ok()?;
+    let recv = Arc::new(UdpSocket::from_std(std_socket).ok()?);
+    Some(RtpSocket { recv, send })
 }
 
 fn offer(socket: &UdpSocket) -> String {
@@ -343,7 +353,7 @@ async fn answer(
             None => break,
         }
     }
-    let body = offer(&rtp);
+    let body = offer(&rtp.recv);
     let ok = invite.response(
         200,
         Some(&tag),
@@ -381,8 +391,8 @@ async fn answer(
     let remote = sdp::parse_audio(&invite.body).map(|a| a.addr).ok();
     let mut media = None;
     if let Some(dest) = remote {
-        let stop = pacer.send(rtp.clone(), dest);
-        let recv = tokio::spawn(rtp::receive(rtp.clone(), stop.clone()));
+        let stop = pacer.send(rtp.send, dest);
+        let recv = tokio::spawn(rtp::receive(rtp.recv.clone(), stop.clone()));
         media = Some((stop, recv));
     }
     // Talk until the caller's BYE arrives through the server (bounded).
@@ -482,7 +492,7 @@ impl Callers {
             to: format!("<sip:{}@{server}>", self.number),
             target: format!("sip:{}@{server}", self.number),
         };
-        let body = offer(&rtp);
+        let body = offer(&rtp.recv);
         let contact = format!("<sip:caller@{}>", ep.addr);
         let invite = leg.write(
             &Method::Invite,
@@ -557,8 +567,8 @@ impl Callers {
         let dest = sdp::parse_audio(&ok.body)
             .map_err(|e| format!("bad SDP in 200: {e}"))?
             .addr;
-        let stop = self.pacer.send(rtp.clone(), dest);
-        let recv = tokio::spawn(rtp::receive(rtp.clone(), stop.clone()));
+        let stop = self.pacer.send(rtp.send, dest);
+        let recv = tokio::spawn(rtp::receive(rtp.recv.clone(), stop.clone()));
         // Talk; the server may hang up first (that is a failure of the run).
         let hang_up_at = Instant::now() + self.talk;
         let mut server_bye = false;
