@@ -441,7 +441,8 @@ pub struct Echo {
 /// Where the header section ends and how long the whole message is, for
 /// stream framing: `Ok(None)` means more bytes are needed.
 pub fn frame_length(buf: &[u8]) -> Result<Option<usize>, &'static str> {
-    // Skip keep-alive CRLFs between messages (RFC 5626 §3.5.1).
+    // Keep-alive CRLFs between messages are skipped by the caller (the TCP
+    // reader), which also answers a CRLFCRLF ping (RFC 5626 §3.5.1).
     let Some(end) = find_header_end(buf) else {
         if buf.len() > MAX_MESSAGE_SIZE {
             return Err("header section too large");
