@@ -102,6 +102,29 @@ impl TimerTable {
     }
 }
 
+/// Timers to arm once the transaction's borrow ends: at most two per step,
+/// kept on the stack (this runs for every message).
+#[derive(Debug, Default)]
+struct Arms {
+    timers: [Option<(Timer, Instant)>; 2],
+}
+
+impl Arms {
+    fn push(&mut self, timer: (Timer, Instant)) {
+        // Every step arms at most two timers (G and L; G and H); a third
+        // would be a bug in this file, caught by the timer tests.
+        if let Some(slot) = self.timers.iter_mut().find(|t| t.is_none()) {
+            *slot = Some(timer);
+        } else {
+            debug_assert!(false, "more than two timers armed in one step");
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Timer, Instant)> + '_ {
+        self.timers.iter().flatten().copied()
+    }
+}
+
 /// Which side of the transaction we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -585,14 +608,13 @@ impl Transactions {
 
     fn respond_id(&mut self, now: Instant, id: u64, status: u16, bytes: Bytes) {
         let t1 = self.config.t1;
-        let t4 = self.config.t4;
         let Some((_, tx)) = self.txs.get_mut(&id) else {
             return;
         };
         let peer = tx.peer;
         let reliable = peer.reliable();
         tx.response = Some(bytes.clone());
-        let mut arm = Vec::new();
+        let mut arm = Arms::default();
         match (tx.kind, status) {
             (_, 100..=199) => {
                 tx.state = State::Proceeding;
@@ -623,8 +645,7 @@ impl Transactions {
                 arm.push((Timer::J, now + wait));
             }
         }
-        let _ = t4;
-        for (t, at) in arm {
+        for (t, at) in arm.iter() {
             self.arm(id, t, at);
         }
         self.send(peer, bytes);
@@ -648,7 +669,7 @@ impl Transactions {
         };
         let reliable = tx.peer.reliable();
         let status = resp.status;
-        let mut arm = Vec::new();
+        let mut arm = Arms::default();
         let mut deliver = true;
         match (tx.kind, tx.state, status) {
             (Kind::InviteClient, State::Calling | State::Proceeding, 100..=199) => {
@@ -716,7 +737,7 @@ impl Transactions {
             }
             _ => deliver = false,
         }
-        for (t, at) in arm {
+        for (t, at) in arm.iter() {
             self.arm(id, t, at);
         }
         if deliver {
