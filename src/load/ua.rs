@@ -269,12 +269,22 @@ impl Seats {
 
     /// Registers every seat; returns how many succeeded.
     pub(crate) async fn register_all(&self, opts: &LoadOptions) -> u32 {
+        self.register_every(opts, 600).await
+    }
+
+    /// Removes every seat's registration (so the server is not left ringing a dead socket).
+    pub(crate) async fn unregister_all(&self, opts: &LoadOptions) {
+        self.register_every(opts, 0).await;
+    }
+
+    /// REGISTERs every seat with `expires`, 64 at a time; returns the successes.
+    async fn register_every(&self, opts: &LoadOptions, expires: u32) -> u32 {
         let mut ok = 0;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..opts.agents {
             let me = self.clone();
             let (user, pw) = ((opts.agent_base + i).to_string(), opts.password.clone());
-            set.spawn(async move { me.register(&user, &pw, 600).await.is_ok() });
+            set.spawn(async move { me.register(&user, &pw, expires).await.is_ok() });
             if set.len() >= 64 {
                 if let Some(Ok(true)) = set.join_next().await {
                     ok += 1;
@@ -287,17 +297,6 @@ impl Seats {
             }
         }
         ok
-    }
-
-    /// Removes every seat's registration (so the server is not left ringing a dead socket).
-    pub(crate) async fn unregister_all(&self, opts: &LoadOptions) {
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..opts.agents {
-            let me = self.clone();
-            let (user, pw) = ((opts.agent_base + i).to_string(), opts.password.clone());
-            set.spawn(async move { me.register(&user, &pw, 0).await.is_ok() });
-        }
-        while set.join_next().await.is_some() {}
     }
 
     /// One registration of the storm (the register scenario).
