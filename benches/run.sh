@@ -2,7 +2,7 @@
 # Signalling capacity, side by side, in one run on this machine (loopback only):
 #   ceiling    SIPp UAC -> SIPp UAS directly: what the load generator can do
 #   kamailio   SIPp UAC -> Kamailio 5.6 stateful proxy (tm, record-route) -> SIPp UAS
-#   yihaotong  SIPp UAC (trunk) -> yihaotong (route 12345 -> queue -> agent,
+#   yihaotong  SIPp UAC (trunk) -> yihaotong (route 123450 -> queue -> agent,
 #              both legs answered, media anchored) -> SIPp UAS (the agents)
 # Each target is driven at rising calls per second (CPS_STEPS) for STEP_SECONDS
 # each; a step passes while failed calls stay at or under 0.1%. Then the
@@ -63,7 +63,7 @@ PY
 sweep() {
   local name=$1 port=$2 best=0
   for cps in $CPS_STEPS; do
-    read -r attempted failed < <(run_step "$port" "$cps" -s 12345)
+    read -r attempted failed < <(run_step "$port" "$cps" -s 123450)
     local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
     printf '  %-10s %5s cps: %6s calls, %5s failed\n' "$name" "$cps" "$attempted" "$failed" >&2
     if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi

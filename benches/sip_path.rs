@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
     for i in 0..10_000u32 {
         store
             .put_route(&Route {
+                flow: String::new(),
                 number: format!("8{:07}", i * 7),
                 queue: "dept".into(),
                 hotline: String::new(),

@@ -47,8 +47,12 @@ pub enum AdminCommand {
     RoutesSet {
         /// Number or prefix.
         number: String,
-        /// Queue.
-        queue: String,
+        /// Queue (or give `flow`).
+        #[serde(default)]
+        queue: Option<String>,
+        /// IVR flow (or give `queue`).
+        #[serde(default)]
+        flow: Option<String>,
         /// Hotline label.
         hotline: Option<String>,
     },
@@ -59,6 +63,29 @@ pub enum AdminCommand {
     },
     /// List routes.
     RoutesList,
+    /// Add numbers to (or remove them from) a caller list flows test with `caller_in`.
+    ListsEdit {
+        /// List name.
+        list: String,
+        /// Numbers (normalized as dialed numbers are).
+        numbers: Vec<String>,
+        /// Add (true) or remove.
+        add: bool,
+    },
+    /// Show a caller list.
+    ListsShow {
+        /// List name.
+        list: String,
+    },
+    /// Turn an operator switch (a flow's `flag`) on or off.
+    SwitchSet {
+        /// Switch name.
+        name: String,
+        /// On or off.
+        on: bool,
+    },
+    /// Switches that are on.
+    SwitchList,
     /// Live figures of the running server (calls, free RTP ports).
     Status,
     /// Import a plan file's text.
@@ -134,15 +161,22 @@ pub fn execute(
         AdminCommand::RoutesSet {
             number,
             queue,
+            flow,
             hotline,
         } => {
             let Some(normalized) = routing::normalize(&number, &[]) else {
                 bail!("{number:?} is not a dialable number");
             };
-            valid_name("queue", &queue)?;
+            let (queue, flow) = match (queue, flow) {
+                (Some(q), None) => (q, String::new()),
+                (None, Some(f)) => (String::new(), f),
+                _ => bail!("give exactly one of --queue or --flow"),
+            };
+            valid_name("target", if flow.is_empty() { &queue } else { &flow })?;
             store.put_route(&Route {
                 number: normalized.clone(),
                 queue,
+                flow,
                 hotline: hotline.unwrap_or_else(|| normalized.clone()),
             })?;
             Ok(json!({ "set": normalized }))
@@ -154,6 +188,27 @@ pub fn execute(
             Ok(json!({ "removed": number }))
         }
         AdminCommand::RoutesList => Ok(serde_json::to_value(store.routes()?)?),
+        AdminCommand::ListsEdit { list, numbers, add } => {
+            valid_name("list", &list)?;
+            let mut normalized = Vec::with_capacity(numbers.len());
+            for n in &numbers {
+                match routing::normalize(n, &[]) {
+                    Some(x) => normalized.push(x),
+                    None => bail!("{n:?} is not a phone number"),
+                }
+            }
+            let changed = store.edit_list(&list, &normalized, add)?;
+            Ok(json!({ "list": list, if add { "added" } else { "removed" }: changed }))
+        }
+        AdminCommand::ListsShow { list } => {
+            Ok(json!({ "list": list, "numbers": store.list_members(&list)? }))
+        }
+        AdminCommand::SwitchSet { name, on } => {
+            valid_name("switch", &name)?;
+            store.set_switch(&name, on)?;
+            Ok(json!({ "switch": name, "on": on }))
+        }
+        AdminCommand::SwitchList => Ok(json!({ "on": store.switches_on()? })),
         AdminCommand::Status => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;

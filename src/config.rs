@@ -5,6 +5,7 @@
 //! reads files or the environment for settings. Errors name the layer, and
 //! for the file the line and column.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Folder of prompt files.
     pub sounds_dir: PathBuf,
+    /// Folder of IVR flow files (and `calendars/`).
+    pub flows_dir: PathBuf,
     /// `[sip]`
     pub sip: SipSettings,
     /// `[rtp]`
@@ -31,6 +34,49 @@ pub struct Settings {
     pub trunk: TrunkSettings,
     /// `[queue]`
     pub queue: QueueSettings,
+    /// `[ivr]`
+    pub ivr: IvrSettings,
+    /// `[queues.NAME]`: the agent queues flows and routes may name.
+    pub queues: BTreeMap<String, QueueDef>,
+    /// `[backends.NAME]`: systems a flow can hand calls to.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendDef>,
+}
+
+/// `[ivr]`: the flow interpreter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrSettings {
+    /// Local time for `branch` time and date tests, minutes east of UTC.
+    pub utc_offset_minutes: i32,
+    /// Node steps one call may take before its flow's `exhausted` path.
+    pub max_steps: u32,
+    /// Media engine threads (each paces and polls its share of IVR streams).
+    pub media_threads: usize,
+}
+
+/// One agent queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDef {
+    /// What it serves.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One backend system reached over SIP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDef {
+    /// Its SIP URI (literal IP address).
+    pub uri: String,
+    /// Seconds to wait for it to answer before the flow's fallback.
+    #[serde(default = "default_backend_timeout")]
+    pub answer_timeout: u64,
+}
+
+fn default_backend_timeout() -> u64 {
+    8
 }
 
 /// `[sip]`: signalling.
@@ -87,6 +133,9 @@ pub struct TrunkSettings {
     pub allow: Vec<IpNet>,
     /// Dialed-number prefixes to strip.
     pub normalize: Vec<String>,
+    /// Gateway for transfers to plain numbers (a SIP URI; empty = none).
+    #[serde(default)]
+    pub outbound: String,
 }
 
 /// `[queue]`: the simple queue of the call-path stage.
@@ -95,6 +144,9 @@ pub struct TrunkSettings {
 pub struct QueueSettings {
     /// Ring time per agent, seconds.
     pub ring_timeout: u64,
+    /// Longest wait in a queue for a caller an IVR already answered, seconds
+    /// (then the flow's busy notice and hangup).
+    pub max_wait: u64,
 }
 
 impl Settings {
@@ -144,6 +196,30 @@ impl Settings {
         if self.sip.domain.is_empty() || self.sip.domain.contains(['"', ' ']) {
             bail!("settings: [sip] domain must be a plain host name");
         }
+        if !self.trunk.outbound.is_empty()
+            && crate::sip::SipTarget::parse(&self.trunk.outbound).is_none()
+        {
+            bail!(
+                "settings: [trunk] outbound {:?} must be a sip: URI with an IP address",
+                self.trunk.outbound
+            );
+        }
+        for (name, b) in &self.backends {
+            if crate::sip::SipTarget::parse(&b.uri).is_none() {
+                bail!(
+                    "settings: [backends.{name}] uri {:?} must be a sip: URI with an IP address",
+                    b.uri
+                );
+            }
+        }
+        for name in self.queues.keys().chain(self.backends.keys()) {
+            if !crate::ivr::flow::is_plain_name(name) {
+                bail!("settings: queue/backend name {name:?} must use letters, digits, - and _");
+            }
+        }
+        if self.ivr.utc_offset_minutes.abs() > 14 * 60 {
+            bail!("settings: [ivr] utc_offset_minutes must be within ±840");
+        }
         Ok(())
     }
 
@@ -167,7 +243,11 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
     struct Partial {
         data_dir: Option<PathBuf>,
         sounds_dir: Option<PathBuf>,
+        flows_dir: Option<PathBuf>,
         sip: Option<toml::Table>,
+        ivr: Option<toml::Table>,
+        queues: Option<toml::Table>,
+        backends: Option<toml::Table>,
         rtp: Option<toml::Table>,
         trunk: Option<toml::Table>,
         queue: Option<toml::Table>,
@@ -180,6 +260,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         ("rtp", &partial.rtp),
         ("trunk", &partial.trunk),
         ("queue", &partial.queue),
+        ("ivr", &partial.ivr),
     ];
     for (name, table) in sections {
         let Some(table) = table else { continue };

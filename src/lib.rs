@@ -9,7 +9,8 @@
 //! - [`store`]: sled: agents, bindings, the number plan.
 //! - [`routing`]: number normalization and plan files.
 //! - [`acd`]: who takes the next call (the simple queue for now).
-//! - [`media`]: SDP, RTP ports, the relay.
+//! - [`ivr`]: flow files, their checks, the sans-IO flow interpreter.
+//! - [`media`]: SDP, RTP ports, the relay, prompts, DTMF, the media engine.
 //! - [`call`]: the B2BUA, one task per call.
 //! - [`server`]: sockets, SIP workers, dispatch.
 //! - [`admin`]: CLI commands, locally or via the running server.
@@ -21,6 +22,7 @@ pub mod acd;
 pub mod admin;
 pub mod call;
 pub mod config;
+pub mod ivr;
 pub mod load;
 pub mod media;
 pub mod registrar;

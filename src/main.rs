@@ -51,6 +51,57 @@ enum Command {
         #[command(subcommand)]
         action: RoutesAction,
     },
+    /// Named caller lists that flows test with `caller_in` (e.g. elderly).
+    Lists {
+        #[command(subcommand)]
+        action: ListsAction,
+    },
+    /// Operator switches that flows test with `flag` (e.g. urgent-notice).
+    Switch {
+        #[command(subcommand)]
+        action: SwitchAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListsAction {
+    /// Add numbers to a list.
+    Add {
+        /// List name.
+        list: String,
+        /// Numbers.
+        #[arg(required = true)]
+        numbers: Vec<String>,
+    },
+    /// Remove numbers from a list.
+    Remove {
+        /// List name.
+        list: String,
+        /// Numbers.
+        #[arg(required = true)]
+        numbers: Vec<String>,
+    },
+    /// Show a list.
+    Show {
+        /// List name.
+        list: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SwitchAction {
+    /// Turn a switch on.
+    On {
+        /// Switch name.
+        name: String,
+    },
+    /// Turn a switch off.
+    Off {
+        /// Switch name.
+        name: String,
+    },
+    /// Switches that are on.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -80,13 +131,16 @@ enum AgentsAction {
 
 #[derive(Subcommand)]
 enum RoutesAction {
-    /// Route a number (or prefix) to a queue.
+    /// Route a number (or prefix) to a queue or an IVR flow.
     Set {
         /// Dialed number or prefix.
         number: String,
-        /// Target queue.
+        /// Target queue (straight to the seats).
+        #[arg(long, conflicts_with = "flow", required_unless_present = "flow")]
+        queue: Option<String>,
+        /// Target IVR flow (a file stem in ivr-flows/).
         #[arg(long)]
-        queue: String,
+        flow: Option<String>,
         /// Hotline label for reports.
         #[arg(long)]
         hotline: Option<String>,
@@ -152,20 +206,40 @@ fn real_main() -> anyhow::Result<()> {
                 settings.rtp.port_min,
                 settings.rtp.port_max
             );
-            let (prompts, errors) =
-                yihaotong::media::prompts::PromptCache::load(&settings.sounds_dir);
-            for e in &errors {
-                eprintln!("prompt error: {e}");
+            let loaded = yihaotong::ivr::load(&settings);
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
             }
-            anyhow::ensure!(
-                errors.is_empty(),
-                "{} prompt file(s) failed to decode",
-                errors.len()
-            );
+            let mut errors = loaded.errors();
+            // Every route must reach a queue or a flow that exists.
+            let mut routes = yihaotong::routing::parse_plan(
+                yihaotong::routing::SHIPPED_PLAN,
+                "config/numbers.toml",
+            )?;
+            if let Ok(store) = Store::open(&settings.data_dir) {
+                routes.extend(store.routes().unwrap_or_default());
+            }
+            for r in &routes {
+                let missing = if r.flow.is_empty() {
+                    (!settings.queues.contains_key(&r.queue))
+                        .then(|| format!("queue `{}`", r.queue))
+                } else {
+                    (!loaded.catalog.flows.contains_key(&r.flow))
+                        .then(|| format!("flow `{}`", r.flow))
+                };
+                if let Some(what) = missing {
+                    eprintln!("route {}: {what} does not exist", r.number);
+                    errors += 1;
+                }
+            }
+            anyhow::ensure!(errors == 0, "{errors} error(s); nothing was changed");
             println!(
-                "prompts OK: {} decoded from {}",
-                prompts.len(),
-                settings.sounds_dir.display()
+                "flows OK: {} from {}; prompts OK: {} from {}; calendars: {}",
+                loaded.catalog.flows.len(),
+                settings.flows_dir.display(),
+                loaded.catalog.prompts.len(),
+                settings.sounds_dir.display(),
+                loaded.catalog.calendars.len()
             );
             Ok(())
         }
@@ -190,10 +264,12 @@ fn real_main() -> anyhow::Result<()> {
             RoutesAction::Set {
                 number,
                 queue,
+                flow,
                 hotline,
             } => AdminCommand::RoutesSet {
                 number,
                 queue,
+                flow,
                 hotline,
             },
             RoutesAction::Remove { number } => AdminCommand::RoutesRemove { number },
@@ -206,6 +282,24 @@ fn real_main() -> anyhow::Result<()> {
                     text,
                 }
             }
+        }),
+        Command::Lists { action } => run_admin(match action {
+            ListsAction::Add { list, numbers } => AdminCommand::ListsEdit {
+                list,
+                numbers,
+                add: true,
+            },
+            ListsAction::Remove { list, numbers } => AdminCommand::ListsEdit {
+                list,
+                numbers,
+                add: false,
+            },
+            ListsAction::Show { list } => AdminCommand::ListsShow { list },
+        }),
+        Command::Switch { action } => run_admin(match action {
+            SwitchAction::On { name } => AdminCommand::SwitchSet { name, on: true },
+            SwitchAction::Off { name } => AdminCommand::SwitchSet { name, on: false },
+            SwitchAction::List => AdminCommand::SwitchList,
         }),
     }
 }
@@ -249,14 +343,6 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let store = Store::open(&settings.data_dir)?;
-        // Prompts are decoded once, here, never during a call. A broken file
-        // is reported (and refused by `yihaotong check`) but does not stop
-        // the hotline from taking calls.
-        let (prompts, errors) = yihaotong::media::prompts::PromptCache::load(&settings.sounds_dir);
-        for e in &errors {
-            tracing::warn!(error = %e, "prompt not loaded");
-        }
-        tracing::info!(prompts = prompts.len(), dir = %settings.sounds_dir.display(), "prompts decoded");
         let socket = admin::socket_path(&settings.data_dir);
         let realm = settings.sip.domain.clone();
         let server = Server::start(settings, store.clone()).await?;

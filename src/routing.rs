@@ -65,7 +65,8 @@ struct PlanFile {
 #[serde(deny_unknown_fields)]
 struct PlanRoute {
     number: String,
-    queue: String,
+    queue: Option<String>,
+    flow: Option<String>,
     #[serde(default)]
     hotline: String,
 }
@@ -90,20 +91,18 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
                 r.number
             );
         };
-        if r.queue.is_empty()
-            || !r
-                .queue
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!(
-                "{name}:{line}: field `queue`: {:?} must be a plain name",
-                r.queue
-            );
+        let (field, target) = match (&r.queue, &r.flow) {
+            (Some(q), None) => ("queue", q),
+            (None, Some(f)) => ("flow", f),
+            _ => bail!("{name}:{line}: a route needs exactly one of `queue` or `flow`"),
+        };
+        if !crate::ivr::flow::is_plain_name(target) {
+            bail!("{name}:{line}: field `{field}`: {target:?} must be a plain name");
         }
         routes.push(Route {
             number,
-            queue: r.queue,
+            queue: r.queue.unwrap_or_default(),
+            flow: r.flow.unwrap_or_default(),
             hotline: r.hotline,
         });
     }

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use crate::acd::{Distributor, SimpleQueue};
 use crate::call::{self, CallEvent};
 use crate::config::Settings;
+use crate::ivr::Catalog;
+use crate::media::engine::Engine;
 use crate::media::ports::PortPool;
 use crate::registrar::{Answer, AuthOutcome, Registrar};
 use crate::routing;
@@ -29,6 +31,7 @@ use crate::sip::transaction::{TimerConfig, Transactions, TxEvent, TxKey};
 use crate::sip::transport::SipSockets;
 use crate::sip::{random_token, Peer};
 use crate::store::Store;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Methods we implement, for Allow headers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
@@ -113,6 +116,10 @@ pub struct Shared {
     pub host: String,
     /// Calls alive now.
     pub live_calls: AtomicUsize,
+    /// Flows, prompts and calendars: the version new calls get.
+    pub catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// Plays prompts and hears keys for IVR calls.
+    pub engine: Engine,
 }
 
 impl Shared {
@@ -122,7 +129,25 @@ impl Shared {
             "live_calls": self.live_calls.load(std::sync::atomic::Ordering::Relaxed),
             "rtp_ports_free": self.ports.available(),
             "rtp_ports_total": self.ports.total(),
+            "flows": self.catalog().flows.len(),
+            "prompts": self.catalog().prompts.len(),
+            "media": {
+                "streams": self.engine.stats.streams.load(Relaxed),
+                "ticks": self.engine.stats.ticks.load(Relaxed),
+                "late_ticks_over_2ms": self.engine.stats.late_ticks.load(Relaxed),
+                "max_late_us": self.engine.stats.max_late_us.load(Relaxed),
+                "packets_sent": self.engine.stats.sent.load(Relaxed),
+                "keys_heard": self.engine.stats.digits.load(Relaxed),
+            },
         })
+    }
+
+    /// The catalog new calls get.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Which worker owns a Call-ID.
@@ -150,6 +175,29 @@ impl Server {
     /// Opens the store, seeds the plan, binds the sockets and starts the workers.
     pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Server> {
         routing::seed(&store)?;
+        let loaded = crate::ivr::load(&settings);
+        for d in &loaded.diagnostics {
+            tracing::warn!("{d}");
+        }
+        if loaded.errors() > 0 {
+            tracing::error!(
+                errors = loaded.errors(),
+                "flows, prompts or calendars with errors were left out (listed above; `yihaotong check` shows them too)"
+            );
+        }
+        let catalog = loaded.catalog;
+        tracing::info!(
+            flows = catalog.flows.len(),
+            prompts = catalog.prompts.len(),
+            calendars = catalog.calendars.len(),
+            "flows and prompts loaded"
+        );
+        let media_threads = match settings.ivr.media_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let engine = Engine::start(media_threads)
+            .map_err(|e| anyhow::anyhow!("cannot start the media engine: {e}"))?;
         let (sockets, listener) = SipSockets::bind(settings.sip.listen).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on {} ([sip] listen): {e}",
@@ -186,6 +234,8 @@ impl Server {
             workers: senders,
             host,
             live_calls: AtomicUsize::new(0),
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
+            engine,
             store,
             settings,
         });
@@ -551,7 +601,8 @@ impl Worker {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever without one.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

@@ -50,8 +50,12 @@ pub struct Binding {
 pub struct Route {
     /// Normalized number or prefix.
     pub number: String,
-    /// Queue the call goes to.
+    /// Queue the call goes to (when no flow is set).
+    #[serde(default)]
     pub queue: String,
+    /// IVR flow that takes the call (empty: straight to `queue`).
+    #[serde(default)]
+    pub flow: String,
     /// Hotline label for reports ("12345", "12315 market regulation").
     #[serde(default)]
     pub hotline: String,
@@ -68,6 +72,10 @@ pub struct Store {
     bindings: sled::Tree,
     routes: sled::Tree,
     meta: sled::Tree,
+    /// Named caller lists for flows (`caller_in`): key `list\0number`.
+    lists: sled::Tree,
+    /// Operator switches for flows (`flag`): key = name, present = on.
+    switches: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,6 +102,8 @@ impl Store {
             bindings: db.open_tree("bindings")?,
             routes: db.open_tree("routes")?,
             meta: db.open_tree("meta")?,
+            lists: db.open_tree("lists")?,
+            switches: db.open_tree("switches")?,
             db,
         })
     }
@@ -216,12 +226,76 @@ impl Store {
         Ok(self.meta.get(name.as_bytes())?.is_some())
     }
 
+    /// Whether `number` is in the caller list `list`.
+    pub fn in_list(&self, list: &str, number: &str) -> anyhow::Result<bool> {
+        Ok(self.lists.contains_key(list_key(list, number))?)
+    }
+
+    /// Adds (or removes) numbers to a caller list; returns how many changed.
+    pub fn edit_list(&self, list: &str, numbers: &[String], add: bool) -> anyhow::Result<usize> {
+        let mut changed = 0;
+        for n in numbers {
+            let key = list_key(list, n);
+            let was = if add {
+                self.lists.insert(key, b"".to_vec())?
+            } else {
+                self.lists.remove(key)?
+            };
+            changed += usize::from(was.is_some() != add);
+        }
+        self.lists.flush()?;
+        Ok(changed)
+    }
+
+    /// The numbers in a caller list.
+    pub fn list_members(&self, list: &str) -> anyhow::Result<Vec<String>> {
+        let prefix = list_key(list, "");
+        self.lists
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Whether an operator switch is on.
+    pub fn switch(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self.switches.contains_key(name.as_bytes())?)
+    }
+
+    /// Turns an operator switch on or off.
+    pub fn set_switch(&self, name: &str, on: bool) -> anyhow::Result<()> {
+        if on {
+            self.switches.insert(name.as_bytes(), b"1".to_vec())?;
+        } else {
+            self.switches.remove(name.as_bytes())?;
+        }
+        self.switches.flush()?;
+        Ok(())
+    }
+
+    /// Switches that are on.
+    pub fn switches_on(&self) -> anyhow::Result<Vec<String>> {
+        self.switches
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
     /// Sets a meta flag.
     pub fn set_flag(&self, name: &str) -> anyhow::Result<()> {
         self.meta.insert(name.as_bytes(), b"1".to_vec())?;
         self.meta.flush()?;
         Ok(())
     }
+}
+
+fn list_key(list: &str, number: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(list.len() + 1 + number.len());
+    k.extend_from_slice(list.as_bytes());
+    k.push(0);
+    k.extend_from_slice(number.as_bytes());
+    k
 }
 
 #[cfg(test)]
@@ -238,6 +312,7 @@ mod tests {
                     .put_route(&Route {
                         number: n.into(),
                         queue: q.into(),
+                        flow: String::new(),
                         hotline: n.into(),
                     })
                     .expect("put");

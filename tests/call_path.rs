@@ -74,7 +74,7 @@ fn unknown_number_gets_404_and_outsider_must_authenticate() {
     assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(404));
     // 127.0.0.2 is outside the trunk ACL (127.0.0.1/32): challenged, never rung.
     let mut outsider = Phone::bind("13900000000", "127.0.0.2");
-    let d = outsider.invite(server.sip, "12345");
+    let d = outsider.invite(server.sip, "123450");
     let r = outsider
         .response(&d.call_id, "INVITE", 200, 3.0)
         .expect("answered");
@@ -86,7 +86,7 @@ fn unknown_number_gets_404_and_outsider_must_authenticate() {
 fn no_agent_gets_480_with_reason() {
     let server = TestServer::start();
     let mut trunk = Phone::new("13800000000");
-    let d = trunk.invite(server.sip, "12345");
+    let d = trunk.invite(server.sip, "123450");
     let r = trunk
         .response(&d.call_id, "INVITE", 200, 3.0)
         .expect("answered");
@@ -100,9 +100,9 @@ fn answered_call(server: &TestServer) -> (Phone, common::PhoneDialog, Phone, com
     let mut agent = Phone::new("1001");
     assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
     let mut trunk = Phone::new("13800000000");
-    let mut d = trunk.invite(server.sip, "+8612345");
+    let mut d = trunk.invite(server.sip, "+86123450");
     let inv = agent.request("INVITE", 5.0).expect("agent rung");
-    assert_eq!(inv.headers.get("x-dialed"), Some("+8612345"));
+    assert_eq!(inv.headers.get("x-dialed"), Some("+86123450"));
     assert_eq!(inv.headers.get("x-queue"), Some("main"));
     agent.reply(server.sip, &inv, 180, "agt");
     let ringing = trunk
@@ -179,7 +179,7 @@ fn caller_cancels_while_agent_rings() {
     let mut agent = Phone::new("1001");
     assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
     let mut trunk = Phone::new("13800000000");
-    let d = trunk.invite(server.sip, "12345");
+    let d = trunk.invite(server.sip, "123450");
     let inv = agent.request("INVITE", 5.0).expect("agent rung");
     agent.reply(server.sip, &inv, 180, "agt");
     trunk
@@ -311,7 +311,7 @@ fn agent_registered_over_tcp_is_rung_on_its_connection() {
     assert_eq!(ok.status, 200);
 
     let mut trunk = Phone::new("13800000000");
-    let d = trunk.invite(server.sip, "12345");
+    let d = trunk.invite(server.sip, "123450");
     let Message::Request(inv) = next(&mut tcp) else {
         panic!("INVITE expected on the TCP connection")
     };

@@ -56,7 +56,7 @@ fn busy_agent_passes_the_call_to_the_next_and_no_answer_times_out() {
         assert_eq!(a.register(server.sip, "s3cret", Algorithm::Md5), 200);
     }
     let mut trunk = Phone::new("13800000000");
-    let d = trunk.invite(server.sip, "12345");
+    let d = trunk.invite(server.sip, "123450");
     // All idle equally long: tried in id order. 1001 is busy, 1002 never answers
     // (ring_timeout is 3 s in tests: its INVITE is cancelled), 1003 answers.
     let inv1 = a1.request("INVITE", 5.0).expect("1001 rung first");
@@ -107,7 +107,7 @@ fn a_seat_that_moves_is_rung_where_it_registered_last() {
         // the call must reach the new one, not the one before.
         let mut phone = Phone::new("1001");
         assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
-        let d = trunk.invite(server.sip, "12345");
+        let d = trunk.invite(server.sip, "123450");
         let inv = phone
             .request("INVITE", 5.0)
             .expect("the newest registration is rung");

@@ -1,6 +1,6 @@
 //! Interop with an independent peer: SIPp (Debian `sip-tester`) as the agent
 //! softphone (REGISTER with digest, answers, echoes RTP) and as the trunk
-//! (places a call to 12345, plays G.711 RTP from a pcap, hangs up).
+//! (places a call to 123450 (the no-greeting seat line), plays G.711 RTP from a pcap, hangs up).
 //!
 //! Without `sipp` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
@@ -158,7 +158,7 @@ fn sipp_agent_registers_and_answers_a_sipp_trunk_call() {
                 "-sf",
                 &scenario("trunk_call.xml"),
                 "-s",
-                "12345",
+                "123450",
                 "-p",
                 &trunk_port,
                 "-mi",

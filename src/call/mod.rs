@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+mod ivr;
+
 use crate::acd::{Reservation, SeatContact};
 use crate::media::relay::{self, Relay, RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
@@ -99,6 +101,8 @@ struct Leg {
 /// Why the call ended, for the log line.
 #[derive(Debug, Clone, Copy)]
 enum End {
+    /// The flow said hangup.
+    FlowHangup,
     CallerHungUp,
     AgentHungUp,
     CallerCancelled,
@@ -112,7 +116,21 @@ struct Call {
     ctx: CallCtx,
     events: mpsc::Receiver<CallEvent>,
     silent: mpsc::Receiver<Side>,
-    relay: Relay,
+    silent_tx: mpsc::Sender<Side>,
+    /// The relay, once media is bridged (from the start on the direct path).
+    relay: Option<Relay>,
+    /// Our media address facing the far leg (agent, backend).
+    b_addr: SocketAddr,
+    /// The far leg's socket until the relay takes it (IVR path).
+    b_socket: Option<std::net::UdpSocket>,
+    /// The caller's stream in the media engine, until the relay takes it.
+    ivr: Option<ivr::IvrMedia>,
+    /// The caller already has our 2xx (an IVR answered first).
+    answered: bool,
+    /// Call data for the far leg: `X-` headers (flow variables, keys).
+    call_data: Vec<(String, String)>,
+    /// The caller's dialog once answered before bridging (IVR path).
+    a_dialog: Option<Dialog>,
     /// The caller's INVITE transaction and the INVITE.
     a_key: TxKey,
     invite: Request,
@@ -141,8 +159,7 @@ pub async fn run(
     dialed: String,
     caller_agent: Option<String>,
 ) {
-    let span =
-        info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue);
+    let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
     async move {
         let shared = ctx.shared.clone();
         shared.live_calls.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +167,11 @@ pub async fn run(
         let caller = invite.core.from.user.clone().unwrap_or_default();
         info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
         let worker = ctx.worker.clone();
-        let end = start(ctx, events, a_key, invite, a_peer, &route).await;
+        let end = if route.flow.is_empty() {
+            start(ctx, events, a_key, invite, a_peer, &route).await
+        } else {
+            ivr::start_flow(ctx, events, a_key, invite, a_peer, &route).await
+        };
         info!(reason = ?end, "call ended");
         let _ = worker.send(WorkerInput::Unbind { call_id: a_call_id }).await;
         shared.live_calls.fetch_sub(1, Ordering::Relaxed);
@@ -176,6 +197,46 @@ fn respond(
     });
 }
 
+/// The SDP offer in `req`, or a 488 with the reason in a Warning.
+fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<AudioOffer> {
+    match sdp::parse_audio(&req.body) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            info!(error = %e, "SDP offer refused");
+            let warning = format!("399 yihaotong \"{e}\"");
+            respond(ctx, key, req, tag, 488, &[("Warning", &warning)], b"");
+            None
+        }
+    }
+}
+
+/// 405 or 501 with the methods we do take.
+fn allow_only(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16) {
+    respond(
+        ctx,
+        key,
+        req,
+        tag,
+        status,
+        &[("Allow", crate::server::ALLOW)],
+        b"",
+    );
+}
+
+fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) -> End {
+    warn!("no RTP ports left");
+    respond(
+        ctx,
+        a_key,
+        invite,
+        a_tag,
+        503,
+        &[("Retry-After", "10")],
+        b"",
+    );
+    End::Refused
+}
+
 async fn start(
     ctx: CallCtx,
     events: mpsc::Receiver<CallEvent>,
@@ -185,58 +246,20 @@ async fn start(
     route: &Route,
 ) -> End {
     let a_tag = random_token();
-    let offer = match sdp::parse_audio(&invite.body) {
-        Ok(o) => o,
-        Err(e) => {
-            info!(error = %e, "caller's offer refused");
-            let warning = format!("399 yihaotong \"{e}\"");
-            respond(
-                &ctx,
-                &a_key,
-                &invite,
-                &a_tag,
-                488,
-                &[("Warning", &warning)],
-                b"",
-            );
-            return End::Refused;
-        }
-    };
-    let settings = &ctx.shared.settings;
-    let (silent_tx, silent) = mpsc::channel(2);
-    let Some(relay) = relay::spawn(
-        ctx.shared.ports.clone(),
-        Duration::from_secs(settings.rtp.rtp_timeout.max(1)),
-        silent_tx,
-    ) else {
-        warn!("no RTP ports left");
-        respond(
-            &ctx,
-            &a_key,
-            &invite,
-            &a_tag,
-            503,
-            &[("Retry-After", "10")],
-            b"",
-        );
+    let Some(offer) = offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
         return End::Refused;
     };
-    let _ = relay.cmd.send(RelayCmd::Remote(Side::A, offer.addr)).await;
-    let mut call = Call {
-        ctx,
-        events,
-        silent,
-        relay,
-        a_key,
-        invite,
-        a_tag,
-        session_id: rand::random::<u32>() as u64,
-        codec: offer.codecs[0],
-        telephone_event: offer.telephone_event,
-        a_peer,
-        caller_gone: false,
-        abandoned: Vec::new(),
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
+    let Some(relay) = relay::spawn(
+        call.ctx.shared.ports.clone(),
+        call.rtp_timeout(),
+        call.silent_tx.clone(),
+    ) else {
+        return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
     };
+    let _ = relay.cmd.send(RelayCmd::Remote(Side::A, offer.addr)).await;
+    call.b_addr = relay.b_addr;
+    call.relay = Some(relay);
     let Some((reservation, b_leg)) = call.ring_agents(&offer, route).await else {
         return if call.caller_gone {
             End::CallerCancelled
@@ -244,25 +267,12 @@ async fn start(
             End::NoAgent
         };
     };
-    let a_leg = Leg {
-        side: Side::A,
-        dialog: Dialog::uas(&call.invite, &call.a_tag),
-        peer: a_peer,
-        media: call.relay.a_addr,
-        sdp_version: 1,
-        pending: None,
-        our_reinvite: None,
-    };
-    let b_call_id = b_leg.dialog.call_id.clone();
-    let end = call.bridged(a_leg, b_leg).await;
-    call.ctx.shared.seats.release(reservation);
-    let _ = call
-        .ctx
-        .worker
-        .send(WorkerInput::Unbind { call_id: b_call_id })
-        .await;
-    end
+    let a_dialog = Dialog::uas(&call.invite, &call.a_tag);
+    call.bridge_to_end(a_dialog, b_leg, Some(reservation)).await
 }
+
+/// Pause between rounds over a queue's seats while an answered caller waits.
+const QUEUE_RETRY: Duration = Duration::from_secs(2);
 
 /// The outcome of offering the call to one agent.
 enum Offer {
@@ -272,6 +282,88 @@ enum Offer {
 }
 
 impl Call {
+    fn new(
+        ctx: CallCtx,
+        events: mpsc::Receiver<CallEvent>,
+        a_key: TxKey,
+        invite: Request,
+        a_tag: String,
+        a_peer: Peer,
+        offer: &AudioOffer,
+    ) -> Call {
+        let (silent_tx, silent) = mpsc::channel(2);
+        Call {
+            ctx,
+            events,
+            silent,
+            silent_tx,
+            relay: None,
+            b_addr: offer.addr,
+            b_socket: None,
+            ivr: None,
+            answered: false,
+            call_data: Vec::new(),
+            a_dialog: None,
+            a_key,
+            invite,
+            a_tag,
+            session_id: rand::random::<u32>() as u64,
+            codec: offer.codecs[0],
+            telephone_event: offer.telephone_event,
+            a_peer,
+            caller_gone: false,
+            abandoned: Vec::new(),
+        }
+    }
+
+    fn rtp_timeout(&self) -> Duration {
+        Duration::from_secs(self.ctx.shared.settings.rtp.rtp_timeout.max(1))
+    }
+
+    /// Runs the bridge of the caller and `b_leg` until one side ends it.
+    async fn bridge_to_end(
+        &mut self,
+        a_dialog: Dialog,
+        b_leg: Leg,
+        reservation: Option<Reservation>,
+    ) -> End {
+        let a_leg = Leg {
+            side: Side::A,
+            dialog: a_dialog,
+            peer: self.a_peer,
+            media: self.a_media(),
+            sdp_version: 1,
+            pending: None,
+            our_reinvite: None,
+        };
+        let b_call_id = b_leg.dialog.call_id.clone();
+        let end = self.bridged(a_leg, b_leg).await;
+        if let Some(r) = reservation {
+            self.ctx.shared.seats.release(r);
+        }
+        let _ = self
+            .ctx
+            .worker
+            .send(WorkerInput::Unbind { call_id: b_call_id })
+            .await;
+        end
+    }
+
+    async fn relay_cmd(&self, cmd: RelayCmd) {
+        if let Some(relay) = &self.relay {
+            let _ = relay.cmd.send(cmd).await;
+        }
+    }
+
+    /// Our media address facing the caller.
+    fn a_media(&self) -> SocketAddr {
+        match (&self.relay, &self.ivr) {
+            (Some(r), _) => r.a_addr,
+            (None, Some(ivr)) => ivr.stream.local,
+            (None, None) => self.b_addr,
+        }
+    }
+
     fn a_respond(&self, status: u16, extra: &[(&str, &str)], body: &[u8]) {
         respond(
             &self.ctx,
@@ -321,23 +413,26 @@ impl Call {
     ) -> Option<(Reservation, Leg)> {
         let mut rang_caller = false;
         let mut tried: Vec<String> = Vec::new();
-        while let Some((reservation, seat)) =
-            self.ctx
-                .shared
-                .seats
-                .reserve_next(&route.queue, now_unix(), &tried)
-        {
-            tried.push(seat.agent.clone());
-            match self.offer_to(&seat, offer, route, &mut rang_caller).await {
-                Offer::Answered(leg) => return Some((reservation, *leg)),
-                Offer::Next => self.ctx.shared.seats.release(reservation),
-                Offer::CallerGone => {
-                    self.ctx.shared.seats.release(reservation);
-                    return None;
-                }
+        let max_wait = Duration::from_secs(self.ctx.shared.settings.queue.max_wait);
+        let waiting_since = Instant::now();
+        loop {
+            if let Some(found) = self
+                .try_seats(offer, route, &mut tried, &mut rang_caller)
+                .await
+            {
+                return found;
             }
+            // An answered caller (IVR first) waits, hearing music, and the
+            // seats are tried again; an unanswered one is told at once.
+            if self.caller_gone || !self.answered || waiting_since.elapsed() >= max_wait {
+                break;
+            }
+            if !self.hold(Instant::now() + QUEUE_RETRY).await {
+                return None;
+            }
+            tried.clear();
         }
-        if !self.caller_gone {
+        if !self.caller_gone && !self.answered {
             info!("no agent answered");
             self.a_respond(
                 480,
@@ -348,9 +443,44 @@ impl Call {
         None
     }
 
+    /// One pass over the queue's free seats. `Some(None)`: the caller left.
+    async fn try_seats(
+        &mut self,
+        offer: &AudioOffer,
+        route: &Route,
+        tried: &mut Vec<String>,
+        rang_caller: &mut bool,
+    ) -> Option<Option<(Reservation, Leg)>> {
+        while let Some((reservation, seat)) =
+            self.ctx
+                .shared
+                .seats
+                .reserve_next(&route.queue, now_unix(), tried)
+        {
+            tried.push(seat.agent.clone());
+            let to_uri = format!("sip:{}@{}", seat.agent, self.ctx.shared.settings.sip.domain);
+            let ring = Duration::from_secs(self.ctx.shared.settings.queue.ring_timeout.max(1));
+            match self
+                .offer_to(&seat, &to_uri, ring, offer, route, rang_caller)
+                .await
+            {
+                Offer::Answered(leg) => return Some(Some((reservation, *leg))),
+                Offer::Next => self.ctx.shared.seats.release(reservation),
+                Offer::CallerGone => {
+                    self.ctx.shared.seats.release(reservation);
+                    return Some(None);
+                }
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn offer_to(
         &mut self,
         seat: &SeatContact,
+        to_uri: &str,
+        ring: Duration,
         offer: &AudioOffer,
         route: &Route,
         rang_caller: &mut bool,
@@ -365,7 +495,7 @@ impl Call {
             .clone()
             .unwrap_or_else(|| "anonymous".into());
         let local_uri = format!("<sip:{}@{}>", caller, shared.host);
-        let remote_uri = format!("<sip:{}@{}>", seat.agent, shared.settings.sip.domain);
+        let remote_uri = format!("<{to_uri}>");
         let mut dialog = Dialog::uac(call_id.clone(), local_uri, remote_uri, seat.uri.clone());
         let _ = self
             .ctx
@@ -378,21 +508,24 @@ impl Call {
         let sdp_offer = sdp::write(
             self.session_id,
             1,
-            self.relay.b_addr,
+            self.b_addr,
             &offer.codecs,
             offer.telephone_event,
             Direction::SendRecv,
         );
         let contact = self.contact(&seat.peer);
         let dialed = self.invite.uri_user.clone().unwrap_or_default();
-        let headers = [
+        let mut headers = vec![
             ("Contact", contact.as_str()),
             ("Content-Type", "application/sdp"),
             ("X-Hotline", route.hotline.as_str()),
             ("X-Dialed", dialed.as_str()),
-            ("X-Queue", route.queue.as_str()),
             ("X-Caller-Call-ID", self.invite.core.call_id.as_str()),
         ];
+        if !route.queue.is_empty() {
+            headers.push(("X-Queue", route.queue.as_str()));
+        }
+        headers.extend(self.call_data.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let (bytes, branch, cseq) = dialog.request(
             &Method::Invite,
             &shared.host,
@@ -413,15 +546,14 @@ impl Call {
                 owner: self.ctx.events_tx.clone(),
             })
             .await;
-        info!(agent = %seat.agent, contact = %seat.uri, "ringing agent");
+        info!(agent = %seat.agent, contact = %seat.uri, "ringing");
         // The caller hears ringing from the moment a seat is offered the call,
         // whether or not the phone itself sends 180 (many answer straight away).
-        if !*rang_caller {
+        if !*rang_caller && !self.answered {
             *rang_caller = true;
             self.a_respond(180, &[], b"");
         }
-        let deadline =
-            Instant::now() + Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+        let deadline = Instant::now() + ring;
         let mut early = false;
         let outcome = loop {
             let event = tokio::select! {
@@ -459,28 +591,32 @@ impl Call {
                                 break Offer::Next;
                             }
                         };
-                        let _ = self
-                            .relay
-                            .cmd
-                            .send(RelayCmd::Remote(Side::B, answer.addr))
-                            .await;
-                        self.codec = answer.codecs[0];
-                        if answer.telephone_event.is_none() {
-                            self.telephone_event = None;
+                        if !self.bridge_media().await {
+                            warn!("no relay for the answered leg; hanging it up");
+                            self.bye(&mut dialog, seat.peer);
+                            break Offer::Next;
                         }
-                        let body = self.our_sdp(self.relay.a_addr, 1, answer.direction);
-                        let contact = self.contact(&self.a_peer);
-                        self.a_respond(
-                            200,
-                            &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                            body.as_bytes(),
-                        );
-                        info!(agent = %seat.agent, "agent answered; media bridged");
+                        self.relay_cmd(RelayCmd::Remote(Side::B, answer.addr)).await;
+                        if !self.answered {
+                            self.codec = answer.codecs[0];
+                            if answer.telephone_event.is_none() {
+                                self.telephone_event = None;
+                            }
+                            let body = self.our_sdp(self.a_media(), 1, answer.direction);
+                            let contact = self.contact(&self.a_peer);
+                            self.a_respond(
+                                200,
+                                &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                                body.as_bytes(),
+                            );
+                            self.answered = true;
+                        }
+                        info!(agent = %seat.agent, "answered; media bridged");
                         break Offer::Answered(Box::new(Leg {
                             side: Side::B,
                             dialog,
                             peer: seat.peer,
-                            media: self.relay.b_addr,
+                            media: self.b_addr,
                             sdp_version: 1,
                             pending: None,
                             our_reinvite: None,
@@ -494,6 +630,17 @@ impl Call {
                 CallEvent::Timeout { key: k } if k == key => {
                     info!(agent = %seat.agent, "agent unreachable");
                     break Offer::Next;
+                }
+                CallEvent::Request { key, request, .. }
+                    if self.answered && request.core.call_id == self.invite.core.call_id =>
+                {
+                    if let ivr::CallerSaid::Bye = self.caller_request(key, request) {
+                        info!("caller hung up while waiting");
+                        self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
+                        self.abandoned.push((dialog.clone(), seat.peer));
+                        self.caller_gone = true;
+                        break Offer::CallerGone;
+                    }
                 }
                 CallEvent::Cancelled => {
                     info!("caller cancelled");
@@ -607,7 +754,7 @@ impl Call {
     }
 
     async fn bridged(&mut self, mut a: Leg, mut b: Leg) -> End {
-        let _ = self.relay.cmd.send(RelayCmd::Watch(true)).await;
+        self.relay_cmd(RelayCmd::Watch(true)).await;
         loop {
             let event = tokio::select! {
                 e = self.events.recv() => e,
@@ -711,26 +858,8 @@ impl Call {
                     respond(&self.ctx, &key, &req, &tag, 491, &[], b"");
                     return None;
                 }
-                let offer = match sdp::parse_audio(&req.body) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let warning = format!("399 yihaotong \"{e}\"");
-                        respond(
-                            &self.ctx,
-                            &key,
-                            &req,
-                            &tag,
-                            488,
-                            &[("Warning", &warning)],
-                            b"",
-                        );
-                        return None;
-                    }
-                };
-                let _ = self
-                    .relay
-                    .cmd
-                    .send(RelayCmd::Remote(this.side, offer.addr))
+                let offer = offer_or_488(&self.ctx, &key, &req, &tag)?;
+                self.relay_cmd(RelayCmd::Remote(this.side, offer.addr))
                     .await;
                 info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
                 other.sdp_version += 1;
@@ -770,27 +899,11 @@ impl Call {
                 None
             }
             Method::Other(_) => {
-                respond(
-                    &self.ctx,
-                    &key,
-                    &req,
-                    &tag,
-                    501,
-                    &[("Allow", crate::server::ALLOW)],
-                    b"",
-                );
+                allow_only(&self.ctx, &key, &req, &tag, 501);
                 None
             }
             _ => {
-                respond(
-                    &self.ctx,
-                    &key,
-                    &req,
-                    &tag,
-                    405,
-                    &[("Allow", crate::server::ALLOW)],
-                    b"",
-                );
+                allow_only(&self.ctx, &key, &req, &tag, 405);
                 None
             }
         }
@@ -827,20 +940,13 @@ impl Call {
         if (200..300).contains(&resp.status) {
             let direction = match sdp::parse_audio(&resp.body) {
                 Ok(answer) => {
-                    let _ = self
-                        .relay
-                        .cmd
-                        .send(RelayCmd::Remote(this.side, answer.addr))
+                    self.relay_cmd(RelayCmd::Remote(this.side, answer.addr))
                         .await;
                     answer.direction
                 }
                 Err(_) => Direction::SendRecv,
             };
-            let _ = self
-                .relay
-                .cmd
-                .send(RelayCmd::Watch(!direction.is_hold()))
-                .await;
+            self.relay_cmd(RelayCmd::Watch(!direction.is_hold())).await;
             other.sdp_version += 1;
             let body = self.our_sdp(other.media, other.sdp_version, direction);
             let contact = self.contact(&other.peer);

@@ -72,7 +72,7 @@ pub struct LoadOptions {
     #[arg(long, default_value = "main")]
     pub queue: String,
     /// Number the callers dial.
-    #[arg(long, default_value = "12345")]
+    #[arg(long, default_value = "123450")]
     pub number: String,
     /// Milliseconds an agent rings before answering.
     #[arg(long, default_value_t = 200)]

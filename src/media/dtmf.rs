@@ -88,6 +88,35 @@ impl EventReceiver {
     }
 }
 
+/// The key in a SIP INFO body: `application/dtmf-relay` (`Signal=5`,
+/// `Duration=160` lines, as Cisco and most PBXs send) or `application/dtmf`
+/// (the bare key). Anything else, or a key outside 0-9 * # A-D, is `None`.
+pub fn info_key(content_type: &str, body: &[u8]) -> Option<char> {
+    let ct = content_type.split(';').next()?.trim().to_ascii_lowercase();
+    let text = std::str::from_utf8(body.get(..body.len().min(256))?).ok()?;
+    let raw = match ct.as_str() {
+        "application/dtmf-relay" => text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+        })?,
+        "application/dtmf" => text.trim(),
+        _ => return None,
+    };
+    let key = match raw {
+        // Some phones send the RFC 4733 event number for * and #.
+        "10" => '*',
+        "11" => '#',
+        _ => {
+            let mut c = raw.chars();
+            match (c.next(), c.next()) {
+                (Some(k), None) => k.to_ascii_uppercase(),
+                _ => return None,
+            }
+        }
+    };
+    (key.is_ascii_digit() || "*#ABCD".contains(key)).then_some(key)
+}
+
 const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
 const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
 const PAD: [[char; 4]; 4] = [
@@ -268,6 +297,28 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sip_info_bodies() {
+        assert_eq!(
+            info_key("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"),
+            Some('5')
+        );
+        assert_eq!(
+            info_key("Application/DTMF-Relay", b"signal= #\r\n"),
+            Some('#')
+        );
+        assert_eq!(
+            info_key("application/dtmf-relay", b"Signal=11\r\n"),
+            Some('#')
+        );
+        assert_eq!(info_key("application/dtmf", b"7"), Some('7'));
+        assert_eq!(info_key("application/dtmf", b"77"), None);
+        assert_eq!(info_key("application/dtmf-relay", b"Duration=160"), None);
+        assert_eq!(info_key("application/dtmf-relay", b"Signal=x"), None);
+        assert_eq!(info_key("text/plain", b"5"), None);
+        assert_eq!(info_key("application/dtmf", &[0xff, 0xfe]), None);
+    }
 
     fn tone(key: char, ms: usize, amplitude: f32, twist_db: f32, freq_error: f32) -> Vec<i16> {
         let (r, c) = (0..4)

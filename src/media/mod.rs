@@ -2,9 +2,12 @@
 //!
 //! Room: the sound room. `sdp` is pure (text in, text out); `ports` is a
 //! shared pool behind a short lock; `relay` owns the two RTP sockets of one
-//! call and nothing else. Prompts, DTMF and recording join in the IVR issue.
+//! call and nothing else; `player` and `engine` play prompts to IVR callers
+//! and hear their keys, many streams per thread on one clock.
 
 pub mod dtmf;
+pub mod engine;
+pub mod player;
 pub mod ports;
 pub mod prompts;
 pub mod relay;

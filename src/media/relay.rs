@@ -43,6 +43,19 @@ impl Rewriter {
         }
     }
 
+    /// A rewriter that continues a stream we already sent (the IVR player's),
+    /// so the caller's phone sees one stream across the hand-over.
+    pub fn continuing(numbering: crate::media::player::Numbering) -> Rewriter {
+        Rewriter {
+            out_ssrc: numbering.ssrc,
+            in_ssrc: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_out_seq: numbering.next_seq.wrapping_sub(1),
+            last_out_ts: numbering.next_ts.wrapping_sub(160),
+        }
+    }
+
     /// Rewrites `pkt` in place. Returns `false` (leave the packet alone and
     /// drop it) when it is not a well-formed RTP packet.
     pub fn rewrite(&mut self, pkt: &mut [u8]) -> bool {
@@ -151,7 +164,28 @@ pub fn spawn(pool: Arc<PortPool>, timeout: Duration, silent: mpsc::Sender<Side>)
         }
         return None;
     };
-    let (a_addr, b_addr) = (a.local_addr().ok()?, b.local_addr().ok()?);
+    spawn_with(pool, a, b, None, timeout, silent)
+}
+
+/// Starts the relay task on two sockets already bound from `pool` (they go
+/// back to it when the relay ends). `continuing` carries on side A's outgoing
+/// numbering from whoever sent to the caller before.
+pub fn spawn_with(
+    pool: Arc<PortPool>,
+    a: std::net::UdpSocket,
+    b: std::net::UdpSocket,
+    continuing: Option<crate::media::player::Numbering>,
+    timeout: Duration,
+    silent: mpsc::Sender<Side>,
+) -> Option<Relay> {
+    let (Ok(a_addr), Ok(b_addr)) = (a.local_addr(), b.local_addr()) else {
+        for s in [&a, &b] {
+            if let Ok(addr) = s.local_addr() {
+                pool.release(addr.port());
+            }
+        }
+        return None;
+    };
     let make = |s: std::net::UdpSocket| -> Option<UdpSocket> {
         s.set_nonblocking(true).ok()?;
         UdpSocket::from_std(s).ok()
@@ -164,16 +198,25 @@ pub fn spawn(pool: Arc<PortPool>, timeout: Duration, silent: mpsc::Sender<Side>)
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let stats = Arc::new(RelayStats::default());
     let now = Instant::now();
-    let side = move |socket| SideState {
+    let side = move |socket, rewriter| SideState {
         socket,
         remote: None,
         latched: false,
         last_rx: now,
-        rewriter: Rewriter::new(rand::random()),
+        rewriter,
     };
+    let a_rewriter = continuing.map_or_else(|| Rewriter::new(rand::random()), Rewriter::continuing);
     let task_stats = stats.clone();
     tokio::spawn(async move {
-        run(side(a), side(b), cmd_rx, timeout, silent, &task_stats).await;
+        run(
+            side(a, a_rewriter),
+            side(b, Rewriter::new(rand::random())),
+            cmd_rx,
+            timeout,
+            silent,
+            &task_stats,
+        )
+        .await;
         pool.release(a_addr.port());
         pool.release(b_addr.port());
     });

@@ -68,3 +68,74 @@ pub fn random_token() -> String {
 pub fn new_branch() -> String {
     format!("z9hG4bK{}", random_token())
 }
+
+/// Where a configured SIP URI (a backend, a transfer target) sends us: the
+/// URI itself and the peer to send to. Only literal IP addresses are taken
+/// (no DNS on the call path); the port defaults to 5060, the transport to UDP
+/// unless `;transport=tcp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTarget {
+    /// The Request-URI to use.
+    pub uri: String,
+    /// The user part, if any.
+    pub user: Option<String>,
+    /// Where to send.
+    pub peer: Peer,
+}
+
+impl SipTarget {
+    /// Parses `sip:user@192.0.2.1:5070;transport=tcp`.
+    pub fn parse(uri: &str) -> Option<SipTarget> {
+        let rest = uri.strip_prefix("sip:")?;
+        if uri.len() > 256
+            || uri
+                .chars()
+                .any(|c| c.is_control() || c == ' ' || c == '<' || c == '>')
+        {
+            return None;
+        }
+        let (main, params) = rest.split_once(';').unwrap_or((rest, ""));
+        let (user, host_port) = match main.rsplit_once('@') {
+            Some((u, h)) if !u.is_empty() => (Some(u.to_string()), h),
+            Some(_) => return None,
+            None => (None, main),
+        };
+        let addr = host_port.parse::<SocketAddr>().ok().or_else(|| {
+            let ip = host_port.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 5060))
+        })?;
+        let tcp = params
+            .split(';')
+            .any(|p| p.eq_ignore_ascii_case("transport=tcp"));
+        let transport = if tcp {
+            TransportKind::Tcp
+        } else {
+            TransportKind::Udp
+        };
+        Some(SipTarget {
+            uri: uri.to_string(),
+            user,
+            peer: Peer::new(addr, transport, 0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = SipTarget::parse("sip:12333@127.0.0.1:5070").expect("target");
+        assert_eq!(t.user.as_deref(), Some("12333"));
+        assert_eq!(t.peer.addr, "127.0.0.1:5070".parse().expect("addr"));
+        let t = SipTarget::parse("sip:127.0.0.1;transport=tcp").expect("target");
+        assert_eq!(t.peer.addr.port(), 5060);
+        assert_eq!(t.peer.transport, TransportKind::Tcp);
+        assert!(SipTarget::parse("sip:x@backend.example").is_none());
+        assert!(SipTarget::parse("tel:110").is_none());
+        assert!(SipTarget::parse("sip:@127.0.0.1").is_none());
+    }
+}

@@ -157,7 +157,11 @@ fn spawn_server(env: &[(String, String)]) -> Child {
             "RUST_LOG",
             std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::null())
+        .stdout(if std::env::var("TEST_SERVER_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stderr(if std::env::var("TEST_SERVER_LOG").is_ok() {
             Stdio::inherit()
         } else {
@@ -176,6 +180,17 @@ impl Drop for TestServer {
 
 fn token() -> String {
     format!("{:x}", rand::random::<u64>())
+}
+
+/// One RTP packet as received.
+#[derive(Debug, Clone)]
+pub struct RtpIn {
+    pub pt: u8,
+    pub seq: u16,
+    pub ts: u32,
+    pub marker: bool,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
 }
 
 /// A dialog as the phone sees it.
@@ -392,9 +407,14 @@ impl Phone {
 
     /// Sends an INVITE as the trunk to `number`; returns the dialog (no tag yet).
     pub fn invite(&mut self, server: SocketAddr, number: &str) -> PhoneDialog {
+        let sdp = self.sdp();
+        self.invite_sdp(server, number, &sdp)
+    }
+
+    /// Sends an INVITE with the given SDP offer.
+    pub fn invite_sdp(&mut self, server: SocketAddr, number: &str, sdp: &str) -> PhoneDialog {
         let call_id = token();
         let local = format!("<sip:{}@127.0.0.1>;tag={}", self.user, token());
-        let sdp = self.sdp();
         let branch = format!("z9hG4bK{}", token());
         let msg = format!(
             "INVITE sip:{number}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {local}\r\nTo: <sip:{number}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{}@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -465,11 +485,23 @@ impl Phone {
 
     /// Sends an in-dialog request (BYE, re-INVITE) with the next CSeq.
     pub fn in_dialog(&self, server: SocketAddr, d: &mut PhoneDialog, method: &str, body: &str) {
+        self.in_dialog_typed(server, d, method, "application/sdp", body);
+    }
+
+    /// An in-dialog request with a body of the given type (INFO with DTMF).
+    pub fn in_dialog_typed(
+        &self,
+        server: SocketAddr,
+        d: &mut PhoneDialog,
+        method: &str,
+        content_type: &str,
+        body: &str,
+    ) {
         d.cseq += 1;
         let ctype = if body.is_empty() {
             String::new()
         } else {
-            "Content-Type: application/sdp\r\n".into()
+            format!("Content-Type: {content_type}\r\n")
         };
         let msg = format!(
             "{method} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:{}@{}>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
@@ -519,6 +551,87 @@ impl Phone {
             remote_rtp: yihaotong::media::sdp::parse_audio(&req.body)
                 .ok()
                 .map(|a| a.addr),
+        }
+    }
+
+    /// Records the RTP arriving for `secs`: (payload type, seq, ts, marker, ssrc, payload).
+    pub fn record_rtp(&self, secs: f64) -> Vec<RtpIn> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
+                let mut view = &buf[..n];
+                if let Ok(p) = rtc_rtp::packet::Packet::unmarshal(&mut view) {
+                    out.push(RtpIn {
+                        pt: p.header.payload_type,
+                        seq: p.header.sequence_number,
+                        ts: p.header.timestamp,
+                        marker: p.header.marker,
+                        ssrc: p.header.ssrc,
+                        payload: p.payload.to_vec(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Presses `key` as RFC 4733 telephone-events (payload type `pt`): three
+    /// updates and three end packets, one event timestamp.
+    pub fn press_rfc4733(&self, to: SocketAddr, key: char, pt: u8, ts: u32) {
+        let event = match key {
+            '0'..='9' => key as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            _ => panic!("key"),
+        };
+        for i in 0..6u16 {
+            let end = i >= 3;
+            let duration = 160 * (i.min(3) + 1);
+            let mut p = vec![0x80, pt | if i == 0 { 0x80 } else { 0 }];
+            p.extend_from_slice(&(1000 + i).to_be_bytes());
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&0x5eed_u32.to_be_bytes());
+            p.extend_from_slice(&[event, (u8::from(end) << 7) | 10]);
+            p.extend_from_slice(&duration.to_be_bytes());
+            self.rtp.send_to(&p, to).expect("rtp send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `key` as an in-band DTMF tone (70 ms, then 70 ms of silence) in PCMU.
+    pub fn press_inband(&self, to: SocketAddr, key: char) {
+        let (row, col) = match key {
+            '1' => (697.0, 1209.0),
+            '2' => (697.0, 1336.0),
+            '5' => (770.0, 1336.0),
+            '0' => (941.0, 1336.0),
+            _ => panic!("key"),
+        };
+        let samples: Vec<i16> = (0..1120)
+            .map(|i| {
+                if i < 560 {
+                    let t = i as f32 / 8000.0;
+                    let w = |f: f32| (2.0 * std::f32::consts::PI * f * t).sin();
+                    (5000.0 * (w(row) + w(col))) as i16
+                } else {
+                    0
+                }
+            })
+            .collect();
+        for (i, chunk) in samples.chunks(160).enumerate() {
+            let mut p = vec![0x80, 0];
+            p.extend_from_slice(&(2000 + i as u16).to_be_bytes());
+            p.extend_from_slice(&(160 * i as u32).to_be_bytes());
+            p.extend_from_slice(&0x70e5_u32.to_be_bytes());
+            p.extend(
+                chunk
+                    .iter()
+                    .map(|s| audio_codec_algorithms::encode_ulaw(*s)),
+            );
+            self.rtp.send_to(&p, to).expect("rtp send");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Regenerates the bundled prompts: Mandarin and English speech from espeak-ng,
+# music on hold from sox, all as 8 kHz mono 16-bit FLAC (small, lossless, and
+# decoded by the same symphonia path as any operator's WAV/MP3/Ogg files).
+#   apt-get install -y espeak-ng sox && sh sounds/generate.sh
+# Real deployments replace these with recorded voices of the same names.
+set -eu
+cd "$(dirname "$0")"
+say() { # say LANG NAME TEXT
+    mkdir -p "$(dirname "$2")"
+    espeak-ng -v "$1" -s 190 -w /tmp/yihaotong-say.wav "$3"
+    sox /tmp/yihaotong-say.wav -r 8000 -c 1 -b 16 "$2.flac" norm -3
+    rm -f /tmp/yihaotong-say.wav
+}
+say cmn common/invalid "输入有误，请重新输入。"
+say cmn common/all-busy "坐席全忙，请稍后再拨。"
+say cmn common/recorded "您的通话可能被录音。"
+say cmn common/closed "现在是非工作时间。"
+say cmn hotline/welcome "您好，一二三四五热线，正在为您转接。"
+say cmn hotline/urgent-notice "紧急通知：受强降雨影响，部分道路临时封闭。"
+say cmn market/welcome "一二三一五已并入一二三四五热线，正在为您转接。"
+say cmn urban/welcome "一二三一九已并入一二三四五热线，正在为您转接。"
+say cmn hrss/welcome "欢迎致电一二三三三社保热线。"
+say cmn hrss/menu "自助查询请按一，人工服务请按零。"
+say cmn housing/welcome "欢迎致电一二三二九公积金热线。"
+say cmn housing/menu "自助查询请按一，人工服务请按零。"
+say cmn legacy/line-retired "本号码已停止受理。一二三四五请按一，值班室请按二。"
+say en english/welcome "Welcome to the twelve three four five citizen hotline."
+say en english/menu "For an English speaking agent, press 1. To hear this again, press star."
+say en english/invalid "Sorry, that key is not valid."
+# Music on hold: a slow arpeggio (C, Am, F, G), 8 seconds, looped by the player.
+mkdir -p common
+notes=""
+i=0
+for n in C4 E4 G4 E4 A3 C4 E4 C4 F3 A3 C4 A3 G3 B3 D4 B3; do
+    sox -n -r 8000 -c 1 -b 16 "/tmp/yihaotong-note-$i.wav" synth 0.5 pluck "$n" fade 0 0.5 0.1
+    notes="$notes /tmp/yihaotong-note-$i.wav"
+    i=$((i + 1))
+done
+# shellcheck disable=SC2086
+sox $notes common/hold-music.flac gain -n -12
+rm -f $notes

@@ -1,0 +1,543 @@
+//! The IVR part of a call: answer, walk the flow, then queue, hand off or
+//! transfer.
+//!
+//! Room: the call, in its IVR phase. The caller is answered at once with our
+//! SDP; their RTP socket goes to the media engine (prompts out, keys in). A
+//! [`Session`] decides what happens; this code carries its effects out: it
+//! plays, arms the one timer, and when the flow ends in a queue, a backend
+//! or a transfer, it offers the call there with the flow's data as `X-`
+//! headers. When the far leg answers, the engine lets go of the caller's
+//! socket and the relay carries on the same RTP stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{FixedOffset, NaiveDateTime};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End, Offer};
+use crate::acd::SeatContact;
+use crate::ivr::session::{Effect, Facts, Input, Session};
+use crate::ivr::Catalog;
+use crate::media::dtmf::info_key;
+use crate::media::engine::{MediaEvent, Stream, StreamSetup};
+use crate::media::player::Law;
+use crate::media::sdp::{AudioOffer, Direction};
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Method, Request};
+use crate::sip::transaction::TxKey;
+use crate::sip::{random_token, Peer, SipTarget};
+use crate::store::{Route, Store};
+
+/// Prompt looped while a caller waits for a seat.
+pub(crate) const HOLD_MUSIC: &str = "common/hold-music";
+/// Prompt played when no seat answered within `[queue] max_wait`.
+pub(crate) const ALL_BUSY: &str = "common/all-busy";
+/// Most `X-IVR-Var-*` headers passed on.
+const MAX_VAR_HEADERS: usize = 20;
+
+/// The caller's media while the engine holds it.
+pub(super) struct IvrMedia {
+    pub(super) stream: Stream,
+    pub(super) socket: std::net::UdpSocket,
+}
+
+/// Facts from the store and the clock.
+struct Live<'a> {
+    store: &'a Store,
+    offset: FixedOffset,
+}
+
+impl Facts for Live<'_> {
+    fn now(&self) -> NaiveDateTime {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
+            .unwrap_or_default()
+            .with_timezone(&self.offset)
+            .naive_local()
+    }
+
+    fn in_list(&self, list: &str, number: &str) -> bool {
+        self.store.in_list(list, number).unwrap_or(false)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.store.switch(name).unwrap_or(false)
+    }
+}
+
+/// What an in-dialog request from the answered caller meant.
+pub(super) enum CallerSaid {
+    Bye,
+    Key(char),
+    Nothing,
+}
+
+/// Where a hand-off went.
+enum Reached {
+    /// It answered; the call ran to its end.
+    Ended(End),
+    /// It did not take the call.
+    Failed,
+    /// The caller left meanwhile.
+    CallerGone,
+}
+
+/// Runs a call whose route names a flow.
+pub(super) async fn start_flow(
+    ctx: CallCtx,
+    events: mpsc::Receiver<CallEvent>,
+    a_key: TxKey,
+    invite: Request,
+    a_peer: Peer,
+    route: &Route,
+) -> End {
+    let a_tag = random_token();
+    let Some(mut offer) = offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
+        return End::Refused;
+    };
+    // Prompts are G.711; the first law the caller offered is ours.
+    let Some(law) = offer.codecs.iter().find_map(|pt| Law::from_pt(*pt)) else {
+        info!(codecs = ?offer.codecs, "caller offered no G.711");
+        respond(
+            &ctx,
+            &a_key,
+            &invite,
+            &a_tag,
+            488,
+            &[("Warning", "399 yihaotong \"IVR needs PCMU or PCMA\"")],
+            b"",
+        );
+        return End::Refused;
+    };
+    offer.codecs = vec![law.pt()];
+    let catalog = ctx.shared.catalog();
+    let Some(flow) = catalog.flows.get(&route.flow).cloned() else {
+        warn!(flow = %route.flow, "route names a flow that is not loaded");
+        respond(
+            &ctx,
+            &a_key,
+            &invite,
+            &a_tag,
+            500,
+            &[("Warning", "399 yihaotong \"flow not loaded\"")],
+            b"",
+        );
+        return End::Refused;
+    };
+    let pool = ctx.shared.ports.clone();
+    let (Some(a), Some(b)) = (pool.bind(), pool.bind()) else {
+        return no_ports(&ctx, &a_key, &invite, &a_tag);
+    };
+    let (media_tx, media_rx) = mpsc::channel(64);
+    let stream = a.try_clone().and_then(|dup| {
+        ctx.shared.engine.add(StreamSetup {
+            socket: dup,
+            remote: offer.addr,
+            law,
+            telephone_event: offer.telephone_event,
+            events: media_tx,
+        })
+    });
+    let caller = invite.core.from.user.clone().unwrap_or_default();
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
+    call.b_addr = b.local_addr().unwrap_or(offer.addr);
+    call.b_socket = Some(b);
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "media engine refused the stream");
+            if let Ok(addr) = a.local_addr() {
+                pool.release(addr.port());
+            }
+            return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
+        }
+    };
+    call.ivr = Some(IvrMedia { stream, socket: a });
+    let body = call.our_sdp(call.a_media(), 1, Direction::SendRecv);
+    let contact = call.contact(&call.a_peer);
+    call.a_respond(
+        200,
+        &[("Contact", &contact), ("Content-Type", "application/sdp")],
+        body.as_bytes(),
+    );
+    call.answered = true;
+    call.a_dialog = Some(Dialog::uas(&call.invite, &call.a_tag));
+    info!(flow = %flow.name, "answered by the flow");
+    let session = Session::new(
+        catalog.clone(),
+        flow,
+        &caller,
+        call.ctx.shared.settings.ivr.max_steps,
+    );
+    call.walk(session, media_rx, &catalog, &offer, route).await
+}
+
+impl Call {
+    fn play(&self, catalog: &Catalog, id: u64, names: &[String], barge_in: bool, looped: bool) {
+        let prompts = names
+            .iter()
+            .filter_map(|n| catalog.prompts.get(n))
+            .collect();
+        if let Some(ivr) = &self.ivr {
+            ivr.stream.play(id, prompts, barge_in, looped);
+        }
+    }
+
+    async fn walk(
+        &mut self,
+        mut session: Session,
+        mut media: mpsc::Receiver<MediaEvent>,
+        catalog: &Arc<Catalog>,
+        offer: &AudioOffer,
+        route: &Route,
+    ) -> End {
+        let shared = self.ctx.shared.clone();
+        let offset = FixedOffset::east_opt(shared.settings.ivr.utc_offset_minutes * 60)
+            .unwrap_or(FixedOffset::east_opt(0).expect("UTC is a valid offset"));
+        let facts = Live {
+            store: &shared.store,
+            offset,
+        };
+        let mut timer: Option<(u64, Instant)> = None;
+        let mut input = Some(Input::Start);
+        loop {
+            if let Some(i) = input.take() {
+                for effect in session.handle(i, &facts) {
+                    match effect {
+                        Effect::Play {
+                            id,
+                            prompts,
+                            barge_in,
+                        } => self.play(catalog, id, &prompts, barge_in, false),
+                        Effect::Stop => {
+                            if let Some(ivr) = &self.ivr {
+                                ivr.stream.stop();
+                            }
+                        }
+                        Effect::Timer { id, after } => timer = Some((id, Instant::now() + after)),
+                        Effect::Queue { queue, priority } => {
+                            self.call_data = call_data(&session);
+                            info!(queue = %queue, priority, keys = session.keys(), path = %session.position(), "flow queued the call");
+                            return self.queue(catalog, offer, route, queue).await;
+                        }
+                        Effect::Handoff { backend } => {
+                            let Some(def) = shared.settings.backends.get(&backend) else {
+                                input = Some(Input::Failed);
+                                continue;
+                            };
+                            let target = SipTarget::parse(&def.uri);
+                            let ring = Duration::from_secs(def.answer_timeout.max(1));
+                            info!(backend = %backend, uri = %def.uri, "handing off");
+                            self.call_data = call_data(&session);
+                            match self.reach(target, ring, offer, route).await {
+                                Reached::Ended(end) => return end,
+                                Reached::CallerGone => return End::CallerHungUp,
+                                Reached::Failed => {
+                                    info!(backend = %backend, "backend did not take the call; fallback");
+                                    input = Some(Input::Failed);
+                                }
+                            }
+                        }
+                        Effect::Transfer { to } => {
+                            let target = if to.starts_with("sip:") {
+                                SipTarget::parse(&to)
+                            } else {
+                                SipTarget::parse(&shared.settings.trunk.outbound).map(|mut t| {
+                                    t.uri = format!("sip:{to}@{}", t.peer.addr);
+                                    t.user = Some(to.clone());
+                                    t
+                                })
+                            };
+                            let ring =
+                                Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+                            info!(to = %to, "transferring");
+                            self.call_data = call_data(&session);
+                            match self.reach(target, ring, offer, route).await {
+                                Reached::Ended(end) => return end,
+                                Reached::CallerGone => return End::CallerHungUp,
+                                Reached::Failed => input = Some(Input::Failed),
+                            }
+                        }
+                        Effect::Hangup => {
+                            info!(keys = session.keys(), path = %session.position(), "flow hung up");
+                            self.bye_caller();
+                            return End::FlowHangup;
+                        }
+                    }
+                }
+                continue;
+            }
+            let deadline = timer.map(|(_, at)| at);
+            tokio::select! {
+                e = self.events.recv() => match e {
+                    None => return End::Refused,
+                    Some(CallEvent::Request { key, request, .. }) => {
+                        match self.caller_request(key, request) {
+                            CallerSaid::Bye => {
+                                info!(keys = session.keys(), path = %session.position(), "caller hung up in the flow");
+                                return End::CallerHungUp;
+                            }
+                            CallerSaid::Key(c) => input = Some(Input::Digit(c)),
+                            CallerSaid::Nothing => {}
+                        }
+                    }
+                    Some(CallEvent::AckTimeout) => {
+                        warn!("caller never acknowledged the answer; hanging up");
+                        self.bye_caller();
+                        return End::AckTimeout;
+                    }
+                    Some(other) => self.stray(other),
+                },
+                m = media.recv() => match m {
+                    Some(MediaEvent::Digit(c)) => input = Some(Input::Digit(c)),
+                    Some(MediaEvent::PlayDone(id)) => input = Some(Input::PlayDone(id)),
+                    None => {
+                        warn!("media engine stream gone; hanging up");
+                        self.bye_caller();
+                        return End::Refused;
+                    }
+                },
+                _ = crate::server::sleep_until(deadline.map(Instant::into_std)) => {
+                    if let Some((id, _)) = timer.take() {
+                        input = Some(Input::Timer(id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn bye_caller(&mut self) {
+        if let Some(mut d) = self.a_dialog.take() {
+            self.bye(&mut d, self.a_peer);
+            self.a_dialog = Some(d);
+        }
+    }
+
+    /// An in-dialog request from the caller before bridging.
+    pub(super) fn caller_request(&mut self, key: TxKey, req: Box<Request>) -> CallerSaid {
+        let Some(dialog) = self.a_dialog.as_mut() else {
+            self.stray(CallEvent::Request {
+                key,
+                request: req,
+                peer: self.a_peer,
+            });
+            return CallerSaid::Nothing;
+        };
+        let tag = dialog.local_tag.clone();
+        if !dialog.accept_request(&req) {
+            respond(
+                &self.ctx,
+                &key,
+                &req,
+                &tag,
+                500,
+                &[("Retry-After", "1")],
+                b"",
+            );
+            return CallerSaid::Nothing;
+        }
+        match req.method {
+            Method::Bye => {
+                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
+                CallerSaid::Bye
+            }
+            Method::Info => {
+                let ct = req.headers.get("content-type").unwrap_or_default();
+                let k = info_key(ct, &req.body);
+                // 200 for a key or an empty keep-alive; 415 for a body we cannot read.
+                let status = if k.is_some() || req.body.is_empty() {
+                    200
+                } else {
+                    415
+                };
+                respond(&self.ctx, &key, &req, &tag, status, &[], b"");
+                k.map_or(CallerSaid::Nothing, CallerSaid::Key)
+            }
+            Method::Invite | Method::Update => {
+                if !req.body.is_empty() {
+                    let Some(o) = offer_or_488(&self.ctx, &key, &req, &tag) else {
+                        return CallerSaid::Nothing;
+                    };
+                    if let Some(ivr) = &self.ivr {
+                        ivr.stream.remote(o.addr);
+                    }
+                }
+                let body = self.our_sdp(self.a_media(), 2, Direction::SendRecv);
+                let contact = self.contact(&self.a_peer);
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    &tag,
+                    200,
+                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                    body.as_bytes(),
+                );
+                CallerSaid::Nothing
+            }
+            Method::Options => {
+                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
+                CallerSaid::Nothing
+            }
+            _ => {
+                allow_only(&self.ctx, &key, &req, &tag, 405);
+                CallerSaid::Nothing
+            }
+        }
+    }
+
+    /// Waits until `until`, answering the caller; `false` if they hung up.
+    pub(super) async fn hold(&mut self, until: Instant) -> bool {
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                _ = tokio::time::sleep_until(until) => return true,
+            };
+            match event {
+                None => return false,
+                Some(CallEvent::Request { key, request, .. }) => {
+                    if let CallerSaid::Bye = self.caller_request(key, request) {
+                        info!("caller hung up while waiting");
+                        self.caller_gone = true;
+                        return false;
+                    }
+                }
+                Some(CallEvent::AckTimeout) => {
+                    self.bye_caller();
+                    self.caller_gone = true;
+                    return false;
+                }
+                Some(other) => self.stray(other),
+            }
+        }
+    }
+
+    /// The flow queued the call: music, then the seats; bridged until the end.
+    async fn queue(
+        &mut self,
+        catalog: &Catalog,
+        offer: &AudioOffer,
+        route: &Route,
+        queue: String,
+    ) -> End {
+        self.play(catalog, 0, &[HOLD_MUSIC.to_string()], false, true);
+        let route = Route {
+            queue,
+            ..route.clone()
+        };
+        let Some((reservation, b_leg)) = self.ring_agents(offer, &route).await else {
+            if self.caller_gone {
+                return End::CallerHungUp;
+            }
+            info!("no seat answered within max_wait");
+            self.play(catalog, 1, &[ALL_BUSY.to_string()], false, false);
+            let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
+            let notice = Duration::from_millis(20 * frames as u64 + 300);
+            if self.hold(Instant::now() + notice).await {
+                self.bye_caller();
+            }
+            return End::NoAgent;
+        };
+        let Some(a_dialog) = self.a_dialog.take() else {
+            return End::Refused;
+        };
+        self.bridge_to_end(a_dialog, b_leg, Some(reservation)).await
+    }
+
+    /// Offers the answered caller to a SIP target (a backend, a transfer).
+    async fn reach(
+        &mut self,
+        target: Option<SipTarget>,
+        ring: Duration,
+        offer: &AudioOffer,
+        route: &Route,
+    ) -> Reached {
+        let Some(target) = target else {
+            return Reached::Failed;
+        };
+        let seat = SeatContact {
+            agent: target.user.clone().unwrap_or_else(|| "backend".into()),
+            uri: target.uri.clone(),
+            peer: target.peer,
+        };
+        let mut rang = true;
+        match self
+            .offer_to(&seat, &target.uri, ring, offer, route, &mut rang)
+            .await
+        {
+            Offer::Answered(leg) => {
+                let Some(a_dialog) = self.a_dialog.take() else {
+                    return Reached::Ended(End::Refused);
+                };
+                Reached::Ended(self.bridge_to_end(a_dialog, *leg, None).await)
+            }
+            Offer::Next => Reached::Failed,
+            Offer::CallerGone => Reached::CallerGone,
+        }
+    }
+
+    /// Hands the caller's socket from the engine to a new relay (once).
+    pub(super) async fn bridge_media(&mut self) -> bool {
+        if self.relay.is_some() {
+            return true;
+        }
+        let (Some(ivr), Some(b)) = (self.ivr.take(), self.b_socket.take()) else {
+            return false;
+        };
+        let detached = ivr.stream.detach().await;
+        let Some(relay) = crate::media::relay::spawn_with(
+            self.ctx.shared.ports.clone(),
+            ivr.socket,
+            b,
+            detached.map(|d| d.numbering),
+            self.rtp_timeout(),
+            self.silent_tx.clone(),
+        ) else {
+            return false;
+        };
+        if let Some(d) = detached {
+            let _ = relay
+                .cmd
+                .send(crate::media::relay::RelayCmd::Remote(
+                    crate::media::relay::Side::A,
+                    d.remote,
+                ))
+                .await;
+        }
+        self.relay = Some(relay);
+        true
+    }
+}
+
+impl Drop for Call {
+    /// Ports of sockets no relay took go back to the pool.
+    fn drop(&mut self) {
+        let pool = &self.ctx.shared.ports;
+        let ivr = self.ivr.take().map(|i| i.socket);
+        for s in ivr.iter().chain(self.b_socket.iter()) {
+            if let Ok(addr) = s.local_addr() {
+                pool.release(addr.port());
+            }
+        }
+    }
+}
+
+/// The flow's data as `X-` headers for the far leg.
+fn call_data(session: &Session) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !session.keys().is_empty() {
+        out.push(("X-IVR-Keys".to_string(), session.keys().to_string()));
+    }
+    let trail = session.trail();
+    let recent = &trail[trail.len().saturating_sub(16)..];
+    out.push(("X-IVR-Path".to_string(), recent.join(",")));
+    for (k, v) in session.vars().iter().take(MAX_VAR_HEADERS) {
+        out.push((format!("X-IVR-Var-{k}"), v.clone()));
+    }
+    out
+}

@@ -1,0 +1,562 @@
+//! The media engine: a few threads that play prompts to many callers and hear
+//! their keys, on one clock per thread.
+//!
+//! Room: the sound room's machinery. Each engine thread owns a share of the
+//! IVR streams (a caller's RTP socket, a [`Player`], DTMF receivers). It
+//! sleeps in one readiness poll (mio) until the next 20 ms deadline or a
+//! socket has data; at the deadline it sends one frame for every playing
+//! stream in a single pass (one clock for all streams, not a timer each),
+//! and records how late the pass started. Keys come from RFC 4733
+//! telephone-events (the payload type the caller's SDP chose) or, when the
+//! caller offered none, from in-band tones (Goertzel). A key stops a
+//! barge-in prompt at once, in this thread, before the call task hears it.
+//!
+//! Calls talk to their stream through a [`Stream`] handle (commands over a
+//! channel, a wake-up of the poll) and hear [`MediaEvent`]s on a tokio
+//! channel. When the call is bridged, [`Stream::detach`] returns the socket's
+//! numbering so the relay continues the same RTP stream.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::{mpsc, oneshot};
+
+use super::dtmf::{Detector, EventReceiver};
+use super::player::{Law, Numbering, Player, PACKET};
+use super::prompts::Prompt;
+
+/// The pacing interval.
+pub const PTIME: Duration = Duration::from_millis(20);
+const WAKE: Token = Token(usize::MAX);
+/// Packets read from one socket per readiness event (fairness).
+const READ_BURST: usize = 32;
+
+/// What a stream tells its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A key the caller pressed.
+    Digit(char),
+    /// A play request finished (not sent for one a key or `stop` ended).
+    PlayDone(u64),
+}
+
+/// How a new stream is set up.
+#[derive(Debug)]
+pub struct StreamSetup {
+    /// The caller's RTP socket (the engine keeps a duplicate of it).
+    pub socket: std::net::UdpSocket,
+    /// Where to send (the caller's SDP); replaced by the first source heard.
+    pub remote: SocketAddr,
+    /// Codec.
+    pub law: Law,
+    /// The telephone-event payload type from the caller's offer.
+    pub telephone_event: Option<u8>,
+    /// Events for the call.
+    pub events: mpsc::Sender<MediaEvent>,
+}
+
+enum Cmd {
+    Add(u64, Box<StreamSetup>),
+    Play {
+        id: u64,
+        play_id: u64,
+        prompts: Vec<Arc<Prompt>>,
+        barge_in: bool,
+        looped: bool,
+    },
+    Stop(u64),
+    Remote(u64, SocketAddr),
+    Detach(u64, oneshot::Sender<Detached>),
+    Remove(u64),
+}
+
+/// A stream's state handed to whoever takes the socket over.
+#[derive(Debug, Clone, Copy)]
+pub struct Detached {
+    /// The player's numbering, to continue.
+    pub numbering: Numbering,
+    /// Where the caller's RTP came from (or its SDP address if none came).
+    pub remote: SocketAddr,
+}
+
+/// Figures of the engine, readable while it runs.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Streams now.
+    pub streams: AtomicUsize,
+    /// Pacing passes run.
+    pub ticks: AtomicU64,
+    /// Passes that started more than 2 ms late.
+    pub late_ticks: AtomicU64,
+    /// Latest start of a pass, microseconds after its deadline.
+    pub max_late_us: AtomicU64,
+    /// Packets sent.
+    pub sent: AtomicU64,
+    /// Keys heard.
+    pub digits: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Shard {
+    tx: std_mpsc::Sender<Cmd>,
+    waker: Arc<Waker>,
+}
+
+impl Shard {
+    fn send(&self, cmd: Cmd) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The engine: its threads and a way to add streams.
+pub struct Engine {
+    shards: Vec<Shard>,
+    next_id: AtomicU64,
+    /// Figures.
+    pub stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Starts `threads` engine threads (at least one).
+    pub fn start(threads: usize) -> std::io::Result<Engine> {
+        let stats = Arc::new(EngineStats::default());
+        let mut shards = Vec::new();
+        for i in 0..threads.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let (tx, rx) = std_mpsc::channel();
+            let st = stats.clone();
+            std::thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || run(poll, rx, &st))?;
+            shards.push(Shard { tx, waker });
+        }
+        Ok(Engine {
+            shards,
+            next_id: AtomicU64::new(1),
+            stats,
+        })
+    }
+
+    /// Adds a stream; the handle controls it and removes it when dropped.
+    pub fn add(&self, setup: StreamSetup) -> std::io::Result<Stream> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards[(id as usize) % self.shards.len()].clone();
+        let local = setup.socket.local_addr()?;
+        shard.send(Cmd::Add(id, Box::new(setup)));
+        Ok(Stream {
+            shard,
+            id,
+            local,
+            detached: false,
+        })
+    }
+}
+
+/// A call's handle on its stream.
+pub struct Stream {
+    shard: Shard,
+    id: u64,
+    /// Our RTP address for this caller.
+    pub local: SocketAddr,
+    detached: bool,
+}
+
+impl Stream {
+    /// Plays prompts (replacing what plays); `looped` repeats them until stopped.
+    pub fn play(&self, play_id: u64, prompts: Vec<Arc<Prompt>>, barge_in: bool, looped: bool) {
+        self.shard.send(Cmd::Play {
+            id: self.id,
+            play_id,
+            prompts,
+            barge_in,
+            looped,
+        });
+    }
+
+    /// Stops what plays.
+    pub fn stop(&self) {
+        self.shard.send(Cmd::Stop(self.id));
+    }
+
+    /// Where to send (after a re-INVITE).
+    pub fn remote(&self, addr: SocketAddr) {
+        self.shard.send(Cmd::Remote(self.id, addr));
+    }
+
+    /// Takes the stream out of the engine; the answer says where its RTP
+    /// numbering stands. The caller's socket stays with whoever kept the original.
+    pub async fn detach(mut self) -> Option<Detached> {
+        let (tx, rx) = oneshot::channel();
+        self.detached = true;
+        self.shard.send(Cmd::Detach(self.id, tx));
+        rx.await.ok()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.shard.send(Cmd::Remove(self.id));
+        }
+    }
+}
+
+struct Entry {
+    socket: UdpSocket,
+    remote: SocketAddr,
+    latched: bool,
+    law: Law,
+    telephone_event: Option<u8>,
+    player: Player,
+    events: mpsc::Sender<MediaEvent>,
+    rfc4733: EventReceiver,
+    inband: Option<Box<Detector>>,
+}
+
+impl Entry {
+    fn emit(&self, ev: MediaEvent) {
+        // A full channel means the call is stuck; losing a frame-level event
+        // is better than blocking every other stream of this thread.
+        let _ = self.events.try_send(ev);
+    }
+
+    fn receive(&mut self, buf: &mut [u8], stats: &EngineStats) {
+        for _ in 0..READ_BURST {
+            let (n, src) = match self.socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => continue,
+            };
+            if !self.latched {
+                self.remote = src;
+                self.latched = true;
+            } else if src != self.remote {
+                continue;
+            }
+            let Some((pt, ts, payload)) = rtp_payload(&buf[..n]) else {
+                continue;
+            };
+            let mut keys = Vec::new();
+            if Some(pt) == self.telephone_event {
+                keys.extend(self.rfc4733.handle(ts, payload));
+            } else if pt == self.law.pt() {
+                if let Some(det) = self.inband.as_mut() {
+                    let mut pcm = [0i16; 512];
+                    let len = payload.len().min(pcm.len());
+                    for (o, b) in pcm.iter_mut().zip(&payload[..len]) {
+                        *o = self.law.decode(*b);
+                    }
+                    keys = det.feed(&pcm[..len]);
+                }
+            }
+            for k in keys {
+                stats.digits.fetch_add(1, Ordering::Relaxed);
+                if self.player.barge_in() {
+                    self.player.stop();
+                }
+                self.emit(MediaEvent::Digit(k));
+            }
+        }
+    }
+}
+
+/// Payload type, timestamp and payload of an RTP packet (RFC 3550 §5.1),
+/// or `None` for anything else.
+pub fn rtp_payload(pkt: &[u8]) -> Option<(u8, u32, &[u8])> {
+    if pkt.len() < 12 || pkt[0] >> 6 != 2 {
+        return None;
+    }
+    let cc = (pkt[0] & 0x0f) as usize;
+    let mut start = 12 + 4 * cc;
+    if pkt[0] & 0x10 != 0 {
+        let ext = pkt.get(start + 2..start + 4)?;
+        start += 4 + 4 * u16::from_be_bytes([ext[0], ext[1]]) as usize;
+    }
+    let mut end = pkt.len();
+    if pkt[0] & 0x20 != 0 {
+        let pad = *pkt.last()? as usize;
+        end = end.checked_sub(pad)?;
+    }
+    if start > end {
+        return None;
+    }
+    let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+    Some((pkt[1] & 0x7f, ts, &pkt[start..end]))
+}
+
+fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
+    let mut events = Events::with_capacity(1024);
+    let mut streams: HashMap<u64, Entry> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    let mut frame = [0u8; PACKET];
+    let mut deadline = Instant::now() + PTIME;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
+            if e.kind() != ErrorKind::Interrupted {
+                tracing::error!(error = %e, "media engine poll failed");
+                std::thread::sleep(PTIME);
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKE {
+                continue;
+            }
+            if let Some(entry) = streams.get_mut(&(ev.token().0 as u64)) {
+                entry.receive(&mut buf, stats);
+            }
+        }
+        // Commands (the waker only interrupts the poll; the channel is the truth).
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => command(cmd, &mut streams, &poll, stats),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let now = Instant::now();
+        if now < deadline {
+            continue;
+        }
+        let late = now.duration_since(deadline);
+        stats.ticks.fetch_add(1, Ordering::Relaxed);
+        if late > Duration::from_millis(2) {
+            stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .max_late_us
+            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+        let mut sent = 0;
+        for entry in streams.values_mut() {
+            let t = entry.player.tick(&mut frame);
+            if let Some(n) = t.packet {
+                if entry.socket.send_to(&frame[..n], entry.remote).is_ok() {
+                    sent += 1;
+                }
+            }
+            if let Some(id) = t.done {
+                entry.emit(MediaEvent::PlayDone(id));
+            }
+        }
+        stats.sent.fetch_add(sent, Ordering::Relaxed);
+        deadline += PTIME;
+        // After a stall (a suspended machine), do not burst to catch up.
+        if now.duration_since(deadline) > Duration::from_millis(200) {
+            deadline = now + PTIME;
+        }
+    }
+}
+
+fn command(cmd: Cmd, streams: &mut HashMap<u64, Entry>, poll: &Poll, stats: &EngineStats) {
+    match cmd {
+        Cmd::Add(id, setup) => {
+            let Ok(dup) = setup.socket.try_clone() else {
+                return;
+            };
+            if dup.set_nonblocking(true).is_err() {
+                return;
+            }
+            let mut socket = UdpSocket::from_std(dup);
+            if poll
+                .registry()
+                .register(&mut socket, Token(id as usize), Interest::READABLE)
+                .is_err()
+            {
+                return;
+            }
+            let inband = setup
+                .telephone_event
+                .is_none()
+                .then(|| Box::new(Detector::new()));
+            streams.insert(
+                id,
+                Entry {
+                    socket,
+                    remote: setup.remote,
+                    latched: false,
+                    law: setup.law,
+                    telephone_event: setup.telephone_event,
+                    player: Player::new(setup.law, rand::random(), rand::random(), rand::random()),
+                    events: setup.events,
+                    rfc4733: EventReceiver::default(),
+                    inband,
+                },
+            );
+            stats.streams.store(streams.len(), Ordering::Relaxed);
+        }
+        Cmd::Play {
+            id,
+            play_id,
+            prompts,
+            barge_in,
+            looped,
+        } => {
+            if let Some(e) = streams.get_mut(&id) {
+                e.player.play(play_id, prompts, barge_in, looped);
+            }
+        }
+        Cmd::Stop(id) => {
+            if let Some(e) = streams.get_mut(&id) {
+                e.player.stop();
+            }
+        }
+        Cmd::Remote(id, addr) => {
+            if let Some(e) = streams.get_mut(&id) {
+                e.remote = addr;
+                e.latched = false;
+            }
+        }
+        Cmd::Detach(id, reply) => {
+            if let Some(mut e) = streams.remove(&id) {
+                let _ = poll.registry().deregister(&mut e.socket);
+                let _ = reply.send(Detached {
+                    numbering: e.player.numbering(),
+                    remote: e.remote,
+                });
+            }
+            stats.streams.store(streams.len(), Ordering::Relaxed);
+        }
+        Cmd::Remove(id) => {
+            if let Some(mut e) = streams.remove(&id) {
+                let _ = poll.registry().deregister(&mut e.socket);
+            }
+            stats.streams.store(streams.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::TelephoneEvent;
+    use crate::media::prompts::FRAME;
+
+    fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        b.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        (a, b)
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn stream(
+        engine: &Engine,
+        law: Law,
+        telephone_event: Option<u8>,
+    ) -> (Stream, std::net::UdpSocket, mpsc::Receiver<MediaEvent>) {
+        let (ours, caller) = pair();
+        let (tx, rx) = mpsc::channel(16);
+        let stream = engine
+            .add(StreamSetup {
+                socket: ours,
+                remote: caller.local_addr().expect("addr"),
+                law,
+                telephone_event,
+                events: tx,
+            })
+            .expect("add");
+        (stream, caller, rx)
+    }
+
+    #[tokio::test]
+    async fn plays_frames_and_hears_rfc4733_with_barge_in() {
+        let engine = Engine::start(1).expect("engine");
+        let (stream, caller, mut rx) = stream(&engine, Law::Pcmu, Some(96));
+        let prompt = Arc::new(Prompt::from_linear("t", &vec![1234i16; 50 * FRAME]));
+        stream.play(1, vec![prompt.clone()], true, false);
+        let mut buf = [0u8; 2048];
+        let (n, from) = caller.recv_from(&mut buf).expect("a frame");
+        assert_eq!(from, stream.local);
+        assert_eq!(n, PACKET);
+        assert_eq!(buf[1], 0x80, "marker + PCMU on the first packet");
+        assert_eq!(&buf[12..n], &prompt.pcmu[..FRAME]);
+        // Press 5 (event 5), with the usual three end retransmissions.
+        for (i, end) in [false, false, true, true, true].into_iter().enumerate() {
+            let ev = TelephoneEvent {
+                event: 5,
+                end,
+                volume: 10,
+                duration: 160 * (i as u16 + 1),
+            };
+            caller
+                .send_to(&rtp(96, i as u16, 4242, &ev.write()), stream.local)
+                .expect("send");
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(ev.expect("in time"), Some(MediaEvent::Digit('5')));
+        // Barge-in stopped the prompt: no PlayDone, and frames stop coming.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx.try_recv().is_err(), "one key, reported once");
+        caller
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .expect("timeout");
+        while caller.recv_from(&mut buf).is_ok() {}
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(caller.recv_from(&mut buf).is_err(), "prompt stopped");
+        let detached = stream.detach().await.expect("detached");
+        assert_eq!(detached.remote, caller.local_addr().expect("addr"));
+    }
+
+    #[tokio::test]
+    async fn inband_tones_when_no_telephone_event() {
+        let engine = Engine::start(1).expect("engine");
+        let (stream, caller, mut rx) = stream(&engine, Law::Pcma, None);
+        // 60 ms of "9" (852 + 1477 Hz) then silence, as A-law frames.
+        let tone: Vec<i16> = (0..FRAME * 8)
+            .map(|i| {
+                if i < 480 {
+                    let t = i as f32 / 8000.0;
+                    let w = |f: f32| (2.0 * std::f32::consts::PI * f * t).sin();
+                    (6000.0 * (w(852.0) + w(1477.0))) as i16
+                } else {
+                    0
+                }
+            })
+            .collect();
+        for (i, chunk) in tone.chunks(FRAME).enumerate() {
+            let payload: Vec<u8> = chunk
+                .iter()
+                .map(|s| audio_codec_algorithms::encode_alaw(*s))
+                .collect();
+            caller
+                .send_to(&rtp(8, i as u16, 160 * i as u32, &payload), stream.local)
+                .expect("send");
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(ev.expect("in time"), Some(MediaEvent::Digit('9')));
+        drop(stream);
+    }
+
+    #[test]
+    fn rtp_payload_bounds() {
+        assert_eq!(rtp_payload(&[0x80; 11]), None);
+        let mut p = rtp(0, 1, 2, &[1, 2, 3]);
+        assert_eq!(rtp_payload(&p), Some((0, 2, &[1u8, 2, 3][..])));
+        p[0] |= 0x20; // padding longer than the packet
+        *p.last_mut().expect("byte") = 200;
+        assert_eq!(rtp_payload(&p), None);
+        let mut x = rtp(0, 1, 2, &[]);
+        x[0] |= 0x10; // extension header missing
+        assert_eq!(rtp_payload(&x), None);
+        x[0] = 0x8f; // 15 CSRCs, none present
+        assert_eq!(rtp_payload(&x), None);
+    }
+}
