@@ -88,6 +88,8 @@ pub enum AdminCommand {
     SwitchList,
     /// Live figures of the running server (calls, free RTP ports).
     Status,
+    /// Reload flows, prompts and calendars in the running server (as SIGHUP does).
+    Reload,
     /// Import a plan file's text.
     RoutesImport {
         /// The file's name, for error messages.
@@ -209,7 +211,9 @@ pub fn execute(
             Ok(json!({ "switch": name, "on": on }))
         }
         AdminCommand::SwitchList => Ok(json!({ "on": store.switches_on()? })),
-        AdminCommand::Status => bail!("the server is not running (no admin socket)"),
+        AdminCommand::Status | AdminCommand::Reload => {
+            bail!("the server is not running (no admin socket)")
+        }
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;
             Ok(json!({ "imported": n }))
@@ -222,16 +226,13 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
 
-/// Live figures, provided by the running server.
-pub type StatusFn = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+/// Commands only the running server can answer (status, reload); `None` for
+/// the others, which go to the store.
+pub type LiveFn =
+    std::sync::Arc<dyn Fn(&AdminCommand) -> Option<Result<Value, String>> + Send + Sync>;
 
 /// Serves the admin socket (one JSON command per line, one JSON answer per line).
-pub async fn serve(
-    path: PathBuf,
-    store: Store,
-    realm: String,
-    status: StatusFn,
-) -> anyhow::Result<()> {
+pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
@@ -248,14 +249,25 @@ pub async fn serve(
             };
             let store = store.clone();
             let realm = realm.clone();
-            let status = status.clone();
+            let live = live.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r.take(MAX_COMMAND_BYTES)).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let answer = match serde_json::from_str::<AdminCommand>(&line) {
-                        Ok(AdminCommand::Status) => json!({ "ok": true, "result": status() }),
+                    let parsed = serde_json::from_str::<AdminCommand>(&line);
+                    let live_answer = match &parsed {
                         Ok(cmd) => {
+                            let (live, cmd) = (live.clone(), cmd.clone());
+                            tokio::task::spawn_blocking(move || live(&cmd))
+                                .await
+                                .unwrap_or_else(|e| Some(Err(e.to_string())))
+                        }
+                        Err(_) => None,
+                    };
+                    let answer = match (parsed, live_answer) {
+                        (_, Some(Ok(v))) => json!({ "ok": true, "result": v }),
+                        (_, Some(Err(e))) => json!({ "ok": false, "error": e }),
+                        (Ok(cmd), None) => {
                             let store = store.clone();
                             let realm = realm.clone();
                             let now = crate::server::now_unix();
@@ -270,7 +282,7 @@ pub async fn serve(
                                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
                             }
                         }
-                        Err(e) => {
+                        (Err(e), None) => {
                             json!({ "ok": false, "error": format!("bad admin command: {e}") })
                         }
                     };

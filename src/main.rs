@@ -44,6 +44,9 @@ enum Command {
     },
     /// Live figures of the running server.
     Status,
+    /// Reload flows, prompts and calendars now (the server also reloads on
+    /// SIGHUP and when files change). A bad edit is refused; the old version stays.
+    Reload,
     /// Drive a running server with SIP and RTP load over loopback and report.
     Load(yihaotong::load::LoadOptions),
     /// The number plan.
@@ -244,6 +247,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
+        Command::Reload => run_admin(AdminCommand::Reload),
         Command::Load(opts) => load(opts, &data_dir, &realm),
         Command::Agents { action } => run_admin(match action {
             AgentsAction::Add {
@@ -347,8 +351,13 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let realm = settings.sip.domain.clone();
         let server = Server::start(settings, store.clone()).await?;
         let shared = server.shared.clone();
-        let status: admin::StatusFn = std::sync::Arc::new(move || shared.status());
-        admin::serve(socket.clone(), store.clone(), realm, status).await?;
+        yihaotong::server::watch_reloads(shared.clone())?;
+        let live: admin::LiveFn = std::sync::Arc::new(move |cmd| match cmd {
+            AdminCommand::Status => Some(Ok(shared.status())),
+            AdminCommand::Reload => Some(shared.reload()),
+            _ => None,
+        });
+        admin::serve(socket.clone(), store.clone(), realm, live).await?;
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
         tokio::signal::ctrl_c().await?;
         tracing::info!("shutting down");

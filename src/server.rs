@@ -120,6 +120,10 @@ pub struct Shared {
     pub catalog: std::sync::RwLock<Arc<Catalog>>,
     /// Plays prompts and hears keys for IVR calls.
     pub engine: Engine,
+    /// Catalog versions taken since start (0 = the one loaded at start).
+    pub catalog_version: std::sync::atomic::AtomicU64,
+    /// Serializes reloads (a file watch and a SIGHUP at once).
+    reloading: Mutex<()>,
 }
 
 impl Shared {
@@ -130,6 +134,7 @@ impl Shared {
             "rtp_ports_free": self.ports.available(),
             "rtp_ports_total": self.ports.total(),
             "flows": self.catalog().flows.len(),
+            "catalog_version": self.catalog_version.load(Relaxed),
             "prompts": self.catalog().prompts.len(),
             "media": {
                 "streams": self.engine.stats.streams.load(Relaxed),
@@ -140,6 +145,50 @@ impl Shared {
                 "keys_heard": self.engine.stats.digits.load(Relaxed),
             },
         })
+    }
+
+    /// Loads flows, prompts and calendars again and, if nothing has an
+    /// error, makes them the version new calls get. Calls in progress keep
+    /// theirs. On any error the running version stays and the errors are
+    /// logged and returned.
+    pub fn reload(&self) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let loaded = crate::ivr::load(&self.settings);
+        for d in &loaded.diagnostics {
+            tracing::warn!("{d}");
+        }
+        if loaded.errors() > 0 {
+            tracing::error!(
+                errors = loaded.errors(),
+                "reload refused; the running flows stay"
+            );
+            let list: Vec<String> = loaded
+                .diagnostics
+                .iter()
+                .filter(|d| !d.warning)
+                .map(|d| d.to_string())
+                .collect();
+            return Err(format!(
+                "reload refused, the running flows stay:\n{}",
+                list.join("\n")
+            ));
+        }
+        let c = loaded.catalog;
+        let summary = serde_json::json!({
+            "flows": c.flows.len(),
+            "prompts": c.prompts.len(),
+            "calendars": c.calendars.len(),
+            "warnings": loaded.diagnostics.len(),
+            "millis": started.elapsed().as_millis() as u64,
+        });
+        match self.catalog.write() {
+            Ok(mut slot) => *slot = Arc::new(c),
+            Err(p) => *p.into_inner() = Arc::new(c),
+        }
+        let version = self.catalog_version.fetch_add(1, Relaxed) + 1;
+        tracing::info!(version, %summary, "flows and prompts reloaded");
+        Ok(summary)
     }
 
     /// The catalog new calls get.
@@ -236,6 +285,8 @@ impl Server {
             live_calls: AtomicUsize::new(0),
             catalog: std::sync::RwLock::new(Arc::new(catalog)),
             engine,
+            catalog_version: Default::default(),
+            reloading: Mutex::new(()),
             store,
             settings,
         });
@@ -599,6 +650,44 @@ impl Worker {
             caller_agent,
         ));
     }
+}
+
+/// Reloads on SIGHUP and when anything under `flows_dir` or `sounds_dir`
+/// changes (after a 300 ms quiet period, so an editor's burst of writes is
+/// one reload).
+pub fn watch_reloads(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut rx) = mpsc::channel::<&'static str>(8);
+    let file_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = file_tx.try_send("file change");
+        }
+    })?;
+    for dir in [&shared.settings.flows_dir, &shared.settings.sounds_dir] {
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::Recursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "not watching for changes (SIGHUP and `yihaotong reload` still work)");
+        }
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send("SIGHUP").await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _watcher = watcher; // lives as long as this task
+        while let Some(why) = rx.recv().await {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            tracing::info!(why, "reloading flows and prompts");
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        }
+    });
+    Ok(())
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -218,3 +218,158 @@ fn a_backend_that_refuses_falls_back_to_the_seats() {
     agent.reply(server.sip, &bye, 200, "agt");
     server.assert_idle();
 }
+
+fn catalog_version(server: &TestServer) -> u64 {
+    let (ok, out) = server.cli(&["status"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("status is JSON");
+    v["catalog_version"].as_u64().expect("catalog_version")
+}
+
+fn wait_version_at_least(server: &TestServer, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = catalog_version(server);
+        if v >= want {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload seen (version {v})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_reload_reaches_new_calls_only_and_a_bad_edit_is_refused() {
+    let flows = tempfile::tempdir().expect("tempdir");
+    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ivr-flows");
+    for entry in std::fs::read_dir(&bundled).expect("flows") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, flows.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let dir = flows.path().display().to_string();
+    let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", &dir)]);
+    server.add_agent("4001", "s3cret", "hrss");
+    server.add_agent("4002", "s3cret", "duty");
+    let mut old_seat = Phone::new("4001");
+    let mut new_seat = Phone::new("4002");
+    assert_eq!(old_seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    assert_eq!(new_seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+
+    // Call A starts on the shipped 12333 flow.
+    let mut a = Phone::new("13800000011");
+    let mut da = answer_ivr(&server, &mut a, "12333", None);
+
+    // A new version: another greeting, then the duty queue.
+    let new_flow = "start = \"hello\"\n[nodes.hello]\nplay = \"housing/welcome\"\nnext = \"seats\"\n[nodes.seats]\nqueue = \"duty\"\n";
+    std::fs::write(flows.path().join("12333.toml"), new_flow).expect("write");
+    let version = wait_version_at_least(&server, 1);
+
+    // Call B gets it: the new greeting, the new path.
+    let mut b = Phone::new("13800000012");
+    let mut db = answer_ivr(&server, &mut b, "12333", None);
+    let heard = b.record_rtp(1.5);
+    let c = correlation(&decode_pcmu(&heard), &source("housing/welcome"));
+    assert!(c > 0.95, "new greeting correlation {c}");
+    let inv_b = new_seat
+        .request("INVITE", 10.0)
+        .expect("B reaches the duty seat");
+    assert_eq!(
+        inv_b.headers.get("x-ivr-path"),
+        Some("12333/hello,12333/seats")
+    );
+
+    // Call A still walks the version it started with.
+    a.in_dialog_typed(server.sip, &mut da, "INFO", "application/dtmf", "0");
+    let inv_a = old_seat
+        .request("INVITE", 15.0)
+        .expect("A reaches the hrss seat");
+    assert_eq!(
+        inv_a.headers.get("x-ivr-path"),
+        Some("12333/welcome,12333/menu,12333/seats")
+    );
+
+    // A bad edit is refused, by the file watch and by `yihaotong reload`,
+    // with the file and line; the last good version stays.
+    std::fs::write(
+        flows.path().join("12333.toml"),
+        "start = \"hello\"\n[nodes.hello]\nplya = \"x\"\n",
+    )
+    .expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let (ok, out) = server.cli(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("12333.toml:3:1: unknown field `plya`"),
+        "{out}"
+    );
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(
+        catalog_version(&server),
+        version,
+        "refused reloads change nothing"
+    );
+    let mut c3 = Phone::new("13800000013");
+    let mut dc = answer_ivr(&server, &mut c3, "12333", None);
+    let inv_c = new_seat
+        .request("INVITE", 10.0)
+        .expect("C still gets the good new version");
+    assert_eq!(
+        inv_c.headers.get("x-ivr-path"),
+        Some("12333/hello,12333/seats")
+    );
+
+    for (phone, d) in [(&mut a, &mut da), (&mut b, &mut db), (&mut c3, &mut dc)] {
+        phone.in_dialog(server.sip, d, "BYE", "");
+        assert_eq!(phone.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    }
+    server.assert_idle();
+}
+
+#[test]
+fn check_names_the_file_line_and_column_of_each_flow_error() {
+    let server = TestServer::start();
+    let flows = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        flows.path().join("broken.toml"),
+        "start = \"menu\"\n[nodes.menu]\nmenu = \"hrss/menu\"\nkeys = { \"1\" = \"nowhere\" }\ntimeout = \"5 s\"\n",
+    )
+    .expect("write");
+    let dir = flows.path().display().to_string();
+    let mut env = vec!["--config".to_string()];
+    let cfg = server.dir.path().join("y.toml");
+    std::fs::write(&cfg, format!("flows_dir = \"{dir}\"\n")).expect("write");
+    env.push(cfg.display().to_string());
+    env.push("check".into());
+    let args: Vec<&str> = env.iter().map(String::as_str).collect();
+    let (ok, out) = server.cli(&args);
+    assert!(!ok, "{out}");
+    let file = flows.path().join("broken.toml").display().to_string();
+    assert!(
+        out.contains(&format!(
+            "{file}:4:16: node `menu`: key \"1\": unknown node `nowhere`"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{file}:5:11: node `menu`: field `timeout`: \"5 s\" is not a duration"
+        )),
+        "{out}"
+    );
+    // The routes of the shipped plan now name flows this folder lacks.
+    assert!(
+        out.contains("route 12345: flow `12345` does not exist"),
+        "{out}"
+    );
+}
