@@ -1,6 +1,9 @@
 //! Interop with an independent peer: SIPp (Debian `sip-tester`) as the agent
 //! softphone (REGISTER with digest, answers, echoes RTP) and as the trunk
-//! (places a call to 123450 (the no-greeting seat line), plays G.711 RTP from a pcap, hangs up).
+//! (places a call to 123450, the no-greeting seat line, plays RTP from a
+//! pcap, hangs up); and as trunk and backend of the 12333 IVR: the trunk
+//! presses 1 with SIPp's own RFC 2833 pcap and the backend UAS must receive
+//! the hand-off with that key in its headers.
 //!
 //! Without `sipp` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
@@ -172,4 +175,68 @@ fn sipp_agent_registers_and_answers_a_sipp_trunk_call() {
         let (code, errors) = answering.join().expect("agent thread");
         assert_eq!(code, 0, "SIPp agent failed: {errors}");
     });
+}
+
+#[test]
+fn sipp_trunk_presses_1_on_12333_and_lands_on_a_sipp_backend() {
+    if !sipp_available() {
+        return;
+    }
+    let backend_port = free_port().to_string();
+    let backend_uri = format!("sip:12333@127.0.0.1:{backend_port}");
+    let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri)]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let backend_dir = work.path().join("backend");
+    let trunk_dir = work.path().join("trunk");
+    for d in [&backend_dir, &trunk_dir] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let backend_media = free_port().to_string();
+    std::thread::scope(|s| {
+        let backend = s.spawn(|| {
+            sipp(
+                &backend_dir,
+                &server,
+                &[
+                    "-sf",
+                    &scenario("backend_answer.xml"),
+                    "-p",
+                    &backend_port,
+                    "-mi",
+                    "127.0.0.1",
+                    "-mp",
+                    &backend_media,
+                    "-rtp_echo",
+                ],
+                Duration::from_secs(45),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let trunk_port = free_port().to_string();
+        let trunk_media = free_port().to_string();
+        let (code, errors) = sipp(
+            &trunk_dir,
+            &server,
+            &[
+                "-sf",
+                &scenario("trunk_ivr.xml"),
+                "-s",
+                "12333",
+                "-p",
+                &trunk_port,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &trunk_media,
+            ],
+            Duration::from_secs(40),
+        );
+        assert_eq!(code, 0, "SIPp trunk failed: {errors}");
+        let (code, errors) = backend.join().expect("backend thread");
+        assert_eq!(
+            code, 0,
+            "SIPp backend failed (no hand-off with X-IVR-Keys: 1?): {errors}"
+        );
+    });
+    server.assert_idle();
 }

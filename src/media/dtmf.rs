@@ -431,6 +431,38 @@ mod tests {
         assert_eq!(detect(&noise), "");
     }
 
+    /// Q.24 talk-off: speech must not make digits. Every bundled speech
+    /// prompt (Mandarin and English) and the hold music, decoded, through
+    /// G.711 and back as a caller's audio would be, must yield none.
+    #[test]
+    fn no_digits_from_speech_and_music() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sounds");
+        let (cache, errors) = crate::media::prompts::PromptCache::load(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(cache.len() >= 10, "bundled prompts present");
+        let mut seconds = 0.0;
+        for name in cache.names() {
+            let p = cache.get(&name).expect("prompt");
+            for law in [&p.pcmu, &p.pcma] {
+                let mut d = Detector::new();
+                let pcm: Vec<i16> = law
+                    .iter()
+                    .map(|b| {
+                        if std::ptr::eq(law, &p.pcmu) {
+                            audio_codec_algorithms::decode_ulaw(*b)
+                        } else {
+                            audio_codec_algorithms::decode_alaw(*b)
+                        }
+                    })
+                    .collect();
+                let keys: Vec<char> = pcm.chunks(160).flat_map(|f| d.feed(f)).collect();
+                assert!(keys.is_empty(), "talk-off in {name}: {keys:?}");
+                seconds += pcm.len() as f64 / 8000.0;
+            }
+        }
+        assert!(seconds > 60.0, "only {seconds} s of audio checked");
+    }
+
     #[test]
     fn rfc4733_events_reported_once() {
         let mut rx = EventReceiver::default();
