@@ -1,10 +1,15 @@
-//! Media hot paths: in-band DTMF detection on one 20 ms frame, and the relay's
-//! per-packet rewrite. Run: `cargo bench --bench media`.
+//! Media hot paths: in-band DTMF detection on one 20 ms frame, the relay's
+//! per-packet rewrite, the IVR player's frame generation, and the media
+//! engine's RTP payload parse. Run: `cargo bench --bench media`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
 use yihaotong::media::dtmf::Detector;
+use yihaotong::media::engine::rtp_payload;
+use yihaotong::media::player::{Law, Player, PACKET};
+use yihaotong::media::prompts::{Prompt, FRAME};
 use yihaotong::media::relay::Rewriter;
 
 fn bench(c: &mut Criterion) {
@@ -34,5 +39,19 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+fn player(c: &mut Criterion) {
+    // A 60 s looped prompt (music on hold): every tick writes one packet.
+    let prompt = Arc::new(Prompt::from_linear("moh", &vec![1000i16; 3000 * FRAME]));
+    let mut player = Player::new(Law::Pcma, 7, 0, 0);
+    player.play(1, vec![prompt], false, true);
+    let mut buf = [0u8; PACKET];
+    c.bench_function("media/player_tick_one_frame", |b| {
+        b.iter(|| black_box(player.tick(black_box(&mut buf))))
+    });
+    c.bench_function("media/engine_rtp_payload_parse", |b| {
+        b.iter(|| black_box(rtp_payload(black_box(&buf))))
+    });
+}
+
+criterion_group!(benches, bench, player);
 criterion_main!(benches);

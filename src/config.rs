@@ -53,6 +53,8 @@ pub struct IvrSettings {
     pub max_steps: u32,
     /// Media engine threads (each paces and polls its share of IVR streams).
     pub media_threads: usize,
+    /// Ask for SCHED_FIFO for the media threads.
+    pub media_realtime: bool,
 }
 
 /// One agent queue.

@@ -141,6 +141,9 @@ impl Shared {
                 "ticks": self.engine.stats.ticks.load(Relaxed),
                 "late_ticks_over_2ms": self.engine.stats.late_ticks.load(Relaxed),
                 "max_late_us": self.engine.stats.max_late_us.load(Relaxed),
+                "late_p50_us_at_most": self.engine.stats.late_quantile_us(0.5),
+                "late_p99_us_at_most": self.engine.stats.late_quantile_us(0.99),
+                "late_p999_us_at_most": self.engine.stats.late_quantile_us(0.999),
                 "packets_sent": self.engine.stats.sent.load(Relaxed),
                 "keys_heard": self.engine.stats.digits.load(Relaxed),
             },
@@ -245,7 +248,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let engine = Engine::start(media_threads)
+        let engine = Engine::start(media_threads, settings.ivr.media_realtime)
             .map_err(|e| anyhow::anyhow!("cannot start the media engine: {e}"))?;
         let (sockets, listener) = SipSockets::bind(settings.sip.listen).await.map_err(|e| {
             anyhow::anyhow!(

@@ -71,5 +71,24 @@ fn queue_and_register_scenarios_complete_with_audio() {
         ],
     );
     assert_eq!(r["completed"], 200, "{r}");
+
+    // IVR callers on 12345: answered by the flow, prompts arrive evenly.
+    let r = report(
+        &server,
+        &[
+            "--scenario",
+            "ivr",
+            "--calls",
+            "8",
+            "--concurrency",
+            "8",
+            "--talk-ms",
+            "1000",
+            "--check",
+        ],
+    );
+    assert_eq!(r["completed"], 8, "{r}");
+    let heard = r["caller_rtp"]["received"].as_u64().unwrap_or(0);
+    assert!(heard >= 8 * 30, "prompt packets at the callers: {r}");
     server.assert_idle();
 }

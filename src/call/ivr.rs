@@ -130,7 +130,7 @@ pub(super) async fn start_flow(
         return End::Refused;
     };
     let pool = ctx.shared.ports.clone();
-    let (Some(a), Some(b)) = (pool.bind(), pool.bind()) else {
+    let Some(a) = pool.bind() else {
         return no_ports(&ctx, &a_key, &invite, &a_tag);
     };
     let (media_tx, media_rx) = mpsc::channel(64);
@@ -145,8 +145,6 @@ pub(super) async fn start_flow(
     });
     let caller = invite.core.from.user.clone().unwrap_or_default();
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
-    call.b_addr = b.local_addr().unwrap_or(offer.addr);
-    call.b_socket = Some(b);
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
@@ -479,6 +477,24 @@ impl Call {
             Offer::Next => Reached::Failed,
             Offer::CallerGone => Reached::CallerGone,
         }
+    }
+
+    /// Binds the far leg's port when the flow first offers the call out (an
+    /// IVR caller who never gets that far never holds a second port).
+    pub(super) fn far_port(&mut self) -> bool {
+        if self.relay.is_some() || self.b_socket.is_some() {
+            return true;
+        }
+        let Some(b) = self.ctx.shared.ports.bind() else {
+            warn!("no RTP port for the far leg");
+            return false;
+        };
+        let Ok(addr) = b.local_addr() else {
+            return false;
+        };
+        self.b_addr = addr;
+        self.b_socket = Some(b);
+        true
     }
 
     /// Hands the caller's socket from the engine to a new relay (once).

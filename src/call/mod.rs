@@ -485,6 +485,9 @@ impl Call {
         route: &Route,
         rang_caller: &mut bool,
     ) -> Offer {
+        if !self.far_port() {
+            return Offer::Next;
+        }
         let shared = self.ctx.shared.clone();
         let call_id = self.new_call_id();
         let caller = self

@@ -33,6 +33,10 @@ pub enum Scenario {
     Register,
     /// The full path: trunk call → queue → agent answers → talk → hang up.
     Queue,
+    /// IVR callers: dial a flow number (default 12345), listen to its prompts
+    /// and hold music for --talk-ms while sending RTP, hang up. Measures how
+    /// evenly the server's media engine paces many prompt streams.
+    Ivr,
 }
 
 /// What to run.
@@ -71,9 +75,10 @@ pub struct LoadOptions {
     /// Queue the provisioned agents serve.
     #[arg(long, default_value = "main")]
     pub queue: String,
-    /// Number the callers dial.
-    #[arg(long, default_value = "123450")]
-    pub number: String,
+    /// Number the callers dial (default: 123450, the no-greeting seat line,
+    /// for `queue`; 12345, a flow, for `ivr`).
+    #[arg(long)]
+    pub number: Option<String>,
     /// Milliseconds an agent rings before answering.
     #[arg(long, default_value_t = 200)]
     pub ring_ms: u64,
@@ -92,6 +97,19 @@ pub struct LoadOptions {
     /// Exit non-zero unless every call completed and audio arrived both ways.
     #[arg(long)]
     pub check: bool,
+}
+
+impl LoadOptions {
+    /// The number the callers dial.
+    pub fn dialed(&self) -> String {
+        self.number.clone().unwrap_or_else(|| {
+            if self.scenario == Scenario::Ivr {
+                "12345".into()
+            } else {
+                "123450".into()
+            }
+        })
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -214,9 +232,12 @@ impl Report {
     /// calls, audio arrived at both ends.
     pub fn all_good(&self) -> bool {
         let done = self.completed + self.abandoned == self.attempted && self.failed.is_empty();
-        let audio = self.scenario != Scenario::Queue
-            || self.completed == 0
-            || (self.caller_rtp.received > 0 && self.agent_rtp.received > 0);
+        let audio = match self.scenario {
+            Scenario::Register => true,
+            _ if self.completed == 0 => true,
+            Scenario::Queue => self.caller_rtp.received > 0 && self.agent_rtp.received > 0,
+            Scenario::Ivr => self.caller_rtp.received > 0,
+        };
         done && audio
     }
 
@@ -247,14 +268,17 @@ impl Report {
             "INVITE → 180"
         };
         line(&mut out, first, p(&self.setup_180_ms));
-        if self.scenario == Scenario::Queue {
+        if self.scenario != Scenario::Register {
             line(&mut out, "INVITE → 200", p(&self.setup_200_ms));
             line(&mut out, "200 → first audio", p(&self.first_audio_ms));
             line(&mut out, "harness pacer lateness", p(&self.pacer_late_ms));
-            for (name, s) in [
-                ("RTP at callers", &self.caller_rtp),
-                ("RTP at agents", &self.agent_rtp),
-            ] {
+            let agents = [("RTP at agents", &self.agent_rtp)];
+            let streams = [("RTP at callers", &self.caller_rtp)].into_iter().chain(
+                agents
+                    .into_iter()
+                    .filter(|_| self.scenario == Scenario::Queue),
+            );
+            for (name, s) in streams {
                 line(
                     &mut out,
                     name,
@@ -282,7 +306,11 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
     let metrics = Arc::new(Metrics::new());
     let pacer = rtp::Pacer::start();
     let agents = ua::Seats::start(&opts, metrics.clone(), pacer.clone()).await?;
-    let registered = agents.register_all(&opts).await;
+    let registered = if opts.scenario == Scenario::Ivr {
+        0
+    } else {
+        agents.register_all(&opts).await
+    };
     if opts.scenario == Scenario::Queue {
         anyhow::ensure!(
             registered > 0,
@@ -324,7 +352,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
                 let o = opts.clone();
                 tasks.spawn(async move { a.register_one(&o, i).await });
             }
-            Scenario::Queue => {
+            Scenario::Queue | Scenario::Ivr => {
                 let c = callers.clone();
                 let abandon = rand::random::<f64>() < opts.abandon;
                 tasks.spawn(async move { c.call(i, abandon).await });
@@ -360,7 +388,9 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         }
     }
     progress.finish_and_clear();
-    agents.unregister_all(&opts).await;
+    if registered > 0 {
+        agents.unregister_all(&opts).await;
+    }
     let seconds = started.elapsed().as_secs_f64();
     let attempted = metrics.attempted.load(Ordering::Relaxed);
     let get = |h: &Mutex<Histogram<u64>>| h.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();

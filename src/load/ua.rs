@@ -443,7 +443,7 @@ impl Callers {
             ep: Endpoint::bind(opts.bind, opts.server, None).await?,
             metrics,
             pacer,
-            number: opts.number.clone(),
+            number: opts.dialed(),
             talk: Duration::from_millis(opts.talk_ms),
             bind: opts.bind,
         })

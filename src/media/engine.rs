@@ -32,6 +32,35 @@ use super::dtmf::{Detector, EventReceiver};
 use super::player::{Law, Numbering, Player, PACKET};
 use super::prompts::Prompt;
 
+/// Upper bounds (µs) of the lateness buckets in [`EngineStats`].
+pub const LATE_BOUNDS_US: [u64; 8] = [100, 250, 500, 1000, 2000, 5000, 10000, 20000];
+
+impl EngineStats {
+    /// The lateness below which a fraction `q` of passes started, as the
+    /// upper bound of its bucket in µs (`None` past the last bound, or with
+    /// no passes yet).
+    pub fn late_quantile_us(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .late_buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return LATE_BOUNDS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
 /// The pacing interval.
 pub const PTIME: Duration = Duration::from_millis(20);
 const WAKE: Token = Token(usize::MAX);
@@ -97,6 +126,8 @@ pub struct EngineStats {
     pub late_ticks: AtomicU64,
     /// Latest start of a pass, microseconds after its deadline.
     pub max_late_us: AtomicU64,
+    /// Passes by lateness: up to each of [`LATE_BOUNDS_US`], and beyond the last.
+    pub late_buckets: [AtomicU64; LATE_BOUNDS_US.len() + 1],
     /// Packets sent.
     pub sent: AtomicU64,
     /// Keys heard.
@@ -126,8 +157,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts `threads` engine threads (at least one).
-    pub fn start(threads: usize) -> std::io::Result<Engine> {
+    /// Starts `threads` engine threads (at least one). With `realtime` each
+    /// asks for SCHED_FIFO; without the privilege it says so once and runs at
+    /// normal priority.
+    pub fn start(threads: usize, realtime: bool) -> std::io::Result<Engine> {
         let stats = Arc::new(EngineStats::default());
         let mut shards = Vec::new();
         for i in 0..threads.max(1) {
@@ -137,7 +170,16 @@ impl Engine {
             let st = stats.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
-                .spawn(move || run(poll, rx, &st))?;
+                .spawn(move || {
+                    if realtime {
+                        if let Err(e) = make_realtime() {
+                            if i == 0 {
+                                tracing::warn!(error = %e, "media threads run at normal priority (no SCHED_FIFO: needs CAP_SYS_NICE)");
+                            }
+                        }
+                    }
+                    run(poll, rx, &st)
+                })?;
             shards.push(Shard { tx, waker });
         }
         Ok(Engine {
@@ -294,11 +336,30 @@ pub fn rtp_payload(pkt: &[u8]) -> Option<(u8, u32, &[u8])> {
     Some((pkt[1] & 0x7f, ts, &pkt[start..end]))
 }
 
+/// Asks for SCHED_FIFO at a modest real-time priority for the calling thread. The
+/// thread sleeps in its poll between passes, so it cannot starve the machine.
+pub fn make_realtime() -> Result<(), String> {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    let value = ThreadPriorityValue::try_from(20u8).map_err(|e| e.to_string())?;
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// Events handled between two looks at the clock, so a flood of incoming
+/// packets cannot hold a pacing pass back by more than a few of them.
+const EVENTS_BETWEEN_CLOCK_CHECKS: usize = 16;
+
 fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
     let mut events = Events::with_capacity(1024);
     let mut streams: HashMap<u64, Entry> = HashMap::new();
     let mut buf = vec![0u8; 2048];
-    let mut frame = [0u8; PACKET];
     let mut deadline = Instant::now() + PTIME;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -308,7 +369,10 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
                 std::thread::sleep(PTIME);
             }
         }
-        for ev in events.iter() {
+        for (i, ev) in events.iter().enumerate() {
+            if i % EVENTS_BETWEEN_CLOCK_CHECKS == 0 {
+                pace(&mut streams, &mut deadline, stats);
+            }
             if ev.token() == WAKE {
                 continue;
             }
@@ -324,36 +388,48 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        let now = Instant::now();
-        if now < deadline {
-            continue;
-        }
-        let late = now.duration_since(deadline);
-        stats.ticks.fetch_add(1, Ordering::Relaxed);
-        if late > Duration::from_millis(2) {
-            stats.late_ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        stats
-            .max_late_us
-            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
-        let mut sent = 0;
-        for entry in streams.values_mut() {
-            let t = entry.player.tick(&mut frame);
-            if let Some(n) = t.packet {
-                if entry.socket.send_to(&frame[..n], entry.remote).is_ok() {
-                    sent += 1;
-                }
+        pace(&mut streams, &mut deadline, stats);
+    }
+}
+
+/// If the deadline has come: one frame for every playing stream, in one
+/// pass, and the next deadline 20 ms after this one (absolute, so lateness
+/// does not accumulate).
+fn pace(streams: &mut HashMap<u64, Entry>, deadline: &mut Instant, stats: &EngineStats) {
+    let now = Instant::now();
+    if now < *deadline {
+        return;
+    }
+    let late = now.duration_since(*deadline);
+    stats.ticks.fetch_add(1, Ordering::Relaxed);
+    if late > Duration::from_millis(2) {
+        stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+    }
+    let late_us = late.as_micros() as u64;
+    stats.max_late_us.fetch_max(late_us, Ordering::Relaxed);
+    let bucket = LATE_BOUNDS_US
+        .iter()
+        .position(|b| late_us <= *b)
+        .unwrap_or(LATE_BOUNDS_US.len());
+    stats.late_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    let mut frame = [0u8; PACKET];
+    let mut sent = 0;
+    for entry in streams.values_mut() {
+        let t = entry.player.tick(&mut frame);
+        if let Some(n) = t.packet {
+            if entry.socket.send_to(&frame[..n], entry.remote).is_ok() {
+                sent += 1;
             }
-            if let Some(id) = t.done {
-                entry.emit(MediaEvent::PlayDone(id));
-            }
         }
-        stats.sent.fetch_add(sent, Ordering::Relaxed);
-        deadline += PTIME;
-        // After a stall (a suspended machine), do not burst to catch up.
-        if now.duration_since(deadline) > Duration::from_millis(200) {
-            deadline = now + PTIME;
+        if let Some(id) = t.done {
+            entry.emit(MediaEvent::PlayDone(id));
         }
+    }
+    stats.sent.fetch_add(sent, Ordering::Relaxed);
+    *deadline += PTIME;
+    // After a stall (a suspended machine), do not burst to catch up.
+    if now.duration_since(*deadline) > Duration::from_millis(200) {
+        *deadline = now + PTIME;
     }
 }
 
@@ -478,7 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn plays_frames_and_hears_rfc4733_with_barge_in() {
-        let engine = Engine::start(1).expect("engine");
+        let engine = Engine::start(1, false).expect("engine");
         let (stream, caller, mut rx) = stream(&engine, Law::Pcmu, Some(96));
         let prompt = Arc::new(Prompt::from_linear("t", &vec![1234i16; 50 * FRAME]));
         stream.play(1, vec![prompt.clone()], true, false);
@@ -517,7 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn inband_tones_when_no_telephone_event() {
-        let engine = Engine::start(1).expect("engine");
+        let engine = Engine::start(1, false).expect("engine");
         let (stream, caller, mut rx) = stream(&engine, Law::Pcma, None);
         // 60 ms of "9" (852 + 1477 Hz) then silence, as A-law frames.
         let tone: Vec<i16> = (0..FRAME * 8)
