@@ -219,6 +219,19 @@ fn a_backend_that_refuses_falls_back_to_the_seats() {
     server.assert_idle();
 }
 
+/// A temp folder holding a copy of the bundled flows, to edit in a test.
+fn bundled_flows_copy() -> tempfile::TempDir {
+    let flows = tempfile::tempdir().expect("tempdir");
+    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ivr-flows");
+    for entry in std::fs::read_dir(&bundled).expect("flows") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, flows.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    flows
+}
+
 fn catalog_version(server: &TestServer) -> u64 {
     let (ok, out) = server.cli(&["status"]);
     assert!(ok, "{out}");
@@ -243,14 +256,7 @@ fn wait_version_at_least(server: &TestServer, want: u64) -> u64 {
 
 #[test]
 fn a_reload_reaches_new_calls_only_and_a_bad_edit_is_refused() {
-    let flows = tempfile::tempdir().expect("tempdir");
-    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ivr-flows");
-    for entry in std::fs::read_dir(&bundled).expect("flows") {
-        let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            std::fs::copy(&path, flows.path().join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
+    let flows = bundled_flows_copy();
     let dir = flows.path().display().to_string();
     let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", &dir)]);
     server.add_agent("4001", "s3cret", "hrss");
@@ -372,4 +378,87 @@ fn check_names_the_file_line_and_column_of_each_flow_error() {
         out.contains("route 12345: flow `12345` does not exist"),
         "{out}"
     );
+}
+
+#[test]
+fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() {
+    let mut duty = Phone::new("duty");
+    let flows = bundled_flows_copy();
+    std::fs::write(
+        flows.path().join("case-line.toml"),
+        format!(
+            "start = \"ask\"\n\
+             [nodes.ask]\ncollect = \"common/invalid\"\ninto = \"case\"\nmin_digits = 4\nmax_digits = 4\nnext = \"out\"\n\
+             [nodes.out]\ntransfer = \"sip:duty@{}\"\nfallback = \"sorry\"\n\
+             [nodes.sorry]\nplay = \"common/all-busy\"\nnext = \"hangup\"\n",
+            duty.addr
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        flows.path().join("police.toml"),
+        "start = \"out\"\n[nodes.out]\ntransfer = \"110\"\n",
+    )
+    .expect("write");
+    let mut gateway = Phone::new("gateway");
+    let outbound = format!("sip:{}", gateway.addr);
+    let dir = flows.path().display().to_string();
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_FLOWS_DIR", &dir),
+        ("YIHAOTONG_TRUNK__OUTBOUND", &outbound),
+    ]);
+    // A number goes out through the outbound gateway.
+    let (ok, out) = server.cli(&["routes", "set", "5556", "--flow", "police"]);
+    assert!(ok, "{out}");
+    let mut caller = Phone::new("13800000020");
+    let mut dp = answer_ivr(&server, &mut caller, "5556", None);
+    let inv = gateway.request("INVITE", 5.0).expect("out via the gateway");
+    assert_eq!(inv.uri, format!("sip:110@{}", gateway.addr));
+    gateway.reply(server.sip, &inv, 503, "gw");
+    // No fallback given: the flow hangs up when the transfer fails.
+    let bye = caller.request("BYE", 5.0).expect("flow hangs up");
+    caller.reply(server.sip, &bye, 200, "c");
+    let _ = &mut dp;
+
+    let (ok, out) = server.cli(&["routes", "set", "5555", "--flow", "case-line"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["routes", "list"]);
+    assert!(ok && out.contains("case-line"), "{out}");
+
+    let mut trunk = Phone::new("13800000021");
+    let mut d = answer_ivr(&server, &mut trunk, "5555", None);
+    let media = d.remote_rtp.expect("addr");
+    for (i, k) in "1234".chars().enumerate() {
+        trunk.press_rfc4733(media, k, 101, 10_000 + 2_000 * i as u32);
+    }
+    let inv = duty.request("INVITE", 5.0).expect("transferred");
+    assert_eq!(inv.headers.get("x-ivr-var-case"), Some("1234"));
+    assert_eq!(inv.headers.get("x-ivr-keys"), Some("1234"));
+    duty.reply(server.sip, &inv, 200, "duty");
+    duty.request("ACK", 3.0).expect("ACK");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = duty.request("BYE", 3.0).expect("BYE passed on");
+    duty.reply(server.sip, &bye, 200, "duty");
+
+    // The operator's switch puts the urgent notice in front of 12345's greeting.
+    let (ok, out) = server.cli(&["switch", "on", "urgent-notice"]);
+    assert!(ok, "{out}");
+    let mut citizen = Phone::new("13800000022");
+    let mut dc = answer_ivr(&server, &mut citizen, "12345", None);
+    let heard = citizen.record_rtp(1.5);
+    let c = correlation(&decode_pcmu(&heard), &source("hotline/urgent-notice"));
+    assert!(c > 0.95, "urgent notice correlation {c}");
+    citizen.in_dialog(server.sip, &mut dc, "BYE", "");
+    assert_eq!(citizen.final_status(&dc.call_id, "BYE", 3.0), Some(200));
+    let (ok, _) = server.cli(&["switch", "off", "urgent-notice"]);
+    assert!(ok);
+    let mut later = Phone::new("13800000023");
+    let mut dl = answer_ivr(&server, &mut later, "12345", None);
+    let heard = later.record_rtp(1.5);
+    let c = correlation(&decode_pcmu(&heard), &source("hotline/welcome"));
+    assert!(c > 0.95, "plain greeting correlation {c}");
+    later.in_dialog(server.sip, &mut dl, "BYE", "");
+    assert_eq!(later.final_status(&dl.call_id, "BYE", 3.0), Some(200));
+    server.assert_idle();
 }

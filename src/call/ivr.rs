@@ -502,6 +502,9 @@ impl Call {
         if self.relay.is_some() {
             return true;
         }
+        if self.ivr.is_none() || self.b_socket.is_none() {
+            return false;
+        }
         let (Some(ivr), Some(b)) = (self.ivr.take(), self.b_socket.take()) else {
             return false;
         };
