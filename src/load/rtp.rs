@@ -27,7 +27,9 @@ pub struct StreamStats {
     pub expected: u64,
     /// Largest RFC 3550 interarrival jitter seen on any stream, ms.
     pub max_jitter_ms: f64,
-    /// 99th percentile of |arrival gap − 20 ms| over all packets, ms.
+    /// 99th percentile over all packets of |D|, RFC 3550's per-packet
+    /// transit difference (arrival spacing minus timestamp spacing), from
+    /// kernel receive timestamps (SO_TIMESTAMPNS), ms.
     pub interarrival_dev_p99_ms: f64,
     #[serde(skip)]
     dev_us: Option<Histogram<u64>>,
@@ -168,6 +170,15 @@ pub(crate) async fn receive(
     socket: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
 ) -> (StreamStats, Option<Instant>) {
+    use nix::sys::socket::{
+        recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+    };
+    use std::os::fd::AsRawFd;
+    // Kernel arrival times: what the harness's own scheduling does to the
+    // task that reads the socket does not show up as the server's jitter.
+    let kernel_stamps = setsockopt(&*socket, sockopt::ReceiveTimestampns, &true).is_ok();
+    let fd = socket.as_raw_fd();
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let mut buf = [0u8; 2048];
     let mut first: Option<Instant> = None;
     let mut first_seq: Option<u16> = None;
@@ -176,15 +187,33 @@ pub(crate) async fn receive(
     let mut last_seq: u16 = 0;
     let mut received = 0u64;
     let mut jitter = 0.0f64;
-    let mut prev: Option<(Instant, u32)> = None;
+    let epoch = Instant::now();
+    let mut prev: Option<(f64, u32)> = None;
     let mut dev = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Ok((n, _))) =
-            tokio::time::timeout(Duration::from_millis(50), socket.recv_from(&mut buf)).await
-        else {
+        let read = socket.async_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                .map_err(std::io::Error::from)?;
+            let mut stamp = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        stamp = Some(ts.tv_sec() as f64 + ts.tv_nsec() as f64 * 1e-9);
+                    }
+                }
+            }
+            Ok((msg.bytes, stamp))
+        });
+        let Ok(Ok((n, stamp))) = tokio::time::timeout(Duration::from_millis(50), read).await else {
             continue;
         };
         let now = Instant::now();
+        // Seconds on one clock per stream: the kernel's when it stamps.
+        let at = match (kernel_stamps, stamp) {
+            (true, Some(t)) => t,
+            _ => now.duration_since(epoch).as_secs_f64(),
+        };
         let mut view = &buf[..n];
         let Ok(h) = rtc_rtp::header::Header::unmarshal(&mut view) else {
             continue;
@@ -199,16 +228,18 @@ pub(crate) async fn receive(
         highest = highest.max(cycles + h.sequence_number as i64 - base as i64);
         if let Some((t, ts)) = prev {
             // RFC 3550 §6.4.1: D = (Rj − Ri) − (Sj − Si), in timestamp units (8 kHz).
-            let arrival = now.duration_since(t).as_secs_f64() * 8000.0;
+            let arrival = (at - t) * 8000.0;
             let sent = h.timestamp.wrapping_sub(ts) as i32 as f64;
-            jitter += ((arrival - sent).abs() - jitter) / 16.0;
-            let gap = now.duration_since(t);
-            let deviation = gap.abs_diff(FRAME);
-            if let Some(d) = dev.as_mut() {
-                let _ = d.record((deviation.as_micros() as u64).max(1));
+            let d = (arrival - sent).abs();
+            jitter += (d - jitter) / 16.0;
+            // The same D per packet, in µs: how far this packet's spacing
+            // strayed from the spacing its timestamps promise (a pause
+            // between prompts is in both, so it is not counted).
+            if let Some(h) = dev.as_mut() {
+                let _ = h.record(((d / 8000.0 * 1e6) as u64).max(1));
             }
         }
-        prev = Some((now, h.timestamp));
+        prev = Some((at, h.timestamp));
     }
     let mut stats = StreamStats {
         streams: 1,

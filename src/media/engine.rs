@@ -3,10 +3,12 @@
 //!
 //! Room: the sound room's machinery. Each engine thread owns a share of the
 //! IVR streams (a caller's RTP socket, a [`Player`], DTMF receivers). It
-//! sleeps in one readiness poll (mio) until the next 20 ms deadline or a
-//! socket has data; at the deadline it sends one frame for every playing
-//! stream in a single pass (one clock for all streams, not a timer each),
-//! and records how late the pass started. Keys come from RFC 4733
+//! sleeps in one readiness poll (mio) until the next deadline or a socket
+//! has data. Its clock ticks every 2 ms; each stream belongs to one of the
+//! ten slots of a 20 ms period, and at a slot's deadline one frame goes out
+//! for every playing stream of that slot in a single pass (one clock for all
+//! streams, not a timer each; short, even passes instead of one burst per
+//! 20 ms). It records how late each pass started. Keys come from RFC 4733
 //! telephone-events (the payload type the caller's SDP chose) or, when the
 //! caller offered none, from in-band tones (Goertzel). A key stops a
 //! barge-in prompt at once, in this thread, before the call task hears it.
@@ -63,6 +65,12 @@ impl EngineStats {
 
 /// The pacing interval.
 pub const PTIME: Duration = Duration::from_millis(20);
+/// Each 20 ms is cut into this many slots, and every stream sends in its own
+/// slot: a pass sends a tenth of the packets, so it is short and the same
+/// length every time, and the machine sees an even flow instead of one burst
+/// per 20 ms.
+pub const SLOTS: u32 = 10;
+const SLOT: Duration = Duration::from_millis(20 / SLOTS as u64);
 const WAKE: Token = Token(usize::MAX);
 /// Packets read from one socket per readiness event (fairness).
 const READ_BURST: usize = 32;
@@ -253,7 +261,59 @@ impl Drop for Stream {
     }
 }
 
+/// The streams of one engine thread, in a stable order: a pacing pass
+/// visits them in the same order every 20 ms, so each stream's packet leaves
+/// at the same offset into the pass (a hash map's order changes when it
+/// grows, which would move streams around inside the pass).
+#[derive(Default)]
+struct Streams {
+    entries: Vec<Entry>,
+    ids: Vec<u64>,
+    index: HashMap<u64, usize>,
+    /// Streams per slot, to give a new stream the emptiest.
+    per_slot: [usize; SLOTS as usize],
+}
+
+impl Streams {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut Entry> {
+        let i = *self.index.get(id)?;
+        self.entries.get_mut(i)
+    }
+
+    fn insert(&mut self, id: u64, mut entry: Entry) {
+        if self.index.contains_key(&id) {
+            return;
+        }
+        let slot = (0..SLOTS)
+            .min_by_key(|s| self.per_slot[*s as usize])
+            .unwrap_or(0);
+        self.per_slot[slot as usize] += 1;
+        entry.slot = slot;
+        self.index.insert(id, self.entries.len());
+        self.entries.push(entry);
+        self.ids.push(id);
+    }
+
+    /// Removes a stream; the last one takes its place (one stream moves).
+    fn remove(&mut self, id: &u64) -> Option<Entry> {
+        let i = self.index.remove(id)?;
+        let entry = self.entries.swap_remove(i);
+        self.ids.swap_remove(i);
+        self.per_slot[entry.slot as usize] -= 1;
+        if let Some(moved) = self.ids.get(i) {
+            self.index.insert(*moved, i);
+        }
+        Some(entry)
+    }
+}
+
 struct Entry {
+    /// Which of the [`SLOTS`] in each 20 ms this stream sends in.
+    slot: u32,
     socket: UdpSocket,
     remote: SocketAddr,
     latched: bool,
@@ -358,11 +418,14 @@ const EVENTS_BETWEEN_CLOCK_CHECKS: usize = 16;
 
 fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
     let mut events = Events::with_capacity(1024);
-    let mut streams: HashMap<u64, Entry> = HashMap::new();
+    let mut streams = Streams::default();
     let mut buf = vec![0u8; 2048];
-    let mut deadline = Instant::now() + PTIME;
+    let mut clock = Clock {
+        deadline: Instant::now() + SLOT,
+        slot: 0,
+    };
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait = clock.deadline.saturating_duration_since(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != ErrorKind::Interrupted {
                 tracing::error!(error = %e, "media engine poll failed");
@@ -371,7 +434,7 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
         }
         for (i, ev) in events.iter().enumerate() {
             if i % EVENTS_BETWEEN_CLOCK_CHECKS == 0 {
-                pace(&mut streams, &mut deadline, stats);
+                pace(&mut streams, &mut clock, stats);
             }
             if ev.token() == WAKE {
                 continue;
@@ -388,19 +451,25 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        pace(&mut streams, &mut deadline, stats);
+        pace(&mut streams, &mut clock, stats);
     }
 }
 
-/// If the deadline has come: one frame for every playing stream, in one
-/// pass, and the next deadline 20 ms after this one (absolute, so lateness
-/// does not accumulate).
-fn pace(streams: &mut HashMap<u64, Entry>, deadline: &mut Instant, stats: &EngineStats) {
+/// The thread's pacing clock: the next slot's deadline and which slot it is.
+struct Clock {
+    deadline: Instant,
+    slot: u32,
+}
+
+/// If the slot's deadline has come: one frame for every playing stream of
+/// that slot, in one pass, and the next deadline one slot later (absolute,
+/// so lateness does not accumulate).
+fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) {
     let now = Instant::now();
-    if now < *deadline {
+    if now < clock.deadline {
         return;
     }
-    let late = now.duration_since(*deadline);
+    let late = now.duration_since(clock.deadline);
     stats.ticks.fetch_add(1, Ordering::Relaxed);
     if late > Duration::from_millis(2) {
         stats.late_ticks.fetch_add(1, Ordering::Relaxed);
@@ -414,7 +483,7 @@ fn pace(streams: &mut HashMap<u64, Entry>, deadline: &mut Instant, stats: &Engin
     stats.late_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     let mut frame = [0u8; PACKET];
     let mut sent = 0;
-    for entry in streams.values_mut() {
+    for entry in streams.entries.iter_mut().filter(|e| e.slot == clock.slot) {
         let t = entry.player.tick(&mut frame);
         if let Some(n) = t.packet {
             if entry.socket.send_to(&frame[..n], entry.remote).is_ok() {
@@ -426,14 +495,15 @@ fn pace(streams: &mut HashMap<u64, Entry>, deadline: &mut Instant, stats: &Engin
         }
     }
     stats.sent.fetch_add(sent, Ordering::Relaxed);
-    *deadline += PTIME;
+    clock.deadline += SLOT;
+    clock.slot = (clock.slot + 1) % SLOTS;
     // After a stall (a suspended machine), do not burst to catch up.
-    if now.duration_since(*deadline) > Duration::from_millis(200) {
-        *deadline = now + PTIME;
+    if now.duration_since(clock.deadline) > Duration::from_millis(200) {
+        clock.deadline = now + SLOT;
     }
 }
 
-fn command(cmd: Cmd, streams: &mut HashMap<u64, Entry>, poll: &Poll, stats: &EngineStats) {
+fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
     match cmd {
         Cmd::Add(id, setup) => {
             let Ok(dup) = setup.socket.try_clone() else {
@@ -457,6 +527,7 @@ fn command(cmd: Cmd, streams: &mut HashMap<u64, Entry>, poll: &Poll, stats: &Eng
             streams.insert(
                 id,
                 Entry {
+                    slot: 0,
                     socket,
                     remote: setup.remote,
                     latched: false,
