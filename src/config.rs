@@ -26,6 +26,8 @@ pub struct Settings {
     pub sounds_dir: PathBuf,
     /// Folder of IVR flow files (and `calendars/`).
     pub flows_dir: PathBuf,
+    /// Seconds calls in progress may take to finish after SIGTERM.
+    pub drain_timeout: u64,
     /// `[sip]`
     pub sip: SipSettings,
     /// `[rtp]`
@@ -111,6 +113,9 @@ pub struct SipSettings {
     pub max_contacts: usize,
     /// SIP workers (0 = cores).
     pub workers: usize,
+    /// Answer out-of-dialog requests from sources that are neither a trunk
+    /// nor a registered agent (false: silence, so scanners find nothing).
+    pub answer_strangers: bool,
 }
 
 /// `[rtp]`: media.
@@ -246,6 +251,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         data_dir: Option<PathBuf>,
         sounds_dir: Option<PathBuf>,
         flows_dir: Option<PathBuf>,
+        drain_timeout: Option<u64>,
         sip: Option<toml::Table>,
         ivr: Option<toml::Table>,
         queues: Option<toml::Table>,

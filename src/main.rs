@@ -341,6 +341,58 @@ fn load(
     Ok(())
 }
 
+/// Graceful stop: new calls get 503 at once; calls in progress may finish
+/// for up to `drain_timeout` seconds (a second signal ends the wait). The
+/// caller then flushes the store.
+async fn drain(shared: &yihaotong::server::Shared, why: &str) {
+    use std::sync::atomic::Ordering::Relaxed;
+    shared.draining.store(true, Relaxed);
+    let limit = std::time::Duration::from_secs(shared.settings.drain_timeout);
+    let started = tokio::time::Instant::now();
+    let mut last_report = started;
+    tracing::info!(
+        signal = why,
+        calls = shared.live_calls.load(Relaxed),
+        drain_timeout = limit.as_secs(),
+        "stopping: new calls refused (503), waiting for calls in progress"
+    );
+    let mut again = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        let live = shared.live_calls.load(Relaxed);
+        if live == 0 {
+            return;
+        }
+        if started.elapsed() >= limit {
+            tracing::warn!(
+                calls = live,
+                "drain_timeout reached; stopping with calls in progress"
+            );
+            return;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(5) {
+            last_report = tokio::time::Instant::now();
+            tracing::info!(
+                calls = live,
+                left_seconds = (limit.saturating_sub(started.elapsed())).as_secs(),
+                "draining"
+            );
+        }
+        let second = async {
+            match again.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = tokio::signal::ctrl_c() => { tracing::warn!("second signal; stopping now"); return; }
+            _ = second => { tracing::warn!("second signal; stopping now"); return; }
+        }
+    }
+}
+
 fn run(settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -359,10 +411,18 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         });
         admin::serve(socket.clone(), store.clone(), realm, live).await?;
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
-        tokio::signal::ctrl_c().await?;
-        tracing::info!("shutting down");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = term.recv() => "SIGTERM",
+            }
+        };
+        let why = stop.await;
+        drain(&server.shared, why).await;
         store.flush()?;
         let _ = std::fs::remove_file(socket);
+        tracing::info!("stopped");
         Ok(())
     })
 }

@@ -124,6 +124,10 @@ pub struct Shared {
     pub catalog_version: std::sync::atomic::AtomicU64,
     /// Serializes reloads (a file watch and a SIGHUP at once).
     reloading: Mutex<()>,
+    /// Set on SIGTERM/Ctrl-C: new calls get 503 while calls in progress finish.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Source addresses of registered agents, as of a store generation.
+    agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
 
 impl Shared {
@@ -131,6 +135,7 @@ impl Shared {
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "live_calls": self.live_calls.load(std::sync::atomic::Ordering::Relaxed),
+            "draining": self.draining.load(Relaxed),
             "rtp_ports_free": self.ports.available(),
             "rtp_ports_total": self.ports.total(),
             "flows": self.catalog().flows.len(),
@@ -192,6 +197,32 @@ impl Shared {
         let version = self.catalog_version.fetch_add(1, Relaxed) + 1;
         tracing::info!(version, %summary, "flows and prompts reloaded");
         Ok(summary)
+    }
+
+    /// Whether `ip` is a trunk or the source of a registered agent's phone
+    /// (rebuilt from the store when a registration changes; a binding that
+    /// lapsed without a write still counts until the next one).
+    pub fn is_known_source(&self, ip: std::net::IpAddr) -> bool {
+        if self.settings.trunk.allow.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        let generation = self.store.generation();
+        let Ok(mut cache) = self.agent_sources.lock() else {
+            return false;
+        };
+        if cache.0 != generation {
+            let now = now_unix();
+            let mut ips = std::collections::HashSet::new();
+            for agent in self.store.agents().unwrap_or_default() {
+                for b in self.store.bindings(&agent.id).unwrap_or_default() {
+                    if b.expires_at > now {
+                        ips.insert(b.received.ip());
+                    }
+                }
+            }
+            *cache = (generation, Arc::new(ips));
+        }
+        cache.1.contains(&ip)
     }
 
     /// The catalog new calls get.
@@ -290,6 +321,8 @@ impl Server {
             engine,
             catalog_version: Default::default(),
             reloading: Mutex::new(()),
+            draining: Default::default(),
+            agent_sources: Mutex::new((u64::MAX, Arc::default())),
             store,
             settings,
         });
@@ -407,6 +440,18 @@ impl Worker {
                         self.shared.sockets.send(peer, Bytes::from(resp));
                     }
                     return;
+                }
+                if let Message::Request(req) = &*msg {
+                    let stranger_request = req.core.to.tag.is_none()
+                        && !matches!(req.method, Method::Register | Method::Ack | Method::Cancel);
+                    if stranger_request
+                        && !self.shared.settings.sip.answer_strangers
+                        && !self.shared.is_known_source(peer.addr.ip())
+                    {
+                        // A scanner learns nothing: no response, no state.
+                        tracing::debug!(source = %peer.addr, method = req.method.as_str(), "request from a stranger ignored");
+                        return;
+                    }
                 }
                 self.txs.handle_message(now, *msg, peer);
             }
@@ -584,6 +629,11 @@ impl Worker {
     }
 
     fn new_call(&mut self, key: TxKey, req: Request, peer: Peer) {
+        if self.shared.draining.load(Relaxed) {
+            // Shutting down: no new state; the trunk retries elsewhere or later.
+            self.simple(&key, &req, 503, &[("Retry-After", "30".to_string())]);
+            return;
+        }
         let settings = &self.shared.settings;
         let trunk = settings
             .trunk

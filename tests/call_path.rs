@@ -325,3 +325,43 @@ fn agent_registered_over_tcp_is_rung_on_its_connection() {
     assert_eq!(ack.method.as_str(), "ACK");
     assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(480));
 }
+
+#[test]
+fn sigterm_refuses_new_calls_lets_the_call_in_progress_finish_then_exits() {
+    let mut server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, mut d, mut agent, ad) = answered_call(&server);
+    server.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // New calls are refused at once, with a hint to retry.
+    let mut late = Phone::new("13900000000");
+    let d2 = late.invite(server.sip, "123450");
+    let refused = late
+        .response(&d2.call_id, "INVITE", 200, 3.0)
+        .expect("answered while draining");
+    assert_eq!(refused.status, 503);
+    assert!(refused.headers.get("retry-after").is_some());
+    // The call in progress keeps its media and ends normally.
+    let (caller_got, agent_got) = talk(&trunk, &d, &agent, &ad);
+    assert!(
+        caller_got >= 45 && agent_got >= 45,
+        "{caller_got} / {agent_got}"
+    );
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = agent.request("BYE", 3.0).expect("agent gets BYE");
+    agent.reply(server.sip, &bye, 200, "agt");
+    // Then the server stops by itself, cleanly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server still running after its last call"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}

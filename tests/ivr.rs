@@ -313,12 +313,7 @@ fn a_reload_reaches_new_calls_only_and_a_bad_edit_is_refused() {
         out.contains("12333.toml:3:1: unknown field `plya`"),
         "{out}"
     );
-    let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    server.signal("HUP");
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert_eq!(
         catalog_version(&server),

@@ -119,3 +119,26 @@ fn a_seat_that_moves_is_rung_where_it_registered_last() {
         );
     }
 }
+
+#[test]
+fn strangers_get_silence_when_so_configured_while_trunk_and_agents_are_answered() {
+    let server = TestServer::start_with(&[("YIHAOTONG_SIP__ANSWER_STRANGERS", "false")]);
+    server.add_agent("1001", "s3cret", "main");
+    // A scanner on another address: OPTIONS and INVITE get nothing at all.
+    let mut scanner = Phone::bind("scan", "127.0.0.2");
+    assert_eq!(scanner.options(server.sip), None);
+    let d = scanner.invite(server.sip, "12345");
+    assert_eq!(scanner.final_status(&d.call_id, "INVITE", 1.0), None);
+    // The trunk is answered.
+    assert_eq!(Phone::new("trunk").options(server.sip), Some(200));
+    // An agent's phone registers from its own address and is answered after.
+    let mut agent = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(
+        agent.options(server.sip),
+        None,
+        "not known before registering"
+    );
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    assert_eq!(agent.options(server.sip), Some(200));
+    server.assert_idle();
+}

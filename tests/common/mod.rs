@@ -113,6 +113,17 @@ impl TestServer {
         (out.status.success(), text)
     }
 
+    /// Sends a signal (`"TERM"`, `"HUP"`) to the server process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
     pub fn add_agent(&self, id: &str, password: &str, queues: &str) {
         let (ok, out) = self.cli(&[
             "agents",
