@@ -457,3 +457,17 @@ fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() 
     assert_eq!(later.final_status(&dl.call_id, "BYE", 3.0), Some(200));
     server.assert_idle();
 }
+
+#[test]
+fn a_caller_whose_rtp_stops_is_hung_up_in_the_flow() {
+    let server = TestServer::start_with(&[("YIHAOTONG_RTP__RTP_TIMEOUT", "2")]);
+    let mut trunk = Phone::new("13800000031");
+    // 12333's menu would wait for keys; a dead trunk sends nothing at all.
+    let d = answer_ivr(&server, &mut trunk, "12333", None);
+    let bye = trunk
+        .request("BYE", 6.0)
+        .expect("hung up after rtp_timeout");
+    assert_eq!(bye.core.call_id, d.call_id);
+    trunk.reply(server.sip, &bye, 200, "x");
+    server.assert_idle();
+}

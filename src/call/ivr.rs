@@ -134,17 +134,18 @@ pub(super) async fn start_flow(
         return no_ports(&ctx, &a_key, &invite, &a_tag);
     };
     let (media_tx, media_rx) = mpsc::channel(64);
+    let caller = invite.core.from.user.clone().unwrap_or_default();
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
     let stream = a.try_clone().and_then(|dup| {
-        ctx.shared.engine.add(StreamSetup {
+        call.ctx.shared.engine.add(StreamSetup {
             socket: dup,
             remote: offer.addr,
             law,
             telephone_event: offer.telephone_event,
             events: media_tx,
+            silence: Some((call.silent_tx.clone(), call.rtp_timeout())),
         })
     });
-    let caller = invite.core.from.user.clone().unwrap_or_default();
-    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
@@ -291,6 +292,11 @@ impl Call {
                     }
                     Some(other) => self.stray(other),
                 },
+                _ = self.silent.recv() => {
+                    warn!(path = %session.position(), "no RTP from the caller for rtp_timeout; hanging up");
+                    self.bye_caller();
+                    return End::RtpTimeout;
+                }
                 m = media.recv() => match m {
                     Some(MediaEvent::Digit(c)) => input = Some(Input::Digit(c)),
                     Some(MediaEvent::PlayDone(id)) => input = Some(Input::PlayDone(id)),
@@ -309,7 +315,7 @@ impl Call {
         }
     }
 
-    fn bye_caller(&mut self) {
+    pub(super) fn bye_caller(&mut self) {
         if let Some(mut d) = self.a_dialog.take() {
             self.bye(&mut d, self.a_peer);
             self.a_dialog = Some(d);
@@ -395,6 +401,12 @@ impl Call {
             let event = tokio::select! {
                 e = self.events.recv() => e,
                 _ = tokio::time::sleep_until(until) => return true,
+                _ = self.silent.recv(), if self.ivr.is_some() => {
+                    warn!("no RTP from the waiting caller for rtp_timeout; hanging up");
+                    self.bye_caller();
+                    self.caller_gone = true;
+                    return false;
+                }
             };
             match event {
                 None => return false,

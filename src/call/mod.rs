@@ -569,6 +569,15 @@ impl Call {
                     self.abandoned.push((dialog.clone(), seat.peer));
                     break Offer::Next;
                 }
+                // An IVR-answered caller whose RTP stopped (dead trunk) while waiting.
+                _ = self.silent.recv(), if self.ivr.is_some() => {
+                    warn!("no RTP from the waiting caller for rtp_timeout; hanging up");
+                    self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
+                    self.abandoned.push((dialog.clone(), seat.peer));
+                    self.bye_caller();
+                    self.caller_gone = true;
+                    break Offer::CallerGone;
+                }
             };
             let Some(event) = event else {
                 break Offer::CallerGone;

@@ -97,6 +97,9 @@ pub struct StreamSetup {
     pub telephone_event: Option<u8>,
     /// Events for the call.
     pub events: mpsc::Sender<MediaEvent>,
+    /// Told once when the caller has sent nothing for the given time (a
+    /// dead trunk or a vanished phone), as the relay tells of a silent side.
+    pub silence: Option<(mpsc::Sender<super::relay::Side>, Duration)>,
 }
 
 enum Cmd {
@@ -314,6 +317,9 @@ impl Streams {
 struct Entry {
     /// Which of the [`SLOTS`] in each 20 ms this stream sends in.
     slot: u32,
+    /// When the caller's last packet came (or the stream started).
+    last_rx: Instant,
+    silence: Option<(mpsc::Sender<super::relay::Side>, Duration)>,
     socket: UdpSocket,
     remote: SocketAddr,
     latched: bool,
@@ -345,6 +351,7 @@ impl Entry {
             } else if src != self.remote {
                 continue;
             }
+            self.last_rx = Instant::now();
             let Some((pt, ts, payload)) = rtp_payload(&buf[..n]) else {
                 continue;
             };
@@ -484,6 +491,12 @@ fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) {
     let mut frame = [0u8; PACKET];
     let mut sent = 0;
     for entry in streams.entries.iter_mut().filter(|e| e.slot == clock.slot) {
+        if let Some((tx, limit)) = &entry.silence {
+            if now.duration_since(entry.last_rx) >= *limit {
+                let _ = tx.try_send(super::relay::Side::A);
+                entry.silence = None;
+            }
+        }
         let t = entry.player.tick(&mut frame);
         if let Some(n) = t.packet {
             if entry.socket.send_to(&frame[..n], entry.remote).is_ok() {
@@ -528,6 +541,8 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
                 id,
                 Entry {
                     slot: 0,
+                    last_rx: Instant::now(),
+                    silence: setup.silence,
                     socket,
                     remote: setup.remote,
                     latched: false,
@@ -618,6 +633,7 @@ mod tests {
                 law,
                 telephone_event,
                 events: tx,
+                silence: None,
             })
             .expect("add");
         (stream, caller, rx)
