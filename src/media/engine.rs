@@ -2,9 +2,11 @@
 //! their keys, on one clock per thread.
 //!
 //! Room: the sound room's machinery. Each engine thread owns a share of the
-//! IVR streams (a caller's RTP socket, a [`Player`], DTMF receivers). It
-//! sleeps in one readiness poll (mio) until the next deadline or a socket
-//! has data. Its clock ticks every 2 ms; each stream belongs to one of the
+//! IVR streams (a caller's RTP socket, a [`Player`], DTMF receivers). Its
+//! clock ticks every 2 ms: it sleeps to the tick, takes every socket that
+//! became readable meanwhile from one readiness poll (mio, edge-triggered),
+//! sends, and drains them; so its wake-ups do not grow with the packet rate.
+//! Each stream belongs to one of the
 //! ten slots of a 20 ms period, and at a slot's deadline one frame goes out
 //! for every playing stream of that slot in a single pass (one clock for all
 //! streams, not a timer each; short, even passes instead of one burst per
@@ -14,7 +16,7 @@
 //! barge-in prompt at once, in this thread, before the call task hears it.
 //!
 //! Calls talk to their stream through a [`Stream`] handle (commands over a
-//! channel, a wake-up of the poll) and hear [`MediaEvent`]s on a tokio
+//! channel, taken at the next 2 ms tick) and hear [`MediaEvent`]s on a tokio
 //! channel. When the call is bridged, [`Stream::detach`] returns the socket's
 //! numbering so the relay continues the same RTP stream.
 
@@ -419,10 +421,6 @@ pub fn make_realtime() -> Result<(), String> {
     .map_err(|e| format!("{e:?}"))
 }
 
-/// Events handled between two looks at the clock, so a flood of incoming
-/// packets cannot hold a pacing pass back by more than a few of them.
-const EVENTS_BETWEEN_CLOCK_CHECKS: usize = 16;
-
 fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
     let mut events = Events::with_capacity(1024);
     let mut streams = Streams::default();
@@ -432,17 +430,21 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
         slot: 0,
     };
     loop {
+        // Sleep to the slot's deadline, then take every socket that became
+        // readable meanwhile in one poll: a few hundred wake-ups a second
+        // per thread, however many packets arrive. Keys wait at most a slot.
         let wait = clock.deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = poll.poll(&mut events, Some(wait)) {
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        if let Err(e) = poll.poll(&mut events, Some(Duration::ZERO)) {
             if e.kind() != ErrorKind::Interrupted {
                 tracing::error!(error = %e, "media engine poll failed");
                 std::thread::sleep(PTIME);
             }
         }
-        for (i, ev) in events.iter().enumerate() {
-            if i % EVENTS_BETWEEN_CLOCK_CHECKS == 0 {
-                pace(&mut streams, &mut clock, stats);
-            }
+        pace(&mut streams, &mut clock, stats);
+        for ev in events.iter() {
             if ev.token() == WAKE {
                 continue;
             }
