@@ -916,8 +916,18 @@ impl NodeCtx<'_> {
         }
         let mut out = Vec::new();
         for (p, span) in items {
-            if self.known.prompts.contains(&p) {
+            if self.known.prompts.contains(&p)
+                || crate::media::prompts::silence_frames(&p).is_some()
+            {
                 out.push(p);
+            } else if p.starts_with(crate::media::prompts::SILENCE) {
+                r.error(
+                    span,
+                    format!(
+                        "node `{}`: field `{field}`: `{p}`: silence is written silence/500ms or silence/2s (1 ms to 60 s)",
+                        self.name,
+                    ),
+                );
             } else {
                 r.error(
                     span,
@@ -1389,6 +1399,20 @@ transfer = "110"
             "{e:?}"
         );
         assert!(e[1].contains("needs an outbound gateway"), "{e:?}");
+    }
+
+    #[test]
+    fn silence_is_a_prompt() {
+        let text = GOOD.replace(
+            "[\"hrss/welcome\"]",
+            "[\"silence/300ms\", \"hrss/welcome\"]",
+        );
+        assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+        let text = GOOD.replace("[\"hrss/welcome\"]", "[\"silence/forever\"]");
+        assert_eq!(
+            errors(&text),
+            ["t.toml:6:9: node `welcome`: field `play`: `silence/forever`: silence is written silence/500ms or silence/2s (1 ms to 60 s)"]
+        );
     }
 
     #[test]

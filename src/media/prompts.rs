@@ -65,6 +65,25 @@ impl Prompt {
     }
 }
 
+/// Names beginning with this are silence of the given length, not files.
+pub const SILENCE: &str = "silence/";
+
+/// Frames of silence a `silence/<N>ms` or `silence/<N>s` name asks for
+/// (whole 20 ms frames, rounded up; 1 ms to 60 s), or `None` if the name is
+/// not one.
+pub fn silence_frames(name: &str) -> Option<usize> {
+    let d = name.strip_prefix(SILENCE)?;
+    let (num, ms_per) = match d.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => (d.strip_suffix('s')?, 1000),
+    };
+    if num.is_empty() || num.len() > 6 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = num.parse::<usize>().ok()? * ms_per;
+    (1..=60_000).contains(&ms).then(|| ms.div_ceil(20))
+}
+
 /// A file that could not become a prompt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
@@ -109,8 +128,15 @@ impl PromptCache {
         (cache, errors)
     }
 
-    /// A prompt by name.
+    /// A prompt by name; `silence/500ms` (or `silence/2s`, up to 60 s) is
+    /// that much silence, made on the spot.
     pub fn get(&self, name: &str) -> Option<Arc<Prompt>> {
+        if let Some(frames) = silence_frames(name) {
+            return Some(Arc::new(Prompt::from_linear(
+                name,
+                &vec![0i16; frames * FRAME],
+            )));
+        }
         self.prompts.get(name).cloned()
     }
 
@@ -260,6 +286,26 @@ fn resample(mono: &[f32], rate: u32) -> Result<Vec<f32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silence_names() {
+        assert_eq!(silence_frames("silence/500ms"), Some(25));
+        assert_eq!(silence_frames("silence/2s"), Some(100));
+        assert_eq!(silence_frames("silence/1ms"), Some(1));
+        assert_eq!(silence_frames("silence/0ms"), None);
+        assert_eq!(silence_frames("silence/61s"), None);
+        assert_eq!(silence_frames("silence/-1s"), None);
+        assert_eq!(silence_frames("silence/"), None);
+        assert_eq!(silence_frames("common/invalid"), None);
+        let p = PromptCache::default()
+            .get("silence/100ms")
+            .expect("silence");
+        assert_eq!(p.frames(), 5);
+        assert!(p
+            .pcmu
+            .iter()
+            .all(|b| *b == audio_codec_algorithms::encode_ulaw(0)));
+    }
 
     /// Writes a 16-bit PCM WAV file.
     fn wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
