@@ -287,6 +287,15 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 1-based line and column (in characters) of a byte offset into a file's
+/// text, for `file:line:column` messages (toml spans are byte ranges).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+    (line, column)
+}
+
 /// The line of `key` inside `[section]`, for error messages.
 fn find_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut in_section = false;

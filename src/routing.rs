@@ -76,14 +76,14 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
     let plan: PlanFile = toml::from_str(text).map_err(|e| {
         let at = e
             .span()
-            .map(|s| line_col(text, s.start))
+            .map(|s| crate::config::line_col(text, s.start))
             .map(|(l, c)| format!("{l}:{c}"))
             .unwrap_or_default();
         anyhow::anyhow!("{name}:{at}: {}", e.message())
     })?;
     let mut routes = Vec::with_capacity(plan.route.len());
     for spanned in plan.route {
-        let (line, _) = line_col(text, spanned.span().start);
+        let (line, _) = crate::config::line_col(text, spanned.span().start);
         let r = spanned.into_inner();
         let Some(number) = normalize(&r.number, &[]) else {
             bail!(
@@ -107,13 +107,6 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
         });
     }
     Ok(routes)
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
-    (line, col)
 }
 
 /// Imports a plan file into the store; returns how many routes were written.

@@ -370,9 +370,7 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn at(&mut self, span: Range<usize>, warning: bool, message: String) {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+        let (line, column) = crate::config::line_col(self.text, span.start);
         self.found.push(Diagnostic {
             file: self.file.to_string(),
             line,
@@ -387,10 +385,7 @@ impl Report<'_> {
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
+        crate::config::line_col(self.text, span.start).0
     }
 }
 

@@ -115,8 +115,8 @@ enum Cmd {
     },
     Stop(u64),
     Remote(u64, SocketAddr),
-    Detach(u64, oneshot::Sender<Detached>),
-    Remove(u64),
+    /// Takes a stream out; with a reply, says where its numbering stands.
+    Remove(u64, Option<oneshot::Sender<Detached>>),
 }
 
 /// A stream's state handed to whoever takes the socket over.
@@ -253,7 +253,7 @@ impl Stream {
     pub async fn detach(mut self) -> Option<Detached> {
         let (tx, rx) = oneshot::channel();
         self.detached = true;
-        self.shard.send(Cmd::Detach(self.id, tx));
+        self.shard.send(Cmd::Remove(self.id, Some(tx)));
         rx.await.ok()
     }
 }
@@ -261,7 +261,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if !self.detached {
-            self.shard.send(Cmd::Remove(self.id));
+            self.shard.send(Cmd::Remove(self.id, None));
         }
     }
 }
@@ -580,19 +580,15 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
                 e.latched = false;
             }
         }
-        Cmd::Detach(id, reply) => {
+        Cmd::Remove(id, reply) => {
             if let Some(mut e) = streams.remove(&id) {
                 let _ = poll.registry().deregister(&mut e.socket);
-                let _ = reply.send(Detached {
-                    numbering: e.player.numbering(),
-                    remote: e.remote,
-                });
-            }
-            stats.streams.store(streams.len(), Ordering::Relaxed);
-        }
-        Cmd::Remove(id) => {
-            if let Some(mut e) = streams.remove(&id) {
-                let _ = poll.registry().deregister(&mut e.socket);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Detached {
+                        numbering: e.player.numbering(),
+                        remote: e.remote,
+                    });
+                }
             }
             stats.streams.store(streams.len(), Ordering::Relaxed);
         }
