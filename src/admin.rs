@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::acd::desk::Presence;
 use crate::routing;
 use crate::sip::auth::Credentials;
 use crate::store::{Agent, Route, Store};
@@ -33,11 +34,48 @@ pub enum AdminCommand {
         password: String,
         /// Display name.
         name: Option<String>,
-        /// Queues served.
+        /// Queues served, each optionally `queue:level` (level 1 = first tier).
         queues: Vec<String>,
+        /// Wrap-up seconds overriding the queues'.
+        #[serde(default)]
+        wrap_up: Option<u64>,
+        /// A fresh registration logs the agent in (default true).
+        #[serde(default)]
+        auto_login: Option<bool>,
     },
     /// List agents (without credentials) and their live registrations.
     AgentsList,
+    /// KPI report over stored CDRs.
+    Report {
+        /// From (Unix ms, inclusive).
+        since: u64,
+        /// To (Unix ms, exclusive).
+        until: u64,
+        /// hotline, queue, agent or hour.
+        by: String,
+        /// table, csv or json.
+        format: String,
+        /// Local time for `hour` groups, minutes east of UTC.
+        utc_offset_minutes: i32,
+    },
+    /// Queue-log lines in Asterisk's layout.
+    QueueLog {
+        /// From (Unix ms, inclusive).
+        since: u64,
+        /// To (Unix ms, exclusive).
+        until: u64,
+    },
+    /// Set an agent's state: available, break (with a reason), logged-out,
+    /// or end-wrap-up.
+    AgentsState {
+        /// Agent id.
+        id: String,
+        /// The new state.
+        state: String,
+        /// Break reason code.
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Remove an agent.
     AgentsRemove {
         /// Agent id.
@@ -125,21 +163,96 @@ pub fn execute(
             password,
             name,
             queues,
+            wrap_up,
+            auto_login,
         } => {
             valid_name("agent id", &id)?;
             if password.len() < 4 {
                 bail!("password must be at least 4 characters");
             }
+            let mut names = Vec::new();
+            let mut levels = std::collections::BTreeMap::new();
             for q in &queues {
-                valid_name("queue", q)?;
+                let (queue, level) = match q.split_once(':') {
+                    Some((queue, level)) => match level.parse::<u32>() {
+                        Ok(l) if (1..=99).contains(&l) => (queue, l),
+                        _ => {
+                            bail!("queue {q:?}: the level after ':' must be a number from 1 to 99")
+                        }
+                    },
+                    None => (q.as_str(), 1),
+                };
+                valid_name("queue", queue)?;
+                if level != 1 {
+                    levels.insert(queue.to_string(), level);
+                }
+                names.push(queue.to_string());
             }
-            store.put_agent(&Agent {
-                credentials: Credentials::new(&id, realm, &password),
-                name: name.unwrap_or_else(|| id.clone()),
-                id: id.clone(),
-                queues,
-            })?;
+            let mut agent = Agent::new(
+                &id,
+                name.as_deref().unwrap_or(&id),
+                names,
+                Credentials::new(&id, realm, &password),
+            );
+            agent.levels = levels;
+            agent.wrap_up = wrap_up;
+            agent.auto_login = auto_login.unwrap_or(true);
+            store.put_agent(&agent)?;
             Ok(json!({ "added": id }))
+        }
+        AdminCommand::Report {
+            since,
+            until,
+            by,
+            format,
+            utc_offset_minutes,
+        } => {
+            use crate::acd::report::{self, By, Format};
+            use clap::ValueEnum;
+            let by = By::from_str(&by, true)
+                .map_err(|_| anyhow::anyhow!("--by must be hotline, queue, agent or hour"))?;
+            let format = Format::from_str(&format, true)
+                .map_err(|_| anyhow::anyhow!("--format must be table, csv or json"))?;
+            let mut cdrs = Vec::new();
+            for v in store.records(true, since, until) {
+                match serde_json::from_slice(&v?) {
+                    Ok(c) => cdrs.push(c),
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable CDR"),
+                }
+            }
+            let mut log = Vec::new();
+            if by == By::Agent {
+                for v in store.records(false, since, until) {
+                    if let Ok(l) = serde_json::from_slice(&v?) {
+                        log.push(l);
+                    }
+                }
+            }
+            let rows = report::compute(&cdrs, &log, by, utc_offset_minutes);
+            Ok(match format {
+                Format::Json => serde_json::to_value(&rows)?,
+                f => Value::String(report::render(&rows, f)),
+            })
+        }
+        AdminCommand::QueueLog { since, until } => {
+            let mut text = String::new();
+            for v in store.records(false, since, until) {
+                if let Ok(l) = serde_json::from_slice(&v?) {
+                    text.push_str(&crate::acd::report::queue_log_line(&l));
+                    text.push('\n');
+                }
+            }
+            Ok(Value::String(text))
+        }
+        AdminCommand::AgentsState { id, state, reason } => {
+            if store.agent(&id)?.is_none() {
+                bail!("no agent {id:?}");
+            }
+            match presence_of(&state, reason)? {
+                Some(p) => store.put_presence(&id, &p)?,
+                None => bail!("end-wrap-up needs the running server"),
+            }
+            Ok(json!({ "agent": id, "state": state }))
         }
         AdminCommand::AgentsList => {
             let mut out = Vec::new();
@@ -150,7 +263,13 @@ pub fn execute(
                     .filter(|b| b.expires_at > now_unix)
                     .map(|b| json!({ "contact": b.contact, "received": b.received.to_string(), "transport": b.transport, "expires_in": b.expires_at - now_unix }))
                     .collect();
-                out.push(json!({ "id": a.id, "name": a.name, "queues": a.queues, "registrations": live }));
+                let presence = store.presence(&a.id)?.unwrap_or(Presence::LoggedOut);
+                let (state, reason) = match presence {
+                    Presence::LoggedOut => ("logged-out", None),
+                    Presence::Available => ("available", None),
+                    Presence::OnBreak(r) => ("on-break", Some(r)),
+                };
+                out.push(json!({ "id": a.id, "name": a.name, "queues": a.memberships(), "state": state, "reason": reason, "registrations": live }));
             }
             Ok(Value::Array(out))
         }
@@ -219,6 +338,21 @@ pub fn execute(
             Ok(json!({ "imported": n }))
         }
     }
+}
+
+/// The presence an `agents state` word asks for (`None`: end wrap-up).
+pub fn presence_of(state: &str, reason: Option<String>) -> anyhow::Result<Option<Presence>> {
+    Ok(Some(match state {
+        "available" => Presence::Available,
+        "break" | "on-break" => {
+            let reason = reason.unwrap_or_else(|| "break".to_string());
+            valid_name("break reason", &reason)?;
+            Presence::OnBreak(reason)
+        }
+        "logged-out" | "logout" => Presence::LoggedOut,
+        "end-wrap-up" => return Ok(None),
+        other => bail!("unknown state {other:?}: use available, break, logged-out or end-wrap-up"),
+    }))
 }
 
 /// The admin socket's path.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::acd::desk::{EmptyWhen, Rules, Strategy};
 use anyhow::{bail, Context};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -59,13 +60,51 @@ pub struct IvrSettings {
     pub media_realtime: bool,
 }
 
-/// One agent queue.
-#[derive(Debug, Clone, Deserialize)]
+/// One agent queue: every key but `description` and `overflow` defaults to `[queue]`'s.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDef {
     /// What it serves.
     #[serde(default)]
     pub description: String,
+    /// How agents are chosen.
+    pub strategy: Option<Strategy>,
+    /// Ring time per offer, seconds.
+    pub ring_timeout: Option<u64>,
+    /// Wrap-up after each call, seconds.
+    pub wrap_up: Option<u64>,
+    /// Longest wait in line, seconds (0: no limit).
+    pub max_wait: Option<u64>,
+    /// Where callers go when `max_wait` passes or the queue empties.
+    pub overflow: Option<Overflow>,
+    /// Most callers in line (0: no limit).
+    pub max_waiting: Option<usize>,
+    /// Member conditions under which callers may not join.
+    pub join_empty: Option<Vec<EmptyWhen>>,
+    /// Member conditions under which waiting callers leave.
+    pub leave_empty: Option<Vec<EmptyWhen>>,
+    /// Prompt looped while callers wait.
+    pub moh: Option<String>,
+    /// Seconds within which an answer counts as in service level.
+    pub service_level: Option<u64>,
+    /// Seconds before an agent who missed a caller is offered them again.
+    pub retry: Option<u64>,
+    /// Consecutive missed offers before an agent goes on break (0: never).
+    pub max_no_answer: Option<u32>,
+    /// Skills: seconds per level step before a higher level is offered the caller.
+    pub tier_wait: Option<u64>,
+    /// Seconds within which an abandoning caller who calls again gets their place.
+    pub resume_window: Option<u64>,
+}
+
+/// Where a queue sends callers it cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Overflow {
+    /// Another queue (the caller keeps their call data).
+    Queue(String),
+    /// An IVR flow.
+    Flow(String),
 }
 
 /// One backend system reached over SIP.
@@ -145,15 +184,80 @@ pub struct TrunkSettings {
     pub outbound: String,
 }
 
-/// `[queue]`: the simple queue of the call-path stage.
+/// `[queue]`: what every queue does unless its `[queues.NAME]` says otherwise.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
+    /// How agents are chosen.
+    pub strategy: Strategy,
     /// Ring time per agent, seconds.
     pub ring_timeout: u64,
-    /// Longest wait in a queue for a caller an IVR already answered, seconds
-    /// (then the flow's busy notice and hangup).
+    /// Wrap-up after each call, seconds.
+    pub wrap_up: u64,
+    /// Longest wait in line, seconds (0: no limit).
     pub max_wait: u64,
+    /// Most callers in line (0: no limit).
+    pub max_waiting: usize,
+    /// Member conditions under which callers may not join.
+    pub join_empty: Vec<EmptyWhen>,
+    /// Member conditions under which waiting callers leave.
+    pub leave_empty: Vec<EmptyWhen>,
+    /// Prompt looped while callers wait.
+    pub moh: String,
+    /// Seconds within which an answer counts as in service level.
+    pub service_level: u64,
+    /// Seconds before an agent who missed a caller is offered them again.
+    pub retry: u64,
+    /// Consecutive missed offers before an agent goes on break (0: never).
+    pub max_no_answer: u32,
+    /// Skills: seconds per level step.
+    pub tier_wait: u64,
+    /// Seconds within which an abandoning caller who calls again gets their place.
+    pub resume_window: u64,
+    /// Caller list (see `yihaotong lists`) whose callers wait with priority
+    /// in every queue; empty = none.
+    pub priority_list: String,
+    /// Seconds between flushes of CDRs and queue-log lines to disk (a kill -9
+    /// loses at most this much; a clean stop loses nothing).
+    pub record_flush: u64,
+}
+
+impl Settings {
+    /// The resolved rules of queue `name` (its own keys over `[queue]`'s).
+    pub fn queue_rules(&self, name: &str) -> Rules {
+        let d = &self.queue;
+        let q = self.queues.get(name).cloned().unwrap_or_default();
+        let ms = |v: u64| v.saturating_mul(1000);
+        Rules {
+            strategy: q.strategy.unwrap_or(d.strategy),
+            ring_timeout: ms(q.ring_timeout.unwrap_or(d.ring_timeout).max(1)),
+            wrap_up: ms(q.wrap_up.unwrap_or(d.wrap_up)),
+            max_wait: ms(q.max_wait.unwrap_or(d.max_wait)),
+            max_waiting: q.max_waiting.unwrap_or(d.max_waiting),
+            join_empty: q.join_empty.unwrap_or_else(|| d.join_empty.clone()),
+            leave_empty: q.leave_empty.unwrap_or_else(|| d.leave_empty.clone()),
+            retry: ms(q.retry.unwrap_or(d.retry)),
+            max_no_answer: q.max_no_answer.unwrap_or(d.max_no_answer),
+            tier_wait: ms(q.tier_wait.unwrap_or(d.tier_wait)),
+            resume_window: ms(q.resume_window.unwrap_or(d.resume_window)),
+        }
+    }
+
+    /// Service level of queue `name`, seconds.
+    pub fn service_level(&self, name: &str) -> u64 {
+        self.queues
+            .get(name)
+            .and_then(|q| q.service_level)
+            .unwrap_or(self.queue.service_level)
+    }
+
+    /// Hold prompt of queue `name`.
+    pub fn moh(&self, name: &str) -> &str {
+        self.queues
+            .get(name)
+            .and_then(|q| q.moh.as_deref())
+            .unwrap_or(&self.queue.moh)
+    }
 }
 
 impl Settings {
@@ -175,6 +279,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("trunk.allow")
                 .with_list_parse_key("trunk.normalize")
+                .with_list_parse_key("queue.join_empty")
+                .with_list_parse_key("queue.leave_empty")
                 .try_parsing(true)
                 .ignore_empty(true),
         );
@@ -223,6 +329,16 @@ impl Settings {
             if !crate::ivr::flow::is_plain_name(name) {
                 bail!("settings: queue/backend name {name:?} must use letters, digits, - and _");
             }
+        }
+        for (name, q) in &self.queues {
+            if let Some(Overflow::Queue(to)) = &q.overflow {
+                if to == name || !self.queues.contains_key(to) {
+                    bail!("settings: [queues.{name}] overflow names queue {to:?}, which is not another configured queue");
+                }
+            }
+        }
+        if self.queue.moh.is_empty() {
+            bail!("settings: [queue] moh must name a prompt");
         }
         if self.ivr.utc_offset_minutes.abs() > 14 * 60 {
             bail!("settings: [ivr] utc_offset_minutes must be within ±840");

@@ -31,6 +31,31 @@ struct Cli {
 enum Command {
     /// Run the server.
     Run,
+    /// KPI report from the stored CDRs: offered, answered, connection rate,
+    /// service level, abandonment, ASA, AHT.
+    Report {
+        /// From: 2026-11-28, "2026-11-28 09:00" (local), Unix seconds, or 24h/7d back.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// To (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Grouping.
+        #[arg(long, value_enum, default_value = "hotline")]
+        by: yihaotong::acd::report::By,
+        /// Output.
+        #[arg(long, value_enum, default_value = "table")]
+        format: yihaotong::acd::report::Format,
+    },
+    /// Queue-log lines (Asterisk's queue_log layout) for a time range.
+    QueueLog {
+        /// From (as for `report`).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// To (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Validate settings and the shipped number plan, then exit.
     Check {
         /// Also validate a number-plan file.
@@ -119,9 +144,27 @@ enum AgentsAction {
         /// Display name.
         #[arg(long)]
         name: Option<String>,
-        /// Queues the agent serves, comma-separated.
+        /// Queues the agent serves, comma-separated, each optionally with a
+        /// level (skill tier or penalty; 1 is first): main,hrss:2.
         #[arg(long, value_delimiter = ',', default_value = "main")]
         queues: Vec<String>,
+        /// Wrap-up seconds after each call, overriding the queues'.
+        #[arg(long)]
+        wrap_up: Option<u64>,
+        /// Do not log the agent in when the phone registers.
+        #[arg(long)]
+        no_auto_login: bool,
+    },
+    /// Set an agent's state (also by phone: *21 log in, *22 break, *23 log
+    /// out, *24 end wrap-up).
+    State {
+        /// Agent id.
+        id: String,
+        /// available, break, logged-out, or end-wrap-up.
+        state: String,
+        /// Break reason code (with `break`).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// List agents and their registrations.
     List,
@@ -185,8 +228,28 @@ fn real_main() -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
         let v = admin::run_command(&data_dir, &realm, cmd)?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        match v {
+            serde_json::Value::String(text) => print!("{text}"),
+            v => println!("{}", serde_json::to_string_pretty(&v)?),
+        }
         Ok(())
+    };
+    let offset = settings.ivr.utc_offset_minutes;
+    let range = |since: &str, until: Option<&str>| -> anyhow::Result<(u64, u64)> {
+        let now = yihaotong::acd::now_ms();
+        let parse = |t: &str, what: &str| {
+            yihaotong::acd::report::parse_time(t, offset, now)
+                .map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+        };
+        let since = parse(since, "since")?;
+        let until = match until {
+            Some(u) => parse(u, "until")?,
+            None => now + 1,
+        };
+        if since >= until {
+            anyhow::bail!("--since must be before --until");
+        }
+        Ok((since, until))
     };
     match cli.command {
         Command::Run => run(settings),
@@ -247,6 +310,29 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
+        Command::Report {
+            since,
+            until,
+            by,
+            format,
+        } => {
+            use clap::ValueEnum;
+            let (since, until) = range(&since, until.as_deref())?;
+            let name = |v: Option<clap::builder::PossibleValue>| {
+                v.map(|p| p.get_name().to_string()).unwrap_or_default()
+            };
+            run_admin(AdminCommand::Report {
+                since,
+                until,
+                by: name(by.to_possible_value()),
+                format: name(format.to_possible_value()),
+                utc_offset_minutes: offset,
+            })
+        }
+        Command::QueueLog { since, until } => {
+            let (since, until) = range(&since, until.as_deref())?;
+            run_admin(AdminCommand::QueueLog { since, until })
+        }
         Command::Reload => run_admin(AdminCommand::Reload),
         Command::Load(opts) => load(opts, &data_dir, &realm),
         Command::Agents { action } => run_admin(match action {
@@ -255,12 +341,19 @@ fn real_main() -> anyhow::Result<()> {
                 password,
                 name,
                 queues,
+                wrap_up,
+                no_auto_login,
             } => AdminCommand::AgentsAdd {
                 id,
                 password,
                 name,
                 queues,
+                wrap_up,
+                auto_login: Some(!no_auto_login),
             },
+            AgentsAction::State { id, state, reason } => {
+                AdminCommand::AgentsState { id, state, reason }
+            }
             AgentsAction::List => AdminCommand::AgentsList,
             AgentsAction::Remove { id } => AdminCommand::AgentsRemove { id },
         }),
@@ -320,6 +413,8 @@ fn load(
                 password: opts.password.clone(),
                 name: None,
                 queues: vec![opts.queue.clone()],
+                wrap_up: None,
+                auto_login: None,
             };
             admin::run_command(data_dir, realm, cmd).context("provisioning load agents")?;
         }
@@ -404,11 +499,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let server = Server::start(settings, store.clone()).await?;
         let shared = server.shared.clone();
         yihaotong::server::watch_reloads(shared.clone())?;
-        let live: admin::LiveFn = std::sync::Arc::new(move |cmd| match cmd {
-            AdminCommand::Status => Some(Ok(shared.status())),
-            AdminCommand::Reload => Some(shared.reload()),
-            _ => None,
-        });
+        let live: admin::LiveFn = std::sync::Arc::new(move |cmd| shared.live(cmd));
         admin::serve(socket.clone(), store.clone(), realm, live).await?;
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -420,6 +511,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let why = stop.await;
         drain(&server.shared, why).await;
+        server.shared.records.flush().await;
         store.flush()?;
         let _ = std::fs::remove_file(socket);
         tracing::info!("stopped");

@@ -18,7 +18,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::acd::{Distributor, SimpleQueue};
+use crate::acd::records::Records;
+use crate::acd::Acd;
+use crate::admin::AdminCommand;
 use crate::call::{self, CallEvent};
 use crate::config::Settings;
 use crate::ivr::Catalog;
@@ -104,8 +106,10 @@ pub struct Shared {
     pub store: Store,
     /// Registrar and authenticator.
     pub registrar: Mutex<Registrar>,
-    /// Who takes queue calls.
-    pub seats: Arc<dyn Distributor>,
+    /// The ACD: agent states and waiting callers.
+    pub acd: Acd,
+    /// CDRs and the queue log.
+    pub records: Records,
     /// RTP ports.
     pub ports: Arc<PortPool>,
     /// Sockets.
@@ -131,6 +135,74 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Admin commands that need the running server (status, reload, agent
+    /// states) or must reach the ACD after the store; `None`: the store alone
+    /// answers. Runs on a blocking thread.
+    pub fn live(&self, cmd: &AdminCommand) -> Option<Result<serde_json::Value, String>> {
+        let runtime = tokio::runtime::Handle::current();
+        match cmd {
+            AdminCommand::Status => {
+                let mut v = self.status();
+                let (agents, queues) = runtime.block_on(self.acd.views());
+                let mut states = std::collections::BTreeMap::<&str, usize>::new();
+                for a in &agents {
+                    *states.entry(a.state).or_default() += 1;
+                }
+                v["agents"] = serde_json::json!(states);
+                v["queues"] = serde_json::json!(queues);
+                Some(Ok(v))
+            }
+            AdminCommand::Reload => Some(self.reload()),
+            AdminCommand::AgentsAdd { id, .. } | AdminCommand::AgentsRemove { id } => {
+                let r = crate::admin::execute(
+                    &self.store,
+                    &self.settings.sip.domain,
+                    cmd.clone(),
+                    now_unix(),
+                )
+                .map_err(|e| format!("{e:#}"));
+                self.acd.touch(id, false);
+                Some(r)
+            }
+            AdminCommand::AgentsState { id, state, reason } => {
+                let r = match crate::admin::presence_of(state, reason.clone()) {
+                    Err(e) => Err(format!("{e:#}")),
+                    Ok(Some(p)) => runtime.block_on(self.acd.set_presence(id, p)),
+                    Ok(None) => runtime.block_on(self.acd.end_wrap_up(id)),
+                };
+                Some(r.map(|()| serde_json::json!({ "agent": id, "state": state })))
+            }
+            AdminCommand::AgentsList => {
+                let listed = crate::admin::execute(
+                    &self.store,
+                    &self.settings.sip.domain,
+                    cmd.clone(),
+                    now_unix(),
+                );
+                let (agents, _) = runtime.block_on(self.acd.views());
+                Some(
+                    listed
+                        .map(|mut v| {
+                            // The desk knows the live state (ringing, on-call, wrap-up).
+                            if let Some(list) = v.as_array_mut() {
+                                for entry in list {
+                                    let id = entry["id"].as_str().unwrap_or_default().to_string();
+                                    if let Some(a) = agents.iter().find(|a| a.id == id) {
+                                        entry["state"] = a.state.into();
+                                        entry["reason"] = a.reason.clone().into();
+                                        entry["misses"] = a.misses.into();
+                                    }
+                                }
+                            }
+                            v
+                        })
+                        .map_err(|e| format!("{e:#}")),
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// Live figures for `yihaotong status`.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
@@ -305,9 +377,14 @@ impl Server {
         } else {
             settings.sip.advertise.clone()
         };
+        let records = Records::start(
+            store.clone(),
+            std::time::Duration::from_secs(settings.queue.record_flush),
+        );
         let shared = Arc::new(Shared {
             registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
-            seats: Arc::new(SimpleQueue::new(store.clone())),
+            acd: Acd::start(&settings, store.clone(), records.clone()),
+            records,
             ports: Arc::new(PortPool::new(
                 settings.rtp.address,
                 settings.rtp.port_min,
@@ -603,6 +680,11 @@ impl Worker {
                         headers: vec![],
                     },
                 };
+                if answer.status == 200 {
+                    if let Some(agent) = &req.core.to.user {
+                        self.shared.acd.touch(agent, true);
+                    }
+                }
                 self.answer(&key, &req, &answer);
             }
             Method::Options => {

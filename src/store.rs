@@ -23,6 +23,42 @@ pub struct Agent {
     pub queues: Vec<String>,
     /// Digest HA1 values; never the password.
     pub credentials: Credentials,
+    /// Level (skill tier, or penalty) per queue; 1 when not listed.
+    #[serde(default)]
+    pub levels: std::collections::BTreeMap<String, u32>,
+    /// Wrap-up seconds after each call, overriding the queues'.
+    #[serde(default)]
+    pub wrap_up: Option<u64>,
+    /// A fresh registration of the phone logs the agent in.
+    #[serde(default = "yes")]
+    pub auto_login: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Agent {
+    /// A new account: level 1 everywhere, queue wrap-up, auto-login.
+    pub fn new(id: &str, name: &str, queues: Vec<String>, credentials: Credentials) -> Agent {
+        Agent {
+            id: id.to_string(),
+            name: name.to_string(),
+            queues,
+            credentials,
+            levels: Default::default(),
+            wrap_up: None,
+            auto_login: true,
+        }
+    }
+
+    /// (queue, level) pairs.
+    pub fn memberships(&self) -> Vec<(String, u32)> {
+        self.queues
+            .iter()
+            .map(|q| (q.clone(), self.levels.get(q).copied().unwrap_or(1)))
+            .collect()
+    }
 }
 
 /// One registered contact of an agent.
@@ -76,6 +112,20 @@ pub struct Store {
     lists: sled::Tree,
     /// Operator switches for flows (`flag`): key = name, present = on.
     switches: sled::Tree,
+    /// Agents' chosen presence (logged out, available, on break).
+    presence: sled::Tree,
+    /// Queue log lines, keyed by time (see [`record_key`]).
+    queue_log: sled::Tree,
+    /// Call detail records, keyed by end time.
+    cdrs: sled::Tree,
+}
+
+/// A time-ordered, unique key: Unix ms (big-endian) then a sequence number.
+pub fn record_key(at_ms: u64, seq: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&at_ms.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 impl std::fmt::Debug for Store {
@@ -104,6 +154,9 @@ impl Store {
             meta: db.open_tree("meta")?,
             lists: db.open_tree("lists")?,
             switches: db.open_tree("switches")?,
+            presence: db.open_tree("presence")?,
+            queue_log: db.open_tree("queue_log")?,
+            cdrs: db.open_tree("cdrs")?,
             db,
         })
     }
@@ -116,6 +169,53 @@ impl Store {
     fn bump(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// An agent's saved presence.
+    pub fn presence(&self, id: &str) -> anyhow::Result<Option<crate::acd::desk::Presence>> {
+        Self::get(&self.presence, id)
+    }
+
+    /// Saves an agent's presence (flushed at once: it must survive a crash).
+    pub fn put_presence(&self, id: &str, p: &crate::acd::desk::Presence) -> anyhow::Result<()> {
+        self.presence
+            .insert(id.as_bytes(), serde_json::to_vec(p)?)?;
+        self.presence.flush()?;
+        Ok(())
+    }
+
+    /// Appends queue-log lines and CDRs (already keyed) in one batch each,
+    /// then flushes: what returns Ok is on disk.
+    pub fn append_records(
+        &self,
+        log: &[([u8; 12], Vec<u8>)],
+        cdrs: &[([u8; 12], Vec<u8>)],
+    ) -> anyhow::Result<()> {
+        for (tree, rows) in [(&self.queue_log, log), (&self.cdrs, cdrs)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for (k, v) in rows {
+                batch.insert(&k[..], v.as_slice());
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records of one kind with keys in [since, until) Unix ms, oldest first.
+    pub fn records(
+        &self,
+        cdrs: bool,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> impl Iterator<Item = anyhow::Result<Vec<u8>>> {
+        let tree = if cdrs { &self.cdrs } else { &self.queue_log };
+        tree.range(record_key(since_ms, 0)..record_key(until_ms, 0))
+            .values()
+            .map(|v| Ok(v?.to_vec()))
     }
 
     /// Writes everything to disk.

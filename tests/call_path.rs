@@ -323,7 +323,8 @@ fn agent_registered_over_tcp_is_rung_on_its_connection() {
         panic!("ACK expected")
     };
     assert_eq!(ack.method.as_str(), "ACK");
-    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(480));
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
 }
 
 #[test]

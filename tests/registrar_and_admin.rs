@@ -1,5 +1,5 @@
 //! Registrar persistence, live administration through the admin socket, and
-//! the agent-selection rules of the simple queue, all against the real server.
+//! the first agent-selection rules of the ACD, all against the real server.
 
 mod common;
 
@@ -32,10 +32,14 @@ fn bindings_survive_a_restart_and_routes_change_live() {
         .expect("agent rung after restart");
     assert_eq!(inv.headers.get("x-hotline"), Some("social insurance"));
     agent.reply(server.sip, &inv, 486, "busy");
-    let r = trunk
-        .response(&d.call_id, "INVITE", 200, 6.0)
-        .expect("final answer");
-    assert_eq!(r.status, 480, "the only agent was busy");
+    // The only agent was busy: the caller waits in line (ringing) and is
+    // offered to the same agent again after `retry` (1 s in tests).
+    let again = agent
+        .request("INVITE", 5.0)
+        .expect("offered again after retry");
+    agent.reply(server.sip, &again, 486, "busy");
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
     // Remove the route: the next call is refused with 404.
     let (ok, out) = server.cli(&["routes", "remove", "12333"]);
     assert!(ok, "{out}");
@@ -112,7 +116,8 @@ fn a_seat_that_moves_is_rung_where_it_registered_last() {
             .request("INVITE", 5.0)
             .expect("the newest registration is rung");
         phone.reply(server.sip, &inv, 486, "busy");
-        assert_eq!(trunk.final_status(&d.call_id, "INVITE", 5.0), Some(480));
+        trunk.cancel(server.sip, &d);
+        assert_eq!(trunk.final_status(&d.call_id, "INVITE", 5.0), Some(487));
         assert_eq!(
             phone.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
             200

@@ -1,19 +1,32 @@
-//! The ACD seam: who gets the next call.
+//! The ACD: who gets the next call, and the record of every second.
 //!
-//! Room: the queue desk. For the call-path stage this is the simple queue the
-//! issue asks for — every registered agent listed in the queue, longest idle
-//! first, one at a time — behind the [`Distributor`] trait, so the full ACD
-//! (strategies, skills, states, wrap-up) can replace it without touching the
-//! call code. A seat can only be offered a call through a [`Reservation`],
-//! which only [`Distributor::reserve`] makes, so one seat is never rung for
-//! two calls at once.
+//! Room: the queue desk's clerk. [`desk::Desk`] decides; this module runs it
+//! as one tokio task (the actor) that owns it, feeds it messages from calls,
+//! the registrar and the admin socket, sleeps until its next deadline, and
+//! carries its outputs out: ring messages to call tasks, queue-log lines to
+//! [`records`], presence to the store. Calls hold a [`Ticket`]; dropping it
+//! (however the call ended, even a panicking task) tells the desk, so no
+//! agent can stay "on call" after a lost BYE.
+
+pub mod desk;
+pub mod records;
+pub mod report;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Settings;
 use crate::sip::{Peer, TransportKind};
 use crate::store::Store;
+use desk::{
+    AgentSpec, AgentView, CallRef, Desk, ExitReason, HungUp, Joining, OfferOutcome, Output,
+    Presence, QueueView, Rank, Refusal,
+};
+use records::Records;
 
 /// Where to ring an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,209 +39,411 @@ pub struct SeatContact {
     pub peer: Peer,
 }
 
-/// Proof that a seat was reserved for one call. Not clonable, not constructible outside.
+/// What the desk tells a waiting call.
 #[derive(Debug)]
-pub struct Reservation {
-    agent: String,
+pub enum ToCall {
+    /// Ring these agents (several only under ring-all), each for `ring_timeout`.
+    Ring {
+        /// Where.
+        agents: Vec<SeatContact>,
+        /// How long.
+        ring_timeout: Duration,
+    },
+    /// Leave the line: no agent.
+    Exit(ExitReason),
 }
 
-impl Reservation {
-    /// The reserved agent.
-    pub fn agent(&self) -> &str {
-        &self.agent
+enum Msg {
+    Enter {
+        joining: Joining,
+        to_call: mpsc::UnboundedSender<ToCall>,
+        reply: oneshot::Sender<Result<usize, Refusal>>,
+    },
+    Result {
+        call: CallRef,
+        agent: String,
+        outcome: OfferOutcome,
+    },
+    Leave {
+        call: CallRef,
+        by: HungUp,
+    },
+    Presence {
+        agent: String,
+        presence: Presence,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    EndWrapUp {
+        agent: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Touch {
+        agent: String,
+        registered_now: bool,
+    },
+    Position {
+        call: CallRef,
+        reply: oneshot::Sender<Option<(usize, u64)>>,
+    },
+    Views {
+        reply: oneshot::Sender<(Vec<AgentView>, Vec<QueueView>)>,
+    },
+}
+
+/// Handle to the ACD actor. Cloning is cheap.
+#[derive(Clone)]
+pub struct Acd {
+    tx: mpsc::UnboundedSender<Msg>,
+    tickets: Arc<AtomicU64>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The newest live registration of an agent, as a seat contact and its expiry (ms).
+fn seat_contact(store: &Store, id: &str, now_unix: u64) -> Option<(SeatContact, u64)> {
+    let bindings = store.bindings(id).unwrap_or_default();
+    let b = bindings
+        .iter()
+        .filter(|b| b.expires_at > now_unix)
+        .max_by_key(|b| b.expires_at)?;
+    let transport = if b.transport == "TCP" {
+        TransportKind::Tcp
+    } else {
+        TransportKind::Udp
+    };
+    Some((
+        SeatContact {
+            agent: id.to_string(),
+            uri: b.contact.clone(),
+            peer: Peer::new(b.received, transport, b.conn),
+        },
+        b.expires_at.saturating_mul(1000),
+    ))
+}
+
+/// A call's place at the desk. Dropping it tells the desk the call is over.
+pub struct Ticket {
+    acd: Acd,
+    call: CallRef,
+    /// Who ended the call (set before the drop; the caller by default).
+    pub by: HungUp,
+}
+
+impl Ticket {
+    /// Reports how an offer to `agent` ended.
+    pub fn result(&self, agent: &str, outcome: OfferOutcome) {
+        let _ = self.acd.tx.send(Msg::Result {
+            call: self.call,
+            agent: agent.to_string(),
+            outcome,
+        });
+    }
+
+    /// The caller's position (1 = next) and the queue's recent hold time (ms).
+    pub async fn position(&self) -> Option<(usize, u64)> {
+        let (reply, rx) = oneshot::channel();
+        self.acd
+            .tx
+            .send(Msg::Position {
+                call: self.call,
+                reply,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
     }
 }
 
-/// Chooses agents for queue calls.
-pub trait Distributor: Send + Sync {
-    /// Picks the best free agent of `queue` that this call has not tried yet,
-    /// reserves it (choice and reservation are one step, so two calls cannot
-    /// both take it), and says where to ring it.
-    fn reserve_next(
-        &self,
-        queue: &str,
-        now_unix: u64,
-        tried: &[String],
-    ) -> Option<(Reservation, SeatContact)>;
-    /// Gives the seat back (the call ended, or the agent did not answer).
-    fn release(&self, reservation: Reservation);
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let _ = self.acd.tx.send(Msg::Leave {
+            call: self.call,
+            by: self.by,
+        });
+    }
 }
 
-#[derive(Debug)]
-struct SeatState {
-    busy: bool,
-    idle_since: Instant,
-}
-
-/// Queue members and their bindings, read from the store once per change
-/// (not once per call: a sled scan of every agent per call capped the call
-/// rate at a few hundred per second with 400 agents).
-#[derive(Default)]
-struct Directory {
-    generation: Option<u64>,
-    by_queue: HashMap<String, Vec<(String, Vec<crate::store::Binding>)>>,
-}
-
-/// The call-path stage's queue: longest idle first, no states beyond busy.
-pub struct SimpleQueue {
-    store: Store,
-    seats: Mutex<HashMap<String, SeatState>>,
-    directory: Mutex<Directory>,
-    started: Instant,
-}
-
-impl SimpleQueue {
-    /// A queue over the agents in `store`.
-    pub fn new(store: Store) -> SimpleQueue {
-        SimpleQueue {
+impl Acd {
+    /// Starts the actor with every queue of `settings` and every agent of `store`.
+    pub fn start(settings: &Settings, store: Store, records: Records) -> Acd {
+        let queues = settings
+            .queues
+            .keys()
+            .map(|name| (name.clone(), settings.queue_rules(name)));
+        let mut desk = Desk::new(queues);
+        let now = now_ms();
+        let mut out = Vec::new();
+        for agent in store.agents().unwrap_or_default() {
+            let presence = store
+                .presence(&agent.id)
+                .ok()
+                .flatten()
+                .unwrap_or(Presence::LoggedOut);
+            let contact = seat_contact(&store, &agent.id, now / 1000);
+            desk.upsert_agent(spec_of(&agent), presence, contact, false, now, &mut out);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acd = Acd {
+            tx,
+            tickets: Arc::new(AtomicU64::new(1)),
+        };
+        let mut actor = Actor {
+            desk,
             store,
-            seats: Mutex::new(HashMap::new()),
-            directory: Mutex::new(Directory::default()),
-            started: Instant::now(),
+            records,
+            calls: HashMap::new(),
+        };
+        actor.carry_out(out);
+        tokio::spawn(actor.run(rx));
+        acd
+    }
+
+    /// Puts a caller in line. The ticket must live as long as the call.
+    pub async fn enter(
+        &self,
+        call_id: &str,
+        queue: &str,
+        rank: Rank,
+        number: &str,
+        to_call: mpsc::UnboundedSender<ToCall>,
+    ) -> (Ticket, Result<usize, Refusal>) {
+        let call = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            acd: self.clone(),
+            call,
+            by: HungUp::Caller,
+        };
+        let (reply, rx) = oneshot::channel();
+        let joining = Joining {
+            call,
+            call_id: call_id.to_string(),
+            queue: queue.to_string(),
+            rank,
+            number: number.to_string(),
+        };
+        let sent = self.tx.send(Msg::Enter {
+            joining,
+            to_call,
+            reply,
+        });
+        let answer = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(Refusal::UnknownQueue)),
+            Err(_) => Err(Refusal::UnknownQueue),
+        };
+        (ticket, answer)
+    }
+
+    /// The agent's account or registration changed: read it again from the store.
+    pub fn touch(&self, agent: &str, registered_now: bool) {
+        let _ = self.tx.send(Msg::Touch {
+            agent: agent.to_string(),
+            registered_now,
+        });
+    }
+
+    /// Sets an agent's presence.
+    pub async fn set_presence(&self, agent: &str, presence: Presence) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Presence {
+                agent: agent.to_string(),
+                presence,
+                reply,
+            })
+            .map_err(|_| "the ACD has stopped".to_string())?;
+        rx.await.map_err(|_| "the ACD has stopped".to_string())?
+    }
+
+    /// Ends an agent's wrap-up now.
+    pub async fn end_wrap_up(&self, agent: &str) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::EndWrapUp {
+                agent: agent.to_string(),
+                reply,
+            })
+            .map_err(|_| "the ACD has stopped".to_string())?;
+        rx.await.map_err(|_| "the ACD has stopped".to_string())?
+    }
+
+    /// Every agent's and queue's state now.
+    pub async fn views(&self) -> (Vec<AgentView>, Vec<QueueView>) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Views { reply }).is_err() {
+            return Default::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// The desk's view of a store account.
+pub fn spec_of(agent: &crate::store::Agent) -> AgentSpec {
+    AgentSpec {
+        id: agent.id.clone(),
+        queues: agent.memberships(),
+        wrap_up: agent.wrap_up.map(|s| s.saturating_mul(1000)),
+        auto_login: agent.auto_login,
+    }
+}
+
+struct Actor {
+    desk: Desk,
+    store: Store,
+    records: Records,
+    calls: HashMap<CallRef, mpsc::UnboundedSender<ToCall>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        loop {
+            let deadline = self.desk.next_deadline();
+            let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let msg = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => return,
+                },
+                _ = sleep_opt(wait) => None,
+            };
+            let now = now_ms();
+            let mut out = Vec::new();
+            match msg {
+                None => self.desk.tick(now, &mut out),
+                Some(m) => self.handle(m, now, &mut out),
+            }
+            // Deadlines that passed while handling come due now too.
+            self.desk.tick(now, &mut out);
+            self.carry_out(out);
         }
     }
-}
 
-impl Distributor for SimpleQueue {
-    fn reserve_next(
-        &self,
-        queue: &str,
-        now_unix: u64,
-        tried: &[String],
-    ) -> Option<(Reservation, SeatContact)> {
-        let mut directory = self.directory.lock().ok()?;
-        let generation = self.store.generation();
-        if directory.generation != Some(generation) {
-            let mut by_queue: HashMap<String, Vec<_>> = HashMap::new();
-            for agent in self.store.agents().unwrap_or_default() {
-                let bindings = self.store.bindings(&agent.id).unwrap_or_default();
-                for q in &agent.queues {
-                    by_queue
-                        .entry(q.clone())
-                        .or_default()
-                        .push((agent.id.clone(), bindings.clone()));
+    fn handle(&mut self, msg: Msg, now: u64, out: &mut Vec<Output>) {
+        match msg {
+            Msg::Enter {
+                joining,
+                to_call,
+                reply,
+            } => {
+                let call = joining.call;
+                self.calls.insert(call, to_call);
+                let answer = self.desk.enter(joining, now, out);
+                if answer.is_err() {
+                    self.calls.remove(&call);
+                }
+                let _ = reply.send(answer);
+            }
+            Msg::Result {
+                call,
+                agent,
+                outcome,
+            } => self.desk.offer_result(call, &agent, outcome, now, out),
+            Msg::Leave { call, by } => {
+                self.calls.remove(&call);
+                self.desk.leave(call, by, now, out);
+            }
+            Msg::Presence {
+                agent,
+                presence,
+                reply,
+            } => {
+                let r = self
+                    .desk
+                    .set_presence(&agent, presence, now, out)
+                    .map_err(|e| format!("agent {agent:?}: {e}"));
+                let _ = reply.send(r);
+            }
+            Msg::EndWrapUp { agent, reply } => {
+                let r = self
+                    .desk
+                    .end_wrap_up(&agent, now, out)
+                    .map_err(|e| format!("agent {agent:?}: {e}"));
+                let _ = reply.send(r);
+            }
+            Msg::Touch {
+                agent,
+                registered_now,
+            } => match self.store.agent(&agent) {
+                Ok(Some(account)) => {
+                    let presence = self
+                        .store
+                        .presence(&agent)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(Presence::LoggedOut);
+                    let contact = seat_contact(&self.store, &agent, now / 1000);
+                    self.desk.upsert_agent(
+                        spec_of(&account),
+                        presence,
+                        contact,
+                        registered_now,
+                        now,
+                        out,
+                    );
+                }
+                Ok(None) => self.desk.remove_agent(&agent, now, out),
+                Err(e) => tracing::error!(error = %e, agent, "cannot read agent account"),
+            },
+            Msg::Position { call, reply } => {
+                let _ = reply.send(self.desk.position(call));
+            }
+            Msg::Views { reply } => {
+                let _ = reply.send((self.desk.agent_views(now), self.desk.queue_views(now)));
+            }
+        }
+    }
+
+    fn carry_out(&mut self, mut out: Vec<Output>) {
+        while !out.is_empty() {
+            let mut more = Vec::new();
+            for o in out {
+                match o {
+                    Output::Ring {
+                        call,
+                        agents,
+                        ring_timeout,
+                    } => {
+                        let sent = self.calls.get(&call).is_some_and(|tx| {
+                            tx.send(ToCall::Ring {
+                                agents,
+                                ring_timeout: Duration::from_millis(ring_timeout),
+                            })
+                            .is_ok()
+                        });
+                        if !sent {
+                            // The call is gone: its agents are free again.
+                            self.calls.remove(&call);
+                            self.desk.leave(call, HungUp::Caller, now_ms(), &mut more);
+                        }
+                    }
+                    Output::Exit { call, reason } => {
+                        if let Some(tx) = self.calls.remove(&call) {
+                            let _ = tx.send(ToCall::Exit(reason));
+                        }
+                    }
+                    Output::Log(line) => {
+                        tracing::info!(event = %line.event, queue = %line.queue, agent = %line.agent, call_id = %line.call_id, data = ?line.data, "queue");
+                        self.records.log(line);
+                    }
+                    Output::Persist { agent, presence } => {
+                        if let Err(e) = self.store.put_presence(&agent, &presence) {
+                            tracing::error!(error = %e, agent, "cannot save agent presence");
+                        }
+                    }
                 }
             }
-            *directory = Directory {
-                generation: Some(generation),
-                by_queue,
-            };
-        }
-        let members = directory.by_queue.get(queue)?;
-        let mut seats = self.seats.lock().ok()?;
-        // One pass, no allocation: the free member idle longest (ties by id).
-        let mut best: Option<(Instant, &str, &crate::store::Binding)> = None;
-        for (agent, bindings) in members {
-            let state = seats.get(agent.as_str());
-            if state.is_some_and(|s| s.busy) || tried.iter().any(|t| t == agent) {
-                continue;
-            }
-            // The newest live binding is where the agent sits now.
-            let Some(binding) = bindings
-                .iter()
-                .filter(|b| b.expires_at > now_unix)
-                .max_by_key(|b| b.expires_at)
-            else {
-                continue;
-            };
-            let idle = state.map_or(self.started, |s| s.idle_since);
-            if best.is_none_or(|(bi, ba, _)| (idle, agent.as_str()) < (bi, ba)) {
-                best = Some((idle, agent, binding));
-            }
-        }
-        let (idle_since, agent, b) = best?;
-        seats.insert(
-            agent.to_string(),
-            SeatState {
-                busy: true,
-                idle_since,
-            },
-        );
-        let transport = if b.transport == "TCP" {
-            TransportKind::Tcp
-        } else {
-            TransportKind::Udp
-        };
-        Some((
-            Reservation {
-                agent: agent.to_string(),
-            },
-            SeatContact {
-                agent: agent.to_string(),
-                uri: b.contact.clone(),
-                peer: Peer::new(b.received, transport, b.conn),
-            },
-        ))
-    }
-
-    fn release(&self, reservation: Reservation) {
-        if let Ok(mut seats) = self.seats.lock() {
-            seats.insert(
-                reservation.agent,
-                SeatState {
-                    busy: false,
-                    idle_since: Instant::now(),
-                },
-            );
+            out = more;
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sip::auth::Credentials;
-    use crate::store::{Agent, Binding};
-
-    #[test]
-    fn longest_idle_first_tried_skipped_and_no_double_reservation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        for id in ["1001", "1002"] {
-            store
-                .put_agent(&Agent {
-                    id: id.into(),
-                    name: id.into(),
-                    queues: vec!["main".into()],
-                    credentials: Credentials::new(id, "r", "p"),
-                })
-                .expect("agent");
-            store
-                .put_bindings(
-                    id,
-                    &[Binding {
-                        contact: format!("sip:{id}@127.0.0.1:6000"),
-                        received: "127.0.0.1:6000".parse().expect("addr"),
-                        transport: "UDP".into(),
-                        conn: 0,
-                        expires_at: 2_000,
-                        call_id: "c".into(),
-                        cseq: 1,
-                    }],
-                )
-                .expect("binding");
-        }
-        let q = SimpleQueue::new(store);
-        let next = |q: &SimpleQueue, now: u64, tried: &[String]| q.reserve_next("main", now, tried);
-        let (r1, c1) = next(&q, 1_000, &[]).expect("free seat");
-        assert_eq!(c1.agent, "1001", "equally idle: by id");
-        assert_eq!(c1.uri, "sip:1001@127.0.0.1:6000");
-        let (r2, c2) = next(&q, 1_000, &[]).expect("second seat");
-        assert_eq!(c2.agent, "1002", "one seat, one call: 1001 is taken");
-        assert!(next(&q, 1_000, &[]).is_none(), "everyone is busy");
-        q.release(r2);
-        q.release(r1);
-        // 1002 was released first, so it has been idle longest.
-        let (r, c) = next(&q, 1_000, &[]).expect("free again");
-        assert_eq!(c.agent, "1002");
-        q.release(r);
-        let (r, c) = next(&q, 1_000, &["1001".to_string()]).expect("not tried yet");
-        assert_eq!(c.agent, "1002");
-        q.release(r);
-        assert!(
-            next(&q, 3_000, &[]).is_none(),
-            "expired bindings are not rung"
-        );
-        assert!(q.reserve_next("other", 1_000, &[]).is_none());
+async fn sleep_opt(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }

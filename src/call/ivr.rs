@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::queue::Unserved;
 use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End, Offer};
+use crate::acd::records::Disposition;
 use crate::acd::SeatContact;
 use crate::ivr::session::{Effect, Facts, Input, Session};
 use crate::ivr::Catalog;
@@ -31,8 +33,6 @@ use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer, SipTarget};
 use crate::store::{Route, Store};
 
-/// Prompt looped while a caller waits for a seat.
-pub(crate) const HOLD_MUSIC: &str = "common/hold-music";
 /// Prompt played when no seat answered within `[queue] max_wait`.
 pub(crate) const ALL_BUSY: &str = "common/all-busy";
 /// Most `X-IVR-Var-*` headers passed on.
@@ -75,6 +75,14 @@ pub(super) enum CallerSaid {
     Bye,
     Key(char),
     Nothing,
+}
+
+/// What the queue phase left for the flow.
+enum AfterQueue {
+    /// The call is over.
+    Ended(End),
+    /// The queue overflowed to this flow.
+    Flow(String),
 }
 
 /// Where a hand-off went.
@@ -135,7 +143,8 @@ pub(super) async fn start_flow(
     };
     let (media_tx, media_rx) = mpsc::channel(64);
     let caller = invite.core.from.user.clone().unwrap_or_default();
-    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
+    call.cdr.flow = route.flow.clone();
     let stream = a.try_clone().and_then(|dup| {
         call.ctx.shared.engine.add(StreamSetup {
             socket: dup,
@@ -177,7 +186,14 @@ pub(super) async fn start_flow(
 }
 
 impl Call {
-    fn play(&self, catalog: &Catalog, id: u64, names: &[String], barge_in: bool, looped: bool) {
+    pub(super) fn play(
+        &self,
+        catalog: &Catalog,
+        id: u64,
+        names: &[String],
+        barge_in: bool,
+        looped: bool,
+    ) {
         let prompts = names
             .iter()
             .filter_map(|n| catalog.prompts.get(n))
@@ -204,6 +220,8 @@ impl Call {
         };
         let mut timer: Option<(u64, Instant)> = None;
         let mut input = Some(Input::Start);
+        let mut next_flow: Option<String> = None;
+        let caller = self.invite.core.from.user.clone().unwrap_or_default();
         loop {
             if let Some(i) = input.take() {
                 for effect in session.handle(i, &facts) {
@@ -220,9 +238,15 @@ impl Call {
                         }
                         Effect::Timer { id, after } => timer = Some((id, Instant::now() + after)),
                         Effect::Queue { queue, priority } => {
-                            self.call_data = call_data(&session);
+                            self.flow_done(&session);
                             info!(queue = %queue, priority, keys = session.keys(), path = %session.position(), "flow queued the call");
-                            return self.queue(catalog, offer, route, queue).await;
+                            match self.queue(catalog, offer, route, &queue, priority).await {
+                                AfterQueue::Ended(end) => return end,
+                                AfterQueue::Flow(name) => {
+                                    next_flow = Some(name);
+                                    break;
+                                }
+                            }
                         }
                         Effect::Handoff { backend } => {
                             let Some(def) = shared.settings.backends.get(&backend) else {
@@ -232,9 +256,12 @@ impl Call {
                             let target = SipTarget::parse(&def.uri);
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
                             info!(backend = %backend, uri = %def.uri, "handing off");
-                            self.call_data = call_data(&session);
+                            self.flow_done(&session);
                             match self.reach(target, ring, offer, route).await {
-                                Reached::Ended(end) => return end,
+                                Reached::Ended(end) => {
+                                    self.cdr.disposition = Disposition::Handoff;
+                                    return end;
+                                }
                                 Reached::CallerGone => return End::CallerHungUp,
                                 Reached::Failed => {
                                     info!(backend = %backend, "backend did not take the call; fallback");
@@ -255,19 +282,42 @@ impl Call {
                             let ring =
                                 Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
                             info!(to = %to, "transferring");
-                            self.call_data = call_data(&session);
+                            self.flow_done(&session);
                             match self.reach(target, ring, offer, route).await {
-                                Reached::Ended(end) => return end,
+                                Reached::Ended(end) => {
+                                    self.cdr.disposition = Disposition::Transfer;
+                                    return end;
+                                }
                                 Reached::CallerGone => return End::CallerHungUp,
                                 Reached::Failed => input = Some(Input::Failed),
                             }
                         }
                         Effect::Hangup => {
                             info!(keys = session.keys(), path = %session.position(), "flow hung up");
+                            self.flow_done(&session);
+                            if self.cdr.queued.is_none() {
+                                self.cdr.disposition = Disposition::SelfService;
+                            }
                             self.bye_caller();
                             return End::FlowHangup;
                         }
                     }
+                }
+                // A queue overflowed into a flow: that flow takes the caller from its start.
+                if let Some(name) = next_flow.take() {
+                    let Some(flow) = catalog.flows.get(&name).cloned() else {
+                        warn!(flow = %name, "overflow names a flow that is not loaded; hanging up");
+                        self.bye_caller();
+                        return End::NoAgent;
+                    };
+                    self.cdr.flow = name;
+                    session = Session::new(
+                        catalog.clone(),
+                        flow,
+                        &caller,
+                        shared.settings.ivr.max_steps,
+                    );
+                    input = Some(Input::Start);
                 }
                 continue;
             }
@@ -279,6 +329,10 @@ impl Call {
                         match self.caller_request(key, request) {
                             CallerSaid::Bye => {
                                 info!(keys = session.keys(), path = %session.position(), "caller hung up in the flow");
+                                self.flow_done(&session);
+                                if self.cdr.queued.is_none() {
+                                    self.cdr.disposition = Disposition::IvrHangup;
+                                }
                                 return End::CallerHungUp;
                             }
                             CallerSaid::Key(c) => input = Some(Input::Digit(c)),
@@ -427,36 +481,36 @@ impl Call {
         }
     }
 
-    /// The flow queued the call: music, then the seats; bridged until the end.
+    /// The flow queued the call: music while in line, then bridged until the end.
     async fn queue(
         &mut self,
         catalog: &Catalog,
         offer: &AudioOffer,
         route: &Route,
-        queue: String,
-    ) -> End {
-        self.play(catalog, 0, &[HOLD_MUSIC.to_string()], false, true);
-        let route = Route {
-            queue,
-            ..route.clone()
-        };
-        let Some((reservation, b_leg)) = self.ring_agents(offer, &route).await else {
-            if self.caller_gone {
-                return End::CallerHungUp;
+        queue: &str,
+        priority: u32,
+    ) -> AfterQueue {
+        let rank = self.rank(priority);
+        match self.wait_for_agent(offer, route, queue, rank).await {
+            Ok((leg, ticket)) => {
+                let Some(a_dialog) = self.a_dialog.take() else {
+                    return AfterQueue::Ended(End::Refused);
+                };
+                AfterQueue::Ended(self.bridge_to_end(a_dialog, leg, Some(ticket)).await)
             }
-            info!("no seat answered within max_wait");
-            self.play(catalog, 1, &[ALL_BUSY.to_string()], false, false);
-            let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
-            let notice = Duration::from_millis(20 * frames as u64 + 300);
-            if self.hold(Instant::now() + notice).await {
-                self.bye_caller();
+            Err(Unserved::CallerGone) => AfterQueue::Ended(End::CallerHungUp),
+            Err(Unserved::Flow(flow)) => AfterQueue::Flow(flow),
+            Err(_) => {
+                info!("no agent: the busy notice, then hang-up");
+                self.play(catalog, 1, &[ALL_BUSY.to_string()], false, false);
+                let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
+                let notice = Duration::from_millis(20 * frames as u64 + 300);
+                if self.hold(Instant::now() + notice).await {
+                    self.bye_caller();
+                }
+                AfterQueue::Ended(End::NoAgent)
             }
-            return End::NoAgent;
-        };
-        let Some(a_dialog) = self.a_dialog.take() else {
-            return End::Refused;
-        };
-        self.bridge_to_end(a_dialog, b_leg, Some(reservation)).await
+        }
     }
 
     /// Offers the answered caller to a SIP target (a backend, a transfer).
@@ -475,9 +529,8 @@ impl Call {
             uri: target.uri.clone(),
             peer: target.peer,
         };
-        let mut rang = true;
         match self
-            .offer_to(&seat, &target.uri, ring, offer, route, &mut rang)
+            .offer_to(&[(seat, target.uri.clone())], ring, offer, route, None)
             .await
         {
             Offer::Answered(leg) => {
@@ -509,45 +562,70 @@ impl Call {
         true
     }
 
-    /// Hands the caller's socket from the engine to a new relay (once).
+    /// Starts the relay of the bridge (once): on the IVR path the caller's
+    /// socket comes from the media engine and the relay carries on its
+    /// numbering; on the direct path the caller's side is bound now, so a
+    /// caller waiting unanswered holds no port.
     pub(super) async fn bridge_media(&mut self) -> bool {
         if self.relay.is_some() {
             return true;
         }
-        if self.ivr.is_none() || self.b_socket.is_none() {
-            return false;
-        }
-        let (Some(ivr), Some(b)) = (self.ivr.take(), self.b_socket.take()) else {
+        let Some(b) = self.b_socket.take() else {
             return false;
         };
-        let detached = ivr.stream.detach().await;
+        let pool = self.ctx.shared.ports.clone();
+        let (a, numbering, remote) = match self.ivr.take() {
+            Some(ivr) => {
+                let detached = ivr.stream.detach().await;
+                let remote = detached.as_ref().map_or(self.a_remote, |d| d.remote);
+                (ivr.socket, detached.map(|d| d.numbering), remote)
+            }
+            None => match pool.bind() {
+                Some(a) => (a, None, self.a_remote),
+                None => {
+                    if let Ok(addr) = b.local_addr() {
+                        pool.release(addr.port());
+                    }
+                    return false;
+                }
+            },
+        };
         let Some(relay) = crate::media::relay::spawn_with(
-            self.ctx.shared.ports.clone(),
-            ivr.socket,
+            pool,
+            a,
             b,
-            detached.map(|d| d.numbering),
+            numbering,
             self.rtp_timeout(),
             self.silent_tx.clone(),
         ) else {
             return false;
         };
-        if let Some(d) = detached {
-            let _ = relay
-                .cmd
-                .send(crate::media::relay::RelayCmd::Remote(
-                    crate::media::relay::Side::A,
-                    d.remote,
-                ))
-                .await;
-        }
+        let _ = relay
+            .cmd
+            .send(crate::media::relay::RelayCmd::Remote(
+                crate::media::relay::Side::A,
+                remote,
+            ))
+            .await;
         self.relay = Some(relay);
         true
     }
 }
 
 impl Drop for Call {
-    /// Ports of sockets no relay took go back to the pool.
+    /// Ports of sockets no relay took go back to the pool, and the call's
+    /// record goes to the records office (whatever ended the call).
     fn drop(&mut self) {
+        let mut cdr = std::mem::take(&mut self.cdr);
+        cdr.ended = crate::acd::now_ms();
+        self.ctx.shared.records.cdr(cdr);
+        if !self.abandoned.is_empty() {
+            tokio::spawn(super::linger(
+                self.ctx.worker.clone(),
+                self.ctx.shared.host.clone(),
+                std::mem::take(&mut self.abandoned),
+            ));
+        }
         let pool = &self.ctx.shared.ports;
         let ivr = self.ivr.take().map(|i| i.socket);
         for s in ivr.iter().chain(self.b_socket.iter()) {
@@ -555,6 +633,17 @@ impl Drop for Call {
                 pool.release(addr.port());
             }
         }
+    }
+}
+
+impl Call {
+    /// The flow has finished its part: keep its data for the far leg and the CDR.
+    fn flow_done(&mut self, session: &Session) {
+        self.call_data = call_data(session);
+        self.cdr.ivr_end = Some(crate::acd::now_ms());
+        self.cdr.keys = session.keys().to_string();
+        let trail = session.trail();
+        self.cdr.path = trail[trail.len().saturating_sub(16)..].join(",");
     }
 }
 

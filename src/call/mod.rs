@@ -28,11 +28,14 @@ use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
 mod ivr;
+mod queue;
 
-use crate::acd::{Reservation, SeatContact};
-use crate::media::relay::{self, Relay, RelayCmd, Side};
+use crate::acd::desk::OfferOutcome;
+use crate::acd::records::Cdr;
+use crate::acd::{now_ms, SeatContact, Ticket};
+use crate::media::relay::{Relay, RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
-use crate::server::{now_unix, Shared, WorkerInput};
+use crate::server::{Shared, WorkerInput};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, OutgoingRequest, Request, Response};
 use crate::sip::transaction::TxKey;
@@ -121,7 +124,9 @@ struct Call {
     relay: Option<Relay>,
     /// Our media address facing the far leg (agent, backend).
     b_addr: SocketAddr,
-    /// The far leg's socket until the relay takes it (IVR path).
+    /// Where the caller's SDP said to send RTP.
+    a_remote: SocketAddr,
+    /// The far leg's socket until the relay takes it.
     b_socket: Option<std::net::UdpSocket>,
     /// The caller's stream in the media engine, until the relay takes it.
     ivr: Option<ivr::IvrMedia>,
@@ -145,6 +150,23 @@ struct Call {
     caller_gone: bool,
     /// An agent leg we gave up on while it rang; a late 2xx from it is ACKed and BYEd.
     abandoned: Vec<(Dialog, Peer)>,
+    /// The unanswered caller has heard 180.
+    rang_caller: bool,
+    /// The call's record, written when the call is dropped.
+    cdr: Cdr,
+}
+
+/// One INVITE of an offer (several at once under ring-all).
+struct Fork {
+    seat: SeatContact,
+    dialog: Dialog,
+    key: TxKey,
+    branch: String,
+    cseq: u32,
+    /// A provisional response came (a CANCEL is needed to stop it).
+    early: bool,
+    /// Answered, refused, or given up.
+    done: bool,
 }
 
 /// Runs a call from the caller's INVITE to its end.
@@ -195,6 +217,103 @@ fn respond(
         status,
         bytes: Bytes::from(bytes),
     });
+}
+
+/// ACK for a 2xx (outside any transaction).
+fn send_ack(
+    worker: &mpsc::Sender<WorkerInput>,
+    host: &str,
+    dialog: &mut Dialog,
+    cseq: u32,
+    peer: Peer,
+) {
+    let (bytes, _, _) = dialog.request(
+        &Method::Ack,
+        host,
+        peer.transport.via_token(),
+        Some(cseq),
+        &[],
+        b"",
+    );
+    let _ = worker.try_send(WorkerInput::Stateless {
+        peer,
+        bytes: Bytes::from(bytes),
+    });
+}
+
+/// BYE in `dialog`; its answer goes to `owner`.
+fn send_bye(
+    worker: &mpsc::Sender<WorkerInput>,
+    host: &str,
+    dialog: &mut Dialog,
+    peer: Peer,
+    owner: &mpsc::Sender<CallEvent>,
+) {
+    let (bytes, branch, _) = dialog.request(
+        &Method::Bye,
+        host,
+        peer.transport.via_token(),
+        None,
+        &[],
+        b"",
+    );
+    let _ = worker.try_send(WorkerInput::Request {
+        method: Method::Bye,
+        branch,
+        bytes: Bytes::from(bytes),
+        peer,
+        owner: owner.clone(),
+    });
+}
+
+/// After a call ends, offers it gave up on may still answer (a 200 can cross
+/// our CANCEL, RFC 3261 §9.1): for 64×T1 their 2xx is ACKed and hung up,
+/// so no agent is left talking to nobody.
+async fn linger(worker: mpsc::Sender<WorkerInput>, host: String, mut forks: Vec<(Dialog, Peer)>) {
+    let (tx, mut rx) = mpsc::channel(16);
+    for (d, _) in &forks {
+        let _ = worker
+            .send(WorkerInput::Bind {
+                call_id: d.call_id.clone(),
+                owner: tx.clone(),
+            })
+            .await;
+    }
+    let ids: Vec<String> = forks.iter().map(|(d, _)| d.call_id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(32);
+    while !forks.is_empty() {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        let Some(event) = event else {
+            break;
+        };
+        if let CallEvent::Response { response, .. } = event {
+            if response.status >= 300 && response.core.cseq_method == Method::Invite {
+                // The CANCEL won (487) or the phone refused: nothing to hang up.
+                forks.retain(|(d, _)| d.call_id != response.core.call_id);
+            } else if (200..300).contains(&response.status)
+                && response.core.cseq_method == Method::Invite
+            {
+                if let Some(i) = forks
+                    .iter()
+                    .position(|(d, _)| d.call_id == response.core.call_id)
+                {
+                    let (mut d, peer) = forks.swap_remove(i);
+                    d.confirm(&response);
+                    info!(call_id = %d.call_id, "late answer from an offer the call gave up: ACK and BYE");
+                    send_ack(&worker, &host, &mut d, response.core.cseq, peer);
+                    send_bye(&worker, &host, &mut d, peer, &tx);
+                }
+            }
+        }
+    }
+    // Give the BYEs' answers a moment to arrive before the routes go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for call_id in ids {
+        let _ = worker.send(WorkerInput::Unbind { call_id }).await;
+    }
 }
 
 /// The SDP offer in `req`, or a 488 with the reason in a Warning.
@@ -249,30 +368,9 @@ async fn start(
     let Some(offer) = offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
         return End::Refused;
     };
-    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer);
-    let Some(relay) = relay::spawn(
-        call.ctx.shared.ports.clone(),
-        call.rtp_timeout(),
-        call.silent_tx.clone(),
-    ) else {
-        return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
-    };
-    let _ = relay.cmd.send(RelayCmd::Remote(Side::A, offer.addr)).await;
-    call.b_addr = relay.b_addr;
-    call.relay = Some(relay);
-    let Some((reservation, b_leg)) = call.ring_agents(&offer, route).await else {
-        return if call.caller_gone {
-            End::CallerCancelled
-        } else {
-            End::NoAgent
-        };
-    };
-    let a_dialog = Dialog::uas(&call.invite, &call.a_tag);
-    call.bridge_to_end(a_dialog, b_leg, Some(reservation)).await
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
+    call.queue_to_end(&offer, route, &route.queue, 0).await
 }
-
-/// Pause between rounds over a queue's seats while an answered caller waits.
-const QUEUE_RETRY: Duration = Duration::from_secs(2);
 
 /// The outcome of offering the call to one agent.
 enum Offer {
@@ -282,6 +380,7 @@ enum Offer {
 }
 
 impl Call {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         ctx: CallCtx,
         events: mpsc::Receiver<CallEvent>,
@@ -290,8 +389,17 @@ impl Call {
         a_tag: String,
         a_peer: Peer,
         offer: &AudioOffer,
+        route: &Route,
     ) -> Call {
         let (silent_tx, silent) = mpsc::channel(2);
+        let cdr = Cdr {
+            call_id: invite.core.call_id.clone(),
+            hotline: route.hotline.clone(),
+            dialed: invite.uri_user.clone().unwrap_or_default(),
+            caller: invite.core.from.user.clone().unwrap_or_default(),
+            arrived: now_ms(),
+            ..Cdr::default()
+        };
         Call {
             ctx,
             events,
@@ -299,6 +407,7 @@ impl Call {
             silent_tx,
             relay: None,
             b_addr: offer.addr,
+            a_remote: offer.addr,
             b_socket: None,
             ivr: None,
             answered: false,
@@ -313,6 +422,8 @@ impl Call {
             a_peer,
             caller_gone: false,
             abandoned: Vec::new(),
+            rang_caller: false,
+            cdr,
         }
     }
 
@@ -321,12 +432,7 @@ impl Call {
     }
 
     /// Runs the bridge of the caller and `b_leg` until one side ends it.
-    async fn bridge_to_end(
-        &mut self,
-        a_dialog: Dialog,
-        b_leg: Leg,
-        reservation: Option<Reservation>,
-    ) -> End {
+    async fn bridge_to_end(&mut self, a_dialog: Dialog, b_leg: Leg, ticket: Option<Ticket>) -> End {
         let a_leg = Leg {
             side: Side::A,
             dialog: a_dialog,
@@ -338,8 +444,18 @@ impl Call {
         };
         let b_call_id = b_leg.dialog.call_id.clone();
         let end = self.bridged(a_leg, b_leg).await;
-        if let Some(r) = reservation {
-            self.ctx.shared.seats.release(r);
+        self.cdr.hung_up_by = match end {
+            End::AgentHungUp => "agent",
+            End::CallerHungUp => "caller",
+            _ => "system",
+        }
+        .to_string();
+        if let Some(mut t) = ticket {
+            t.by = if matches!(end, End::AgentHungUp) {
+                crate::acd::desk::HungUp::Agent
+            } else {
+                crate::acd::desk::HungUp::Caller
+            };
         }
         let _ = self
             .ctx
@@ -406,88 +522,14 @@ impl Call {
         }
     }
 
-    async fn ring_agents(
-        &mut self,
-        offer: &AudioOffer,
-        route: &Route,
-    ) -> Option<(Reservation, Leg)> {
-        let mut rang_caller = false;
-        let mut tried: Vec<String> = Vec::new();
-        let max_wait = Duration::from_secs(self.ctx.shared.settings.queue.max_wait);
-        let waiting_since = Instant::now();
-        loop {
-            if let Some(found) = self
-                .try_seats(offer, route, &mut tried, &mut rang_caller)
-                .await
-            {
-                return found;
-            }
-            // An answered caller (IVR first) waits, hearing music, and the
-            // seats are tried again; an unanswered one is told at once.
-            if self.caller_gone || !self.answered || waiting_since.elapsed() >= max_wait {
-                break;
-            }
-            if !self.hold(Instant::now() + QUEUE_RETRY).await {
-                return None;
-            }
-            tried.clear();
-        }
-        if !self.caller_gone && !self.answered {
-            info!("no agent answered");
-            self.a_respond(
-                480,
-                &[("Reason", "SIP;cause=480;text=\"No agent available\"")],
-                b"",
-            );
-        }
-        None
-    }
-
-    /// One pass over the queue's free seats. `Some(None)`: the caller left.
-    async fn try_seats(
-        &mut self,
-        offer: &AudioOffer,
-        route: &Route,
-        tried: &mut Vec<String>,
-        rang_caller: &mut bool,
-    ) -> Option<Option<(Reservation, Leg)>> {
-        while let Some((reservation, seat)) =
-            self.ctx
-                .shared
-                .seats
-                .reserve_next(&route.queue, now_unix(), tried)
-        {
-            tried.push(seat.agent.clone());
-            let to_uri = format!("sip:{}@{}", seat.agent, self.ctx.shared.settings.sip.domain);
-            let ring = Duration::from_secs(self.ctx.shared.settings.queue.ring_timeout.max(1));
-            match self
-                .offer_to(&seat, &to_uri, ring, offer, route, rang_caller)
-                .await
-            {
-                Offer::Answered(leg) => return Some(Some((reservation, *leg))),
-                Offer::Next => self.ctx.shared.seats.release(reservation),
-                Offer::CallerGone => {
-                    self.ctx.shared.seats.release(reservation);
-                    return Some(None);
-                }
-            }
-        }
-        None
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn offer_to(
+    /// Sends an INVITE for the caller to `seat` and returns the fork to watch.
+    async fn invite_seat(
         &mut self,
         seat: &SeatContact,
         to_uri: &str,
-        ring: Duration,
         offer: &AudioOffer,
         route: &Route,
-        rang_caller: &mut bool,
-    ) -> Offer {
-        if !self.far_port() {
-            return Offer::Next;
-        }
+    ) -> Fork {
         let shared = self.ctx.shared.clone();
         let call_id = self.new_call_id();
         let caller = self
@@ -499,12 +541,12 @@ impl Call {
             .unwrap_or_else(|| "anonymous".into());
         let local_uri = format!("<sip:{}@{}>", caller, shared.host);
         let remote_uri = format!("<{to_uri}>");
-        let mut dialog = Dialog::uac(call_id.clone(), local_uri, remote_uri, seat.uri.clone());
+        let dialog = Dialog::uac(call_id.clone(), local_uri, remote_uri, seat.uri.clone());
         let _ = self
             .ctx
             .worker
             .send(WorkerInput::Bind {
-                call_id: call_id.clone(),
+                call_id,
                 owner: self.ctx.events_tx.clone(),
             })
             .await;
@@ -518,6 +560,11 @@ impl Call {
         );
         let contact = self.contact(&seat.peer);
         let dialed = self.invite.uri_user.clone().unwrap_or_default();
+        let queue = if self.cdr.queue.is_empty() {
+            route.queue.as_str()
+        } else {
+            self.cdr.queue.as_str()
+        };
         let mut headers = vec![
             ("Contact", contact.as_str()),
             ("Content-Type", "application/sdp"),
@@ -525,10 +572,11 @@ impl Call {
             ("X-Dialed", dialed.as_str()),
             ("X-Caller-Call-ID", self.invite.core.call_id.as_str()),
         ];
-        if !route.queue.is_empty() {
-            headers.push(("X-Queue", route.queue.as_str()));
+        if !queue.is_empty() {
+            headers.push(("X-Queue", queue));
         }
         headers.extend(self.call_data.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut dialog = dialog;
         let (bytes, branch, cseq) = dialog.request(
             &Method::Invite,
             &shared.host,
@@ -550,30 +598,92 @@ impl Call {
             })
             .await;
         info!(agent = %seat.agent, contact = %seat.uri, "ringing");
+        Fork {
+            seat: seat.clone(),
+            dialog,
+            key,
+            branch,
+            cseq,
+            early: false,
+            done: false,
+        }
+    }
+
+    /// Gives up on a fork still ringing: CANCEL it, and remember its dialog
+    /// so a late 2xx is ACKed and hung up.
+    fn drop_fork(&mut self, fork: &mut Fork) {
+        if fork.done {
+            return;
+        }
+        fork.done = true;
+        if fork.early {
+            self.cancel_b(
+                &fork.dialog,
+                &fork.seat.uri,
+                &fork.branch,
+                fork.cseq,
+                fork.seat.peer,
+            );
+        }
+        self.abandoned.push((fork.dialog.clone(), fork.seat.peer));
+    }
+
+    /// Offers the call to `seats` at once (one, or every free agent under
+    /// ring-all) for `ring`; the first to answer takes it and the others are
+    /// cancelled. Each offer's end goes to the desk through `ticket`.
+    async fn offer_to(
+        &mut self,
+        seats: &[(SeatContact, String)],
+        ring: Duration,
+        offer: &AudioOffer,
+        route: &Route,
+        ticket: Option<&Ticket>,
+    ) -> Offer {
+        if !self.far_port() {
+            // Our failure, not the agents': it does not count as their miss.
+            for (seat, _) in seats {
+                if let Some(t) = ticket {
+                    t.result(&seat.agent, OfferOutcome::LocalFailure);
+                }
+            }
+            return Offer::Next;
+        }
+        let mut forks = Vec::with_capacity(seats.len());
+        for (seat, to_uri) in seats {
+            forks.push(self.invite_seat(seat, to_uri, offer, route).await);
+        }
+        if self.cdr.offered.is_none() {
+            self.cdr.offered = Some(now_ms());
+        }
         // The caller hears ringing from the moment a seat is offered the call,
         // whether or not the phone itself sends 180 (many answer straight away).
-        if !*rang_caller && !self.answered {
-            *rang_caller = true;
-            self.a_respond(180, &[], b"");
-        }
+        self.ring_caller();
+        let report = |fork: &Fork, outcome: OfferOutcome| {
+            if let Some(t) = ticket {
+                t.result(&fork.seat.agent, outcome);
+            }
+        };
         let deadline = Instant::now() + ring;
-        let mut early = false;
         let outcome = loop {
+            if forks.iter().all(|f| f.done) {
+                break Offer::Next;
+            }
             let event = tokio::select! {
                 e = self.events.recv() => e,
                 _ = tokio::time::sleep_until(deadline) => {
-                    info!(agent = %seat.agent, "agent did not answer in time");
-                    if early {
-                        self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
+                    for fork in forks.iter_mut().filter(|f| !f.done) {
+                        info!(agent = %fork.seat.agent, "agent did not answer in time");
+                        report(fork, OfferOutcome::NoAnswer);
+                        self.drop_fork(fork);
                     }
-                    self.abandoned.push((dialog.clone(), seat.peer));
                     break Offer::Next;
                 }
                 // An IVR-answered caller whose RTP stopped (dead trunk) while waiting.
                 _ = self.silent.recv(), if self.ivr.is_some() => {
                     warn!("no RTP from the waiting caller for rtp_timeout; hanging up");
-                    self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
-                    self.abandoned.push((dialog.clone(), seat.peer));
+                    for fork in forks.iter_mut() {
+                        self.drop_fork(fork);
+                    }
                     self.bye_caller();
                     self.caller_gone = true;
                     break Offer::CallerGone;
@@ -586,89 +696,166 @@ impl Call {
                 CallEvent::Response {
                     key: Some(k),
                     response,
-                } if k == key => match response.status {
-                    100 => {}
-                    101..=199 => {
-                        early = true;
-                        dialog.confirm(&response);
-                    }
-                    200..=299 => {
-                        dialog.confirm(&response);
-                        self.ack(&mut dialog, cseq, seat.peer);
-                        let answer = match sdp::parse_audio(&response.body) {
-                            Ok(a) => a,
-                            Err(e) => {
-                                warn!(agent = %seat.agent, error = %e, "agent answered with unusable SDP");
-                                self.bye(&mut dialog, seat.peer);
-                                break Offer::Next;
-                            }
-                        };
-                        if !self.bridge_media().await {
-                            warn!("no relay for the answered leg; hanging it up");
-                            self.bye(&mut dialog, seat.peer);
-                            break Offer::Next;
+                } if forks.iter().any(|f| f.key == k && !f.done) => {
+                    let Some(i) = forks.iter().position(|f| f.key == k) else {
+                        continue;
+                    };
+                    match response.status {
+                        100 => {}
+                        101..=199 => {
+                            forks[i].early = true;
+                            forks[i].dialog.confirm(&response);
                         }
-                        self.relay_cmd(RelayCmd::Remote(Side::B, answer.addr)).await;
-                        if !self.answered {
-                            self.codec = answer.codecs[0];
-                            if answer.telephone_event.is_none() {
-                                self.telephone_event = None;
+                        200..=299 => {
+                            let mut fork = forks.swap_remove(i);
+                            fork.done = true;
+                            for other in forks.iter_mut() {
+                                self.drop_fork(other);
                             }
-                            let body = self.our_sdp(self.a_media(), 1, answer.direction);
-                            let contact = self.contact(&self.a_peer);
-                            self.a_respond(
-                                200,
-                                &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                                body.as_bytes(),
-                            );
-                            self.answered = true;
+                            let agent = fork.seat.agent.clone();
+                            match self.answered_by(fork, &response).await {
+                                Some(leg) => {
+                                    if let Some(t) = ticket {
+                                        t.result(&agent, OfferOutcome::Answered);
+                                    }
+                                    break Offer::Answered(Box::new(leg));
+                                }
+                                None => {
+                                    if let Some(t) = ticket {
+                                        t.result(&agent, OfferOutcome::Unreachable);
+                                    }
+                                    break Offer::Next;
+                                }
+                            }
                         }
-                        info!(agent = %seat.agent, "answered; media bridged");
-                        break Offer::Answered(Box::new(Leg {
-                            side: Side::B,
-                            dialog,
-                            peer: seat.peer,
-                            media: self.b_addr,
-                            sdp_version: 1,
-                            pending: None,
-                            our_reinvite: None,
-                        }));
+                        status => {
+                            info!(agent = %forks[i].seat.agent, status, "agent declined");
+                            forks[i].done = true;
+                            report(&forks[i], OfferOutcome::Declined);
+                        }
                     }
-                    status => {
-                        info!(agent = %seat.agent, status, "agent declined");
-                        break Offer::Next;
+                }
+                CallEvent::Timeout { key: k } if forks.iter().any(|f| f.key == k && !f.done) => {
+                    if let Some(fork) = forks.iter_mut().find(|f| f.key == k) {
+                        info!(agent = %fork.seat.agent, "agent unreachable");
+                        fork.done = true;
+                        report(fork, OfferOutcome::Unreachable);
                     }
-                },
-                CallEvent::Timeout { key: k } if k == key => {
-                    info!(agent = %seat.agent, "agent unreachable");
-                    break Offer::Next;
                 }
                 CallEvent::Request { key, request, .. }
                     if self.answered && request.core.call_id == self.invite.core.call_id =>
                 {
                     if let ivr::CallerSaid::Bye = self.caller_request(key, request) {
-                        info!("caller hung up while waiting");
-                        self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
-                        self.abandoned.push((dialog.clone(), seat.peer));
+                        info!("caller hung up while agents rang");
+                        for fork in forks.iter_mut() {
+                            self.drop_fork(fork);
+                        }
                         self.caller_gone = true;
                         break Offer::CallerGone;
                     }
                 }
                 CallEvent::Cancelled => {
                     info!("caller cancelled");
-                    self.cancel_b(&dialog, &seat.uri, &branch, cseq, seat.peer);
-                    self.abandoned.push((dialog.clone(), seat.peer));
+                    for fork in forks.iter_mut() {
+                        self.drop_fork(fork);
+                    }
                     self.a_respond(487, &[], b"");
+                    self.caller_gone = true;
+                    break Offer::CallerGone;
+                }
+                CallEvent::AckTimeout if self.answered => {
+                    for fork in forks.iter_mut() {
+                        self.drop_fork(fork);
+                    }
+                    self.bye_caller();
                     self.caller_gone = true;
                     break Offer::CallerGone;
                 }
                 other => self.stray(other),
             }
         };
-        if !matches!(outcome, Offer::Answered(_)) {
-            let _ = self.ctx.worker.send(WorkerInput::Unbind { call_id }).await;
+        // Forks that did not win stop being routed to us (late 2xx aside,
+        // which `stray` handles while the call lives).
+        for fork in &forks {
+            let answered_here = matches!(&outcome, Offer::Answered(leg) if leg.dialog.call_id == fork.dialog.call_id);
+            // Given-up forks stay bound: a late 2xx must still be ACKed and
+            // hung up (by `stray`, then by `linger` after the call).
+            let given_up = self
+                .abandoned
+                .iter()
+                .any(|(d, _)| d.call_id == fork.dialog.call_id);
+            if !answered_here && !given_up {
+                let _ = self
+                    .ctx
+                    .worker
+                    .send(WorkerInput::Unbind {
+                        call_id: fork.dialog.call_id.clone(),
+                    })
+                    .await;
+            }
         }
         outcome
+    }
+
+    /// The caller, if not yet answered, hears ringing (once).
+    fn ring_caller(&mut self) {
+        if !self.rang_caller && !self.answered {
+            self.rang_caller = true;
+            self.a_respond(180, &[], b"");
+        }
+    }
+
+    /// A fork's 2xx: ACK it, bridge media, answer the caller. `None` if the
+    /// answer is unusable (the leg is hung up).
+    async fn answered_by(&mut self, fork: Fork, response: &Response) -> Option<Leg> {
+        let Fork {
+            seat,
+            mut dialog,
+            cseq,
+            ..
+        } = fork;
+        dialog.confirm(response);
+        self.ack(&mut dialog, cseq, seat.peer);
+        let answer = match sdp::parse_audio(&response.body) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(agent = %seat.agent, error = %e, "agent answered with unusable SDP");
+                self.bye(&mut dialog, seat.peer);
+                return None;
+            }
+        };
+        if !self.bridge_media().await {
+            warn!("no relay for the answered leg; hanging it up");
+            self.bye(&mut dialog, seat.peer);
+            return None;
+        }
+        self.relay_cmd(RelayCmd::Remote(Side::B, answer.addr)).await;
+        if !self.answered {
+            self.codec = answer.codecs[0];
+            if answer.telephone_event.is_none() {
+                self.telephone_event = None;
+            }
+            let body = self.our_sdp(self.a_media(), 1, answer.direction);
+            let contact = self.contact(&self.a_peer);
+            self.a_respond(
+                200,
+                &[("Contact", &contact), ("Content-Type", "application/sdp")],
+                body.as_bytes(),
+            );
+            self.answered = true;
+        }
+        self.cdr.answered = Some(now_ms());
+        self.cdr.agent = seat.agent.clone();
+        info!(agent = %seat.agent, "answered; media bridged");
+        Some(Leg {
+            side: Side::B,
+            dialog,
+            peer: seat.peer,
+            media: self.b_addr,
+            sdp_version: 1,
+            pending: None,
+            our_reinvite: None,
+        })
     }
 
     /// Events that do not belong to the current step: answer what must be answered.
@@ -697,6 +884,9 @@ impl Call {
                     d.confirm(&response);
                     self.ack(&mut d, response.core.cseq, peer);
                     self.bye(&mut d, peer);
+                    let _ = self.ctx.worker.try_send(WorkerInput::Unbind {
+                        call_id: d.call_id.clone(),
+                    });
                 }
             }
             _ => {}
@@ -714,30 +904,17 @@ impl Call {
     }
 
     fn ack(&self, dialog: &mut Dialog, cseq: u32, peer: Peer) {
-        let (bytes, _, _) = dialog.request(
-            &Method::Ack,
-            &self.ctx.shared.host,
-            peer.transport.via_token(),
-            Some(cseq),
-            &[],
-            b"",
-        );
-        let _ = self.ctx.worker.try_send(WorkerInput::Stateless {
-            peer,
-            bytes: Bytes::from(bytes),
-        });
+        send_ack(&self.ctx.worker, &self.ctx.shared.host, dialog, cseq, peer);
     }
 
     fn bye(&self, dialog: &mut Dialog, peer: Peer) {
-        let (bytes, branch, _) = dialog.request(
-            &Method::Bye,
+        send_bye(
+            &self.ctx.worker,
             &self.ctx.shared.host,
-            peer.transport.via_token(),
-            None,
-            &[],
-            b"",
+            dialog,
+            peer,
+            &self.ctx.events_tx,
         );
-        self.send_to_leg(peer, bytes, branch, Method::Bye);
     }
 
     /// CANCEL for our INVITE (RFC 3261 §9.1: same branch, Request-URI, Call-ID,

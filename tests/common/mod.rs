@@ -59,6 +59,7 @@ impl TestServer {
             ("YIHAOTONG_RTP__PORT_MIN".into(), lo.to_string()),
             ("YIHAOTONG_RTP__PORT_MAX".into(), hi.to_string()),
             ("YIHAOTONG_QUEUE__RING_TIMEOUT".into(), "3".into()),
+            ("YIHAOTONG_QUEUE__RETRY".into(), "1".into()),
             ("YIHAOTONG_SIP__WORKERS".into(), "2".into()),
         ];
         for (k, v) in extra_env {

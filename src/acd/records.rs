@@ -1,0 +1,206 @@
+//! Call detail records and the queue log: written in batches, never lost on a clean stop.
+//!
+//! Room: the records office. Calls hand their [`Cdr`] here when they end and
+//! the desk hands its queue-log lines; both go into an in-memory batch that
+//! one task writes to sled (one batch per tree, then a flush) every
+//! `[queue] record_flush` seconds and on [`Records::flush`], which the
+//! server awaits at shutdown. A kill -9 loses at most one interval.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::desk::LogLine;
+use crate::store::{record_key, Store};
+
+/// How a call ended, for the KPIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disposition {
+    /// An agent answered.
+    Answered,
+    /// The caller hung up while waiting for an agent.
+    Abandoned,
+    /// `max_wait` passed with no agent (and no overflow took the call).
+    Timeout,
+    /// The queue was full or empty and nothing took the call.
+    NoAgent,
+    /// The flow ended the call itself (self-service, notices).
+    SelfService,
+    /// A backend system answered.
+    Handoff,
+    /// A transfer target answered.
+    Transfer,
+    /// The caller hung up in the IVR before asking for anyone.
+    IvrHangup,
+    /// Refused or failed before anything else (bad SDP, no ports, errors).
+    #[default]
+    Failed,
+}
+
+/// One call's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cdr {
+    /// The caller's Call-ID.
+    pub call_id: String,
+    /// Hotline label of the route.
+    pub hotline: String,
+    /// Dialed number (normalized).
+    pub dialed: String,
+    /// Calling number.
+    pub caller: String,
+    /// Unix ms: INVITE received.
+    pub arrived: u64,
+    /// Unix ms: the flow finished (queue, hand-off, transfer or hangup).
+    pub ivr_end: Option<u64>,
+    /// Unix ms: entered the (first) queue.
+    pub queued: Option<u64>,
+    /// Unix ms: first offered to an agent.
+    pub offered: Option<u64>,
+    /// Unix ms: an agent (or backend, transfer target) answered.
+    pub answered: Option<u64>,
+    /// Unix ms: the call ended.
+    pub ended: u64,
+    /// Flow that took the call, if any.
+    pub flow: String,
+    /// Flow nodes visited (last ones).
+    pub path: String,
+    /// Keys pressed in the flow.
+    pub keys: String,
+    /// Queue the call waited in last.
+    pub queue: String,
+    /// Queues it overflowed from, in order.
+    #[serde(default)]
+    pub overflowed_from: Vec<String>,
+    /// Agent (or backend/transfer target) who answered.
+    pub agent: String,
+    /// How it ended.
+    pub disposition: Disposition,
+    /// "caller", "agent", or "system".
+    pub hung_up_by: String,
+    /// Recording file, when recorded.
+    pub recording: Option<String>,
+    /// Service level of the queue at the time, seconds.
+    pub service_level: u64,
+    /// Priority rank in the queue.
+    pub priority: String,
+}
+
+enum RecordMsg {
+    Log(LogLine),
+    Cdr(Box<Cdr>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the records writer. Cloning is cheap.
+#[derive(Clone)]
+pub struct Records {
+    tx: mpsc::UnboundedSender<RecordMsg>,
+}
+
+impl Records {
+    /// Starts the writer task.
+    pub fn start(store: Store, interval: Duration) -> Records {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(
+            store,
+            rx,
+            interval.max(Duration::from_millis(50)),
+        ));
+        Records { tx }
+    }
+
+    /// Queues a queue-log line.
+    pub fn log(&self, line: LogLine) {
+        let _ = self.tx.send(RecordMsg::Log(line));
+    }
+
+    /// Queues a CDR.
+    pub fn cdr(&self, cdr: Cdr) {
+        let _ = self.tx.send(RecordMsg::Cdr(Box::new(cdr)));
+    }
+
+    /// Writes everything queued so far; returns when it is on disk.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(RecordMsg::Flush(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    seq: u32,
+    log: Vec<([u8; 12], Vec<u8>)>,
+    cdrs: Vec<([u8; 12], Vec<u8>)>,
+}
+
+impl Batch {
+    fn key(&mut self, at: u64) -> [u8; 12] {
+        self.seq = self.seq.wrapping_add(1);
+        record_key(at, self.seq)
+    }
+
+    fn add(&mut self, msg: RecordMsg, waiting: &mut Vec<oneshot::Sender<()>>) {
+        match msg {
+            RecordMsg::Log(line) => {
+                let k = self.key(line.at);
+                if let Ok(v) = serde_json::to_vec(&line) {
+                    self.log.push((k, v));
+                }
+            }
+            RecordMsg::Cdr(cdr) => {
+                let k = self.key(cdr.ended);
+                if let Ok(v) = serde_json::to_vec(&cdr) {
+                    self.cdrs.push((k, v));
+                }
+            }
+            RecordMsg::Flush(reply) => waiting.push(reply),
+        }
+    }
+}
+
+async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, interval: Duration) {
+    let mut batch = Batch::default();
+    let mut waiting = Vec::new();
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let closed = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => {
+                    batch.add(m, &mut waiting);
+                    // Take whatever else is queued without waiting.
+                    while let Ok(m) = rx.try_recv() {
+                        batch.add(m, &mut waiting);
+                    }
+                    false
+                }
+                None => true,
+            },
+            _ = tokio::time::sleep_until(last + interval) => false,
+        };
+        if !(closed || !waiting.is_empty() || last.elapsed() >= interval) {
+            continue;
+        }
+        last = tokio::time::Instant::now();
+        if !batch.log.is_empty() || !batch.cdrs.is_empty() {
+            let log = std::mem::take(&mut batch.log);
+            let cdrs = std::mem::take(&mut batch.cdrs);
+            let s = store.clone();
+            let written = tokio::task::spawn_blocking(move || s.append_records(&log, &cdrs)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot write CDRs and queue log"),
+                Err(e) => tracing::error!(error = %e, "records writer task failed"),
+            }
+        }
+        for w in waiting.drain(..) {
+            let _ = w.send(());
+        }
+        if closed {
+            return;
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! `yihaotong report`: the figures the city judges the hotline on.
+//!
+//! Room: the statistics office. Pure functions from stored CDRs and queue-log
+//! lines to rows; the command reads the store and prints. Definitions:
+//!
+//! - **calls**: every CDR in the group (self-service included);
+//! - **offered**: calls that entered a queue (asked for a person);
+//! - **answered**: of those, calls an agent answered;
+//! - **connection rate** (接通率): answered / offered;
+//! - **in SL**: answered within the queue's `service_level` of entering it;
+//! - **SL** (Asterisk `servicelevelperf`): in SL / answered;
+//! - **SL2** (Asterisk `servicelevelperf2`): (in SL + abandoned within SL) /
+//!   (answered + abandoned);
+//! - **abandoned**: hung up while waiting; **short** ones waited under 5 s
+//!   (usually misdials, reported apart);
+//! - **ASA**: mean wait of answered calls; **AHT**: mean talk time from
+//!   answer to hang-up (wrap-up is not in the CDR).
+//!
+//! By agent, **offered** counts offers (answered or missed, from the queue
+//! log) and abandonment does not apply.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::desk::LogLine;
+use super::records::{Cdr, Disposition};
+
+/// Abandons shorter than this are "short" (ms).
+const SHORT_ABANDON: u64 = 5_000;
+
+/// Grouping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// Dialed hotline.
+    Hotline,
+    /// Queue.
+    Queue,
+    /// Answering agent.
+    Agent,
+    /// Local hour of arrival.
+    Hour,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Row {
+    /// Group key ("total" for the sum).
+    pub key: String,
+    /// Calls.
+    pub calls: u64,
+    /// Offered to the queue (or offers, by agent).
+    pub offered: u64,
+    /// Answered by an agent.
+    pub answered: u64,
+    /// answered / offered.
+    pub connection_rate: Option<f64>,
+    /// Answered within the service level.
+    pub in_sl: u64,
+    /// Asterisk SL.
+    pub sl: Option<f64>,
+    /// Asterisk SL2.
+    pub sl2: Option<f64>,
+    /// Abandoned while waiting (5 s or longer).
+    pub abandoned: u64,
+    /// Abandoned within 5 s.
+    pub abandoned_short: u64,
+    /// Left at max_wait, or no agent.
+    pub unserved: u64,
+    /// Mean wait of answered calls, seconds.
+    pub asa: Option<f64>,
+    /// Mean talk time, seconds.
+    pub aht: Option<f64>,
+    #[serde(skip)]
+    abandoned_in_sl: u64,
+    #[serde(skip)]
+    wait_total: u64,
+    #[serde(skip)]
+    talk_total: u64,
+}
+
+impl Row {
+    fn add(&mut self, cdr: &Cdr, count_offer: bool) {
+        self.calls += 1;
+        let Some(queued) = cdr.queued else {
+            return;
+        };
+        if count_offer {
+            self.offered += 1;
+        }
+        let sl = cdr.service_level.saturating_mul(1000);
+        match cdr.disposition {
+            Disposition::Answered => {
+                let answered = cdr.answered.unwrap_or(cdr.ended);
+                let wait = answered.saturating_sub(queued);
+                self.answered += 1;
+                self.wait_total += wait;
+                self.talk_total += cdr.ended.saturating_sub(answered);
+                if wait <= sl {
+                    self.in_sl += 1;
+                }
+            }
+            Disposition::Abandoned => {
+                let wait = cdr.ended.saturating_sub(queued);
+                if wait < SHORT_ABANDON {
+                    self.abandoned_short += 1;
+                } else {
+                    self.abandoned += 1;
+                }
+                if wait <= sl {
+                    self.abandoned_in_sl += 1;
+                }
+            }
+            Disposition::Timeout | Disposition::NoAgent => self.unserved += 1,
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, o: &Row) {
+        self.calls += o.calls;
+        self.offered += o.offered;
+        self.answered += o.answered;
+        self.in_sl += o.in_sl;
+        self.abandoned += o.abandoned;
+        self.abandoned_short += o.abandoned_short;
+        self.unserved += o.unserved;
+        self.abandoned_in_sl += o.abandoned_in_sl;
+        self.wait_total += o.wait_total;
+        self.talk_total += o.talk_total;
+    }
+
+    fn finish(&mut self) {
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        self.connection_rate = ratio(self.answered, self.offered);
+        self.sl = ratio(self.in_sl, self.answered);
+        let all_abandoned = self.abandoned + self.abandoned_short;
+        self.sl2 = ratio(
+            self.in_sl + self.abandoned_in_sl,
+            self.answered + all_abandoned,
+        );
+        let mean = |total: u64, n: u64| (n > 0).then(|| total as f64 / n as f64 / 1000.0);
+        self.asa = mean(self.wait_total, self.answered);
+        self.aht = mean(self.talk_total, self.answered);
+    }
+}
+
+/// Groups `cdrs` (and, by agent, the offers in `log`) into rows plus a total.
+pub fn compute(cdrs: &[Cdr], log: &[LogLine], by: By, utc_offset_minutes: i32) -> Vec<Row> {
+    let offset = chrono::FixedOffset::east_opt(utc_offset_minutes * 60)
+        .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC"));
+    let mut groups: BTreeMap<String, Row> = BTreeMap::new();
+    for cdr in cdrs {
+        let key = match by {
+            By::Hotline => cdr.hotline.clone(),
+            By::Queue => {
+                if cdr.queue.is_empty() {
+                    continue;
+                }
+                cdr.queue.clone()
+            }
+            By::Agent => {
+                if cdr.agent.is_empty()
+                    || cdr.disposition != Disposition::Answered
+                    || cdr.queued.is_none()
+                {
+                    continue;
+                }
+                cdr.agent.clone()
+            }
+            By::Hour => chrono::DateTime::from_timestamp_millis(cdr.arrived as i64)
+                .unwrap_or_default()
+                .with_timezone(&offset)
+                .format("%Y-%m-%d %H:00")
+                .to_string(),
+        };
+        groups.entry(key).or_default().add(cdr, by != By::Agent);
+    }
+    if by == By::Agent {
+        for line in log {
+            if line.event == "CONNECT" || line.event == "RINGNOANSWER" {
+                groups.entry(line.agent.clone()).or_default().offered += 1;
+            }
+        }
+    }
+    let mut total = Row::default();
+    let mut rows: Vec<Row> = groups
+        .into_iter()
+        .map(|(key, mut row)| {
+            total.merge(&row);
+            row.key = key;
+            row.finish();
+            row
+        })
+        .collect();
+    total.key = "total".into();
+    total.finish();
+    rows.push(total);
+    rows
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// Comma-separated, with a header.
+    Csv,
+    /// A JSON array.
+    Json,
+}
+
+const COLUMNS: [&str; 13] = [
+    "group",
+    "calls",
+    "offered",
+    "answered",
+    "conn_rate",
+    "in_sl",
+    "sl",
+    "sl2",
+    "abandoned",
+    "aband_lt5s",
+    "unserved",
+    "asa_s",
+    "aht_s",
+];
+
+fn cells(r: &Row) -> [String; 13] {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+    [
+        r.key.clone(),
+        r.calls.to_string(),
+        r.offered.to_string(),
+        r.answered.to_string(),
+        pct(r.connection_rate),
+        r.in_sl.to_string(),
+        pct(r.sl),
+        pct(r.sl2),
+        r.abandoned.to_string(),
+        r.abandoned_short.to_string(),
+        r.unserved.to_string(),
+        secs(r.asa),
+        secs(r.aht),
+    ]
+}
+
+/// Renders rows.
+pub fn render(rows: &[Row], format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_default(),
+        Format::Csv => {
+            let mut s = COLUMNS.join(",");
+            s.push('\n');
+            for r in rows {
+                let c = cells(r).map(|v| {
+                    if v.contains([',', '"']) {
+                        format!("\"{}\"", v.replace('"', "\"\""))
+                    } else {
+                        v
+                    }
+                });
+                s.push_str(&c.join(","));
+                s.push('\n');
+            }
+            s
+        }
+        Format::Table => {
+            let all: Vec<[String; 13]> = rows.iter().map(cells).collect();
+            let mut width = COLUMNS.map(|c| c.chars().count());
+            for row in &all {
+                for (w, c) in width.iter_mut().zip(row) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |cols: &[String]| {
+                let mut s = String::new();
+                for (i, (c, w)) in cols.iter().zip(width).enumerate() {
+                    let pad = w - c.chars().count();
+                    if i == 0 {
+                        s.push_str(c);
+                        s.push_str(&" ".repeat(pad));
+                    } else {
+                        s.push_str("  ");
+                        s.push_str(&" ".repeat(pad));
+                        s.push_str(c);
+                    }
+                }
+                s.push('\n');
+                s
+            };
+            let mut s = line(&COLUMNS.map(String::from));
+            for row in &all {
+                s.push_str(&line(row));
+            }
+            s
+        }
+    }
+}
+
+/// Reads a time for `--since`/`--until`: Unix seconds, `YYYY-MM-DD`,
+/// `YYYY-MM-DD HH:MM[:SS]` (local time, `[ivr] utc_offset_minutes`), or a
+/// span back from now (`24h`, `7d`, `90m`). Returns Unix ms.
+pub fn parse_time(text: &str, utc_offset_minutes: i32, now_ms: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let offset = chrono::FixedOffset::east_opt(utc_offset_minutes * 60)
+        .ok_or_else(|| "bad utc offset".to_string())?;
+    if let Some((n, unit)) = t
+        .strip_suffix('d')
+        .map(|n| (n, 86_400_000u64))
+        .or_else(|| t.strip_suffix('h').map(|n| (n, 3_600_000)))
+        .or_else(|| t.strip_suffix('m').map(|n| (n, 60_000)))
+    {
+        if let Ok(n) = n.parse::<u64>() {
+            return Ok(now_ms.saturating_sub(n.saturating_mul(unit)));
+        }
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    let local = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M"))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S"))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+        })
+        .map_err(|_| {
+            format!("{t:?} is not a time: use 2026-11-28, \"2026-11-28 09:00\", Unix seconds, or 24h/7d/90m back from now")
+        })?;
+    let at = local
+        .and_local_timezone(offset)
+        .single()
+        .ok_or_else(|| format!("{t:?} is ambiguous"))?;
+    Ok(at.timestamp_millis().max(0) as u64)
+}
+
+/// One queue-log line in Asterisk's layout: `epoch|callid|queue|agent|event|data…`.
+pub fn queue_log_line(l: &LogLine) -> String {
+    let mut s = format!(
+        "{}|{}|{}|{}|{}",
+        l.at / 1000,
+        l.call_id,
+        l.queue,
+        l.agent,
+        l.event
+    );
+    for d in &l.data {
+        s.push('|');
+        s.push_str(&d.replace(['|', '\n'], " "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cdr(
+        queue: &str,
+        queued_s: u64,
+        answered_s: Option<u64>,
+        ended_s: u64,
+        d: Disposition,
+    ) -> Cdr {
+        let t0 = 1_764_300_000_000u64; // some day, 03:20 UTC
+        Cdr {
+            call_id: format!("{queue}-{queued_s}"),
+            hotline: "12345".into(),
+            arrived: t0 + queued_s * 1000 - 10_000,
+            queued: Some(t0 + queued_s * 1000),
+            answered: answered_s.map(|a| t0 + a * 1000),
+            ended: t0 + ended_s * 1000,
+            queue: queue.into(),
+            agent: if answered_s.is_some() {
+                "1001".into()
+            } else {
+                String::new()
+            },
+            disposition: d,
+            service_level: 15,
+            ..Cdr::default()
+        }
+    }
+
+    /// A hand-computed day: 6 offered, 4 answered (waits 5, 15, 16, 40 s;
+    /// talks 60, 120, 30, 90 s), one abandoned after 3 s, one after 20 s,
+    /// one self-service call that never queued.
+    #[test]
+    fn figures_match_a_hand_computed_day() {
+        use Disposition::*;
+        let cdrs = vec![
+            cdr("main", 0, Some(5), 65, Answered),
+            cdr("main", 100, Some(115), 235, Answered),
+            cdr("main", 300, Some(316), 346, Answered),
+            cdr("main", 400, Some(440), 530, Answered),
+            cdr("main", 600, None, 603, Abandoned),
+            cdr("main", 700, None, 720, Abandoned),
+            Cdr {
+                hotline: "12345".into(),
+                arrived: 1_764_300_000_000,
+                ended: 1_764_300_030_000,
+                disposition: SelfService,
+                ..Cdr::default()
+            },
+        ];
+        let rows = compute(&cdrs, &[], By::Hotline, 480);
+        assert_eq!(rows.len(), 2);
+        let r = &rows[0];
+        assert_eq!(
+            (r.key.as_str(), r.calls, r.offered, r.answered),
+            ("12345", 7, 6, 4)
+        );
+        assert_eq!(r.connection_rate, Some(4.0 / 6.0));
+        // Waits of 5 and 15 s are within 15 s; 16 and 40 are not.
+        assert_eq!(r.in_sl, 2);
+        assert_eq!(r.sl, Some(0.5));
+        // SL2: (2 in SL + 1 abandoned within 15 s) / (4 + 2).
+        assert_eq!(r.sl2, Some(0.5));
+        assert_eq!((r.abandoned, r.abandoned_short), (1, 1));
+        assert_eq!(r.asa, Some((5.0 + 15.0 + 16.0 + 40.0) / 4.0));
+        assert_eq!(r.aht, Some((60.0 + 120.0 + 30.0 + 90.0) / 4.0));
+        assert_eq!(rows[1].key, "total");
+        assert_eq!(rows[1].offered, 6);
+
+        let by_hour = compute(&cdrs, &[], By::Hour, 480);
+        assert_eq!(by_hour[0].key, "2025-11-28 11:00");
+        let by_queue = compute(&cdrs, &[], By::Queue, 480);
+        assert_eq!(by_queue[0].calls, 6, "the self-service call has no queue");
+
+        let log: Vec<LogLine> = [
+            "CONNECT",
+            "RINGNOANSWER",
+            "CONNECT",
+            "CONNECT",
+            "CONNECT",
+            "RINGNOANSWER",
+        ]
+        .iter()
+        .map(|e| LogLine {
+            at: 0,
+            call_id: "x".into(),
+            queue: "main".into(),
+            agent: "1001".into(),
+            event: e.to_string(),
+            data: vec![],
+        })
+        .collect();
+        let by_agent = compute(&cdrs, &log, By::Agent, 480);
+        assert_eq!((by_agent[0].offered, by_agent[0].answered), (6, 4));
+
+        let csv = render(&rows, Format::Csv);
+        assert_eq!(
+            csv.lines().nth(1),
+            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0")
+        );
+        assert_eq!(
+            parse_time("2025-11-28 11:00", 480, 0),
+            Ok(1_764_298_800_000)
+        );
+        assert_eq!(
+            parse_time("2h", 480, 10_000_000),
+            Ok(10_000_000 - 7_200_000)
+        );
+        assert!(parse_time("yesterday", 480, 0).is_err_and(|e| e.contains("not a time")));
+        let table = render(&rows, Format::Table);
+        assert!(table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("group  calls")));
+    }
+}

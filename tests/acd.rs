@@ -1,0 +1,385 @@
+//! The ACD against the real server: agents' phones and the trunk speak real
+//! SIP over loopback; states, CDRs and the queue log land in a real sled
+//! database. Each known race of queue systems has its test here.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Phone, TestServer};
+use yihaotong::sip::auth::Algorithm;
+
+fn agent(server: &TestServer, id: &str) -> Phone {
+    let mut phone = Phone::new(id);
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    phone
+}
+
+/// The agent's state as `agents list` shows it.
+fn state(server: &TestServer, id: &str) -> (String, Option<String>) {
+    let (ok, out) = server.cli(&["agents", "list"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let a = v
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["id"] == id).cloned())
+        .expect("listed");
+    (
+        a["state"].as_str().unwrap_or_default().to_string(),
+        a["reason"].as_str().map(String::from),
+    )
+}
+
+/// Waits (up to 5 s) for the agent to reach `want`.
+fn wait_state(server: &TestServer, id: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _) = state(server, id);
+        if s == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} is {s}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A trunk call to 123450 answered by `phone`: (caller's dialog, agent's dialog).
+fn connected_call(
+    server: &TestServer,
+    trunk: &mut Phone,
+    phone: &mut Phone,
+    tag: &str,
+) -> (common::PhoneDialog, common::PhoneDialog) {
+    let mut d = trunk.invite(server.sip, "123450");
+    let inv = phone.request("INVITE", 5.0).expect("agent rung");
+    let agent_leg = answer(server, phone, &inv, tag);
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("caller answered");
+    trunk.ack(server.sip, &mut d, &ok);
+    (d, agent_leg)
+}
+
+/// The caller hangs up; the agent's phone gets and answers the BYE.
+fn caller_hangs_up(
+    server: &TestServer,
+    trunk: &mut Phone,
+    d: &mut common::PhoneDialog,
+    phone: &mut Phone,
+    tag: &str,
+) {
+    trunk.in_dialog(server.sip, d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, tag);
+}
+
+/// Answers `inv` on `phone`, expects the ACK, and returns the agent's dialog.
+fn answer(
+    server: &TestServer,
+    phone: &mut Phone,
+    inv: &yihaotong::sip::message::Request,
+    tag: &str,
+) -> common::PhoneDialog {
+    phone.reply(server.sip, inv, 200, tag);
+    phone.request("ACK", 3.0).expect("ACK for the answer");
+    Phone::uas_dialog(inv, tag)
+}
+
+#[test]
+fn ring_all_rings_every_free_agent_and_the_first_answer_cancels_the_rest() {
+    let server = TestServer::start_with(&[("YIHAOTONG_QUEUE__STRATEGY", "ring-all")]);
+    for id in ["1001", "1002", "1003"] {
+        server.add_agent(id, "s3cret", "main");
+    }
+    let mut phones: Vec<Phone> = ["1001", "1002", "1003"]
+        .iter()
+        .map(|id| agent(&server, id))
+        .collect();
+    let mut trunk = Phone::new("13800000000");
+    let mut d = trunk.invite(server.sip, "123450");
+    let invites: Vec<_> = phones
+        .iter_mut()
+        .map(|p| p.request("INVITE", 5.0).expect("every agent rung at once"))
+        .collect();
+    for (p, inv) in phones.iter().zip(&invites) {
+        p.reply(server.sip, inv, 180, "ring");
+    }
+    // The second agent answers first.
+    let _agent_dialog = answer(&server, &mut phones[1], &invites[1], "win");
+    for i in [0, 2] {
+        let cancel = phones[i]
+            .request("CANCEL", 3.0)
+            .expect("the others are cancelled");
+        phones[i].reply(server.sip, &cancel, 200, "ring");
+        phones[i].reply(server.sip, &invites[i], 487, "ring");
+    }
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("caller answered");
+    assert_eq!(ok.status, 200);
+    trunk.ack(server.sip, &mut d, &ok);
+    wait_state(&server, "1002", "on-call");
+    assert_eq!(state(&server, "1001").0, "available");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phones[1].request("BYE", 3.0).expect("BYE to the agent");
+    phones[1].reply(server.sip, &bye, 200, "win");
+    wait_state(&server, "1002", "available");
+    server.assert_idle();
+}
+
+#[test]
+fn a_caller_who_hangs_up_while_the_agent_rings_leaves_the_agent_free() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = agent(&server, "1001");
+    let mut trunk = Phone::new("13800000000");
+
+    // 1. The caller cancels while the phone rings.
+    let d = trunk.invite(server.sip, "123450");
+    let inv = phone.request("INVITE", 5.0).expect("rung");
+    phone.reply(server.sip, &inv, 180, "a");
+    wait_state(&server, "1001", "ringing");
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
+    let cancel = phone
+        .request("CANCEL", 3.0)
+        .expect("CANCEL reaches the agent");
+    phone.reply(server.sip, &cancel, 200, "a");
+    phone.reply(server.sip, &inv, 487, "a");
+    wait_state(&server, "1001", "available");
+
+    // 2. The agent's answer crosses the caller's CANCEL: the agent's leg is
+    //    ACKed and hung up, and the agent is not left "on call".
+    let d = trunk.invite(server.sip, "123450");
+    let inv = phone.request("INVITE", 5.0).expect("rung again");
+    phone.reply(server.sip, &inv, 180, "b");
+    trunk.cancel(server.sip, &d);
+    let cancel = phone.request("CANCEL", 3.0).expect("CANCEL");
+    phone.reply(server.sip, &inv, 200, "b");
+    phone.reply(server.sip, &cancel, 200, "b");
+    phone.request("ACK", 3.0).expect("the late 2xx is ACKed");
+    let bye = phone.request("BYE", 3.0).expect("and hung up");
+    phone.reply(server.sip, &bye, 200, "b");
+    wait_state(&server, "1001", "available");
+
+    // 3. The next caller reaches the same agent at once.
+    let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "c");
+    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "c");
+    server.assert_idle();
+}
+
+#[test]
+fn breaks_wrap_up_and_states_survive_a_crash() {
+    let mut server = TestServer::start_with(&[("YIHAOTONG_QUEUE__WRAP_UP", "30")]);
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = agent(&server, "1001");
+    assert_eq!(
+        state(&server, "1001").0,
+        "available",
+        "auto-login on registering"
+    );
+
+    // On break: callers wait, the phone is not rung.
+    let (ok, out) = server.cli(&["agents", "state", "1001", "break", "--reason", "lunch"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        state(&server, "1001"),
+        ("on-break".into(), Some("lunch".into()))
+    );
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "123450");
+    assert!(
+        phone.request("INVITE", 1.5).is_none(),
+        "an agent on break is not rung"
+    );
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
+
+    // kill -9 and start again: still on break, with the reason.
+    server.restart();
+    assert_eq!(
+        state(&server, "1001"),
+        ("on-break".into(), Some("lunch".into()))
+    );
+    let (ok, out) = server.cli(&["agents", "state", "1001", "available"]);
+    assert!(ok, "{out}");
+
+    // A call, then 30 s wrap-up: the next caller waits until it ends early.
+    let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "x");
+    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "x");
+    wait_state(&server, "1001", "wrap-up");
+    let d2 = trunk.invite(server.sip, "123450");
+    assert!(
+        phone.request("INVITE", 1.5).is_none(),
+        "no call during wrap-up"
+    );
+    let (ok, out) = server.cli(&["agents", "state", "1001", "end-wrap-up"]);
+    assert!(ok, "{out}");
+    let inv = phone
+        .request("INVITE", 3.0)
+        .expect("rung once wrap-up ended");
+    phone.reply(server.sip, &inv, 486, "y");
+    trunk.cancel(server.sip, &d2);
+    assert_eq!(trunk.final_status(&d2.call_id, "INVITE", 3.0), Some(487));
+
+    // Unknown agents and states are refused with a reason.
+    let (ok, out) = server.cli(&["agents", "state", "1999", "available"]);
+    assert!(!ok && out.contains("no such agent"), "{out}");
+    let (ok, out) = server.cli(&["agents", "state", "1001", "asleep"]);
+    assert!(!ok && out.contains("unknown state"), "{out}");
+    server.assert_idle();
+}
+
+#[test]
+fn an_agent_who_keeps_missing_calls_is_put_on_break() {
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_QUEUE__MAX_NO_ANSWER", "2"),
+        ("YIHAOTONG_QUEUE__RING_TIMEOUT", "1"),
+    ]);
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = agent(&server, "1001");
+    let mut trunk = Phone::new("13800000000");
+    let d = trunk.invite(server.sip, "123450");
+    for round in 0..2 {
+        let inv = phone
+            .request("INVITE", 5.0)
+            .unwrap_or_else(|| panic!("offer {round}"));
+        phone.reply(server.sip, &inv, 180, "z");
+        let cancel = phone.request("CANCEL", 3.0).expect("rang out");
+        phone.reply(server.sip, &cancel, 200, "z");
+        phone.reply(server.sip, &inv, 487, "z");
+    }
+    wait_state(&server, "1001", "on-break");
+    assert_eq!(state(&server, "1001").1.as_deref(), Some("no-answer"));
+    assert!(phone.request("INVITE", 1.5).is_none());
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
+    server.assert_idle();
+}
+
+#[test]
+fn priority_callers_are_served_first_and_every_second_is_recorded() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (ok, out) = server.cli(&["lists", "add", "elderly", "13900000002"]);
+    assert!(ok, "{out}");
+    let mut phone = agent(&server, "1001");
+    let mut first = Phone::new("13900000000");
+    let mut normal = Phone::new("13900000001");
+    let mut elderly = Phone::new("13900000002");
+
+    // The agent takes a first call; a normal caller, then an elderly one wait.
+    let (_, mut agent_leg) = connected_call(&server, &mut first, &mut phone, "one");
+    let dn = normal.invite(server.sip, "123450");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut de = elderly.invite(server.sip, "123450");
+    std::thread::sleep(Duration::from_millis(300));
+    // The agent hangs up: the elderly caller, who came later, is next.
+    phone.in_dialog(server.sip, &mut agent_leg, "BYE", "");
+    let bye = first.request("BYE", 3.0).expect("BYE to the caller");
+    first.reply(server.sip, &bye, 200, "t");
+    let inv = phone.request("INVITE", 5.0).expect("next offer");
+    assert_eq!(inv.core.from.user.as_deref(), Some("13900000002"));
+    let _ = answer(&server, &mut phone, &inv, "two");
+    let ok = elderly
+        .response(&de.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
+    elderly.ack(server.sip, &mut de, &ok);
+    // The normal caller gives up after waiting.
+    std::thread::sleep(Duration::from_millis(6_000));
+    normal.cancel(server.sip, &dn);
+    assert_eq!(normal.final_status(&dn.call_id, "INVITE", 3.0), Some(487));
+    caller_hangs_up(&server, &mut elderly, &mut de, &mut phone, "two");
+    server.assert_idle();
+
+    // A clean stop writes everything; the report reads the database offline.
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = server.cli(&["report", "--by", "queue", "--format", "json"]);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON rows");
+    let main = &rows[0];
+    assert_eq!(main["key"], "main");
+    assert_eq!(main["offered"], 3);
+    assert_eq!(main["answered"], 2);
+    assert_eq!(
+        main["abandoned"], 1,
+        "waited about 6.6 s: not a short abandon"
+    );
+    assert_eq!(main["abandoned_short"], 0);
+    let rate = main["connection_rate"].as_f64().unwrap_or(0.0);
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{rate}");
+    assert_eq!(main["in_sl"], 2);
+
+    let (ok, log) = server.cli(&["queue-log"]);
+    assert!(ok, "{log}");
+    let events: Vec<&str> = log.lines().filter_map(|l| l.split('|').nth(4)).collect();
+    for e in [
+        "AGENTLOGIN",
+        "ENTERQUEUE",
+        "CONNECT",
+        "COMPLETEAGENT",
+        "COMPLETECALLER",
+        "ABANDON",
+    ] {
+        assert!(events.contains(&e), "{e} missing from:\n{log}");
+    }
+    let (ok, table) = server.cli(&["report", "--by", "hotline"]);
+    assert!(ok && table.starts_with("group"), "{table}");
+}
+
+#[test]
+fn fifty_agents_and_two_hundred_callers_leave_no_agent_stuck() {
+    // Fifty calls at once need a hundred RTP ports: a range of its own.
+    let base = 52_000 + (std::process::id() % 10) as u16 * 1_000;
+    let (lo, hi) = (base.to_string(), (base + 999).to_string());
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_RTP__PORT_MIN", lo.as_str()),
+        ("YIHAOTONG_RTP__PORT_MAX", hi.as_str()),
+    ]);
+    let json = server.dir.path().join("load.json");
+    let sip = server.sip.to_string();
+    let json_arg = json.display().to_string();
+    let (ok, out) = server.cli(&[
+        "load",
+        "--server",
+        &sip,
+        "--json",
+        &json_arg,
+        "--provision",
+        "--agents",
+        "50",
+        "--calls",
+        "200",
+        "--cps",
+        "200",
+        "--concurrency",
+        "200",
+        "--talk-ms",
+        "400",
+        "--ring-ms",
+        "50",
+        "--abandon",
+        "0.1",
+        "--check",
+    ]);
+    assert!(ok, "load run failed:\n{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    let completed = r["completed"].as_u64().unwrap_or(0);
+    let abandoned = r["abandoned"].as_u64().unwrap_or(0);
+    assert_eq!(completed + abandoned, 200, "{r}");
+    server.assert_idle();
+    let (ok, out) = server.cli(&["status"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["agents"]["available"], 50, "every agent free again: {v}");
+    let main = v["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "main").cloned())
+        .expect("main queue");
+    assert_eq!(main["waiting"], 0, "{main}");
+}
