@@ -748,6 +748,10 @@ impl Worker {
             .clone()
             .or_else(|| req.core.to.user.clone())
             .unwrap_or_default();
+        if let (Some(agent), Some(code)) = (&caller_agent, dialed_raw.strip_prefix('*')) {
+            self.feature_code(key, req, peer, agent.clone(), code.to_string());
+            return;
+        }
         let Some(dialed) = routing::normalize(&dialed_raw, &settings.trunk.normalize) else {
             tracing::info!(dialed = %dialed_raw, "INVITE for a number that is not dialable");
             self.simple(&key, &req, 404, &[]);
@@ -766,24 +770,98 @@ impl Worker {
                 return;
             }
         };
+        let (ctx, rx) = self.call_ctx(&req.core.call_id);
+        let arrival = call::Arrival {
+            key,
+            invite: req,
+            peer,
+            route,
+            dialed,
+            caller_agent,
+        };
+        tokio::spawn(call::run(ctx, rx, arrival));
+    }
+
+    /// A new call's context: its events come from this worker.
+    fn call_ctx(&mut self, call_id: &str) -> (call::CallCtx, mpsc::Receiver<CallEvent>) {
         let (tx, rx) = mpsc::channel(64);
-        self.calls.insert(req.core.call_id.clone(), tx.clone());
+        self.calls.insert(call_id.to_string(), tx.clone());
         let ctx = call::CallCtx {
             shared: self.shared.clone(),
             worker: self.shared.workers[self.index].clone(),
             worker_index: self.index,
             events_tx: tx,
+            flow_vars: Vec::new(),
         };
-        tokio::spawn(call::run(
-            ctx,
-            rx,
+        (ctx, rx)
+    }
+
+    /// An agent's phone dialed `*CODE`: *21 log in (available), *22[REASON]
+    /// break, *23 log out, *24 end wrap-up. The state changes at the desk;
+    /// the phone is answered by the `agent-feature` flow, which says how it
+    /// went (flow variable `result`: logged-in, on-break, logged-out, ready
+    /// or failed).
+    fn feature_code(&mut self, key: TxKey, req: Request, peer: Peer, agent: String, code: String) {
+        use crate::acd::desk::Presence;
+        enum Change {
+            To(Presence, &'static str),
+            EndWrapUp,
+        }
+        let change = match code.get(..2) {
+            Some("21") if code.len() == 2 => Some(Change::To(Presence::Available, "logged-in")),
+            Some("22") if code[2..].chars().all(|c| c.is_ascii_digit()) && code.len() <= 8 => {
+                let reason = if code.len() > 2 {
+                    code[2..].to_string()
+                } else {
+                    "break".to_string()
+                };
+                Some(Change::To(Presence::OnBreak(reason), "on-break"))
+            }
+            Some("23") if code.len() == 2 => Some(Change::To(Presence::LoggedOut, "logged-out")),
+            Some("24") if code.len() == 2 => Some(Change::EndWrapUp),
+            _ => None,
+        };
+        let Some(change) = change else {
+            tracing::info!(agent, code, "unknown feature code");
+            self.simple(&key, &req, 404, &[]);
+            return;
+        };
+        let route = crate::store::Route {
+            number: format!("*{code}"),
+            queue: String::new(),
+            flow: "agent-feature".into(),
+            hotline: "agent-feature".into(),
+        };
+        // Ask the desk first, then answer the phone with the outcome.
+        let acd = self.shared.acd.clone();
+        let (ctx, rx) = self.call_ctx(&req.core.call_id);
+        let arrival = call::Arrival {
             key,
-            req,
+            invite: req,
             peer,
             route,
-            dialed,
-            caller_agent,
-        ));
+            dialed: format!("*{code}"),
+            caller_agent: Some(agent.clone()),
+        };
+        tokio::spawn(async move {
+            let outcome = match change {
+                Change::To(p, word) => acd.set_presence(&agent, p).await.map(|()| word),
+                Change::EndWrapUp => acd.end_wrap_up(&agent).await.map(|()| "ready"),
+            };
+            let result = match outcome {
+                Ok(word) => word.to_string(),
+                Err(e) => {
+                    tracing::info!(agent, error = %e, "feature code failed");
+                    "failed".to_string()
+                }
+            };
+            tracing::info!(agent, result, "feature code");
+            let ctx = call::CallCtx {
+                flow_vars: vec![("result".into(), result)],
+                ..ctx
+            };
+            call::run(ctx, rx, arrival).await;
+        });
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;
+use yihaotong::sip::message::Request;
 
 fn agent(server: &TestServer, id: &str) -> Phone {
     let mut phone = Phone::new(id);
@@ -76,13 +77,22 @@ fn caller_hangs_up(
     phone.reply(server.sip, &bye, 200, tag);
 }
 
+/// The next INVITE offering a call not seen before (UDP retransmissions of
+/// earlier offers are skipped).
+fn next_offer(phone: &mut Phone, seen: &mut Vec<String>, secs: f64) -> Option<Request> {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let inv = phone.request("INVITE", left.as_secs_f64())?;
+        if !seen.contains(&inv.core.call_id) {
+            seen.push(inv.core.call_id.clone());
+            return Some(inv);
+        }
+    }
+    None
+}
+
 /// Answers `inv` on `phone`, expects the ACK, and returns the agent's dialog.
-fn answer(
-    server: &TestServer,
-    phone: &mut Phone,
-    inv: &yihaotong::sip::message::Request,
-    tag: &str,
-) -> common::PhoneDialog {
+fn answer(server: &TestServer, phone: &mut Phone, inv: &Request, tag: &str) -> common::PhoneDialog {
     phone.reply(server.sip, inv, 200, tag);
     phone.request("ACK", 3.0).expect("ACK for the answer");
     Phone::uas_dialog(inv, tag)
@@ -136,10 +146,11 @@ fn a_caller_who_hangs_up_while_the_agent_rings_leaves_the_agent_free() {
     server.add_agent("1001", "s3cret", "main");
     let mut phone = agent(&server, "1001");
     let mut trunk = Phone::new("13800000000");
+    let mut seen = Vec::new();
 
     // 1. The caller cancels while the phone rings.
     let d = trunk.invite(server.sip, "123450");
-    let inv = phone.request("INVITE", 5.0).expect("rung");
+    let inv = next_offer(&mut phone, &mut seen, 5.0).expect("rung");
     phone.reply(server.sip, &inv, 180, "a");
     wait_state(&server, "1001", "ringing");
     trunk.cancel(server.sip, &d);
@@ -154,7 +165,7 @@ fn a_caller_who_hangs_up_while_the_agent_rings_leaves_the_agent_free() {
     // 2. The agent's answer crosses the caller's CANCEL: the agent's leg is
     //    ACKed and hung up, and the agent is not left "on call".
     let d = trunk.invite(server.sip, "123450");
-    let inv = phone.request("INVITE", 5.0).expect("rung again");
+    let inv = next_offer(&mut phone, &mut seen, 5.0).expect("rung again");
     phone.reply(server.sip, &inv, 180, "b");
     trunk.cancel(server.sip, &d);
     let cancel = phone.request("CANCEL", 3.0).expect("CANCEL");
@@ -243,18 +254,31 @@ fn an_agent_who_keeps_missing_calls_is_put_on_break() {
     let mut phone = agent(&server, "1001");
     let mut trunk = Phone::new("13800000000");
     let d = trunk.invite(server.sip, "123450");
+    let mut seen = Vec::new();
     for round in 0..2 {
-        let inv = phone
-            .request("INVITE", 5.0)
-            .unwrap_or_else(|| panic!("offer {round}"));
-        phone.reply(server.sip, &inv, 180, "z");
-        let cancel = phone.request("CANCEL", 3.0).expect("rang out");
-        phone.reply(server.sip, &cancel, 200, "z");
+        let inv = next_offer(&mut phone, &mut seen, 5.0).unwrap_or_else(|| panic!("offer {round}"));
+        if round == 0 {
+            phone.reply(server.sip, &inv, 180, "z");
+            let cancel = phone.request("CANCEL", 3.0).expect("rang out");
+            phone.reply(server.sip, &cancel, 200, "z");
+        } else {
+            // A phone that says nothing until after ring_timeout: the CANCEL
+            // may only follow its first provisional (RFC 3261 §9.1).
+            std::thread::sleep(Duration::from_millis(1_500));
+            phone.reply(server.sip, &inv, 180, "z");
+            let cancel = phone
+                .request("CANCEL", 3.0)
+                .expect("cancelled once it rang");
+            phone.reply(server.sip, &cancel, 200, "z");
+        }
         phone.reply(server.sip, &inv, 487, "z");
     }
     wait_state(&server, "1001", "on-break");
     assert_eq!(state(&server, "1001").1.as_deref(), Some("no-answer"));
-    assert!(phone.request("INVITE", 1.5).is_none());
+    assert!(
+        next_offer(&mut phone, &mut seen, 1.5).is_none(),
+        "an agent on break is not offered calls"
+    );
     trunk.cancel(server.sip, &d);
     assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
     server.assert_idle();
@@ -382,4 +406,43 @@ fn fifty_agents_and_two_hundred_callers_leave_no_agent_stuck() {
         .and_then(|q| q.iter().find(|q| q["name"] == "main").cloned())
         .expect("main queue");
     assert_eq!(main["waiting"], 0, "{main}");
+}
+
+#[test]
+fn feature_codes_from_the_agent_phone_change_its_state_and_say_so() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    // Outside the trunk ACL (127.0.0.1), so its INVITEs are an agent's, challenged.
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    // (code, state after); *24 outside wrap-up fails and says so.
+    for (code, want) in [
+        ("*2205", "on-break"),
+        ("*21", "available"),
+        ("*23", "logged-out"),
+        ("*24", "logged-out"),
+    ] {
+        let mut d = phone.invite_as_agent(server.sip, code, "s3cret");
+        let ok = phone
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .expect("answered by the confirmation");
+        assert_eq!(ok.status, 200, "{code}");
+        phone.ack(server.sip, &mut d, &ok);
+        let heard = phone.record_rtp(0.6);
+        assert!(!heard.is_empty(), "{code}: the confirmation is played");
+        let bye = phone.request("BYE", 8.0).expect("hung up after the prompt");
+        phone.reply(server.sip, &bye, 200, "f");
+        assert_eq!(state(&server, "1001").0, want, "{code}");
+    }
+    assert_eq!(state(&server, "1001"), ("logged-out".into(), None));
+    let (ok, log) = server.cli(&["queue-log"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("|1001|PAUSE|05"), "{log}");
+    // Unknown codes get 404; a phone that is not an agent is challenged, never obeyed.
+    let d = phone.invite_as_agent(server.sip, "*99", "s3cret");
+    assert_eq!(phone.final_status(&d.call_id, "INVITE", 3.0), Some(404));
+    let mut stranger = Phone::bind("1001", "127.0.0.2");
+    let d = stranger.invite(server.sip, "*21");
+    assert_eq!(stranger.final_status(&d.call_id, "INVITE", 3.0), Some(407));
+    server.assert_idle();
 }

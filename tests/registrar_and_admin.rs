@@ -99,6 +99,29 @@ fn cli_validates_input_and_check_reports_file_line() {
         !ok && out.contains("y.toml:2") && out.contains("port_mn"),
         "{out}"
     );
+    // Queue settings: a strategy that does not exist names its line; a hold
+    // prompt or an overflow flow that does not exist is named by its key.
+    std::fs::write(&cfg, "[queues.main]\nstrategy = \"random\"\n").expect("write");
+    let (ok, out) = server.cli(&["--config", &cfg.display().to_string(), "check"]);
+    assert!(!ok && out.contains("random"), "{out}");
+    std::fs::write(
+        &cfg,
+        "[queues.main]\nmoh = \"common/nope\"\noverflow = { flow = \"nope\" }\n[queues.duty]\noverflow = { queue = \"nowhere\" }\n",
+    )
+    .expect("write");
+    let (ok, out) = server.cli(&["--config", &cfg.display().to_string(), "check"]);
+    assert!(!ok && out.contains("[queues.duty] overflow"), "{out}");
+    std::fs::write(
+        &cfg,
+        "[queues.main]\nmoh = \"common/nope\"\noverflow = { flow = \"nope\" }\n",
+    )
+    .expect("write");
+    let (ok, out) = server.cli(&["--config", &cfg.display().to_string(), "check"]);
+    assert!(
+        !ok && out.contains("[queues.main] moh")
+            && out.contains("[queues.main] overflow: flow `nope`"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -181,7 +181,8 @@ pub(super) async fn start_flow(
         flow,
         &caller,
         call.ctx.shared.settings.ivr.max_steps,
-    );
+    )
+    .with_vars(&call.ctx.flow_vars);
     call.walk(session, media_rx, &catalog, &offer, route).await
 }
 
@@ -620,10 +621,13 @@ impl Drop for Call {
         cdr.ended = crate::acd::now_ms();
         self.ctx.shared.records.cdr(cdr);
         if !self.abandoned.is_empty() {
+            let (_, closed) = mpsc::channel(1);
             tokio::spawn(super::linger(
                 self.ctx.worker.clone(),
                 self.ctx.shared.host.clone(),
                 std::mem::take(&mut self.abandoned),
+                std::mem::replace(&mut self.events, closed),
+                self.ctx.events_tx.clone(),
             ));
         }
         let pool = &self.ctx.shared.ports;

@@ -84,6 +84,8 @@ pub struct CallCtx {
     pub worker_index: usize,
     /// Our own event sender (given to the worker for our requests).
     pub events_tx: mpsc::Sender<CallEvent>,
+    /// Flow variables set before the flow starts.
+    pub flow_vars: Vec<(String, String)>,
 }
 
 /// One side of the bridge.
@@ -149,7 +151,7 @@ struct Call {
     /// The caller cancelled while agents were ringing.
     caller_gone: bool,
     /// An agent leg we gave up on while it rang; a late 2xx from it is ACKed and BYEd.
-    abandoned: Vec<(Dialog, Peer)>,
+    abandoned: Vec<Fork>,
     /// The unanswered caller has heard 180.
     rang_caller: bool,
     /// The call's record, written when the call is dropped.
@@ -157,6 +159,7 @@ struct Call {
 }
 
 /// One INVITE of an offer (several at once under ring-all).
+#[derive(Clone)]
 struct Fork {
     seat: SeatContact,
     dialog: Dialog,
@@ -169,18 +172,32 @@ struct Fork {
     done: bool,
 }
 
+/// A new call as the SIP worker hands it over.
+pub struct Arrival {
+    /// The INVITE's server transaction.
+    pub key: TxKey,
+    /// The INVITE.
+    pub invite: Request,
+    /// Where it came from.
+    pub peer: Peer,
+    /// The number-plan entry it matched.
+    pub route: Route,
+    /// The dialed number, normalized.
+    pub dialed: String,
+    /// The authenticated agent, when an agent's phone placed it.
+    pub caller_agent: Option<String>,
+}
+
 /// Runs a call from the caller's INVITE to its end.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    ctx: CallCtx,
-    events: mpsc::Receiver<CallEvent>,
-    a_key: TxKey,
-    invite: Request,
-    a_peer: Peer,
-    route: Route,
-    dialed: String,
-    caller_agent: Option<String>,
-) {
+pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arrival) {
+    let Arrival {
+        key: a_key,
+        invite,
+        peer: a_peer,
+        route,
+        dialed,
+        caller_agent,
+    } = arrival;
     let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
     async move {
         let shared = ctx.shared.clone();
@@ -266,47 +283,109 @@ fn send_bye(
     });
 }
 
-/// After a call ends, offers it gave up on may still answer (a 200 can cross
-/// our CANCEL, RFC 3261 §9.1): for 64×T1 their 2xx is ACKed and hung up,
-/// so no agent is left talking to nobody.
-async fn linger(worker: mpsc::Sender<WorkerInput>, host: String, mut forks: Vec<(Dialog, Peer)>) {
-    let (tx, mut rx) = mpsc::channel(16);
-    for (d, _) in &forks {
-        let _ = worker
-            .send(WorkerInput::Bind {
-                call_id: d.call_id.clone(),
-                owner: tx.clone(),
-            })
-            .await;
+/// CANCEL for a fork's INVITE (RFC 3261 §9.1: same branch, Request-URI,
+/// Call-ID, From, To without tag, CSeq number).
+fn send_cancel(
+    worker: &mpsc::Sender<WorkerInput>,
+    host: &str,
+    fork: &Fork,
+    owner: &mpsc::Sender<CallEvent>,
+) {
+    let peer = fork.seat.peer;
+    let via = format!(
+        "{} {host};branch={};rport",
+        peer.transport.via_token(),
+        fork.branch
+    );
+    let from = format!("{};tag={}", fork.dialog.local_uri, fork.dialog.local_tag);
+    let bytes = OutgoingRequest {
+        method: &Method::Cancel,
+        uri: &fork.seat.uri,
+        via: &via,
+        from: &from,
+        to: &fork.dialog.remote_uri,
+        call_id: &fork.dialog.call_id,
+        cseq: fork.cseq,
+        extra: &[],
+        body: b"",
     }
-    let ids: Vec<String> = forks.iter().map(|(d, _)| d.call_id.clone()).collect();
+    .write();
+    let _ = worker.try_send(WorkerInput::Request {
+        method: Method::Cancel,
+        branch: fork.branch.clone(),
+        bytes: Bytes::from(bytes),
+        peer,
+        owner: owner.clone(),
+    });
+}
+
+/// A response to an INVITE of an offer the call gave up on: a first
+/// provisional gets the CANCEL that could not be sent before it (RFC 3261
+/// §9.1); a 2xx that crossed the CANCEL is ACKed and hung up; a final
+/// refusal settles it. Returns the Call-ID of a fork now settled.
+fn given_up_answer(
+    worker: &mpsc::Sender<WorkerInput>,
+    host: &str,
+    forks: &mut Vec<Fork>,
+    response: &Response,
+    owner: &mpsc::Sender<CallEvent>,
+) -> Option<String> {
+    if response.core.cseq_method != Method::Invite {
+        return None;
+    }
+    let i = forks
+        .iter()
+        .position(|f| f.dialog.call_id == response.core.call_id)?;
+    match response.status {
+        101..=199 if !forks[i].early => {
+            forks[i].early = true;
+            send_cancel(worker, host, &forks[i], owner);
+            None
+        }
+        200..=299 => {
+            let mut fork = forks.swap_remove(i);
+            fork.dialog.confirm(response);
+            info!(call_id = %fork.dialog.call_id, "late answer from an offer the call gave up: ACK and BYE");
+            send_ack(
+                worker,
+                host,
+                &mut fork.dialog,
+                response.core.cseq,
+                fork.seat.peer,
+            );
+            send_bye(worker, host, &mut fork.dialog, fork.seat.peer, owner);
+            Some(fork.dialog.call_id)
+        }
+        300.. => Some(forks.swap_remove(i).dialog.call_id),
+        _ => None,
+    }
+}
+
+/// After a call ends, offers it gave up on may still answer (a 200 can cross
+/// our CANCEL; a phone that never rang may ring late): for 64×T1 each is
+/// settled by [`given_up_answer`], so no agent is left talking to nobody.
+/// It reads the call's own event channel, which the forks stay bound to, so
+/// nothing that arrived as the call ended is lost.
+async fn linger(
+    worker: mpsc::Sender<WorkerInput>,
+    host: String,
+    mut forks: Vec<Fork>,
+    mut rx: mpsc::Receiver<CallEvent>,
+    tx: mpsc::Sender<CallEvent>,
+) {
+    let ids: Vec<String> = forks.iter().map(|f| f.dialog.call_id.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(32);
     while !forks.is_empty() {
         let event = tokio::select! {
             e = rx.recv() => e,
             _ = tokio::time::sleep_until(deadline) => None,
         };
-        let Some(event) = event else {
-            break;
-        };
-        if let CallEvent::Response { response, .. } = event {
-            if response.status >= 300 && response.core.cseq_method == Method::Invite {
-                // The CANCEL won (487) or the phone refused: nothing to hang up.
-                forks.retain(|(d, _)| d.call_id != response.core.call_id);
-            } else if (200..300).contains(&response.status)
-                && response.core.cseq_method == Method::Invite
-            {
-                if let Some(i) = forks
-                    .iter()
-                    .position(|(d, _)| d.call_id == response.core.call_id)
-                {
-                    let (mut d, peer) = forks.swap_remove(i);
-                    d.confirm(&response);
-                    info!(call_id = %d.call_id, "late answer from an offer the call gave up: ACK and BYE");
-                    send_ack(&worker, &host, &mut d, response.core.cseq, peer);
-                    send_bye(&worker, &host, &mut d, peer, &tx);
-                }
+        match event {
+            None => break,
+            Some(CallEvent::Response { response, .. }) => {
+                given_up_answer(&worker, &host, &mut forks, &response, &tx);
             }
+            Some(_) => {}
         }
     }
     // Give the BYEs' answers a moment to arrive before the routes go.
@@ -617,15 +696,14 @@ impl Call {
         }
         fork.done = true;
         if fork.early {
-            self.cancel_b(
-                &fork.dialog,
-                &fork.seat.uri,
-                &fork.branch,
-                fork.cseq,
-                fork.seat.peer,
+            send_cancel(
+                &self.ctx.worker,
+                &self.ctx.shared.host,
+                fork,
+                &self.ctx.events_tx,
             );
         }
-        self.abandoned.push((fork.dialog.clone(), fork.seat.peer));
+        self.abandoned.push(fork.clone());
     }
 
     /// Offers the call to `seats` at once (one, or every free agent under
@@ -783,7 +861,7 @@ impl Call {
             let given_up = self
                 .abandoned
                 .iter()
-                .any(|(d, _)| d.call_id == fork.dialog.call_id);
+                .any(|f| f.dialog.call_id == fork.dialog.call_id);
             if !answered_here && !given_up {
                 let _ = self
                     .ctx
@@ -871,22 +949,17 @@ impl Call {
                 };
                 respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
             }
-            // A 2xx from an agent we already gave up on: ACK and BYE it.
-            CallEvent::Response { response, .. }
-                if (200..300).contains(&response.status)
-                    && response.core.cseq_method == Method::Invite =>
-            {
-                let found = self
-                    .abandoned
-                    .iter()
-                    .position(|(d, _)| d.call_id == response.core.call_id);
-                if let Some((mut d, peer)) = found.map(|i| self.abandoned.swap_remove(i)) {
-                    d.confirm(&response);
-                    self.ack(&mut d, response.core.cseq, peer);
-                    self.bye(&mut d, peer);
-                    let _ = self.ctx.worker.try_send(WorkerInput::Unbind {
-                        call_id: d.call_id.clone(),
-                    });
+            // From an offer we already gave up on.
+            CallEvent::Response { response, .. } => {
+                let settled = given_up_answer(
+                    &self.ctx.worker,
+                    &self.ctx.shared.host,
+                    &mut self.abandoned,
+                    &response,
+                    &self.ctx.events_tx,
+                );
+                if let Some(call_id) = settled {
+                    let _ = self.ctx.worker.try_send(WorkerInput::Unbind { call_id });
                 }
             }
             _ => {}
@@ -915,31 +988,6 @@ impl Call {
             peer,
             &self.ctx.events_tx,
         );
-    }
-
-    /// CANCEL for our INVITE (RFC 3261 §9.1: same branch, Request-URI, Call-ID,
-    /// From, To without tag, CSeq number).
-    fn cancel_b(&self, dialog: &Dialog, uri: &str, branch: &str, cseq: u32, peer: Peer) {
-        let via = format!(
-            "{} {};branch={};rport",
-            peer.transport.via_token(),
-            self.ctx.shared.host,
-            branch
-        );
-        let from = format!("{};tag={}", dialog.local_uri, dialog.local_tag);
-        let bytes = OutgoingRequest {
-            method: &Method::Cancel,
-            uri,
-            via: &via,
-            from: &from,
-            to: &dialog.remote_uri,
-            call_id: &dialog.call_id,
-            cseq,
-            extra: &[],
-            body: b"",
-        }
-        .write();
-        self.send_to_leg(peer, bytes, branch.to_string(), Method::Cancel);
     }
 
     async fn bridged(&mut self, mut a: Leg, mut b: Leg) -> End {

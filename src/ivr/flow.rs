@@ -811,6 +811,15 @@ impl NodeCtx<'_> {
                         ),
                     );
                 }
+                if let Some(p) = n.priority.as_ref().filter(|p| *p.get_ref() > 2) {
+                    r.error(
+                        p.span(),
+                        format!(
+                            "node `{node}`: priority {} is not 0 (normal), 1 (priority) or 2 (emergency)",
+                            p.get_ref()
+                        ),
+                    );
+                }
                 Action::Queue {
                     queue,
                     priority: n.priority.as_ref().map_or(0, |p| *p.get_ref()),

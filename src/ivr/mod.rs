@@ -193,6 +193,39 @@ pub fn load(settings: &Settings) -> Loaded {
             flows.insert(name.clone(), Arc::new(f));
         }
     }
+    // Queues name prompts and flows too: check them with the catalog.
+    let mut setting_error = |message: String| {
+        diagnostics.push(Diagnostic {
+            file: "settings".into(),
+            line: 1,
+            column: 1,
+            warning: false,
+            message,
+        })
+    };
+    if prompts.get(&settings.queue.moh).is_none() {
+        setting_error(format!(
+            "[queue] moh: prompt `{}` does not exist under {}",
+            settings.queue.moh,
+            settings.sounds_dir.display()
+        ));
+    }
+    for (name, q) in &settings.queues {
+        if let Some(moh) = q.moh.as_ref().filter(|m| prompts.get(m).is_none()) {
+            setting_error(format!(
+                "[queues.{name}] moh: prompt `{moh}` does not exist under {}",
+                settings.sounds_dir.display()
+            ));
+        }
+        if let Some(crate::config::Overflow::Flow(f)) = &q.overflow {
+            if !flows.contains_key(f) {
+                setting_error(format!(
+                    "[queues.{name}] overflow: flow `{f}` is not loaded from {}",
+                    settings.flows_dir.display()
+                ));
+            }
+        }
+    }
     Loaded {
         catalog: Catalog {
             flows,

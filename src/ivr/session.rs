@@ -156,6 +156,15 @@ impl Session {
         }
     }
 
+    /// The session with variables set before the flow starts (the server's
+    /// facts about the call, e.g. a feature code's result).
+    pub fn with_vars(mut self, vars: &[(String, String)]) -> Session {
+        for (k, v) in vars {
+            self.vars.insert(k.clone(), v.clone());
+        }
+        self
+    }
+
     /// Variables set so far (`set`, `collect`).
     pub fn vars(&self) -> &BTreeMap<String, String> {
         &self.vars
@@ -794,7 +803,7 @@ play = "closed"
 next = "hangup"
 [nodes.priority]
 queue = "main"
-priority = 9
+priority = 2
 [nodes.seats]
 queue = "main"
 "#;
@@ -815,7 +824,7 @@ queue = "main"
             first(&w, "13800000001"),
             [Effect::Queue {
                 queue: "main".into(),
-                priority: 9
+                priority: 2
             }]
         );
         w.now = "2026-11-30T23:30:00".parse().expect("t");

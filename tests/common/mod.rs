@@ -425,26 +425,85 @@ impl Phone {
 
     /// Sends an INVITE with the given SDP offer.
     pub fn invite_sdp(&mut self, server: SocketAddr, number: &str, sdp: &str) -> PhoneDialog {
-        let call_id = token();
-        let local = format!("<sip:{}@127.0.0.1>;tag={}", self.user, token());
-        let branch = format!("z9hG4bK{}", token());
+        let d = PhoneDialog {
+            branch: format!("z9hG4bK{}", token()),
+            call_id: token(),
+            local: format!("<sip:{}@127.0.0.1>;tag={}", self.user, token()),
+            remote: format!("<sip:{number}@{server}>"),
+            target: format!("sip:{number}@{server}"),
+            cseq: 1,
+            remote_rtp: None,
+        };
+        self.send_invite(server, &d, sdp, "");
+        d
+    }
+
+    fn send_invite(&self, server: SocketAddr, d: &PhoneDialog, sdp: &str, extra: &str) {
         let msg = format!(
-            "INVITE sip:{number}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {local}\r\nTo: <sip:{number}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{}@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: <sip:{}@{}>\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            d.target,
             self.addr,
+            d.branch,
+            d.local,
+            d.remote,
+            d.call_id,
+            d.cseq,
             self.user,
             self.addr,
             sdp.len()
         );
         self.send(server, &msg);
-        PhoneDialog {
-            branch,
-            call_id,
-            local,
-            remote: format!("<sip:{number}@{server}>"),
-            target: format!("sip:{number}@{server}"),
-            cseq: 1,
-            remote_rtp: None,
-        }
+    }
+
+    /// An INVITE from a registered agent's phone: answers the 407 challenge
+    /// (MD5) and sends it again with Proxy-Authorization. Returns the dialog
+    /// of the second INVITE.
+    pub fn invite_as_agent(
+        &mut self,
+        server: SocketAddr,
+        number: &str,
+        password: &str,
+    ) -> PhoneDialog {
+        let mut d = self.invite(server, number);
+        let challenge = self
+            .response(&d.call_id, "INVITE", 407, 3.0)
+            .expect("INVITE answered");
+        assert_eq!(challenge.status, 407, "an agent's INVITE is challenged");
+        // ACK the 407 (same branch; To with its tag).
+        self.send(
+            server,
+            &format!(
+                "ACK {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+                d.target, self.addr, d.branch, d.local, challenge.core.to.raw, d.call_id
+            ),
+        );
+        let value = challenge
+            .headers
+            .get_all("proxy-authenticate")
+            .find(|c| c.contains("algorithm=MD5"))
+            .expect("MD5 challenge")
+            .to_string();
+        let (realm, nonce, _) = challenge_params(&value).expect("challenge parses");
+        self.nc += 1;
+        let client = DigestClient {
+            alg: Algorithm::Md5,
+            user: &self.user,
+            password,
+            realm: &realm,
+            nonce: &nonce,
+            cnonce: "cn0nce",
+        };
+        let auth = client.authorization("INVITE", &d.target, self.nc);
+        d.cseq = 2;
+        d.branch = format!("z9hG4bK{}", token());
+        let sdp = self.sdp();
+        self.send_invite(
+            server,
+            &d,
+            &sdp,
+            &format!("Proxy-Authorization: {auth}\r\n"),
+        );
+        d
     }
 
     /// Raw INVITE text for CANCEL construction.
