@@ -58,6 +58,13 @@ pub enum AdminCommand {
         /// Local time for `hour` groups, minutes east of UTC.
         utc_offset_minutes: i32,
     },
+    /// CDRs of a time range (by end time), as JSON.
+    Cdrs {
+        /// From (Unix ms, inclusive).
+        since: u64,
+        /// To (Unix ms, exclusive).
+        until: u64,
+    },
     /// Queue-log lines in Asterisk's layout.
     QueueLog {
         /// From (Unix ms, inclusive).
@@ -233,6 +240,16 @@ pub fn execute(
                 Format::Json => serde_json::to_value(&rows)?,
                 f => Value::String(report::render(&rows, f)),
             })
+        }
+        AdminCommand::Cdrs { since, until } => {
+            let mut out = Vec::new();
+            for v in store.records(true, since, until) {
+                match serde_json::from_slice::<Value>(&v?) {
+                    Ok(c) => out.push(c),
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable CDR"),
+                }
+            }
+            Ok(Value::Array(out))
         }
         AdminCommand::QueueLog { since, until } => {
             let mut text = String::new();

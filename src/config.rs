@@ -39,6 +39,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     /// `[ivr]`
     pub ivr: IvrSettings,
+    /// `[recording]`
+    pub recording: RecordingSettings,
     /// `[queues.NAME]`: the agent queues flows and routes may name.
     pub queues: BTreeMap<String, QueueDef>,
     /// `[backends.NAME]`: systems a flow can hand calls to.
@@ -58,6 +60,42 @@ pub struct IvrSettings {
     pub media_threads: usize,
     /// Ask for SCHED_FIFO for the media threads.
     pub media_realtime: bool,
+}
+
+/// `[recording]`: agent calls recorded for supervision.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSettings {
+    /// Record every call an agent answers.
+    pub enabled: bool,
+    /// Where (empty: `data_dir/recordings`).
+    pub dir: String,
+    /// Days a recording is kept (0: forever).
+    pub retention_days: u64,
+}
+
+impl Settings {
+    /// Local wall-clock time (`[ivr] utc_offset_minutes`).
+    pub fn local_now(&self) -> chrono::NaiveDateTime {
+        let offset = chrono::FixedOffset::east_opt(self.ivr.utc_offset_minutes * 60)
+            .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC is a valid offset"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
+            .unwrap_or_default()
+            .with_timezone(&offset)
+            .naive_local()
+    }
+
+    /// The recordings folder.
+    pub fn recordings_dir(&self) -> PathBuf {
+        if self.recording.dir.is_empty() {
+            self.data_dir.join("recordings")
+        } else {
+            PathBuf::from(&self.recording.dir)
+        }
+    }
 }
 
 /// One agent queue: every key but `description` and `overflow` defaults to `[queue]`'s.

@@ -47,6 +47,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: yihaotong::acd::report::Format,
     },
+    /// Call detail records (JSON) for a time range, by end time.
+    Cdrs {
+        /// From (as for `report`).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// To (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Queue-log lines (Asterisk's queue_log layout) for a time range.
     QueueLog {
         /// From (as for `report`).
@@ -328,6 +337,10 @@ fn real_main() -> anyhow::Result<()> {
                 format: name(format.to_possible_value()),
                 utc_offset_minutes: offset,
             })
+        }
+        Command::Cdrs { since, until } => {
+            let (since, until) = range(&since, until.as_deref())?;
+            run_admin(AdminCommand::Cdrs { since, until })
         }
         Command::QueueLog { since, until } => {
             let (since, until) = range(&since, until.as_deref())?;

@@ -25,13 +25,18 @@ pub struct Answer {
     pub status: u16,
     /// Extra headers (WWW-Authenticate, Contact, Min-Expires...).
     pub headers: Vec<(&'static str, String)>,
+    /// A REGISTER that took the agent from no live contact to one (the
+    /// moment an `auto_login` account logs in).
+    pub came_online: bool,
 }
 
 impl Answer {
-    fn plain(status: u16) -> Answer {
+    /// A status with nothing else.
+    pub fn plain(status: u16) -> Answer {
         Answer {
             status,
             headers: Vec::new(),
+            came_online: false,
         }
     }
 }
@@ -144,6 +149,7 @@ impl Registrar {
             407
         };
         Answer {
+            came_online: false,
             status,
             headers: self
                 .auth
@@ -236,6 +242,7 @@ impl Registrar {
             .into_iter()
             .filter(|b| b.expires_at > now)
             .collect();
+        let was_online = !bindings.is_empty();
         let contacts: Vec<&str> = req.headers.get_all("contact").collect();
         if contacts.contains(&"*") {
             // RFC 3261 §10.3 step 6: `*` only alone and with Expires: 0.
@@ -263,6 +270,7 @@ impl Registrar {
                 return Ok(Answer {
                     status: 423,
                     headers: vec![("Min-Expires", s.min_expires.to_string())],
+                    came_online: false,
                 });
             }
             let existing = bindings.iter().position(|b| b.contact == uri);
@@ -310,6 +318,7 @@ impl Registrar {
         Ok(Answer {
             status: 200,
             headers,
+            came_online: !was_online && !bindings.is_empty(),
         })
     }
 }

@@ -153,6 +153,13 @@ impl Shared {
                 Some(Ok(v))
             }
             AdminCommand::Reload => Some(self.reload()),
+            AdminCommand::Report { .. }
+            | AdminCommand::Cdrs { .. }
+            | AdminCommand::QueueLog { .. } => {
+                // Read what happened up to now: write the pending batch first.
+                runtime.block_on(self.records.flush());
+                None
+            }
             AdminCommand::AgentsAdd { id, .. } | AdminCommand::AgentsRemove { id } => {
                 let r = crate::admin::execute(
                     &self.store,
@@ -416,6 +423,9 @@ impl Server {
             };
             tokio::spawn(worker.run(rx));
         }
+        if shared.settings.recording.enabled && shared.settings.recording.retention_days > 0 {
+            tokio::spawn(expire_recordings(shared.clone()));
+        }
         let inbound_shared = shared.clone();
         sockets.start(
             listener,
@@ -659,6 +669,7 @@ impl Worker {
             &Answer {
                 status,
                 headers: headers.to_vec(),
+                came_online: false,
             },
         );
     }
@@ -675,14 +686,11 @@ impl Worker {
             Method::Register => {
                 let answer = match self.shared.registrar.lock() {
                     Ok(mut r) => r.register(now_unix(), &req, &peer),
-                    Err(_) => Answer {
-                        status: 500,
-                        headers: vec![],
-                    },
+                    Err(_) => Answer::plain(500),
                 };
                 if answer.status == 200 {
                     if let Some(agent) = &req.core.to.user {
-                        self.shared.acd.touch(agent, true);
+                        self.shared.acd.touch(agent, answer.came_online);
                     }
                 }
                 self.answer(&key, &req, &answer);
@@ -727,10 +735,7 @@ impl Worker {
         } else {
             let outcome = match self.shared.registrar.lock() {
                 Ok(mut r) => r.authenticate(now_unix(), &req, &peer),
-                Err(_) => AuthOutcome::Refuse(Answer {
-                    status: 500,
-                    headers: vec![],
-                }),
+                Err(_) => AuthOutcome::Refuse(Answer::plain(500)),
             };
             match outcome {
                 AuthOutcome::Agent(id) => Some(id),
@@ -862,6 +867,23 @@ impl Worker {
             };
             call::run(ctx, rx, arrival).await;
         });
+    }
+}
+
+/// Deletes recordings past `[recording] retention_days`, at start and hourly.
+async fn expire_recordings(shared: Arc<Shared>) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        let days = shared.settings.recording.retention_days;
+        let cutoff = crate::acd::now_ms().saturating_sub(days.saturating_mul(86_400_000));
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.expire_recordings(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, days, "expired recordings deleted"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot expire recordings"),
+            Err(e) => tracing::error!(error = %e, "recording expiry task failed"),
+        }
     }
 }
 

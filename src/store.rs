@@ -118,6 +118,23 @@ pub struct Store {
     queue_log: sled::Tree,
     /// Call detail records, keyed by end time.
     cdrs: sled::Tree,
+    /// Recording metadata, keyed by file path.
+    recordings: sled::Tree,
+}
+
+/// What is known about one recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingMeta {
+    /// The WAV file.
+    pub path: String,
+    /// The caller's Call-ID (the CDR's).
+    pub call_id: String,
+    /// Agent recorded.
+    pub agent: String,
+    /// Queue the call came from.
+    pub queue: String,
+    /// Unix ms when recording started.
+    pub started: u64,
 }
 
 /// A time-ordered, unique key: Unix ms (big-endian) then a sequence number.
@@ -157,6 +174,7 @@ impl Store {
             presence: db.open_tree("presence")?,
             queue_log: db.open_tree("queue_log")?,
             cdrs: db.open_tree("cdrs")?,
+            recordings: db.open_tree("recordings")?,
             db,
         })
     }
@@ -184,25 +202,62 @@ impl Store {
         Ok(())
     }
 
-    /// Appends queue-log lines and CDRs (already keyed) in one batch each,
-    /// then flushes: what returns Ok is on disk.
+    /// Appends queue-log lines, CDRs and recording metadata (already keyed)
+    /// in one batch per tree, then flushes: what returns Ok is on disk.
     pub fn append_records(
         &self,
-        log: &[([u8; 12], Vec<u8>)],
-        cdrs: &[([u8; 12], Vec<u8>)],
+        log: &[(Vec<u8>, Vec<u8>)],
+        cdrs: &[(Vec<u8>, Vec<u8>)],
+        recordings: &[(Vec<u8>, Vec<u8>)],
     ) -> anyhow::Result<()> {
-        for (tree, rows) in [(&self.queue_log, log), (&self.cdrs, cdrs)] {
+        for (tree, rows) in [
+            (&self.queue_log, log),
+            (&self.cdrs, cdrs),
+            (&self.recordings, recordings),
+        ] {
             if rows.is_empty() {
                 continue;
             }
             let mut batch = sled::Batch::default();
             for (k, v) in rows {
-                batch.insert(&k[..], v.as_slice());
+                batch.insert(k.as_slice(), v.as_slice());
             }
             tree.apply_batch(batch)?;
         }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Deletes recordings that started before `cutoff_ms` (file and metadata).
+    /// Returns how many went.
+    pub fn expire_recordings(&self, cutoff_ms: u64) -> anyhow::Result<usize> {
+        let mut gone = 0;
+        for item in self.recordings.iter() {
+            let (key, value) = item?;
+            let Ok(meta) = serde_json::from_slice::<RecordingMeta>(&value) else {
+                continue;
+            };
+            if meta.started >= cutoff_ms {
+                continue;
+            }
+            match std::fs::remove_file(&meta.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = meta.path, error = %e, "cannot delete an expired recording");
+                    continue;
+                }
+            }
+            self.recordings.remove(key)?;
+            gone += 1;
+        }
+        self.recordings.flush()?;
+        Ok(gone)
+    }
+
+    /// A recording's metadata.
+    pub fn recording(&self, path: &str) -> anyhow::Result<Option<RecordingMeta>> {
+        Self::get(&self.recordings, path)
     }
 
     /// Records of one kind with keys in [since, until) Unix ms, oldest first.
@@ -401,6 +456,38 @@ fn list_key(list: &str, number: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_recordings_go_file_and_metadata_and_fresh_ones_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db")).expect("open");
+        let mut rows = Vec::new();
+        for (name, started) in [("old", 1_000u64), ("new", 9_000), ("gone", 500)] {
+            let path = dir.path().join(format!("{name}.wav"));
+            if name != "gone" {
+                std::fs::write(&path, b"RIFF").expect("write");
+            }
+            let meta = RecordingMeta {
+                path: path.display().to_string(),
+                call_id: name.into(),
+                agent: "1001".into(),
+                queue: "main".into(),
+                started,
+            };
+            rows.push((
+                meta.path.clone().into_bytes(),
+                serde_json::to_vec(&meta).expect("json"),
+            ));
+        }
+        store.append_records(&[], &[], &rows).expect("append");
+        assert_eq!(store.expire_recordings(5_000).expect("expire"), 2);
+        assert!(!dir.path().join("old.wav").exists());
+        assert!(dir.path().join("new.wav").exists());
+        let new = dir.path().join("new.wav").display().to_string();
+        assert!(store.recording(&new).expect("read").is_some());
+        let old = dir.path().join("old.wav").display().to_string();
+        assert!(store.recording(&old).expect("read").is_none());
+    }
 
     #[test]
     fn longest_prefix_wins_and_survives_reopen() {

@@ -435,6 +435,9 @@ fn feature_codes_from_the_agent_phone_change_its_state_and_say_so() {
         assert_eq!(state(&server, "1001").0, want, "{code}");
     }
     assert_eq!(state(&server, "1001"), ("logged-out".into(), None));
+    // The phone refreshes its registration: that is not a new login.
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    assert_eq!(state(&server, "1001").0, "logged-out");
     let (ok, log) = server.cli(&["queue-log"]);
     assert!(ok, "{log}");
     assert!(log.contains("|1001|PAUSE|05"), "{log}");
@@ -445,4 +448,77 @@ fn feature_codes_from_the_agent_phone_change_its_state_and_say_so() {
     let d = stranger.invite(server.sip, "*21");
     assert_eq!(stranger.final_status(&d.call_id, "INVITE", 3.0), Some(407));
     server.assert_idle();
+}
+
+#[test]
+fn agent_calls_are_recorded_caller_left_agent_right() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = agent(&server, "1001");
+    let mut trunk = Phone::new("13800000000");
+    let mut d = trunk.invite(server.sip, "123450");
+    let inv = phone.request("INVITE", 5.0).expect("rung");
+    let to_server_from_agent = yihaotong::media::sdp::parse_audio(&inv.body)
+        .expect("our SDP")
+        .addr;
+    let _ = answer(&server, &mut phone, &inv, "rec");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
+    trunk.ack(server.sip, &mut d, &ok);
+    let to_server_from_caller = d.remote_rtp.expect("our SDP to the caller");
+    let loud = audio_codec_algorithms::encode_ulaw(8000);
+    let quiet = audio_codec_algorithms::encode_ulaw(-300);
+    std::thread::scope(|s| {
+        let c = s.spawn(|| trunk.exchange_rtp_of(to_server_from_caller, 50, 0x1111, loud));
+        let a = s.spawn(|| phone.exchange_rtp_of(to_server_from_agent, 50, 0x2222, quiet));
+        assert!(c.join().expect("caller") > 40);
+        assert!(a.join().expect("agent") > 40);
+    });
+    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "rec");
+    server.assert_idle();
+    // The CDR names the file; the file is stereo with the caller on the left.
+    let (ok, out) = server.cli(&["cdrs", "--since", "1h"]);
+    assert!(ok, "{out}");
+    let cdrs: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["agent"], "1001");
+    let path = cdr["recording"]
+        .as_str()
+        .expect("recording path")
+        .to_string();
+    assert!(
+        path.contains("/recordings/") && path.ends_with(".wav"),
+        "{path}"
+    );
+    let bytes = std::fs::read(&path).expect("recording on disk");
+    assert_eq!(&bytes[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2, "stereo");
+    let frames: Vec<(i16, i16)> = bytes[44..]
+        .chunks_exact(4)
+        .map(|c| {
+            (
+                i16::from_le_bytes([c[0], c[1]]),
+                i16::from_le_bytes([c[2], c[3]]),
+            )
+        })
+        .collect();
+    let caller_loud = frames.iter().filter(|(l, _)| *l > 7000).count();
+    let agent_quiet = frames
+        .iter()
+        .filter(|(_, r)| (-400..-200).contains(r))
+        .count();
+    assert!(
+        caller_loud >= 40 * 160,
+        "caller samples on the left: {caller_loud}"
+    );
+    assert!(
+        agent_quiet >= 40 * 160,
+        "agent samples on the right: {agent_quiet}"
+    );
+    assert!(
+        frames.iter().all(|(l, r)| *l <= 0 || *r >= -400),
+        "no side leaks into the other"
+    );
 }

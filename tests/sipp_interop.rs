@@ -3,7 +3,9 @@
 //! (places a call to 123450, the no-greeting seat line, plays RTP from a
 //! pcap, hangs up); and as trunk and backend of the 12333 IVR: the trunk
 //! presses 1 with SIPp's own RFC 2833 pcap and the backend UAS must receive
-//! the hand-off with that key in its headers.
+//! the hand-off with that key in its headers; and as three agents that
+//! answer after random delays while a SIPp trunk sends more callers than
+//! there are agents, so callers wait in line.
 //!
 //! Without `sipp` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
@@ -84,6 +86,64 @@ fn sipp(dir: &Path, server: &TestServer, args: &[&str], limit: Duration) -> (i32
     (code, errors)
 }
 
+/// Registers agent `id` (password s3cret) with SIPp, its Contact at `agent_port`.
+fn sipp_register(work: &Path, server: &TestServer, id: &str, agent_port: &str) {
+    let dir = work.join(format!("register-{id}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let reg_port = free_port().to_string();
+    let (code, errors) = sipp(
+        &dir,
+        server,
+        &[
+            "-sf",
+            &scenario("agent_register.xml"),
+            "-s",
+            id,
+            "-au",
+            id,
+            "-ap",
+            "s3cret",
+            "-set",
+            "agent_port",
+            agent_port,
+            "-p",
+            &reg_port,
+        ],
+        Duration::from_secs(25),
+    );
+    assert_eq!(code, 0, "SIPp registration of {id} failed: {errors}");
+}
+
+/// A SIPp trunk calling `number` with `trunk_call.xml`; `extra` adds options
+/// (-m, -r…). Returns (exit code, error log).
+fn sipp_trunk(
+    work: &Path,
+    server: &TestServer,
+    number: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> (i32, String) {
+    let dir = work.join("trunk");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let trunk_port = free_port().to_string();
+    let trunk_media = free_port().to_string();
+    let mut args = vec![
+        "-sf".to_string(),
+        scenario("trunk_call.xml"),
+        "-s".into(),
+        number.into(),
+        "-p".into(),
+        trunk_port,
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        trunk_media,
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sipp(&dir, server, &args, limit)
+}
+
 #[test]
 fn sipp_agent_registers_and_answers_a_sipp_trunk_call() {
     if !sipp_available() {
@@ -120,57 +180,15 @@ fn sipp_agent_registers_and_answers_a_sipp_trunk_call() {
             )
         });
         std::thread::sleep(Duration::from_millis(500));
-        let reg_dir = work.path().join("register");
-        std::fs::create_dir_all(&reg_dir).expect("dir");
-        let reg_port = free_port().to_string();
-        let (code, errors) = sipp(
-            &reg_dir,
-            &server,
-            &[
-                "-sf",
-                &scenario("agent_register.xml"),
-                "-s",
-                "1001",
-                "-au",
-                "1001",
-                "-ap",
-                "s3cret",
-                "-set",
-                "agent_port",
-                &agent_port,
-                "-p",
-                &reg_port,
-            ],
-            Duration::from_secs(25),
-        );
-        assert_eq!(code, 0, "SIPp registration failed: {errors}");
+        sipp_register(work.path(), &server, "1001", &agent_port);
         let (ok, list) = server.cli(&["agents", "list"]);
         assert!(
             ok && list.contains(&format!("127.0.0.1:{agent_port}")),
             "registered contact listed: {list}"
         );
 
-        let trunk_dir = work.path().join("trunk");
-        std::fs::create_dir_all(&trunk_dir).expect("dir");
-        let trunk_port = free_port().to_string();
-        let trunk_media = free_port().to_string();
-        let (code, errors) = sipp(
-            &trunk_dir,
-            &server,
-            &[
-                "-sf",
-                &scenario("trunk_call.xml"),
-                "-s",
-                "123450",
-                "-p",
-                &trunk_port,
-                "-mi",
-                "127.0.0.1",
-                "-mp",
-                &trunk_media,
-            ],
-            Duration::from_secs(30),
-        );
+        let (code, errors) =
+            sipp_trunk(work.path(), &server, "123450", &[], Duration::from_secs(30));
         assert_eq!(code, 0, "SIPp trunk call failed: {errors}");
         let (code, errors) = answering.join().expect("agent thread");
         assert_eq!(code, 0, "SIPp agent failed: {errors}");
@@ -239,4 +257,67 @@ fn sipp_trunk_presses_1_on_12333_and_lands_on_a_sipp_backend() {
         );
     });
     server.assert_idle();
+}
+
+#[test]
+fn sipp_agents_answering_after_random_delays_serve_a_queue_of_sipp_callers() {
+    if !sipp_available() {
+        return;
+    }
+    let server = TestServer::start_with(&[("YIHAOTONG_QUEUE__RING_TIMEOUT", "5")]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut agents = Vec::new();
+    for id in ["1001", "1002", "1003"] {
+        server.add_agent(id, "s3cret", "main");
+        let dir = work.path().join(format!("agent-{id}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let port = free_port().to_string();
+        let media = free_port().to_string();
+        // Each seat answers as many calls as it gets, each after 0.3-2.5 s.
+        let child = Command::new("sipp")
+            .arg(server.sip.to_string())
+            .args(["-i", "127.0.0.1", "-nostdin", "-trace_err", "-rtp_echo"])
+            .args(["-sf", &scenario("agent_answer_delayed.xml")])
+            .args(["-p", &port, "-mi", "127.0.0.1", "-mp", &media])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sipp agent");
+        agents.push(child);
+        sipp_register(work.path(), &server, id, &port);
+    }
+    // Nine callers, three a second, each talking 1.5 s: more than the seats.
+    let (code, errors) = sipp_trunk(
+        work.path(),
+        &server,
+        "123450",
+        &["-m", "9", "-r", "3", "-timeout", "60s"],
+        Duration::from_secs(70),
+    );
+    for mut a in agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    assert_eq!(code, 0, "SIPp trunk calls failed: {errors}");
+    server.assert_idle();
+    let (ok, out) = server.cli(&["report", "--by", "queue", "--format", "json"]);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(rows[0]["key"], "main");
+    assert_eq!(rows[0]["offered"], 9, "{rows}");
+    assert_eq!(rows[0]["answered"], 9, "{rows}");
+    assert!(
+        rows[0]["asa"].as_f64().unwrap_or(0.0) >= 0.3,
+        "agents took their time: {rows}"
+    );
+    let (ok, out) = server.cli(&["report", "--by", "agent", "--format", "json"]);
+    assert!(ok, "{out}");
+    let by_agent: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let served = by_agent.as_array().map_or(0, |r| {
+        r.iter()
+            .filter(|a| a["key"] != "total" && a["answered"].as_u64().unwrap_or(0) > 0)
+            .count()
+    });
+    assert_eq!(served, 3, "every seat took calls: {by_agent}");
 }

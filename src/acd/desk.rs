@@ -575,14 +575,15 @@ impl Desk {
     // ----- agents -------------------------------------------------------
 
     /// Adds or updates an agent's account and registration. `presence` is
-    /// used for a new agent (what the store kept); `registered_now` says
-    /// this update comes from a REGISTER (auto-login on a fresh one).
+    /// used for a new agent (what the store kept); `came_online` says a
+    /// REGISTER just took the agent from no live contact to one (the
+    /// registrar knows; an `auto_login` account logs in then).
     pub fn upsert_agent(
         &mut self,
         spec: AgentSpec,
         presence: Presence,
         contact: Option<(SeatContact, u64)>,
-        registered_now: bool,
+        came_online: bool,
         now: u64,
         out: &mut Vec<Output>,
     ) {
@@ -607,7 +608,6 @@ impl Desk {
         }
         // Leave the old memberships, then join the new ones.
         self.set_members(&id, &spec, now);
-        let was_reachable = self.agents.get(&id).is_some_and(|a| a.reachable(now));
         if let Some(agent) = self.agents.get_mut(&id) {
             agent.spec = spec;
             match contact {
@@ -624,8 +624,7 @@ impl Desk {
             }
         }
         let login = self.agents.get(&id).is_some_and(|a| {
-            registered_now
-                && !was_reachable
+            came_online
                 && a.reachable(now)
                 && a.spec.auto_login
                 && a.presence == Presence::LoggedOut
@@ -2046,7 +2045,7 @@ mod tests {
     }
 
     #[test]
-    fn fresh_registration_logs_in_an_auto_login_agent_but_a_refresh_does_not() {
+    fn coming_online_logs_in_an_auto_login_agent_but_a_refresh_does_not() {
         let mut d = desk(Strategy::LongestIdle);
         let spec = AgentSpec {
             id: "a".into(),
@@ -2069,12 +2068,12 @@ mod tests {
         assert!(events(&out).contains(&"AGENTLOGIN a".to_string()));
         d.set_presence("a", Presence::LoggedOut, 2 * S, &mut out)
             .expect("known");
-        // The phone refreshes its registration: still logged out.
+        // The phone refreshes its registration (not "came online"): still logged out.
         d.upsert_agent(
             spec,
             Presence::LoggedOut,
             Some((contact("a"), 900 * S)),
-            true,
+            false,
             300 * S,
             &mut out,
         );

@@ -79,7 +79,7 @@ enum Msg {
     },
     Touch {
         agent: String,
-        registered_now: bool,
+        came_online: bool,
     },
     Position {
         call: CallRef,
@@ -238,11 +238,12 @@ impl Acd {
         (ticket, answer)
     }
 
-    /// The agent's account or registration changed: read it again from the store.
-    pub fn touch(&self, agent: &str, registered_now: bool) {
+    /// The agent's account or registration changed: read it again from the
+    /// store. `came_online`: a REGISTER just gave it its first live contact.
+    pub fn touch(&self, agent: &str, came_online: bool) {
         let _ = self.tx.send(Msg::Touch {
             agent: agent.to_string(),
-            registered_now,
+            came_online,
         });
     }
 
@@ -364,10 +365,7 @@ impl Actor {
                     .map_err(|e| format!("agent {agent:?}: {e}"));
                 let _ = reply.send(r);
             }
-            Msg::Touch {
-                agent,
-                registered_now,
-            } => match self.store.agent(&agent) {
+            Msg::Touch { agent, came_online } => match self.store.agent(&agent) {
                 Ok(Some(account)) => {
                     let presence = self
                         .store
@@ -380,7 +378,7 @@ impl Actor {
                         spec_of(&account),
                         presence,
                         contact,
-                        registered_now,
+                        came_online,
                         now,
                         out,
                     );

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::desk::LogLine;
-use crate::store::{record_key, Store};
+use crate::store::{record_key, RecordingMeta, Store};
 
 /// How a call ended, for the KPIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,6 +90,7 @@ pub struct Cdr {
 enum RecordMsg {
     Log(LogLine),
     Cdr(Box<Cdr>),
+    Recording(RecordingMeta),
     Flush(oneshot::Sender<()>),
 }
 
@@ -121,6 +122,11 @@ impl Records {
         let _ = self.tx.send(RecordMsg::Cdr(Box::new(cdr)));
     }
 
+    /// Queues a recording's metadata.
+    pub fn recording(&self, meta: RecordingMeta) {
+        let _ = self.tx.send(RecordMsg::Recording(meta));
+    }
+
     /// Writes everything queued so far; returns when it is on disk.
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
@@ -133,14 +139,19 @@ impl Records {
 #[derive(Default)]
 struct Batch {
     seq: u32,
-    log: Vec<([u8; 12], Vec<u8>)>,
-    cdrs: Vec<([u8; 12], Vec<u8>)>,
+    log: Vec<(Vec<u8>, Vec<u8>)>,
+    cdrs: Vec<(Vec<u8>, Vec<u8>)>,
+    recordings: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Batch {
-    fn key(&mut self, at: u64) -> [u8; 12] {
+    fn key(&mut self, at: u64) -> Vec<u8> {
         self.seq = self.seq.wrapping_add(1);
-        record_key(at, self.seq)
+        record_key(at, self.seq).to_vec()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.log.is_empty() && self.cdrs.is_empty() && self.recordings.is_empty()
     }
 
     fn add(&mut self, msg: RecordMsg, waiting: &mut Vec<oneshot::Sender<()>>) {
@@ -155,6 +166,11 @@ impl Batch {
                 let k = self.key(cdr.ended);
                 if let Ok(v) = serde_json::to_vec(&cdr) {
                     self.cdrs.push((k, v));
+                }
+            }
+            RecordMsg::Recording(meta) => {
+                if let Ok(v) = serde_json::to_vec(&meta) {
+                    self.recordings.push((meta.path.into_bytes(), v));
                 }
             }
             RecordMsg::Flush(reply) => waiting.push(reply),
@@ -185,11 +201,14 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
             continue;
         }
         last = tokio::time::Instant::now();
-        if !batch.log.is_empty() || !batch.cdrs.is_empty() {
+        if !batch.is_empty() {
             let log = std::mem::take(&mut batch.log);
             let cdrs = std::mem::take(&mut batch.cdrs);
+            let recordings = std::mem::take(&mut batch.recordings);
             let s = store.clone();
-            let written = tokio::task::spawn_blocking(move || s.append_records(&log, &cdrs)).await;
+            let written =
+                tokio::task::spawn_blocking(move || s.append_records(&log, &cdrs, &recordings))
+                    .await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write CDRs and queue log"),

@@ -522,6 +522,9 @@ impl Call {
             our_reinvite: None,
         };
         let b_call_id = b_leg.dialog.call_id.clone();
+        if ticket.is_some() && self.ctx.shared.settings.recording.enabled {
+            self.start_recording().await;
+        }
         let end = self.bridged(a_leg, b_leg).await;
         self.cdr.hung_up_by = match end {
             End::AgentHungUp => "agent",
@@ -542,6 +545,43 @@ impl Call {
             .send(WorkerInput::Unbind { call_id: b_call_id })
             .await;
         end
+    }
+
+    /// Records the bridged call (an agent call) from now on.
+    async fn start_recording(&mut self) {
+        let shared = self.ctx.shared.clone();
+        let path = crate::media::recording::path_for(
+            &shared.settings.recordings_dir(),
+            shared.settings.local_now(),
+            &self.invite.core.call_id,
+        );
+        let codec = self.codec;
+        let file = path.clone();
+        // Creating folders and the file is blocking I/O: off the runtime.
+        let created = tokio::task::spawn_blocking(move || {
+            crate::media::recording::Recorder::create(&file, codec)
+        })
+        .await;
+        match created {
+            Ok(Ok(Some(recorder))) => {
+                self.relay_cmd(RelayCmd::Record(Box::new(recorder))).await;
+                let path = path.display().to_string();
+                info!(path, "recording");
+                self.cdr.recording = Some(path.clone());
+                shared.records.recording(crate::store::RecordingMeta {
+                    path,
+                    call_id: self.invite.core.call_id.clone(),
+                    agent: self.cdr.agent.clone(),
+                    queue: self.cdr.queue.clone(),
+                    started: now_ms(),
+                });
+            }
+            Ok(Ok(None)) => info!(codec, "not recorded: only G.711 calls can be"),
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot create the recording")
+            }
+            Err(e) => tracing::error!(error = %e, "recording task failed"),
+        }
     }
 
     async fn relay_cmd(&self, cmd: RelayCmd) {

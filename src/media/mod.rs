@@ -3,12 +3,14 @@
 //! Room: the sound room. `sdp` is pure (text in, text out); `ports` is a
 //! shared pool behind a short lock; `relay` owns the two RTP sockets of one
 //! call and nothing else; `player` and `engine` play prompts to IVR callers
-//! and hear their keys, many streams per thread on one clock.
+//! and hear their keys, many streams per thread on one clock; `recording`
+//! writes a bridged call's two sides into a stereo WAV from the relay.
 
 pub mod dtmf;
 pub mod engine;
 pub mod player;
 pub mod ports;
 pub mod prompts;
+pub mod recording;
 pub mod relay;
 pub mod sdp;

@@ -103,6 +103,8 @@ pub enum RelayCmd {
     Remote(Side, SocketAddr),
     /// Start watching for silence (after answer) or stop (on hold).
     Watch(bool),
+    /// Record both sides from now on (ended when the relay ends).
+    Record(Box<super::recording::Recorder>),
 }
 
 /// Packet counters, readable while the relay runs.
@@ -239,20 +241,37 @@ async fn run(
     let mut buf_a = vec![0u8; 2048];
     let mut buf_b = vec![0u8; 2048];
     let mut watching = false;
+    let mut recorder: Option<Box<super::recording::Recorder>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout));
     loop {
         tokio::select! {
             r = a.socket.recv_from(&mut buf_a) => {
                 let Ok((n, src)) = r else { continue };
-                forward(&mut a, &mut b, &mut buf_a[..n], src, &stats.a_to_b, &stats.dropped).await;
+                let pkt = &mut buf_a[..n];
+                if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped).await {
+                    record(&mut recorder, Side::A, pkt);
+                }
             }
             r = b.socket.recv_from(&mut buf_b) => {
                 let Ok((n, src)) = r else { continue };
-                forward(&mut b, &mut a, &mut buf_b[..n], src, &stats.b_to_a, &stats.dropped).await;
+                let pkt = &mut buf_b[..n];
+                if forward(&mut b, &mut a, pkt, src, &stats.b_to_a, &stats.dropped).await {
+                    record(&mut recorder, Side::B, pkt);
+                }
             }
             c = cmd.recv() => match c {
                 // The call dropped its handle: the call is over.
-                None => return,
+                None => {
+                    if let Some(r) = recorder.take() {
+                        let path = r.path().display().to_string();
+                        match r.finish() {
+                            Ok(secs) => tracing::info!(path, seconds = secs, "recording closed"),
+                            Err(e) => tracing::error!(path, error = %e, "recording could not be closed"),
+                        }
+                    }
+                    return;
+                }
+                Some(RelayCmd::Record(r)) => recorder = Some(r),
                 Some(RelayCmd::Remote(which, addr)) => {
                     let s = if which == Side::A { &mut a } else { &mut b };
                     s.remote = Some(addr);
@@ -266,6 +285,12 @@ async fn run(
                 }
             },
             _ = tick.tick() => {
+                if let Some(r) = recorder.as_mut() {
+                    if let Err(e) = r.checkpoint() {
+                        tracing::error!(path = %r.path().display(), error = %e, "recording stopped");
+                        recorder = None;
+                    }
+                }
                 if watching {
                     let now = Instant::now();
                     for (which, s) in [(Side::A, &a), (Side::B, &b)] {
@@ -280,6 +305,18 @@ async fn run(
     }
 }
 
+/// Feeds a relayed packet to the recorder; a write error ends the recording.
+fn record(recorder: &mut Option<Box<super::recording::Recorder>>, side: Side, pkt: &[u8]) {
+    if let Some(r) = recorder.as_mut() {
+        if let Err(e) = r.push(side, pkt) {
+            tracing::error!(path = %r.path().display(), error = %e, "recording stopped");
+            *recorder = None;
+        }
+    }
+}
+
+/// Relays one packet; `true` when it was a well-formed packet from the
+/// side's source (relayed, or at least worth recording).
 async fn forward(
     from: &mut SideState,
     to: &mut SideState,
@@ -287,23 +324,24 @@ async fn forward(
     src: SocketAddr,
     counter: &AtomicU64,
     dropped: &AtomicU64,
-) {
+) -> bool {
     let now = Instant::now();
     if !from.accept(src, now) {
         dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
     let Some(dest) = to.remote else {
         dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return true;
     };
     if !to.rewriter.rewrite(pkt) {
         dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
     if to.socket.send_to(pkt, dest).await.is_ok() {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+    true
 }
 
 #[cfg(test)]

@@ -708,6 +708,11 @@ impl Phone {
 
     /// Sends `count` 20 ms G.711 packets to `to` while counting what arrives; returns packets received.
     pub fn exchange_rtp(&self, to: SocketAddr, count: u16, ssrc: u32) -> usize {
+        self.exchange_rtp_of(to, count, ssrc, 0xff)
+    }
+
+    /// Like `exchange_rtp`, every payload byte `byte` (a steady G.711 level).
+    pub fn exchange_rtp_of(&self, to: SocketAddr, count: u16, ssrc: u32, byte: u8) -> usize {
         let mut received = 0;
         let mut buf = [0u8; 2048];
         for i in 0..count {
@@ -721,7 +726,7 @@ impl Phone {
                     marker: i == 0,
                     ..Default::default()
                 },
-                payload: bytes::Bytes::from(vec![0xffu8; 160]),
+                payload: bytes::Bytes::from(vec![byte; 160]),
             };
             self.rtp
                 .send_to(&p.marshal().expect("marshal"), to)
