@@ -30,6 +30,18 @@ say cmn agent/on-break "已暂停接听。"
 say cmn agent/logged-out "已签出。"
 say cmn agent/ready "整理结束，可以接听。"
 say cmn agent/failed "操作未成功。"
+say cmn queue/next "您是下一位，请稍候。"
+say cmn queue/ahead "您前面还有"
+say cmn queue/callers "位来电在等候。"
+say cmn queue/many "您前面的来电较多，请耐心等候。"
+say cmn queue/wait "预计等待时间约"
+say cmn queue/minutes "分钟。"
+say cmn queue/wait-long "预计等待时间较长，请耐心等候。"
+n=1
+for word in 一 二 三 四 五 六 七 八 九 十 十一 十二 十三 十四 十五 十六 十七 十八 十九 二十; do
+    say cmn "number/$n" "$word"
+    n=$((n + 1))
+done
 say en english/welcome "Welcome to the twelve three four five citizen hotline."
 say en english/menu "For an English speaking agent, press 1. To hear this again, press star."
 say en english/invalid "Sorry, that key is not valid."

@@ -123,6 +123,14 @@ pub struct QueueDef {
     pub leave_empty: Option<Vec<EmptyWhen>>,
     /// Prompt looped while callers wait.
     pub moh: Option<String>,
+    /// Seconds between telling a waiting caller their place (0: never).
+    pub announce_position: Option<u64>,
+    /// Seconds between telling a waiting caller the expected wait (0: never).
+    pub announce_wait: Option<u64>,
+    /// A prompt played to waiting callers every `periodic_announce_every` seconds.
+    pub periodic_announce: Option<String>,
+    /// Seconds between periodic announcements (0: never).
+    pub periodic_announce_every: Option<u64>,
     /// Seconds within which an answer counts as in service level.
     pub service_level: Option<u64>,
     /// Seconds before an agent who missed a caller is offered them again.
@@ -242,6 +250,14 @@ pub struct QueueSettings {
     pub leave_empty: Vec<EmptyWhen>,
     /// Prompt looped while callers wait.
     pub moh: String,
+    /// Seconds between telling a waiting caller their place (0: never).
+    pub announce_position: u64,
+    /// Seconds between telling a waiting caller the expected wait (0: never).
+    pub announce_wait: u64,
+    /// A prompt played to waiting callers now and then ("" = none).
+    pub periodic_announce: String,
+    /// Seconds between periodic announcements (0: never).
+    pub periodic_announce_every: u64,
     /// Seconds within which an answer counts as in service level.
     pub service_level: u64,
     /// Seconds before an agent who missed a caller is offered them again.
@@ -296,6 +312,37 @@ impl Settings {
             .and_then(|q| q.moh.as_deref())
             .unwrap_or(&self.queue.moh)
     }
+
+    /// What queue `name` tells its waiting callers, and how often.
+    pub fn announcements(&self, name: &str) -> Announcements {
+        let d = &self.queue;
+        let q = self.queues.get(name);
+        let secs = |v: Option<u64>, dflt: u64| std::time::Duration::from_secs(v.unwrap_or(dflt));
+        Announcements {
+            position: secs(q.and_then(|q| q.announce_position), d.announce_position),
+            wait: secs(q.and_then(|q| q.announce_wait), d.announce_wait),
+            periodic: q
+                .and_then(|q| q.periodic_announce.clone())
+                .unwrap_or_else(|| d.periodic_announce.clone()),
+            periodic_every: secs(
+                q.and_then(|q| q.periodic_announce_every),
+                d.periodic_announce_every,
+            ),
+        }
+    }
+}
+
+/// A queue's announcements to waiting callers (a zero period: never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcements {
+    /// Period of "N callers ahead of you".
+    pub position: std::time::Duration,
+    /// Period of "about N minutes".
+    pub wait: std::time::Duration,
+    /// A prompt of the queue's own ("" = none).
+    pub periodic: String,
+    /// Its period.
+    pub periodic_every: std::time::Duration,
 }
 
 impl Settings {

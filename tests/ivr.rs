@@ -471,3 +471,56 @@ fn a_caller_whose_rtp_stops_is_hung_up_in_the_flow() {
     trunk.reply(server.sip, &bye, 200, "x");
     server.assert_idle();
 }
+
+/// Whether `heard` (μ-law payloads in order) contains a stretch of the
+/// prompt `name` byte for byte (the engine sends the prompt's frames as is).
+fn heard_prompt(heard: &[RtpIn], name: &str) -> bool {
+    let bytes: Vec<u8> = heard
+        .iter()
+        .filter(|p| p.pt == 0)
+        .flat_map(|p| p.payload.iter().copied())
+        .collect();
+    let prompt: Vec<u8> = source(name)
+        .iter()
+        .map(|s| audio_codec_algorithms::encode_ulaw(*s))
+        .collect();
+    // Half a second in (or the middle of a shorter prompt).
+    let at = (prompt.len() / 2).min(4000);
+    let needle = &prompt[at..(at + 320).min(prompt.len())];
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_waiting_caller_hears_the_music_and_their_place_in_line() {
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_QUEUE__ANNOUNCE_POSITION", "4"),
+        ("YIHAOTONG_QUEUE__ANNOUNCE_WAIT", "0"),
+    ]);
+    server.add_agent("1001", "s3cret", "main");
+    let mut agent = Phone::new("1001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    // The only agent is busy with a first caller.
+    let mut first = Phone::new("13800000041");
+    let mut d1 = first.invite(server.sip, "123450");
+    let inv = agent.request("INVITE", 5.0).expect("agent rung");
+    agent.reply(server.sip, &inv, 200, "a");
+    agent.request("ACK", 3.0).expect("ACK");
+    let ok = first
+        .response(&d1.call_id, "INVITE", 200, 3.0)
+        .expect("answered");
+    first.ack(server.sip, &mut d1, &ok);
+    // A 12345 caller: greeting, then the line, where the music plays and,
+    // every 4 s, "you are next".
+    let mut citizen = Phone::new("13800000042");
+    let mut d = answer_ivr(&server, &mut citizen, "12345", None);
+    let heard = citizen.record_rtp(16.0);
+    assert!(heard_prompt(&heard, "hotline/welcome"), "the greeting");
+    assert!(heard_prompt(&heard, "common/hold-music"), "the music");
+    assert!(heard_prompt(&heard, "queue/next"), "the place in line");
+    citizen.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(citizen.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    first.in_dialog(server.sip, &mut d1, "BYE", "");
+    let bye = agent.request("BYE", 3.0).expect("BYE");
+    agent.reply(server.sip, &bye, 200, "a");
+    server.assert_idle();
+}

@@ -9,14 +9,17 @@
 //! meanwhile; one not yet answered (a route straight to a queue) hears
 //! ringing.
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ivr::CallerSaid, Call, CallEvent, Leg, Offer};
 use crate::acd::desk::{ExitReason, Rank, Refusal};
 use crate::acd::records::Disposition;
 use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
-use crate::config::Overflow;
+use crate::config::{Announcements, Overflow};
 use crate::media::sdp::AudioOffer;
 use crate::store::Route;
 
@@ -40,6 +43,103 @@ enum Waited {
     Connected(Box<Leg>),
     CallerGone,
     Exit(ExitReason),
+}
+
+/// Which announcements are due.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    position: bool,
+    wait: bool,
+    periodic: bool,
+}
+
+/// When a waiting caller hears what: the schedule of one queue's
+/// announcements, and when the music comes back after one.
+#[derive(Debug)]
+struct Announcer {
+    every: Announcements,
+    next_position: Option<Instant>,
+    next_wait: Option<Instant>,
+    next_periodic: Option<Instant>,
+    /// The music resumes then (an announcement is playing).
+    resume_music: Option<Instant>,
+}
+
+/// The first announcement comes this long after joining (a caller an agent
+/// takes at once hears none).
+const FIRST_ANNOUNCEMENT: Duration = Duration::from_secs(2);
+
+impl Announcer {
+    fn new(every: Announcements, joined: Instant) -> Announcer {
+        let first = |period: Duration| (!period.is_zero()).then_some(joined + FIRST_ANNOUNCEMENT);
+        Announcer {
+            next_position: first(every.position),
+            next_wait: first(every.wait),
+            next_periodic: (!every.periodic.is_empty() && !every.periodic_every.is_zero())
+                .then(|| joined + every.periodic_every),
+            every,
+            resume_music: None,
+        }
+    }
+
+    /// The next moment something is to be done.
+    fn deadline(&self) -> Option<Instant> {
+        [
+            self.next_position,
+            self.next_wait,
+            self.next_periodic,
+            self.resume_music,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// What is due at `now` (and when it comes again). Nothing new starts
+    /// while an announcement plays; it waits for the music to come back.
+    fn take_due(&mut self, now: Instant) -> Due {
+        if self.resume_music.is_some() {
+            return Due::default();
+        }
+        let take = |next: &mut Option<Instant>, period: Duration| {
+            let due = next.is_some_and(|at| at <= now);
+            if due {
+                *next = Some(now + period);
+            }
+            due
+        };
+        Due {
+            position: take(&mut self.next_position, self.every.position),
+            wait: take(&mut self.next_wait, self.every.wait),
+            periodic: take(&mut self.next_periodic, self.every.periodic_every),
+        }
+    }
+}
+
+/// The prompts for "N callers ahead of you" (1 = "you are next").
+fn position_prompts(position: usize) -> Vec<String> {
+    match position {
+        0 | 1 => vec!["queue/next".into()],
+        n @ 2..=21 => vec![
+            "queue/ahead".into(),
+            format!("number/{}", n - 1),
+            "queue/callers".into(),
+        ],
+        _ => vec!["queue/many".into()],
+    }
+}
+
+/// The prompts for "about N minutes" from the recent hold time (ms).
+fn wait_prompts(hold_ms: u64) -> Vec<String> {
+    let minutes = hold_ms.div_ceil(60_000).max(1);
+    if minutes > 20 {
+        return vec!["queue/wait-long".into()];
+    }
+    vec![
+        "queue/wait".into(),
+        format!("number/{minutes}"),
+        "queue/minutes".into(),
+    ]
 }
 
 impl Call {
@@ -162,8 +262,17 @@ impl Call {
         route: &Route,
     ) -> Waited {
         let domain = self.ctx.shared.settings.sip.domain.clone();
+        let queue = self.cdr.queue.clone();
+        let mut announcer = Announcer::new(
+            self.ctx.shared.settings.announcements(&queue),
+            Instant::now(),
+        );
         loop {
+            let deadline = announcer.deadline().filter(|_| self.ivr.is_some());
             tokio::select! {
+                _ = crate::server::sleep_until(deadline.map(Instant::into_std)) => {
+                    self.announce(&mut announcer, ticket, &queue).await;
+                }
                 m = desk.recv() => match m {
                     Some(ToCall::Ring { agents, ring_timeout }) => {
                         let seats: Vec<(SeatContact, String)> = agents
@@ -214,6 +323,49 @@ impl Call {
         }
     }
 
+    /// Plays what is due to the waiting caller, or brings the music back.
+    async fn announce(&mut self, announcer: &mut Announcer, ticket: &Ticket, queue: &str) {
+        let now = Instant::now();
+        let shared = self.ctx.shared.clone();
+        let catalog = shared.catalog();
+        if announcer.resume_music.is_some_and(|at| at <= now) {
+            announcer.resume_music = None;
+            self.play(
+                &catalog,
+                0,
+                &[shared.settings.moh(queue).to_string()],
+                false,
+                true,
+            );
+        }
+        let due = announcer.take_due(now);
+        let mut names = Vec::new();
+        if due.position || due.wait {
+            if let Some((position, hold_ms)) = ticket.position().await {
+                if due.position {
+                    names.extend(position_prompts(position));
+                }
+                // No estimate before anyone was answered: say nothing rather than guess.
+                if due.wait && hold_ms > 0 {
+                    names.extend(wait_prompts(hold_ms));
+                }
+            }
+        }
+        if due.periodic {
+            names.push(announcer.every.periodic.clone());
+        }
+        if names.is_empty() {
+            return;
+        }
+        let frames: usize = names
+            .iter()
+            .filter_map(|n| catalog.prompts.get(n))
+            .map(|p| p.frames())
+            .sum();
+        self.play(&catalog, 2, &names, false, false);
+        announcer.resume_music = Some(now + Duration::from_millis(20 * frames as u64 + 300));
+    }
+
     /// The direct path (a route straight to a queue): wait, then bridge.
     pub(super) async fn queue_to_end(
         &mut self,
@@ -246,5 +398,61 @@ impl Call {
                 super::End::NoAgent
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_come_on_schedule_and_wait_for_the_music() {
+        let t0 = Instant::now();
+        let every = Announcements {
+            position: Duration::from_secs(30),
+            wait: Duration::from_secs(60),
+            periodic: "hotline/urgent-notice".into(),
+            periodic_every: Duration::from_secs(45),
+        };
+        let mut a = Announcer::new(every, t0);
+        assert_eq!(a.deadline(), Some(t0 + FIRST_ANNOUNCEMENT));
+        assert_eq!(a.take_due(t0), Due::default());
+        let d = a.take_due(t0 + FIRST_ANNOUNCEMENT);
+        assert!(d.position && d.wait && !d.periodic);
+        // While an announcement plays nothing else starts.
+        a.resume_music = Some(t0 + Duration::from_secs(40));
+        assert_eq!(a.take_due(t0 + Duration::from_secs(35)), Due::default());
+        a.resume_music = None;
+        let d = a.take_due(t0 + Duration::from_secs(46));
+        assert!(d.position && !d.wait && d.periodic);
+        let d = a.take_due(t0 + Duration::from_secs(63));
+        assert!(!d.position && d.wait && !d.periodic);
+        // Turned off: never.
+        let off = Announcements {
+            position: Duration::ZERO,
+            wait: Duration::ZERO,
+            periodic: String::new(),
+            periodic_every: Duration::from_secs(10),
+        };
+        assert_eq!(Announcer::new(off, t0).deadline(), None);
+    }
+
+    #[test]
+    fn what_the_caller_hears() {
+        assert_eq!(position_prompts(1), ["queue/next"]);
+        assert_eq!(
+            position_prompts(4),
+            ["queue/ahead", "number/3", "queue/callers"]
+        );
+        assert_eq!(position_prompts(30), ["queue/many"]);
+        assert_eq!(
+            wait_prompts(10_000),
+            ["queue/wait", "number/1", "queue/minutes"]
+        );
+        assert_eq!(
+            wait_prompts(150_000),
+            ["queue/wait", "number/3", "queue/minutes"]
+        );
+        assert_eq!(wait_prompts(3_600_000), ["queue/wait-long"]);
     }
 }

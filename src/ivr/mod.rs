@@ -210,7 +210,41 @@ pub fn load(settings: &Settings) -> Loaded {
             settings.sounds_dir.display()
         ));
     }
+    // Queues that announce place or wait need the words for it.
+    let announcing = settings
+        .queues
+        .keys()
+        .map(|q| settings.announcements(q))
+        .any(|a| !a.position.is_zero() || !a.wait.is_zero());
+    if announcing {
+        let mut words: Vec<String> = ["queue/next", "queue/ahead", "queue/callers", "queue/many"]
+            .into_iter()
+            .chain(["queue/wait", "queue/minutes", "queue/wait-long"])
+            .map(String::from)
+            .collect();
+        words.extend((1..=20).map(|n| format!("number/{n}")));
+        for w in words.iter().filter(|w| prompts.get(w).is_none()) {
+            setting_error(format!(
+                "[queue] announce_position/announce_wait: prompt `{w}` does not exist under {}",
+                settings.sounds_dir.display()
+            ));
+        }
+    }
+    let said = &settings.queue.periodic_announce;
+    if !said.is_empty() && prompts.get(said).is_none() {
+        setting_error(format!(
+            "[queue] periodic_announce: prompt `{said}` does not exist under {}",
+            settings.sounds_dir.display()
+        ));
+    }
     for (name, q) in &settings.queues {
+        let own = q.periodic_announce.as_ref().filter(|p| !p.is_empty());
+        if let Some(p) = own.filter(|p| prompts.get(p).is_none()) {
+            setting_error(format!(
+                "[queues.{name}] periodic_announce: prompt `{p}` does not exist under {}",
+                settings.sounds_dir.display()
+            ));
+        }
         if let Some(moh) = q.moh.as_ref().filter(|m| prompts.get(m).is_none()) {
             setting_error(format!(
                 "[queues.{name}] moh: prompt `{moh}` does not exist under {}",
