@@ -62,6 +62,24 @@ pub struct IvrSettings {
     pub media_realtime: bool,
 }
 
+/// The fixed offset `minutes` east of UTC (UTC when out of range; settings
+/// validation keeps it within ±14 h).
+pub fn utc_offset(minutes: i32) -> chrono::FixedOffset {
+    chrono::FixedOffset::east_opt(minutes.saturating_mul(60))
+        .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC is a valid offset"))
+}
+
+/// Wall-clock time now at `offset`, to the second.
+pub fn local_now(offset: chrono::FixedOffset) -> chrono::NaiveDateTime {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
+        .unwrap_or_default()
+        .with_timezone(&offset)
+        .naive_local()
+}
+
 /// `[recording]`: agent calls recorded for supervision.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,15 +95,7 @@ pub struct RecordingSettings {
 impl Settings {
     /// Local wall-clock time (`[ivr] utc_offset_minutes`).
     pub fn local_now(&self) -> chrono::NaiveDateTime {
-        let offset = chrono::FixedOffset::east_opt(self.ivr.utc_offset_minutes * 60)
-            .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC is a valid offset"));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
-            .unwrap_or_default()
-            .with_timezone(&offset)
-            .naive_local()
+        local_now(utc_offset(self.ivr.utc_offset_minutes))
     }
 
     /// The recordings folder.

@@ -146,8 +146,7 @@ impl Row {
 
 /// Groups `cdrs` (and, by agent, the offers in `log`) into rows plus a total.
 pub fn compute(cdrs: &[Cdr], log: &[LogLine], by: By, utc_offset_minutes: i32) -> Vec<Row> {
-    let offset = chrono::FixedOffset::east_opt(utc_offset_minutes * 60)
-        .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC"));
+    let offset = crate::config::utc_offset(utc_offset_minutes);
     let mut groups: BTreeMap<String, Row> = BTreeMap::new();
     for cdr in cdrs {
         let key = match by {
@@ -303,8 +302,7 @@ pub fn render(rows: &[Row], format: Format) -> String {
 /// span back from now (`24h`, `7d`, `90m`). Returns Unix ms.
 pub fn parse_time(text: &str, utc_offset_minutes: i32, now_ms: u64) -> Result<u64, String> {
     let t = text.trim();
-    let offset = chrono::FixedOffset::east_opt(utc_offset_minutes * 60)
-        .ok_or_else(|| "bad utc offset".to_string())?;
+    let offset = crate::config::utc_offset(utc_offset_minutes);
     if let Some((n, unit)) = t
         .strip_suffix('d')
         .map(|n| (n, 86_400_000u64))

@@ -52,13 +52,7 @@ struct Live<'a> {
 
 impl Facts for Live<'_> {
     fn now(&self) -> NaiveDateTime {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
-            .unwrap_or_default()
-            .with_timezone(&self.offset)
-            .naive_local()
+        crate::config::local_now(self.offset)
     }
 
     fn in_list(&self, list: &str, number: &str) -> bool {
@@ -213,8 +207,7 @@ impl Call {
         route: &Route,
     ) -> End {
         let shared = self.ctx.shared.clone();
-        let offset = FixedOffset::east_opt(shared.settings.ivr.utc_offset_minutes * 60)
-            .unwrap_or(FixedOffset::east_opt(0).expect("UTC is a valid offset"));
+        let offset = crate::config::utc_offset(shared.settings.ivr.utc_offset_minutes);
         let facts = Live {
             store: &shared.store,
             offset,
