@@ -41,6 +41,8 @@ pub struct Settings {
     pub ivr: IvrSettings,
     /// `[recording]`
     pub recording: RecordingSettings,
+    /// `[transfer]`
+    pub transfer: TransferSettings,
     /// `[queues.NAME]`: the agent queues flows and routes may name.
     pub queues: BTreeMap<String, QueueDef>,
     /// `[backends.NAME]`: systems a flow can hand calls to.
@@ -240,6 +242,19 @@ pub struct TrunkSettings {
     pub outbound: String,
 }
 
+/// `[transfer]`: where agents may send a call from their phones besides
+/// other agents and queues.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSettings {
+    /// Emergency numbers: sent out through `[trunk] outbound` ahead of any limit.
+    pub emergency: Vec<String>,
+    /// One-key transfer targets (一键互转) by the name agents dial: a number
+    /// (sent out through `[trunk] outbound`) or a `sip:` URI.
+    #[serde(default)]
+    pub centres: BTreeMap<String, String>,
+}
+
 /// `[queue]`: what every queue does unless its `[queues.NAME]` says otherwise.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -411,6 +426,20 @@ impl Settings {
                 "settings: [trunk] outbound {:?} must be a sip: URI with an IP address",
                 self.trunk.outbound
             );
+        }
+        for (name, to) in &self.transfer.centres {
+            let usable = if to.starts_with("sip:") {
+                crate::sip::SipTarget::parse(to).is_some()
+            } else {
+                !to.is_empty()
+                    && to.bytes().all(|b| b.is_ascii_digit())
+                    && !self.trunk.outbound.is_empty()
+            };
+            if !usable {
+                bail!(
+                    "settings: [transfer.centres] {name} = {to:?} must be a sip: URI with an IP address, or digits with [trunk] outbound set"
+                );
+            }
         }
         for (name, b) in &self.backends {
             if crate::sip::SipTarget::parse(&b.uri).is_none() {

@@ -130,6 +130,8 @@ pub struct Shared {
     reloading: Mutex<()>,
     /// Set on SIGTERM/Ctrl-C: new calls get 503 while calls in progress finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Calls placed by agents' phones (attended transfers replace them).
+    pub consults: crate::call::Consults,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -407,6 +409,7 @@ impl Server {
             reloading: Mutex::new(()),
             draining: Default::default(),
             agent_sources: Mutex::new((u64::MAX, Arc::default())),
+            consults: Default::default(),
             store,
             settings,
         });
@@ -757,22 +760,37 @@ impl Worker {
             self.feature_code(key, req, peer, agent.clone(), code.to_string());
             return;
         }
-        let Some(dialed) = routing::normalize(&dialed_raw, &settings.trunk.normalize) else {
-            tracing::info!(dialed = %dialed_raw, "INVITE for a number that is not dialable");
-            self.simple(&key, &req, 404, &[]);
-            return;
-        };
-        let route = match self.shared.store.route_for(&dialed) {
-            Ok(Some(route)) => route,
-            Ok(None) => {
-                tracing::info!(dialed = %dialed, call_id = %req.core.call_id, "no route for dialed number");
+        // An agent's phone reaches another agent, a peer centre or an
+        // emergency number straight, not through the number plan.
+        let agent_call = caller_agent
+            .as_deref()
+            .is_some_and(|agent| call::agent_reaches(&self.shared, agent, &dialed_raw));
+        let (dialed, route) = if agent_call {
+            let route = crate::store::Route {
+                number: dialed_raw.clone(),
+                queue: String::new(),
+                flow: String::new(),
+                hotline: "agent call".into(),
+            };
+            (dialed_raw, route)
+        } else {
+            let Some(dialed) = routing::normalize(&dialed_raw, &settings.trunk.normalize) else {
+                tracing::info!(dialed = %dialed_raw, "INVITE for a number that is not dialable");
                 self.simple(&key, &req, 404, &[]);
                 return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "number plan lookup failed");
-                self.simple(&key, &req, 500, &[]);
-                return;
+            };
+            match self.shared.store.route_for(&dialed) {
+                Ok(Some(route)) => (dialed, route),
+                Ok(None) => {
+                    tracing::info!(dialed = %dialed, call_id = %req.core.call_id, "no route for dialed number");
+                    self.simple(&key, &req, 404, &[]);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "number plan lookup failed");
+                    self.simple(&key, &req, 500, &[]);
+                    return;
+                }
             }
         };
         let (ctx, rx) = self.call_ctx(&req.core.call_id);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Phone, TestServer};
+use common::{answer, connected_call, Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;
 use yihaotong::sip::message::Request;
 
@@ -47,23 +47,6 @@ fn wait_state(server: &TestServer, id: &str, want: &str) {
     }
 }
 
-/// A trunk call to 123450 answered by `phone`: (caller's dialog, agent's dialog).
-fn connected_call(
-    server: &TestServer,
-    trunk: &mut Phone,
-    phone: &mut Phone,
-    tag: &str,
-) -> (common::PhoneDialog, common::PhoneDialog) {
-    let mut d = trunk.invite(server.sip, "123450");
-    let inv = phone.request("INVITE", 5.0).expect("agent rung");
-    let agent_leg = answer(server, phone, &inv, tag);
-    let ok = trunk
-        .response(&d.call_id, "INVITE", 200, 3.0)
-        .expect("caller answered");
-    trunk.ack(server.sip, &mut d, &ok);
-    (d, agent_leg)
-}
-
 /// The caller hangs up; the agent's phone gets and answers the BYE.
 fn caller_hangs_up(
     server: &TestServer,
@@ -89,13 +72,6 @@ fn next_offer(phone: &mut Phone, seen: &mut Vec<String>, secs: f64) -> Option<Re
         }
     }
     None
-}
-
-/// Answers `inv` on `phone`, expects the ACK, and returns the agent's dialog.
-fn answer(server: &TestServer, phone: &mut Phone, inv: &Request, tag: &str) -> common::PhoneDialog {
-    phone.reply(server.sip, inv, 200, tag);
-    phone.request("ACK", 3.0).expect("ACK for the answer");
-    Phone::uas_dialog(inv, tag)
 }
 
 #[test]

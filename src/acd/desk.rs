@@ -299,6 +299,39 @@ struct Connected {
     entered: u64,
     answered: u64,
     first_position: usize,
+    /// Reached by name, not through the line: no queue-log lines.
+    direct: bool,
+}
+
+/// A call offered to one agent by name (a transfer, a consultation), not
+/// through a line.
+#[derive(Debug)]
+struct Direct {
+    call_id: String,
+    queue: usize,
+    agent: Arc<str>,
+    since: u64,
+}
+
+/// Why an agent cannot be claimed by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// No such agent.
+    UnknownAgent,
+    /// The agent is not free (the state they are in).
+    Busy(&'static str),
+    /// The agent is in no queue (nothing to account the call to).
+    NoQueue,
+}
+
+impl std::fmt::Display for ClaimRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimRefusal::UnknownAgent => write!(f, "no such agent"),
+            ClaimRefusal::Busy(state) => write!(f, "agent is {state}"),
+            ClaimRefusal::NoQueue => write!(f, "agent is in no queue"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -507,6 +540,7 @@ pub struct Desk {
     agents: HashMap<Arc<str>, Agent>,
     callers: HashMap<CallRef, Caller>,
     connected: HashMap<CallRef, Connected>,
+    direct: HashMap<CallRef, Direct>,
     timers: BinaryHeap<Reverse<(u64, Timer)>>,
     /// Arrival counter: a caller's place in every line.
     seq: u64,
@@ -1079,6 +1113,12 @@ impl Desk {
             .agents
             .get(&id)
             .is_some_and(|a| a.work == Work::Reserved(call));
+        if self.direct.get(&call).is_some_and(|d| d.agent == id) {
+            if reserved_here {
+                self.direct_result(call, outcome, now, out);
+            }
+            return;
+        }
         let Some(caller) = self.callers.get_mut(&call) else {
             // The caller already left (their hang-up crossed the agent's
             // answer); the agent's state was settled then.
@@ -1147,6 +1187,7 @@ impl Desk {
                         entered: caller.entered,
                         answered: now,
                         first_position: caller.first_position,
+                        direct: false,
                     },
                 );
                 let others: Vec<Arc<str>> =
@@ -1252,26 +1293,72 @@ impl Desk {
             self.settle(now, out);
             return;
         }
+        if let Some(d) = self.direct.remove(&call) {
+            self.unreserve(&d.agent, call, now, out);
+            self.settle(now, out);
+            return;
+        }
+        let event = match by {
+            HungUp::Caller => "COMPLETECALLER",
+            HungUp::Agent => "COMPLETEAGENT",
+        };
+        self.release_connected(
+            call,
+            |c, now| {
+                (
+                    event,
+                    vec![
+                        (c.answered.saturating_sub(c.entered) / 1000).to_string(),
+                        (now.saturating_sub(c.answered) / 1000).to_string(),
+                        c.first_position.to_string(),
+                    ],
+                )
+            },
+            now,
+            out,
+        );
+    }
+
+    /// The agent of a connected call handed it on (`to`: the transfer
+    /// target): TRANSFER in the queue log, and the agent goes to wrap-up.
+    /// The call itself goes on, under another ticket.
+    pub fn transferred(&mut self, call: CallRef, to: &str, now: u64, out: &mut Vec<Output>) {
+        self.release_connected(
+            call,
+            |c, now| {
+                (
+                    "TRANSFER",
+                    vec![
+                        to.to_string(),
+                        String::new(),
+                        (c.answered.saturating_sub(c.entered) / 1000).to_string(),
+                        (now.saturating_sub(c.answered) / 1000).to_string(),
+                        c.first_position.to_string(),
+                    ],
+                )
+            },
+            now,
+            out,
+        );
+    }
+
+    /// Ends a connected call at the desk: its queue-log line (made by
+    /// `line`, except for calls reached by name), then wrap-up or idle.
+    fn release_connected(
+        &mut self,
+        call: CallRef,
+        line: impl FnOnce(&Connected, u64) -> (&'static str, Vec<String>),
+        now: u64,
+        out: &mut Vec<Output>,
+    ) {
         let Some(c) = self.connected.remove(&call) else {
             return;
         };
-        let name = self.queues[c.queue].name.clone();
-        Self::log(
-            out,
-            now,
-            &c.call_id,
-            &name,
-            &c.agent,
-            match by {
-                HungUp::Caller => "COMPLETECALLER",
-                HungUp::Agent => "COMPLETEAGENT",
-            },
-            vec![
-                (c.answered.saturating_sub(c.entered) / 1000).to_string(),
-                (now.saturating_sub(c.answered) / 1000).to_string(),
-                c.first_position.to_string(),
-            ],
-        );
+        if !c.direct {
+            let name = self.queues[c.queue].name.clone();
+            let (event, data) = line(&c, now);
+            Self::log(out, now, &c.call_id, &name, &c.agent, event, data);
+        }
         let wrap_up_rule = self.queues[c.queue].rules.wrap_up;
         if let Some(agent) = self.agents.get_mut(&c.agent) {
             if agent.work == Work::OnCall(call) {
@@ -1289,6 +1376,100 @@ impl Desk {
         self.refresh(&c.agent, now);
         self.agent_free(&c.agent, now, out);
         self.settle(now, out);
+    }
+
+    /// Reserves `agent` for a call offered to them by name (a transfer, a
+    /// consultation): only an available, idle, registered agent can be
+    /// claimed. The call counts against `queue` if the agent is a member,
+    /// else the agent's first queue (its wrap-up applies).
+    pub fn claim(
+        &mut self,
+        call: CallRef,
+        call_id: &str,
+        agent: &str,
+        queue: Option<&str>,
+        now: u64,
+    ) -> Result<SeatContact, ClaimRefusal> {
+        let id: Arc<str> = Arc::from(agent);
+        let a = self.agents.get(&id).ok_or(ClaimRefusal::UnknownAgent)?;
+        if a.bucket(now) != Bucket::Free {
+            return Err(ClaimRefusal::Busy(a.state_name()));
+        }
+        let contact = a
+            .contact
+            .clone()
+            .ok_or(ClaimRefusal::Busy("unregistered"))?;
+        let wanted = queue.and_then(|q| self.queue_index.get(q).copied());
+        let q = a
+            .members
+            .iter()
+            .map(|m| m.queue)
+            .find(|q| Some(*q) == wanted)
+            .or_else(|| a.members.first().map(|m| m.queue))
+            .ok_or(ClaimRefusal::NoQueue)?;
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.work = Work::Reserved(call);
+            a.work_since = now;
+        }
+        self.refresh(&id, now);
+        self.direct.insert(
+            call,
+            Direct {
+                call_id: call_id.to_string(),
+                queue: q,
+                agent: id,
+                since: now,
+            },
+        );
+        Ok(contact)
+    }
+
+    /// How an offer to an agent claimed by name ended.
+    fn direct_result(
+        &mut self,
+        call: CallRef,
+        outcome: OfferOutcome,
+        now: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(d) = self.direct.remove(&call) else {
+            return;
+        };
+        if outcome != OfferOutcome::Answered {
+            // A transfer target not answering is not a queue miss.
+            self.unreserve(&d.agent, call, now, out);
+            self.settle(now, out);
+            return;
+        }
+        if let Some(agent) = self.agents.get_mut(&d.agent) {
+            agent.work = Work::OnCall(call);
+            agent.work_since = now;
+        }
+        self.refresh(&d.agent, now);
+        self.connected.insert(
+            call,
+            Connected {
+                call_id: d.call_id,
+                queue: d.queue,
+                agent: d.agent,
+                entered: d.since,
+                answered: now,
+                first_position: 0,
+                direct: true,
+            },
+        );
+        self.settle(now, out);
+    }
+
+    /// An agent reserved for `call` is idle again (and may take the next caller).
+    fn unreserve(&mut self, id: &Arc<str>, call: CallRef, now: u64, out: &mut Vec<Output>) {
+        if let Some(a) = self.agents.get_mut(id) {
+            if a.work == Work::Reserved(call) {
+                a.work = Work::Idle;
+            }
+        }
+        self.refresh(id, now);
+        self.agent_free(id, now, out);
     }
 
     /// The caller is taken out of the line without an agent.
@@ -1505,10 +1686,12 @@ impl Desk {
         }
         for a in self.agents.values() {
             if let Work::Reserved(call) = a.work {
-                if !self
-                    .callers
-                    .get(&call)
-                    .is_some_and(|c| c.ringing.contains(&a.id))
+                let by_name = self.direct.get(&call).is_some_and(|d| d.agent == a.id);
+                if !by_name
+                    && !self
+                        .callers
+                        .get(&call)
+                        .is_some_and(|c| c.ringing.contains(&a.id))
                 {
                     return Err(format!(
                         "agent {} reserved for a caller not ringing them",
@@ -1917,6 +2100,69 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_claims_the_target_by_name_and_sends_the_transferor_to_wrap_up() {
+        let mut d = desk_with(Rules {
+            wrap_up: 30 * S,
+            ..Rules::default()
+        });
+        agent(&mut d, "a", 1, 0);
+        agent(&mut d, "b", 1, S);
+        let _ = caller(&mut d, 1, Rank::Normal, 2 * S);
+        result(&mut d, 1, "a", OfferOutcome::Answered, 3 * S);
+        // Agent a transfers caller 1 to agent b by name (call ref 2).
+        assert_eq!(
+            d.claim(2, "c1", "b", Some("main"), 10 * S).map(|c| c.agent),
+            Ok("b".into())
+        );
+        d.check_invariants(10 * S).expect("invariants");
+        assert_eq!(state(&d, "b"), "ringing");
+        // A claimed agent is offered nothing from the line, and cannot be claimed twice.
+        let (_, out) = caller(&mut d, 3, Rank::Normal, 11 * S);
+        assert!(rings(&out).is_empty());
+        assert_eq!(
+            d.claim(4, "c4", "b", None, 11 * S),
+            Err(ClaimRefusal::Busy("ringing"))
+        );
+        assert_eq!(
+            d.claim(4, "c4", "a", None, 11 * S),
+            Err(ClaimRefusal::Busy("on-call"))
+        );
+        assert_eq!(
+            d.claim(4, "c4", "zz", None, 11 * S),
+            Err(ClaimRefusal::UnknownAgent)
+        );
+        leave(&mut d, 3, HungUp::Caller, 12 * S);
+        let out = result(&mut d, 2, "b", OfferOutcome::Answered, 12 * S);
+        assert!(events(&out).is_empty(), "{:?}", events(&out));
+        assert_eq!(state(&d, "b"), "on-call");
+        let mut out = Vec::new();
+        d.transferred(1, "b", 12 * S, &mut out);
+        assert_eq!(events(&out), ["TRANSFER a"]);
+        assert_eq!(state(&d, "a"), "wrap-up");
+        // The transferred call ends: b is released, without queue-log lines.
+        let out = leave(&mut d, 2, HungUp::Caller, 60 * S);
+        assert!(!events(&out).iter().any(|e| e.starts_with("COMPLETE")));
+        assert_eq!(state(&d, "b"), "wrap-up");
+        // A claim that is not answered leaves the agent free for the line.
+        let _ = d_next(&mut d, 91 * S);
+        assert_eq!(
+            d.claim(5, "c5", "a", None, 92 * S).map(|c| c.agent),
+            Ok("a".into())
+        );
+        let (_, out) = caller(&mut d, 6, Rank::Normal, 93 * S);
+        assert_eq!(rings(&out), [(6, vec!["b".to_string()])]);
+        result(&mut d, 5, "a", OfferOutcome::NoAnswer, 100 * S);
+        assert_eq!(state(&d, "a"), "available");
+        assert_eq!(
+            d.agent_views(100 * S)
+                .iter()
+                .find(|v| v.id == "a")
+                .map(|v| v.misses),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn max_wait_waits_for_a_ring_in_progress() {
         let mut d = desk_with(Rules {
             max_wait: 60 * S,
@@ -2153,6 +2399,7 @@ mod tests {
             let mut talking: Vec<CallRef> = Vec::new();
             let mut now = S;
             let mut call = 0;
+            let mut transfers: CallRef = 100_000;
             for _ in 0..5000 {
                 now += next(2000);
                 let mut out = Vec::new();
@@ -2186,6 +2433,16 @@ mod tests {
                         if outcome == OfferOutcome::Answered {
                             talking.push(c);
                         }
+                    }
+                    5 if !talking.is_empty() && next(3) == 0 => {
+                        // The agent transfers the call to another agent by name.
+                        let c = talking.swap_remove(next(talking.len() as u64) as usize);
+                        transfers += 1;
+                        let target = format!("{}", next(50));
+                        if d.claim(transfers, "t", &target, Some("main"), now).is_ok() {
+                            ringing.push((transfers, target.clone()));
+                        }
+                        d.transferred(c, &target, now, &mut out);
                     }
                     5 if !talking.is_empty() => {
                         let c = talking.swap_remove(next(talking.len() as u64) as usize);

@@ -23,8 +23,8 @@ use crate::config::Settings;
 use crate::sip::{Peer, TransportKind};
 use crate::store::Store;
 use desk::{
-    AgentSpec, AgentView, CallRef, Desk, ExitReason, HungUp, Joining, OfferOutcome, Output,
-    Presence, QueueView, Rank, Refusal,
+    AgentSpec, AgentView, CallRef, ClaimRefusal, Desk, ExitReason, HungUp, Joining, OfferOutcome,
+    Output, Presence, QueueView, Rank, Refusal,
 };
 use records::Records;
 
@@ -87,6 +87,17 @@ enum Msg {
     },
     Views {
         reply: oneshot::Sender<(Vec<AgentView>, Vec<QueueView>)>,
+    },
+    Claim {
+        call: CallRef,
+        call_id: String,
+        agent: String,
+        queue: Option<String>,
+        reply: oneshot::Sender<Result<SeatContact, ClaimRefusal>>,
+    },
+    Transferred {
+        call: CallRef,
+        to: String,
     },
 }
 
@@ -156,6 +167,17 @@ impl Ticket {
             })
             .ok()?;
         rx.await.ok().flatten()
+    }
+}
+
+impl Ticket {
+    /// The agent handed the call on to `to`: the desk logs TRANSFER and the
+    /// agent goes to wrap-up. The call goes on under the target's ticket.
+    pub fn transferred(self, to: &str) {
+        let _ = self.acd.tx.send(Msg::Transferred {
+            call: self.call,
+            to: to.to_string(),
+        });
     }
 }
 
@@ -234,6 +256,39 @@ impl Acd {
         let answer = match sent {
             Ok(()) => rx.await.unwrap_or(Err(Refusal::UnknownQueue)),
             Err(_) => Err(Refusal::UnknownQueue),
+        };
+        (ticket, answer)
+    }
+
+    /// Reserves one agent by name for a call (a transfer, a consultation).
+    /// The ticket must live as long as the call; offers go through it as
+    /// for a queue.
+    pub async fn claim(
+        &self,
+        call_id: &str,
+        agent: &str,
+        queue: Option<&str>,
+    ) -> (Ticket, Result<SeatContact, String>) {
+        let call = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            acd: self.clone(),
+            call,
+            by: HungUp::Caller,
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Msg::Claim {
+            call,
+            call_id: call_id.to_string(),
+            agent: agent.to_string(),
+            queue: queue.map(str::to_string),
+            reply,
+        });
+        let answer = match sent {
+            Ok(()) => match rx.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the ACD has stopped".to_string()),
+            },
+            Err(_) => Err("the ACD has stopped".to_string()),
         };
         (ticket, answer)
     }
@@ -347,6 +402,19 @@ impl Actor {
                 self.calls.remove(&call);
                 self.desk.leave(call, by, now, out);
             }
+            Msg::Claim {
+                call,
+                call_id,
+                agent,
+                queue,
+                reply,
+            } => {
+                let r = self
+                    .desk
+                    .claim(call, &call_id, &agent, queue.as_deref(), now);
+                let _ = reply.send(r);
+            }
+            Msg::Transferred { call, to } => self.desk.transferred(call, &to, now, out),
             Msg::Presence {
                 agent,
                 presence,

@@ -85,6 +85,9 @@ pub struct Cdr {
     pub service_level: u64,
     /// Priority rank in the queue.
     pub priority: String,
+    /// Where agents transferred the call, in order (agent IDs, queues, numbers).
+    #[serde(default)]
+    pub transfers: Vec<String>,
 }
 
 enum RecordMsg {

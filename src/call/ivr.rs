@@ -147,6 +147,7 @@ pub(super) async fn start_flow(
             telephone_event: offer.telephone_event,
             events: media_tx,
             silence: Some((call.silent_tx.clone(), call.rtp_timeout())),
+            continuing: None,
         })
     });
     let stream = match stream {
@@ -234,7 +235,7 @@ impl Call {
                         Effect::Queue { queue, priority } => {
                             self.flow_done(&session);
                             info!(queue = %queue, priority, keys = session.keys(), path = %session.position(), "flow queued the call");
-                            match self.queue(catalog, offer, route, &queue, priority).await {
+                            match self.queue(offer, route, &queue, priority).await {
                                 AfterQueue::Ended(end) => return end,
                                 AfterQueue::Flow(name) => {
                                     next_flow = Some(name);
@@ -267,11 +268,7 @@ impl Call {
                             let target = if to.starts_with("sip:") {
                                 SipTarget::parse(&to)
                             } else {
-                                SipTarget::parse(&shared.settings.trunk.outbound).map(|mut t| {
-                                    t.uri = format!("sip:{to}@{}", t.peer.addr);
-                                    t.user = Some(to.clone());
-                                    t
-                                })
+                                super::transfer::outbound(&shared.settings, &to)
                             };
                             let ring =
                                 Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
@@ -478,7 +475,6 @@ impl Call {
     /// The flow queued the call: music while in line, then bridged until the end.
     async fn queue(
         &mut self,
-        catalog: &Catalog,
         offer: &AudioOffer,
         route: &Route,
         queue: &str,
@@ -495,15 +491,21 @@ impl Call {
             Err(Unserved::CallerGone) => AfterQueue::Ended(End::CallerHungUp),
             Err(Unserved::Flow(flow)) => AfterQueue::Flow(flow),
             Err(_) => {
-                info!("no agent: the busy notice, then hang-up");
-                self.play(catalog, 1, &[ALL_BUSY.to_string()], false, false);
-                let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
-                let notice = Duration::from_millis(20 * frames as u64 + 300);
-                if self.hold(Instant::now() + notice).await {
-                    self.bye_caller();
-                }
+                self.busy_notice_and_hangup().await;
                 AfterQueue::Ended(End::NoAgent)
             }
+        }
+    }
+
+    /// No agent for an answered caller: the busy notice, then hang-up.
+    pub(super) async fn busy_notice_and_hangup(&mut self) {
+        info!("no agent: the busy notice, then hang-up");
+        let catalog = self.ctx.shared.catalog();
+        self.play(&catalog, 1, &[ALL_BUSY.to_string()], false, false);
+        let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
+        let notice = Duration::from_millis(20 * frames as u64 + 300);
+        if self.hold(Instant::now() + notice).await {
+            self.bye_caller();
         }
     }
 

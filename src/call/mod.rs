@@ -29,6 +29,10 @@ use tracing::{info, info_span, warn, Instrument};
 
 mod ivr;
 mod queue;
+mod transfer;
+
+pub use transfer::Consults;
+use transfer::Takeover;
 
 use crate::acd::desk::OfferOutcome;
 use crate::acd::records::Cdr;
@@ -101,6 +105,8 @@ struct Leg {
     pending: Option<(TxKey, Box<Request>)>,
     /// Key of our own re-INVITE to this leg, while it is outstanding.
     our_reinvite: Option<(TxKey, u32)>,
+    /// Where this leg's SDP says to send its RTP.
+    remote_media: SocketAddr,
 }
 
 /// Why the call ended, for the log line.
@@ -115,6 +121,8 @@ enum End {
     RtpTimeout,
     AckTimeout,
     Refused,
+    /// The far leg went to another call (attended transfer).
+    Transferred,
 }
 
 struct Call {
@@ -156,6 +164,30 @@ struct Call {
     rang_caller: bool,
     /// The call's record, written when the call is dropped.
     cdr: Cdr,
+    /// The number-plan entry the call came in on.
+    route: Route,
+    /// The version of the last SDP we sent the caller, and its direction
+    /// (a transfer takes a held caller off hold).
+    a_sdp_version: u64,
+    a_direction: Direction,
+    /// An agent's leg that transferred the call away, until it hangs up or
+    /// the transfer ends (it gets the NOTIFYs).
+    transferor: Option<Leg>,
+    /// The agent whose phone placed this call, if one did.
+    caller_agent: Option<String>,
+    /// Requests from another call to take over this call's far leg (an
+    /// attended transfer replacing this consultation call).
+    takeover: Option<mpsc::Receiver<Takeover>>,
+}
+
+/// How a bridge ended.
+enum Bridged {
+    /// The call is over.
+    Ended(End),
+    /// The agent asked for a transfer.
+    Refer(TxKey, Box<Request>),
+    /// Another call takes over the far leg (this was a consultation call).
+    TakenOver(tokio::sync::oneshot::Sender<transfer::Handed>),
 }
 
 /// One INVITE of an offer (several at once under ring-all).
@@ -188,6 +220,12 @@ pub struct Arrival {
     pub caller_agent: Option<String>,
 }
 
+/// Whether agent `agent` dialing `dialed` reaches another agent, a peer
+/// centre or an emergency number directly (outside the number plan).
+pub fn agent_reaches(shared: &Shared, agent: &str, dialed: &str) -> bool {
+    transfer::internal_target(shared, agent, dialed).is_some()
+}
+
 /// Runs a call from the caller's INVITE to its end.
 pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arrival) {
     let Arrival {
@@ -206,7 +244,13 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         let caller = invite.core.from.user.clone().unwrap_or_default();
         info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
         let worker = ctx.worker.clone();
-        let end = if route.flow.is_empty() {
+        let end = if let Some(target) = caller_agent
+            .as_deref()
+            .and_then(|agent| transfer::internal_target(&shared, agent, &dialed))
+        {
+            let agent = caller_agent.clone().unwrap_or_default();
+            transfer::call_target(ctx, events, a_key, invite, a_peer, &route, agent, target).await
+        } else if route.flow.is_empty() {
             start(ctx, events, a_key, invite, a_peer, &route).await
         } else {
             ivr::start_flow(ctx, events, a_key, invite, a_peer, &route).await
@@ -229,7 +273,10 @@ fn respond(
     body: &[u8],
 ) {
     let bytes = req.response(status, Some(tag), extra, body);
-    let _ = ctx.worker.try_send(WorkerInput::Respond {
+    // The worker holding the transaction: the one its Call-ID shards to
+    // (a leg taken over from another call may live on another worker).
+    let worker = &ctx.shared.workers[ctx.shared.worker_of(&req.core.call_id)];
+    let _ = worker.try_send(WorkerInput::Respond {
         key: key.clone(),
         status,
         bytes: Bytes::from(bytes),
@@ -503,6 +550,12 @@ impl Call {
             abandoned: Vec::new(),
             rang_caller: false,
             cdr,
+            route: route.clone(),
+            a_sdp_version: 1,
+            a_direction: Direction::SendRecv,
+            transferor: None,
+            caller_agent: None,
+            takeover: None,
         }
     }
 
@@ -511,40 +564,88 @@ impl Call {
     }
 
     /// Runs the bridge of the caller and `b_leg` until one side ends it.
+    /// An agent's REFER hands the caller on (the bridge resumes with the
+    /// new far leg); a consultation call may hand its far leg to the call
+    /// that replaces it.
     async fn bridge_to_end(&mut self, a_dialog: Dialog, b_leg: Leg, ticket: Option<Ticket>) -> End {
-        let a_leg = Leg {
-            side: Side::A,
-            dialog: a_dialog,
-            peer: self.a_peer,
-            media: self.a_media(),
-            sdp_version: 1,
-            pending: None,
-            our_reinvite: None,
-        };
-        let b_call_id = b_leg.dialog.call_id.clone();
+        let mut a_dialog = Some(a_dialog);
+        let mut b = b_leg;
+        let mut ticket = ticket;
         if ticket.is_some() && self.ctx.shared.settings.recording.enabled {
             self.start_recording().await;
         }
-        let end = self.bridged(a_leg, b_leg).await;
-        self.cdr.hung_up_by = match end {
-            End::AgentHungUp => "agent",
-            End::CallerHungUp => "caller",
-            _ => "system",
-        }
-        .to_string();
-        if let Some(mut t) = ticket {
-            t.by = if matches!(end, End::AgentHungUp) {
-                crate::acd::desk::HungUp::Agent
-            } else {
-                crate::acd::desk::HungUp::Caller
+        loop {
+            let Some(dialog) = a_dialog.take().or_else(|| self.a_dialog.take()) else {
+                self.bye(&mut b.dialog, b.peer);
+                return End::Refused;
             };
+            let mut a = Leg {
+                side: Side::A,
+                dialog,
+                peer: self.a_peer,
+                media: self.a_media(),
+                sdp_version: self.a_sdp_version,
+                pending: None,
+                our_reinvite: None,
+                remote_media: self.a_remote,
+            };
+            let outcome = self.bridged(&mut a, &mut b, ticket.is_some()).await;
+            self.a_sdp_version = a.sdp_version;
+            let b_call_id = b.dialog.call_id.clone();
+            match outcome {
+                Bridged::Refer(key, req) => {
+                    self.a_dialog = Some(a.dialog);
+                    match self.transfer(b, ticket, key, req).await {
+                        transfer::After::Bridge(leg, t) => {
+                            b = *leg;
+                            ticket = t;
+                            continue;
+                        }
+                        transfer::After::Ended(end) => return end,
+                    }
+                }
+                Bridged::TakenOver(reply) => {
+                    info!("consultation replaced: the far leg goes to the transferred call");
+                    self.bye(&mut a.dialog, a.peer);
+                    let handed = transfer::Handed {
+                        dialog: b.dialog,
+                        peer: b.peer,
+                        remote_media: b.remote_media,
+                        ticket,
+                        agent: self.cdr.agent.clone(),
+                    };
+                    if let Err(back) = reply.send(handed) {
+                        // The other call is gone: this leg is nobody's, hang it up.
+                        let mut back = back;
+                        self.bye(&mut back.dialog, back.peer);
+                    }
+                    self.cdr.hung_up_by = "transfer".into();
+                    return End::Transferred;
+                }
+                Bridged::Ended(end) => {
+                    self.cdr.hung_up_by = match end {
+                        End::AgentHungUp => "agent",
+                        End::CallerHungUp => "caller",
+                        _ => "system",
+                    }
+                    .to_string();
+                    if let Some(t) = ticket.as_mut() {
+                        t.by = if matches!(end, End::AgentHungUp) {
+                            crate::acd::desk::HungUp::Agent
+                        } else {
+                            crate::acd::desk::HungUp::Caller
+                        };
+                    }
+                    let _ = self
+                        .worker_for(&b_call_id)
+                        .send(WorkerInput::Unbind {
+                            call_id: b_call_id.clone(),
+                        })
+                        .await;
+                    return end;
+                }
+            }
         }
-        let _ = self
-            .ctx
-            .worker
-            .send(WorkerInput::Unbind { call_id: b_call_id })
-            .await;
-        end
     }
 
     /// Records the bridged call (an agent call) from now on.
@@ -962,8 +1063,11 @@ impl Call {
             );
             self.answered = true;
         }
-        self.cdr.answered = Some(now_ms());
-        self.cdr.agent = seat.agent.clone();
+        // A transfer's target does not change who answered the call, or when.
+        if self.cdr.answered.is_none() {
+            self.cdr.answered = Some(now_ms());
+            self.cdr.agent = seat.agent.clone();
+        }
         info!(agent = %seat.agent, "answered; media bridged");
         Some(Leg {
             side: Side::B,
@@ -973,12 +1077,51 @@ impl Call {
             sdp_version: 1,
             pending: None,
             our_reinvite: None,
+            remote_media: answer.addr,
         })
     }
 
     /// Events that do not belong to the current step: answer what must be answered.
     fn stray(&mut self, event: CallEvent) {
         match event {
+            // The agent who transferred the call hangs up (or asks anything
+            // else) while the target rings.
+            CallEvent::Request { key, request, .. }
+                if self
+                    .transferor
+                    .as_ref()
+                    .is_some_and(|t| t.dialog.call_id == request.core.call_id) =>
+            {
+                let Some(t) = self.transferor.as_mut() else {
+                    return;
+                };
+                let tag = t.dialog.local_tag.clone();
+                let status = if !t.dialog.accept_request(&request) {
+                    500
+                } else {
+                    match request.method {
+                        Method::Bye | Method::Info | Method::Options => 200,
+                        Method::Invite | Method::Update => 491,
+                        _ => 403,
+                    }
+                };
+                respond(&self.ctx, &key, &request, &tag, status, &[], b"");
+                if request.method == Method::Bye && status == 200 {
+                    info!("the transferring agent hung up");
+                    self.transferor = None;
+                }
+            }
+            // A 2xx to our re-INVITE of the answered caller (taking them off hold).
+            CallEvent::Response { response, .. }
+                if response.core.call_id == self.invite.core.call_id
+                    && response.core.cseq_method == Method::Invite
+                    && (200..300).contains(&response.status) =>
+            {
+                if let Some(mut d) = self.a_dialog.take() {
+                    self.ack(&mut d, response.core.cseq, self.a_peer);
+                    self.a_dialog = Some(d);
+                }
+            }
             CallEvent::Request { key, request, .. } => {
                 // Before answer only CANCEL is meaningful from the caller; other requests
                 // (INFO keep-alives, an early re-INVITE) get the answers RFC 3261 expects.
@@ -1006,23 +1149,69 @@ impl Call {
         }
     }
 
-    fn send_to_leg(&self, peer: Peer, bytes: Vec<u8>, branch: String, method: Method) {
-        let _ = self.ctx.worker.try_send(WorkerInput::Request {
-            method,
-            branch,
-            bytes: Bytes::from(bytes),
-            peer,
-            owner: self.ctx.events_tx.clone(),
-        });
+    /// Sends a re-INVITE with our SDP (`media`, `version`, `direction`) in
+    /// `dialog`; returns its client transaction and CSeq.
+    fn send_reinvite(
+        &self,
+        dialog: &mut Dialog,
+        peer: Peer,
+        media: SocketAddr,
+        version: u64,
+        direction: Direction,
+    ) -> (TxKey, u32) {
+        let body = self.our_sdp(media, version, direction);
+        let contact = self.contact(&peer);
+        let (bytes, branch, cseq) = dialog.request(
+            &Method::Invite,
+            &self.ctx.shared.host,
+            peer.transport.via_token(),
+            None,
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            body.as_bytes(),
+        );
+        let key = TxKey::client_for(&branch, Method::Invite);
+        self.send_to_leg(dialog, peer, bytes, branch, Method::Invite);
+        (key, cseq)
+    }
+
+    /// The worker that owns `call_id` (where its transactions live).
+    fn worker_for(&self, call_id: &str) -> &mpsc::Sender<WorkerInput> {
+        &self.ctx.shared.workers[self.ctx.shared.worker_of(call_id)]
+    }
+
+    fn send_to_leg(
+        &self,
+        dialog: &Dialog,
+        peer: Peer,
+        bytes: Vec<u8>,
+        branch: String,
+        method: Method,
+    ) {
+        let _ = self
+            .worker_for(&dialog.call_id)
+            .try_send(WorkerInput::Request {
+                method,
+                branch,
+                bytes: Bytes::from(bytes),
+                peer,
+                owner: self.ctx.events_tx.clone(),
+            });
     }
 
     fn ack(&self, dialog: &mut Dialog, cseq: u32, peer: Peer) {
-        send_ack(&self.ctx.worker, &self.ctx.shared.host, dialog, cseq, peer);
+        send_ack(
+            self.worker_for(&dialog.call_id),
+            &self.ctx.shared.host,
+            dialog,
+            cseq,
+            peer,
+        );
     }
 
     fn bye(&self, dialog: &mut Dialog, peer: Peer) {
+        let worker = self.worker_for(&dialog.call_id).clone();
         send_bye(
-            &self.ctx.worker,
+            &worker,
             &self.ctx.shared.host,
             dialog,
             peer,
@@ -1030,9 +1219,15 @@ impl Call {
         );
     }
 
-    async fn bridged(&mut self, mut a: Leg, mut b: Leg) -> End {
+    async fn bridged(&mut self, a: &mut Leg, b: &mut Leg, transfers: bool) -> Bridged {
         self.relay_cmd(RelayCmd::Watch(true)).await;
         loop {
+            let takeover = async {
+                match self.takeover.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 e = self.events.recv() => e,
                 s = self.silent.recv() => {
@@ -1040,22 +1235,62 @@ impl Call {
                     warn!(?side, "no RTP for rtp_timeout; hanging up");
                     self.bye(&mut a.dialog, a.peer);
                     self.bye(&mut b.dialog, b.peer);
-                    return End::RtpTimeout;
+                    return Bridged::Ended(End::RtpTimeout);
+                }
+                t = takeover => {
+                    match t {
+                        Some(Takeover { agent, reply }) if self.caller_agent.as_deref() == Some(agent.as_str()) => {
+                            return Bridged::TakenOver(reply);
+                        }
+                        Some(_) => {
+                            warn!("another agent tried to take over this consultation; refused");
+                            continue;
+                        }
+                        None => {
+                            self.takeover = None;
+                            continue;
+                        }
+                    }
                 }
             };
             let Some(event) = event else {
-                return End::Refused;
+                return Bridged::Ended(End::Refused);
             };
             match event {
                 CallEvent::Request { key, request, .. } => {
                     let from_a = request.core.call_id == a.dialog.call_id;
+                    let from_b = request.core.call_id == b.dialog.call_id;
+                    if !from_a && !from_b {
+                        self.stray(CallEvent::Request {
+                            key,
+                            request,
+                            peer: b.peer,
+                        });
+                        continue;
+                    }
+                    if from_b && transfers && request.method == Method::Refer {
+                        if b.dialog.accept_request(&request) {
+                            return Bridged::Refer(key, request);
+                        }
+                        let tag = b.dialog.local_tag.clone();
+                        respond(
+                            &self.ctx,
+                            &key,
+                            &request,
+                            &tag,
+                            500,
+                            &[("Retry-After", "1")],
+                            b"",
+                        );
+                        continue;
+                    }
                     let (this, other) = if from_a {
-                        (&mut a, &mut b)
+                        (&mut *a, &mut *b)
                     } else {
-                        (&mut b, &mut a)
+                        (&mut *b, &mut *a)
                     };
                     if let Some(end) = self.in_dialog(key, request, this, other).await {
-                        return end;
+                        return Bridged::Ended(end);
                     }
                 }
                 CallEvent::Response { key, response }
@@ -1067,29 +1302,29 @@ impl Call {
                 CallEvent::Response { key, response } => {
                     let for_a = response.core.call_id == a.dialog.call_id;
                     let (this, other) = if for_a {
-                        (&mut a, &mut b)
+                        (&mut *a, &mut *b)
                     } else {
-                        (&mut b, &mut a)
+                        (&mut *b, &mut *a)
                     };
                     self.reinvite_answer(key, &response, this, other).await;
                 }
                 CallEvent::Timeout { key } => {
                     // A re-INVITE the other side never answered: give up on the call.
-                    let ours = [&a, &b]
+                    let ours = [&*a, &*b]
                         .iter()
                         .any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == key));
                     if ours {
                         warn!("re-INVITE timed out; hanging up");
                         self.bye(&mut a.dialog, a.peer);
                         self.bye(&mut b.dialog, b.peer);
-                        return End::Refused;
+                        return Bridged::Ended(End::Refused);
                     }
                 }
                 CallEvent::AckTimeout => {
                     warn!("caller never acknowledged the answer; hanging up");
                     self.bye(&mut a.dialog, a.peer);
                     self.bye(&mut b.dialog, b.peer);
-                    return End::AckTimeout;
+                    return Bridged::Ended(End::AckTimeout);
                 }
                 CallEvent::Ack | CallEvent::Cancelled => {}
             }
@@ -1136,22 +1371,21 @@ impl Call {
                     return None;
                 }
                 let offer = offer_or_488(&self.ctx, &key, &req, &tag)?;
+                this.remote_media = offer.addr;
+                if other.side == Side::A {
+                    self.a_direction = offer.direction;
+                }
                 self.relay_cmd(RelayCmd::Remote(this.side, offer.addr))
                     .await;
                 info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
                 other.sdp_version += 1;
-                let body = self.our_sdp(other.media, other.sdp_version, offer.direction);
-                let contact = self.contact(&other.peer);
-                let (bytes, branch, cseq) = other.dialog.request(
-                    &Method::Invite,
-                    &self.ctx.shared.host,
-                    other.peer.transport.via_token(),
-                    None,
-                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                    body.as_bytes(),
-                );
-                other.our_reinvite = Some((TxKey::client_for(&branch, Method::Invite), cseq));
-                self.send_to_leg(other.peer, bytes, branch, Method::Invite);
+                other.our_reinvite = Some(self.send_reinvite(
+                    &mut other.dialog,
+                    other.peer,
+                    other.media,
+                    other.sdp_version,
+                    offer.direction,
+                ));
                 this.pending = Some((key, req));
                 None
             }
@@ -1173,6 +1407,13 @@ impl Call {
             }
             Method::Info | Method::Options => {
                 respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
+                None
+            }
+            // Only an agent may transfer (the caller, a backend or an
+            // outside number may not send us elsewhere).
+            Method::Refer => {
+                info!(side = ?this.side, "REFER refused: this leg may not transfer");
+                respond(&self.ctx, &key, &req, &tag, 403, &[], b"");
                 None
             }
             Method::Other(_) => {
@@ -1217,6 +1458,7 @@ impl Call {
         if (200..300).contains(&resp.status) {
             let direction = match sdp::parse_audio(&resp.body) {
                 Ok(answer) => {
+                    this.remote_media = answer.addr;
                     self.relay_cmd(RelayCmd::Remote(this.side, answer.addr))
                         .await;
                     answer.direction
@@ -1224,6 +1466,9 @@ impl Call {
                 Err(_) => Direction::SendRecv,
             };
             self.relay_cmd(RelayCmd::Watch(!direction.is_hold())).await;
+            if other.side == Side::A {
+                self.a_direction = direction;
+            }
             other.sdp_version += 1;
             let body = self.our_sdp(other.media, other.sdp_version, direction);
             let contact = self.contact(&other.peer);

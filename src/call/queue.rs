@@ -163,6 +163,22 @@ impl Call {
         }
     }
 
+    /// The answered caller hears `queue`'s music, looped (a caller not yet
+    /// answered hears ringing instead).
+    pub(super) fn music_on_hold(&self, queue: &str) {
+        if self.ivr.is_some() {
+            let shared = &self.ctx.shared;
+            let catalog = shared.catalog();
+            self.play(
+                &catalog,
+                0,
+                &[shared.settings.moh(queue).to_string()],
+                false,
+                true,
+            );
+        }
+    }
+
     /// Waits in `queue` (then its overflows) until an agent answers.
     pub(super) async fn wait_for_agent(
         &mut self,
@@ -181,16 +197,7 @@ impl Call {
                 self.cdr.service_level = shared.settings.service_level(&queue);
             }
             self.cdr.queue = queue.clone();
-            if self.ivr.is_some() {
-                let catalog = shared.catalog();
-                self.play(
-                    &catalog,
-                    0,
-                    &[shared.settings.moh(&queue).to_string()],
-                    false,
-                    true,
-                );
-            }
+            self.music_on_hold(&queue);
             let (tx, rx) = mpsc::unbounded_channel();
             let (ticket, joined) = shared
                 .acd

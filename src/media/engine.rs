@@ -102,6 +102,8 @@ pub struct StreamSetup {
     /// Told once when the caller has sent nothing for the given time (a
     /// dead trunk or a vanished phone), as the relay tells of a silent side.
     pub silence: Option<(mpsc::Sender<super::relay::Side>, Duration)>,
+    /// Continue this numbering (the stream the caller heard before), or start a new one.
+    pub continuing: Option<Numbering>,
 }
 
 enum Cmd {
@@ -550,7 +552,12 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
                     latched: false,
                     law: setup.law,
                     telephone_event: setup.telephone_event,
-                    player: Player::new(setup.law, rand::random(), rand::random(), rand::random()),
+                    player: match setup.continuing {
+                        Some(n) => Player::new(setup.law, n.ssrc, n.next_seq, n.next_ts),
+                        None => {
+                            Player::new(setup.law, rand::random(), rand::random(), rand::random())
+                        }
+                    },
                     events: setup.events,
                     rfc4733: EventReceiver::default(),
                     inband,
@@ -632,6 +639,7 @@ mod tests {
                 telephone_event,
                 events: tx,
                 silence: None,
+                continuing: None,
             })
             .expect("add");
         (stream, caller, rx)

@@ -43,6 +43,15 @@ impl Rewriter {
         }
     }
 
+    /// Where this side's outgoing numbering stands (for the next sender).
+    pub fn numbering(&self) -> crate::media::player::Numbering {
+        crate::media::player::Numbering {
+            ssrc: self.out_ssrc,
+            next_seq: self.last_out_seq.wrapping_add(1),
+            next_ts: self.last_out_ts.wrapping_add(160),
+        }
+    }
+
     /// A rewriter that continues a stream we already sent (the IVR player's),
     /// so the caller's phone sees one stream across the hand-over.
     pub fn continuing(numbering: crate::media::player::Numbering) -> Rewriter {
@@ -105,6 +114,24 @@ pub enum RelayCmd {
     Watch(bool),
     /// Record both sides from now on (ended when the relay ends).
     Record(Box<super::recording::Recorder>),
+    /// Stop relaying and hand both sockets back (a transfer: the caller goes
+    /// back to the media engine while the next far leg is found). The ports
+    /// stay taken: their owner now is whoever receives them.
+    Release(tokio::sync::oneshot::Sender<Released>),
+}
+
+/// What a released relay hands back.
+#[derive(Debug)]
+pub struct Released {
+    /// Our socket facing the caller.
+    pub a: std::net::UdpSocket,
+    /// Our socket facing the far leg.
+    pub b: std::net::UdpSocket,
+    /// Where the caller's RTP came from (or was to go).
+    pub a_remote: Option<SocketAddr>,
+    /// What the caller was last sent, so whoever speaks to them next
+    /// continues the same stream.
+    pub numbering: super::player::Numbering,
 }
 
 /// Packet counters, readable while the relay runs.
@@ -210,7 +237,7 @@ pub fn spawn_with(
     let a_rewriter = continuing.map_or_else(|| Rewriter::new(rand::random()), Rewriter::continuing);
     let task_stats = stats.clone();
     tokio::spawn(async move {
-        run(
+        let released = run(
             side(a, a_rewriter),
             side(b, Rewriter::new(rand::random())),
             cmd_rx,
@@ -219,8 +246,10 @@ pub fn spawn_with(
             &task_stats,
         )
         .await;
-        pool.release(a_addr.port());
-        pool.release(b_addr.port());
+        if !released {
+            pool.release(a_addr.port());
+            pool.release(b_addr.port());
+        }
     });
     Some(Relay {
         a_addr,
@@ -230,6 +259,8 @@ pub fn spawn_with(
     })
 }
 
+/// Runs until the call drops its handle (`false`) or asks for the sockets
+/// back (`true`: they were handed over, their ports are not ours to free).
 async fn run(
     mut a: SideState,
     mut b: SideState,
@@ -237,7 +268,7 @@ async fn run(
     timeout: Duration,
     silent: mpsc::Sender<Side>,
     stats: &RelayStats,
-) {
+) -> bool {
     let mut buf_a = vec![0u8; 2048];
     let mut buf_b = vec![0u8; 2048];
     let mut watching = false;
@@ -262,14 +293,24 @@ async fn run(
             c = cmd.recv() => match c {
                 // The call dropped its handle: the call is over.
                 None => {
-                    if let Some(r) = recorder.take() {
-                        let path = r.path().display().to_string();
-                        match r.finish() {
-                            Ok(secs) => tracing::info!(path, seconds = secs, "recording closed"),
-                            Err(e) => tracing::error!(path, error = %e, "recording could not be closed"),
-                        }
+                    close_recording(&mut recorder);
+                    return false;
+                }
+                Some(RelayCmd::Release(reply)) => {
+                    close_recording(&mut recorder);
+                    let numbering = a.rewriter.numbering();
+                    let a_remote = a.remote;
+                    let (Ok(a_std), Ok(b_std)) = (a.socket.into_std(), b.socket.into_std()) else {
+                        // Sockets that cannot be converted are closed here: free their ports.
+                        return false;
+                    };
+                    let released = Released { a: a_std, b: b_std, a_remote, numbering };
+                    if let Err(back) = reply.send(released) {
+                        // Nobody took them: they close now, and their ports go back.
+                        drop(back);
+                        return false;
                     }
-                    return;
+                    return true;
                 }
                 Some(RelayCmd::Record(r)) => recorder = Some(r),
                 Some(RelayCmd::Remote(which, addr)) => {
@@ -301,6 +342,17 @@ async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Finishes the recording, if one runs.
+fn close_recording(recorder: &mut Option<Box<super::recording::Recorder>>) {
+    if let Some(r) = recorder.take() {
+        let path = r.path().display().to_string();
+        match r.finish() {
+            Ok(secs) => tracing::info!(path, seconds = secs, "recording closed"),
+            Err(e) => tracing::error!(path, error = %e, "recording could not be closed"),
         }
     }
 }

@@ -568,6 +568,19 @@ impl Phone {
         content_type: &str,
         body: &str,
     ) {
+        self.in_dialog_with(server, d, method, "", content_type, body);
+    }
+
+    /// An in-dialog request with extra header lines (each ending in CRLF).
+    pub fn in_dialog_with(
+        &self,
+        server: SocketAddr,
+        d: &mut PhoneDialog,
+        method: &str,
+        headers: &str,
+        content_type: &str,
+        body: &str,
+    ) {
         d.cseq += 1;
         let ctype = if body.is_empty() {
             String::new()
@@ -575,7 +588,7 @@ impl Phone {
             format!("Content-Type: {content_type}\r\n")
         };
         let msg = format!(
-            "{method} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:{}@{}>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+            "{method} {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: <sip:{}@{}>\r\n{headers}{ctype}Content-Length: {}\r\n\r\n{body}",
             d.target,
             self.via(),
             d.local,
@@ -753,4 +766,28 @@ impl Phone {
         }
         received
     }
+}
+
+/// Answers `inv` on `phone`, expects the ACK, and returns the callee's dialog.
+pub fn answer(server: &TestServer, phone: &mut Phone, inv: &Request, tag: &str) -> PhoneDialog {
+    phone.reply(server.sip, inv, 200, tag);
+    phone.request("ACK", 3.0).expect("ACK for the answer");
+    Phone::uas_dialog(inv, tag)
+}
+
+/// A trunk call to 123450 answered by `phone`: (caller's dialog, agent's dialog).
+pub fn connected_call(
+    server: &TestServer,
+    trunk: &mut Phone,
+    phone: &mut Phone,
+    tag: &str,
+) -> (PhoneDialog, PhoneDialog) {
+    let mut d = trunk.invite(server.sip, "123450");
+    let inv = phone.request("INVITE", 5.0).expect("agent rung");
+    let agent_leg = answer(server, phone, &inv, tag);
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("caller answered");
+    trunk.ack(server.sip, &mut d, &ok);
+    (d, agent_leg)
 }

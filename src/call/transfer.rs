@@ -1,0 +1,744 @@
+//! Transfers: an agent hands the caller on from its phone.
+//!
+//! Room: the call, at its door. A REFER from the agent's leg (RFC 3515)
+//! names where the caller goes: another agent (by ID), a queue (by name, or
+//! a number the plan routes to one), a peer centre from `[transfer.centres]`
+//! (一键互转), or an emergency number, which goes out through the trunk.
+//!
+//! - Blind: the REFER gets 202 and a NOTIFY "100 Trying"; the caller leaves
+//!   the relay for the media engine and hears music while the target rings;
+//!   the agent's phone hears the outcome in a final NOTIFY (RFC 3515
+//!   §2.4.5, message/sipfrag). An answer bridges the caller to the target
+//!   and hangs up the agent; a failure gives the caller back to the agent,
+//!   or, if the agent already hung up, to the call's queue.
+//! - Attended (RFC 3891 Replaces): the agent already talks to the target on
+//!   a consultation call it placed through us. That call hands its far leg
+//!   over (its dialog, and its desk ticket), hangs up the agent's
+//!   consultation leg and ends; this call re-INVITEs the target to its own
+//!   relay.
+//!
+//! It may touch the call's legs, the desk (claims and transfer records) and
+//! the [`Consults`] registry; nothing else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::ivr::IvrMedia;
+use super::queue::Unserved;
+use super::{respond, Call, CallCtx, CallEvent, End, Leg, Offer};
+use crate::acd::{SeatContact, Ticket};
+use crate::config::Settings;
+use crate::media::engine::StreamSetup;
+use crate::media::player::Law;
+use crate::media::relay::{RelayCmd, Side};
+use crate::media::sdp::{AudioOffer, Direction};
+use crate::server::Shared;
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Method, Request};
+use crate::sip::transaction::TxKey;
+use crate::sip::{random_token, Peer, SipTarget};
+use crate::store::Route;
+
+/// Where a transfer (or an agent's own call) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Target {
+    /// An agent, by ID.
+    Agent(String),
+    /// A queue, by name.
+    Queue(String),
+    /// Out through the trunk or to a SIP URI.
+    Out {
+        /// What the agent dialed (for the records).
+        label: String,
+        /// Where.
+        target: SipTarget,
+    },
+}
+
+impl Target {
+    fn label(&self) -> &str {
+        match self {
+            Target::Agent(id) => id,
+            Target::Queue(q) => q,
+            Target::Out { label, .. } => label,
+        }
+    }
+}
+
+/// A consultation call's far leg, handed to the call that replaces it.
+pub(super) struct Handed {
+    pub(super) dialog: Dialog,
+    pub(super) peer: Peer,
+    pub(super) remote_media: SocketAddr,
+    pub(super) ticket: Option<Ticket>,
+    pub(super) agent: String,
+}
+
+/// A request to a consultation call: give your far leg to the asking call.
+pub(super) struct Takeover {
+    /// The agent asking (only the agent who placed the consultation may).
+    pub(super) agent: String,
+    pub(super) reply: oneshot::Sender<Handed>,
+}
+
+/// Calls placed by agents' phones, by Call-ID, while they run: an attended
+/// transfer finds the consultation it replaces here.
+#[derive(Default)]
+pub struct Consults {
+    calls: Mutex<HashMap<String, mpsc::Sender<Takeover>>>,
+}
+
+impl Consults {
+    fn insert(&self, call_id: &str, tx: mpsc::Sender<Takeover>) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(call_id.to_string(), tx);
+        }
+    }
+
+    /// Forgets a call (at its end).
+    pub(super) fn remove(&self, call_id: &str) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.remove(call_id);
+        }
+    }
+
+    fn get(&self, call_id: &str) -> Option<mpsc::Sender<Takeover>> {
+        self.calls.lock().ok()?.get(call_id).cloned()
+    }
+}
+
+/// What happens after a transfer attempt.
+pub(super) enum After {
+    /// Bridge the caller to this leg (the new target, or the agent again).
+    Bridge(Box<Leg>, Option<Ticket>),
+    /// The call is over.
+    Ended(End),
+}
+
+/// The dialog a `Replaces` names (RFC 3891).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Replaces {
+    call_id: String,
+}
+
+/// A number sent out through `[trunk] outbound`.
+pub(super) fn outbound(settings: &Settings, number: &str) -> Option<SipTarget> {
+    SipTarget::parse(&settings.trunk.outbound).map(|mut t| {
+        t.uri = format!("sip:{number}@{}", t.peer.addr);
+        t.user = Some(number.to_string());
+        t
+    })
+}
+
+/// Decodes %XX escapes (URI headers carry `;` and `=` escaped).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The user part of a Refer-To URI and its `Replaces`, if any:
+/// `<sip:1002@host;transport=udp?Replaces=abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2>`.
+pub(super) fn parse_refer_to(value: &str) -> Option<(String, Option<Replaces>)> {
+    let value = value.trim();
+    let uri = match value.find('<') {
+        Some(open) => {
+            let rest = &value[open + 1..];
+            &rest[..rest.find('>')?]
+        }
+        // Without brackets, parameters after `;` belong to the header.
+        None => value.split(';').next()?,
+    };
+    let (uri, headers) = match uri.split_once('?') {
+        Some((u, h)) => (u, Some(h)),
+        None => (uri, None),
+    };
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"))?;
+    let user = match rest.split_once('@') {
+        Some((user, _)) => user,
+        None if uri.starts_with("tel:") => rest,
+        None => return None,
+    };
+    let user = percent_decode(user.split(';').next().unwrap_or_default());
+    if user.is_empty() || user.len() > 64 || user.chars().any(|c| c.is_control() || c == ' ') {
+        return None;
+    }
+    let replaces = headers.and_then(|h| {
+        h.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            if !k.eq_ignore_ascii_case("replaces") {
+                return None;
+            }
+            let v = percent_decode(v);
+            let call_id = v.split(';').next()?.trim().to_string();
+            (!call_id.is_empty()).then_some(Replaces { call_id })
+        })
+    });
+    Some((user, replaces))
+}
+
+/// Where `user` (from a Refer-To, or dialed by an agent) leads, if anywhere
+/// an agent may send a call: emergency numbers first, then peer centres,
+/// agents, queues by name, and numbers the plan routes to a queue.
+pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
+    let settings = &shared.settings;
+    if settings.transfer.emergency.iter().any(|n| n == user) {
+        return outbound(settings, user).map(|target| Target::Out {
+            label: user.to_string(),
+            target,
+        });
+    }
+    if let Some(to) = settings.transfer.centres.get(user) {
+        let target = if to.starts_with("sip:") {
+            SipTarget::parse(to)
+        } else {
+            outbound(settings, to)
+        };
+        return target.map(|target| Target::Out {
+            label: user.to_string(),
+            target,
+        });
+    }
+    if matches!(shared.store.agent(user), Ok(Some(_))) {
+        return Some(Target::Agent(user.to_string()));
+    }
+    if settings.queues.contains_key(user) {
+        return Some(Target::Queue(user.to_string()));
+    }
+    let number = crate::routing::normalize(user, &settings.trunk.normalize)?;
+    match shared.store.route_for(&number) {
+        Ok(Some(route)) if route.flow.is_empty() && !route.queue.is_empty() => {
+            Some(Target::Queue(route.queue))
+        }
+        _ => None,
+    }
+}
+
+/// What agent `agent` reaches by dialing `dialed` from its phone outside
+/// the number plan: another agent, an emergency number, a peer centre.
+/// Everything else goes through the plan as any caller's call would.
+pub(super) fn internal_target(shared: &Shared, agent: &str, dialed: &str) -> Option<Target> {
+    if dialed == agent {
+        return None;
+    }
+    match resolve(shared, dialed)? {
+        t @ (Target::Agent(_) | Target::Out { .. }) => Some(t),
+        Target::Queue(_) => None,
+    }
+}
+
+/// Short reason phrases for the NOTIFY bodies.
+fn phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        200 => "OK",
+        403 => "Forbidden",
+        404 => "Not Found",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        _ => "Service Unavailable",
+    }
+}
+
+/// A call an agent's phone placed to another agent, a centre or an
+/// emergency number. While it runs, an attended transfer by the same agent
+/// may take over its far leg.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn call_target(
+    ctx: CallCtx,
+    events: mpsc::Receiver<CallEvent>,
+    a_key: TxKey,
+    invite: Request,
+    a_peer: Peer,
+    route: &Route,
+    agent: String,
+    target: Target,
+) -> End {
+    let a_tag = random_token();
+    let Some(offer) = super::offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
+        return End::Refused;
+    };
+    let shared = ctx.shared.clone();
+    let call_id = invite.core.call_id.clone();
+    let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
+    call.caller_agent = Some(agent.clone());
+    call.cdr.hotline = "agent call".into();
+    let (tx, rx) = mpsc::channel(1);
+    shared.consults.insert(&call_id, tx);
+    call.takeover = Some(rx);
+    info!(agent = %agent, to = %target.label(), "agent call");
+    let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+    let end = match call.reach_target(&target, ring, &offer, None).await {
+        Reached::Answered(leg, ticket) => {
+            let a_dialog = Dialog::uas(&call.invite, &call.a_tag);
+            call.bridge_to_end(a_dialog, *leg, ticket).await
+        }
+        Reached::Failed(status) => {
+            call.a_respond(status, &[], b"");
+            End::NoAgent
+        }
+        Reached::CallerGone => End::CallerCancelled,
+    };
+    shared.consults.remove(&call_id);
+    end
+}
+
+/// How ringing a target ended.
+enum Reached {
+    Answered(Box<Leg>, Option<Ticket>),
+    Failed(u16),
+    CallerGone,
+}
+
+impl Call {
+    /// Rings an agent or an outside target for the caller (`queue`: the
+    /// queue the call is accounted to, for an agent claimed by name).
+    async fn reach_target(
+        &mut self,
+        target: &Target,
+        ring: Duration,
+        offer: &AudioOffer,
+        queue: Option<&str>,
+    ) -> Reached {
+        let shared = self.ctx.shared.clone();
+        let route = self.route.clone();
+        let (seat, ticket) = match target {
+            Target::Agent(id) => {
+                let (ticket, claimed) =
+                    shared.acd.claim(&self.invite.core.call_id, id, queue).await;
+                match claimed {
+                    Ok(seat) => (seat, Some(ticket)),
+                    Err(e) => {
+                        info!(agent = %id, reason = %e, "target agent cannot take the call");
+                        let status = if e.contains("on-call")
+                            || e.contains("ringing")
+                            || e.contains("wrap-up")
+                        {
+                            486
+                        } else {
+                            480
+                        };
+                        return Reached::Failed(status);
+                    }
+                }
+            }
+            Target::Out { label, target } => (
+                SeatContact {
+                    agent: label.clone(),
+                    uri: target.uri.clone(),
+                    peer: target.peer,
+                },
+                None,
+            ),
+            Target::Queue(_) => return Reached::Failed(480),
+        };
+        let uri = seat.uri.clone();
+        match self
+            .offer_to(&[(seat, uri)], ring, offer, &route, ticket.as_ref())
+            .await
+        {
+            Offer::Answered(leg) => Reached::Answered(leg, ticket),
+            Offer::Next => Reached::Failed(480),
+            Offer::CallerGone => Reached::CallerGone,
+        }
+    }
+
+    /// Sends a NOTIFY for the REFER on `leg` with the target's progress.
+    fn notify(&self, leg: &mut Leg, status: u16, done: bool) {
+        let state = if done {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let body = format!("SIP/2.0 {status} {}\r\n", phrase(status));
+        let contact = self.contact(&leg.peer);
+        let (bytes, branch, _) = leg.dialog.request(
+            &Method::Notify,
+            &self.ctx.shared.host,
+            leg.peer.transport.via_token(),
+            None,
+            &[
+                ("Event", "refer"),
+                ("Subscription-State", state),
+                ("Contact", &contact),
+                ("Content-Type", "message/sipfrag;version=2.0"),
+            ],
+            body.as_bytes(),
+        );
+        self.send_to_leg(&leg.dialog, leg.peer, bytes, branch, Method::Notify);
+    }
+
+    /// The transferring agent's leg learns the outcome and is hung up.
+    fn release_transferor(&mut self, status: u16) {
+        if let Some(mut t) = self.transferor.take() {
+            self.notify(&mut t, status, true);
+            self.bye(&mut t.dialog, t.peer);
+        }
+    }
+
+    /// An agent's REFER on its leg `b`. The caller's dialog is in
+    /// `self.a_dialog`.
+    pub(super) async fn transfer(
+        &mut self,
+        mut b: Leg,
+        ticket: Option<Ticket>,
+        key: TxKey,
+        req: Box<Request>,
+    ) -> After {
+        let tag = b.dialog.local_tag.clone();
+        let refer_to = req.headers.get("refer-to").and_then(parse_refer_to);
+        let Some((user, replaces)) = refer_to else {
+            info!("REFER without a usable Refer-To");
+            respond(&self.ctx, &key, &req, &tag, 400, &[], b"");
+            return After::Bridge(Box::new(b), ticket);
+        };
+        if let Some(replaces) = replaces {
+            return self.attended(b, ticket, key, req, &user, replaces).await;
+        }
+        let shared = self.ctx.shared.clone();
+        let target =
+            resolve(&shared, &user).filter(|t| *t != Target::Agent(self.cdr.agent.clone()));
+        let Some(target) = target else {
+            info!(to = %user, "transfer to a target agents may not reach; refused");
+            respond(&self.ctx, &key, &req, &tag, 403, &[], b"");
+            return After::Bridge(Box::new(b), ticket);
+        };
+        let Some(law) = Law::from_pt(self.codec) else {
+            respond(
+                &self.ctx,
+                &key,
+                &req,
+                &tag,
+                488,
+                &[("Warning", "399 yihaotong \"transfer needs PCMU or PCMA\"")],
+                b"",
+            );
+            return After::Bridge(Box::new(b), ticket);
+        };
+        respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
+        self.notify(&mut b, 100, false);
+        info!(agent = %self.cdr.agent, to = %target.label(), "blind transfer");
+        if !self.unbridge(law).await {
+            warn!("the relay could not be taken apart; ending the call");
+            self.notify(&mut b, 503, true);
+            self.bye(&mut b.dialog, b.peer);
+            self.bye_caller();
+            return After::Ended(End::Refused);
+        }
+        self.take_off_hold();
+        let queue = self.cdr.queue.clone();
+        self.music_on_hold(&queue);
+        self.transferor = Some(b);
+        let offer = self.bridge_offer();
+        let label = target.label().to_string();
+        self.cdr.transfers.push(label.clone());
+        if let Target::Queue(q) = &target {
+            // Into a queue the transfer is done once the caller is in line.
+            self.release_transferor(200);
+            if let Some(t) = ticket {
+                t.transferred(&label);
+            }
+            return self.requeue(&offer, q).await;
+        }
+        let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+        let on_queue = (!queue.is_empty()).then_some(queue.as_str());
+        match self.reach_target(&target, ring, &offer, on_queue).await {
+            Reached::Answered(leg, new_ticket) => {
+                info!(to = %label, "transfer answered");
+                self.release_transferor(200);
+                if let Some(t) = ticket {
+                    t.transferred(&label);
+                }
+                if new_ticket.is_some() && shared.settings.recording.enabled {
+                    self.start_recording().await;
+                }
+                After::Bridge(leg, new_ticket)
+            }
+            Reached::CallerGone => {
+                self.release_transferor(487);
+                After::Ended(End::CallerHungUp)
+            }
+            Reached::Failed(status) => {
+                info!(to = %label, status, "transfer failed");
+                self.cdr.transfers.pop();
+                match self.transferor.take() {
+                    Some(mut agent) => {
+                        // The agent is still there: the caller goes back to them.
+                        self.notify(&mut agent, status, true);
+                        if !self.bridge_media().await {
+                            self.bye(&mut agent.dialog, agent.peer);
+                            self.bye_caller();
+                            return After::Ended(End::Refused);
+                        }
+                        self.relay_cmd(RelayCmd::Remote(Side::B, agent.remote_media))
+                            .await;
+                        After::Bridge(Box::new(agent), ticket)
+                    }
+                    None => {
+                        // The agent left: the caller goes back to the queue.
+                        drop(ticket);
+                        if queue.is_empty() {
+                            self.busy_notice_and_hangup().await;
+                            return After::Ended(End::NoAgent);
+                        }
+                        self.requeue(&offer, &queue).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the answered caller in `queue` after a transfer.
+    async fn requeue(&mut self, offer: &AudioOffer, queue: &str) -> After {
+        let route = self.route.clone();
+        let rank = self.rank(0);
+        match self.wait_for_agent(offer, &route, queue, rank).await {
+            Ok((leg, ticket)) => {
+                if self.ctx.shared.settings.recording.enabled {
+                    self.start_recording().await;
+                }
+                After::Bridge(Box::new(leg), Some(ticket))
+            }
+            Err(Unserved::CallerGone) => After::Ended(End::CallerHungUp),
+            Err(_) => {
+                self.busy_notice_and_hangup().await;
+                After::Ended(End::NoAgent)
+            }
+        }
+    }
+
+    /// An attended transfer: the consultation call `replaces` names gives
+    /// its far leg to this call.
+    async fn attended(
+        &mut self,
+        mut b: Leg,
+        ticket: Option<Ticket>,
+        key: TxKey,
+        req: Box<Request>,
+        user: &str,
+        replaces: Replaces,
+    ) -> After {
+        let tag = b.dialog.local_tag.clone();
+        let shared = self.ctx.shared.clone();
+        let Some(consult) = shared.consults.get(&replaces.call_id) else {
+            info!(call_id = %replaces.call_id, "Replaces names no consultation call");
+            respond(&self.ctx, &key, &req, &tag, 481, &[], b"");
+            return After::Bridge(Box::new(b), ticket);
+        };
+        respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
+        self.notify(&mut b, 100, false);
+        let (reply, handed) = oneshot::channel();
+        let asked = consult
+            .send(Takeover {
+                agent: self.cdr.agent.clone(),
+                reply,
+            })
+            .await;
+        let handed = match asked {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), handed)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        let Some(handed) = handed else {
+            info!("the consultation call did not hand over its leg (not answered yet?)");
+            self.notify(&mut b, 481, true);
+            return After::Bridge(Box::new(b), ticket);
+        };
+        let Handed {
+            dialog,
+            peer,
+            remote_media,
+            ticket: new_ticket,
+            agent: new_agent,
+        } = handed;
+        let label = if new_agent.is_empty() {
+            user.to_string()
+        } else {
+            new_agent.clone()
+        };
+        info!(agent = %self.cdr.agent, to = %label, "attended transfer");
+        // The target's dialog is ours from now on.
+        let _ = self
+            .worker_for(&dialog.call_id)
+            .send(crate::server::WorkerInput::Bind {
+                call_id: dialog.call_id.clone(),
+                owner: self.ctx.events_tx.clone(),
+            })
+            .await;
+        let mut target = Leg {
+            side: Side::B,
+            dialog,
+            peer,
+            media: self.b_addr,
+            sdp_version: 100,
+            pending: None,
+            our_reinvite: None,
+            remote_media,
+        };
+        // The target now talks to our relay's far side.
+        self.relay_cmd(RelayCmd::Remote(Side::B, remote_media))
+            .await;
+        target.our_reinvite = Some(self.send_reinvite(
+            &mut target.dialog,
+            target.peer,
+            target.media,
+            target.sdp_version,
+            Direction::SendRecv,
+        ));
+        self.notify(&mut b, 200, true);
+        self.bye(&mut b.dialog, b.peer);
+        let _ = self
+            .worker_for(&b.dialog.call_id)
+            .send(crate::server::WorkerInput::Unbind {
+                call_id: b.dialog.call_id.clone(),
+            })
+            .await;
+        if let Some(t) = ticket {
+            t.transferred(&label);
+        }
+        self.cdr.transfers.push(label);
+        self.take_off_hold();
+        After::Bridge(Box::new(target), new_ticket)
+    }
+
+    /// The offer we make targets: the caller's codec (the caller is answered).
+    fn bridge_offer(&self) -> AudioOffer {
+        AudioOffer {
+            addr: self.a_remote,
+            codecs: vec![self.codec],
+            telephone_event: self.telephone_event,
+            direction: Direction::SendRecv,
+        }
+    }
+
+    /// A caller the agent put on hold is taken off it (a transfer moves them on).
+    fn take_off_hold(&mut self) {
+        if !self.a_direction.is_hold() {
+            return;
+        }
+        let Some(mut dialog) = self.a_dialog.take() else {
+            return;
+        };
+        self.a_sdp_version += 1;
+        self.send_reinvite(
+            &mut dialog,
+            self.a_peer,
+            self.a_media(),
+            self.a_sdp_version,
+            Direction::SendRecv,
+        );
+        self.a_direction = Direction::SendRecv;
+        self.a_dialog = Some(dialog);
+    }
+
+    /// Takes the relay apart: the caller's socket goes back to the media
+    /// engine (continuing the stream they heard), the far socket waits for
+    /// the next leg.
+    async fn unbridge(&mut self, law: Law) -> bool {
+        let Some(relay) = self.relay.take() else {
+            return false;
+        };
+        let (tx, rx) = oneshot::channel();
+        if relay.cmd.send(RelayCmd::Release(tx)).await.is_err() {
+            return false;
+        }
+        let Ok(released) = rx.await else {
+            return false;
+        };
+        drop(relay);
+        let pool = self.ctx.shared.ports.clone();
+        let remote = released.a_remote.unwrap_or(self.a_remote);
+        let (media_tx, _keys_ignored) = mpsc::channel(4);
+        let stream = released.a.try_clone().and_then(|dup| {
+            self.ctx.shared.engine.add(StreamSetup {
+                socket: dup,
+                remote,
+                law,
+                telephone_event: self.telephone_event,
+                events: media_tx,
+                silence: Some((self.silent_tx.clone(), self.rtp_timeout())),
+                continuing: Some(released.numbering),
+            })
+        });
+        match stream {
+            Ok(stream) => {
+                self.a_remote = remote;
+                self.ivr = Some(IvrMedia {
+                    stream,
+                    socket: released.a,
+                });
+                self.b_socket = Some(released.b);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "media engine refused the caller's stream");
+                for s in [&released.a, &released.b] {
+                    if let Ok(addr) = s.local_addr() {
+                        pool.release(addr.port());
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refer_to_gives_the_user_and_the_replaced_dialog() {
+        assert_eq!(
+            parse_refer_to("<sip:1002@12345.hotline;transport=udp>"),
+            Some(("1002".into(), None))
+        );
+        assert_eq!(
+            parse_refer_to("sip:110@127.0.0.1;method=INVITE"),
+            Some(("110".into(), None))
+        );
+        assert_eq!(parse_refer_to("<tel:120>"), Some(("120".into(), None)));
+        assert_eq!(
+            parse_refer_to(
+                "<sip:agent2@127.0.0.1?Replaces=abc%40phone%3Bto-tag%3D12%3Bfrom-tag%3D34&Require=replaces>"
+            ),
+            Some((
+                "agent2".into(),
+                Some(Replaces {
+                    call_id: "abc@phone".into()
+                })
+            ))
+        );
+        assert_eq!(parse_refer_to("<sip:127.0.0.1>"), None);
+        assert_eq!(parse_refer_to("<sip:@host>"), None);
+        assert_eq!(parse_refer_to("<http://x>"), None);
+        assert_eq!(parse_refer_to("<sip:a b@host>"), None);
+        assert_eq!(parse_refer_to("<sip:%zz@h>"), Some(("%zz".into(), None)));
+        assert_eq!(parse_refer_to("<sip:x@h?Replaces=%"), None);
+    }
+}
