@@ -37,6 +37,8 @@ say cmn queue/many "您前面的来电较多，请耐心等候。"
 say cmn queue/wait "预计等待时间约"
 say cmn queue/minutes "分钟。"
 say cmn queue/wait-long "预计等待时间较长，请耐心等候。"
+say cmn queue/callback-offer "如需保留排队位置并由我们回电，请按一。"
+say cmn queue/callback-booked "已为您登记回电，轮到您时我们将回拨本号码，再见。"
 n=1
 for word in 一 二 三 四 五 六 七 八 九 十 十一 十二 十三 十四 十五 十六 十七 十八 十九 二十; do
     say cmn "number/$n" "$word"

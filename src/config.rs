@@ -143,6 +143,8 @@ pub struct QueueDef {
     pub periodic_announce: Option<String>,
     /// Seconds between periodic announcements (0: never).
     pub periodic_announce_every: Option<u64>,
+    /// Overrides `[queue] callback_after`.
+    pub callback_after: Option<u64>,
     /// Seconds within which an answer counts as in service level.
     pub service_level: Option<u64>,
     /// Seconds before an agent who missed a caller is offered them again.
@@ -299,6 +301,17 @@ pub struct QueueSettings {
     /// Seconds between flushes of CDRs and queue-log lines to disk (a kill -9
     /// loses at most this much; a clean stop loses nothing).
     pub record_flush: u64,
+    /// Seconds of waiting before a caller a flow answered is offered a
+    /// callback (0: never); the offer repeats at this period.
+    pub callback_after: u64,
+    /// The key that books the callback.
+    pub callback_key: char,
+    /// Times the citizen is called back before the callback is given up.
+    pub callback_attempts: u32,
+    /// Seconds before a callback the citizen did not answer is tried again.
+    pub callback_retry: u64,
+    /// Seconds the citizen's phone rings on a callback.
+    pub callback_ring: u64,
 }
 
 impl Settings {
@@ -353,6 +366,7 @@ impl Settings {
                 q.and_then(|q| q.periodic_announce_every),
                 d.periodic_announce_every,
             ),
+            callback: secs(q.and_then(|q| q.callback_after), d.callback_after),
         }
     }
 }
@@ -368,6 +382,8 @@ pub struct Announcements {
     pub periodic: String,
     /// Its period.
     pub periodic_every: std::time::Duration,
+    /// When (and how often) the callback offer is made.
+    pub callback: std::time::Duration,
 }
 
 impl Settings {
@@ -426,6 +442,19 @@ impl Settings {
                 "settings: [trunk] outbound {:?} must be a sip: URI with an IP address",
                 self.trunk.outbound
             );
+        }
+        let callbacks = self.queue.callback_after > 0
+            || self
+                .queues
+                .values()
+                .any(|q| q.callback_after.is_some_and(|s| s > 0));
+        if callbacks && self.trunk.outbound.is_empty() {
+            bail!("settings: [queue] callback_after needs [trunk] outbound (callbacks go out through the trunk)");
+        }
+        if !self.queue.callback_key.is_ascii_digit()
+            && !matches!(self.queue.callback_key, '*' | '#')
+        {
+            bail!("settings: [queue] callback_key must be one of 0-9 * #");
         }
         for (name, to) in &self.transfer.centres {
             let usable = if to.starts_with("sip:") {

@@ -429,6 +429,8 @@ impl Server {
         if shared.settings.recording.enabled && shared.settings.recording.retention_days > 0 {
             tokio::spawn(expire_recordings(shared.clone()));
         }
+        // Callbacks booked before a stop go back in line.
+        tokio::spawn(crate::call::resume_callbacks(shared.clone()));
         let inbound_shared = shared.clone();
         sockets.start(
             listener,

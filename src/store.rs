@@ -120,6 +120,33 @@ pub struct Store {
     cdrs: sled::Tree,
     /// Recording metadata, keyed by file path.
     recordings: sled::Tree,
+    callbacks: sled::Tree,
+}
+
+/// A callback a waiting caller booked: kept until the citizen is reached
+/// or the attempts run out, so it survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackBooking {
+    /// Key in the tree; bookings are served in this order after a restart.
+    pub id: u64,
+    /// Call-ID of the call that booked it.
+    pub call_id: String,
+    /// The citizen's number.
+    pub number: String,
+    /// Queue whose line it waits in.
+    pub queue: String,
+    /// Priority rank.
+    pub rank: crate::acd::desk::Rank,
+    /// Hotline label and dialed number of the original call.
+    pub hotline: String,
+    /// Dialed number.
+    pub dialed: String,
+    /// When it was booked (unix ms).
+    pub requested: u64,
+    /// Calls to the citizen so far.
+    pub attempts: u32,
+    /// The original call's data (`X-` headers) for the agent's screen.
+    pub call_data: Vec<(String, String)>,
 }
 
 /// What is known about one recording.
@@ -175,6 +202,7 @@ impl Store {
             queue_log: db.open_tree("queue_log")?,
             cdrs: db.open_tree("cdrs")?,
             recordings: db.open_tree("recordings")?,
+            callbacks: db.open_tree("callbacks")?,
             db,
         })
     }
@@ -200,6 +228,40 @@ impl Store {
             .insert(id.as_bytes(), serde_json::to_vec(p)?)?;
         self.presence.flush()?;
         Ok(())
+    }
+
+    /// A fresh id for a callback booking (increasing across restarts).
+    pub fn next_callback_id(&self) -> anyhow::Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Saves a callback booking, on disk when this returns.
+    pub fn put_callback(&self, booking: &CallbackBooking) -> anyhow::Result<()> {
+        self.callbacks
+            .insert(booking.id.to_be_bytes(), serde_json::to_vec(booking)?)?;
+        self.callbacks.flush()?;
+        Ok(())
+    }
+
+    /// Forgets a callback booking (done or given up).
+    pub fn remove_callback(&self, id: u64) -> anyhow::Result<()> {
+        self.callbacks.remove(id.to_be_bytes())?;
+        self.callbacks.flush()?;
+        Ok(())
+    }
+
+    /// Every pending callback, oldest first (unreadable entries are skipped
+    /// and logged, never fatal).
+    pub fn callbacks(&self) -> anyhow::Result<Vec<CallbackBooking>> {
+        let mut out = Vec::new();
+        for item in self.callbacks.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice::<CallbackBooking>(&v) {
+                Ok(b) => out.push(b),
+                Err(e) => tracing::error!(error = %e, "unreadable callback booking skipped"),
+            }
+        }
+        Ok(out)
     }
 
     /// Appends queue-log lines, CDRs and recording metadata (already keyed)

@@ -271,6 +271,9 @@ pub struct Joining {
     pub rank: Rank,
     /// Calling number (for returning callers).
     pub number: String,
+    /// A booked callback (the caller hung up and is called back when their
+    /// turn comes): it waits without `max_wait`, `join_empty` or `leave_empty`.
+    pub callback: bool,
 }
 
 type LineKey = (Rank, u64, CallRef);
@@ -289,6 +292,8 @@ struct Caller {
     tried: Vec<(Arc<str>, u64)>,
     /// max_wait passed while agents rang; leaves if none answers.
     timed_out: bool,
+    /// A booked callback: patient, whatever the queue's limits.
+    callback: bool,
 }
 
 #[derive(Debug)]
@@ -1010,7 +1015,7 @@ impl Desk {
         if queue.rules.max_waiting > 0 && queue.line.len() >= queue.rules.max_waiting {
             return Err(Refusal::Full);
         }
-        if queue.empty_by(&queue.rules.join_empty) {
+        if !joining.callback && queue.empty_by(&queue.rules.join_empty) {
             return Err(Refusal::Empty);
         }
         // A returning caller takes back the place they left.
@@ -1065,9 +1070,10 @@ impl Desk {
                 ringing: Vec::new(),
                 tried: Vec::new(),
                 timed_out: false,
+                callback: joining.callback,
             },
         );
-        if max_wait > 0 {
+        if max_wait > 0 && !joining.callback {
             self.timer(now + max_wait, Timer::MaxWait(joining.call));
         }
         // Skills with tier_wait: look again as each higher level opens.
@@ -1378,6 +1384,32 @@ impl Desk {
         self.settle(now, out);
     }
 
+    /// A waiting caller books a callback: they keep their place but wait
+    /// without the queue's limits. `false` if they are not waiting now (not
+    /// in line, or an agent is being rung for them).
+    pub fn to_callback(&mut self, call: CallRef, now: u64, out: &mut Vec<Output>) -> bool {
+        let Some(caller) = self.callers.get_mut(&call) else {
+            return false;
+        };
+        if !caller.ringing.is_empty() {
+            return false;
+        }
+        caller.callback = true;
+        let call_id = caller.call_id.clone();
+        let name = self.queues[caller.queue].name.clone();
+        let position = self.queues[caller.queue].line.range(..caller.key).count() + 1;
+        Self::log(
+            out,
+            now,
+            &call_id,
+            &name,
+            "NONE",
+            "CALLBACK",
+            vec![position.to_string()],
+        );
+        true
+    }
+
     /// Reserves `agent` for a call offered to them by name (a transfer, a
     /// consultation): only an available, idle, registered agent can be
     /// claimed. The call counts against `queue` if the agent is a member,
@@ -1528,7 +1560,12 @@ impl Desk {
             if !queue.empty_by(&queue.rules.leave_empty) {
                 continue;
             }
-            let leaving: Vec<CallRef> = queue.ready.iter().map(|k| k.2).collect();
+            let leaving: Vec<CallRef> = queue
+                .ready
+                .iter()
+                .map(|k| k.2)
+                .filter(|c| self.callers.get(c).is_some_and(|c| !c.callback))
+                .collect();
             for call in leaving {
                 self.exit(call, ExitReason::Empty, now, out);
             }
@@ -1560,7 +1597,7 @@ impl Desk {
                     }
                 }
                 Timer::MaxWait(call) => {
-                    let Some(caller) = self.callers.get_mut(&call) else {
+                    let Some(caller) = self.callers.get_mut(&call).filter(|c| !c.callback) else {
                         continue;
                     };
                     if caller.ringing.is_empty() {
@@ -1776,6 +1813,7 @@ mod tests {
                 queue: "main".into(),
                 rank,
                 number: format!("1380000{call:04}"),
+                callback: false,
             },
             now,
             &mut out,
@@ -2269,6 +2307,7 @@ mod tests {
                 queue: "main".into(),
                 rank: Rank::Normal,
                 number: "13800000002".into(),
+                callback: false,
             },
             20 * S,
             &mut out,
@@ -2283,6 +2322,7 @@ mod tests {
                 queue: "main".into(),
                 rank: Rank::Normal,
                 number: "13800000002".into(),
+                callback: false,
             },
             100 * S,
             &mut out,
@@ -2416,6 +2456,7 @@ mod tests {
                                 queue: queue.into(),
                                 rank,
                                 number: format!("{}", next(50)),
+                                callback: false,
                             },
                             now,
                             &mut out,

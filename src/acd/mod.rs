@@ -99,6 +99,10 @@ enum Msg {
         call: CallRef,
         to: String,
     },
+    ToCallback {
+        call: CallRef,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Handle to the ACD actor. Cloning is cheap.
@@ -154,6 +158,24 @@ impl Ticket {
             agent: agent.to_string(),
             outcome,
         });
+    }
+
+    /// The waiting caller booked a callback: they keep their place without
+    /// the queue's limits. `false` if they are not waiting now.
+    pub async fn to_callback(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .acd
+            .tx
+            .send(Msg::ToCallback {
+                call: self.call,
+                reply,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// The caller's position (1 = next) and the queue's recent hold time (ms).
@@ -225,7 +247,8 @@ impl Acd {
         acd
     }
 
-    /// Puts a caller in line. The ticket must live as long as the call.
+    /// Puts a caller, or a booked callback (`callback`), in line. The
+    /// ticket must live as long as the call.
     pub async fn enter(
         &self,
         call_id: &str,
@@ -233,6 +256,7 @@ impl Acd {
         rank: Rank,
         number: &str,
         to_call: mpsc::UnboundedSender<ToCall>,
+        callback: bool,
     ) -> (Ticket, Result<usize, Refusal>) {
         let call = self.tickets.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket {
@@ -247,6 +271,7 @@ impl Acd {
             queue: queue.to_string(),
             rank,
             number: number.to_string(),
+            callback,
         };
         let sent = self.tx.send(Msg::Enter {
             joining,
@@ -415,6 +440,9 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Msg::Transferred { call, to } => self.desk.transferred(call, &to, now, out),
+            Msg::ToCallback { call, reply } => {
+                let _ = reply.send(self.desk.to_callback(call, now, out));
+            }
             Msg::Presence {
                 agent,
                 presence,

@@ -37,6 +37,12 @@ pub enum Disposition {
     /// Refused or failed before anything else (bad SDP, no ports, errors).
     #[default]
     Failed,
+    /// The caller booked a callback and hung up, keeping their place.
+    CallbackBooked,
+    /// A callback: an agent was connected and the citizen answered.
+    CallbackCompleted,
+    /// A callback attempt the citizen did not answer.
+    CallbackUnanswered,
 }
 
 /// One call's record.
@@ -88,6 +94,9 @@ pub struct Cdr {
     /// Where agents transferred the call, in order (agent IDs, queues, numbers).
     #[serde(default)]
     pub transfers: Vec<String>,
+    /// For a callback call: the Call-ID of the call that booked it.
+    #[serde(default)]
+    pub callback_for: String,
 }
 
 enum RecordMsg {

@@ -71,6 +71,10 @@ pub struct Row {
     pub asa: Option<f64>,
     /// Mean talk time, seconds.
     pub aht: Option<f64>,
+    /// Callers who booked a callback instead of waiting.
+    pub callbacks_requested: u64,
+    /// Callbacks that reached the citizen with an agent on the line.
+    pub callbacks_completed: u64,
     #[serde(skip)]
     abandoned_in_sl: u64,
     #[serde(skip)]
@@ -81,7 +85,17 @@ pub struct Row {
 
 impl Row {
     fn add(&mut self, cdr: &Cdr, count_offer: bool) {
+        // A callback call is the booking call's second half, not a new call.
+        if !cdr.callback_for.is_empty() {
+            if cdr.disposition == Disposition::CallbackCompleted {
+                self.callbacks_completed += 1;
+            }
+            return;
+        }
         self.calls += 1;
+        if cdr.disposition == Disposition::CallbackBooked {
+            self.callbacks_requested += 1;
+        }
         let Some(queued) = cdr.queued else {
             return;
         };
@@ -127,6 +141,8 @@ impl Row {
         self.abandoned_in_sl += o.abandoned_in_sl;
         self.wait_total += o.wait_total;
         self.talk_total += o.talk_total;
+        self.callbacks_requested += o.callbacks_requested;
+        self.callbacks_completed += o.callbacks_completed;
     }
 
     fn finish(&mut self) {
@@ -159,7 +175,10 @@ pub fn compute(cdrs: &[Cdr], log: &[LogLine], by: By, utc_offset_minutes: i32) -
             }
             By::Agent => {
                 if cdr.agent.is_empty()
-                    || cdr.disposition != Disposition::Answered
+                    || !matches!(
+                        cdr.disposition,
+                        Disposition::Answered | Disposition::CallbackCompleted
+                    )
                     || cdr.queued.is_none()
                 {
                     continue;
@@ -208,7 +227,7 @@ pub enum Format {
     Json,
 }
 
-const COLUMNS: [&str; 13] = [
+const COLUMNS: [&str; 15] = [
     "group",
     "calls",
     "offered",
@@ -222,9 +241,11 @@ const COLUMNS: [&str; 13] = [
     "unserved",
     "asa_s",
     "aht_s",
+    "cb_req",
+    "cb_done",
 ];
 
-fn cells(r: &Row) -> [String; 13] {
+fn cells(r: &Row) -> [String; 15] {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
     [
@@ -241,6 +262,8 @@ fn cells(r: &Row) -> [String; 13] {
         r.unserved.to_string(),
         secs(r.asa),
         secs(r.aht),
+        r.callbacks_requested.to_string(),
+        r.callbacks_completed.to_string(),
     ]
 }
 
@@ -265,7 +288,7 @@ pub fn render(rows: &[Row], format: Format) -> String {
             s
         }
         Format::Table => {
-            let all: Vec<[String; 13]> = rows.iter().map(cells).collect();
+            let all: Vec<[String; 15]> = rows.iter().map(cells).collect();
             let mut width = COLUMNS.map(|c| c.chars().count());
             for row in &all {
                 for (w, c) in width.iter_mut().zip(row) {
@@ -450,7 +473,7 @@ mod tests {
         let csv = render(&rows, Format::Csv);
         assert_eq!(
             csv.lines().nth(1),
-            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0")
+            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0,0,0")
         );
         assert_eq!(
             parse_time("2025-11-28 11:00", 480, 0),
@@ -461,6 +484,21 @@ mod tests {
             Ok(10_000_000 - 7_200_000)
         );
         assert!(parse_time("yesterday", 480, 0).is_err_and(|e| e.contains("not a time")));
+        // Two callers book callbacks; one callback reaches the citizen
+        // (after an unanswered attempt), the other is never reached.
+        let mut with_callbacks = cdrs.clone();
+        with_callbacks.push(cdr("main", 800, None, 830, CallbackBooked));
+        with_callbacks.push(cdr("main", 900, None, 930, CallbackBooked));
+        for (d, answered) in [(CallbackUnanswered, None), (CallbackCompleted, Some(1000))] {
+            with_callbacks.push(Cdr {
+                callback_for: "main-800".into(),
+                ..cdr("main", 990, answered, 1100, d)
+            });
+        }
+        let r = &compute(&with_callbacks, &[], By::Hotline, 480)[0];
+        assert_eq!((r.calls, r.offered, r.answered), (9, 8, 4));
+        assert_eq!((r.callbacks_requested, r.callbacks_completed), (2, 1));
+        assert_eq!((r.abandoned, r.abandoned_short, r.unserved), (1, 1, 0));
         let table = render(&rows, Format::Table);
         assert!(table
             .lines()

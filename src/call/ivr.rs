@@ -235,7 +235,14 @@ impl Call {
                         Effect::Queue { queue, priority } => {
                             self.flow_done(&session);
                             info!(queue = %queue, priority, keys = session.keys(), path = %session.position(), "flow queued the call");
-                            match self.queue(offer, route, &queue, priority).await {
+                            // The queue hears the callback key from the media engine.
+                            self.keys = Some(media);
+                            let after = self.queue(offer, route, &queue, priority).await;
+                            media = match self.keys.take() {
+                                Some(m) => m,
+                                None => mpsc::channel(1).1,
+                            };
+                            match after {
                                 AfterQueue::Ended(end) => return end,
                                 AfterQueue::Flow(name) => {
                                     next_flow = Some(name);
@@ -500,9 +507,15 @@ impl Call {
     /// No agent for an answered caller: the busy notice, then hang-up.
     pub(super) async fn busy_notice_and_hangup(&mut self) {
         info!("no agent: the busy notice, then hang-up");
+        self.notice_and_hangup(ALL_BUSY).await;
+    }
+
+    /// Plays `prompt` to the answered caller, then hangs up (unless they
+    /// hung up first).
+    pub(super) async fn notice_and_hangup(&mut self, prompt: &str) {
         let catalog = self.ctx.shared.catalog();
-        self.play(&catalog, 1, &[ALL_BUSY.to_string()], false, false);
-        let frames = catalog.prompts.get(ALL_BUSY).map_or(0, |p| p.frames());
+        self.play(&catalog, 1, &[prompt.to_string()], false, false);
+        let frames = catalog.prompts.get(prompt).map_or(0, |p| p.frames());
         let notice = Duration::from_millis(20 * frames as u64 + 300);
         if self.hold(Instant::now() + notice).await {
             self.bye_caller();

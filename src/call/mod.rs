@@ -27,9 +27,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+mod callback;
 mod ivr;
 mod queue;
 mod transfer;
+
+pub use callback::resume_callbacks;
 
 pub use transfer::Consults;
 use transfer::Takeover;
@@ -178,6 +181,9 @@ struct Call {
     /// Requests from another call to take over this call's far leg (an
     /// attended transfer replacing this consultation call).
     takeover: Option<mpsc::Receiver<Takeover>>,
+    /// Keys and prompt ends from the media engine while a flow's caller
+    /// waits in line (the callback key).
+    keys: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
 }
 
 /// How a bridge ended.
@@ -556,6 +562,7 @@ impl Call {
             transferor: None,
             caller_agent: None,
             takeover: None,
+            keys: None,
         }
     }
 
@@ -1114,6 +1121,7 @@ impl Call {
             // A 2xx to our re-INVITE of the answered caller (taking them off hold).
             CallEvent::Response { response, .. }
                 if response.core.call_id == self.invite.core.call_id
+                    && self.a_dialog.is_some()
                     && response.core.cseq_method == Method::Invite
                     && (200..300).contains(&response.status) =>
             {

@@ -20,6 +20,7 @@ use crate::acd::desk::{ExitReason, Rank, Refusal};
 use crate::acd::records::Disposition;
 use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
 use crate::config::{Announcements, Overflow};
+use crate::media::engine::MediaEvent;
 use crate::media::sdp::AudioOffer;
 use crate::store::Route;
 
@@ -39,10 +40,12 @@ pub(super) enum Unserved {
     Flow(String),
 }
 
-enum Waited {
+pub(super) enum Waited {
     Connected(Box<Leg>),
     CallerGone,
     Exit(ExitReason),
+    /// The caller pressed the callback key after the offer.
+    Callback,
 }
 
 /// Which announcements are due.
@@ -51,6 +54,7 @@ struct Due {
     position: bool,
     wait: bool,
     periodic: bool,
+    callback: bool,
 }
 
 /// When a waiting caller hears what: the schedule of one queue's
@@ -61,9 +65,17 @@ struct Announcer {
     next_position: Option<Instant>,
     next_wait: Option<Instant>,
     next_periodic: Option<Instant>,
+    next_callback: Option<Instant>,
+    /// The callback offer was made: the key books it from now on.
+    callback_open: bool,
     /// The music resumes then (an announcement is playing).
     resume_music: Option<Instant>,
 }
+
+/// "To keep your place and be called back, press 1."
+const CALLBACK_OFFER: &str = "queue/callback-offer";
+/// "Your callback is booked; we will call this number when it is your turn."
+pub(super) const CALLBACK_BOOKED: &str = "queue/callback-booked";
 
 /// The first announcement comes this long after joining (a caller an agent
 /// takes at once hears none).
@@ -77,6 +89,8 @@ impl Announcer {
             next_wait: first(every.wait),
             next_periodic: (!every.periodic.is_empty() && !every.periodic_every.is_zero())
                 .then(|| joined + every.periodic_every),
+            next_callback: (!every.callback.is_zero()).then(|| joined + every.callback),
+            callback_open: false,
             every,
             resume_music: None,
         }
@@ -88,6 +102,7 @@ impl Announcer {
             self.next_position,
             self.next_wait,
             self.next_periodic,
+            self.next_callback,
             self.resume_music,
         ]
         .into_iter()
@@ -112,6 +127,7 @@ impl Announcer {
             position: take(&mut self.next_position, self.every.position),
             wait: take(&mut self.next_wait, self.every.wait),
             periodic: take(&mut self.next_periodic, self.every.periodic_every),
+            callback: take(&mut self.next_callback, self.every.callback),
         }
     }
 }
@@ -198,26 +214,37 @@ impl Call {
             }
             self.cdr.queue = queue.clone();
             self.music_on_hold(&queue);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, mut rx) = mpsc::unbounded_channel();
             let (ticket, joined) = shared
                 .acd
-                .enter(&self.invite.core.call_id, &queue, rank, &caller, tx)
+                .enter(&self.invite.core.call_id, &queue, rank, &caller, tx, false)
                 .await;
             let why = match joined {
                 Ok(position) => {
                     info!(queue = %queue, position, "waiting for an agent");
                     self.ring_caller();
-                    match self.wait_in_line(&ticket, rx, offer, route).await {
-                        Waited::Connected(leg) => {
-                            self.cdr.disposition = Disposition::Answered;
-                            return Ok((*leg, ticket));
+                    loop {
+                        match self.wait_in_line(&ticket, &mut rx, offer, route).await {
+                            Waited::Connected(leg) => {
+                                self.cdr.disposition = Disposition::Answered;
+                                return Ok((*leg, ticket));
+                            }
+                            Waited::CallerGone => {
+                                self.cdr.disposition = Disposition::Abandoned;
+                                return Err(Unserved::CallerGone);
+                            }
+                            Waited::Callback => {
+                                if !ticket.to_callback().await {
+                                    // Being rung for right now: the key came too late.
+                                    continue;
+                                }
+                                self.book_callback(ticket, rx, &queue, rank).await;
+                                self.cdr.disposition = Disposition::CallbackBooked;
+                                return Err(Unserved::CallerGone);
+                            }
+                            Waited::Exit(ExitReason::Timeout) => break Unserved::Timeout,
+                            Waited::Exit(ExitReason::Empty) => break Unserved::NoAgent,
                         }
-                        Waited::CallerGone => {
-                            self.cdr.disposition = Disposition::Abandoned;
-                            return Err(Unserved::CallerGone);
-                        }
-                        Waited::Exit(ExitReason::Timeout) => Unserved::Timeout,
-                        Waited::Exit(ExitReason::Empty) => Unserved::NoAgent,
                     }
                 }
                 Err(Refusal::UnknownQueue) => {
@@ -261,10 +288,10 @@ impl Call {
 
     /// In line: ring whom the desk offers until one answers, the desk lets
     /// the caller go, or the caller leaves.
-    async fn wait_in_line(
+    pub(super) async fn wait_in_line(
         &mut self,
         ticket: &Ticket,
-        mut desk: mpsc::UnboundedReceiver<ToCall>,
+        desk: &mut mpsc::UnboundedReceiver<ToCall>,
         offer: &AudioOffer,
         route: &Route,
     ) -> Waited {
@@ -274,9 +301,23 @@ impl Call {
             self.ctx.shared.settings.announcements(&queue),
             Instant::now(),
         );
+        let callback_key = self.ctx.shared.settings.queue.callback_key;
         loop {
             let deadline = announcer.deadline().filter(|_| self.ivr.is_some());
+            let keys = self.keys.as_mut();
+            let media_key = async move {
+                match keys {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut pressed = None;
             tokio::select! {
+                m = media_key => match m {
+                    Some(MediaEvent::Digit(c)) => pressed = Some(c),
+                    Some(MediaEvent::PlayDone(_)) => {}
+                    None => self.keys = None,
+                },
                 _ = crate::server::sleep_until(deadline.map(Instant::into_std)) => {
                     self.announce(&mut announcer, ticket, &queue).await;
                 }
@@ -301,10 +342,14 @@ impl Call {
                 e = self.events.recv() => match e {
                     None => return Waited::CallerGone,
                     Some(CallEvent::Request { key, request, .. }) => {
-                        if let CallerSaid::Bye = self.caller_request(key, request) {
-                            info!("caller hung up while waiting");
-                            self.caller_gone = true;
-                            return Waited::CallerGone;
+                        match self.caller_request(key, request) {
+                            CallerSaid::Bye => {
+                                info!("caller hung up while waiting");
+                                self.caller_gone = true;
+                                return Waited::CallerGone;
+                            }
+                            CallerSaid::Key(c) => pressed = Some(c),
+                            CallerSaid::Nothing => {}
                         }
                     }
                     Some(CallEvent::Cancelled) if !self.answered => {
@@ -326,6 +371,10 @@ impl Call {
                     self.caller_gone = true;
                     return Waited::CallerGone;
                 }
+            }
+            if pressed == Some(callback_key) && announcer.callback_open {
+                info!("caller books a callback");
+                return Waited::Callback;
             }
         }
     }
@@ -360,6 +409,10 @@ impl Call {
         }
         if due.periodic {
             names.push(announcer.every.periodic.clone());
+        }
+        if due.callback {
+            names.push(CALLBACK_OFFER.to_string());
+            announcer.callback_open = true;
         }
         if names.is_empty() {
             return;
@@ -420,6 +473,7 @@ mod tests {
             wait: Duration::from_secs(60),
             periodic: "hotline/urgent-notice".into(),
             periodic_every: Duration::from_secs(45),
+            callback: Duration::from_secs(50),
         };
         let mut a = Announcer::new(every, t0);
         assert_eq!(a.deadline(), Some(t0 + FIRST_ANNOUNCEMENT));
@@ -432,14 +486,16 @@ mod tests {
         a.resume_music = None;
         let d = a.take_due(t0 + Duration::from_secs(46));
         assert!(d.position && !d.wait && d.periodic);
+        assert!(!a.callback_open);
         let d = a.take_due(t0 + Duration::from_secs(63));
-        assert!(!d.position && d.wait && !d.periodic);
+        assert!(!d.position && d.wait && !d.periodic && d.callback);
         // Turned off: never.
         let off = Announcements {
             position: Duration::ZERO,
             wait: Duration::ZERO,
             periodic: String::new(),
             periodic_every: Duration::from_secs(10),
+            callback: Duration::ZERO,
         };
         assert_eq!(Announcer::new(off, t0).deadline(), None);
     }

@@ -230,6 +230,20 @@ pub fn load(settings: &Settings) -> Loaded {
             ));
         }
     }
+    let offering = settings
+        .queues
+        .keys()
+        .any(|q| !settings.announcements(q).callback.is_zero());
+    if offering {
+        for w in ["queue/callback-offer", "queue/callback-booked"] {
+            if prompts.get(w).is_none() {
+                setting_error(format!(
+                    "[queue] callback_after: prompt `{w}` does not exist under {}",
+                    settings.sounds_dir.display()
+                ));
+            }
+        }
+    }
     let said = &settings.queue.periodic_announce;
     if !said.is_empty() && prompts.get(said).is_none() {
         setting_error(format!(

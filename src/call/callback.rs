@@ -1,0 +1,461 @@
+//! Callbacks instead of waiting: the caller leaves the line and keeps their
+//! place; when it comes, an agent is connected first and then the citizen
+//! is called through the trunk.
+//!
+//! Room: the call, and the calls we place ourselves. Booking happens in the
+//! caller's call (the key after `queue/callback-offer`): the desk marks the
+//! place patient, the booking is written to sled before the caller hears
+//! `queue/callback-booked`, and the place (its desk ticket and ring channel)
+//! passes to a task that waits for it. That task builds a [`Call`] of its
+//! own whose "caller" is the citizen: the desk rings agents for it as for
+//! anyone in line (the agent's phone shows the citizen's number and
+//! `X-Callback`), and once an agent answers, the citizen's phone is rung
+//! through `[trunk] outbound`, showing the hotline's number. Unanswered, it is
+//! tried again after `callback_retry`, up to `callback_attempts` times. Bookings
+//! left at a stop are put back in line, oldest first, at the next start.
+//! It may touch the desk, the store's `callbacks` tree, and its own call.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use super::queue::{Waited, CALLBACK_BOOKED};
+use super::{respond, Call, CallCtx, CallEvent, Fork, Leg};
+use crate::acd::desk::Rank;
+use crate::acd::records::Disposition;
+use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
+use crate::media::relay::{RelayCmd, Side};
+use crate::media::sdp::{self, AudioOffer, Direction};
+use crate::server::{Shared, WorkerInput};
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::TxKey;
+use crate::sip::{random_token, Peer};
+use crate::store::{CallbackBooking, Route};
+
+/// How ringing the citizen ended.
+enum Citizen {
+    Answered(Dialog),
+    NoAnswer,
+    /// The agent hung up first.
+    AgentGone,
+}
+
+/// How one callback attempt ended.
+enum Attempt {
+    Done,
+    Unanswered,
+    AgentGone,
+    /// The line let the booking go (queue removed, server stopping): it
+    /// stays booked for the next start.
+    Stopped,
+}
+
+impl Call {
+    /// The waiting caller pressed the callback key and the desk made their
+    /// place patient: save the booking, hand the place to a task that waits
+    /// for it, tell the caller and hang up.
+    pub(super) async fn book_callback(
+        &mut self,
+        ticket: Ticket,
+        desk: mpsc::UnboundedReceiver<ToCall>,
+        queue: &str,
+        rank: Rank,
+    ) {
+        let shared = self.ctx.shared.clone();
+        let store = shared.store.clone();
+        let mut booking = CallbackBooking {
+            id: 0,
+            call_id: self.invite.core.call_id.clone(),
+            number: self.cdr.caller.clone(),
+            queue: queue.to_string(),
+            rank,
+            hotline: self.route.hotline.clone(),
+            dialed: self.cdr.dialed.clone(),
+            requested: now_ms(),
+            attempts: 0,
+            call_data: self.call_data.clone(),
+        };
+        let saved = tokio::task::spawn_blocking(move || {
+            booking.id = store.next_callback_id()?;
+            store.put_callback(&booking)?;
+            anyhow::Ok(booking)
+        })
+        .await;
+        match saved {
+            Ok(Ok(booking)) => {
+                info!(id = booking.id, number = %booking.number, queue, "callback booked");
+                tokio::spawn(pending(shared, booking, ticket, desk));
+                self.notice_and_hangup(CALLBACK_BOOKED).await;
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "cannot save the callback booking; the caller is let go");
+                self.busy_notice_and_hangup().await;
+            }
+            Err(e) => {
+                error!(error = %e, "callback booking task failed");
+                self.busy_notice_and_hangup().await;
+            }
+        }
+    }
+
+    /// Rings the citizen through the trunk for the answered agent on `agent`.
+    async fn ring_citizen(&mut self, agent: &mut Leg, ring: Duration) -> Citizen {
+        let shared = self.ctx.shared.clone();
+        let number = self.cdr.caller.clone();
+        let Some(target) = super::transfer::outbound(&shared.settings, &number) else {
+            warn!("no [trunk] outbound: the citizen cannot be called");
+            return Citizen::NoAnswer;
+        };
+        let local = format!("<sip:{}@{}>", self.cdr.dialed, shared.host);
+        let dialog = Dialog::uac(
+            self.invite.core.call_id.clone(),
+            local,
+            format!("<{}>", target.uri),
+            target.uri.clone(),
+        );
+        let mut fork = Fork {
+            seat: SeatContact {
+                agent: number,
+                uri: target.uri.clone(),
+                peer: target.peer,
+            },
+            dialog,
+            key: TxKey::client_for("", Method::Invite),
+            branch: String::new(),
+            cseq: 0,
+            early: false,
+            done: false,
+        };
+        let body = self.our_sdp(self.a_media(), 1, Direction::SendRecv);
+        let contact = self.contact(&target.peer);
+        let (bytes, branch, cseq) = fork.dialog.request(
+            &Method::Invite,
+            &shared.host,
+            target.peer.transport.via_token(),
+            None,
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            body.as_bytes(),
+        );
+        fork.key = TxKey::client_for(&branch, Method::Invite);
+        fork.branch = branch.clone();
+        fork.cseq = cseq;
+        self.send_to_leg(&fork.dialog, target.peer, bytes, branch, Method::Invite);
+        info!(uri = %target.uri, "calling the citizen back");
+        let deadline = Instant::now() + ring;
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                _ = tokio::time::sleep_until(deadline) => {
+                    info!("the citizen did not answer in time");
+                    self.drop_fork(&mut fork);
+                    return Citizen::NoAnswer;
+                }
+            };
+            match event {
+                None => {
+                    self.drop_fork(&mut fork);
+                    return Citizen::AgentGone;
+                }
+                Some(CallEvent::Response {
+                    key: Some(k),
+                    response,
+                }) if k == fork.key => match response.status {
+                    100 => {}
+                    101..=199 => {
+                        fork.early = true;
+                        fork.dialog.confirm(&response);
+                    }
+                    200..=299 => {
+                        let mut dialog = fork.dialog;
+                        dialog.confirm(&response);
+                        self.ack(&mut dialog, response.core.cseq, fork.seat.peer);
+                        match sdp::parse_audio(&response.body) {
+                            Ok(answer) => {
+                                self.a_remote = answer.addr;
+                                self.relay_cmd(RelayCmd::Remote(Side::A, answer.addr)).await;
+                            }
+                            Err(e) => warn!(error = %e, "the citizen's answer has unusable SDP"),
+                        }
+                        return Citizen::Answered(dialog);
+                    }
+                    status => {
+                        info!(status, "the citizen's line refused the call");
+                        return Citizen::NoAnswer;
+                    }
+                },
+                Some(CallEvent::Timeout { key }) if key == fork.key => {
+                    info!("the trunk did not answer the callback INVITE");
+                    return Citizen::NoAnswer;
+                }
+                Some(CallEvent::Request { key, request, .. })
+                    if request.core.call_id == agent.dialog.call_id =>
+                {
+                    let tag = agent.dialog.local_tag.clone();
+                    if !agent.dialog.accept_request(&request) {
+                        respond(&self.ctx, &key, &request, &tag, 500, &[], b"");
+                        continue;
+                    }
+                    let status = match request.method {
+                        Method::Bye | Method::Info | Method::Options => 200,
+                        _ => 491,
+                    };
+                    respond(&self.ctx, &key, &request, &tag, status, &[], b"");
+                    if request.method == Method::Bye {
+                        info!("the agent hung up before the citizen answered");
+                        self.drop_fork(&mut fork);
+                        return Citizen::AgentGone;
+                    }
+                }
+                Some(other) => self.stray(other),
+            }
+        }
+    }
+}
+
+/// Puts every saved booking back in line, oldest first (at start).
+pub async fn resume_callbacks(shared: Arc<Shared>) {
+    let store = shared.store.clone();
+    let bookings = match tokio::task::spawn_blocking(move || store.callbacks()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot read the callback bookings");
+            return;
+        }
+        Err(e) => {
+            error!(error = %e, "callback bookings task failed");
+            return;
+        }
+    };
+    if !bookings.is_empty() {
+        info!(
+            count = bookings.len(),
+            "callbacks booked before the restart go back in line"
+        );
+    }
+    for booking in bookings {
+        if let Some((ticket, desk)) = rejoin(&shared, &booking).await {
+            tokio::spawn(pending(shared.clone(), booking, ticket, desk));
+        }
+    }
+}
+
+/// A booking's place in line again (after a restart or a retry).
+async fn rejoin(
+    shared: &Shared,
+    booking: &CallbackBooking,
+) -> Option<(Ticket, mpsc::UnboundedReceiver<ToCall>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ticket, joined) = shared
+        .acd
+        .enter(
+            &booking.call_id,
+            &booking.queue,
+            booking.rank,
+            &booking.number,
+            tx,
+            true,
+        )
+        .await;
+    match joined {
+        Ok(position) => {
+            info!(id = booking.id, queue = %booking.queue, position, "callback waiting in line");
+            Some((ticket, rx))
+        }
+        Err(refusal) => {
+            error!(id = booking.id, queue = %booking.queue, ?refusal, "callback cannot wait in its queue; kept for the next start");
+            None
+        }
+    }
+}
+
+/// One booking from its place in line until the citizen is reached or the
+/// attempts run out. (Boxed with its type named: a callback call can be
+/// transferred into a queue where its caller could book again, so the
+/// future would otherwise contain itself.)
+fn pending(
+    shared: Arc<Shared>,
+    mut booking: CallbackBooking,
+    ticket: Ticket,
+    desk: mpsc::UnboundedReceiver<ToCall>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let span =
+        info_span!("callback", id = booking.id, number = %booking.number, queue = %booking.queue);
+    Box::pin(
+        async move {
+            let settings = &shared.settings.queue;
+            let mut place = Some((ticket, desk));
+            loop {
+                let Some((ticket, mut desk)) = place.take() else {
+                    return;
+                };
+                match attempt(&shared, &booking, ticket, &mut desk).await {
+                    Attempt::Done => {
+                        forget(&shared, booking.id).await;
+                        return;
+                    }
+                    Attempt::Stopped => return,
+                    Attempt::AgentGone => {}
+                    Attempt::Unanswered => {
+                        booking.attempts += 1;
+                        if booking.attempts >= settings.callback_attempts.max(1) {
+                            info!(
+                                attempts = booking.attempts,
+                                "callback given up: the citizen never answered"
+                            );
+                            forget(&shared, booking.id).await;
+                            return;
+                        }
+                        let store = shared.store.clone();
+                        let saved = booking.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || store.put_callback(&saved)).await;
+                        tokio::time::sleep(Duration::from_secs(settings.callback_retry)).await;
+                    }
+                }
+                place = rejoin(&shared, &booking).await;
+            }
+        }
+        .instrument(span),
+    )
+}
+
+async fn forget(shared: &Shared, id: u64) {
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.remove_callback(id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(id, error = %e, "cannot remove the callback booking"),
+        Err(e) => error!(id, error = %e, "callback removal task failed"),
+    }
+}
+
+/// Waits for the place to come, rings agents, then the citizen.
+async fn attempt(
+    shared: &Arc<Shared>,
+    booking: &CallbackBooking,
+    ticket: Ticket,
+    desk: &mut mpsc::UnboundedReceiver<ToCall>,
+) -> Attempt {
+    let Some((mut call, offer, route)) = callback_call(shared, booking).await else {
+        return Attempt::Stopped;
+    };
+    let call_id = call.invite.core.call_id.clone();
+    let outcome = match call.wait_in_line(&ticket, desk, &offer, &route).await {
+        Waited::Connected(agent) => {
+            let mut agent = *agent;
+            shared.live_calls.fetch_add(1, Ordering::Relaxed);
+            let ring = Duration::from_secs(shared.settings.queue.callback_ring.max(1));
+            let outcome = match call.ring_citizen(&mut agent, ring).await {
+                Citizen::Answered(a_dialog) => {
+                    info!("citizen answered: callback connected");
+                    forget(shared, booking.id).await;
+                    call.cdr.disposition = Disposition::CallbackCompleted;
+                    call.bridge_to_end(a_dialog, agent, Some(ticket)).await;
+                    Attempt::Done
+                }
+                Citizen::NoAnswer => {
+                    call.bye(&mut agent.dialog, agent.peer);
+                    call.cdr.disposition = Disposition::CallbackUnanswered;
+                    Attempt::Unanswered
+                }
+                Citizen::AgentGone => {
+                    call.cdr.disposition = Disposition::CallbackUnanswered;
+                    Attempt::AgentGone
+                }
+            };
+            shared.live_calls.fetch_sub(1, Ordering::Relaxed);
+            outcome
+        }
+        _ => Attempt::Stopped,
+    };
+    // A given-up INVITE to the citizen stays routed to the call until
+    // `linger` settles it; otherwise the Call-ID is released now.
+    if !call.abandoned.iter().any(|f| f.dialog.call_id == call_id) {
+        let _ = call
+            .worker_for(&call_id)
+            .send(WorkerInput::Unbind {
+                call_id: call_id.clone(),
+            })
+            .await;
+    }
+    outcome
+}
+
+/// A call of our own for a booking: its "caller" is the citizen.
+async fn callback_call(
+    shared: &Arc<Shared>,
+    booking: &CallbackBooking,
+) -> Option<(Call, AudioOffer, Route)> {
+    let call_id = format!("{}-cb@yihaotong", random_token());
+    let index = shared.worker_of(&call_id);
+    let worker = shared.workers[index].clone();
+    let (events_tx, events) = mpsc::channel(64);
+    worker
+        .send(WorkerInput::Bind {
+            call_id: call_id.clone(),
+            owner: events_tx.clone(),
+        })
+        .await
+        .ok()?;
+    let target = super::transfer::outbound(&shared.settings, &booking.number)?;
+    // The INVITE the citizen would have sent: it names the call for the
+    // agent's screen and the records. Nothing answers it.
+    let branch = format!("z9hG4bK{}", random_token());
+    let text = format!(
+        "INVITE sip:{dialed}@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {host};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:{number}@{host}>;tag={tag}\r\nTo: <sip:{dialed}@{host}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        dialed = booking.dialed,
+        host = shared.host,
+        number = booking.number,
+        tag = random_token(),
+    );
+    let Ok(Message::Request(invite)) = crate::sip::message::parse(text.as_bytes()) else {
+        warn!(number = %booking.number, "callback number does not make a valid request");
+        return None;
+    };
+    let route = Route {
+        number: booking.dialed.clone(),
+        queue: booking.queue.clone(),
+        flow: String::new(),
+        hotline: booking.hotline.clone(),
+    };
+    // Agents are offered PCMU, the codec the citizen is then offered too:
+    // the relay passes packets as they are.
+    let offer = AudioOffer {
+        addr: target.peer.addr,
+        codecs: vec![0],
+        telephone_event: Some(101),
+        direction: Direction::SendRecv,
+    };
+    let ctx = CallCtx {
+        shared: shared.clone(),
+        worker,
+        worker_index: index,
+        events_tx,
+        flow_vars: Vec::new(),
+    };
+    let peer = Peer::new(target.peer.addr, target.peer.transport, 0);
+    let key = TxKey::client_for(&branch, Method::Invite);
+    let mut call = Call::new(
+        ctx,
+        events,
+        key,
+        invite,
+        random_token(),
+        peer,
+        &offer,
+        &route,
+    );
+    call.answered = true;
+    call.call_data = booking.call_data.clone();
+    call.call_data
+        .push(("X-Callback".into(), booking.call_id.clone()));
+    call.cdr.callback_for = booking.call_id.clone();
+    call.cdr.queue = booking.queue.clone();
+    call.cdr.queued = Some(now_ms());
+    call.cdr.disposition = Disposition::CallbackUnanswered;
+    Some((call, offer, route))
+}
