@@ -42,6 +42,9 @@ pub enum AdminCommand {
         /// A fresh registration logs the agent in (default true).
         #[serde(default)]
         auto_login: Option<bool>,
+        /// May supervise other agents' calls (*31/*32/*33).
+        #[serde(default)]
+        supervisor: bool,
     },
     /// List agents (without credentials) and their live registrations.
     AgentsList,
@@ -172,6 +175,7 @@ pub fn execute(
             queues,
             wrap_up,
             auto_login,
+            supervisor,
         } => {
             valid_name("agent id", &id)?;
             if password.len() < 4 {
@@ -204,6 +208,7 @@ pub fn execute(
             agent.levels = levels;
             agent.wrap_up = wrap_up;
             agent.auto_login = auto_login.unwrap_or(true);
+            agent.supervisor = supervisor;
             store.put_agent(&agent)?;
             Ok(json!({ "added": id }))
         }

@@ -163,6 +163,10 @@ enum AgentsAction {
         /// Do not log the agent in when the phone registers.
         #[arg(long)]
         no_auto_login: bool,
+        /// A supervisor: may listen to (*31ID), whisper to (*32ID) and barge
+        /// into (*33ID) agents' calls from the phone.
+        #[arg(long)]
+        supervisor: bool,
     },
     /// Set an agent's state (also by phone: *21 log in, *22 break, *23 log
     /// out, *24 end wrap-up).
@@ -356,6 +360,7 @@ fn real_main() -> anyhow::Result<()> {
                 queues,
                 wrap_up,
                 no_auto_login,
+                supervisor,
             } => AdminCommand::AgentsAdd {
                 id,
                 password,
@@ -363,6 +368,7 @@ fn real_main() -> anyhow::Result<()> {
                 queues,
                 wrap_up,
                 auto_login: Some(!no_auto_login),
+                supervisor,
             },
             AgentsAction::State { id, state, reason } => {
                 AdminCommand::AgentsState { id, state, reason }
@@ -428,6 +434,7 @@ fn load(
                 queues: vec![opts.queue.clone()],
                 wrap_up: None,
                 auto_login: None,
+                supervisor: false,
             };
             admin::run_command(data_dir, realm, cmd).context("provisioning load agents")?;
         }

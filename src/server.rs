@@ -132,6 +132,8 @@ pub struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     /// Calls placed by agents' phones (attended transfers replace them).
     pub consults: crate::call::Consults,
+    /// Agents' bridged calls, for supervisors.
+    pub supervision: crate::call::Supervision,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -410,6 +412,7 @@ impl Server {
             draining: Default::default(),
             agent_sources: Mutex::new((u64::MAX, Arc::default())),
             consults: Default::default(),
+            supervision: Default::default(),
             store,
             settings,
         });
@@ -828,6 +831,25 @@ impl Worker {
     /// or failed).
     fn feature_code(&mut self, key: TxKey, req: Request, peer: Peer, agent: String, code: String) {
         use crate::acd::desk::Presence;
+        // *31/*32/*33 + agent: listen, whisper, barge (supervisors only).
+        if let Some((mode, target)) = call::supervision_code(&code) {
+            let allowed = matches!(self.shared.store.agent(&agent), Ok(Some(a)) if a.supervisor);
+            if !allowed {
+                tracing::info!(
+                    agent,
+                    code,
+                    "supervision code from an account that is not a supervisor"
+                );
+                self.simple(&key, &req, 403, &[]);
+                return;
+            }
+            let target = target.to_string();
+            let (ctx, rx) = self.call_ctx(&req.core.call_id);
+            tokio::spawn(call::supervise(
+                ctx, rx, key, req, peer, agent, target, mode,
+            ));
+            return;
+        }
         enum Change {
             To(Presence, &'static str),
             EndWrapUp,

@@ -32,6 +32,9 @@ pub struct Agent {
     /// A fresh registration of the phone logs the agent in.
     #[serde(default = "yes")]
     pub auto_login: bool,
+    /// May listen to, whisper to and barge into other agents' calls.
+    #[serde(default)]
+    pub supervisor: bool,
 }
 
 fn yes() -> bool {
@@ -49,6 +52,7 @@ impl Agent {
             levels: Default::default(),
             wrap_up: None,
             auto_login: true,
+            supervisor: false,
         }
     }
 

@@ -30,7 +30,10 @@ use tracing::{info, info_span, warn, Instrument};
 mod callback;
 mod ivr;
 mod queue;
+mod supervise;
 mod transfer;
+
+pub use supervise::{parse_code as supervision_code, supervise, Supervision};
 
 pub use callback::resume_callbacks;
 
@@ -184,6 +187,10 @@ struct Call {
     /// Keys and prompt ends from the media engine while a flow's caller
     /// waits in line (the callback key).
     keys: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
+    /// The agent on the far leg now (after transfers, not the first one).
+    b_agent: String,
+    /// Supervisors asking to join, while an agent's call is bridged.
+    supervised: Option<mpsc::Receiver<supervise::MonitorReq>>,
 }
 
 /// How a bridge ended.
@@ -563,6 +570,8 @@ impl Call {
             caller_agent: None,
             takeover: None,
             keys: None,
+            b_agent: String::new(),
+            supervised: None,
         }
     }
 
@@ -596,7 +605,21 @@ impl Call {
                 our_reinvite: None,
                 remote_media: self.a_remote,
             };
+            // While an agent is on the far leg, supervisors can find the call.
+            let supervision = (ticket.is_some() && !self.b_agent.is_empty()).then(|| {
+                let (tx, rx) = mpsc::channel(2);
+                self.ctx
+                    .shared
+                    .supervision
+                    .insert(&self.b_agent, tx.clone());
+                self.supervised = Some(rx);
+                (self.b_agent.clone(), tx)
+            });
             let outcome = self.bridged(&mut a, &mut b, ticket.is_some()).await;
+            if let Some((agent, tx)) = supervision {
+                self.ctx.shared.supervision.remove(&agent, &tx);
+                self.supervised = None;
+            }
             self.a_sdp_version = a.sdp_version;
             let b_call_id = b.dialog.call_id.clone();
             match outcome {
@@ -619,7 +642,7 @@ impl Call {
                         peer: b.peer,
                         remote_media: b.remote_media,
                         ticket,
-                        agent: self.cdr.agent.clone(),
+                        agent: self.b_agent.clone(),
                     };
                     if let Err(back) = reply.send(handed) {
                         // The other call is gone: this leg is nobody's, hang it up.
@@ -1070,6 +1093,7 @@ impl Call {
             );
             self.answered = true;
         }
+        self.b_agent = seat.agent.clone();
         // A transfer's target does not change who answered the call, or when.
         if self.cdr.answered.is_none() {
             self.cdr.answered = Some(now_ms());
@@ -1244,6 +1268,15 @@ impl Call {
                     self.bye(&mut a.dialog, a.peer);
                     self.bye(&mut b.dialog, b.peer);
                     return Bridged::Ended(End::RtpTimeout);
+                }
+                Some(req) = async {
+                    match self.supervised.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.let_supervisor_in(req).await;
+                    continue;
                 }
                 t = takeover => {
                     match t {

@@ -576,6 +576,7 @@ impl Call {
             ticket: new_ticket,
             agent: new_agent,
         } = handed;
+        self.b_agent = new_agent.clone();
         let label = if new_agent.is_empty() {
             user.to_string()
         } else {

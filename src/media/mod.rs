@@ -8,6 +8,7 @@
 
 pub mod dtmf;
 pub mod engine;
+pub mod monitor;
 pub mod player;
 pub mod ports;
 pub mod prompts;

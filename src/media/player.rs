@@ -51,6 +51,14 @@ impl Law {
             Law::Pcma => audio_codec_algorithms::decode_alaw(b),
         }
     }
+
+    /// Encodes one sample.
+    pub fn encode(self, sample: i16) -> u8 {
+        match self {
+            Law::Pcmu => audio_codec_algorithms::encode_ulaw(sample),
+            Law::Pcma => audio_codec_algorithms::encode_alaw(sample),
+        }
+    }
 }
 
 /// Where the player's numbering stands (to continue it in the relay).

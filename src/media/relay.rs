@@ -118,6 +118,38 @@ pub enum RelayCmd {
     /// back to the media engine while the next far leg is found). The ports
     /// stay taken: their owner now is whoever receives them.
     Release(tokio::sync::oneshot::Sender<Released>),
+    /// A supervisor joins (listen, whisper or barge); replaces one already there.
+    Monitor(Box<Supervisor>),
+}
+
+/// A supervisor's phone joining the call's media.
+#[derive(Debug)]
+pub struct Supervisor {
+    /// Our socket facing the supervisor's phone (bound from the pool; the
+    /// relay returns its port when the supervisor leaves or the call ends).
+    pub socket: std::net::UdpSocket,
+    /// Where the supervisor's SDP said to send.
+    pub remote: SocketAddr,
+    /// What they may do, and the call's codec.
+    pub mixer: super::monitor::Mixer,
+    /// Dropped by the supervisor's call when the supervisor hangs up.
+    pub stop: tokio::sync::oneshot::Receiver<()>,
+    /// Dropped here when the monitoring ends (the call ended or moved on).
+    pub ended: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A supervisor being served by a running relay.
+struct Listening {
+    socket: UdpSocket,
+    remote: SocketAddr,
+    mixer: super::monitor::Mixer,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    _ended: tokio::sync::oneshot::Sender<()>,
+}
+
+enum FromSupervisor {
+    Packet(std::io::Result<(usize, SocketAddr)>),
+    Left,
 }
 
 /// What a released relay hands back.
@@ -244,6 +276,7 @@ pub fn spawn_with(
             timeout,
             silent,
             &task_stats,
+            &pool,
         )
         .await;
         if !released {
@@ -268,28 +301,76 @@ async fn run(
     timeout: Duration,
     silent: mpsc::Sender<Side>,
     stats: &RelayStats,
+    pool: &PortPool,
 ) -> bool {
     let mut buf_a = vec![0u8; 2048];
     let mut buf_b = vec![0u8; 2048];
+    let mut buf_s = vec![0u8; 2048];
+    let mut supervisor: Option<Listening> = None;
+    // Whatever way the relay ends, the supervisor's port goes back.
+    struct PortBack<'a>(&'a PortPool, Option<u16>);
+    impl Drop for PortBack<'_> {
+        fn drop(&mut self) {
+            if let Some(port) = self.1.take() {
+                self.0.release(port);
+            }
+        }
+    }
+    let mut port_back = PortBack(pool, None);
     let mut watching = false;
     let mut recorder: Option<Box<super::recording::Recorder>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout));
     loop {
+        let from_supervisor = async {
+            match supervisor.as_mut() {
+                Some(s) => tokio::select! {
+                    r = s.socket.recv_from(&mut buf_s) => FromSupervisor::Packet(r),
+                    _ = &mut s.stop => FromSupervisor::Left,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = a.socket.recv_from(&mut buf_a) => {
                 let Ok((n, src)) = r else { continue };
                 let pkt = &mut buf_a[..n];
+                let heard = supervised(&mut supervisor, Side::A, pkt, &recorder).await;
                 if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped).await {
-                    record(&mut recorder, Side::A, pkt);
+                    record(&mut recorder, Side::A, heard.as_deref().unwrap_or(pkt));
                 }
             }
             r = b.socket.recv_from(&mut buf_b) => {
                 let Ok((n, src)) = r else { continue };
                 let pkt = &mut buf_b[..n];
+                let heard = supervised(&mut supervisor, Side::B, pkt, &recorder).await;
                 if forward(&mut b, &mut a, pkt, src, &stats.b_to_a, &stats.dropped).await {
-                    record(&mut recorder, Side::B, pkt);
+                    record(&mut recorder, Side::B, heard.as_deref().unwrap_or(pkt));
                 }
             }
+            s = from_supervisor => match s {
+                FromSupervisor::Packet(Ok((n, src))) => {
+                    let Some(sup) = supervisor.as_mut() else { continue };
+                    if src.ip() != sup.remote.ip() {
+                        continue;
+                    }
+                    for (side, mut p) in sup.mixer.from_supervisor(&buf_s[..n]) {
+                        let to = if side == Side::A { &mut a } else { &mut b };
+                        if let Some(dest) = to.remote {
+                            if to.rewriter.rewrite(&mut p) {
+                                let _ = to.socket.send_to(&p, dest).await;
+                            }
+                        }
+                    }
+                }
+                FromSupervisor::Packet(Err(_)) => {}
+                FromSupervisor::Left => {
+                    tracing::info!("supervisor left");
+                    supervisor = None;
+                    if let Some(port) = port_back.1.take() {
+                        pool.release(port);
+                    }
+                }
+            },
             c = cmd.recv() => match c {
                 // The call dropped its handle: the call is over.
                 None => {
@@ -313,6 +394,29 @@ async fn run(
                     return true;
                 }
                 Some(RelayCmd::Record(r)) => recorder = Some(r),
+                Some(RelayCmd::Monitor(sup)) => {
+                    let Supervisor { socket, remote, mixer, stop, ended } = *sup;
+                    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+                    let tokio_socket = socket
+                        .set_nonblocking(true)
+                        .and_then(|()| UdpSocket::from_std(socket));
+                    // A supervisor already there leaves (its port goes back).
+                    supervisor = None;
+                    if let Some(old) = port_back.1.take() {
+                        pool.release(old);
+                    }
+                    match tokio_socket {
+                        Ok(socket) => {
+                            tracing::info!(mode = mixer.mode().name(), %remote, "supervisor joined");
+                            port_back.1 = Some(port);
+                            supervisor = Some(Listening { socket, remote, mixer, stop, _ended: ended });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "supervisor socket unusable");
+                            pool.release(port);
+                        }
+                    }
+                }
                 Some(RelayCmd::Remote(which, addr)) => {
                     let s = if which == Side::A { &mut a } else { &mut b };
                     s.remote = Some(addr);
@@ -344,6 +448,23 @@ async fn run(
             }
         }
     }
+}
+
+/// Hands a packet about to be relayed to the supervisor's mixer (which may
+/// mix the supervisor into it) and sends the supervisor what they hear now.
+/// Returns the packet as it came, for the recording, when the mixer changed it.
+async fn supervised(
+    supervisor: &mut Option<Listening>,
+    from: Side,
+    pkt: &mut [u8],
+    recorder: &Option<Box<super::recording::Recorder>>,
+) -> Option<Vec<u8>> {
+    let sup = supervisor.as_mut()?;
+    let original = recorder.as_ref().map(|_| pkt.to_vec());
+    for p in sup.mixer.relayed(from, pkt) {
+        let _ = sup.socket.send_to(&p, sup.remote).await;
+    }
+    original
 }
 
 /// Finishes the recording, if one runs.
