@@ -5,7 +5,8 @@
 //! presses 1 with SIPp's own RFC 2833 pcap and the backend UAS must receive
 //! the hand-off with that key in its headers; and as three agents that
 //! answer after random delays while a SIPp trunk sends more callers than
-//! there are agents, so callers wait in line.
+//! there are agents, so callers wait in line; and as an agent that
+//! blind-transfers its caller by REFER to another SIPp agent.
 //!
 //! Without `sipp` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
@@ -320,4 +321,70 @@ fn sipp_agents_answering_after_random_delays_serve_a_queue_of_sipp_callers() {
             .count()
     });
     assert_eq!(served, 3, "every seat took calls: {by_agent}");
+}
+
+#[test]
+fn sipp_agent_blind_transfers_a_sipp_trunk_call_to_another_sipp_agent() {
+    if !sipp_available() {
+        return;
+    }
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "duty");
+    let work = tempfile::tempdir().expect("tempdir");
+    std::thread::scope(|s| {
+        // 1001 answers the call and REFERs it to 1002, which answers and
+        // waits for the caller's BYE.
+        let seats: Vec<_> = [
+            (
+                "1001",
+                "agent_blind_transfer.xml",
+                vec!["-set", "target", "1002"],
+            ),
+            ("1002", "agent_answer.xml", vec![]),
+        ]
+        .into_iter()
+        .map(|(id, file, extra)| {
+            let dir = work.path().join(format!("agent-{id}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let port = free_port().to_string();
+            let media = free_port().to_string();
+            let server = &server;
+            let listen = port.clone();
+            let handle = s.spawn(move || {
+                let mut args = vec!["-sf".to_string(), scenario(file)];
+                for a in [
+                    "-p",
+                    &listen,
+                    "-mi",
+                    "127.0.0.1",
+                    "-mp",
+                    &media,
+                    "-rtp_echo",
+                ] {
+                    args.push(a.to_string());
+                }
+                args.extend(extra.iter().map(|a| a.to_string()));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                sipp(&dir, server, &args, Duration::from_secs(40))
+            });
+            (id, port, handle)
+        })
+        .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for (id, port, _) in &seats {
+            sipp_register(work.path(), &server, id, port);
+        }
+        let (code, errors) =
+            sipp_trunk(work.path(), &server, "123450", &[], Duration::from_secs(30));
+        assert_eq!(code, 0, "SIPp trunk call failed: {errors}");
+        for (id, _, handle) in seats {
+            let (code, errors) = handle.join().expect("agent thread");
+            assert_eq!(code, 0, "SIPp agent {id} failed: {errors}");
+        }
+    });
+    server.assert_idle();
+    let (ok, log) = server.cli(&["queue-log"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("|1001|TRANSFER|1002"), "{log}");
 }
