@@ -167,6 +167,16 @@ fn a_failed_blind_transfer_gives_the_caller_back_to_the_agent() {
     let (frag, state) = notify(&server, &mut a1);
     assert!(frag.starts_with("SIP/2.0 4"), "{frag}");
     assert!(state.starts_with("terminated"), "{state}");
+    // Into a queue with nobody logged in (join_empty = unavailable): refused
+    // before the caller is in line, so the caller stays with the agent too.
+    assert_eq!(
+        refer(&server, &mut a1, &mut leg1, "<sip:tax@127.0.0.1>"),
+        202
+    );
+    assert_eq!(notify(&server, &mut a1).0, "SIP/2.0 100 Trying");
+    let (frag, state) = notify(&server, &mut a1);
+    assert_eq!(frag, "SIP/2.0 480 Temporarily Unavailable");
+    assert!(state.starts_with("terminated"), "{state}");
     // Back with agent 1001, both ways.
     let (caller_got, agent_got) = talk(
         &trunk,

@@ -189,6 +189,9 @@ struct Call {
     keys: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
     /// The agent on the far leg now (after transfers, not the first one).
     b_agent: String,
+    /// A blind transfer into a queue, until the caller is in line: the
+    /// transferring agent's desk ticket and the target's name.
+    transfer_pending: Option<(Option<Ticket>, String)>,
     /// Supervisors asking to join, while an agent's call is bridged.
     supervised: Option<mpsc::Receiver<supervise::MonitorReq>>,
 }
@@ -572,6 +575,7 @@ impl Call {
             keys: None,
             b_agent: String::new(),
             supervised: None,
+            transfer_pending: None,
         }
     }
 

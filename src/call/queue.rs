@@ -222,6 +222,7 @@ impl Call {
             let why = match joined {
                 Ok(position) => {
                     info!(queue = %queue, position, "waiting for an agent");
+                    self.transfer_joined();
                     self.ring_caller();
                     loop {
                         match self.wait_in_line(&ticket, &mut rx, offer, route).await {

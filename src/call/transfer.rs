@@ -456,11 +456,10 @@ impl Call {
         let label = target.label().to_string();
         self.cdr.transfers.push(label.clone());
         if let Target::Queue(q) = &target {
-            // Into a queue the transfer is done once the caller is in line.
-            self.release_transferor(200);
-            if let Some(t) = ticket {
-                t.transferred(&label);
-            }
+            // Into a queue the transfer is done once the caller is in line
+            // (`transfer_joined`); a queue that will not take them gives
+            // them back to the agent.
+            self.transfer_pending = Some((ticket, label));
             return self.requeue(&offer, q).await;
         }
         let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
@@ -483,30 +482,50 @@ impl Call {
             }
             Reached::Failed(status) => {
                 info!(to = %label, status, "transfer failed");
-                self.cdr.transfers.pop();
-                match self.transferor.take() {
-                    Some(mut agent) => {
-                        // The agent is still there: the caller goes back to them.
-                        self.notify(&mut agent, status, true);
-                        if !self.bridge_media().await {
-                            self.bye(&mut agent.dialog, agent.peer);
-                            self.bye_caller();
-                            return After::Ended(End::Refused);
-                        }
-                        self.relay_cmd(RelayCmd::Remote(Side::B, agent.remote_media))
-                            .await;
-                        After::Bridge(Box::new(agent), ticket)
+                match self.back_to_transferor(status, ticket).await {
+                    Ok(after) => after,
+                    Err(()) if queue.is_empty() => {
+                        self.busy_notice_and_hangup().await;
+                        After::Ended(End::NoAgent)
                     }
-                    None => {
-                        // The agent left: the caller goes back to the queue.
-                        drop(ticket);
-                        if queue.is_empty() {
-                            self.busy_notice_and_hangup().await;
-                            return After::Ended(End::NoAgent);
-                        }
-                        self.requeue(&offer, &queue).await
-                    }
+                    // The agent left: the caller goes back to the queue.
+                    Err(()) => self.requeue(&offer, &queue).await,
                 }
+            }
+        }
+    }
+
+    /// A transfer failed: the caller goes back to the transferring agent,
+    /// who hears `status` in the final NOTIFY. `Err` if the agent already
+    /// hung up (their ticket is dropped: the desk releases them).
+    async fn back_to_transferor(
+        &mut self,
+        status: u16,
+        ticket: Option<Ticket>,
+    ) -> Result<After, ()> {
+        self.cdr.transfers.pop();
+        let Some(mut agent) = self.transferor.take() else {
+            drop(ticket);
+            return Err(());
+        };
+        self.notify(&mut agent, status, true);
+        if !self.bridge_media().await {
+            self.bye(&mut agent.dialog, agent.peer);
+            self.bye_caller();
+            return Ok(After::Ended(End::Refused));
+        }
+        self.relay_cmd(RelayCmd::Remote(Side::B, agent.remote_media))
+            .await;
+        Ok(After::Bridge(Box::new(agent), ticket))
+    }
+
+    /// The transferred caller is in the target queue's line: the transfer
+    /// is complete for the agent who made it.
+    pub(super) fn transfer_joined(&mut self) {
+        if let Some((ticket, label)) = self.transfer_pending.take() {
+            self.release_transferor(200);
+            if let Some(t) = ticket {
+                t.transferred(&label);
             }
         }
     }
@@ -522,8 +541,20 @@ impl Call {
                 }
                 After::Bridge(Box::new(leg), Some(ticket))
             }
-            Err(Unserved::CallerGone) => After::Ended(End::CallerHungUp),
+            Err(Unserved::CallerGone) => {
+                if self.transfer_pending.take().is_some() {
+                    self.release_transferor(487);
+                }
+                After::Ended(End::CallerHungUp)
+            }
             Err(_) => {
+                // The target queue would not take the caller at all.
+                if let Some((ticket, _)) = self.transfer_pending.take() {
+                    info!("the target queue does not take the caller; transfer failed");
+                    if let Ok(after) = self.back_to_transferor(480, ticket).await {
+                        return after;
+                    }
+                }
                 self.busy_notice_and_hangup().await;
                 After::Ended(End::NoAgent)
             }
