@@ -388,6 +388,15 @@ impl Server {
         } else {
             settings.sip.advertise.clone()
         };
+        // Calls a crash cut get their CDR now, before any new call.
+        match store.close_crashed_calls(crate::acd::now_ms()) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                calls = n,
+                "calls cut by an unclean stop closed out as crashed"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot close out calls cut by an unclean stop"),
+        }
         let records = Records::start(
             store.clone(),
             std::time::Duration::from_secs(settings.queue.record_flush),

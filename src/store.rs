@@ -125,6 +125,23 @@ pub struct Store {
     /// Recording metadata, keyed by file path.
     recordings: sled::Tree,
     callbacks: sled::Tree,
+    live_calls: sled::Tree,
+}
+
+/// Changes to the `live_calls` tree in one batch of records.
+#[derive(Debug, Default)]
+pub struct LiveChanges {
+    /// (Call-ID, the call's record so far) of calls that began.
+    pub began: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Call-IDs of calls whose CDR is in the same batch.
+    pub ended: Vec<Vec<u8>>,
+}
+
+impl LiveChanges {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.began.is_empty() && self.ended.is_empty()
+    }
 }
 
 /// A callback a waiting caller booked: kept until the citizen is reached
@@ -207,6 +224,7 @@ impl Store {
             cdrs: db.open_tree("cdrs")?,
             recordings: db.open_tree("recordings")?,
             callbacks: db.open_tree("callbacks")?,
+            live_calls: db.open_tree("live_calls")?,
             db,
         })
     }
@@ -232,6 +250,32 @@ impl Store {
             .insert(id.as_bytes(), serde_json::to_vec(p)?)?;
         self.presence.flush()?;
         Ok(())
+    }
+
+    /// Closes out calls a crash cut: every call that began and has no CDR
+    /// gets one with disposition `crashed`, ended `now` (unix ms). Returns
+    /// how many. Run at start, before any call.
+    pub fn close_crashed_calls(&self, now: u64) -> anyhow::Result<usize> {
+        let mut closed = 0;
+        for (i, item) in self.live_calls.iter().enumerate() {
+            let (k, v) = item?;
+            let mut cdr: crate::acd::records::Cdr = match serde_json::from_slice(&v) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable live-call record dropped");
+                    self.live_calls.remove(k)?;
+                    continue;
+                }
+            };
+            cdr.ended = now.max(cdr.arrived);
+            cdr.disposition = crate::acd::records::Disposition::Crashed;
+            let key = record_key(cdr.ended, u32::MAX - i as u32);
+            self.cdrs.insert(key, serde_json::to_vec(&cdr)?)?;
+            self.live_calls.remove(k)?;
+            closed += 1;
+        }
+        self.db.flush()?;
+        Ok(closed)
     }
 
     /// A fresh id for a callback booking (increasing across restarts).
@@ -275,6 +319,7 @@ impl Store {
         log: &[(Vec<u8>, Vec<u8>)],
         cdrs: &[(Vec<u8>, Vec<u8>)],
         recordings: &[(Vec<u8>, Vec<u8>)],
+        live: &LiveChanges,
     ) -> anyhow::Result<()> {
         for (tree, rows) in [
             (&self.queue_log, log),
@@ -289,6 +334,18 @@ impl Store {
                 batch.insert(k.as_slice(), v.as_slice());
             }
             tree.apply_batch(batch)?;
+        }
+        // Calls that began, then those that ended (a call may do both in
+        // one batch: it leaves no trace here).
+        if !live.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &live.began {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            for k in &live.ended {
+                batch.remove(k.as_slice());
+            }
+            self.live_calls.apply_batch(batch)?;
         }
         self.db.flush()?;
         Ok(())
@@ -545,7 +602,9 @@ mod tests {
                 serde_json::to_vec(&meta).expect("json"),
             ));
         }
-        store.append_records(&[], &[], &rows).expect("append");
+        store
+            .append_records(&[], &[], &rows, &LiveChanges::default())
+            .expect("append");
         assert_eq!(store.expire_recordings(5_000).expect("expire"), 2);
         assert!(!dir.path().join("old.wav").exists());
         assert!(dir.path().join("new.wav").exists());

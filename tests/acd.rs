@@ -498,3 +498,36 @@ fn agent_calls_are_recorded_caller_left_agent_right() {
         "no side leaks into the other"
     );
 }
+
+#[test]
+fn calls_cut_by_kill_9_are_closed_out_as_crashed_at_the_next_start() {
+    let mut server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = agent(&server, "1001");
+    let mut trunk = Phone::new("13800000011");
+    // One call ends normally; the next is up when the server is killed.
+    let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "a");
+    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "a");
+    let (cut, _) = connected_call(&server, &mut trunk, &mut phone, "b");
+    std::thread::sleep(Duration::from_millis(1500));
+    server.restart();
+    let (ok, out) = server.cli(&["cdrs", "--since", "1h"]);
+    assert!(ok, "{out}");
+    let cdrs: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let cdrs = cdrs.as_array().cloned().unwrap_or_default();
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    let crashed = cdrs
+        .iter()
+        .find(|c| c["call_id"] == cut.call_id.as_str())
+        .expect("the cut call has a CDR");
+    assert_eq!(crashed["disposition"], "crashed");
+    assert_eq!(crashed["agent"], "1001", "what was known when it was cut");
+    assert!(cdrs
+        .iter()
+        .any(|c| c["call_id"] == d.call_id.as_str() && c["disposition"] == "answered"));
+    // Closed out once: another restart adds nothing.
+    server.restart();
+    let (_, out) = server.cli(&["cdrs", "--since", "1h"]);
+    let again: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(again.as_array().map(Vec::len), Some(2));
+}

@@ -43,6 +43,9 @@ pub enum Disposition {
     CallbackCompleted,
     /// A callback attempt the citizen did not answer.
     CallbackUnanswered,
+    /// The server stopped without a clean shutdown while the call was up;
+    /// closed out at the next start (`ended` is that start).
+    Crashed,
 }
 
 /// One call's record.
@@ -100,6 +103,8 @@ pub struct Cdr {
 }
 
 enum RecordMsg {
+    /// A call began: kept in the `live_calls` tree until its CDR is written.
+    Began(Box<Cdr>),
     Log(LogLine),
     Cdr(Box<Cdr>),
     Recording(RecordingMeta),
@@ -129,6 +134,12 @@ impl Records {
         let _ = self.tx.send(RecordMsg::Log(line));
     }
 
+    /// A call began, or was answered (its record so far), so a crash can be
+    /// accounted for.
+    pub fn began(&self, cdr: &Cdr) {
+        let _ = self.tx.send(RecordMsg::Began(Box::new(cdr.clone())));
+    }
+
     /// Queues a CDR.
     pub fn cdr(&self, cdr: Cdr) {
         let _ = self.tx.send(RecordMsg::Cdr(Box::new(cdr)));
@@ -154,6 +165,8 @@ struct Batch {
     log: Vec<(Vec<u8>, Vec<u8>)>,
     cdrs: Vec<(Vec<u8>, Vec<u8>)>,
     recordings: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Calls that began (Call-ID → record so far), and calls that ended.
+    live: crate::store::LiveChanges,
 }
 
 impl Batch {
@@ -163,11 +176,19 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.cdrs.is_empty() && self.recordings.is_empty()
+        self.log.is_empty()
+            && self.cdrs.is_empty()
+            && self.recordings.is_empty()
+            && self.live.is_empty()
     }
 
     fn add(&mut self, msg: RecordMsg, waiting: &mut Vec<oneshot::Sender<()>>) {
         match msg {
+            RecordMsg::Began(cdr) => {
+                if let Ok(v) = serde_json::to_vec(&cdr) {
+                    self.live.began.push((cdr.call_id.into_bytes(), v));
+                }
+            }
             RecordMsg::Log(line) => {
                 let k = self.key(line.at);
                 if let Ok(v) = serde_json::to_vec(&line) {
@@ -175,6 +196,7 @@ impl Batch {
                 }
             }
             RecordMsg::Cdr(cdr) => {
+                self.live.ended.push(cdr.call_id.clone().into_bytes());
                 let k = self.key(cdr.ended);
                 if let Ok(v) = serde_json::to_vec(&cdr) {
                     self.cdrs.push((k, v));
@@ -217,10 +239,12 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
             let log = std::mem::take(&mut batch.log);
             let cdrs = std::mem::take(&mut batch.cdrs);
             let recordings = std::mem::take(&mut batch.recordings);
+            let live = std::mem::take(&mut batch.live);
             let s = store.clone();
-            let written =
-                tokio::task::spawn_blocking(move || s.append_records(&log, &cdrs, &recordings))
-                    .await;
+            let written = tokio::task::spawn_blocking(move || {
+                s.append_records(&log, &cdrs, &recordings, &live)
+            })
+            .await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write CDRs and queue log"),

@@ -542,6 +542,7 @@ impl Call {
             arrived: now_ms(),
             ..Cdr::default()
         };
+        ctx.shared.records.began(&cdr);
         Call {
             ctx,
             events,
@@ -1102,6 +1103,8 @@ impl Call {
         if self.cdr.answered.is_none() {
             self.cdr.answered = Some(now_ms());
             self.cdr.agent = seat.agent.clone();
+            // A crash from now on is closed out with the agent and answer known.
+            self.ctx.shared.records.began(&self.cdr);
         }
         info!(agent = %seat.agent, "answered; media bridged");
         Some(Leg {
