@@ -258,12 +258,8 @@ impl Acd {
         to_call: mpsc::UnboundedSender<ToCall>,
         callback: bool,
     ) -> (Ticket, Result<usize, Refusal>) {
-        let call = self.tickets.fetch_add(1, Ordering::Relaxed);
-        let ticket = Ticket {
-            acd: self.clone(),
-            call,
-            by: HungUp::Caller,
-        };
+        let ticket = self.ticket();
+        let call = ticket.call;
         let (reply, rx) = oneshot::channel();
         let joining = Joining {
             call,
@@ -285,6 +281,15 @@ impl Acd {
         (ticket, answer)
     }
 
+    /// A fresh place at the desk.
+    fn ticket(&self) -> Ticket {
+        Ticket {
+            acd: self.clone(),
+            call: self.tickets.fetch_add(1, Ordering::Relaxed),
+            by: HungUp::Caller,
+        }
+    }
+
     /// Reserves one agent by name for a call (a transfer, a consultation).
     /// The ticket must live as long as the call; offers go through it as
     /// for a queue.
@@ -294,12 +299,8 @@ impl Acd {
         agent: &str,
         queue: Option<&str>,
     ) -> (Ticket, Result<SeatContact, String>) {
-        let call = self.tickets.fetch_add(1, Ordering::Relaxed);
-        let ticket = Ticket {
-            acd: self.clone(),
-            call,
-            by: HungUp::Caller,
-        };
+        let ticket = self.ticket();
+        let call = ticket.call;
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(Msg::Claim {
             call,

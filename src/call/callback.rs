@@ -131,20 +131,14 @@ impl Call {
             early: false,
             done: false,
         };
-        let body = self.our_sdp(self.a_media(), 1, Direction::SendRecv);
-        let contact = self.contact(&target.peer);
-        let (bytes, branch, cseq) = fork.dialog.request(
-            &Method::Invite,
-            &shared.host,
-            target.peer.transport.via_token(),
-            None,
-            &[("Contact", &contact), ("Content-Type", "application/sdp")],
-            body.as_bytes(),
+        let (key, branch, cseq) = self.send_invite(
+            &mut fork.dialog,
+            target.peer,
+            self.a_media(),
+            1,
+            Direction::SendRecv,
         );
-        fork.key = TxKey::client_for(&branch, Method::Invite);
-        fork.branch = branch.clone();
-        fork.cseq = cseq;
-        self.send_to_leg(&fork.dialog, target.peer, bytes, branch, Method::Invite);
+        (fork.key, fork.branch, fork.cseq) = (key, branch, cseq);
         info!(uri = %target.uri, "calling the citizen back");
         let deadline = Instant::now() + ring;
         loop {
@@ -393,14 +387,6 @@ async fn callback_call(
     let call_id = format!("{}-cb@yihaotong", random_token());
     let index = shared.worker_of(&call_id);
     let worker = shared.workers[index].clone();
-    let (events_tx, events) = mpsc::channel(64);
-    worker
-        .send(WorkerInput::Bind {
-            call_id: call_id.clone(),
-            owner: events_tx.clone(),
-        })
-        .await
-        .ok()?;
     let target = super::transfer::outbound(&shared.settings, &booking.number)?;
     // The INVITE the citizen would have sent: it names the call for the
     // agent's screen and the records. Nothing answers it.
@@ -430,6 +416,15 @@ async fn callback_call(
         telephone_event: Some(101),
         direction: Direction::SendRecv,
     };
+    // Bound last: nothing above can leave a stale route behind.
+    let (events_tx, events) = mpsc::channel(64);
+    worker
+        .send(WorkerInput::Bind {
+            call_id: call_id.clone(),
+            owner: events_tx.clone(),
+        })
+        .await
+        .ok()?;
     let ctx = CallCtx {
         shared: shared.clone(),
         worker,

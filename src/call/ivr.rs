@@ -18,9 +18,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::queue::Unserved;
-use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End, Offer};
+use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End};
 use crate::acd::records::Disposition;
-use crate::acd::SeatContact;
 use crate::ivr::session::{Effect, Facts, Input, Session};
 use crate::ivr::Catalog;
 use crate::media::dtmf::info_key;
@@ -259,7 +258,7 @@ impl Call {
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
                             info!(backend = %backend, uri = %def.uri, "handing off");
                             self.flow_done(&session);
-                            match self.reach(target, ring, offer, route).await {
+                            match self.reach(target, ring, offer).await {
                                 Reached::Ended(end) => {
                                     self.cdr.disposition = Disposition::Handoff;
                                     return end;
@@ -281,7 +280,7 @@ impl Call {
                                 Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
                             info!(to = %to, "transferring");
                             self.flow_done(&session);
-                            match self.reach(target, ring, offer, route).await {
+                            match self.reach(target, ring, offer).await {
                                 Reached::Ended(end) => {
                                     self.cdr.disposition = Disposition::Transfer;
                                     return end;
@@ -528,28 +527,21 @@ impl Call {
         target: Option<SipTarget>,
         ring: Duration,
         offer: &AudioOffer,
-        route: &Route,
     ) -> Reached {
         let Some(target) = target else {
             return Reached::Failed;
         };
-        let seat = SeatContact {
-            agent: target.user.clone().unwrap_or_else(|| "backend".into()),
-            uri: target.uri.clone(),
-            peer: target.peer,
-        };
-        match self
-            .offer_to(&[(seat, target.uri.clone())], ring, offer, route, None)
-            .await
-        {
-            Offer::Answered(leg) => {
+        let label = target.user.clone().unwrap_or_else(|| "backend".into());
+        let target = super::transfer::Target::Out { label, target };
+        match self.reach_target(&target, ring, offer, None).await {
+            super::transfer::Reached::Answered(leg, ticket) => {
                 let Some(a_dialog) = self.a_dialog.take() else {
                     return Reached::Ended(End::Refused);
                 };
-                Reached::Ended(self.bridge_to_end(a_dialog, *leg, None).await)
+                Reached::Ended(self.bridge_to_end(a_dialog, *leg, ticket).await)
             }
-            Offer::Next => Reached::Failed,
-            Offer::CallerGone => Reached::CallerGone,
+            super::transfer::Reached::Failed(_) => Reached::Failed,
+            super::transfer::Reached::CallerGone => Reached::CallerGone,
         }
     }
 

@@ -1188,16 +1188,16 @@ impl Call {
         }
     }
 
-    /// Sends a re-INVITE with our SDP (`media`, `version`, `direction`) in
-    /// `dialog`; returns its client transaction and CSeq.
-    fn send_reinvite(
+    /// Sends an INVITE (or re-INVITE) with our SDP (`media`, `version`,
+    /// `direction`) in `dialog`; returns its client transaction, branch and CSeq.
+    fn send_invite(
         &self,
         dialog: &mut Dialog,
         peer: Peer,
         media: SocketAddr,
         version: u64,
         direction: Direction,
-    ) -> (TxKey, u32) {
+    ) -> (TxKey, String, u32) {
         let body = self.our_sdp(media, version, direction);
         let contact = self.contact(&peer);
         let (bytes, branch, cseq) = dialog.request(
@@ -1209,8 +1209,8 @@ impl Call {
             body.as_bytes(),
         );
         let key = TxKey::client_for(&branch, Method::Invite);
-        self.send_to_leg(dialog, peer, bytes, branch, Method::Invite);
-        (key, cseq)
+        self.send_to_leg(dialog, peer, bytes, branch.clone(), Method::Invite);
+        (key, branch, cseq)
     }
 
     /// The worker that owns `call_id` (where its transactions live).
@@ -1427,13 +1427,14 @@ impl Call {
                     .await;
                 info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
                 other.sdp_version += 1;
-                other.our_reinvite = Some(self.send_reinvite(
+                let (invite_key, _, cseq) = self.send_invite(
                     &mut other.dialog,
                     other.peer,
                     other.media,
                     other.sdp_version,
                     offer.direction,
-                ));
+                );
+                other.our_reinvite = Some((invite_key, cseq));
                 this.pending = Some((key, req));
                 None
             }

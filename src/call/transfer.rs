@@ -307,7 +307,7 @@ pub(super) async fn call_target(
 }
 
 /// How ringing a target ended.
-enum Reached {
+pub(super) enum Reached {
     Answered(Box<Leg>, Option<Ticket>),
     Failed(u16),
     CallerGone,
@@ -316,7 +316,7 @@ enum Reached {
 impl Call {
     /// Rings an agent or an outside target for the caller (`queue`: the
     /// queue the call is accounted to, for an agent claimed by name).
-    async fn reach_target(
+    pub(super) async fn reach_target(
         &mut self,
         target: &Target,
         ring: Duration,
@@ -635,13 +635,14 @@ impl Call {
         // The target now talks to our relay's far side.
         self.relay_cmd(RelayCmd::Remote(Side::B, remote_media))
             .await;
-        target.our_reinvite = Some(self.send_reinvite(
+        let (key, _, cseq) = self.send_invite(
             &mut target.dialog,
             target.peer,
             target.media,
             target.sdp_version,
             Direction::SendRecv,
-        ));
+        );
+        target.our_reinvite = Some((key, cseq));
         self.notify(&mut b, 200, true);
         self.bye(&mut b.dialog, b.peer);
         let _ = self
@@ -677,7 +678,7 @@ impl Call {
             return;
         };
         self.a_sdp_version += 1;
-        self.send_reinvite(
+        self.send_invite(
             &mut dialog,
             self.a_peer,
             self.a_media(),
