@@ -322,6 +322,27 @@ impl Shared {
     }
 }
 
+/// 415 for an offer that is not SDP, 406 when the caller's Accept rules out
+/// SDP answers; `None` when the INVITE's content is acceptable.
+fn content_refusal(req: &Request) -> Option<(u16, Vec<(&'static str, String)>)> {
+    let is_sdp = |media: &str| {
+        let media = media.split(';').next().unwrap_or_default().trim();
+        ["application/sdp", "application/*", "*/*"]
+            .iter()
+            .any(|m| media.eq_ignore_ascii_case(m))
+    };
+    if let Some(ct) = req.headers.get("content-type") {
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        if !req.body.is_empty() && !ct.eq_ignore_ascii_case("application/sdp") {
+            return Some((415, vec![("Accept", "application/sdp".to_string())]));
+        }
+    }
+    if req.headers.contains("accept") && !req.headers.get_all("accept").any(is_sdp) {
+        return Some((406, vec![("Accept", "application/sdp".to_string())]));
+    }
+    None
+}
+
 /// FNV-1a of the Call-ID, modulo the worker count.
 pub fn shard(call_id: &str, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -739,6 +760,12 @@ impl Worker {
         if self.shared.draining.load(Relaxed) {
             // Shutting down: no new state; the trunk retries elsewhere or later.
             self.simple(&key, &req, 503, &[("Retry-After", "30".to_string())]);
+            return;
+        }
+        // Bodies and answers we cannot deal in are refused before anything
+        // else (RFC 3261 §8.2.3, §21.4.7): only SDP is spoken here.
+        if let Some((status, headers)) = content_refusal(&req) {
+            self.simple(&key, &req, status, &headers);
             return;
         }
         let settings = &self.shared.settings;

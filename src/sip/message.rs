@@ -121,7 +121,14 @@ fn valid_host_port(s: &str) -> bool {
         let Some(end) = rest.find(']') else {
             return false;
         };
-        if rest[..end].parse::<std::net::Ipv6Addr>().is_err() {
+        // RFC 5118 §4.10: `x:::y` (allowed by RFC 3261's ABNF) is read as `x::y`.
+        let v6 = &rest[..end];
+        if v6.parse::<std::net::Ipv6Addr>().is_err()
+            && v6
+                .replacen(":::", "::", 1)
+                .parse::<std::net::Ipv6Addr>()
+                .is_err()
+        {
             return false;
         }
         let after = &rest[end + 1..];
@@ -316,9 +323,69 @@ pub struct NameAddr {
     pub tag: Option<String>,
 }
 
+/// Whether a name-addr / addr-spec value is well formed where rsipstack is
+/// liberal (RFC 3261 §25.1): the display name is a quoted string (closed) or
+/// tokens; nothing but the URI sits inside `<>`; an addr-spec without `<>`
+/// carries no `?` headers or `,`.
+fn name_addr_shape_ok(raw: &str) -> bool {
+    let raw = raw.trim();
+    if let Some(rest) = raw.strip_prefix('"') {
+        // quoted-string: ends at the first unescaped quote.
+        let mut escaped = false;
+        let mut end = None;
+        for (i, c) in rest.char_indices() {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { return false };
+        let after = rest[end + 1..].trim_start();
+        return after.starts_with('<') && addr_in_brackets_ok(after);
+    }
+    // A `<` after the scheme's colon belongs to a parameter of an addr-spec.
+    match raw.find('<').filter(|open| !raw[..*open].contains(':')) {
+        Some(open) => {
+            // Tokens (UTF-8 names are let through: phones send them unquoted).
+            let display = &raw[..open];
+            display
+                .bytes()
+                .all(|b| is_token_byte(b) || b == b' ' || b == b'\t' || b >= 0x80)
+                && addr_in_brackets_ok(&raw[open..])
+        }
+        None => {
+            let addr = raw.split(';').next().unwrap_or_default().trim_end();
+            !addr.contains(['?', ',', ' ', '"', '<', '>'])
+        }
+    }
+}
+
+/// `<uri>` with no white space just inside the brackets.
+fn addr_in_brackets_ok(s: &str) -> bool {
+    let Some(close) = s.find('>') else {
+        return false;
+    };
+    let inner = &s[1..close];
+    !inner.is_empty() && inner.trim() == inner
+}
+
 impl NameAddr {
     fn parse(raw: &str) -> Option<NameAddr> {
-        let parsed = typed::From::parse(raw).ok()?;
+        if !name_addr_shape_ok(raw) {
+            return None;
+        }
+        // RFC 5118 §4.10: tolerate the `x:::y` IPv6 form RFC 3261's ABNF
+        // allowed, by reading it as `x::y` (the value is echoed as received).
+        let parsed = match typed::From::parse(raw) {
+            Ok(p) => p,
+            Err(_) if raw.contains(":::") => typed::From::parse(&raw.replace(":::", "::")).ok()?,
+            Err(_) => return None,
+        };
         let tag = parsed.tag().map(|t| t.to_string());
         if raw.contains(";tag") && tag.is_none() {
             // A bare or empty `;tag` is malformed, not absent.
@@ -473,6 +540,35 @@ pub fn frame_length(buf: &[u8]) -> Result<Option<usize>, &'static str> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// The 400 owed to a request whose stream framing failed (a negative or
+/// missing Content-Length, RFC 4475 §3.1.2.3), written from its header
+/// section; `None` when that is not an answerable request.
+pub fn unframeable_answer(buf: &[u8], why: &str) -> Option<Vec<u8>> {
+    let end = find_header_end(buf)?;
+    let echo = match parse(&buf[..end]) {
+        Ok(Message::Request(req)) => req.echo(),
+        Ok(Message::Response(_)) => return None,
+        Err(rej) => *rej.echo.filter(|_| rej.status.is_some())?,
+    };
+    if echo.cseq.ends_with("ACK") {
+        return None;
+    }
+    let reason = if why.contains("Content-Length") {
+        "Bad Content-Length"
+    } else {
+        "Bad Request"
+    };
+    let tag = crate::sip::random_token();
+    Some(write_response(
+        &echo,
+        400,
+        Some(reason),
+        Some(&tag),
+        &[],
+        b"",
+    ))
+}
+
 /// Offset just past the blank line that ends the header section.
 fn find_header_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -599,9 +695,9 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
 
     let is_response = start_line.starts_with("SIP/");
     let echo = echo_of(&headers).map(Box::new);
-    // Only requests are ever answered; a broken response is dropped.
+    // Only requests are ever answered (never an ACK); a broken response is dropped.
     let answer = |status: u16| {
-        if is_response || echo.is_none() {
+        if is_response || echo.is_none() || start_line.starts_with("ACK ") {
             None
         } else {
             Some(status)
@@ -701,6 +797,10 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
             return Err(reject(400, "Malformed Request-URI host"));
         }
         let parsed = rsipstack::sip::uri::parse_uri(uri)
+            .or_else(|e| match uri.contains(":::") {
+                true => rsipstack::sip::uri::parse_uri(&uri.replacen(":::", "::", 1)),
+                false => Err(e),
+            })
             .map_err(|_| reject(400, "Malformed Request-URI"))?;
         parsed.user().map(str::to_string)
     } else if lower.starts_with("tel:") {
@@ -711,7 +811,33 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     };
     if core.cseq_method != method && !(method == Method::Ack && core.cseq_method == Method::Invite)
     {
+        // A method we do not implement is refused as such first (RFC 4475 §3.1.2.18).
+        if matches!(method, Method::Other(_)) {
+            return Err(reject(501, "Not Implemented"));
+        }
         return Err(reject(400, "CSeq method does not match"));
+    }
+    // RFC 3261 §19.1.1: a Request-URI carries no header fields (a `?` in
+    // the user part is only a character).
+    if uri
+        .rsplit('@')
+        .next()
+        .is_some_and(|host| host.contains('?'))
+    {
+        return Err(reject(400, "Headers not allowed in Request-URI"));
+    }
+    // A Contact URI with headers or several values must be in <> (§20).
+    for contact in headers.get_all("contact") {
+        if contact != "*" && !name_addr_shape_ok(contact) {
+            return Err(reject(400, "Malformed Contact"));
+        }
+    }
+    // §20.17: Date is always in GMT.
+    if headers
+        .get("date")
+        .is_some_and(|d| !d.trim_end().ends_with(" GMT"))
+    {
+        return Err(reject(400, "Malformed Date"));
     }
     if let Some(mf) = headers.get("max-forwards") {
         if mf.parse::<u8>().is_err() {
@@ -728,16 +854,20 @@ pub fn parse(buf: &[u8]) -> Result<Message, Rejection> {
     }))
 }
 
+/// What a stateless answer can echo. Via and CSeq are needed to route and
+/// match it; a missing From, To or Call-ID is left out of the answer (RFC
+/// 4475 §3.3.1 still wants a 400 for such a request).
 fn echo_of(headers: &Headers) -> Option<Echo> {
     let vias: Vec<String> = headers.get_all("via").map(str::to_string).collect();
     if vias.is_empty() {
         return None;
     }
+    let value = |name: &str| headers.get(name).unwrap_or_default().to_string();
     Some(Echo {
         vias,
-        from: headers.get("from")?.to_string(),
-        to: headers.get("to")?.to_string(),
-        call_id: headers.get("call-id")?.to_string(),
+        from: value("from"),
+        to: value("to"),
+        call_id: value("call-id"),
         cseq: headers.get("cseq")?.to_string(),
     })
 }
@@ -849,8 +979,11 @@ pub fn write_response(
     for via in &echo.vias {
         let _ = write!(out, "Via: {via}\r\n");
     }
-    let _ = write!(out, "From: {}\r\n", echo.from);
+    if !echo.from.is_empty() {
+        let _ = write!(out, "From: {}\r\n", echo.from);
+    }
     match to_tag {
+        _ if echo.to.is_empty() => {}
         Some(tag) if !echo.to.contains(";tag=") && status > 100 => {
             let _ = write!(out, "To: {};tag={}\r\n", echo.to, tag);
         }
@@ -858,7 +991,10 @@ pub fn write_response(
             let _ = write!(out, "To: {}\r\n", echo.to);
         }
     }
-    let _ = write!(out, "Call-ID: {}\r\nCSeq: {}\r\n", echo.call_id, echo.cseq);
+    if !echo.call_id.is_empty() {
+        let _ = write!(out, "Call-ID: {}\r\n", echo.call_id);
+    }
+    let _ = write!(out, "CSeq: {}\r\n", echo.cseq);
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -994,14 +1130,120 @@ Content-Length: 4\r\n\r\nv=0\n";
     }
 
     #[test]
-    fn cseq_mismatch_is_400_and_missing_call_id_is_answered_silently() {
+    fn cseq_mismatch_is_400_and_missing_call_id_still_gets_400() {
         let msg = INVITE.replace("314159 INVITE", "314159 OPTIONS");
         assert_eq!(
             parse(msg.as_bytes()).err().map(|e| e.status),
             Some(Some(400))
         );
+        // RFC 4475 §3.3.1: answered 400 with what there is to echo.
         let msg = INVITE.replace("i: a84b4c76e66710\r\n", "");
+        let err = parse(msg.as_bytes()).expect_err("must be refused");
+        assert_eq!(err.status, Some(400));
+        let echo = err.echo.expect("Via and CSeq are there to answer");
+        let answer =
+            String::from_utf8(write_response(&echo, 400, None, None, &[], b"")).expect("ASCII");
+        assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+        assert!(!answer.contains("Call-ID"), "{answer}");
+        assert!(answer.contains("CSeq: 314159 INVITE\r\n"), "{answer}");
+        // Without a Via nothing can carry an answer.
+        let msg = INVITE.replace(
+            "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n",
+            "",
+        );
         assert_eq!(parse(msg.as_bytes()).err().map(|e| e.status), Some(None));
+        // An unknown method is refused as such before its CSeq is compared.
+        let msg = INVITE
+            .replace("INVITE sip:", "NEWMETHOD sip:")
+            .replace("314159 INVITE", "314159 foobar");
+        assert_eq!(
+            parse(msg.as_bytes()).err().map(|e| e.status),
+            Some(Some(501))
+        );
+    }
+
+    /// The RFC 4475 §3.1.2 shapes rsipstack lets through, refused with 400.
+    #[test]
+    fn malformed_name_addrs_uris_and_dates_are_400() {
+        let to = "To: <sip:12345@hotline.example>\r\n";
+        let refused = [
+            // Unterminated quoted display name.
+            INVITE.replace(to, "To: \"Mr. J. User <sip:j.user@example.com>\r\n"),
+            // Spaces inside <addr-spec>.
+            INVITE.replace(
+                to,
+                "To: \"Watson, Thomas\" < sip:t.watson@example.org >\r\n",
+            ),
+            // Unquoted display name with a comma.
+            INVITE.replace(to, "To: Watson, Thomas <sip:t.watson@example.org>\r\n"),
+            // Escaped headers in the Request-URI.
+            INVITE.replace(
+                "sip:12345@hotline.example SIP",
+                "sip:12345@hotline.example?Route=%3Csip:x%3E SIP",
+            ),
+            // A Contact URI with headers outside <>.
+            INVITE.replace(
+                "Contact: <sip:13800000000@127.0.0.1:5070>",
+                "Contact: sip:u@example.com?Route=%3Csip:x%3E",
+            ),
+            // Date not in GMT.
+            INVITE.replace(
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nDate: Fri, 01 Jan 2010 16:00:00 EST\r\n",
+            ),
+        ];
+        for msg in refused {
+            let err = parse(msg.as_bytes()).expect_err(&msg);
+            assert_eq!(err.status, Some(400), "{msg}");
+        }
+        let accepted = [
+            INVITE.replace(
+                to,
+                "To: \"Mr. \\\"J\\\" User\" <sip:12345@hotline.example>\r\n",
+            ),
+            INVITE.replace(to, "To: Hotline.Desk <sip:12345@hotline.example>\r\n"),
+            INVITE.replace(to, "To: 热线 <sip:12345@hotline.example>\r\n"),
+            INVITE.replace(to, "To: sip:12345@hotline.example;tag=7\r\n"),
+            // `?` in the user part is a character, not headers.
+            INVITE.replace(
+                "sip:12345@hotline.example SIP",
+                "sip:12345?x@hotline.example SIP",
+            ),
+            INVITE.replace(
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nDate: Sat, 13 Nov 2010 23:29:00 GMT\r\n",
+            ),
+            // RFC 5118 §4.10: the three-colon IPv6 form is tolerated.
+            INVITE
+                .replace(
+                    "sip:12345@hotline.example SIP",
+                    "sip:12345@[2001:db8:::192.0.2.1] SIP",
+                )
+                .replace(to, "To: sip:12345@[2001:db8:::192.0.2.1]\r\n"),
+        ];
+        for msg in accepted {
+            assert!(parse(msg.as_bytes()).is_ok(), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unframeable_stream_requests_get_400() {
+        let msg = INVITE.replace("Content-Length: 4", "Content-Length: -999");
+        assert!(frame_length(msg.as_bytes()).is_err());
+        let answer = unframeable_answer(msg.as_bytes(), "bad Content-Length").expect("a 400");
+        let answer = String::from_utf8(answer).expect("ASCII");
+        assert!(
+            answer.starts_with("SIP/2.0 400 Bad Content-Length\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Call-ID: a84b4c76e66710\r\n"), "{answer}");
+        let ack = msg
+            .replace("INVITE sip", "ACK sip")
+            .replace("314159 INVITE", "314159 ACK");
+        assert_eq!(
+            unframeable_answer(ack.as_bytes(), "bad Content-Length"),
+            None
+        );
     }
 
     #[test]

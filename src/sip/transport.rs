@@ -155,6 +155,10 @@ impl SipSockets {
                         Err(why) => {
                             // The stream cannot be framed any more: close it (RFC 3261 §18.3).
                             tracing::debug!(peer = %src, why, "closing unframeable TCP connection");
+                            if let Some(answer) = crate::sip::message::unframeable_answer(&buf, why)
+                            {
+                                me.send(peer, Bytes::from(answer));
+                            }
                             unframeable = true;
                             break 'conn;
                         }
