@@ -43,6 +43,8 @@ pub struct Settings {
     pub recording: RecordingSettings,
     /// `[transfer]`
     pub transfer: TransferSettings,
+    /// `[limits]`
+    pub limits: crate::overload::LimitSettings,
     /// `[queues.NAME]`: the agent queues flows and routes may name.
     pub queues: BTreeMap<String, QueueDef>,
     /// `[backends.NAME]`: systems a flow can hand calls to.

@@ -25,6 +25,7 @@ pub mod config;
 pub mod ivr;
 pub mod load;
 pub mod media;
+pub mod overload;
 pub mod registrar;
 pub mod routing;
 pub mod server;

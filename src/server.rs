@@ -38,8 +38,13 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Methods we implement, for Allow headers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 
-/// Depth of each worker's input queue; past it new INVITEs get 503.
+/// Depth of each worker's in-dialog lane (responses, in-dialog requests,
+/// what its calls ask it to send). Its lane of new requests is
+/// `[limits] worker_backlog` deep plus room to answer the excess with 503.
 const WORKER_QUEUE: usize = 8192;
+
+/// How often the runtime's timer lateness is measured (overload control).
+const LAG_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Seconds since the Unix epoch (the registrar's and nonces' clock).
 pub fn now_unix() -> u64 {
@@ -114,8 +119,13 @@ pub struct Shared {
     pub ports: Arc<PortPool>,
     /// Sockets.
     pub sockets: Arc<SipSockets>,
-    /// Worker inputs, by index.
+    /// Worker inputs, by index: in-dialog traffic and what calls send.
     pub workers: Vec<mpsc::Sender<WorkerInput>>,
+    /// Each worker's lane of new out-of-dialog requests from the network,
+    /// served only when its in-dialog lane is empty.
+    fresh: Vec<mpsc::Sender<WorkerInput>>,
+    /// Overload control: limits, per-holder counts, what was shed.
+    pub overload: Arc<crate::overload::Overload>,
     /// host:port for Via and Contact.
     pub host: String,
     /// Calls alive now.
@@ -216,7 +226,18 @@ impl Shared {
 
     /// Live figures for `yihaotong status`.
     pub fn status(&self) -> serde_json::Value {
+        let load = crate::overload::Load {
+            live_calls: self.live_calls.load(Relaxed),
+            backlog: self
+                .fresh
+                .iter()
+                .map(|f| f.max_capacity() - f.capacity())
+                .max()
+                .unwrap_or(0),
+        };
         serde_json::json!({
+            "overload": self.overload.snapshot(load),
+            "tcp_connections": self.sockets.open_connections(),
             "live_calls": self.live_calls.load(std::sync::atomic::Ordering::Relaxed),
             "draining": self.draining.load(Relaxed),
             "rtp_ports_free": self.ports.available(),
@@ -385,12 +406,15 @@ impl Server {
         };
         let engine = Engine::start(media_threads, settings.ivr.media_realtime)
             .map_err(|e| anyhow::anyhow!("cannot start the media engine: {e}"))?;
-        let (sockets, listener) = SipSockets::bind(settings.sip.listen).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} ([sip] listen): {e}",
-                settings.sip.listen
-            )
-        })?;
+        let (sockets, listener) =
+            SipSockets::bind(settings.sip.listen, settings.limits.max_tcp_connections)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} ([sip] listen): {e}",
+                        settings.sip.listen
+                    )
+                })?;
         let local = sockets.local_addr();
         let n = if settings.sip.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -399,11 +423,18 @@ impl Server {
         };
         let mut senders = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
+        let mut fresh = Vec::with_capacity(n);
         for _ in 0..n {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            // Past worker_backlog new INVITEs are answered 503 by the worker;
+            // the extra room lets it say so instead of dropping them.
+            let (fresh_tx, fresh_rx) = mpsc::channel(settings.limits.worker_backlog.max(1) * 2);
             senders.push(tx);
-            receivers.push(rx);
+            fresh.push(fresh_tx);
+            receivers.push((rx, fresh_rx));
         }
+        let overload = crate::overload::Overload::new(settings.limits.clone());
+        tokio::spawn(overload.clone().watch_lag(LAG_PERIOD));
         let host = if settings.sip.advertise.is_empty() {
             local.to_string()
         } else {
@@ -433,6 +464,8 @@ impl Server {
             )),
             sockets: sockets.clone(),
             workers: senders,
+            fresh,
+            overload,
             host,
             live_calls: AtomicUsize::new(0),
             catalog: std::sync::RwLock::new(Arc::new(catalog)),
@@ -446,7 +479,7 @@ impl Server {
             store,
             settings,
         });
-        for (index, rx) in receivers.into_iter().enumerate() {
+        for (index, (rx, fresh_rx)) in receivers.into_iter().enumerate() {
             let worker = Worker {
                 index,
                 shared: shared.clone(),
@@ -456,8 +489,9 @@ impl Server {
                 ),
                 calls: HashMap::new(),
                 owners: HashMap::new(),
+                backlog: 0,
             };
-            tokio::spawn(worker.run(rx));
+            tokio::spawn(worker.run(rx, fresh_rx));
         }
         if shared.settings.recording.enabled && shared.settings.recording.retention_days > 0 {
             tokio::spawn(expire_recordings(shared.clone()));
@@ -489,13 +523,25 @@ fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
     match message::parse(bytes) {
         Ok(msg) => {
             let w = shared.worker_of(&msg.core().call_id);
+            // New requests (and the CANCELs that must follow their INVITE)
+            // wait in their own lane; responses and in-dialog requests go
+            // ahead of them.
+            let fresh = matches!(&msg, Message::Request(r) if r.core.to.tag.is_none() && r.method != Method::Ack);
             let new_invite = matches!(&msg, Message::Request(r) if r.method == Method::Invite && r.core.to.tag.is_none());
-            let sent = shared.workers[w].try_send(WorkerInput::Incoming(Box::new(msg), peer));
+            let lane = if fresh {
+                &shared.fresh
+            } else {
+                &shared.workers
+            };
+            let sent = lane[w].try_send(WorkerInput::Incoming(Box::new(msg), peer));
             if let Err(mpsc::error::TrySendError::Full(WorkerInput::Incoming(msg, _))) = sent {
-                // The worker is swamped: shed new calls, never in-dialog requests.
+                // The worker is swamped past its backlog bound: shed new
+                // calls statelessly. An in-dialog request is retransmitted.
                 if let (true, Message::Request(req)) = (new_invite, *msg) {
+                    shared.overload.record(crate::overload::Shed::Backlog);
+                    let retry = shared.settings.limits.retry_after.to_string();
                     let resp =
-                        req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+                        req.response(503, Some(&random_token()), &[("Retry-After", &retry)], b"");
                     shared.sockets.send(peer, Bytes::from(resp));
                 }
             }
@@ -524,18 +570,32 @@ struct Worker {
     calls: HashMap<String, mpsc::Sender<CallEvent>>,
     /// Owners of client transactions started by calls.
     owners: HashMap<TxKey, mpsc::Sender<CallEvent>>,
+    /// New requests waiting in this worker's fresh lane, as of the last input.
+    backlog: usize,
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<WorkerInput>) {
+    /// Serves the in-dialog lane first, then due timers, then one new
+    /// request at a time: BYE, ACK and re-INVITEs never wait behind a surge
+    /// of INVITEs.
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WorkerInput>,
+        mut fresh: mpsc::Receiver<WorkerInput>,
+    ) {
         loop {
             let deadline = self.txs.poll_timeout();
             tokio::select! {
+                biased;
                 input = rx.recv() => match input {
                     Some(input) => self.handle_input(input),
                     None => return,
                 },
                 _ = sleep_until(deadline) => self.txs.handle_timeout(Instant::now()),
+                Some(input) = fresh.recv() => {
+                    self.backlog = fresh.len();
+                    self.handle_input(input);
+                }
             }
             self.drain();
         }
@@ -560,8 +620,16 @@ impl Worker {
                 let new_request = matches!(&*msg, Message::Request(r) if r.method != Method::Ack);
                 if new_request && self.txs.is_full() {
                     if let Message::Request(req) = &*msg {
-                        let resp =
-                            req.response(503, Some(&random_token()), &[("Retry-After", "5")], b"");
+                        self.shared
+                            .overload
+                            .record(crate::overload::Shed::Transactions);
+                        let retry = self.shared.settings.limits.retry_after.to_string();
+                        let resp = req.response(
+                            503,
+                            Some(&random_token()),
+                            &[("Retry-After", &retry)],
+                            b"",
+                        );
                         self.shared.sockets.send(peer, Bytes::from(resp));
                     }
                     return;
@@ -757,9 +825,31 @@ impl Worker {
     }
 
     fn new_call(&mut self, key: TxKey, req: Request, peer: Peer) {
+        use crate::overload::{Holder, Load, Shed};
         if self.shared.draining.load(Relaxed) {
             // Shutting down: no new state; the trunk retries elsewhere or later.
+            self.shared.overload.record(Shed::Draining);
             self.simple(&key, &req, 503, &[("Retry-After", "30".to_string())]);
+            return;
+        }
+        let dialed_raw = req
+            .uri_user
+            .clone()
+            .or_else(|| req.core.to.user.clone())
+            .unwrap_or_default();
+        // Emergency numbers are never shed (an agent's phone dials them).
+        let emergency = self
+            .shared
+            .settings
+            .transfer
+            .emergency
+            .contains(&dialed_raw);
+        let load = Load {
+            live_calls: self.shared.live_calls.load(Relaxed),
+            backlog: self.backlog,
+        };
+        if let (false, Err(why)) = (emergency, self.shared.overload.admit(load)) {
+            self.shed(&key, &req, why);
             return;
         }
         // Bodies and answers we cannot deal in are refused before anything
@@ -792,13 +882,27 @@ impl Worker {
                 }
             }
         };
-        let dialed_raw = req
-            .uri_user
-            .clone()
-            .or_else(|| req.core.to.user.clone())
-            .unwrap_or_default();
+        // One slot per call against its agent, or its trunk address when
+        // that has a limit; given back when the call ends.
+        let holder = match &caller_agent {
+            Some(_) if emergency => None,
+            Some(agent) => Some(Holder::Agent(agent.clone())),
+            None if settings.limits.max_calls_per_trunk_source > 0 => {
+                Some(Holder::Source(peer.addr.ip()))
+            }
+            None => None,
+        };
+        let slot = match holder.map(|h| self.shared.overload.hold(h)) {
+            None => crate::overload::CallSlot::none(),
+            Some(Ok(slot)) => slot,
+            Some(Err(why)) => {
+                tracing::info!(source = %peer.addr, agent = ?caller_agent, limit = why.label(), "call refused: per-holder limit");
+                self.shed(&key, &req, why);
+                return;
+            }
+        };
         if let (Some(agent), Some(code)) = (&caller_agent, dialed_raw.strip_prefix('*')) {
-            self.feature_code(key, req, peer, agent.clone(), code.to_string());
+            self.feature_code(key, req, peer, agent.clone(), code.to_string(), slot);
             return;
         }
         // An agent's phone reaches another agent, a peer centre or an
@@ -842,8 +946,17 @@ impl Worker {
             route,
             dialed,
             caller_agent,
+            slot,
         };
         tokio::spawn(call::run(ctx, rx, arrival));
+    }
+
+    /// Refuses a new call for overload: 503 with Retry-After, counted.
+    fn shed(&mut self, key: &TxKey, req: &Request, why: crate::overload::Shed) {
+        self.shared.overload.record(why);
+        tracing::debug!(call_id = %req.core.call_id, reason = why.label(), "new call shed");
+        let retry = self.shared.settings.limits.retry_after.to_string();
+        self.simple(key, req, 503, &[("Retry-After", retry)]);
     }
 
     /// A new call's context: its events come from this worker.
@@ -865,7 +978,15 @@ impl Worker {
     /// the phone is answered by the `agent-feature` flow, which says how it
     /// went (flow variable `result`: logged-in, on-break, logged-out, ready
     /// or failed).
-    fn feature_code(&mut self, key: TxKey, req: Request, peer: Peer, agent: String, code: String) {
+    fn feature_code(
+        &mut self,
+        key: TxKey,
+        req: Request,
+        peer: Peer,
+        agent: String,
+        code: String,
+        slot: crate::overload::CallSlot,
+    ) {
         use crate::acd::desk::Presence;
         // *31/*32/*33 + agent: listen, whisper, barge (supervisors only).
         if let Some((mode, target)) = call::supervision_code(&code) {
@@ -881,9 +1002,10 @@ impl Worker {
             }
             let target = target.to_string();
             let (ctx, rx) = self.call_ctx(&req.core.call_id);
-            tokio::spawn(call::supervise(
-                ctx, rx, key, req, peer, agent, target, mode,
-            ));
+            tokio::spawn(async move {
+                let _slot = slot;
+                call::supervise(ctx, rx, key, req, peer, agent, target, mode).await
+            });
             return;
         }
         enum Change {
@@ -925,6 +1047,7 @@ impl Worker {
             route,
             dialed: format!("*{code}"),
             caller_agent: Some(agent.clone()),
+            slot,
         };
         tokio::spawn(async move {
             let outcome = match change {

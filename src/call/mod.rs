@@ -234,6 +234,9 @@ pub struct Arrival {
     pub dialed: String,
     /// The authenticated agent, when an agent's phone placed it.
     pub caller_agent: Option<String>,
+    /// Its place in its agent's or trunk address's count (overload control),
+    /// held until the call ends.
+    pub slot: crate::overload::CallSlot,
 }
 
 /// Whether agent `agent` dialing `dialed` reaches another agent, a peer
@@ -251,6 +254,7 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         route,
         dialed,
         caller_agent,
+        slot: _slot,
     } = arrival;
     let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
     async move {

@@ -13,6 +13,8 @@ use rtc_sdp::description::session::SessionDescription;
 pub const MAX_MEDIA_SECTIONS: usize = 8;
 /// Largest SDP body we parse.
 pub const MAX_SDP_BYTES: usize = 8 * 1024;
+/// Most lines in an SDP body; more is refused (hostile input bound).
+pub const MAX_SDP_LINES: usize = 256;
 
 /// Stream direction (RFC 3264 §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,9 @@ pub enum SdpError {
 pub fn parse_audio(body: &[u8]) -> Result<AudioOffer, SdpError> {
     if body.len() > MAX_SDP_BYTES {
         return Err(SdpError::Malformed("too large".into()));
+    }
+    if body.split(|b| *b == b'\n').count() > MAX_SDP_LINES + 1 {
+        return Err(SdpError::Malformed("too many lines".into()));
     }
     let sdp = SessionDescription::unmarshal(&mut Cursor::new(body))
         .map_err(|e| SdpError::Malformed(e.to_string()))?;
@@ -244,6 +249,22 @@ m=audio 40000 RTP/AVP 8 0 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 tel
             parse_audio(b"garbage"),
             Err(SdpError::Malformed(_))
         ));
+        // Bounds: media sections and lines (each under the byte bound).
+        let many_sections = format!(
+            "{OFFER}{}",
+            "m=audio 0 RTP/AVP 0\r\n".repeat(MAX_MEDIA_SECTIONS)
+        );
+        assert!(many_sections.len() < MAX_SDP_BYTES);
+        assert_eq!(
+            parse_audio(many_sections.as_bytes()),
+            Err(SdpError::Malformed("too many media sections".into()))
+        );
+        let many_lines = format!("{OFFER}{}", "a=x\r\n".repeat(MAX_SDP_LINES));
+        assert!(many_lines.len() < MAX_SDP_BYTES);
+        assert_eq!(
+            parse_audio(many_lines.as_bytes()),
+            Err(SdpError::Malformed("too many lines".into()))
+        );
         let named = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 media.example.com");
         assert!(matches!(
             parse_audio(named.as_bytes()),

@@ -24,15 +24,14 @@ use super::{Peer, TransportKind};
 /// Where received messages go: bytes of one message and who sent them.
 pub type Inbound = Arc<dyn Fn(&[u8], Peer) + Send + Sync>;
 
-/// Most TCP connections at once; more are refused at accept.
-pub const MAX_TCP_CONNECTIONS: usize = 4096;
-
 /// The bound sockets and the table of open TCP connections.
 pub struct SipSockets {
     udp: Arc<UdpSocket>,
     tcp_writers: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     next_conn: AtomicU64,
     open_conns: AtomicUsize,
+    /// Most TCP connections at once; more are refused at accept.
+    max_conns: usize,
     local: SocketAddr,
     /// Where received messages go; set by [`SipSockets::start`], also used by
     /// connections we open ourselves.
@@ -48,8 +47,11 @@ impl std::fmt::Debug for SipSockets {
 }
 
 impl SipSockets {
-    /// Binds UDP and TCP on `addr`.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Arc<SipSockets>, TcpListener)> {
+    /// Binds UDP and TCP on `addr`, taking at most `max_conns` TCP connections.
+    pub async fn bind(
+        addr: SocketAddr,
+        max_conns: usize,
+    ) -> std::io::Result<(Arc<SipSockets>, TcpListener)> {
         let udp = UdpSocket::bind(addr).await?;
         let local = udp.local_addr()?;
         // TCP on the same port as UDP (the port may have been 0: use what UDP got).
@@ -60,6 +62,7 @@ impl SipSockets {
                 tcp_writers: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 open_conns: AtomicUsize::new(0),
+                max_conns,
                 local,
                 inbound: OnceLock::new(),
             }),
@@ -70,6 +73,11 @@ impl SipSockets {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open_conns.load(Ordering::Relaxed)
     }
 
     /// Starts `readers` UDP receive tasks (they share the socket, so parsing
@@ -98,7 +106,7 @@ impl SipSockets {
                 let Ok((stream, src)) = listener.accept().await else {
                     continue;
                 };
-                if me.open_conns.load(Ordering::Relaxed) >= MAX_TCP_CONNECTIONS {
+                if me.open_conns.load(Ordering::Relaxed) >= me.max_conns {
                     drop(stream);
                     continue;
                 }
