@@ -12,6 +12,7 @@
 # Usage: benches/run.sh            (installs sip-tester and kamailio if missing)
 # Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
 #        TARGETS="sipp kamailio yihaotong harness" (a subset measures less; ratios need all)
+#        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -112,6 +113,46 @@ start_uas
 (cd "$WORK" && sipp -sf "$ROOT/benches/sipp/register_many.xml" -inf "$WORK/agents.csv" -set agent_port $UAS_PORT \
    -i 127.0.0.1 -p $UAC_PORT 127.0.0.1:$YHT_PORT -m "$AGENTS" -r 200 -nostdin >/dev/null 2>&1) || echo "  (some agent registrations failed)" >&2
 if want yihaotong; then YIHAOTONG=$(sweep yihaotong $YHT_PORT); fi
+
+# Surge (TARGETS includes "surge"): SIPp offers SURGE_CPS (default twice the
+# highest passing step, or 6400) for SURGE_SECONDS (60) to the same server
+# while its resident memory and `status` are sampled each second. Then: how
+# long until no call is alive, and a 1,000 cps step that must pass again.
+if want surge; then
+  SURGE_CPS=${SURGE_CPS:-$(( YIHAOTONG > 0 ? YIHAOTONG * 2 : 6400 ))}
+  SURGE_SECONDS=${SURGE_SECONDS:-60}
+  echo "== surge: $SURGE_CPS cps offered for $SURGE_SECONDS s" >&2
+  ( while kill -0 "$YHT_PID" 2>/dev/null; do
+      rss=$(awk '/VmRSS/ {print $2}' "/proc/$YHT_PID/status" 2>/dev/null)
+      st=$("$BIN" status 2>/dev/null | python3 -c 'import json,sys; v=json.load(sys.stdin); o=v["overload"]; print(v["live_calls"], sum(o["shed"].values()), o["lag_ms_now"], json.dumps(o["shed"], separators=(",",":")))' 2>/dev/null)
+      echo "$(date +%s) ${rss:-0} ${st:-dead}"
+      sleep 1
+    done ) > "$WORK/surge-samples.txt" &
+  SAMPLER=$!
+  read -r s_att s_fail < <(STEP_SECONDS=$SURGE_SECONDS run_step $YHT_PORT "$SURGE_CPS" -s 123450)
+  surge_end=$(date +%s)
+  while "$BIN" status 2>/dev/null | grep -q '"live_calls": *[1-9]'; do sleep 0.2; done
+  drained=$(( $(date +%s) - surge_end ))
+  read -r r_att r_fail < <(STEP_SECONDS=8 run_step $YHT_PORT 1000 -s 123450)
+  kill "$SAMPLER" 2>/dev/null
+  alive=no; kill -0 "$YHT_PID" 2>/dev/null && alive=yes
+  echo "surge: agent states after: $("$BIN" status 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["agents"])' 2>/dev/null)" >&2
+  python3 - "$WORK/surge-samples.txt" "$WORK/step-$YHT_PORT-$SURGE_CPS/stats.csv" "$SURGE_CPS" "$s_att" "$s_fail" "$drained" "$r_att" "$r_fail" "$alive" <<'PY' >&2
+import csv, json, sys
+samples, stats, cps, att, fail, drained, r_att, r_fail, alive = sys.argv[1:]
+rows = [l.split() for l in open(samples) if len(l.split()) >= 6]
+rows = [r for r in rows if r[2] != "dead"]
+st = list(csv.reader(open(stats), delimiter=';'))
+head, last = st[0], st[-1]
+out = int(last[head.index('OutgoingCall(C)')]); ok = int(last[head.index('SuccessfulCall(C)')])
+secs = sum(int(x) * m for x, m in zip(last[head.index('ElapsedTime(C)')].split(':')[:3], (3600, 60, 1)))
+shed = json.loads(rows[-1][5]) if rows else {}
+print(f"surge: offered {cps} cps; SIPp placed {out} calls in {secs} s ({out / max(secs, 1):.0f} cps achieved), {ok} completed, {fail} failed")
+print(f"surge: 503s shed by reason {shed}; peak live calls {max(int(r[2]) for r in rows) if rows else 0}; worst lag {max(float(r[4]) for r in rows) if rows else 0:.0f} ms")
+print(f"surge: resident memory before {int(rows[0][1]) // 1024 if rows else 0} MiB, peak {max(int(r[1]) for r in rows) // 1024 if rows else 0} MiB, after {int(rows[-1][1]) // 1024 if rows else 0} MiB")
+print(f"surge: no call alive {drained} s after the surge; then 1000 cps for 8 s: {r_att} calls, {r_fail} failed; server alive: {alive}")
+PY
+fi
 
 echo '{}' > "$WORK/register.json"; echo '{}' > "$WORK/queue.json"
 if want harness; then
