@@ -217,6 +217,8 @@ pub struct SipSettings {
     /// Answer out-of-dialog requests from sources that are neither a trunk
     /// nor a registered agent (false: silence, so scanners find nothing).
     pub answer_strangers: bool,
+    /// `Server` / `User-Agent` header value; empty sends neither.
+    pub product: String,
 }
 
 /// `[rtp]`: media.
@@ -392,14 +394,26 @@ impl Settings {
     /// Loads defaults, then `file` (if any; `config/yihaotong.toml` is not read
     /// implicitly unless given), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let text = match file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Settings::from_text(text.as_deref().zip(file))
+    }
+
+    /// Like [`Settings::load`], with the file's text already read (`path`
+    /// names it in messages).
+    pub fn from_text(file: Option<(&str, &Path)>) -> anyhow::Result<Settings> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            check_file(&text, path)?;
-            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        if let Some((text, path)) = file {
+            check_file(text, path)?;
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
+        let file = file.map(|(_, path)| path);
         builder = builder.add_source(
             config::Environment::with_prefix("YIHAOTONG")
                 .prefix_separator("_")

@@ -433,6 +433,7 @@ impl Server {
             fresh.push(fresh_tx);
             receivers.push((rx, fresh_rx));
         }
+        crate::sip::message::set_product(&settings.sip.product);
         let overload = crate::overload::Overload::new(settings.limits.clone());
         tokio::spawn(overload.clone().watch_lag(LAG_PERIOD));
         let host = if settings.sip.advertise.is_empty() {

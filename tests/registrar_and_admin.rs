@@ -170,3 +170,26 @@ fn strangers_get_silence_when_so_configured_while_trunk_and_agents_are_answered(
     assert_eq!(agent.options(server.sip), Some(200));
     server.assert_idle();
 }
+
+/// Scanners learn nothing about what answers: no Server or User-Agent header
+/// unless `[sip] product` names one.
+#[test]
+fn server_and_user_agent_headers_are_off_unless_configured() {
+    for (product, expected) in [("", None), ("yihaotong-test", Some("yihaotong-test"))] {
+        let server = TestServer::start_with(&[("YIHAOTONG_SIP__PRODUCT", product)]);
+        let mut probe = Phone::new("probe");
+        probe.out_of_dialog(server.sip, "OPTIONS", "SIP/2.0", "product-probe", "");
+        let ok = probe
+            .response("product-probe", "OPTIONS", 200, 2.0)
+            .expect("OPTIONS answered");
+        assert_eq!(ok.headers.get("server"), expected, "product {product:?}");
+        // The same for a stateless refusal and for the challenge to a REGISTER.
+        probe.out_of_dialog(server.sip, "OPTIONS", "SIP/3.0", "product-505", "");
+        let refused = probe
+            .response("product-505", "OPTIONS", 505, 2.0)
+            .expect("505 answered");
+        assert_eq!(refused.status, 505);
+        assert_eq!(refused.headers.get("server"), expected);
+        assert!(refused.headers.get("user-agent").is_none());
+    }
+}

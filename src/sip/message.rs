@@ -533,10 +533,11 @@ pub fn frame_length(buf: &[u8]) -> Result<Option<usize>, &'static str> {
     }
     // RFC 3261 §18.3: over a stream, Content-Length is mandatory.
     let n = content_length.ok_or("missing Content-Length on a stream")?;
-    let total = end + n;
-    if total > MAX_MESSAGE_SIZE {
-        return Err("message too large");
-    }
+    // A Content-Length near usize::MAX must not wrap (found by fuzzing).
+    let total = end
+        .checked_add(n)
+        .filter(|t| *t <= MAX_MESSAGE_SIZE)
+        .ok_or("message too large")?;
     Ok((buf.len() >= total).then_some(total))
 }
 
@@ -958,6 +959,23 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// What we call ourselves in `Server` and `User-Agent`, once set; unset (the
+/// default) sends neither header, so a scanner learns nothing from us.
+static PRODUCT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the `Server` / `User-Agent` value for the life of the process
+/// (`[sip] product`); empty keeps both headers off. Only the first call counts.
+pub fn set_product(product: &str) {
+    let clean: String = product
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    if !clean.trim().is_empty() {
+        let _ = PRODUCT.set(clean.trim().to_string());
+    }
+}
+
 /// Writes a response to `req`'s headers as received (Via, From, To, Call-ID,
 /// CSeq are echoed; `to_tag` is added to To when the request had none).
 /// `extra` headers are written as given; Content-Length is always written.
@@ -997,6 +1015,9 @@ pub fn write_response(
     let _ = write!(out, "CSeq: {}\r\n", echo.cseq);
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if let Some(product) = PRODUCT.get() {
+        let _ = write!(out, "Server: {product}\r\n");
     }
     let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
     let mut bytes = out.into_bytes();
@@ -1067,6 +1088,9 @@ impl OutgoingRequest<'_> {
         );
         for (name, value) in self.extra {
             let _ = write!(out, "{name}: {value}\r\n");
+        }
+        if let Some(product) = PRODUCT.get() {
+            let _ = write!(out, "User-Agent: {product}\r\n");
         }
         let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
         let mut bytes = out.into_bytes();
@@ -1224,6 +1248,15 @@ Content-Length: 4\r\n\r\nv=0\n";
         for msg in accepted {
             assert!(parse(msg.as_bytes()).is_ok(), "{msg}");
         }
+    }
+
+    #[test]
+    fn stream_framing_survives_a_content_length_near_usize_max() {
+        let msg = INVITE.replace(
+            "Content-Length: 4",
+            &format!("Content-Length: {}", usize::MAX - 3),
+        );
+        assert_eq!(frame_length(msg.as_bytes()), Err("message too large"));
     }
 
     #[test]
