@@ -22,6 +22,7 @@ pub mod acd;
 pub mod admin;
 pub mod call;
 pub mod config;
+pub mod fuzzing;
 pub mod ivr;
 pub mod load;
 pub mod media;
