@@ -1,0 +1,168 @@
+//! Crash safety: the server is killed with SIGKILL at random moments while
+//! the load harness runs a call mix against it (callers queueing, agents
+//! registering, answering and talking), then started again on the same data.
+//! Each round checks that nothing written is lost: agent accounts, the
+//! number plan, an agent's break, every CDR and queue-log line that was
+//! flushed before the kill; and that no call stays "in progress": calls cut by
+//! the kill are closed out as `crashed` at start-up, exactly once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestServer;
+use rand::{Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_yihaotong");
+
+fn json(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let (ok, out) = server.cli(args);
+    assert!(ok, "{args:?} failed: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// Call-IDs and dispositions of every CDR (the CLI flushes pending records first).
+fn cdrs(server: &TestServer) -> Vec<(String, String)> {
+    json(server, &["cdrs", "--since", "1h"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["call_id"].as_str().unwrap_or_default().to_string(),
+                c["disposition"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn queue_log_lines(server: &TestServer) -> usize {
+    let (ok, out) = server.cli(&["queue-log", "--since", "1h"]);
+    assert!(ok, "{out}");
+    out.lines().count()
+}
+
+fn agent_ids(server: &TestServer) -> BTreeSet<String> {
+    json(server, &["agents", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut server = TestServer::start();
+    // Accounts the harness provisions, plus one on break that must stay so.
+    server.add_agent("1001", "s3cret", "main");
+    let (ok, out) = server.cli(&["agents", "state", "1001", "break", "--reason", "lunch"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["routes", "set", "99999", "--queue", "main"]);
+    assert!(ok, "{out}");
+    let routes_before = json(&server, &["routes", "list"]);
+    let sip = server.sip.to_string();
+    let mut crashed_seen = 0;
+    let mut agents_before = BTreeSet::new();
+
+    for round in 0..3 {
+        let mut harness = Command::new(BIN)
+            .args([
+                "load",
+                "--server",
+                &sip,
+                "--scenario",
+                "queue",
+                "--provision",
+                "--agents",
+                "6",
+                "--calls",
+                "400",
+                "--cps",
+                "25",
+                "--talk-ms",
+                "700",
+                "--ring-ms",
+                "50",
+                "--abandon",
+                "0.2",
+                "--max-seconds",
+                "30",
+            ])
+            .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("load harness starts");
+        // Let calls build up, take what is on disk now, then kill at a random
+        // moment after that (inside or outside a record flush).
+        std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3500)));
+        let flushed: BTreeSet<(String, String)> = cdrs(&server).into_iter().collect();
+        let lines = queue_log_lines(&server);
+        if round == 0 {
+            agents_before = agent_ids(&server);
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1200)));
+        // The harness stops dead too (no BYEs), so the restarted server
+        // sees no traffic; then SIGKILL the server and start it again.
+        let _ = harness.kill();
+        let _ = harness.wait();
+        server.restart();
+
+        let after = cdrs(&server);
+        let after_set: BTreeSet<(String, String)> = after.iter().cloned().collect();
+        let lost: Vec<_> = flushed.difference(&after_set).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round} (seed {seed}): flushed CDRs lost: {lost:?}"
+        );
+        let ids: BTreeSet<&String> = after.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), after.len(), "round {round}: a call has two CDRs");
+        assert!(
+            queue_log_lines(&server) >= lines,
+            "round {round}: queue-log lines lost"
+        );
+        crashed_seen += after.iter().filter(|(_, d)| d == "crashed").count();
+        assert_eq!(
+            agent_ids(&server),
+            agents_before,
+            "round {round}: accounts changed"
+        );
+        assert_eq!(
+            json(&server, &["routes", "list"]),
+            routes_before,
+            "round {round}: number plan changed"
+        );
+        let listed = json(&server, &["agents", "list"]);
+        let on_break = listed
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["id"] == "1001"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(on_break["state"], "on-break", "round {round}: {on_break}");
+        assert_eq!(json(&server, &["status"])["live_calls"], 0);
+        // A second start closes nothing out again.
+        server.restart();
+        assert_eq!(
+            cdrs(&server).len(),
+            after.len(),
+            "round {round}: closed out twice"
+        );
+    }
+    // At 25 calls/s with 0.7 s of talk, calls are always up when killed.
+    assert!(crashed_seen > 0, "seed {seed}: no call was cut by any kill");
+}
