@@ -96,6 +96,12 @@ pub struct Registrar {
     auth: Authenticator,
     settings: SipSettings,
     failures: HashMap<IpAddr, Failures>,
+    /// Failed answers per account name tried, in the current window: watched
+    /// and reported, never used to lock the account (an attacker could
+    /// otherwise lock real agents out).
+    account_failures: HashMap<String, Failures>,
+    /// Sources blocked since start.
+    blocks: u64,
 }
 
 const MAX_TRACKED_SOURCES: usize = 100_000;
@@ -111,6 +117,61 @@ impl Registrar {
             store,
             settings,
             failures: HashMap::new(),
+            account_failures: HashMap::new(),
+            blocks: 0,
+        }
+    }
+
+    /// Authentication figures for `yihaotong status`: sources blocked now
+    /// and since start, and the accounts with the most failures in the
+    /// current window.
+    pub fn auth_figures(&self, now: u64) -> serde_json::Value {
+        let blocked_now = self
+            .failures
+            .values()
+            .filter(|f| f.blocked_until > now)
+            .count();
+        let mut accounts: Vec<(&String, u32)> = self
+            .account_failures
+            .iter()
+            .filter(|(_, f)| now.saturating_sub(f.window_start) <= self.settings.auth_fail_window)
+            .map(|(a, f)| (a, f.count))
+            .collect();
+        accounts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        accounts.truncate(10);
+        serde_json::json!({
+            "sources_blocked_now": blocked_now,
+            "source_blocks_since_start": self.blocks,
+            "failures_by_account": accounts
+                .into_iter()
+                .map(|(a, n)| serde_json::json!({ "account": a, "failures": n }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    /// Counts a failure against the account name tried (bounded table; names
+    /// are attacker-chosen). Warns once per window when it passes the limit.
+    fn record_account_failure(&mut self, now: u64, user: &str, source: IpAddr) {
+        let s = &self.settings;
+        if self.account_failures.len() >= MAX_TRACKED_SOURCES
+            && !self.account_failures.contains_key(user)
+        {
+            let window = s.auth_fail_window;
+            self.account_failures
+                .retain(|_, f| now.saturating_sub(f.window_start) <= window);
+            if self.account_failures.len() >= MAX_TRACKED_SOURCES {
+                return;
+            }
+        }
+        let key: String = user.chars().take(64).collect();
+        let f = self.account_failures.entry(key).or_default();
+        if now.saturating_sub(f.window_start) > s.auth_fail_window {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count += 1;
+        if f.count == s.auth_fail_limit * 2 {
+            tracing::warn!(account = user, %source, failures = f.count, window = s.auth_fail_window, "account under password guessing (it stays open; sources are blocked one by one)");
         }
     }
 
@@ -136,6 +197,7 @@ impl Registrar {
             f.blocked_until = now + block;
             f.next_block = (block * 2).min(86_400);
             f.count = 0;
+            self.blocks += 1;
             tracing::warn!(source = %ip, account = user, seconds = block, "blocking source after repeated authentication failures");
             return true;
         }
@@ -193,6 +255,7 @@ impl Registrar {
             Verdict::Stale => AuthOutcome::Refuse(self.challenge(now, true, challenge_header)),
             Verdict::Denied => {
                 tracing::info!(source = %peer.addr, account = %digest.username, "authentication failed");
+                self.record_account_failure(now, &digest.username, ip);
                 if self.record_failure(ip, now, &digest.username) {
                     AuthOutcome::Refuse(Answer::plain(403))
                 } else {

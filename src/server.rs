@@ -238,6 +238,11 @@ impl Shared {
         serde_json::json!({
             "overload": self.overload.snapshot(load),
             "tcp_connections": self.sockets.open_connections(),
+            "auth": self
+                .registrar
+                .lock()
+                .map(|r| r.auth_figures(now_unix()))
+                .unwrap_or_default(),
             "live_calls": self.live_calls.load(std::sync::atomic::Ordering::Relaxed),
             "draining": self.draining.load(Relaxed),
             "rtp_ports_free": self.ports.available(),

@@ -64,6 +64,28 @@ fn register_with_digest_both_algorithms_and_lockout() {
         other.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
         200
     );
+    // Failures are counted per source (blocked) and per account (watched).
+    let (ok, out) = server.cli(&["status"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    let auth = &status["auth"];
+    assert_eq!(auth["sources_blocked_now"], 1, "{auth}");
+    assert_eq!(auth["source_blocks_since_start"], 1, "{auth}");
+    let by_account = auth["failures_by_account"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(by_account[0]["account"], "1001", "{auth}");
+    assert_eq!(
+        by_account[0]["failures"], 4,
+        "9999's failure and four for 1001 made five from this source; the rest were refused unheard: {auth}"
+    );
+    assert!(
+        by_account
+            .iter()
+            .any(|a| a["account"] == "9999" && a["failures"] == 1),
+        "{auth}"
+    );
 }
 
 #[test]

@@ -80,6 +80,8 @@ check "the source was blocked, and the block logged with the account tried" \
   grep -qE "blocking source.*127\.0\.0\.2.*account.*1001|blocking source.*account.*1001" "$LOG"
 guesses=$(grep -c "authentication failed" "$LOG")
 check "blocked long before the list: $guesses failed guesses counted" [ "$guesses" -le 10 ]
+check "status counts the guesses against account 1001 and the blocks" \
+  bash -c "'$BIN' status | python3 -c 'import json,sys; a=json.load(sys.stdin)[\"auth\"]; sys.exit(not (a[\"source_blocks_since_start\"] >= 2 and any(x[\"account\"] == \"1001\" for x in a[\"failures_by_account\"])))'"
 # The real agent, from its own address, still registers: accounts are never locked.
 check "the account itself is not locked" \
   python3 - "$PORT" "$PASSWORD" <<'PY'
