@@ -342,6 +342,15 @@ impl Shared {
         }
     }
 
+    /// Refuses a request for overload without taking any state: a counted
+    /// 503 with `[limits] retry_after`, sent straight to `peer`.
+    fn shed_statelessly(&self, req: &Request, peer: Peer, why: crate::overload::Shed) {
+        self.overload.record(why);
+        let retry = self.settings.limits.retry_after.to_string();
+        let resp = req.response(503, Some(&random_token()), &[("Retry-After", &retry)], b"");
+        self.sockets.send(peer, Bytes::from(resp));
+    }
+
     /// Which worker owns a Call-ID.
     pub fn worker_of(&self, call_id: &str) -> usize {
         shard(call_id, self.workers.len())
@@ -543,12 +552,8 @@ fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
             if let Err(mpsc::error::TrySendError::Full(WorkerInput::Incoming(msg, _))) = sent {
                 // The worker is swamped past its backlog bound: shed new
                 // calls statelessly. An in-dialog request is retransmitted.
-                if let (true, Message::Request(req)) = (new_invite, *msg) {
-                    shared.overload.record(crate::overload::Shed::Backlog);
-                    let retry = shared.settings.limits.retry_after.to_string();
-                    let resp =
-                        req.response(503, Some(&random_token()), &[("Retry-After", &retry)], b"");
-                    shared.sockets.send(peer, Bytes::from(resp));
+                if let (true, Message::Request(req)) = (new_invite, &*msg) {
+                    shared.shed_statelessly(req, peer, crate::overload::Shed::Backlog);
                 }
             }
         }
@@ -626,17 +631,8 @@ impl Worker {
                 let new_request = matches!(&*msg, Message::Request(r) if r.method != Method::Ack);
                 if new_request && self.txs.is_full() {
                     if let Message::Request(req) = &*msg {
-                        self.shared
-                            .overload
-                            .record(crate::overload::Shed::Transactions);
-                        let retry = self.shared.settings.limits.retry_after.to_string();
-                        let resp = req.response(
-                            503,
-                            Some(&random_token()),
-                            &[("Retry-After", &retry)],
-                            b"",
-                        );
-                        self.shared.sockets.send(peer, Bytes::from(resp));
+                        let why = crate::overload::Shed::Transactions;
+                        self.shared.shed_statelessly(req, peer, why);
                     }
                     return;
                 }
