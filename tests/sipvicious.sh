@@ -35,13 +35,19 @@ start() { # answer_strangers
   export YIHAOTONG_DATA_DIR=$WORK/data-$1 YIHAOTONG_SIP__LISTEN=127.0.0.1:$PORT \
     YIHAOTONG_TRUNK__ALLOW=127.0.0.9/32 YIHAOTONG_SIP__ANSWER_STRANGERS=$1
   LOG=$WORK/server-$1.log
-  RUST_LOG=yihaotong=info "$BIN" run >"$LOG" 2>&1 &
-  PID=$!
-  for _ in $(seq 50); do "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
+  # Accounts first, written straight to the database: the server is not up
+  # yet, so the CLI cannot race it for the database lock.
   for id in 1001 1005; do
     "$BIN" agents add $id --password "$PASSWORD" --queues main >/dev/null
   done
+  RUST_LOG=yihaotong=info "$BIN" run >"$LOG" 2>&1 &
+  PID=$!
+  # A loaded machine (another build, another CI run) can take seconds.
+  for _ in $(seq 600); do "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
+  up "the server started (answer_strangers = $1)" || { cat "$LOG"; exit 1; }
 }
+# Every probe below must have met a live server: a dead one "resists" all.
+up() { check "$1" bash -c "kill -0 $PID 2>/dev/null && '$BIN' status >/dev/null 2>&1"; }
 stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
 
 # --- svmap: silence unless strangers are answered
@@ -49,6 +55,7 @@ start false
 svmap -b $ATTACKER -p $PORT 127.0.0.1 >"$WORK/svmap-false.txt" 2>&1
 check "svmap does not find a server that ignores strangers" \
   bash -c "! grep -q '127.0.0.1:$PORT' '$WORK/svmap-false.txt'"
+up "the server was up throughout"
 stop
 
 start true
@@ -64,7 +71,10 @@ for force in "" --force; do
   found=$(grep -oE '^\| *10[0-9][0-9] ' "$WORK/svwar$force.txt" | tr -dc '0-9\n' | sort -u | tr '\n' ' ')
   check "svwar ${force:-(default)} cannot single out 1001 and 1005 (reported: '${found}')" \
     bash -c "[ -z '$found' ] || [ \$(echo $found | wc -w) -ge 11 ]"
+  check "svwar ${force:-(default)} was answered (not met with silence)" \
+    bash -c "! grep -qE 'timed out|no server response' '$WORK/svwar$force.txt'"
 done
+up "the server was up throughout"
 
 # --- svcrack: the real password is word 800 of 1,000
 python3 - "$WORK/words.txt" "$PASSWORD" <<'PY'
