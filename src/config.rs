@@ -217,8 +217,33 @@ pub struct SipSettings {
     /// Answer out-of-dialog requests from sources that are neither a trunk
     /// nor a registered agent (false: silence, so scanners find nothing).
     pub answer_strangers: bool,
+    /// OPTIONS from strangers: as `answer_strangers`, or decided on their own.
+    pub stranger_options: StrangerOptions,
     /// `Server` / `User-Agent` header value; empty sends neither.
     pub product: String,
+}
+
+/// `[sip] stranger_options`: what an OPTIONS from a stranger gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrangerOptions {
+    /// As `answer_strangers` says.
+    Same,
+    /// Always a 200.
+    Answer,
+    /// Never an answer.
+    Ignore,
+}
+
+impl SipSettings {
+    /// Whether an out-of-dialog `method` from a stranger gets any answer.
+    pub fn answers_stranger(&self, method: &crate::sip::message::Method) -> bool {
+        match (method, self.stranger_options) {
+            (crate::sip::message::Method::Options, StrangerOptions::Answer) => true,
+            (crate::sip::message::Method::Options, StrangerOptions::Ignore) => false,
+            _ => self.answer_strangers,
+        }
+    }
 }
 
 /// `[rtp]`: media.

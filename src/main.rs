@@ -311,6 +311,33 @@ fn real_main() -> anyhow::Result<()> {
                     errors += 1;
                 }
             }
+            // No flow may send a number out through the trunk that the
+            // trunk would hand straight back (the server refuses it per call).
+            for flow in loaded.catalog.flows.values() {
+                for node in &flow.nodes {
+                    let yihaotong::ivr::flow::Action::Transfer { to, .. } = &node.action else {
+                        continue;
+                    };
+                    if settings.transfer.emergency.contains(to) {
+                        continue;
+                    }
+                    let Some(number) = yihaotong::routing::normalize(to, &settings.trunk.normalize)
+                    else {
+                        continue;
+                    };
+                    let back = routes
+                        .iter()
+                        .filter(|r| number.starts_with(&r.number))
+                        .max_by_key(|r| r.number.len());
+                    if let Some(r) = back {
+                        eprintln!(
+                            "{}:{}: node `{}`: transfer to {to} would come straight back: the plan routes it ({}) — a hairpin through the trunk",
+                            flow.file, node.line, node.name, r.number
+                        );
+                        errors += 1;
+                    }
+                }
+            }
             anyhow::ensure!(errors == 0, "{errors} error(s); nothing was changed");
             println!(
                 "flows OK: {} from {}; prompts OK: {} from {}; calendars: {}",

@@ -640,7 +640,7 @@ impl Worker {
                     let stranger_request = req.core.to.tag.is_none()
                         && !matches!(req.method, Method::Register | Method::Ack | Method::Cancel);
                     if stranger_request
-                        && !self.shared.settings.sip.answer_strangers
+                        && !self.shared.settings.sip.answers_stranger(&req.method)
                         && !self.shared.is_known_source(peer.addr.ip())
                     {
                         // A scanner learns nothing: no response, no state.
@@ -832,6 +832,19 @@ impl Worker {
             // Shutting down: no new state; the trunk retries elsewhere or later.
             self.shared.overload.record(Shed::Draining);
             self.simple(&key, &req, 503, &[("Retry-After", "30".to_string())]);
+            return;
+        }
+        // A call that has run out of hops is going round a loop (through a
+        // gateway and back): 483, as a proxy would (RFC 3261 §16.3 step 3),
+        // for every call leg we would place carries one hop less.
+        if req
+            .headers
+            .get("max-forwards")
+            .map(|m| m.trim().parse::<u8>())
+            == Some(Ok(0))
+        {
+            tracing::info!(source = %peer.addr, call_id = %req.core.call_id, "INVITE out of hops (Max-Forwards 0): a loop");
+            self.simple(&key, &req, 483, &[]);
             return;
         }
         let dialed_raw = req

@@ -232,6 +232,23 @@ fn bundled_flows_copy() -> tempfile::TempDir {
     flows
 }
 
+/// A server with the bundled flows plus `extra` (name, text), and an
+/// outbound gateway phone.
+fn with_gateway_and_flows(extra: &[(&str, &str)]) -> (tempfile::TempDir, Phone, TestServer) {
+    let flows = bundled_flows_copy();
+    for (name, text) in extra {
+        std::fs::write(flows.path().join(format!("{name}.toml")), text).expect("write");
+    }
+    let gateway = Phone::new("gateway");
+    let outbound = format!("sip:{}", gateway.addr);
+    let dir = flows.path().display().to_string();
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_FLOWS_DIR", &dir),
+        ("YIHAOTONG_TRUNK__OUTBOUND", &outbound),
+    ]);
+    (flows, gateway, server)
+}
+
 fn catalog_version(server: &TestServer) -> u64 {
     let (ok, out) = server.cli(&["status"]);
     assert!(ok, "{out}");
@@ -378,30 +395,16 @@ fn check_names_the_file_line_and_column_of_each_flow_error() {
 #[test]
 fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() {
     let mut duty = Phone::new("duty");
-    let flows = bundled_flows_copy();
-    std::fs::write(
-        flows.path().join("case-line.toml"),
-        format!(
-            "start = \"ask\"\n\
-             [nodes.ask]\ncollect = \"common/invalid\"\ninto = \"case\"\nmin_digits = 4\nmax_digits = 4\nnext = \"out\"\n\
-             [nodes.out]\ntransfer = \"sip:duty@{}\"\nfallback = \"sorry\"\n\
-             [nodes.sorry]\nplay = \"common/all-busy\"\nnext = \"hangup\"\n",
-            duty.addr
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        flows.path().join("police.toml"),
-        "start = \"out\"\n[nodes.out]\ntransfer = \"110\"\n",
-    )
-    .expect("write");
-    let mut gateway = Phone::new("gateway");
-    let outbound = format!("sip:{}", gateway.addr);
-    let dir = flows.path().display().to_string();
-    let server = TestServer::start_with(&[
-        ("YIHAOTONG_FLOWS_DIR", &dir),
-        ("YIHAOTONG_TRUNK__OUTBOUND", &outbound),
-    ]);
+    let case_line = format!(
+        "start = \"ask\"\n\
+         [nodes.ask]\ncollect = \"common/invalid\"\ninto = \"case\"\nmin_digits = 4\nmax_digits = 4\nnext = \"out\"\n\
+         [nodes.out]\ntransfer = \"sip:duty@{}\"\nfallback = \"sorry\"\n\
+         [nodes.sorry]\nplay = \"common/all-busy\"\nnext = \"hangup\"\n",
+        duty.addr
+    );
+    let police = "start = \"out\"\n[nodes.out]\ntransfer = \"110\"\n";
+    let (_flows, mut gateway, server) =
+        with_gateway_and_flows(&[("case-line", &case_line), ("police", police)]);
     // A number goes out through the outbound gateway.
     let (ok, out) = server.cli(&["routes", "set", "5556", "--flow", "police"]);
     assert!(ok, "{out}");
@@ -522,5 +525,65 @@ fn a_waiting_caller_hears_the_music_and_their_place_in_line() {
     first.in_dialog(server.sip, &mut d1, "BYE", "");
     let bye = agent.request("BYE", 3.0).expect("BYE");
     agent.reply(server.sip, &bye, 200, "a");
+    server.assert_idle();
+}
+
+#[test]
+fn a_trunk_call_never_goes_back_out_through_the_trunk_and_loops_run_out_of_hops() {
+    // 12315 is in the shipped plan: the trunk would hand it straight back.
+    let hairpin = "start = \"out\"\n\
+         [nodes.out]\ntransfer = \"12315\"\nfallback = \"sorry\"\n\
+         [nodes.sorry]\nplay = \"common/all-busy\"\nnext = \"hangup\"\n";
+    let duty = "start = \"out\"\n[nodes.out]\ntransfer = \"66001234\"\n";
+    let (_flows, mut gateway, server) =
+        with_gateway_and_flows(&[("hairpin", hairpin), ("duty", duty)]);
+    // `check` names the node that would hairpin, and only that one.
+    let (ok, out) = server.cli(&["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("hairpin.toml:2:")
+            && out.contains("transfer to 12315 would come straight back"),
+        "{out}"
+    );
+    assert!(out.contains("1 error(s)"), "{out}");
+    for (number, flow) in [("5557", "hairpin"), ("5558", "duty")] {
+        let (ok, out) = server.cli(&["routes", "set", number, "--flow", flow]);
+        assert!(ok, "{out}");
+    }
+
+    // Refused per call as well: nothing reaches the gateway, the fallback
+    // speaks, the flow hangs up.
+    let mut trunk = Phone::new("13800000031");
+    let d = answer_ivr(&server, &mut trunk, "5557", None);
+    let bye = trunk
+        .request("BYE", 15.0)
+        .expect("the fallback ends the call");
+    assert_eq!(bye.core.call_id, d.call_id);
+    trunk.reply(server.sip, &bye, 200, "t");
+    assert!(
+        gateway.request("INVITE", 0.5).is_none(),
+        "a hairpin reached the gateway"
+    );
+
+    // A number outside the plan goes out, one hop less than it came in.
+    let d = {
+        let mut d = trunk.invite_hops(server.sip, "5558", 5);
+        let ok = trunk
+            .response(&d.call_id, "INVITE", 200, 5.0)
+            .expect("answered");
+        trunk.ack(server.sip, &mut d, &ok);
+        d
+    };
+    let inv = gateway.request("INVITE", 5.0).expect("out via the gateway");
+    assert_eq!(inv.uri, format!("sip:66001234@{}", gateway.addr));
+    assert_eq!(inv.headers.get("max-forwards"), Some("4"));
+    gateway.reply(server.sip, &inv, 503, "gw");
+    let bye = trunk.request("BYE", 5.0).expect("flow hangs up");
+    assert_eq!(bye.core.call_id, d.call_id);
+    trunk.reply(server.sip, &bye, 200, "t");
+
+    // A call with no hops left is a loop: 483, and no call.
+    let d = trunk.invite_hops(server.sip, "5558", 0);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(483));
     server.assert_idle();
 }

@@ -31,9 +31,10 @@ check() { # description, then a command that must succeed
   if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fail=1; fi
 }
 
-start() { # answer_strangers
-  export YIHAOTONG_DATA_DIR=$WORK/data-$1 YIHAOTONG_SIP__LISTEN=127.0.0.1:$PORT \
-    YIHAOTONG_TRUNK__ALLOW=127.0.0.9/32 YIHAOTONG_SIP__ANSWER_STRANGERS=$1
+start() { # answer_strangers [stranger_options]
+  export YIHAOTONG_DATA_DIR=$WORK/data-$1-${2:-same} YIHAOTONG_SIP__LISTEN=127.0.0.1:$PORT \
+    YIHAOTONG_TRUNK__ALLOW=127.0.0.9/32 YIHAOTONG_SIP__ANSWER_STRANGERS=$1 \
+    YIHAOTONG_SIP__STRANGER_OPTIONS=${2:-same}
   LOG=$WORK/server-$1.log
   # Accounts first, written straight to the database: the server is not up
   # yet, so the CLI cannot race it for the database lock.
@@ -44,7 +45,7 @@ start() { # answer_strangers
   PID=$!
   # A loaded machine (another build, another CI run) can take seconds.
   for _ in $(seq 600); do "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
-  up "the server started (answer_strangers = $1)" || { cat "$LOG"; exit 1; }
+  up "the server started (answer_strangers = $1, stranger_options = ${2:-same})" || { cat "$LOG"; exit 1; }
 }
 # Every probe below must have met a live server: a dead one "resists" all.
 up() { check "$1" bash -c "kill -0 $PID 2>/dev/null && '$BIN' status >/dev/null 2>&1"; }
@@ -55,6 +56,20 @@ start false
 svmap -b $ATTACKER -p $PORT 127.0.0.1 >"$WORK/svmap-false.txt" 2>&1
 check "svmap does not find a server that ignores strangers" \
   bash -c "! grep -q '127.0.0.1:$PORT' '$WORK/svmap-false.txt'"
+up "the server was up throughout"
+stop
+# OPTIONS decided on their own: answered while all else from strangers is
+# ignored (a monitoring probe), or ignored while strangers are answered.
+start false answer
+svmap -b $ATTACKER -p $PORT 127.0.0.1 >"$WORK/svmap-options.txt" 2>&1
+check "svmap finds it when only OPTIONS are answered" grep -q "127.0.0.1:$PORT" "$WORK/svmap-options.txt"
+svmap -b $ATTACKER -p $PORT -m INVITE 127.0.0.1 >"$WORK/svmap-invite.txt" 2>&1
+check "but not by INVITE then" bash -c "! grep -q '127.0.0.1:$PORT' '$WORK/svmap-invite.txt'"
+stop
+start true ignore
+svmap -b $ATTACKER -p $PORT 127.0.0.1 >"$WORK/svmap-ignore.txt" 2>&1
+check "svmap (OPTIONS) does not find it when OPTIONS are ignored" \
+  bash -c "! grep -q '127.0.0.1:$PORT' '$WORK/svmap-ignore.txt'"
 up "the server was up throughout"
 stop
 

@@ -107,8 +107,7 @@ impl Call {
     async fn ring_citizen(&mut self, agent: &mut Leg, ring: Duration) -> Citizen {
         let shared = self.ctx.shared.clone();
         let number = self.cdr.caller.clone();
-        let Some(target) = super::transfer::outbound(&shared.settings, &number) else {
-            warn!("no [trunk] outbound: the citizen cannot be called");
+        let Some(target) = super::transfer::outbound(&shared, &number) else {
             return Citizen::NoAnswer;
         };
         let local = format!("<sip:{}@{}>", self.cdr.dialed, shared.host);
@@ -387,7 +386,7 @@ async fn callback_call(
     let call_id = format!("{}-cb@yihaotong", random_token());
     let index = shared.worker_of(&call_id);
     let worker = shared.workers[index].clone();
-    let target = super::transfer::outbound(&shared.settings, &booking.number)?;
+    let target = super::transfer::outbound(shared, &booking.number)?;
     // The INVITE the citizen would have sent: it names the call for the
     // agent's screen and the records. Nothing answers it.
     let branch = format!("z9hG4bK{}", random_token());

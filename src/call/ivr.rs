@@ -274,7 +274,7 @@ impl Call {
                             let target = if to.starts_with("sip:") {
                                 SipTarget::parse(&to)
                             } else {
-                                super::transfer::outbound(&shared.settings, &to)
+                                super::transfer::outbound(&shared, &to)
                             };
                             let ring =
                                 Duration::from_secs(shared.settings.queue.ring_timeout.max(1));

@@ -819,6 +819,7 @@ impl Call {
         );
         let contact = self.contact(&seat.peer);
         let dialed = self.invite.uri_user.clone().unwrap_or_default();
+        let max_forwards = self.invite.onward_max_forwards().to_string();
         let queue = if self.cdr.queue.is_empty() {
             route.queue.as_str()
         } else {
@@ -830,6 +831,7 @@ impl Call {
             ("X-Hotline", route.hotline.as_str()),
             ("X-Dialed", dialed.as_str()),
             ("X-Caller-Call-ID", self.invite.core.call_id.as_str()),
+            ("Max-Forwards", max_forwards.as_str()),
         ];
         if !queue.is_empty() {
             headers.push(("X-Queue", queue));

@@ -32,7 +32,6 @@ use super::ivr::IvrMedia;
 use super::queue::Unserved;
 use super::{respond, Call, CallCtx, CallEvent, End, Leg, Offer};
 use crate::acd::{SeatContact, Ticket};
-use crate::config::Settings;
 use crate::media::engine::StreamSetup;
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
@@ -126,13 +125,47 @@ pub(super) struct Replaces {
     call_id: String,
 }
 
-/// A number sent out through `[trunk] outbound`.
-pub(super) fn outbound(settings: &Settings, number: &str) -> Option<SipTarget> {
-    SipTarget::parse(&settings.trunk.outbound).map(|mut t| {
-        t.uri = format!("sip:{number}@{}", t.peer.addr);
-        t.user = Some(number.to_string());
-        t
-    })
+/// A number sent out through `[trunk] outbound`, unless it would come
+/// straight back: the trunk delivers every number our own plan routes to
+/// us, so sending one out is a hairpin (two trunk channels per turn, each
+/// billed, round and round). Emergency numbers always go. `None` (logged
+/// with the reason) when the number may not or cannot go out.
+pub(super) fn outbound(shared: &Shared, number: &str) -> Option<SipTarget> {
+    let settings = &shared.settings;
+    let Some(gateway) = SipTarget::parse(&settings.trunk.outbound) else {
+        warn!(number, "no [trunk] outbound: the number cannot be called");
+        return None;
+    };
+    if let Some(route) = hairpin(shared, number) {
+        warn!(
+            number,
+            route = %route,
+            "refused: the number routes back to us (hairpin through the trunk)"
+        );
+        return None;
+    }
+    let mut t = gateway;
+    t.uri = format!("sip:{number}@{}", t.peer.addr);
+    t.user = Some(number.to_string());
+    Some(t)
+}
+
+/// The route of our own plan `number` would arrive on if sent out through
+/// the trunk (emergency numbers are never held back).
+fn hairpin(shared: &Shared, number: &str) -> Option<String> {
+    let settings = &shared.settings;
+    if settings.transfer.emergency.iter().any(|n| n == number) {
+        return None;
+    }
+    let normalized = crate::routing::normalize(number, &settings.trunk.normalize)?;
+    match shared.store.route_for(&normalized) {
+        Ok(route) => route.map(|r| r.number),
+        // Unknown is not safe: a plan we cannot read may hold it.
+        Err(e) => {
+            warn!(error = %e, "number plan lookup failed");
+            Some(normalized)
+        }
+    }
 }
 
 /// Decodes %XX escapes (URI headers carry `;` and `=` escaped).
@@ -204,7 +237,7 @@ pub(super) fn parse_refer_to(value: &str) -> Option<(String, Option<Replaces>)> 
 pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
     let settings = &shared.settings;
     if settings.transfer.emergency.iter().any(|n| n == user) {
-        return outbound(settings, user).map(|target| Target::Out {
+        return outbound(shared, user).map(|target| Target::Out {
             label: user.to_string(),
             target,
         });
@@ -213,7 +246,7 @@ pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
         let target = if to.starts_with("sip:") {
             SipTarget::parse(to)
         } else {
-            outbound(settings, to)
+            outbound(shared, to)
         };
         return target.map(|target| Target::Out {
             label: user.to_string(),

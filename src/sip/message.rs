@@ -1026,6 +1026,16 @@ pub fn write_response(
 }
 
 impl Request {
+    /// The Max-Forwards a request we send on this one's behalf carries: one
+    /// less (a B2BUA is a hop too, so a loop through gateways ends; RFC 3261
+    /// §16.6 step 3), never more than 70.
+    pub fn onward_max_forwards(&self) -> u8 {
+        self.headers
+            .get("max-forwards")
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .map_or(70, |mf| mf.saturating_sub(1).min(70))
+    }
+
     /// The raw values needed to answer this request.
     pub fn echo(&self) -> Echo {
         Echo {
@@ -1083,8 +1093,21 @@ impl OutgoingRequest<'_> {
         };
         let _ = write!(
             out,
-            "{} {} SIP/2.0\r\nVia: SIP/2.0/{}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
-            self.method, self.uri, self.via, self.from, self.to, self.call_id, self.cseq, cseq_method
+            "{} {} SIP/2.0\r\nVia: SIP/2.0/{}\r\n",
+            self.method, self.uri, self.via
+        );
+        // 70 (RFC 3261 §8.1.1.6) unless the caller passes one on.
+        if !self
+            .extra
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("max-forwards"))
+        {
+            out.push_str("Max-Forwards: 70\r\n");
+        }
+        let _ = write!(
+            out,
+            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+            self.from, self.to, self.call_id, self.cseq, cseq_method
         );
         for (name, value) in self.extra {
             let _ = write!(out, "{name}: {value}\r\n");

@@ -425,7 +425,27 @@ impl Phone {
 
     /// Sends an INVITE with the given SDP offer.
     pub fn invite_sdp(&mut self, server: SocketAddr, number: &str, sdp: &str) -> PhoneDialog {
-        let d = PhoneDialog {
+        let d = self.new_dialog(server, number);
+        self.send_invite(server, &d, sdp, "");
+        d
+    }
+
+    /// Sends an INVITE that has `max_forwards` hops left.
+    pub fn invite_hops(
+        &mut self,
+        server: SocketAddr,
+        number: &str,
+        max_forwards: u8,
+    ) -> PhoneDialog {
+        let d = self.new_dialog(server, number);
+        let sdp = self.sdp();
+        let mf = format!("Max-Forwards: {max_forwards}\r\n");
+        self.send_invite(server, &d, &sdp, &mf);
+        d
+    }
+
+    fn new_dialog(&self, server: SocketAddr, number: &str) -> PhoneDialog {
+        PhoneDialog {
             branch: format!("z9hG4bK{}", token()),
             call_id: token(),
             local: format!("<sip:{}@127.0.0.1>;tag={}", self.user, token()),
@@ -433,14 +453,18 @@ impl Phone {
             target: format!("sip:{number}@{server}"),
             cseq: 1,
             remote_rtp: None,
-        };
-        self.send_invite(server, &d, sdp, "");
-        d
+        }
     }
 
+    /// `extra` headers end in CRLF; a Max-Forwards there replaces the 70.
     fn send_invite(&self, server: SocketAddr, d: &PhoneDialog, sdp: &str, extra: &str) {
+        let mf = if extra.contains("Max-Forwards:") {
+            ""
+        } else {
+            "Max-Forwards: 70\r\n"
+        };
         let msg = format!(
-            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: <sip:{}@{}>\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={};rport\r\n{mf}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContact: <sip:{}@{}>\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             d.target,
             self.addr,
             d.branch,
