@@ -1,5 +1,7 @@
 //! Hot paths of signalling: parse an INVITE, route its dialed number through
-//! the sled number plan, write the 100 Trying; and one transaction step.
+//! the sled number plan, write the 100 Trying; one transaction step; and a
+//! REGISTER with a wrong password, for a real account and for a made-up one
+//! (the two must cost the same, or timing enumerates accounts).
 //! Run: `cargo bench --bench sip_path`.
 
 use std::hint::black_box;
@@ -88,5 +90,83 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A REGISTER for `user`, with `auth` (an Authorization value) if given.
+fn register(user: &str, auth: Option<&str>) -> yihaotong::sip::message::Request {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKreg\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag=r\r\nTo: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: reg-{user}\r\nCSeq: 2 REGISTER\r\nContact: <sip:{user}@127.0.0.2:5060>\r\n{auth}\
+         Content-Length: 0\r\n\r\n"
+    );
+    match parse(text.as_bytes()) {
+        Ok(Message::Request(r)) => r,
+        other => unreachable!("valid REGISTER: {other:?}"),
+    }
+}
+
+fn enumeration(c: &mut Criterion) {
+    use yihaotong::registrar::Registrar;
+    use yihaotong::sip::auth::Credentials;
+    use yihaotong::store::Agent;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let mut settings = yihaotong::config::Settings::from_text(None).expect("settings");
+    // Measure the check itself, not the lock-out that would follow.
+    settings.sip.auth_fail_limit = u32::MAX;
+    let realm = settings.sip.domain.clone();
+    for i in 0..1_000 {
+        let id = format!("{}", 1_000 + i);
+        let creds = Credentials::new(&id, &realm, "the-right-password");
+        let agent = Agent::new(&id, "Agent", vec!["main".into(), "tax".into()], creds);
+        store.put_agent(&agent).expect("agent");
+    }
+    let mut registrar = Registrar::new(store, settings.sip.clone());
+    let peer = Peer::new(
+        "127.0.0.2:5060".parse().expect("addr"),
+        TransportKind::Udp,
+        0,
+    );
+    let challenge = registrar.register(1_000, &register("1500", None), &peer);
+    let nonce = challenge
+        .headers
+        .iter()
+        .find_map(|(_, v)| v.split("nonce=\"").nth(1)?.split('"').next())
+        .expect("a challenge with a nonce")
+        .to_string();
+    let wrong = |user: &str| {
+        let auth = format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", \
+             uri=\"sip:127.0.0.1\", response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5"
+        );
+        register(user, Some(&auth))
+    };
+    let known = wrong("1500");
+    let unknown = wrong("7500");
+    // Both benches do the same work, a known and an unknown attempt in
+    // turn, and each times only its own half: drift and cache state fall
+    // on both alike.
+    for (name, timed, other) in [
+        ("known_account", &known, &unknown),
+        ("unknown_account", &unknown, &known),
+    ] {
+        assert_eq!(registrar.register(1_001, timed, &peer).status, 401);
+        c.bench_function(&format!("registrar/wrong_password_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    black_box(registrar.register(1_001, black_box(other), &peer).status);
+                    let start = Instant::now();
+                    black_box(registrar.register(1_001, black_box(timed), &peer).status);
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench, enumeration);
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::SipSettings;
-use crate::sip::auth::{Authenticator, DigestResponse, Verdict};
+use crate::sip::auth::{Authenticator, Credentials, DigestResponse, Verdict};
 use crate::sip::dialog::contact_uri;
 use crate::sip::message::Request;
 use crate::sip::Peer;
@@ -102,6 +102,9 @@ pub struct Registrar {
     account_failures: HashMap<String, Failures>,
     /// Sources blocked since start.
     blocks: u64,
+    /// Every account's credentials, as of an accounts generation (see
+    /// [`Registrar::load_directory`]).
+    directory: (u64, HashMap<String, Credentials>),
 }
 
 const MAX_TRACKED_SOURCES: usize = 100_000;
@@ -119,6 +122,28 @@ impl Registrar {
             failures: HashMap::new(),
             account_failures: HashMap::new(),
             blocks: 0,
+            directory: (u64::MAX, HashMap::new()),
+        }
+    }
+
+    /// Reloads the accounts' credentials when an account changed. Checking
+    /// a password is then a map lookup whether the account exists or not:
+    /// a database read and decode for real accounts only took measurably
+    /// longer (about 2.4 µs of 11, `cargo bench --bench sip_path --
+    /// registrar`), and timing would have told real accounts from made-up
+    /// ones.
+    fn load_directory(&mut self) {
+        let generation = self.store.accounts_generation();
+        if self.directory.0 == generation {
+            return;
+        }
+        match self.store.agents() {
+            Ok(agents) => {
+                let map = agents.into_iter().map(|a| (a.id, a.credentials)).collect();
+                self.directory = (generation, map);
+            }
+            // Kept as it was; tried again on the next request.
+            Err(e) => tracing::error!(error = %e, "accounts could not be read"),
         }
     }
 
@@ -243,12 +268,12 @@ impl Registrar {
         let Some(digest) = DigestResponse::parse(value) else {
             return AuthOutcome::Refuse(self.challenge(now, false, challenge_header));
         };
-        let account = self.store.agent(&digest.username).ok().flatten();
+        self.load_directory();
         let verdict = self.auth.verify(
             now,
             req.method.as_str(),
             &digest,
-            account.as_ref().map(|a| &a.credentials),
+            self.directory.1.get(&digest.username),
         );
         match verdict {
             Verdict::Ok => AuthOutcome::Agent(digest.username),

@@ -107,6 +107,8 @@ pub struct Store {
     /// Bumped on every agent or binding write, so readers can cache the
     /// directory and notice changes without a sled scan per call.
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped on every account write only (not on registrations).
+    accounts_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     db: sled::Db,
     agents: sled::Tree,
     bindings: sled::Tree,
@@ -213,6 +215,7 @@ impl Store {
         })?;
         Ok(Store {
             generation: Default::default(),
+            accounts_generation: Default::default(),
             agents: db.open_tree("agents")?,
             bindings: db.open_tree("bindings")?,
             routes: db.open_tree("routes")?,
@@ -232,6 +235,19 @@ impl Store {
     /// The directory generation (see the field).
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The accounts generation: changes when an agent is added, changed or
+    /// removed.
+    pub fn accounts_generation(&self) -> u64 {
+        self.accounts_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_accounts(&self) {
+        self.accounts_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.bump();
     }
 
     fn bump(&self) {
@@ -426,7 +442,7 @@ impl Store {
         self.agents
             .insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
         self.agents.flush()?;
-        self.bump();
+        self.bump_accounts();
         Ok(())
     }
 
@@ -445,7 +461,7 @@ impl Store {
         let existed = self.agents.remove(id.as_bytes())?.is_some();
         self.bindings.remove(id.as_bytes())?;
         self.agents.flush()?;
-        self.bump();
+        self.bump_accounts();
         Ok(existed)
     }
 

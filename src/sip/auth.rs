@@ -188,6 +188,9 @@ pub struct Authenticator {
     nonce_lifetime: Duration,
     /// Highest nc seen per nonce (bounded; cleared when full).
     nc_seen: HashMap<String, u64>,
+    /// Checked against for an unknown account: HA1s of a random password,
+    /// the same length as real ones, so the digest costs the same.
+    decoy: Credentials,
 }
 
 const MAX_NC_TRACKED: usize = 100_000;
@@ -200,6 +203,7 @@ impl Authenticator {
             secret: rand::random(),
             nonce_lifetime,
             nc_seen: HashMap::new(),
+            decoy: Credentials::new("", realm, &format!("{:032x}", rand::random::<u128>())),
         }
     }
 
@@ -274,11 +278,7 @@ impl Authenticator {
         if resp.realm != self.realm {
             return Verdict::Denied;
         }
-        let dummy = Credentials {
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-        };
-        let ha1 = creds.unwrap_or(&dummy).for_alg(alg);
+        let ha1 = creds.unwrap_or(&self.decoy).for_alg(alg);
         let ha2 = alg.hash(&format!("{}:{}", method, resp.uri));
         let expected = match resp.qop.as_deref() {
             Some("auth") => {
