@@ -181,6 +181,7 @@ fn plan_and_wire(c: &mut Criterion) {
             queue: "dept".into(),
             flow: String::new(),
             hotline: String::new(),
+            ..Default::default()
         };
         store.put_route(&route).expect("route");
     }

@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
                 number: format!("8{:07}", i * 7),
                 queue: "dept".into(),
                 hotline: String::new(),
+                ..Default::default()
             })
             .expect("route");
     }

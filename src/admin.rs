@@ -103,6 +103,24 @@ pub enum AdminCommand {
         flow: Option<String>,
         /// Hotline label.
         hotline: Option<String>,
+        /// How the number joined 12345.
+        #[serde(default)]
+        mode: crate::routing::Mode,
+        /// `transition`: local time of the cut-over.
+        #[serde(default)]
+        cutover: Option<String>,
+        /// `transition`: the flow after the cut-over.
+        #[serde(default)]
+        after_flow: Option<String>,
+    },
+    /// What a dialed number reaches at a local time, without a call.
+    RoutesTest {
+        /// As dialed.
+        number: String,
+        /// Local time (`YYYY-MM-DD HH:MM[:SS]`).
+        at: String,
+        /// `[trunk] normalize` prefixes, as the server strips them.
+        prefixes: Vec<String>,
     },
     /// Remove a route.
     RoutesRemove {
@@ -306,23 +324,64 @@ pub fn execute(
             queue,
             flow,
             hotline,
+            mode,
+            cutover,
+            after_flow,
         } => {
             let Some(normalized) = routing::normalize(&number, &[]) else {
                 bail!("{number:?} is not a dialable number");
             };
-            let (queue, flow) = match (queue, flow) {
-                (Some(q), None) => (q, String::new()),
-                (None, Some(f)) => (String::new(), f),
-                _ => bail!("give exactly one of --queue or --flow"),
-            };
-            valid_name("target", if flow.is_empty() { &queue } else { &flow })?;
-            store.put_route(&Route {
+            if queue.is_some() == flow.is_some() {
+                bail!("give exactly one of --queue or --flow");
+            }
+            let route = Route {
                 number: normalized.clone(),
-                queue,
-                flow,
+                queue: queue.unwrap_or_default(),
+                flow: flow.unwrap_or_default(),
                 hotline: hotline.unwrap_or_else(|| normalized.clone()),
-            })?;
-            Ok(json!({ "set": normalized }))
+                mode,
+                cutover: cutover.unwrap_or_default(),
+                after_flow: after_flow.unwrap_or_default(),
+            };
+            route.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.put_route(&route)?;
+            Ok(json!({ "set": normalized, "mode": mode }))
+        }
+        AdminCommand::RoutesTest {
+            number,
+            at,
+            prefixes,
+        } => {
+            let Some(when) = routing::parse_local_time(&at) else {
+                bail!("--at {at:?}: give a local time, YYYY-MM-DD HH:MM[:SS]");
+            };
+            let Some(normalized) = routing::normalize(&number, &prefixes) else {
+                return Ok(json!({ "dialed": number, "answer": "404: not a dialable number" }));
+            };
+            let Some(route) = store.route_for(&normalized)? else {
+                return Ok(
+                    json!({ "dialed": number, "normalized": normalized, "answer": "404: no route" }),
+                );
+            };
+            let (flow, after_cutover) = route.flow_at(when);
+            let mut out = json!({
+                "dialed": number,
+                "normalized": normalized,
+                "at": when.format("%Y-%m-%d %H:%M:%S").to_string(),
+                "route": route.number,
+                "mode": route.mode,
+                "hotline": route.hotline,
+            });
+            if flow.is_empty() {
+                out["queue"] = json!(route.queue);
+            } else {
+                out["flow"] = json!(flow);
+            }
+            if route.mode == routing::Mode::Transition {
+                out["cutover"] = json!(route.cutover);
+                out["after_cutover"] = json!(after_cutover);
+            }
+            Ok(out)
         }
         AdminCommand::RoutesRemove { number } => {
             if !store.remove_route(&number)? {

@@ -203,6 +203,25 @@ enum RoutesAction {
         /// Hotline label for reports.
         #[arg(long)]
         hotline: Option<String>,
+        /// How the number joined 12345.
+        #[arg(long, value_enum, default_value_t = yihaotong::routing::Mode::Direct)]
+        mode: yihaotong::routing::Mode,
+        /// `transition`: local time the old number's service ends
+        /// (`YYYY-MM-DD HH:MM[:SS]`, `[ivr] utc_offset_minutes`).
+        #[arg(long)]
+        cutover: Option<String>,
+        /// `transition`: the flow that takes its calls after the cut-over.
+        #[arg(long)]
+        after_flow: Option<String>,
+    },
+    /// What a dialed number reaches, without placing a call: the route
+    /// and its mode, the flow (or queue) and the backends that flow hands to.
+    Test {
+        /// The number as a caller would dial it.
+        number: String,
+        /// Local time to ask about (default: now), `YYYY-MM-DD HH:MM[:SS]`.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Remove a route.
     Remove {
@@ -306,6 +325,10 @@ fn real_main() -> anyhow::Result<()> {
                     (!loaded.catalog.flows.contains_key(&r.flow))
                         .then(|| format!("flow `{}`", r.flow))
                 };
+                let missing = missing.or_else(|| {
+                    (!r.after_flow.is_empty() && !loaded.catalog.flows.contains_key(&r.after_flow))
+                        .then(|| format!("after_flow `{}`", r.after_flow))
+                });
                 if let Some(what) = missing {
                     eprintln!("route {}: {what} does not exist", r.number);
                     errors += 1;
@@ -409,12 +432,37 @@ fn real_main() -> anyhow::Result<()> {
                 queue,
                 flow,
                 hotline,
+                mode,
+                cutover,
+                after_flow,
             } => AdminCommand::RoutesSet {
                 number,
                 queue,
                 flow,
                 hotline,
+                mode,
+                cutover,
+                after_flow,
             },
+            RoutesAction::Test { number, at } => {
+                let at = at.unwrap_or_else(|| {
+                    settings.local_now().format("%Y-%m-%d %H:%M:%S").to_string()
+                });
+                let cmd = AdminCommand::RoutesTest {
+                    number,
+                    at,
+                    prefixes: settings.trunk.normalize.clone(),
+                };
+                let mut answer = admin::run_command(&data_dir, &realm, cmd)?;
+                // The backends the flow hands to, from the flow files.
+                if let Some(flow) = answer.get("flow").and_then(|f| f.as_str()) {
+                    let loaded = yihaotong::ivr::load(&settings);
+                    let backends = backends_of(&loaded.catalog, &settings, flow);
+                    answer["backends"] = serde_json::Value::Array(backends);
+                }
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
             RoutesAction::Remove { number } => AdminCommand::RoutesRemove { number },
             RoutesAction::List => AdminCommand::RoutesList,
             RoutesAction::Import { file } => {
@@ -445,6 +493,38 @@ fn real_main() -> anyhow::Result<()> {
             SwitchAction::List => AdminCommand::SwitchList,
         }),
     }
+}
+
+/// The backends `flow` (and the flows it goes on to) hands calls to, with
+/// their URIs from the settings.
+fn backends_of(
+    catalog: &yihaotong::ivr::Catalog,
+    settings: &Settings,
+    flow: &str,
+) -> Vec<serde_json::Value> {
+    use yihaotong::ivr::flow::Action;
+    let mut seen = vec![flow.to_string()];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(name) = seen.get(i).cloned() {
+        i += 1;
+        let Some(f) = catalog.flows.get(&name) else {
+            continue;
+        };
+        for node in &f.nodes {
+            match &node.action {
+                Action::Handoff { backend, .. } => out.push(serde_json::json!({
+                    "backend": backend,
+                    "uri": settings.backends.get(backend).map(|b| b.uri.as_str()),
+                    "flow": name,
+                    "node": node.name,
+                })),
+                Action::GotoFlow(next) if !seen.contains(next) => seen.push(next.clone()),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 fn load(

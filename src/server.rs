@@ -931,6 +931,7 @@ impl Worker {
                 queue: String::new(),
                 flow: String::new(),
                 hotline: "agent call".into(),
+                ..Default::default()
             };
             (dialed_raw, route)
         } else {
@@ -940,7 +941,7 @@ impl Worker {
                 return;
             };
             match self.shared.store.route_for(&dialed) {
-                Ok(Some(route)) => (dialed, route),
+                Ok(Some(route)) => (dialed, route.serving_now(|| settings.local_now())),
                 Ok(None) => {
                     tracing::info!(dialed = %dialed, call_id = %req.core.call_id, "no route for dialed number");
                     self.simple(&key, &req, 404, &[]);
@@ -1051,6 +1052,7 @@ impl Worker {
             queue: String::new(),
             flow: "agent-feature".into(),
             hotline: "agent-feature".into(),
+            ..Default::default()
         };
         // Ask the desk first, then answer the phone with the outcome.
         let acd = self.shared.acd.clone();

@@ -85,8 +85,9 @@ pub struct Binding {
     pub cseq: u32,
 }
 
-/// A number-plan entry: dialed number (or prefix) → target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A number-plan entry: dialed number (or prefix) → target, and how the
+/// number joined 12345 (see [`crate::routing::Mode`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// Normalized number or prefix.
     pub number: String,
@@ -99,6 +100,17 @@ pub struct Route {
     /// Hotline label for reports ("12345", "12315 market regulation").
     #[serde(default)]
     pub hotline: String,
+    /// How the number joined 12345 (records written before modes existed
+    /// read as `direct`).
+    #[serde(default)]
+    pub mode: crate::routing::Mode,
+    /// `transition` only: local time (`YYYY-MM-DD HH:MM[:SS]`) from which
+    /// `after_flow` takes the line's calls instead of `flow`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cutover: String,
+    /// `transition` only: the flow after the cut-over.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub after_flow: String,
 }
 
 /// The database handle. Cloning is cheap (sled trees are reference-counted).
@@ -642,6 +654,7 @@ mod tests {
                         queue: q.into(),
                         flow: String::new(),
                         hotline: n.into(),
+                        ..Default::default()
                     })
                     .expect("put");
             }

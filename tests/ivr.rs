@@ -587,3 +587,114 @@ fn a_trunk_call_never_goes_back_out_through_the_trunk_and_loops_run_out_of_hops(
     assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(483));
     server.assert_idle();
 }
+
+/// The server's local time (UTC+8, the shipped `[ivr] utc_offset_minutes`)
+/// `secs` from now.
+fn local_in(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 8 * 3600
+        + secs;
+    chrono::DateTime::from_timestamp(now as i64, 0)
+        .expect("time")
+        .naive_utc()
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+#[test]
+fn a_transition_line_switches_flows_at_its_cutover_without_a_reload() {
+    let mut desk = Phone::new("desk");
+    let before = format!(
+        "start = \"out\"\n[nodes.out]\ntransfer = \"sip:before@{}\"\n",
+        desk.addr
+    );
+    let after = format!(
+        "start = \"out\"\n[nodes.out]\ntransfer = \"sip:after@{}\"\n",
+        desk.addr
+    );
+    let (flows, _gateway, server) =
+        with_gateway_and_flows(&[("before", &before), ("after", &after)]);
+    let _ = flows;
+    // The shipped plan carries a transition line; its after_flow exists.
+    let (ok, out) = server.cli(&["routes", "test", "96123", "--at", "2027-06-30 23:59:59"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (v["mode"].as_str(), v["flow"].as_str()),
+        (Some("transition"), Some("transition-notice")),
+        "{out}"
+    );
+    let (ok, out) = server.cli(&["routes", "test", "+8696123", "--at", "2027-07-01 00:00"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (v["flow"].as_str(), v["after_cutover"].as_bool()),
+        (Some("dial-12345"), Some(true)),
+        "{out}"
+    );
+    // Mistakes are named by field.
+    let set = |extra: &[&str]| {
+        let mut args = vec!["routes", "set", "96999", "--flow", "before"];
+        args.extend_from_slice(extra);
+        server.cli(&args)
+    };
+    let (ok, out) = set(&["--mode", "transition"]);
+    assert!(!ok && out.contains("cutover"), "{out}");
+    let (ok, out) = set(&["--cutover", "2027-01-01 00:00"]);
+    assert!(!ok && out.contains("belong to mode `transition`"), "{out}");
+
+    // The instant lies a few seconds ahead; a call before it and a call
+    // after it, with nothing done in between.
+    let cutover = local_in(5);
+    let (ok, out) = set(&[
+        "--mode",
+        "transition",
+        "--cutover",
+        &cutover,
+        "--after-flow",
+        "after",
+    ]);
+    assert!(ok, "{out}");
+    let mut trunk = Phone::new("13800000041");
+    let mut reached = Vec::new();
+    for call in 0..2 {
+        if call == 1 {
+            while local_in(0) <= cutover {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        let d = answer_ivr(&server, &mut trunk, "96999", None);
+        let inv = desk.request("INVITE", 5.0).expect("the flow transfers");
+        reached.push(inv.uri.split('@').next().unwrap_or_default().to_string());
+        desk.reply(server.sip, &inv, 486, "desk");
+        let bye = trunk.request("BYE", 5.0).expect("the flow ends the call");
+        assert_eq!(bye.core.call_id, d.call_id);
+        trunk.reply(server.sip, &bye, 200, "t");
+    }
+    assert_eq!(reached, ["sip:before", "sip:after"]);
+    // Both CDRs carry the route's mode, and the flow that ran.
+    let (ok, out) = server.cli(&["cdrs", "--since", "1h"]);
+    assert!(ok, "{out}");
+    let cdrs: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let mine: Vec<(&str, &str)> = cdrs
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|c| c["dialed"] == "96999")
+        .map(|c| {
+            (
+                c["mode"].as_str().unwrap_or(""),
+                c["flow"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        [("transition", "before"), ("transition", "after")],
+        "{out}"
+    );
+    server.assert_idle();
+}

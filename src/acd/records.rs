@@ -100,6 +100,9 @@ pub struct Cdr {
     /// For a callback call: the Call-ID of the call that booked it.
     #[serde(default)]
     pub callback_for: String,
+    /// How the dialed number joined 12345 (the route's mode).
+    #[serde(default)]
+    pub mode: String,
 }
 
 enum RecordMsg {

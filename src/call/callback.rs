@@ -406,6 +406,7 @@ async fn callback_call(
         queue: booking.queue.clone(),
         flow: String::new(),
         hotline: booking.hotline.clone(),
+        ..Default::default()
     };
     // Agents are offered PCMU, the codec the citizen is then offered too:
     // the relay passes packets as they are.

@@ -541,6 +541,7 @@ impl Call {
         let cdr = Cdr {
             call_id: invite.core.call_id.clone(),
             hotline: route.hotline.clone(),
+            mode: route.mode.to_string(),
             dialed: invite.uri_user.clone().unwrap_or_default(),
             caller: invite.core.from.user.clone().unwrap_or_default(),
             arrived: now_ms(),
