@@ -178,6 +178,26 @@ pub struct BackendDef {
     /// Seconds to wait for it to answer before the flow's fallback.
     #[serde(default = "default_backend_timeout")]
     pub answer_timeout: u64,
+    /// Seconds between OPTIONS probes (0: not probed, always up).
+    #[serde(default)]
+    pub health_interval: u64,
+    /// Failed probes in a row that mark it down.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Good probes in a row that mark it up again.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+    /// Calls it may hold at once (0: no limit of ours).
+    #[serde(default)]
+    pub max_calls: usize,
+}
+
+fn default_down_after() -> u32 {
+    3
+}
+
+fn default_up_after() -> u32 {
+    2
 }
 
 fn default_backend_timeout() -> u64 {

@@ -20,6 +20,7 @@
 
 pub mod acd;
 pub mod admin;
+pub mod backends;
 pub mod call;
 pub mod config;
 pub mod fuzzing;

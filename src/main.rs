@@ -454,10 +454,19 @@ fn real_main() -> anyhow::Result<()> {
                     prefixes: settings.trunk.normalize.clone(),
                 };
                 let mut answer = admin::run_command(&data_dir, &realm, cmd)?;
-                // The backends the flow hands to, from the flow files.
+                // The backends the flow hands to, from the flow files, and
+                // whether each is up (the running server's probes say).
                 if let Some(flow) = answer.get("flow").and_then(|f| f.as_str()) {
                     let loaded = yihaotong::ivr::load(&settings);
-                    let backends = backends_of(&loaded.catalog, &settings, flow);
+                    let mut backends = backends_of(&loaded.catalog, &settings, flow);
+                    let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
+                    for b in &mut backends {
+                        let name = b["backend"].as_str().unwrap_or_default().to_string();
+                        b["up"] = match &live {
+                            Some(status) => status["backends"][&name]["up"].clone(),
+                            None => "unknown: the server is not running".into(),
+                        };
+                    }
                     answer["backends"] = serde_json::Value::Array(backends);
                 }
                 println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -126,6 +126,8 @@ pub struct Shared {
     fresh: Vec<mpsc::Sender<WorkerInput>>,
     /// Overload control: limits, per-holder counts, what was shed.
     pub overload: Arc<crate::overload::Overload>,
+    /// The backends' health and the calls each holds.
+    pub backends: Arc<crate::backends::Backends>,
     /// host:port for Via and Contact.
     pub host: String,
     /// Calls alive now.
@@ -237,6 +239,7 @@ impl Shared {
         };
         serde_json::json!({
             "overload": self.overload.snapshot(load),
+            "backends": self.backends.snapshot(),
             "tcp_connections": self.sockets.open_connections(),
             "auth": self
                 .registrar
@@ -481,6 +484,7 @@ impl Server {
             workers: senders,
             fresh,
             overload,
+            backends: Arc::new(crate::backends::Backends::new(&settings.backends)),
             host,
             live_calls: AtomicUsize::new(0),
             catalog: std::sync::RwLock::new(Arc::new(catalog)),
@@ -513,6 +517,9 @@ impl Server {
         }
         // Callbacks booked before a stop go back in line.
         tokio::spawn(crate::call::resume_callbacks(shared.clone()));
+        shared
+            .backends
+            .spawn_probes(shared.workers.clone(), shared.host.clone());
         let inbound_shared = shared.clone();
         sockets.start(
             listener,

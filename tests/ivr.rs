@@ -210,13 +210,25 @@ fn a_backend_that_refuses_falls_back_to_the_seats() {
         .headers
         .get("x-ivr-path")
         .is_some_and(|p| p.ends_with("12333/self-service,12333/seats")));
-    agent.reply(server.sip, &inv, 200, "agt");
-    agent.request("ACK", 3.0).expect("ACK");
-    trunk.in_dialog(server.sip, &mut d, "BYE", "");
-    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
-    let bye = agent.request("BYE", 3.0).expect("agent gets BYE");
-    agent.reply(server.sip, &bye, 200, "agt");
+    answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut agent, &inv);
     server.assert_idle();
+}
+
+/// `far` answers `inv` (the call's INVITE to it), then the caller on `d`
+/// hangs up and `far` gets the BYE.
+fn answered_then_caller_hangs_up(
+    server: &TestServer,
+    trunk: &mut Phone,
+    d: &mut common::PhoneDialog,
+    far: &mut Phone,
+    inv: &yihaotong::sip::message::Request,
+) {
+    far.reply(server.sip, inv, 200, "far");
+    far.request("ACK", 3.0).expect("ACK");
+    trunk.in_dialog(server.sip, d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = far.request("BYE", 3.0).expect("BYE passed on");
+    far.reply(server.sip, &bye, 200, "far");
 }
 
 /// A temp folder holding a copy of the bundled flows, to edit in a test.
@@ -432,12 +444,7 @@ fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() 
     let inv = duty.request("INVITE", 5.0).expect("transferred");
     assert_eq!(inv.headers.get("x-ivr-var-case"), Some("1234"));
     assert_eq!(inv.headers.get("x-ivr-keys"), Some("1234"));
-    duty.reply(server.sip, &inv, 200, "duty");
-    duty.request("ACK", 3.0).expect("ACK");
-    trunk.in_dialog(server.sip, &mut d, "BYE", "");
-    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
-    let bye = duty.request("BYE", 3.0).expect("BYE passed on");
-    duty.reply(server.sip, &bye, 200, "duty");
+    answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut duty, &inv);
 
     // The operator's switch puts the urgent notice in front of 12345's greeting.
     let (ok, out) = server.cli(&["switch", "on", "urgent-notice"]);
@@ -696,5 +703,129 @@ fn a_transition_line_switches_flows_at_its_cutover_without_a_reload() {
         [("transition", "before"), ("transition", "after")],
         "{out}"
     );
+    server.assert_idle();
+}
+
+/// The running server's figures for backend `name`.
+fn backend_status(server: &TestServer, name: &str) -> serde_json::Value {
+    let (ok, out) = server.cli(&["status"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    v["backends"][name].clone()
+}
+
+/// An agent of queue hrss (12333's seats, the hand-off's fallback), registered.
+fn hrss_seat(server: &TestServer) -> Phone {
+    server.add_agent("2002", "s3cret", "hrss");
+    let mut agent = Phone::new("2002");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    agent
+}
+
+/// A 12333 caller who pressed 1 and reached the fallback seat instead of
+/// the backend: the seat answers, the caller hangs up.
+fn pressed_1_and_reached_the_seat(server: &TestServer, trunk: &mut Phone, agent: &mut Phone) {
+    let mut d = answer_ivr(server, trunk, "12333", None);
+    trunk.press_rfc4733(d.remote_rtp.expect("addr"), '1', 101, 5);
+    let inv = agent
+        .request("INVITE", 15.0)
+        .expect("fallback to the seats");
+    assert_eq!(inv.headers.get("x-ivr-keys"), Some("1"));
+    answered_then_caller_hangs_up(server, trunk, &mut d, agent, &inv);
+}
+
+#[test]
+fn a_full_backend_is_not_tried_the_second_caller_goes_to_the_seats() {
+    let mut backend = Phone::new("12333");
+    let backend_uri = format!("sip:12333@{}", backend.addr);
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri),
+        ("YIHAOTONG_BACKENDS__HRSS__MAX_CALLS", "1"),
+    ]);
+    let mut agent = hrss_seat(&server);
+    // The first caller is handed off and stays.
+    let mut first = Phone::new("13800000051");
+    let mut d1 = answer_ivr(&server, &mut first, "12333", None);
+    first.press_rfc4733(d1.remote_rtp.expect("addr"), '1', 101, 5);
+    let inv = backend.request("INVITE", 15.0).expect("handed off");
+    backend.reply(server.sip, &inv, 200, "be");
+    backend.request("ACK", 3.0).expect("ACK");
+    assert_eq!(backend_status(&server, "hrss")["calls"], 1);
+    // The second finds it full: straight to the seats.
+    let mut second = Phone::new("13800000052");
+    pressed_1_and_reached_the_seat(&server, &mut second, &mut agent);
+    assert!(
+        backend.request("INVITE", 0.5).is_none(),
+        "a full backend was tried"
+    );
+    assert_eq!(backend_status(&server, "hrss")["skipped_full"], 1);
+    // The first call ends; its slot comes back.
+    first.in_dialog(server.sip, &mut d1, "BYE", "");
+    assert_eq!(first.final_status(&d1.call_id, "BYE", 3.0), Some(200));
+    let bye = backend.request("BYE", 3.0).expect("backend gets BYE");
+    backend.reply(server.sip, &bye, 200, "be");
+    server.assert_idle();
+    assert_eq!(backend_status(&server, "hrss")["calls"], 0);
+}
+
+#[test]
+fn a_backend_that_stops_answering_its_probes_is_marked_down_then_up_again() {
+    let mut backend = Phone::new("12333");
+    let backend_uri = format!("sip:12333@{}", backend.addr);
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri),
+        ("YIHAOTONG_BACKENDS__HRSS__HEALTH_INTERVAL", "1"),
+        ("YIHAOTONG_BACKENDS__HRSS__DOWN_AFTER", "2"),
+        ("YIHAOTONG_BACKENDS__HRSS__UP_AFTER", "1"),
+    ]);
+    let mut agent = hrss_seat(&server);
+    // Probes are OPTIONS to the backend's URI.
+    let probe = backend.request("OPTIONS", 5.0).expect("a probe");
+    assert_eq!(probe.uri, backend_uri);
+    backend.reply(server.sip, &probe, 200, "be");
+    // Silence: down after two probes go unanswered.
+    let mut down = false;
+    for _ in 0..50 {
+        if backend_status(&server, "hrss")["up"] == false {
+            down = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(down, "{}", backend_status(&server, "hrss"));
+    let (ok, out) = server.cli(&["routes", "test", "12333"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["mode"], "handoff", "{out}");
+    assert_eq!(
+        (
+            v["backends"][0]["backend"].as_str(),
+            &v["backends"][0]["up"]
+        ),
+        (Some("hrss"), &serde_json::Value::Bool(false)),
+        "{out}"
+    );
+    // A caller meanwhile is not made to wait on it.
+    let mut trunk = Phone::new("13800000053");
+    pressed_1_and_reached_the_seat(&server, &mut trunk, &mut agent);
+    assert!(
+        backend.request("INVITE", 0.2).is_none(),
+        "a down backend was tried"
+    );
+    assert_eq!(backend_status(&server, "hrss")["skipped_down"], 1);
+    // It answers again: up after one good probe (the probes it let pass
+    // are long over; only a fresh one counts).
+    while backend.request("OPTIONS", 0.0).is_some() {}
+    let mut up = false;
+    for _ in 0..20 {
+        if let Some(p) = backend.request("OPTIONS", 3.0) {
+            backend.reply(server.sip, &p, 200, "be");
+        }
+        if backend_status(&server, "hrss")["up"] == true {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "{}", backend_status(&server, "hrss"));
     server.assert_idle();
 }

@@ -254,6 +254,15 @@ impl Call {
                                 input = Some(Input::Failed);
                                 continue;
                             };
+                            // Down or full: not tried; the fallback runs at once.
+                            let _slot = match shared.backends.take(&backend) {
+                                Ok(slot) => slot,
+                                Err(why) => {
+                                    info!(backend = %backend, reason = why.label(), "backend not tried; fallback");
+                                    input = Some(Input::Failed);
+                                    continue;
+                                }
+                            };
                             let target = SipTarget::parse(&def.uri);
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
                             info!(backend = %backend, uri = %def.uri, "handing off");
