@@ -93,6 +93,22 @@ fn welcome_is_the_right_prompt_and_key_1_by_rfc4733_reaches_the_backend() {
         .headers
         .get("x-ivr-path")
         .is_some_and(|p| p.ends_with("12333/self-service")));
+    // The caller's number, and the number dialed (RFC 7044, RFC 5806).
+    assert_eq!(
+        inv.headers
+            .get("from")
+            .map(|f| f.contains("sip:13800000001@")),
+        Some(true)
+    );
+    let dialed = format!("sip:12333@{}", server.sip);
+    assert_eq!(
+        inv.headers.get("history-info"),
+        Some(format!("<{dialed}>;index=1, <{backend_uri}>;index=1.1;rc=1").as_str())
+    );
+    assert_eq!(
+        inv.headers.get("diversion"),
+        Some(format!("<{dialed}>;reason=unconditional;counter=1").as_str())
+    );
     assert!(
         String::from_utf8_lossy(&inv.body).contains("RTP/AVP 0 101"),
         "only the caller's law is offered"

@@ -821,6 +821,13 @@ impl Call {
         let contact = self.contact(&seat.peer);
         let dialed = self.invite.uri_user.clone().unwrap_or_default();
         let max_forwards = self.invite.onward_max_forwards().to_string();
+        // The number as dialed travels on (a backend, a seat or a peer knows
+        // which hotline the caller reached): RFC 7044 and RFC 5806.
+        let dialed_uri = format!("sip:{dialed}@{}", shared.host);
+        let came_with = |name| self.invite.headers.get_all(name).collect::<Vec<_>>();
+        let history =
+            crate::sip::message::history_info(&came_with("history-info"), &dialed_uri, to_uri);
+        let diversion = crate::sip::message::diversion(&came_with("diversion"), &dialed_uri);
         let queue = if self.cdr.queue.is_empty() {
             route.queue.as_str()
         } else {
@@ -833,6 +840,8 @@ impl Call {
             ("X-Dialed", dialed.as_str()),
             ("X-Caller-Call-ID", self.invite.core.call_id.as_str()),
             ("Max-Forwards", max_forwards.as_str()),
+            ("History-Info", history.as_str()),
+            ("Diversion", diversion.as_str()),
         ];
         if !queue.is_empty() {
             headers.push(("X-Queue", queue));

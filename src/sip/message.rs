@@ -209,6 +209,80 @@ impl Headers {
     }
 }
 
+/// Most History-Info entries passed on (RFC 7044 §9.2 lets an intermediary
+/// drop entries; a caller must not grow our INVITEs without bound).
+const MAX_HISTORY_ENTRIES: usize = 16;
+
+/// The History-Info (RFC 7044) of a leg we place for a call: the entries the
+/// call came with (at most [`MAX_HISTORY_ENTRIES`], the newest kept; entries
+/// without a usable index dropped), or else one for the number dialed as it
+/// reached us (`dialed_uri`); then `target_uri` indexed under the last, tagged
+/// `rc` when only the host changed (a hand-off to the same number's own
+/// system) or `mp` when the number did (a transfer, a seat).
+pub fn history_info(incoming: &[&str], dialed_uri: &str, target_uri: &str) -> String {
+    let entries: Vec<&str> = incoming
+        .iter()
+        .flat_map(|v| split_list(v))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let index_of = |e: &str| {
+        e.rsplit_once('>')
+            .map(|(_, params)| params)
+            .into_iter()
+            .flat_map(|p| p.split(';'))
+            .find_map(|p| p.trim().strip_prefix("index="))
+            .map(|i| i.trim().to_string())
+            .filter(|i| {
+                !i.is_empty() && i.len() <= 32 && i.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            })
+    };
+    let kept = &entries[entries.len().saturating_sub(MAX_HISTORY_ENTRIES)..];
+    let mut out: Vec<String> = Vec::with_capacity(kept.len() + 2);
+    let mut last = None;
+    for e in kept {
+        if let Some(i) = index_of(e) {
+            out.push((*e).to_string());
+            last = Some(i);
+        }
+    }
+    let parent = match last {
+        Some(i) => i,
+        None => {
+            out.clear();
+            out.push(format!("<{dialed_uri}>;index=1"));
+            "1".to_string()
+        }
+    };
+    let user = |uri: &str| {
+        uri.split_once(':')
+            .map(|(_, rest)| rest.split('@').next().unwrap_or_default().to_string())
+    };
+    let tag = if user(target_uri) == user(dialed_uri) {
+        "rc"
+    } else {
+        "mp"
+    };
+    out.push(format!("<{target_uri}>;index={parent}.1;{tag}={parent}"));
+    out.join(", ")
+}
+
+/// The Diversion (RFC 5806) of a leg we place for a call dialed to
+/// `dialed_uri`: ours first, then those the call came with (bounded).
+pub fn diversion(incoming: &[&str], dialed_uri: &str) -> String {
+    let mut out = vec![format!("<{dialed_uri}>;reason=unconditional;counter=1")];
+    out.extend(
+        incoming
+            .iter()
+            .flat_map(|v| split_list(v))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .take(MAX_HISTORY_ENTRIES - 1)
+            .map(str::to_string),
+    );
+    out.join(", ")
+}
+
 /// Splits a comma-separated header value into entries, respecting quotes and
 /// angle brackets (a URI or display name may contain commas).
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
@@ -1124,6 +1198,40 @@ impl OutgoingRequest<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn history_info_and_diversion_name_the_dialed_number() {
+        use super::{diversion, history_info};
+        let (dialed, backend) = ("sip:12333@10.0.0.1:5060", "sip:12333@10.0.0.5:5091");
+        assert_eq!(
+            history_info(&[], dialed, backend),
+            "<sip:12333@10.0.0.1:5060>;index=1, <sip:12333@10.0.0.5:5091>;index=1.1;rc=1"
+        );
+        // Another number (a seat, a transfer): mapped, not just retargeted.
+        assert!(history_info(&[], dialed, "sip:1001@10.0.0.9").ends_with(";index=1.1;mp=1"));
+        // The carrier's entries are kept and ours go under the last.
+        let carrier =
+            ["<sip:12333@carrier.example>;index=1, <sip:12333@10.0.0.1:5060>;index=1.1;rc=1"];
+        let hi = history_info(&carrier, dialed, backend);
+        assert!(
+            hi.starts_with("<sip:12333@carrier.example>;index=1, "),
+            "{hi}"
+        );
+        assert!(
+            hi.ends_with("<sip:12333@10.0.0.5:5091>;index=1.1.1;rc=1.1"),
+            "{hi}"
+        );
+        // Hostile input: unbounded entries are cut, junk indices dropped.
+        let many = vec!["<sip:x@h>;index=1"; 100].join(", ");
+        let junk = "<sip:y@h>;index=1;x, <sip:z@h>;index=<script>";
+        let hi = history_info(&[&many, junk], dialed, backend);
+        assert_eq!(hi.split(", ").count(), 16, "{hi}");
+        assert!(!hi.contains("script"), "{hi}");
+        assert_eq!(
+            diversion(&["<sip:96123@old>;reason=unconditional"], "sip:12345@10.0.0.1"),
+            "<sip:12345@10.0.0.1>;reason=unconditional;counter=1, <sip:96123@old>;reason=unconditional"
+        );
+    }
+
     use super::*;
 
     const INVITE: &str = "INVITE sip:12345@hotline.example SIP/2.0\r\n\
