@@ -533,6 +533,12 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
             v["error"].as_str().unwrap_or("server refused the command")
         );
     }
+    // What only a running server can answer never opens the database: a
+    // monitoring loop polling `status` must not hold the lock a starting
+    // server needs.
+    if matches!(cmd, AdminCommand::Status | AdminCommand::Reload) {
+        bail!("the server is not running (no admin socket)");
+    }
     let store = Store::open(data_dir)?;
     let v = execute(&store, realm, cmd, crate::server::now_unix())?;
     store.flush()?;

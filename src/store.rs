@@ -207,6 +207,17 @@ pub fn record_key(at_ms: u64, seq: u32) -> [u8; 12] {
     k
 }
 
+/// Whether opening failed because another process holds the database lock
+/// (sled 0.34 reports it as an `Other` I/O error with this text).
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sled::Error>(),
+            Some(sled::Error::Io(io)) if io.to_string().starts_with("could not acquire lock")
+        )
+    })
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -214,6 +225,26 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Opens the database, waiting up to `patience` while another process
+    /// holds it (a command run offline a moment before, or a server that is
+    /// stopping): the server does not fail to start over a brief overlap.
+    pub fn open_waiting(data_dir: &Path, patience: std::time::Duration) -> anyhow::Result<Store> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut told = false;
+        loop {
+            match Self::open(data_dir) {
+                Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                    if !told {
+                        tracing::info!(data_dir = %data_dir.display(), "the database is held by another process; waiting");
+                        told = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens (creating) the database under `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(data_dir)

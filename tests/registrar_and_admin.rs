@@ -193,3 +193,47 @@ fn server_and_user_agent_headers_are_off_unless_configured() {
         assert!(refused.headers.get("user-agent").is_none());
     }
 }
+
+#[test]
+fn a_server_starting_on_a_held_database_waits_and_status_never_holds_it() {
+    // `status` with no server running is refused without opening (or even
+    // creating) the database: a monitoring loop cannot keep a server from
+    // starting.
+    let mut server = TestServer::start();
+    let elsewhere = server.dir.path().join("never-opened");
+    let out = std::process::Command::new(common::BIN)
+        .arg("status")
+        .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("YIHAOTONG_DATA_DIR", &elsewhere)
+        .output()
+        .expect("run status");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    assert!(!elsewhere.join("db").exists(), "status opened the database");
+
+    // A second server on the same data dir waits for the database instead
+    // of failing, and takes over once the first has stopped.
+    let mut second = common::spawn_server(&server.env);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        matches!(second.try_wait(), Ok(None)),
+        "the second server gave up while the first held the database"
+    );
+    server.signal("TERM");
+    let _ = server.child.wait();
+    let probe = Phone::new("probe");
+    let mut answered = None;
+    for _ in 0..100 {
+        answered = probe.options(server.sip);
+        if answered.is_some() {
+            break;
+        }
+        assert!(
+            matches!(second.try_wait(), Ok(None)),
+            "the second server exited"
+        );
+    }
+    assert_eq!(answered, Some(200), "the second server did not come up");
+    let _ = second.kill();
+    let _ = second.wait();
+}

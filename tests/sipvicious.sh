@@ -28,14 +28,14 @@ WORK=$(mktemp -d)
 fail=0
 check() { # description, then a command that must succeed
   local what=$1; shift
-  if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fail=1; fi
+  if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fail=1; return 1; fi
 }
 
 start() { # answer_strangers [stranger_options]
   export YIHAOTONG_DATA_DIR=$WORK/data-$1-${2:-same} YIHAOTONG_SIP__LISTEN=127.0.0.1:$PORT \
     YIHAOTONG_TRUNK__ALLOW=127.0.0.9/32 YIHAOTONG_SIP__ANSWER_STRANGERS=$1 \
     YIHAOTONG_SIP__STRANGER_OPTIONS=${2:-same}
-  LOG=$WORK/server-$1.log
+  LOG=$WORK/server-$1-${2:-same}.log
   # Accounts first, written straight to the database: the server is not up
   # yet, so the CLI cannot race it for the database lock.
   for id in 1001 1005; do
@@ -44,8 +44,13 @@ start() { # answer_strangers [stranger_options]
   RUST_LOG=yihaotong=info "$BIN" run >"$LOG" 2>&1 &
   PID=$!
   # A loaded machine (another build, another CI run) can take seconds.
-  for _ in $(seq 600); do "$BIN" status >/dev/null 2>&1 && break; sleep 0.1; done
-  up "the server started (answer_strangers = $1, stranger_options = ${2:-same})" || { cat "$LOG"; exit 1; }
+  for _ in $(seq 600); do
+    kill -0 $PID 2>/dev/null || break
+    "$BIN" status >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  up "the server started (answer_strangers = $1, stranger_options = ${2:-same})" \
+    || { cat "$LOG"; exit 1; }
 }
 # Every probe below must have met a live server: a dead one "resists" all.
 up() { check "$1" bash -c "kill -0 $PID 2>/dev/null && '$BIN' status >/dev/null 2>&1"; }

@@ -161,7 +161,7 @@ impl TestServer {
     }
 }
 
-fn spawn_server(env: &[(String, String)]) -> Child {
+pub fn spawn_server(env: &[(String, String)]) -> Child {
     Command::new(BIN)
         .arg("run")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
