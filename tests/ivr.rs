@@ -845,3 +845,56 @@ fn a_backend_that_stops_answering_its_probes_is_marked_down_then_up_again() {
     assert!(up, "{}", backend_status(&server, "hrss"));
     server.assert_idle();
 }
+
+#[test]
+fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
+    let mut backend = Phone::new("12333");
+    let backend_uri = format!("sip:12333@{}", backend.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri)]);
+    let mut agent = hrss_seat(&server);
+    let mut trunk = Phone::new("13800000054");
+    let mut d = answer_ivr(&server, &mut trunk, "12333", None);
+    let media = d.remote_rtp.expect("addr");
+    trunk.press_rfc4733(media, '1', 101, 5);
+    let inv = backend.request("INVITE", 15.0).expect("handed off");
+    backend.reply(server.sip, &inv, 200, "be");
+    backend.request("ACK", 3.0).expect("ACK");
+    assert_eq!(backend_status(&server, "hrss")["calls"], 1);
+    // The 12333 system cannot help: it sends the caller back (一键互转).
+    let mut bd = Phone::uas_dialog(&inv, "be");
+    let refer_to = format!("Refer-To: <sip:12345@{}>\r\n", server.sip);
+    backend.in_dialog_with(server.sip, &mut bd, "REFER", &refer_to, "", "");
+    assert_eq!(backend.final_status(&bd.call_id, "REFER", 3.0), Some(202));
+    let notify = backend.request("NOTIFY", 3.0).expect("NOTIFY");
+    assert!(String::from_utf8_lossy(&notify.body).starts_with("SIP/2.0 200"));
+    backend.reply(server.sip, &notify, 200, "be");
+    let bye = backend.request("BYE", 3.0).expect("the backend leg ends");
+    backend.reply(server.sip, &bye, 200, "be");
+    // The flow's fallback takes the caller, with the keys and path so far.
+    let seat = agent.request("INVITE", 10.0).expect("back to the seats");
+    assert_eq!(seat.headers.get("x-ivr-keys"), Some("1"));
+    assert!(
+        seat.headers
+            .get("x-ivr-path")
+            .is_some_and(|p| p.ends_with("12333/self-service,12333/seats")),
+        "{:?}",
+        seat.headers.get("x-ivr-path")
+    );
+    // Media flows caller ↔ seat through the relay again.
+    agent.reply(server.sip, &seat, 200, "agt");
+    agent.request("ACK", 3.0).expect("ACK");
+    let ad = Phone::uas_dialog(&seat, "agt");
+    let to_seat = ad.remote_rtp.expect("our address");
+    let (c, a) = std::thread::scope(|s| {
+        let c = s.spawn(|| trunk.exchange_rtp(media, 40, 0x3333));
+        let a = s.spawn(|| agent.exchange_rtp(to_seat, 40, 0x4444));
+        (c.join().expect("caller"), a.join().expect("agent"))
+    });
+    assert!(c >= 30 && a >= 30, "relayed {c} / {a}");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = agent.request("BYE", 3.0).expect("BYE passed on");
+    agent.reply(server.sip, &bye, 200, "agt");
+    server.assert_idle();
+    assert_eq!(backend_status(&server, "hrss")["calls"], 0);
+}

@@ -267,7 +267,19 @@ impl Call {
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
                             info!(backend = %backend, uri = %def.uri, "handing off");
                             self.flow_done(&session);
-                            match self.reach(target, ring, offer).await {
+                            self.handing_off = true;
+                            let reached = self.reach(target, ring, offer).await;
+                            self.handing_off = false;
+                            match reached {
+                                Reached::Ended(End::HandedBack) => {
+                                    // Back in the flow: its fallback, with the
+                                    // keys and data so far; the caller's keys
+                                    // now come from the returned stream.
+                                    if let Some(returned) = self.returned_media.take() {
+                                        media = returned;
+                                    }
+                                    input = Some(Input::Failed);
+                                }
                                 Reached::Ended(end) => {
                                     self.cdr.disposition = Disposition::Handoff;
                                     return end;

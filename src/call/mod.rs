@@ -43,6 +43,7 @@ use transfer::Takeover;
 use crate::acd::desk::OfferOutcome;
 use crate::acd::records::Cdr;
 use crate::acd::{now_ms, SeatContact, Ticket};
+use crate::media::player::Law;
 use crate::media::relay::{Relay, RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
 use crate::server::{Shared, WorkerInput};
@@ -129,6 +130,9 @@ enum End {
     Refused,
     /// The far leg went to another call (attended transfer).
     Transferred,
+    /// A backend handed the caller back (its REFER): the flow's fallback
+    /// takes them, with the call data so far.
+    HandedBack,
 }
 
 struct Call {
@@ -194,6 +198,12 @@ struct Call {
     transfer_pending: Option<(Option<Ticket>, String)>,
     /// Supervisors asking to join, while an agent's call is bridged.
     supervised: Option<mpsc::Receiver<supervise::MonitorReq>>,
+    /// The far leg is a backend a flow handed the caller to: its REFER
+    /// hands them back (一键互转 from the other side).
+    handing_off: bool,
+    /// The caller's keys and prompt ends once a backend handed them back to
+    /// the media engine (the flow listens on these from then on).
+    returned_media: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
 }
 
 /// How a bridge ended.
@@ -204,6 +214,8 @@ enum Bridged {
     Refer(TxKey, Box<Request>),
     /// Another call takes over the far leg (this was a consultation call).
     TakenOver(tokio::sync::oneshot::Sender<transfer::Handed>),
+    /// The backend on the far leg hands the caller back (its REFER).
+    HandBack(TxKey, Box<Request>),
 }
 
 /// One INVITE of an offer (several at once under ring-all).
@@ -582,6 +594,8 @@ impl Call {
             b_agent: String::new(),
             supervised: None,
             transfer_pending: None,
+            handing_off: false,
+            returned_media: None,
         }
     }
 
@@ -643,6 +657,33 @@ impl Call {
                         }
                         transfer::After::Ended(end) => return end,
                     }
+                }
+                Bridged::HandBack(key, req) => {
+                    let tag = b.dialog.local_tag.clone();
+                    let law = Law::from_pt(self.codec);
+                    let media = match law {
+                        Some(law) => self.unbridge(law).await,
+                        None => None,
+                    };
+                    let Some(media) = media else {
+                        warn!("the backend handed the caller back, but the relay could not be taken apart");
+                        respond(&self.ctx, &key, &req, &tag, 503, &[], b"");
+                        self.a_dialog = Some(a.dialog);
+                        continue;
+                    };
+                    respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
+                    self.notify(&mut b, 200, true);
+                    self.bye(&mut b.dialog, b.peer);
+                    let _ = self
+                        .worker_for(&b_call_id)
+                        .send(WorkerInput::Unbind {
+                            call_id: b_call_id.clone(),
+                        })
+                        .await;
+                    info!("the backend handed the caller back");
+                    self.a_dialog = Some(a.dialog);
+                    self.returned_media = Some(media);
+                    return End::HandedBack;
                 }
                 Bridged::TakenOver(reply) => {
                     info!("consultation replaced: the far leg goes to the transferred call");
@@ -1332,8 +1373,12 @@ impl Call {
                         });
                         continue;
                     }
-                    if from_b && transfers && request.method == Method::Refer {
+                    let hand_back = self.handing_off && !transfers;
+                    if from_b && (transfers || hand_back) && request.method == Method::Refer {
                         if b.dialog.accept_request(&request) {
+                            if hand_back {
+                                return Bridged::HandBack(key, request);
+                            }
                             return Bridged::Refer(key, request);
                         }
                         let tag = b.dialog.local_tag.clone();

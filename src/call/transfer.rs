@@ -32,7 +32,7 @@ use super::ivr::IvrMedia;
 use super::queue::Unserved;
 use super::{respond, Call, CallCtx, CallEvent, End, Leg, Offer};
 use crate::acd::{SeatContact, Ticket};
-use crate::media::engine::StreamSetup;
+use crate::media::engine::{MediaEvent, StreamSetup};
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{AudioOffer, Direction};
@@ -400,7 +400,7 @@ impl Call {
     }
 
     /// Sends a NOTIFY for the REFER on `leg` with the target's progress.
-    fn notify(&self, leg: &mut Leg, status: u16, done: bool) {
+    pub(super) fn notify(&self, leg: &mut Leg, status: u16, done: bool) {
         let state = if done {
             "terminated;reason=noresource"
         } else {
@@ -474,7 +474,7 @@ impl Call {
         respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
         self.notify(&mut b, 100, false);
         info!(agent = %self.cdr.agent, to = %target.label(), "blind transfer");
-        if !self.unbridge(law).await {
+        if self.unbridge(law).await.is_none() {
             warn!("the relay could not be taken apart; ending the call");
             self.notify(&mut b, 503, true);
             self.bye(&mut b.dialog, b.peer);
@@ -724,22 +724,18 @@ impl Call {
 
     /// Takes the relay apart: the caller's socket goes back to the media
     /// engine (continuing the stream they heard), the far socket waits for
-    /// the next leg.
-    async fn unbridge(&mut self, law: Law) -> bool {
-        let Some(relay) = self.relay.take() else {
-            return false;
-        };
+    /// the next leg. Returns where the caller's keys and prompt ends come.
+    pub(super) async fn unbridge(&mut self, law: Law) -> Option<mpsc::Receiver<MediaEvent>> {
+        let relay = self.relay.take()?;
         let (tx, rx) = oneshot::channel();
         if relay.cmd.send(RelayCmd::Release(tx)).await.is_err() {
-            return false;
+            return None;
         }
-        let Ok(released) = rx.await else {
-            return false;
-        };
+        let released = rx.await.ok()?;
         drop(relay);
         let pool = self.ctx.shared.ports.clone();
         let remote = released.a_remote.unwrap_or(self.a_remote);
-        let (media_tx, _keys_ignored) = mpsc::channel(4);
+        let (media_tx, media_rx) = mpsc::channel(64);
         let stream = released.a.try_clone().and_then(|dup| {
             self.ctx.shared.engine.add(StreamSetup {
                 socket: dup,
@@ -759,7 +755,7 @@ impl Call {
                     socket: released.a,
                 });
                 self.b_socket = Some(released.b);
-                true
+                Some(media_rx)
             }
             Err(e) => {
                 warn!(error = %e, "media engine refused the caller's stream");
@@ -768,7 +764,7 @@ impl Call {
                         pool.release(addr.port());
                     }
                 }
-                false
+                None
             }
         }
     }
