@@ -45,6 +45,10 @@ pub enum AdminCommand {
         /// May supervise other agents' calls (*31/*32/*33).
         #[serde(default)]
         supervisor: bool,
+        /// What the agent may dial out through the trunk (classes and
+        /// prefixes); absent: `[outbound] allow`.
+        #[serde(default)]
+        dial: Option<Vec<String>>,
     },
     /// List agents (without credentials) and their live registrations.
     AgentsList,
@@ -194,8 +198,12 @@ pub fn execute(
             wrap_up,
             auto_login,
             supervisor,
+            dial,
         } => {
             valid_name("agent id", &id)?;
+            for entry in dial.iter().flatten() {
+                crate::outbound::check_entry(entry).map_err(|e| anyhow::anyhow!("--dial: {e}"))?;
+            }
             if password.len() < 4 {
                 bail!("password must be at least 4 characters");
             }
@@ -227,6 +235,7 @@ pub fn execute(
             agent.wrap_up = wrap_up;
             agent.auto_login = auto_login.unwrap_or(true);
             agent.supervisor = supervisor;
+            agent.dial = dial;
             store.put_agent(&agent)?;
             Ok(json!({ "added": id }))
         }
@@ -309,7 +318,7 @@ pub fn execute(
                     Presence::Available => ("available", None),
                     Presence::OnBreak(r) => ("on-break", Some(r)),
                 };
-                out.push(json!({ "id": a.id, "name": a.name, "queues": a.memberships(), "state": state, "reason": reason, "registrations": live }));
+                out.push(json!({ "id": a.id, "name": a.name, "queues": a.memberships(), "dial": a.dial, "state": state, "reason": reason, "registrations": live }));
             }
             Ok(Value::Array(out))
         }

@@ -1,15 +1,20 @@
 //! The backends: the self-service systems (12333's, 12329's) flows hand
 //! calls to, and whether each can take one now.
 //!
-//! Room: the hand-off desk. Each `[backends.NAME]` has a health state (up
-//! until its OPTIONS probes say otherwise: down after `down_after` failed
-//! probes in a row, up again after `up_after` good ones; a 2xx–4xx answer is
-//! good, a 5xx, 6xx or silence is not) and a count of calls it holds, bounded
-//! by `max_calls`. A hand-off asks [`Backends::take`] first: a backend that
-//! is down or full is not tried at all, and the flow's fallback runs at once.
-//! The probe loop sends through the SIP workers like any request of ours; the
-//! decisions ([`Health::record`]) are plain state, unit-tested without a
-//! network. It may touch the workers' inputs; nothing else.
+//! Room: the hand-off desk. A `[backends.NAME]` has one or more targets
+//! (primary and standby machines, or a pool), each with a health state: up
+//! until its OPTIONS probes say otherwise, down after `down_after` failed
+//! probes in a row, up again after `up_after` good ones (a 2xx–4xx answer
+//! is good, a 5xx, 6xx or silence is not). The backend counts the calls it
+//! holds over all its targets, bounded by `max_calls`. A hand-off asks
+//! [`Backends::take`] first: a backend that is full, or whose targets are
+//! all down, is not tried at all and the flow's fallback runs at once;
+//! otherwise it gets the targets that are up in the order to try them
+//! (`select = "order"`: as configured; `"weight"`: drawn by weight for each
+//! call). The probe loops send through the SIP workers like any request of
+//! ours; the decisions ([`Health::record`], [`try_order`]) are plain state
+//! and arithmetic, unit-tested without a network. It may touch the
+//! workers' inputs; nothing else.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -20,28 +25,23 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::call::CallEvent;
-use crate::config::BackendDef;
+use crate::config::{BackendDef, BackendTarget, Select};
 use crate::server::WorkerInput;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::Method;
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, SipTarget};
 
-/// One backend's health and load.
+/// One target's health, from its probes.
 #[derive(Debug, Default)]
 pub struct Health {
     /// Marked down by its probes.
     down: AtomicBool,
     /// Failed probes in a row (while up) or good ones in a row (while down).
     streak: AtomicU32,
-    /// Calls handed to it and not yet over.
-    in_flight: AtomicUsize,
     /// Probes sent, and how many failed.
     probes: AtomicU64,
     probes_failed: AtomicU64,
-    /// Hand-offs not tried because it was down, or full.
-    skipped_down: AtomicU64,
-    skipped_full: AtomicU64,
     /// Status of the last probe's answer (0: none came).
     last_status: AtomicU32,
 }
@@ -78,12 +78,22 @@ impl Health {
     }
 }
 
+/// A backend's calls, and the hand-offs it turned away.
+#[derive(Debug, Default)]
+struct Load {
+    /// Calls handed to it and not yet over.
+    in_flight: AtomicUsize,
+    /// Hand-offs not tried because every target was down, or it was full.
+    skipped_down: AtomicU64,
+    skipped_full: AtomicU64,
+}
+
 /// Why a backend was not tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// No such backend in the settings.
     Unknown,
-    /// Its probes marked it down.
+    /// Its probes marked every target down.
     Down,
     /// It holds `max_calls` calls.
     Full,
@@ -102,97 +112,186 @@ impl Unavailable {
 
 /// A call held by a backend; given back when dropped.
 pub struct BackendSlot {
-    health: Arc<Health>,
+    load: Arc<Load>,
 }
 
 impl Drop for BackendSlot {
     fn drop(&mut self) {
-        self.health.in_flight.fetch_sub(1, Relaxed);
+        self.load.in_flight.fetch_sub(1, Relaxed);
     }
+}
+
+/// A hand-off the backend may take: its slot, and the URIs of the targets
+/// that are up, in the order to try them.
+pub struct Handoff {
+    /// Held while the call is with the backend (or being offered to it).
+    pub slot: BackendSlot,
+    /// Target URIs, first to try first.
+    pub targets: Vec<String>,
+}
+
+/// One backend's targets and load.
+struct Backend {
+    def: BackendDef,
+    targets: Vec<(BackendTarget, Arc<Health>)>,
+    load: Arc<Load>,
 }
 
 /// Every backend's state, by name.
 pub struct Backends {
-    defs: BTreeMap<String, BackendDef>,
-    health: BTreeMap<String, Arc<Health>>,
+    backends: BTreeMap<String, Backend>,
+}
+
+/// The order to try targets of `weights` in, for one call: by `select`,
+/// given the call's random `draw`. Under `Weight`, each place is drawn
+/// among the targets left in proportion to their weights.
+pub fn try_order(weights: &[u32], select: Select, draw: u64) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..weights.len()).collect();
+    if select == Select::Order {
+        return left;
+    }
+    let mut state = draw | 1;
+    let mut out = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        // xorshift64: enough spread for picking a machine, no dependency.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let total: u64 = left.iter().map(|&i| u64::from(weights[i].max(1))).sum();
+        let mut at = state % total;
+        let mut pick = 0;
+        for (k, &i) in left.iter().enumerate() {
+            let w = u64::from(weights[i].max(1));
+            if at < w {
+                pick = k;
+                break;
+            }
+            at -= w;
+        }
+        out.push(left.remove(pick));
+    }
+    out
 }
 
 impl Backends {
-    /// All up, none holding a call.
+    /// Every target up, no backend holding a call.
     pub fn new(defs: &BTreeMap<String, BackendDef>) -> Backends {
-        Backends {
-            defs: defs.clone(),
-            health: defs
-                .keys()
-                .map(|k| (k.clone(), Arc::new(Health::default())))
-                .collect(),
-        }
+        let backends = defs
+            .iter()
+            .map(|(name, def)| {
+                let targets = def
+                    .target_list()
+                    .into_iter()
+                    .map(|t| (t, Arc::new(Health::default())))
+                    .collect();
+                let b = Backend {
+                    def: def.clone(),
+                    targets,
+                    load: Arc::default(),
+                };
+                (name.clone(), b)
+            })
+            .collect();
+        Backends { backends }
     }
 
-    /// A slot on backend `name` for one call, unless it is down or full.
-    pub fn take(&self, name: &str) -> Result<BackendSlot, Unavailable> {
-        let (Some(def), Some(health)) = (self.defs.get(name), self.health.get(name)) else {
+    /// A slot on backend `name` for one call and the targets to try, unless
+    /// it is full or every target is down. `draw` is the call's random
+    /// number for a weighted choice.
+    pub fn take(&self, name: &str, draw: u64) -> Result<Handoff, Unavailable> {
+        let Some(b) = self.backends.get(name) else {
             return Err(Unavailable::Unknown);
         };
-        if !health.is_up() {
-            health.skipped_down.fetch_add(1, Relaxed);
+        let up: Vec<&BackendTarget> = b
+            .targets
+            .iter()
+            .filter(|(_, h)| h.is_up())
+            .map(|(t, _)| t)
+            .collect();
+        if up.is_empty() {
+            b.load.skipped_down.fetch_add(1, Relaxed);
             return Err(Unavailable::Down);
         }
-        let held = health.in_flight.fetch_add(1, Relaxed);
-        if def.max_calls > 0 && held >= def.max_calls {
-            health.in_flight.fetch_sub(1, Relaxed);
-            health.skipped_full.fetch_add(1, Relaxed);
+        let held = b.load.in_flight.fetch_add(1, Relaxed);
+        let slot = BackendSlot {
+            load: b.load.clone(),
+        };
+        if b.def.max_calls > 0 && held >= b.def.max_calls {
+            drop(slot);
+            b.load.skipped_full.fetch_add(1, Relaxed);
             return Err(Unavailable::Full);
         }
-        Ok(BackendSlot {
-            health: health.clone(),
-        })
+        let weights: Vec<u32> = up.iter().map(|t| t.weight).collect();
+        let targets = try_order(&weights, b.def.select, draw)
+            .into_iter()
+            .map(|i| up[i].uri.clone())
+            .collect();
+        Ok(Handoff { slot, targets })
     }
 
-    /// Whether `name` is marked up (`None`: no such backend).
+    /// Whether any target of `name` is marked up (`None`: no such backend).
     pub fn is_up(&self, name: &str) -> Option<bool> {
-        self.health.get(name).map(|h| h.is_up())
+        let b = self.backends.get(name)?;
+        Some(b.targets.iter().any(|(_, h)| h.is_up()))
     }
 
-    /// For `yihaotong status` and `routes test`.
+    /// For `yihaotong status` and `routes test`: each backend's state, its
+    /// probe figures summed, and each target's own.
     pub fn snapshot(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
-        for (name, h) in &self.health {
-            let def = &self.defs[name];
+        for (name, b) in &self.backends {
+            let sum = |f: fn(&Health) -> u64| b.targets.iter().map(|(_, h)| f(h)).sum::<u64>();
+            let targets: Vec<serde_json::Value> = b
+                .targets
+                .iter()
+                .map(|(t, h)| {
+                    serde_json::json!({
+                        "uri": t.uri,
+                        "weight": t.weight,
+                        "up": h.is_up(),
+                        "probes": h.probes.load(Relaxed),
+                        "probes_failed": h.probes_failed.load(Relaxed),
+                        "last_probe_status": h.last_status.load(Relaxed),
+                    })
+                })
+                .collect();
             out.insert(
                 name.clone(),
                 serde_json::json!({
-                    "uri": def.uri,
-                    "up": h.is_up(),
-                    "calls": h.in_flight.load(Relaxed),
-                    "max_calls": def.max_calls,
-                    "health_interval": def.health_interval,
-                    "probes": h.probes.load(Relaxed),
-                    "probes_failed": h.probes_failed.load(Relaxed),
-                    "last_probe_status": h.last_status.load(Relaxed),
-                    "skipped_down": h.skipped_down.load(Relaxed),
-                    "skipped_full": h.skipped_full.load(Relaxed),
+                    "uri": b.targets.first().map(|(t, _)| t.uri.as_str()),
+                    "select": match b.def.select { Select::Order => "order", Select::Weight => "weight" },
+                    "up": self.is_up(name),
+                    "calls": b.load.in_flight.load(Relaxed),
+                    "max_calls": b.def.max_calls,
+                    "health_interval": b.def.health_interval,
+                    "probes": sum(|h| h.probes.load(Relaxed)),
+                    "probes_failed": sum(|h| h.probes_failed.load(Relaxed)),
+                    "skipped_down": b.load.skipped_down.load(Relaxed),
+                    "skipped_full": b.load.skipped_full.load(Relaxed),
+                    "targets": targets,
                 }),
             );
         }
         serde_json::Value::Object(out)
     }
 
-    /// Starts one probe loop per backend with a `health_interval`.
+    /// Starts one probe loop per target of each backend with a
+    /// `health_interval`.
     pub fn spawn_probes(self: &Arc<Self>, workers: Vec<mpsc::Sender<WorkerInput>>, host: String) {
-        for (name, def) in &self.defs {
-            if def.health_interval == 0 {
+        for (name, b) in &self.backends {
+            if b.def.health_interval == 0 {
                 continue;
             }
-            let Some(target) = SipTarget::parse(&def.uri) else {
-                continue;
-            };
-            let health = self.health[name].clone();
-            let (name, def, workers, host) =
-                (name.clone(), def.clone(), workers.clone(), host.clone());
-            tokio::spawn(async move {
-                probe_loop(name, def, target, health, workers, host).await;
-            });
+            for (t, health) in &b.targets {
+                let Some(target) = SipTarget::parse(&t.uri) else {
+                    continue;
+                };
+                let (name, def, health) = (name.clone(), b.def.clone(), health.clone());
+                let (workers, host) = (workers.clone(), host.clone());
+                tokio::spawn(async move {
+                    probe_loop(name, def, target, health, workers, host).await;
+                });
+            }
         }
     }
 }
@@ -260,9 +359,11 @@ async fn probe_loop(
         .await
         .unwrap_or(0);
         match health.record(status, &def) {
-            Some(true) => tracing::info!(backend = %name, status, "backend up again"),
+            Some(true) => {
+                tracing::info!(backend = %name, target = %target.uri, status, "backend target up again")
+            }
             Some(false) => {
-                tracing::warn!(backend = %name, status, "backend down: hand-offs go to their fallback")
+                tracing::warn!(backend = %name, target = %target.uri, status, "backend target down: hand-offs skip it (all down: their fallback)")
             }
             None => {}
         }
@@ -276,6 +377,8 @@ mod tests {
     fn def(max_calls: usize) -> BackendDef {
         BackendDef {
             uri: "sip:12333@127.0.0.1:5091".into(),
+            targets: Vec::new(),
+            select: Select::Order,
             answer_timeout: 8,
             health_interval: 10,
             down_after: 3,
@@ -311,21 +414,84 @@ mod tests {
     fn down_or_full_backends_are_not_tried_and_slots_come_back() {
         let defs: BTreeMap<String, BackendDef> = [("hrss".to_string(), def(2))].into();
         let b = Backends::new(&defs);
-        assert_eq!(b.take("nope").err(), Some(Unavailable::Unknown));
-        let one = b.take("hrss").expect("first");
-        let two = b.take("hrss").expect("second");
-        assert_eq!(b.take("hrss").err(), Some(Unavailable::Full));
+        assert_eq!(b.take("nope", 1).err(), Some(Unavailable::Unknown));
+        let one = b.take("hrss", 1).expect("first");
+        assert_eq!(one.targets, ["sip:12333@127.0.0.1:5091"]);
+        let two = b.take("hrss", 1).expect("second");
+        assert_eq!(b.take("hrss", 1).err(), Some(Unavailable::Full));
         drop(one);
-        let three = b.take("hrss").expect("a slot came back");
+        let three = b.take("hrss", 1).expect("a slot came back");
         for _ in 0..3 {
-            b.health["hrss"].record(0, &defs["hrss"]);
+            b.backends["hrss"].targets[0].1.record(0, &defs["hrss"]);
         }
         assert_eq!(b.is_up("hrss"), Some(false));
         drop((two, three));
-        assert_eq!(b.take("hrss").err(), Some(Unavailable::Down));
+        assert_eq!(b.take("hrss", 1).err(), Some(Unavailable::Down));
         let snap = b.snapshot();
         assert_eq!(snap["hrss"]["calls"], 0);
         assert_eq!(snap["hrss"]["skipped_full"], 1);
         assert_eq!(snap["hrss"]["skipped_down"], 1);
+    }
+
+    fn pool(select: Select) -> BackendDef {
+        let t = |port: u16, weight| BackendTarget {
+            uri: format!("sip:12333@127.0.0.1:{port}"),
+            weight,
+        };
+        BackendDef {
+            uri: String::new(),
+            targets: vec![t(5091, 3), t(5092, 1), t(5093, 1)],
+            select,
+            ..def(0)
+        }
+    }
+
+    #[test]
+    fn targets_are_tried_in_order_and_a_down_one_is_skipped() {
+        let defs: BTreeMap<String, BackendDef> = [("hrss".to_string(), pool(Select::Order))].into();
+        let b = Backends::new(&defs);
+        let ports = |h: &Handoff| -> Vec<String> {
+            h.targets
+                .iter()
+                .map(|u| u[u.len() - 4..].to_string())
+                .collect()
+        };
+        assert_eq!(
+            ports(&b.take("hrss", 7).expect("up")),
+            ["5091", "5092", "5093"]
+        );
+        for _ in 0..3 {
+            b.backends["hrss"].targets[0].1.record(0, &defs["hrss"]);
+        }
+        // The primary is down: the standbys, in order; the backend is up.
+        assert_eq!(ports(&b.take("hrss", 7).expect("up")), ["5092", "5093"]);
+        assert_eq!(b.is_up("hrss"), Some(true));
+        let snap = b.snapshot();
+        assert_eq!(snap["hrss"]["targets"][0]["up"], false);
+        assert_eq!(snap["hrss"]["targets"][1]["up"], true);
+        assert_eq!(snap["hrss"]["probes_failed"], 3);
+    }
+
+    #[test]
+    fn weighted_draws_follow_the_weights_and_try_every_target_once() {
+        let weights = [3, 1, 1];
+        let mut first = [0u32; 3];
+        for draw in 0..5000u64 {
+            let order = try_order(
+                &weights,
+                Select::Weight,
+                draw.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "each target once: {order:?}");
+            first[order[0]] += 1;
+        }
+        // 3:1:1 → 60% / 20% / 20% first choices.
+        assert!((2800..=3200).contains(&first[0]), "{first:?}");
+        assert!((800..=1200).contains(&first[1]), "{first:?}");
+        assert!((800..=1200).contains(&first[2]), "{first:?}");
+        assert_eq!(try_order(&weights, Select::Order, 99), [0, 1, 2]);
+        assert!(try_order(&[], Select::Weight, 5).is_empty());
     }
 }

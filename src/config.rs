@@ -43,6 +43,8 @@ pub struct Settings {
     pub recording: RecordingSettings,
     /// `[transfer]`
     pub transfer: TransferSettings,
+    /// `[outbound]`: what agents may dial through the trunk.
+    pub outbound: crate::outbound::OutboundSettings,
     /// `[limits]`
     pub limits: crate::overload::LimitSettings,
     /// `[queues.NAME]`: the agent queues flows and routes may name.
@@ -173,23 +175,75 @@ pub enum Overflow {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendDef {
-    /// Its SIP URI (literal IP address).
+    /// Its SIP URI (literal IP address): its only target, or the first.
+    #[serde(default)]
     pub uri: String,
-    /// Seconds to wait for it to answer before the flow's fallback.
+    /// More targets (or all of them, without `uri`): each a URI and, for
+    /// `select = "weight"`, a weight.
+    #[serde(default)]
+    pub targets: Vec<BackendTarget>,
+    /// How a hand-off picks among the targets that are up: `order` (the
+    /// first, then the next on failure) or `weight` (drawn by weight per
+    /// call, then the others).
+    #[serde(default)]
+    pub select: Select,
+    /// Seconds to wait for a target to answer before the next one (or the
+    /// flow's fallback).
     #[serde(default = "default_backend_timeout")]
     pub answer_timeout: u64,
-    /// Seconds between OPTIONS probes (0: not probed, always up).
+    /// Seconds between OPTIONS probes of each target (0: not probed, always up).
     #[serde(default)]
     pub health_interval: u64,
-    /// Failed probes in a row that mark it down.
+    /// Failed probes in a row that mark a target down.
     #[serde(default = "default_down_after")]
     pub down_after: u32,
-    /// Good probes in a row that mark it up again.
+    /// Good probes in a row that mark a target up again.
     #[serde(default = "default_up_after")]
     pub up_after: u32,
-    /// Calls it may hold at once (0: no limit of ours).
+    /// Calls the backend may hold at once, over all its targets (0: no
+    /// limit of ours).
     #[serde(default)]
     pub max_calls: usize,
+}
+
+/// One target of a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTarget {
+    /// SIP URI with a literal IP address.
+    pub uri: String,
+    /// Share of calls under `select = "weight"` (1 or more).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// How a backend's targets are tried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// In the order given (primary, then standby).
+    #[default]
+    Order,
+    /// Drawn by weight for each call; the rest follow, drawn the same way.
+    Weight,
+}
+
+impl BackendDef {
+    /// Every target: `uri` first (weight 1), then `targets`.
+    pub fn target_list(&self) -> Vec<BackendTarget> {
+        let first = (!self.uri.is_empty()).then(|| BackendTarget {
+            uri: self.uri.clone(),
+            weight: 1,
+        });
+        first
+            .into_iter()
+            .chain(self.targets.iter().cloned())
+            .collect()
+    }
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_down_after() -> u32 {
@@ -459,8 +513,14 @@ impl Settings {
             builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
         let file = file.map(|(_, path)| path);
+        // YIHAOTONG_CONFIG names the file (the command line reads it); it
+        // is not a setting.
+        let vars: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k != "YIHAOTONG_CONFIG")
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("YIHAOTONG")
+                .source(Some(vars))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")
@@ -468,6 +528,8 @@ impl Settings {
                 .with_list_parse_key("trunk.normalize")
                 .with_list_parse_key("queue.join_empty")
                 .with_list_parse_key("queue.leave_empty")
+                .with_list_parse_key("outbound.allow")
+                .with_list_parse_key("outbound.premium")
                 .try_parsing(true)
                 .ignore_empty(true),
         );
@@ -532,11 +594,23 @@ impl Settings {
             }
         }
         for (name, b) in &self.backends {
-            if crate::sip::SipTarget::parse(&b.uri).is_none() {
-                bail!(
-                    "settings: [backends.{name}] uri {:?} must be a sip: URI with an IP address",
-                    b.uri
-                );
+            let targets = b.target_list();
+            if targets.is_empty() {
+                bail!("settings: [backends.{name}] needs a uri or targets");
+            }
+            for t in &targets {
+                if crate::sip::SipTarget::parse(&t.uri).is_none() {
+                    bail!(
+                        "settings: [backends.{name}] uri {:?} must be a sip: URI with an IP address",
+                        t.uri
+                    );
+                }
+                if t.weight == 0 {
+                    bail!(
+                        "settings: [backends.{name}] target {:?}: weight must be 1 or more",
+                        t.uri
+                    );
+                }
             }
         }
         for name in self.queues.keys().chain(self.backends.keys()) {
@@ -549,6 +623,16 @@ impl Settings {
                 if to == name || !self.queues.contains_key(to) {
                     bail!("settings: [queues.{name}] overflow names queue {to:?}, which is not another configured queue");
                 }
+            }
+        }
+        for entry in &self.outbound.allow {
+            if let Err(e) = crate::outbound::check_entry(entry) {
+                bail!("settings: [outbound] allow: {e}");
+            }
+        }
+        for p in &self.outbound.premium {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("settings: [outbound] premium: {p:?} must be a prefix of digits");
             }
         }
         if self.queue.moh.is_empty() {
@@ -589,6 +673,10 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         rtp: Option<toml::Table>,
         trunk: Option<toml::Table>,
         queue: Option<toml::Table>,
+        recording: Option<toml::Table>,
+        transfer: Option<toml::Table>,
+        outbound: Option<toml::Table>,
+        limits: Option<toml::Table>,
     }
     let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
     let partial: Partial =
@@ -599,6 +687,10 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         ("trunk", &partial.trunk),
         ("queue", &partial.queue),
         ("ivr", &partial.ivr),
+        ("recording", &partial.recording),
+        ("transfer", &partial.transfer),
+        ("outbound", &partial.outbound),
+        ("limits", &partial.limits),
     ];
     for (name, table) in sections {
         let Some(table) = table else { continue };
@@ -665,5 +757,71 @@ mod tests {
             .to_string();
         assert!(err.contains("y.toml:3"), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_file_may_set_every_section_of_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        let text = "[recording]\nretention_days = 7\n[transfer]\nemergency = [\"110\"]\n\
+                    [limits]\nmax_calls = 10\n[outbound]\nallow = [\"mobile\", \"0044\"]\n";
+        std::fs::write(&path, text).expect("write");
+        let s = Settings::load(Some(&path)).expect("every section loads");
+        assert_eq!(s.recording.retention_days, 7);
+        assert_eq!(s.limits.max_calls, 10);
+        assert_eq!(s.outbound.allow, ["mobile", "0044"]);
+        std::fs::write(&path, "[limits]\nmax_call = 10\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("typo").to_string();
+        assert!(
+            err.contains("y.toml:2") && err.contains("max_call"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backend_targets_are_checked_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let s = load("[backends.hrss]\ntargets = [{ uri = \"sip:a@127.0.0.2:5060\", weight = 3 }]\nselect = \"weight\"\n")
+            .expect("a pool loads");
+        let list = s.backends["hrss"].target_list();
+        assert_eq!(list.len(), 2, "the default uri first, then the pool");
+        assert_eq!(
+            (list[1].weight, s.backends["hrss"].select),
+            (3, Select::Weight)
+        );
+        let err = load("[backends.hrss]\nuri = \"\"\n").expect_err("no target");
+        assert!(
+            err.contains("[backends.hrss] needs a uri or targets"),
+            "{err}"
+        );
+        let err = load("[backends.hrss]\ntargets = [{ uri = \"sip:a@127.0.0.2\", weight = 0 }]\n")
+            .expect_err("weight 0");
+        assert!(
+            err.contains("[backends.hrss]") && err.contains("weight must be 1"),
+            "{err}"
+        );
+        let err = load("[backends.hrss]\ntargets = [{ uri = \"sip:a@host.example\" }]\n")
+            .expect_err("a name");
+        assert!(
+            err.contains("must be a sip: URI with an IP address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_outbound_entry_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        std::fs::write(&path, "[outbound]\nallow = [\"mobile\", \"bogus\"]\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("bogus").to_string();
+        assert!(
+            err.contains("[outbound] allow") && err.contains("bogus"),
+            "{err}"
+        );
     }
 }

@@ -13,6 +13,8 @@
 //! - [`media`]: SDP, RTP ports, the relay, prompts, DTMF, the media engine.
 //! - [`call`]: the B2BUA, one task per call.
 //! - [`server`]: sockets, SIP workers, dispatch.
+//! - [`outbound`]: what agents may dial out through the trunk (toll-fraud
+//!   guard).
 //! - [`admin`]: CLI commands, locally or via the running server.
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
@@ -27,6 +29,7 @@ pub mod fuzzing;
 pub mod ivr;
 pub mod load;
 pub mod media;
+pub mod outbound;
 pub mod overload;
 pub mod registrar;
 pub mod routing;

@@ -21,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Settings file layered over the built-in defaults (then YIHAOTONG_* variables).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "YIHAOTONG_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -167,6 +167,12 @@ enum AgentsAction {
         /// into (*33ID) agents' calls from the phone.
         #[arg(long)]
         supervisor: bool,
+        /// What the agent may dial out through the trunk, comma-separated:
+        /// classes (local, mobile, national, service, premium,
+        /// international), digit prefixes (0044, 8), or none. Without it,
+        /// `[outbound] allow`. Emergency numbers always go.
+        #[arg(long, value_delimiter = ',')]
+        dial: Option<Vec<String>>,
     },
     /// Set an agent's state (also by phone: *21 log in, *22 break, *23 log
     /// out, *24 end wrap-up).
@@ -411,6 +417,7 @@ fn real_main() -> anyhow::Result<()> {
                 wrap_up,
                 no_auto_login,
                 supervisor,
+                dial,
             } => AdminCommand::AgentsAdd {
                 id,
                 password,
@@ -419,6 +426,7 @@ fn real_main() -> anyhow::Result<()> {
                 wrap_up,
                 auto_login: Some(!no_auto_login),
                 supervisor,
+                dial,
             },
             AgentsAction::State { id, state, reason } => {
                 AdminCommand::AgentsState { id, state, reason }
@@ -524,7 +532,9 @@ fn backends_of(
             match &node.action {
                 Action::Handoff { backend, .. } => out.push(serde_json::json!({
                     "backend": backend,
-                    "uri": settings.backends.get(backend).map(|b| b.uri.as_str()),
+                    "targets": settings.backends.get(backend).map(|b| {
+                        b.target_list().into_iter().map(|t| t.uri).collect::<Vec<_>>()
+                    }),
                     "flow": name,
                     "node": node.name,
                 })),
@@ -551,6 +561,7 @@ fn load(
                 wrap_up: None,
                 auto_login: None,
                 supervisor: false,
+                dial: None,
             };
             admin::run_command(data_dir, realm, cmd).context("provisioning load agents")?;
         }

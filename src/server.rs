@@ -927,12 +927,22 @@ impl Worker {
             self.feature_code(key, req, peer, agent.clone(), code.to_string(), slot);
             return;
         }
-        // An agent's phone reaches another agent, a peer centre or an
-        // emergency number straight, not through the number plan.
-        let agent_call = caller_agent
-            .as_deref()
-            .is_some_and(|agent| call::agent_reaches(&self.shared, agent, &dialed_raw));
-        let (dialed, route) = if agent_call {
+        // An agent's phone reaches another agent, a peer centre, an
+        // emergency number or, within its dialing permissions, an outside
+        // number straight, not through the number plan.
+        let direct = match caller_agent.as_deref() {
+            Some(agent) => match call::agent_dial(&self.shared, agent, &dialed_raw) {
+                call::AgentDial::Direct(target) => Some(target),
+                call::AgentDial::Plan => None,
+                call::AgentDial::Refused(why) => {
+                    let warning = crate::sip::warning(&why);
+                    self.simple(&key, &req, 403, &[("Warning", warning)]);
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (dialed, route) = if direct.is_some() {
             let route = crate::store::Route {
                 number: dialed_raw.clone(),
                 queue: String::new(),
@@ -969,6 +979,7 @@ impl Worker {
             route,
             dialed,
             caller_agent,
+            direct,
             slot,
         };
         tokio::spawn(call::run(ctx, rx, arrival));
@@ -1071,6 +1082,7 @@ impl Worker {
             route,
             dialed: format!("*{code}"),
             caller_agent: Some(agent.clone()),
+            direct: None,
             slot,
         };
         tokio::spawn(async move {

@@ -35,6 +35,10 @@ pub struct Agent {
     /// May listen to, whisper to and barge into other agents' calls.
     #[serde(default)]
     pub supervisor: bool,
+    /// What the agent may dial out through the trunk (classes and prefixes,
+    /// see [`crate::outbound`]); `None`: `[outbound] allow`.
+    #[serde(default)]
+    pub dial: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -53,6 +57,7 @@ impl Agent {
             wrap_up: None,
             auto_login: true,
             supervisor: false,
+            dial: None,
         }
     }
 

@@ -898,3 +898,78 @@ fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
     server.assert_idle();
     assert_eq!(backend_status(&server, "hrss")["calls"], 0);
 }
+
+/// A settings file for a test server (YIHAOTONG_CONFIG), kept in `dir`.
+fn settings_file(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("yihaotong.toml");
+    std::fs::write(&path, text).expect("write settings");
+    path.display().to_string()
+}
+
+#[test]
+fn a_backend_with_standby_targets_fails_over_in_order_then_to_the_seats() {
+    let mut primary = Phone::new("12333");
+    let mut slow = Phone::new("12333");
+    let mut standby = Phone::new("12333");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = settings_file(
+        dir.path(),
+        &format!(
+            "[backends.hrss]\nuri = \"\"\nselect = \"order\"\nanswer_timeout = 1\ntargets = [\n  {{ uri = \"sip:12333@{}\" }},\n  {{ uri = \"sip:12333@{}\" }},\n  {{ uri = \"sip:12333@{}\" }},\n]\n",
+            primary.addr, slow.addr, standby.addr
+        ),
+    );
+    let server = TestServer::start_with(&[("YIHAOTONG_CONFIG", &config)]);
+    let targets = backend_status(&server, "hrss")["targets"].clone();
+    assert_eq!(targets.as_array().map(Vec::len), Some(3), "{targets}");
+    let mut agent = hrss_seat(&server);
+
+    // The primary errs, the second rings but never answers (let go after
+    // answer_timeout), the third takes the call.
+    let mut trunk = Phone::new("13800000061");
+    let mut d = answer_ivr(&server, &mut trunk, "12333", None);
+    trunk.press_rfc4733(d.remote_rtp.expect("addr"), '1', 101, 5);
+    let inv = primary.request("INVITE", 15.0).expect("the primary first");
+    primary.reply(server.sip, &inv, 503, "p");
+    let inv = slow.request("INVITE", 5.0).expect("then the second target");
+    slow.reply(server.sip, &inv, 180, "s");
+    let cancel = slow
+        .request("CANCEL", 5.0)
+        .expect("let go after answer_timeout");
+    slow.reply(server.sip, &cancel, 200, "s");
+    slow.reply(server.sip, &inv, 487, "s");
+    let inv = standby.request("INVITE", 5.0).expect("then the third");
+    assert_eq!(inv.headers.get("x-ivr-keys"), Some("1"));
+    answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut standby, &inv);
+    assert!(
+        agent.request("INVITE", 0.3).is_none(),
+        "the seats were not needed"
+    );
+
+    // Every target fails: the caller reaches the seats, nothing lost.
+    let mut trunk = Phone::new("13800000062");
+    let mut d = answer_ivr(&server, &mut trunk, "12333", None);
+    trunk.press_rfc4733(d.remote_rtp.expect("addr"), '1', 101, 5);
+    let inv = primary.request("INVITE", 15.0).expect("the primary first");
+    primary.reply(server.sip, &inv, 500, "p");
+    let inv = slow.request("INVITE", 5.0).expect("the second");
+    slow.reply(server.sip, &inv, 486, "s");
+    let inv = standby.request("INVITE", 5.0).expect("the third");
+    standby.reply(server.sip, &inv, 603, "t");
+    let inv = agent.request("INVITE", 5.0).expect("fallback to the seats");
+    assert_eq!(inv.headers.get("x-ivr-keys"), Some("1"));
+    answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut agent, &inv);
+    server.assert_idle();
+
+    // The first call's CDR says a backend took it; the second, the seats.
+    let (ok, out) = server.cli(&["cdrs"]);
+    assert!(ok, "{out}");
+    let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let of = |caller: &str| {
+        cdrs.iter()
+            .find(|c| c["caller"] == caller)
+            .map(|c| c["disposition"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(of("13800000061").as_deref(), Some("handoff"), "{out}");
+    assert_eq!(of("13800000062").as_deref(), Some("answered"), "{out}");
+}

@@ -16,20 +16,7 @@ fn agent(server: &TestServer, id: &str) -> Phone {
 
 /// The agent's phone sends REFER; returns the final status of the REFER.
 fn refer(server: &TestServer, phone: &mut Phone, leg: &mut PhoneDialog, refer_to: &str) -> u16 {
-    phone.in_dialog_with(
-        server.sip,
-        leg,
-        "REFER",
-        &format!(
-            "Refer-To: {refer_to}\r\nReferred-By: <sip:{}@127.0.0.3>\r\n",
-            phone.user
-        ),
-        "",
-        "",
-    );
-    phone
-        .final_status(&leg.call_id, "REFER", 3.0)
-        .expect("REFER answered")
+    common::refer(server, phone, leg, refer_to).status
 }
 
 /// The next NOTIFY on `phone`: answered 200; returns (sipfrag status line, subscription state).

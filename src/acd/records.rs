@@ -103,6 +103,12 @@ pub struct Cdr {
     /// How the dialed number joined 12345 (the route's mode).
     #[serde(default)]
     pub mode: String,
+    /// For a call an agent's phone placed out of the hotline (through the
+    /// trunk or to a peer centre): what it dialed, `emergency`, `centre`,
+    /// or the number's class (`mobile`, `local`…). Empty for citizens'
+    /// calls and calls between agents.
+    #[serde(default)]
+    pub outbound: String,
 }
 
 enum RecordMsg {

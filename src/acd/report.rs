@@ -16,6 +16,11 @@
 //! - **ASA**: mean wait of answered calls; **AHT**: mean talk time from
 //!   answer to hang-up (wrap-up is not in the CDR).
 //!
+//! - **out**, **out_ans**: calls agents placed out of the hotline (回访
+//!   and other outside numbers, emergency numbers, peer centres) and how
+//!   many were answered; they are not citizens' calls, so they are in no
+//!   other column.
+//!
 //! By agent, **offered** counts offers (answered or missed, from the queue
 //! log) and abandonment does not apply.
 
@@ -75,6 +80,10 @@ pub struct Row {
     pub callbacks_requested: u64,
     /// Callbacks that reached the citizen with an agent on the line.
     pub callbacks_completed: u64,
+    /// Calls agents placed out of the hotline.
+    pub outbound: u64,
+    /// Of those, answered.
+    pub outbound_answered: u64,
     #[serde(skip)]
     abandoned_in_sl: u64,
     #[serde(skip)]
@@ -85,6 +94,13 @@ pub struct Row {
 
 impl Row {
     fn add(&mut self, cdr: &Cdr, count_offer: bool) {
+        if !cdr.outbound.is_empty() {
+            self.outbound += 1;
+            if cdr.answered.is_some() {
+                self.outbound_answered += 1;
+            }
+            return;
+        }
         // A callback call is the booking call's second half, not a new call.
         if !cdr.callback_for.is_empty() {
             if cdr.disposition == Disposition::CallbackCompleted {
@@ -143,6 +159,8 @@ impl Row {
         self.talk_total += o.talk_total;
         self.callbacks_requested += o.callbacks_requested;
         self.callbacks_completed += o.callbacks_completed;
+        self.outbound += o.outbound;
+        self.outbound_answered += o.outbound_answered;
     }
 
     fn finish(&mut self) {
@@ -227,7 +245,7 @@ pub enum Format {
     Json,
 }
 
-const COLUMNS: [&str; 15] = [
+const COLUMNS: [&str; 17] = [
     "group",
     "calls",
     "offered",
@@ -243,9 +261,11 @@ const COLUMNS: [&str; 15] = [
     "aht_s",
     "cb_req",
     "cb_done",
+    "out",
+    "out_ans",
 ];
 
-fn cells(r: &Row) -> [String; 15] {
+fn cells(r: &Row) -> [String; 17] {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
     [
@@ -264,6 +284,8 @@ fn cells(r: &Row) -> [String; 15] {
         secs(r.aht),
         r.callbacks_requested.to_string(),
         r.callbacks_completed.to_string(),
+        r.outbound.to_string(),
+        r.outbound_answered.to_string(),
     ]
 }
 
@@ -288,7 +310,7 @@ pub fn render(rows: &[Row], format: Format) -> String {
             s
         }
         Format::Table => {
-            let all: Vec<[String; 15]> = rows.iter().map(cells).collect();
+            let all: Vec<[String; 17]> = rows.iter().map(cells).collect();
             let mut width = COLUMNS.map(|c| c.chars().count());
             for row in &all {
                 for (w, c) in width.iter_mut().zip(row) {
@@ -473,7 +495,7 @@ mod tests {
         let csv = render(&rows, Format::Csv);
         assert_eq!(
             csv.lines().nth(1),
-            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0,0,0")
+            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0,0,0,0,0")
         );
         assert_eq!(
             parse_time("2025-11-28 11:00", 480, 0),
@@ -499,6 +521,18 @@ mod tests {
         assert_eq!((r.calls, r.offered, r.answered), (9, 8, 4));
         assert_eq!((r.callbacks_requested, r.callbacks_completed), (2, 1));
         assert_eq!((r.abandoned, r.abandoned_short, r.unserved), (1, 1, 0));
+        // Two 回访 calls agents placed (one answered) stand apart from the
+        // citizens' calls: the hotline's figures do not move.
+        let mut with_outbound = cdrs.clone();
+        for answered in [Some(1005), None] {
+            with_outbound.push(Cdr {
+                outbound: "mobile".into(),
+                ..cdr("main", 1000, answered, 1100, Transfer)
+            });
+        }
+        let r = &compute(&with_outbound, &[], By::Hotline, 480)[0];
+        assert_eq!((r.calls, r.offered, r.answered), (7, 6, 4));
+        assert_eq!((r.outbound, r.outbound_answered), (2, 1));
         let table = render(&rows, Format::Table);
         assert!(table
             .lines()

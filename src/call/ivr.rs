@@ -255,20 +255,29 @@ impl Call {
                                 continue;
                             };
                             // Down or full: not tried; the fallback runs at once.
-                            let _slot = match shared.backends.take(&backend) {
-                                Ok(slot) => slot,
+                            let handoff = match shared.backends.take(&backend, rand::random()) {
+                                Ok(h) => h,
                                 Err(why) => {
                                     info!(backend = %backend, reason = why.label(), "backend not tried; fallback");
                                     input = Some(Input::Failed);
                                     continue;
                                 }
                             };
-                            let target = SipTarget::parse(&def.uri);
+                            let _slot = handoff.slot;
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
-                            info!(backend = %backend, uri = %def.uri, "handing off");
                             self.flow_done(&session);
                             self.handing_off = true;
-                            let reached = self.reach(target, ring, offer).await;
+                            // Each target that is up, in turn, until one
+                            // takes the call (or the caller leaves).
+                            let mut reached = Reached::Failed;
+                            for uri in &handoff.targets {
+                                info!(backend = %backend, uri = %uri, "handing off");
+                                reached = self.reach(SipTarget::parse(uri), ring, offer).await;
+                                if !matches!(reached, Reached::Failed) {
+                                    break;
+                                }
+                                info!(backend = %backend, uri = %uri, "backend target did not take the call");
+                            }
                             self.handing_off = false;
                             match reached {
                                 Reached::Ended(End::HandedBack) => {
@@ -553,7 +562,11 @@ impl Call {
             return Reached::Failed;
         };
         let label = target.user.clone().unwrap_or_else(|| "backend".into());
-        let target = super::transfer::Target::Out { label, target };
+        let target = super::transfer::Target::Out {
+            label,
+            target,
+            class: "",
+        };
         match self.reach_target(&target, ring, offer, None).await {
             super::transfer::Reached::Answered(leg, ticket) => {
                 let Some(a_dialog) = self.a_dialog.take() else {

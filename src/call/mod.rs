@@ -246,16 +246,15 @@ pub struct Arrival {
     pub dialed: String,
     /// The authenticated agent, when an agent's phone placed it.
     pub caller_agent: Option<String>,
+    /// For an agent's own call outside the number plan: where it goes
+    /// ([`agent_dial`]).
+    pub direct: Option<DirectTarget>,
     /// Its place in its agent's or trunk address's count (overload control),
     /// held until the call ends.
     pub slot: crate::overload::CallSlot,
 }
 
-/// Whether agent `agent` dialing `dialed` reaches another agent, a peer
-/// centre or an emergency number directly (outside the number plan).
-pub fn agent_reaches(shared: &Shared, agent: &str, dialed: &str) -> bool {
-    transfer::internal_target(shared, agent, dialed).is_some()
-}
+pub use transfer::{agent_dial, AgentDial, DirectTarget};
 
 /// Runs a call from the caller's INVITE to its end.
 pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arrival) {
@@ -266,6 +265,7 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         route,
         dialed,
         caller_agent,
+        direct,
         slot: _slot,
     } = arrival;
     let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
@@ -276,11 +276,8 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         let caller = invite.core.from.user.clone().unwrap_or_default();
         info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
         let worker = ctx.worker.clone();
-        let end = if let Some(target) = caller_agent
-            .as_deref()
-            .and_then(|agent| transfer::internal_target(&shared, agent, &dialed))
+        let end = if let (Some(DirectTarget(target)), Some(agent)) = (direct, caller_agent.clone())
         {
-            let agent = caller_agent.clone().unwrap_or_default();
             transfer::call_target(ctx, events, a_key, invite, a_peer, &route, agent, target).await
         } else if route.flow.is_empty() {
             start(ctx, events, a_key, invite, a_peer, &route).await
@@ -480,7 +477,7 @@ fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<
         Ok(o) => Some(o),
         Err(e) => {
             info!(error = %e, "SDP offer refused");
-            let warning = format!("399 yihaotong \"{e}\"");
+            let warning = crate::sip::warning(&e.to_string());
             respond(ctx, key, req, tag, 488, &[("Warning", &warning)], b"");
             None
         }

@@ -140,7 +140,7 @@ pub async fn supervise(
         let tag = random_token();
         let refuse = |status: u16, why: &str| {
             info!(status, why, "supervision refused");
-            let warning = format!("399 yihaotong \"{why}\"");
+            let warning = crate::sip::warning(why);
             respond(&ctx, &key, &invite, &tag, status, &[("Warning", &warning)], b"");
         };
         'call: {

@@ -56,6 +56,10 @@ pub(super) enum Target {
         label: String,
         /// Where.
         target: SipTarget,
+        /// What kind of number it is, for an agent's own call's CDR
+        /// (`emergency`, `centre`, or an [`crate::outbound::Class`]);
+        /// empty for a flow's targets.
+        class: &'static str,
     },
 }
 
@@ -240,6 +244,7 @@ pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
         return outbound(shared, user).map(|target| Target::Out {
             label: user.to_string(),
             target,
+            class: "emergency",
         });
     }
     if let Some(to) = settings.transfer.centres.get(user) {
@@ -251,6 +256,7 @@ pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
         return target.map(|target| Target::Out {
             label: user.to_string(),
             target,
+            class: "centre",
         });
     }
     if matches!(shared.store.agent(user), Ok(Some(_))) {
@@ -268,17 +274,84 @@ pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
     }
 }
 
-/// What agent `agent` reaches by dialing `dialed` from its phone outside
-/// the number plan: another agent, an emergency number, a peer centre.
-/// Everything else goes through the plan as any caller's call would.
-pub(super) fn internal_target(shared: &Shared, agent: &str, dialed: &str) -> Option<Target> {
+/// What an agent's phone reaches by dialing a number.
+pub enum AgentDial {
+    /// Straight to a target outside the number plan.
+    Direct(DirectTarget),
+    /// Through the number plan, as any caller's call would go.
+    Plan,
+    /// Not permitted: a Forbidden, with this reason.
+    Refused(String),
+}
+
+/// Where an agent's own call goes when the number plan is not asked.
+pub struct DirectTarget(pub(super) Target);
+
+/// What agent `agent` reaches by dialing `dialed` from its phone: another
+/// agent, an emergency number or a peer centre straight; a number our plan
+/// routes through the plan; any other number out through the trunk when
+/// the agent's dialing permissions allow it (callbacks, 回访).
+pub fn agent_dial(shared: &Shared, agent: &str, dialed: &str) -> AgentDial {
     if dialed == agent {
-        return None;
+        return AgentDial::Plan;
     }
-    match resolve(shared, dialed)? {
-        t @ (Target::Agent(_) | Target::Out { .. }) => Some(t),
-        Target::Queue(_) => None,
+    match resolve(shared, dialed) {
+        Some(t @ (Target::Agent(_) | Target::Out { .. })) => {
+            return AgentDial::Direct(DirectTarget(t))
+        }
+        Some(Target::Queue(_)) => return AgentDial::Plan,
+        None => {}
     }
+    let settings = &shared.settings;
+    let dialable = crate::outbound::dialable(dialed, &settings.trunk.normalize, &settings.outbound);
+    let Some(number) = dialable else {
+        return AgentDial::Plan;
+    };
+    if settings.trunk.outbound.is_empty() || !matches!(shared.store.route_for(&number), Ok(None)) {
+        return AgentDial::Plan;
+    }
+    match permitted(shared, agent, &number) {
+        Ok(t) => AgentDial::Direct(DirectTarget(t)),
+        Err(why) => AgentDial::Refused(why),
+    }
+}
+
+/// `number` (normalized) out through the trunk for agent `agent`, if its
+/// dialing permissions (its own list, or `[outbound] allow`) allow it and
+/// the number may go out at all (no hairpins).
+fn permitted(shared: &Shared, agent: &str, number: &str) -> Result<Target, String> {
+    let settings = &shared.settings;
+    let list = match shared.store.agent(agent) {
+        Ok(a) => a.and_then(|a| a.dial),
+        Err(e) => {
+            warn!(agent, error = %e, "agent record unreadable; dialing refused");
+            return Err(format!("agent {agent}'s permissions cannot be read"));
+        }
+    };
+    let class = match crate::outbound::decide(
+        number,
+        agent,
+        list.as_deref(),
+        &settings.outbound,
+        &settings.transfer.emergency,
+    ) {
+        crate::outbound::Verdict::Allowed(class) => class,
+        crate::outbound::Verdict::Refused(class, why) => {
+            info!(
+                agent,
+                number,
+                class = class.label(),
+                "outbound dial refused: {why}"
+            );
+            return Err(why);
+        }
+    };
+    let target = outbound(shared, number).ok_or_else(|| format!("{number} cannot go out"))?;
+    Ok(Target::Out {
+        label: number.to_string(),
+        target,
+        class: class.label(),
+    })
 }
 
 /// Short reason phrases for the NOTIFY bodies.
@@ -319,6 +392,11 @@ pub(super) async fn call_target(
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
     call.caller_agent = Some(agent.clone());
     call.cdr.hotline = "agent call".into();
+    if let Target::Out { class, .. } = &target {
+        // Its own CDR, apart from the citizens' calls in the report.
+        call.cdr.hotline = "outbound".into();
+        call.cdr.outbound = class.to_string();
+    }
     let (tx, rx) = mpsc::channel(1);
     shared.consults.insert(&call_id, tx);
     call.takeover = Some(rx);
@@ -326,6 +404,7 @@ pub(super) async fn call_target(
     let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
     let end = match call.reach_target(&target, ring, &offer, None).await {
         Reached::Answered(leg, ticket) => {
+            call.cdr.disposition = crate::acd::records::Disposition::Answered;
             let a_dialog = Dialog::uas(&call.invite, &call.a_tag);
             call.bridge_to_end(a_dialog, *leg, ticket).await
         }
@@ -378,7 +457,7 @@ impl Call {
                     }
                 }
             }
-            Target::Out { label, target } => (
+            Target::Out { label, target, .. } => (
                 SeatContact {
                     agent: label.clone(),
                     uri: target.uri.clone(),
@@ -397,6 +476,23 @@ impl Call {
             Offer::Next => Reached::Failed(480),
             Offer::CallerGone => Reached::CallerGone,
         }
+    }
+
+    /// A transfer to a number that is neither an agent, a queue, a centre
+    /// nor an emergency number: out through the trunk, when the
+    /// transferring agent may dial it.
+    fn outside_transfer_target(&self, user: &str) -> Result<Target, String> {
+        let shared = &self.ctx.shared;
+        let settings = &shared.settings;
+        let refused = || format!("{user} is not a target agents may transfer to");
+        let number = crate::outbound::dialable(user, &settings.trunk.normalize, &settings.outbound)
+            .ok_or_else(refused)?;
+        if settings.trunk.outbound.is_empty()
+            || !matches!(shared.store.route_for(&number), Ok(None))
+        {
+            return Err(refused());
+        }
+        permitted(shared, &self.cdr.agent, &number)
     }
 
     /// Sends a NOTIFY for the REFER on `leg` with the target's progress.
@@ -452,12 +548,30 @@ impl Call {
             return self.attended(b, ticket, key, req, &user, replaces).await;
         }
         let shared = self.ctx.shared.clone();
-        let target =
-            resolve(&shared, &user).filter(|t| *t != Target::Agent(self.cdr.agent.clone()));
-        let Some(target) = target else {
-            info!(to = %user, "transfer to a target agents may not reach; refused");
-            respond(&self.ctx, &key, &req, &tag, 403, &[], b"");
-            return After::Bridge(Box::new(b), ticket);
+        let target = match resolve(&shared, &user) {
+            Some(t) if t == Target::Agent(self.cdr.agent.clone()) => Err(format!(
+                "agent {} cannot transfer a call to itself",
+                self.cdr.agent
+            )),
+            Some(t) => Ok(t),
+            None => self.outside_transfer_target(&user),
+        };
+        let target = match target {
+            Ok(t) => t,
+            Err(why) => {
+                info!(to = %user, reason = %why, "transfer refused");
+                let warning = crate::sip::warning(&why);
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    &tag,
+                    403,
+                    &[("Warning", &warning)],
+                    b"",
+                );
+                return After::Bridge(Box::new(b), ticket);
+            }
         };
         let Some(law) = Law::from_pt(self.codec) else {
             respond(

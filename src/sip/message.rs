@@ -1253,6 +1253,12 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(req.method, Method::Invite);
         assert_eq!(req.uri_user.as_deref(), Some("12345"));
         assert_eq!(req.core.call_id, "a84b4c76e66710");
+        // A global number keeps its '+' (RFC 3966 style user part).
+        let global = INVITE.replacen("sip:12345@", "sip:+442071234567@", 1);
+        let Ok(Message::Request(req)) = parse(global.as_bytes()) else {
+            panic!("INVITE to a global number should parse");
+        };
+        assert_eq!(req.uri_user.as_deref(), Some("+442071234567"));
         assert_eq!(req.core.from.tag.as_deref(), Some("1928301774"));
         assert_eq!(req.core.to.tag, None);
         assert_eq!(

@@ -59,6 +59,21 @@ impl Peer {
     }
 }
 
+/// A Warning header value of ours (RFC 3261 §20.43, code 399): `text` as a
+/// quoted string, its quotes and backslashes escaped and line breaks dropped.
+pub fn warning(text: &str) -> String {
+    let mut v = String::with_capacity(text.len() + 20);
+    v.push_str("399 yihaotong \"");
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if matches!(c, '"' | '\\') {
+            v.push('\\');
+        }
+        v.push(c);
+    }
+    v.push('"');
+    v
+}
+
 /// A random token for tags, branches and nonces (hex, 64 bits of entropy).
 pub fn random_token() -> String {
     format!("{:016x}", rand::random::<u64>())

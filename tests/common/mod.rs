@@ -792,6 +792,30 @@ impl Phone {
     }
 }
 
+/// The agent's phone sends REFER to `refer_to` (a name-addr) on `leg`;
+/// returns the final response to the REFER.
+pub fn refer(
+    server: &TestServer,
+    phone: &mut Phone,
+    leg: &mut PhoneDialog,
+    refer_to: &str,
+) -> Response {
+    phone.in_dialog_with(
+        server.sip,
+        leg,
+        "REFER",
+        &format!(
+            "Refer-To: {refer_to}\r\nReferred-By: <sip:{}@127.0.0.3>\r\n",
+            phone.user
+        ),
+        "",
+        "",
+    );
+    phone
+        .response(&leg.call_id, "REFER", 200, 3.0)
+        .expect("REFER answered")
+}
+
 /// Answers `inv` on `phone`, expects the ACK, and returns the callee's dialog.
 pub fn answer(server: &TestServer, phone: &mut Phone, inv: &Request, tag: &str) -> PhoneDialog {
     phone.reply(server.sip, inv, 200, tag);
