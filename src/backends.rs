@@ -384,6 +384,7 @@ mod tests {
             down_after: 3,
             up_after: 2,
             max_calls,
+            return_keys: String::new(),
         }
     }
 

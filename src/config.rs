@@ -204,6 +204,11 @@ pub struct BackendDef {
     /// limit of ours).
     #[serde(default)]
     pub max_calls: usize,
+    /// Keys the caller presses while with the backend to come back to the
+    /// hand-off's fallback (the seats) with the data so far, e.g. `*0`
+    /// (RFC 4733 or SIP INFO; still relayed). Empty: none.
+    #[serde(default)]
+    pub return_keys: String,
 }
 
 /// One target of a backend.
@@ -594,6 +599,16 @@ impl Settings {
             }
         }
         for (name, b) in &self.backends {
+            let keys_ok = b.return_keys.len() <= 8
+                && b.return_keys
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '*' || c == '#');
+            if !keys_ok {
+                bail!(
+                    "settings: [backends.{name}] return_keys {:?} must be up to 8 of 0-9 * #",
+                    b.return_keys
+                );
+            }
             let targets = b.target_list();
             if targets.is_empty() {
                 bail!("settings: [backends.{name}] needs a uri or targets");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Phone, RtpIn, TestServer};
+use common::{answer, Phone, RtpIn, TestServer};
 use yihaotong::sip::auth::Algorithm;
 
 /// μ-law payloads in arrival order, decoded to linear samples.
@@ -142,14 +142,7 @@ fn sip_info_key_0_queues_to_the_seats_with_the_call_data() {
     assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
     let mut trunk = Phone::new("13800000002");
     let mut d = answer_ivr(&server, &mut trunk, "12333", None);
-    trunk.in_dialog_typed(
-        server.sip,
-        &mut d,
-        "INFO",
-        "application/dtmf-relay",
-        "Signal=0\r\nDuration=160\r\n",
-    );
-    assert_eq!(trunk.final_status(&d.call_id, "INFO", 3.0), Some(200));
+    assert_eq!(trunk.press_info(server.sip, &mut d, '0'), Some(200));
     let inv = agent
         .request("INVITE", 15.0)
         .expect("agent rung after the welcome");
@@ -846,17 +839,33 @@ fn a_backend_that_stops_answering_its_probes_is_marked_down_then_up_again() {
     server.assert_idle();
 }
 
-#[test]
-fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
+/// A server whose 12333 backend is `backend` and seat `agent`; `caller`
+/// presses 1 on 12333 and the backend is offered the call (`inv`).
+fn handed_off_to_the_backend(
+    caller: &str,
+) -> (
+    TestServer,
+    Phone,
+    Phone,
+    Phone,
+    common::PhoneDialog,
+    yihaotong::sip::message::Request,
+) {
     let mut backend = Phone::new("12333");
     let backend_uri = format!("sip:12333@{}", backend.addr);
     let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri)]);
-    let mut agent = hrss_seat(&server);
-    let mut trunk = Phone::new("13800000054");
-    let mut d = answer_ivr(&server, &mut trunk, "12333", None);
-    let media = d.remote_rtp.expect("addr");
-    trunk.press_rfc4733(media, '1', 101, 5);
+    let agent = hrss_seat(&server);
+    let mut trunk = Phone::new(caller);
+    let d = answer_ivr(&server, &mut trunk, "12333", None);
+    trunk.press_rfc4733(d.remote_rtp.expect("addr"), '1', 101, 5);
     let inv = backend.request("INVITE", 15.0).expect("handed off");
+    (server, backend, agent, trunk, d, inv)
+}
+
+#[test]
+fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
+    let (server, mut backend, mut agent, mut trunk, mut d, inv) =
+        handed_off_to_the_backend("13800000054");
     backend.reply(server.sip, &inv, 200, "be");
     backend.request("ACK", 3.0).expect("ACK");
     assert_eq!(backend_status(&server, "hrss")["calls"], 1);
@@ -870,7 +879,20 @@ fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
     backend.reply(server.sip, &notify, 200, "be");
     let bye = backend.request("BYE", 3.0).expect("the backend leg ends");
     backend.reply(server.sip, &bye, 200, "be");
-    // The flow's fallback takes the caller, with the keys and path so far.
+    back_at_the_seat(&server, &mut trunk, &mut d, &mut agent);
+    assert_eq!(backend_status(&server, "hrss")["calls"], 0);
+}
+
+/// The caller on `d`, handed back from a backend, reaches the seat `agent`
+/// through the flow's fallback with the keys and path so far, talks, and
+/// hangs up; nothing stays up.
+fn back_at_the_seat(
+    server: &TestServer,
+    trunk: &mut Phone,
+    d: &mut common::PhoneDialog,
+    agent: &mut Phone,
+) {
+    let media = d.remote_rtp.expect("addr");
     let seat = agent.request("INVITE", 10.0).expect("back to the seats");
     assert_eq!(seat.headers.get("x-ivr-keys"), Some("1"));
     assert!(
@@ -891,11 +913,32 @@ fn a_backend_hands_the_caller_back_to_the_seats_with_a_refer() {
         (c.join().expect("caller"), a.join().expect("agent"))
     });
     assert!(c >= 30 && a >= 30, "relayed {c} / {a}");
-    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    trunk.in_dialog(server.sip, d, "BYE", "");
     assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
     let bye = agent.request("BYE", 3.0).expect("BYE passed on");
     agent.reply(server.sip, &bye, 200, "agt");
     server.assert_idle();
+}
+
+#[test]
+fn the_callers_return_keys_bring_them_back_from_the_backend_to_the_seats() {
+    let (server, mut backend, mut agent, mut trunk, mut d, inv) =
+        handed_off_to_the_backend("13800000055");
+    let media = d.remote_rtp.expect("addr");
+    let _backend_leg = answer(&server, &mut backend, &inv, "be");
+    // The backend's own menu keys pass through and change nothing.
+    trunk.press_rfc4733(media, '3', 101, 9_000);
+    let heard = backend.record_rtp(0.5);
+    assert!(
+        heard.iter().any(|p| p.pt == 101),
+        "the caller's keys reach the backend"
+    );
+    // The shipped return keys, *0: '*' by RFC 4733, '0' by SIP INFO.
+    trunk.press_rfc4733(media, '*', 101, 12_000);
+    assert_eq!(trunk.press_info(server.sip, &mut d, '0'), Some(200));
+    let bye = backend.request("BYE", 5.0).expect("the backend leg ends");
+    backend.reply(server.sip, &bye, 200, "be");
+    back_at_the_seat(&server, &mut trunk, &mut d, &mut agent);
     assert_eq!(backend_status(&server, "hrss")["calls"], 0);
 }
 

@@ -34,6 +34,9 @@ use crate::store::{Route, Store};
 
 /// Prompt played when no seat answered within `[queue] max_wait`.
 pub(crate) const ALL_BUSY: &str = "common/all-busy";
+/// Longest pause between the keys of a backend's `return_keys`.
+const RETURN_KEY_GAP: Duration = Duration::from_secs(3);
+
 /// Most `X-IVR-Var-*` headers passed on.
 const MAX_VAR_HEADERS: usize = 20;
 
@@ -267,6 +270,10 @@ impl Call {
                             let ring = Duration::from_secs(def.answer_timeout.max(1));
                             self.flow_done(&session);
                             self.handing_off = true;
+                            self.return_keys = crate::media::dtmf::KeySequence::new(
+                                &def.return_keys,
+                                RETURN_KEY_GAP,
+                            );
                             // Each target that is up, in turn, until one
                             // takes the call (or the caller leaves).
                             let mut reached = Reached::Failed;
@@ -279,6 +286,7 @@ impl Call {
                                 info!(backend = %backend, uri = %uri, "backend target did not take the call");
                             }
                             self.handing_off = false;
+                            self.return_keys = None;
                             match reached {
                                 Reached::Ended(End::HandedBack) => {
                                     // Back in the flow: its fallback, with the

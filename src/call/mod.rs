@@ -201,6 +201,9 @@ struct Call {
     /// The far leg is a backend a flow handed the caller to: its REFER
     /// hands them back (一键互转 from the other side).
     handing_off: bool,
+    /// While handing off: the keys that bring the caller back from the
+    /// backend (`[backends.NAME] return_keys`).
+    return_keys: Option<crate::media::dtmf::KeySequence>,
     /// The caller's keys and prompt ends once a backend handed them back to
     /// the media engine (the flow listens on these from then on).
     returned_media: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
@@ -214,8 +217,9 @@ enum Bridged {
     Refer(TxKey, Box<Request>),
     /// Another call takes over the far leg (this was a consultation call).
     TakenOver(tokio::sync::oneshot::Sender<transfer::Handed>),
-    /// The backend on the far leg hands the caller back (its REFER).
-    HandBack(TxKey, Box<Request>),
+    /// The caller goes back from the backend on the far leg: the backend's
+    /// REFER, or the caller's `return_keys` (no request).
+    HandBack(Option<(TxKey, Box<Request>)>),
 }
 
 /// One INVITE of an offer (several at once under ring-all).
@@ -592,6 +596,7 @@ impl Call {
             supervised: None,
             transfer_pending: None,
             handing_off: false,
+            return_keys: None,
             returned_media: None,
         }
     }
@@ -655,7 +660,7 @@ impl Call {
                         transfer::After::Ended(end) => return end,
                     }
                 }
-                Bridged::HandBack(key, req) => {
+                Bridged::HandBack(refer) => {
                     let tag = b.dialog.local_tag.clone();
                     let law = Law::from_pt(self.codec);
                     let media = match law {
@@ -663,13 +668,17 @@ impl Call {
                         None => None,
                     };
                     let Some(media) = media else {
-                        warn!("the backend handed the caller back, but the relay could not be taken apart");
-                        respond(&self.ctx, &key, &req, &tag, 503, &[], b"");
+                        warn!("the caller was to go back from the backend, but the relay could not be taken apart");
+                        if let Some((key, req)) = &refer {
+                            respond(&self.ctx, key, req, &tag, 503, &[], b"");
+                        }
                         self.a_dialog = Some(a.dialog);
                         continue;
                     };
-                    respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
-                    self.notify(&mut b, 200, true);
+                    if let Some((key, req)) = &refer {
+                        respond(&self.ctx, key, req, &tag, 202, &[], b"");
+                        self.notify(&mut b, 200, true);
+                    }
                     self.bye(&mut b.dialog, b.peer);
                     let _ = self
                         .worker_for(&b_call_id)
@@ -677,7 +686,12 @@ impl Call {
                             call_id: b_call_id.clone(),
                         })
                         .await;
-                    info!("the backend handed the caller back");
+                    let by = if refer.is_some() {
+                        "the backend's REFER"
+                    } else {
+                        "the caller's return keys"
+                    };
+                    info!(by, "the caller goes back from the backend");
                     self.a_dialog = Some(a.dialog);
                     self.returned_media = Some(media);
                     return End::HandedBack;
@@ -1312,8 +1326,27 @@ impl Call {
         );
     }
 
+    /// A key the caller pressed while with a backend: whether it completes
+    /// the backend's return keys.
+    fn return_key(&mut self, key: char) -> bool {
+        let now = std::time::Instant::now();
+        self.return_keys
+            .as_mut()
+            .is_some_and(|seq| seq.key(key, now))
+    }
+
     async fn bridged(&mut self, a: &mut Leg, b: &mut Leg, transfers: bool) -> Bridged {
         self.relay_cmd(RelayCmd::Watch(true)).await;
+        // With a backend on the far leg, the caller's return keys (RFC 4733
+        // from the relay; SIP INFO below) bring them back.
+        let mut return_keys = None;
+        if let (true, Some(_), Some(pt)) =
+            (self.handing_off, &self.return_keys, self.telephone_event)
+        {
+            let (tx, rx) = mpsc::channel(16);
+            self.relay_cmd(RelayCmd::Keys { pt, to: tx }).await;
+            return_keys = Some(rx);
+        }
         loop {
             let takeover = async {
                 match self.takeover.as_mut() {
@@ -1321,8 +1354,22 @@ impl Call {
                     None => std::future::pending().await,
                 }
             };
+            let key = async {
+                match return_keys.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 e = self.events.recv() => e,
+                k = key => {
+                    match k {
+                        Some(k) if self.return_key(k) => return Bridged::HandBack(None),
+                        Some(_) => {}
+                        None => return_keys = None,
+                    }
+                    continue;
+                }
                 s = self.silent.recv() => {
                     let side = s.unwrap_or(Side::A);
                     warn!(?side, "no RTP for rtp_timeout; hanging up");
@@ -1371,10 +1418,21 @@ impl Call {
                         continue;
                     }
                     let hand_back = self.handing_off && !transfers;
+                    if from_a && hand_back && request.method == Method::Info {
+                        let ct = request.headers.get("content-type").unwrap_or_default();
+                        let pressed = crate::media::dtmf::info_key(ct, &request.body);
+                        if pressed.is_some_and(|k| self.return_key(k)) {
+                            let tag = a.dialog.local_tag.clone();
+                            if a.dialog.accept_request(&request) {
+                                respond(&self.ctx, &key, &request, &tag, 200, &[], b"");
+                                return Bridged::HandBack(None);
+                            }
+                        }
+                    }
                     if from_b && (transfers || hand_back) && request.method == Method::Refer {
                         if b.dialog.accept_request(&request) {
                             if hand_back {
-                                return Bridged::HandBack(key, request);
+                                return Bridged::HandBack(Some((key, request)));
                             }
                             return Bridged::Refer(key, request);
                         }

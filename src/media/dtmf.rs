@@ -88,6 +88,54 @@ impl EventReceiver {
     }
 }
 
+/// Spots a key sequence (a feature code, such as `*0` to leave a backend
+/// for the seats) among a caller's keys: its keys must come in order, each
+/// within `gap` of the one before; any other key starts over (and may begin
+/// the sequence itself). Time comes from the caller, so it runs on a fake
+/// clock in tests.
+#[derive(Debug, Clone)]
+pub struct KeySequence {
+    want: Vec<char>,
+    matched: usize,
+    last: Option<std::time::Instant>,
+    gap: std::time::Duration,
+}
+
+impl KeySequence {
+    /// Watches for `keys`; `None` when there are none.
+    pub fn new(keys: &str, gap: std::time::Duration) -> Option<KeySequence> {
+        let want: Vec<char> = keys.chars().collect();
+        (!want.is_empty()).then_some(KeySequence {
+            want,
+            matched: 0,
+            last: None,
+            gap,
+        })
+    }
+
+    /// Feeds one key pressed at `now`; `true` when it completes the sequence
+    /// (which then starts over).
+    pub fn key(&mut self, key: char, now: std::time::Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) > self.gap)
+        {
+            self.matched = 0;
+        }
+        self.last = Some(now);
+        if self.want.get(self.matched) == Some(&key) {
+            self.matched += 1;
+        } else {
+            self.matched = usize::from(self.want.first() == Some(&key));
+        }
+        if self.matched == self.want.len() {
+            self.matched = 0;
+            return true;
+        }
+        false
+    }
+}
+
 /// The key in a SIP INFO body: `application/dtmf-relay` (`Signal=5`,
 /// `Duration=160` lines, as Cisco and most PBXs send) or `application/dtmf`
 /// (the bare key). Anything else, or a key outside 0-9 * # A-D, is `None`.
@@ -297,6 +345,29 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_sequence_needs_its_keys_in_order_and_in_time() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut seq = KeySequence::new("*0", Duration::from_secs(3)).expect("keys");
+        assert!(!seq.key('*', at(0)));
+        assert!(seq.key('0', at(500)), "in order and in time");
+        // The backend's own menu keys do not trigger it.
+        assert!(!seq.key('1', at(600)));
+        assert!(!seq.key('0', at(700)));
+        // Too slow: the '*' is forgotten.
+        assert!(!seq.key('*', at(1000)));
+        assert!(!seq.key('0', at(4500)));
+        // A repeated '*' still starts it.
+        assert!(!seq.key('*', at(5000)));
+        assert!(!seq.key('*', at(5100)));
+        assert!(seq.key('0', at(5200)));
+        assert!(KeySequence::new("", Duration::from_secs(3)).is_none());
+        let mut one = KeySequence::new("#", Duration::from_secs(3)).expect("keys");
+        assert!(one.key('#', at(0)) && one.key('#', at(10)));
+    }
 
     #[test]
     fn sip_info_bodies() {

@@ -120,6 +120,15 @@ pub enum RelayCmd {
     Release(tokio::sync::oneshot::Sender<Released>),
     /// A supervisor joins (listen, whisper or barge); replaces one already there.
     Monitor(Box<Supervisor>),
+    /// Report the caller's (side A's) RFC 4733 keys of payload type `pt` to
+    /// `to` (they are still relayed): a key sequence that hands the caller
+    /// back from a backend. Replaces an earlier watch.
+    Keys {
+        /// The telephone-event payload type the caller sends.
+        pt: u8,
+        /// Where each new key goes (dropped when full).
+        to: mpsc::Sender<char>,
+    },
 }
 
 /// A supervisor's phone joining the call's media.
@@ -319,6 +328,7 @@ async fn run(
     let mut port_back = PortBack(pool, None);
     let mut watching = false;
     let mut recorder: Option<Box<super::recording::Recorder>> = None;
+    let mut keys: Option<(u8, super::dtmf::EventReceiver, mpsc::Sender<char>)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout));
     loop {
         let from_supervisor = async {
@@ -334,6 +344,15 @@ async fn run(
             r = a.socket.recv_from(&mut buf_a) => {
                 let Ok((n, src)) = r else { continue };
                 let pkt = &mut buf_a[..n];
+                if let Some((pt, receiver, to)) = keys.as_mut() {
+                    let key = match super::engine::rtp_payload(pkt) {
+                        Some((p, ts, payload)) if p == *pt => receiver.handle(ts, payload),
+                        _ => None,
+                    };
+                    if let Some(k) = key {
+                        let _ = to.try_send(k);
+                    }
+                }
                 let heard = supervised(&mut supervisor, Side::A, pkt, &recorder).await;
                 if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped).await {
                     record(&mut recorder, Side::A, heard.as_deref().unwrap_or(pkt));
@@ -394,6 +413,7 @@ async fn run(
                     return true;
                 }
                 Some(RelayCmd::Record(r)) => recorder = Some(r),
+                Some(RelayCmd::Keys { pt, to }) => keys = Some((pt, Default::default(), to)),
                 Some(RelayCmd::Monitor(sup)) => {
                     let Supervisor { socket, remote, mixer, stop, ended } = *sup;
                     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);

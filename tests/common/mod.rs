@@ -708,6 +708,19 @@ impl Phone {
         }
     }
 
+    /// Presses `key` by SIP INFO (application/dtmf-relay) in dialog `d`;
+    /// returns the INFO's final status.
+    pub fn press_info(
+        &mut self,
+        server: SocketAddr,
+        d: &mut PhoneDialog,
+        key: char,
+    ) -> Option<u16> {
+        let body = format!("Signal={key}\r\nDuration=160\r\n");
+        self.in_dialog_typed(server, d, "INFO", "application/dtmf-relay", &body);
+        self.final_status(&d.call_id, "INFO", 3.0)
+    }
+
     /// Sends `key` as an in-band DTMF tone (70 ms, then 70 ms of silence) in PCMU.
     pub fn press_inband(&self, to: SocketAddr, key: char) {
         let (row, col) = match key {
