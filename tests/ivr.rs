@@ -170,8 +170,12 @@ fn sip_info_key_0_queues_to_the_seats_with_the_call_data() {
 }
 
 #[test]
-fn inband_tone_on_a_retired_line_reaches_the_duty_office() {
-    let server = TestServer::start();
+fn inband_tone_on_a_retired_line_reaches_the_duty_desk_then_the_duty_seats() {
+    // The departments' duty desks sit behind one gateway, asked for the
+    // number dialed (a backend URI without a user).
+    let mut desk = Phone::new("gateway");
+    let desk_uri = format!("sip:{}", desk.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__DUTY_DESK__URI", &desk_uri)]);
     server.add_agent("3001", "s3cret", "duty");
     let mut agent = Phone::new("3001");
     assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
@@ -188,7 +192,17 @@ fn inband_tone_on_a_retired_line_reaches_the_duty_office() {
     let c = correlation(&decode_pcmu(&heard), &source("legacy/line-retired"));
     assert!(c > 0.95, "retired-line notice correlation {c}");
     trunk.press_inband(media, '2');
-    let inv = agent.request("INVITE", 5.0).expect("duty office rung");
+    let inv = desk.request("INVITE", 5.0).expect("the duty desk is asked");
+    assert_eq!(inv.uri, format!("sip:86012345@{}", desk.addr));
+    assert_eq!(inv.headers.get("x-ivr-keys"), Some("2"));
+    // Busy: the caller hears that a person will take the call, and the
+    // duty seats are rung with the same data.
+    desk.reply(server.sip, &inv, 486, "desk");
+    assert!(
+        heard_prompt(&trunk.record_rtp(3.0), "common/to-agent"),
+        "the caller is told a person will take the call"
+    );
+    let inv = agent.request("INVITE", 10.0).expect("duty seats rung");
     assert_eq!(inv.headers.get("x-ivr-keys"), Some("2"));
     assert_eq!(inv.headers.get("x-queue"), Some("duty"));
     agent.reply(server.sip, &inv, 486, "agt");
@@ -213,12 +227,14 @@ fn a_backend_that_refuses_falls_back_to_the_seats() {
         .request("INVITE", 15.0)
         .expect("backend tried after the welcome");
     backend.reply(server.sip, &inv, 503, "be");
-    let inv = agent.request("INVITE", 5.0).expect("fallback to the seats");
+    let inv = agent
+        .request("INVITE", 12.0)
+        .expect("fallback to the seats");
     assert_eq!(inv.headers.get("x-ivr-keys"), Some("1"));
     assert!(inv
         .headers
         .get("x-ivr-path")
-        .is_some_and(|p| p.ends_with("12333/self-service,12333/seats")));
+        .is_some_and(|p| p.ends_with("12333/self-service,12333/to-seats,12333/seats")));
     answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut agent, &inv);
     server.assert_idle();
 }
@@ -893,12 +909,12 @@ fn back_at_the_seat(
     agent: &mut Phone,
 ) {
     let media = d.remote_rtp.expect("addr");
-    let seat = agent.request("INVITE", 10.0).expect("back to the seats");
+    let seat = agent.request("INVITE", 12.0).expect("back to the seats");
     assert_eq!(seat.headers.get("x-ivr-keys"), Some("1"));
     assert!(
         seat.headers
             .get("x-ivr-path")
-            .is_some_and(|p| p.ends_with("12333/self-service,12333/seats")),
+            .is_some_and(|p| p.ends_with("12333/self-service,12333/to-seats,12333/seats")),
         "{:?}",
         seat.headers.get("x-ivr-path")
     );
@@ -999,7 +1015,9 @@ fn a_backend_with_standby_targets_fails_over_in_order_then_to_the_seats() {
     slow.reply(server.sip, &inv, 486, "s");
     let inv = standby.request("INVITE", 5.0).expect("the third");
     standby.reply(server.sip, &inv, 603, "t");
-    let inv = agent.request("INVITE", 5.0).expect("fallback to the seats");
+    let inv = agent
+        .request("INVITE", 12.0)
+        .expect("fallback to the seats");
     assert_eq!(inv.headers.get("x-ivr-keys"), Some("1"));
     answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut agent, &inv);
     server.assert_idle();

@@ -276,10 +276,17 @@ impl Call {
                             );
                             // Each target that is up, in turn, until one
                             // takes the call (or the caller leaves).
+                            // A target URI without a user is a gateway:
+                            // it is asked for the number dialed.
+                            let dialed = self.invite.uri_user.as_deref().and_then(|u| {
+                                crate::routing::normalize(u, &shared.settings.trunk.normalize)
+                            });
                             let mut reached = Reached::Failed;
                             for uri in &handoff.targets {
                                 info!(backend = %backend, uri = %uri, "handing off");
-                                reached = self.reach(SipTarget::parse(uri), ring, offer).await;
+                                let target = SipTarget::parse(uri)
+                                    .map(|t| t.or_user(dialed.as_deref().unwrap_or_default()));
+                                reached = self.reach(target, ring, offer).await;
                                 if !matches!(reached, Reached::Failed) {
                                     break;
                                 }

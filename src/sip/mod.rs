@@ -135,11 +135,38 @@ impl SipTarget {
             peer: Peer::new(addr, transport, 0),
         })
     }
+
+    /// This target as `user`'s, when its URI names no user (a gateway
+    /// reached by the number dialed: `sip:10.0.0.5:5060` becomes
+    /// `sip:85123456@10.0.0.5:5060`); a URI with a user stays as it is.
+    pub fn or_user(self, user: &str) -> SipTarget {
+        if self.user.is_some() || user.is_empty() {
+            return self;
+        }
+        let rest = self.uri.strip_prefix("sip:").unwrap_or(&self.uri);
+        SipTarget {
+            uri: format!("sip:{user}@{rest}"),
+            user: Some(user.to_string()),
+            peer: self.peer,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_target_takes_the_number_dialed() {
+        let gw = SipTarget::parse("sip:127.0.0.1:5093;transport=tcp").expect("parses");
+        assert_eq!(gw.user, None);
+        let t = gw.or_user("85123456");
+        assert_eq!(t.uri, "sip:85123456@127.0.0.1:5093;transport=tcp");
+        assert_eq!(t.user.as_deref(), Some("85123456"));
+        assert_eq!(t.peer.transport, TransportKind::Tcp);
+        let fixed = SipTarget::parse("sip:12333@127.0.0.1:5091").expect("parses");
+        assert_eq!(fixed.or_user("85123456").uri, "sip:12333@127.0.0.1:5091");
+    }
 
     #[test]
     fn targets() {
