@@ -375,3 +375,99 @@ fn blind_transfer_to_a_queue_puts_the_caller_in_line_with_the_call_data() {
     assert_eq!(cdr["transfers"], serde_json::json!(["hrss"]));
     assert_eq!(cdr["queue"], "hrss");
 }
+
+#[test]
+fn a_peer_centres_call_data_reaches_the_seat_and_goes_back_with_a_transfer_to_it() {
+    let mut centre = Phone::new("12345");
+    let centre_uri = format!("sip:12345@{}", centre.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_TRANSFER__CENTRES__12399", &centre_uri)]);
+    let (ok, out) = server.cli(&[
+        "routes",
+        "set",
+        "1234501",
+        "--queue",
+        "main",
+        "--mode",
+        "interconnect",
+        "--hotline",
+        "centre A",
+    ]);
+    assert!(ok, "{out}");
+    server.add_agent("1001", "s3cret", "main");
+    let mut a1 = agent(&server, "1001");
+
+    // Anyone else's X- headers stay outside.
+    let mut citizen = Phone::new("13800000071");
+    let d = citizen.invite_with(server.sip, "123450", "X-Ticket: forged\r\n");
+    let inv = a1.request("INVITE", 5.0).expect("agent rung");
+    assert_eq!(inv.headers.get("x-peer-ticket"), None);
+    assert_eq!(inv.headers.get("x-ticket"), None);
+    a1.reply(server.sip, &inv, 486, "busy");
+    citizen.cancel(server.sip, &d);
+    assert_eq!(citizen.final_status(&d.call_id, "INVITE", 5.0), Some(487));
+
+    // The peer centre's call: its data arrives at the seat as X-Peer-*.
+    let mut peer = Phone::new("13800000072");
+    let mut d = peer.invite_with(
+        server.sip,
+        "1234501",
+        "X-IVR-Keys: 3\r\nX-Ticket: T-1001\r\nX-Caller-Call-ID: a-centre-call\r\n",
+    );
+    let inv = loop {
+        let inv = a1
+            .request("INVITE", 10.0)
+            .expect("agent rung for the peer's call");
+        if inv.headers.get("x-hotline") == Some("centre A") {
+            break inv;
+        }
+        a1.reply(server.sip, &inv, 486, "busy");
+    };
+    assert_eq!(inv.headers.get("x-peer-ticket"), Some("T-1001"));
+    assert_eq!(inv.headers.get("x-peer-ivr-keys"), Some("3"));
+    assert_eq!(
+        inv.headers.get("x-peer-caller-call-id"),
+        Some("a-centre-call")
+    );
+    let mut leg = answer(&server, &mut a1, &inv, "a1");
+    let ok = peer
+        .response(&d.call_id, "INVITE", 200, 5.0)
+        .expect("the peer's call answered");
+    peer.ack(server.sip, &mut d, &ok);
+
+    // The agent sends the caller back to the centre (一键互转): the data
+    // goes with them.
+    assert_eq!(
+        refer(&server, &mut a1, &mut leg, "<sip:12399@127.0.0.1>"),
+        202
+    );
+    let back = centre.request("INVITE", 5.0).expect("the centre is rung");
+    assert_eq!(back.headers.get("x-peer-ticket"), Some("T-1001"));
+    assert_eq!(back.headers.get("x-hotline"), Some("centre A"));
+    let _centre_leg = answer(&server, &mut centre, &back, "c");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut hung_up = false;
+    while std::time::Instant::now() < deadline && !hung_up {
+        if let Some(n) = a1.request("NOTIFY", 0.2) {
+            a1.reply(server.sip, &n, 200, "a1");
+        }
+        if let Some(bye) = a1.request("BYE", 0.2) {
+            a1.reply(server.sip, &bye, 200, "a1");
+            hung_up = true;
+        }
+        while let Some(reinv) = peer.request("INVITE", 0.0) {
+            peer.reply(server.sip, &reinv, 200, "p");
+        }
+    }
+    assert!(hung_up, "the agent is hung up after the transfer");
+    peer.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = centre.request("BYE", 5.0).expect("BYE to the centre");
+    centre.reply(server.sip, &bye, 200, "c");
+    server.assert_idle();
+    // The CDR keeps what the peer sent.
+    let cdr = cdrs(&server)
+        .into_iter()
+        .find(|c| c["dialed"] == "1234501")
+        .expect("the peer call's CDR");
+    assert_eq!(cdr["mode"], "interconnect");
+    assert_eq!(cdr["peer_data"]["X-Peer-Ticket"], "T-1001");
+}

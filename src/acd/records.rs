@@ -109,6 +109,10 @@ pub struct Cdr {
     /// calls and calls between agents.
     #[serde(default)]
     pub outbound: String,
+    /// For a call a peer centre sent on an `interconnect` route: the call
+    /// data it sent (`X-Peer-…` names), passed on to our seats.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub peer_data: std::collections::BTreeMap<String, String>,
 }
 
 enum RecordMsg {

@@ -154,6 +154,9 @@ struct Call {
     answered: bool,
     /// Call data for the far leg: `X-` headers (flow variables, keys).
     call_data: Vec<(String, String)>,
+    /// On an `interconnect` route: the peer centre's call data (`X-Peer-…`),
+    /// passed to every far leg after ours.
+    peer_data: Vec<(String, String)>,
     /// The caller's dialog once answered before bridging (IVR path).
     a_dialog: Option<Dialog>,
     /// The caller's INVITE transaction and the INVITE.
@@ -551,7 +554,15 @@ impl Call {
         route: &Route,
     ) -> Call {
         let (silent_tx, silent) = mpsc::channel(2);
+        // Only a peer centre's trunk may bring call data in; anyone else's
+        // X- headers are not ours to pass on.
+        let peer_data = if route.mode == crate::routing::Mode::Interconnect {
+            crate::sip::message::peer_call_data(&invite.headers)
+        } else {
+            Vec::new()
+        };
         let cdr = Cdr {
+            peer_data: peer_data.iter().cloned().collect(),
             call_id: invite.core.call_id.clone(),
             hotline: route.hotline.clone(),
             mode: route.mode.to_string(),
@@ -573,6 +584,7 @@ impl Call {
             ivr: None,
             answered: false,
             call_data: Vec::new(),
+            peer_data,
             a_dialog: None,
             a_key,
             invite,
@@ -899,6 +911,7 @@ impl Call {
             headers.push(("X-Queue", queue));
         }
         headers.extend(self.call_data.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        headers.extend(self.peer_data.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut dialog = dialog;
         let (bytes, branch, cseq) = dialog.request(
             &Method::Invite,

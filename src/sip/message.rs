@@ -209,6 +209,49 @@ impl Headers {
     }
 }
 
+/// Most `X-` headers taken from a peer centre's INVITE.
+const MAX_PEER_DATA: usize = 16;
+
+/// A peer centre's call data (分中心 互转: its keys, ticket, hotline, call
+/// ID), from the `X-` headers of its INVITE, each renamed `X-Peer-…` so it
+/// can never pass for data of ours. Bounded: at most 16 headers, names of
+/// up to 48 letters, digits and dashes, values of up to 256 characters
+/// without control characters; anything else is left out.
+pub fn peer_call_data(headers: &Headers) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(rest) = name.strip_prefix("x-") else {
+            continue;
+        };
+        let name_ok = !rest.is_empty()
+            && rest.len() <= 48
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let value_ok = value.chars().count() <= 256 && !value.chars().any(char::is_control);
+        if !name_ok || !value_ok {
+            continue;
+        }
+        let rest = rest.strip_prefix("peer-").unwrap_or(rest);
+        let titled: Vec<String> = rest
+            .split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let ours = format!("X-Peer-{}", titled.join("-"));
+        if out.iter().any(|(n, _)| *n == ours) {
+            continue;
+        }
+        out.push((ours, value.trim().to_string()));
+        if out.len() == MAX_PEER_DATA {
+            break;
+        }
+    }
+    out
+}
+
 /// Most History-Info entries passed on (RFC 7044 §9.2 lets an intermediary
 /// drop entries; a caller must not grow our INVITEs without bound).
 const MAX_HISTORY_ENTRIES: usize = 16;
@@ -1244,6 +1287,37 @@ CSeq: 314159 INVITE\r\n\
 Contact: <sip:13800000000@127.0.0.1:5070>\r\n\
 Content-Type: application/sdp\r\n\
 Content-Length: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn a_peer_centres_data_is_renamed_and_bounded() {
+        let junk = "j".repeat(300);
+        let text = INVITE.replacen(
+            "Content-Type:",
+            &format!(
+                "X-IVR-Keys: 3\r\nX-Ticket: T-1001\r\nX-Peer-Hotline: centre A\r\nX-Long: {junk}\r\nX-: empty\r\nX-Ticket: T-again\r\nContent-Type:"
+            ),
+            1,
+        );
+        let Ok(Message::Request(req)) = parse(text.as_bytes()) else {
+            panic!("INVITE should parse");
+        };
+        let data = peer_call_data(&req.headers);
+        let names: Vec<(&str, &str)> = data.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("X-Peer-Ivr-Keys", "3"),
+                ("X-Peer-Ticket", "T-1001"),
+                ("X-Peer-Hotline", "centre A")
+            ]
+        );
+        let many: String = (0..40).map(|i| format!("X-K{i}: v\r\n")).collect();
+        let text = INVITE.replacen("Content-Type:", &format!("{many}Content-Type:"), 1);
+        let Ok(Message::Request(req)) = parse(text.as_bytes()) else {
+            panic!("INVITE should parse");
+        };
+        assert_eq!(peer_call_data(&req.headers).len(), MAX_PEER_DATA);
+    }
 
     #[test]
     fn parses_invite_with_compact_headers() {

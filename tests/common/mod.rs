@@ -437,10 +437,14 @@ impl Phone {
         number: &str,
         max_forwards: u8,
     ) -> PhoneDialog {
+        self.invite_with(server, number, &format!("Max-Forwards: {max_forwards}\r\n"))
+    }
+
+    /// Sends an INVITE with `extra` header lines (each ending in CRLF).
+    pub fn invite_with(&mut self, server: SocketAddr, number: &str, extra: &str) -> PhoneDialog {
         let d = self.new_dialog(server, number);
         let sdp = self.sdp();
-        let mf = format!("Max-Forwards: {max_forwards}\r\n");
-        self.send_invite(server, &d, &sdp, &mf);
+        self.send_invite(server, &d, &sdp, extra);
         d
     }
 
