@@ -462,26 +462,34 @@ fn real_main() -> anyhow::Result<()> {
                     prefixes: settings.trunk.normalize.clone(),
                 };
                 let mut answer = admin::run_command(&data_dir, &realm, cmd)?;
-                // The backends the flow hands to, from the flow files, and
-                // whether each is up (the running server's probes say).
+                let loaded = yihaotong::ivr::load(&settings);
+                let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
                 if let Some(flow) = answer.get("flow").and_then(|f| f.as_str()) {
-                    let loaded = yihaotong::ivr::load(&settings);
-                    let mut backends = backends_of(&loaded.catalog, &settings, flow);
-                    let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
-                    for b in &mut backends {
-                        let name = b["backend"].as_str().unwrap_or_default().to_string();
-                        b["up"] = match &live {
-                            Some(status) => status["backends"][&name]["up"].clone(),
-                            None => "unknown: the server is not running".into(),
-                        };
-                    }
-                    answer["backends"] = serde_json::Value::Array(backends);
+                    let flows = [flow.to_string()];
+                    answer["backends"] = backends_up(&loaded.catalog, &settings, &flows, &live);
                 }
                 println!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(());
             }
             RoutesAction::Remove { number } => AdminCommand::RoutesRemove { number },
-            RoutesAction::List => AdminCommand::RoutesList,
+            RoutesAction::List => {
+                // Each route with the backends its flows hand to (before and
+                // after a cut-over) and whether each is up.
+                let mut answer = admin::run_command(&data_dir, &realm, AdminCommand::RoutesList)?;
+                let loaded = yihaotong::ivr::load(&settings);
+                let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
+                for route in answer.as_array_mut().into_iter().flatten() {
+                    let flows: Vec<String> = ["flow", "after_flow"]
+                        .iter()
+                        .filter_map(|k| route.get(*k).and_then(|f| f.as_str()))
+                        .filter(|f| !f.is_empty())
+                        .map(String::from)
+                        .collect();
+                    route["backends"] = backends_up(&loaded.catalog, &settings, &flows, &live);
+                }
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(());
+            }
             RoutesAction::Import { file } => {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -514,6 +522,28 @@ fn real_main() -> anyhow::Result<()> {
 
 /// The backends `flow` (and the flows it goes on to) hands calls to, with
 /// their URIs from the settings.
+/// The backends `flows` hand to, from the flow files, each with whether it
+/// is up (the running server's probes say; `live` is its status).
+fn backends_up(
+    catalog: &yihaotong::ivr::Catalog,
+    settings: &Settings,
+    flows: &[String],
+    live: &Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut backends: Vec<serde_json::Value> = flows
+        .iter()
+        .flat_map(|flow| backends_of(catalog, settings, flow))
+        .collect();
+    for b in &mut backends {
+        let name = b["backend"].as_str().unwrap_or_default().to_string();
+        b["up"] = match live {
+            Some(status) => status["backends"][&name]["up"].clone(),
+            None => "unknown: the server is not running".into(),
+        };
+    }
+    serde_json::Value::Array(backends)
+}
+
 fn backends_of(
     catalog: &yihaotong::ivr::Catalog,
     settings: &Settings,

@@ -830,6 +830,16 @@ fn a_backend_that_stops_answering_its_probes_is_marked_down_then_up_again() {
         (Some("hrss"), &serde_json::Value::Bool(false)),
         "{out}"
     );
+    // `routes list` says it too, beside each route's mode and flow.
+    let (ok, out) = server.cli(&["routes", "list"]);
+    assert!(ok, "{out}");
+    let routes: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let r12333 = routes
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["number"] == "12333"))
+        .expect("12333 listed");
+    assert_eq!(r12333["mode"], "handoff", "{out}");
+    assert_eq!(r12333["backends"][0]["up"], false, "{out}");
     // A caller meanwhile is not made to wait on it.
     let mut trunk = Phone::new("13800000053");
     pressed_1_and_reached_the_seat(&server, &mut trunk, &mut agent);
@@ -1033,4 +1043,50 @@ fn a_backend_with_standby_targets_fails_over_in_order_then_to_the_seats() {
     };
     assert_eq!(of("13800000061").as_deref(), Some("handoff"), "{out}");
     assert_eq!(of("13800000062").as_deref(), Some("answered"), "{out}");
+}
+
+#[test]
+fn a_parallel_line_greets_in_its_own_name_reaches_its_skill_and_reports_apart() {
+    let server = TestServer::start();
+    server.add_agent("4001", "s3cret", "health");
+    let mut agent = Phone::new("4001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let (ok, out) = server.cli(&["routes", "test", "12320"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (v["mode"].as_str(), v["flow"].as_str()),
+        (Some("parallel"), Some("12320")),
+        "{out}"
+    );
+    // 双号并行: the old number's own greeting, then 12345's seats with its skill.
+    let mut trunk = Phone::new("13800000081");
+    let mut d = answer_ivr(&server, &mut trunk, "12320", None);
+    assert!(
+        heard_prompt(&trunk.record_rtp(2.0), "health/welcome"),
+        "the 12320 greeting"
+    );
+    let inv = agent.request("INVITE", 15.0).expect("a health seat rung");
+    assert_eq!(inv.headers.get("x-hotline"), Some("12320 health"));
+    assert_eq!(inv.headers.get("x-queue"), Some("health"));
+    answered_then_caller_hangs_up(&server, &mut trunk, &mut d, &mut agent, &inv);
+    server.assert_idle();
+    // Its figures are its own row, apart from 12345's.
+    let (ok, out) = server.cli(&["report", "--by", "hotline", "--format", "json"]);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let rows = rows.as_array().expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r["key"] == "12320 health")
+        .expect("a 12320 row");
+    assert_eq!(
+        (row["calls"].as_u64(), row["answered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["key"] == "12320 health" || r["key"] == "total"),
+        "{out}"
+    );
 }
