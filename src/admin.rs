@@ -156,6 +156,23 @@ pub enum AdminCommand {
     },
     /// Switches that are on.
     SwitchList,
+    /// Make an API token; its secret is in the answer and nowhere else.
+    TokensAdd {
+        /// Unique name (who holds it).
+        name: String,
+        /// What it may do.
+        role: crate::store::Role,
+        /// For the agent role: the agent ID.
+        #[serde(default)]
+        agent: Option<String>,
+    },
+    /// API tokens (names, roles, agents, when made; never the secrets).
+    TokensList,
+    /// Revoke the API token named `name`.
+    TokensRevoke {
+        /// Its name.
+        name: String,
+    },
     /// Live figures of the running server (calls, free RTP ports).
     Status,
     /// Reload flows, prompts and calendars in the running server (as SIGHUP does).
@@ -420,6 +437,46 @@ pub fn execute(
             Ok(json!({ "switch": name, "on": on }))
         }
         AdminCommand::SwitchList => Ok(json!({ "on": store.switches_on()? })),
+        AdminCommand::TokensAdd { name, role, agent } => {
+            valid_name("token name", &name)?;
+            match (role, &agent) {
+                (crate::store::Role::Agent, None) => {
+                    bail!("--agent: an agent token names its agent")
+                }
+                (crate::store::Role::Agent, Some(id)) if store.agent(id)?.is_none() => {
+                    bail!("--agent: no agent {id:?}")
+                }
+                (crate::store::Role::Agent, Some(_)) => {}
+                (_, Some(_)) => bail!("--agent belongs to the agent role only"),
+                (_, None) => {}
+            }
+            // 256 random bits; only their hash is kept.
+            let secret: String = std::iter::once("yht_".to_string())
+                .chain((0..4).map(|_| crate::sip::random_token()))
+                .collect();
+            let token = crate::store::ApiToken {
+                name: name.clone(),
+                role,
+                agent,
+                created: now_unix,
+            };
+            store.put_token(&crate::api::token_hash(&secret), &token)?;
+            Ok(json!({ "name": name, "role": role, "token": secret }))
+        }
+        AdminCommand::TokensList => {
+            let list: Vec<Value> = store
+                .tokens()?
+                .into_iter()
+                .map(|(_, t)| json!({ "name": t.name, "role": t.role, "agent": t.agent, "created": t.created }))
+                .collect();
+            Ok(Value::Array(list))
+        }
+        AdminCommand::TokensRevoke { name } => {
+            if !store.revoke_token(&name)? {
+                bail!("no token named {name:?}");
+            }
+            Ok(json!({ "revoked": name }))
+        }
         AdminCommand::Status | AdminCommand::Reload => {
             bail!("the server is not running (no admin socket)")
         }
@@ -455,6 +512,31 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub type LiveFn =
     std::sync::Arc<dyn Fn(&AdminCommand) -> Option<Result<Value, String>> + Send + Sync>;
 
+/// Answers one command as the running server does, for the admin socket and
+/// the HTTP API alike: what only the live server knows first, else the store
+/// (sled calls may block briefly, so both run off the async threads).
+pub async fn answer(
+    store: &Store,
+    realm: &str,
+    live: &LiveFn,
+    cmd: AdminCommand,
+) -> Result<Value, String> {
+    let (live, for_live) = (live.clone(), cmd.clone());
+    let live_answer = tokio::task::spawn_blocking(move || live(&for_live))
+        .await
+        .unwrap_or_else(|e| Some(Err(e.to_string())));
+    if let Some(answer) = live_answer {
+        return answer;
+    }
+    let (store, realm) = (store.clone(), realm.to_string());
+    let now = crate::server::now_unix();
+    match tokio::task::spawn_blocking(move || execute(&store, &realm, cmd, now)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Serves the admin socket (one JSON command per line, one JSON answer per line).
 pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -478,35 +560,12 @@ pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> 
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r.take(MAX_COMMAND_BYTES)).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let parsed = serde_json::from_str::<AdminCommand>(&line);
-                    let live_answer = match &parsed {
-                        Ok(cmd) => {
-                            let (live, cmd) = (live.clone(), cmd.clone());
-                            tokio::task::spawn_blocking(move || live(&cmd))
-                                .await
-                                .unwrap_or_else(|e| Some(Err(e.to_string())))
-                        }
-                        Err(_) => None,
-                    };
-                    let answer = match (parsed, live_answer) {
-                        (_, Some(Ok(v))) => json!({ "ok": true, "result": v }),
-                        (_, Some(Err(e))) => json!({ "ok": false, "error": e }),
-                        (Ok(cmd), None) => {
-                            let store = store.clone();
-                            let realm = realm.clone();
-                            let now = crate::server::now_unix();
-                            // sled calls may block briefly: keep them off the async threads.
-                            match tokio::task::spawn_blocking(move || {
-                                execute(&store, &realm, cmd, now)
-                            })
-                            .await
-                            {
-                                Ok(Ok(v)) => json!({ "ok": true, "result": v }),
-                                Ok(Err(e)) => json!({ "ok": false, "error": format!("{e:#}") }),
-                                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-                            }
-                        }
-                        (Err(e), None) => {
+                    let answer = match serde_json::from_str::<AdminCommand>(&line) {
+                        Ok(cmd) => match answer(&store, &realm, &live, cmd).await {
+                            Ok(v) => json!({ "ok": true, "result": v }),
+                            Err(e) => json!({ "ok": false, "error": e }),
+                        },
+                        Err(e) => {
                             json!({ "ok": false, "error": format!("bad admin command: {e}") })
                         }
                     };

@@ -45,6 +45,8 @@ pub struct Settings {
     pub transfer: TransferSettings,
     /// `[outbound]`: what agents may dial through the trunk.
     pub outbound: crate::outbound::OutboundSettings,
+    /// `[admin]`: the HTTP API.
+    pub admin: AdminSettings,
     /// `[limits]`
     pub limits: crate::overload::LimitSettings,
     /// `[queues.NAME]`: the agent queues flows and routes may name.
@@ -84,6 +86,21 @@ pub fn local_now(offset: chrono::FixedOffset) -> chrono::NaiveDateTime {
         .unwrap_or_default()
         .with_timezone(&offset)
         .naive_local()
+}
+
+/// `[admin]`: the HTTP admin and CTI API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address the API listens on (empty: no API).
+    pub listen: String,
+}
+
+impl AdminSettings {
+    /// The address to serve on, if any (validated at load).
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[recording]`: agent calls recorded for supervision.
@@ -640,6 +657,12 @@ impl Settings {
                 }
             }
         }
+        if !self.admin.listen.is_empty() && self.admin.address().is_none() {
+            bail!(
+                "settings: [admin] listen {:?} must be an IP address and port (or empty for no API)",
+                self.admin.listen
+            );
+        }
         for entry in &self.outbound.allow {
             if let Err(e) = crate::outbound::check_entry(entry) {
                 bail!("settings: [outbound] allow: {e}");
@@ -692,6 +715,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         transfer: Option<toml::Table>,
         outbound: Option<toml::Table>,
         limits: Option<toml::Table>,
+        admin: Option<toml::Table>,
     }
     let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
     let partial: Partial =
@@ -706,6 +730,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         ("transfer", &partial.transfer),
         ("outbound", &partial.outbound),
         ("limits", &partial.limits),
+        ("admin", &partial.admin),
     ];
     for (name, table) in sections {
         let Some(table) = table else { continue };

@@ -16,12 +16,14 @@
 //! - [`outbound`]: what agents may dial out through the trunk (toll-fraud
 //!   guard).
 //! - [`admin`]: CLI commands, locally or via the running server.
+//! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod acd;
 pub mod admin;
+pub mod api;
 pub mod backends;
 pub mod call;
 pub mod config;

@@ -98,6 +98,35 @@ enum Command {
         #[command(subcommand)]
         action: SwitchAction,
     },
+    /// Bearer tokens for the HTTP API ([admin] listen).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Make a token; its secret is printed once and kept only as a hash.
+    Add {
+        /// Unique name: who or what holds it.
+        name: String,
+        /// admin (everything), supervisor (read all, change agent states),
+        /// agent (its own state and calls), ticketing (events, call data
+        /// and control).
+        #[arg(long, value_enum)]
+        role: yihaotong::store::Role,
+        /// For --role agent: the agent ID.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Tokens by name and role (never their secrets).
+    List,
+    /// Revoke a token: the next request with it gets 401.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -517,11 +546,16 @@ fn real_main() -> anyhow::Result<()> {
             SwitchAction::Off { name } => AdminCommand::SwitchSet { name, on: false },
             SwitchAction::List => AdminCommand::SwitchList,
         }),
+        Command::Tokens { action } => run_admin(match action {
+            TokensAction::Add { name, role, agent } => {
+                AdminCommand::TokensAdd { name, role, agent }
+            }
+            TokensAction::List => AdminCommand::TokensList,
+            TokensAction::Revoke { name } => AdminCommand::TokensRevoke { name },
+        }),
     }
 }
 
-/// The backends `flow` (and the flows it goes on to) hands calls to, with
-/// their URIs from the settings.
 /// The backends `flows` hand to, from the flow files, each with whether it
 /// is up (the running server's probes say; `live` is its status).
 fn backends_up(
@@ -544,6 +578,8 @@ fn backends_up(
     serde_json::Value::Array(backends)
 }
 
+/// The backends `flow` (and the flows it goes on to) hands calls to, with
+/// their URIs from the settings.
 fn backends_of(
     catalog: &yihaotong::ivr::Catalog,
     settings: &Settings,
@@ -677,8 +713,13 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let shared = server.shared.clone();
         yihaotong::server::watch_reloads(shared.clone())?;
         let live: admin::LiveFn = std::sync::Arc::new(move |cmd| shared.live(cmd));
-        admin::serve(socket.clone(), store.clone(), realm, live).await?;
+        admin::serve(socket.clone(), store.clone(), realm.clone(), live.clone()).await?;
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
+        if let Some(listen) = server.shared.settings.admin.address() {
+            let offset = server.shared.settings.ivr.utc_offset_minutes;
+            let bound = yihaotong::api::serve(listen, store.clone(), realm, live, offset).await?;
+            println!("HTTP API on http://{bound}");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async {
             tokio::select! {

@@ -145,6 +145,12 @@ pub struct Store {
     recordings: sled::Tree,
     callbacks: sled::Tree,
     live_calls: sled::Tree,
+    /// API tokens by the SHA-256 of the secret (the secret is never kept).
+    tokens: sled::Tree,
+    /// API control actions, in time order (who, what, when).
+    audit: sled::Tree,
+    /// Sequence for audit keys within one millisecond.
+    audit_seq: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Changes to the `live_calls` tree in one batch of records.
@@ -202,6 +208,61 @@ pub struct RecordingMeta {
     pub queue: String,
     /// Unix ms when recording started.
     pub started: u64,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read everything; change agent states, monitor and transfer.
+    Supervisor,
+    /// Its own agent's state and calls.
+    Agent,
+    /// The work-order system: events, call data and call control.
+    Ticketing,
+}
+
+impl Role {
+    /// Its name in tokens and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Supervisor => "supervisor",
+            Role::Agent => "agent",
+            Role::Ticketing => "ticketing",
+        }
+    }
+}
+
+/// An API token's record (kept under the SHA-256 of its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Unique name, for listing and revoking.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// For the agent role: whose state and calls.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Unix seconds when it was made.
+    pub created: u64,
+}
+
+/// One control action taken through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix ms.
+    pub at: u64,
+    /// The token's name and role.
+    pub who: String,
+    /// What was done (`agent.state`…).
+    pub action: String,
+    /// To what (an agent ID, a call).
+    pub target: String,
+    /// The request's parameters.
+    pub detail: serde_json::Value,
 }
 
 /// A time-ordered, unique key: Unix ms (big-endian) then a sequence number.
@@ -276,6 +337,9 @@ impl Store {
             recordings: db.open_tree("recordings")?,
             callbacks: db.open_tree("callbacks")?,
             live_calls: db.open_tree("live_calls")?,
+            tokens: db.open_tree("tokens")?,
+            audit: db.open_tree("audit")?,
+            audit_seq: Default::default(),
             db,
         })
     }
@@ -480,6 +544,69 @@ impl Store {
 
     fn list<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> anyhow::Result<Vec<T>> {
         tree.iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Adds a token under the hash of its secret; refused when the name is taken.
+    pub fn put_token(&self, hash: &str, token: &ApiToken) -> anyhow::Result<()> {
+        if self
+            .tokens()
+            .is_ok_and(|all| all.iter().any(|(_, t)| t.name == token.name))
+        {
+            anyhow::bail!("a token named {:?} exists: revoke it first", token.name);
+        }
+        self.tokens
+            .insert(hash.as_bytes(), serde_json::to_vec(token)?)?;
+        self.tokens.flush()?;
+        Ok(())
+    }
+
+    /// The token whose secret hashes to `hash`.
+    pub fn token(&self, hash: &str) -> anyhow::Result<Option<ApiToken>> {
+        Self::get(&self.tokens, hash)
+    }
+
+    /// Every token with its hash.
+    pub fn tokens(&self) -> anyhow::Result<Vec<(String, ApiToken)>> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    serde_json::from_slice(&v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Revokes the token named `name`; whether there was one.
+    pub fn revoke_token(&self, name: &str) -> anyhow::Result<bool> {
+        let Some((hash, _)) = self.tokens()?.into_iter().find(|(_, t)| t.name == name) else {
+            return Ok(false);
+        };
+        self.tokens.remove(hash.as_bytes())?;
+        self.tokens.flush()?;
+        Ok(true)
+    }
+
+    /// Writes an audit entry at once (a control action is never unrecorded).
+    pub fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {
+        let seq = self
+            .audit_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.audit
+            .insert(record_key(entry.at, seq), serde_json::to_vec(entry)?)?;
+        self.audit.flush()?;
+        Ok(())
+    }
+
+    /// Audit entries in [since, until) Unix ms, oldest first.
+    pub fn audit_entries(&self, since_ms: u64, until_ms: u64) -> anyhow::Result<Vec<AuditEntry>> {
+        self.audit
+            .range(record_key(since_ms, 0)..record_key(until_ms, 0))
             .values()
             .map(|v| Ok(serde_json::from_slice(&v?)?))
             .collect()

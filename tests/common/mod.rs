@@ -37,6 +37,8 @@ fn rtp_range() -> (u16, u16) {
 pub struct TestServer {
     pub child: Child,
     pub sip: SocketAddr,
+    /// The HTTP API ([admin] listen).
+    pub http: SocketAddr,
     pub dir: tempfile::TempDir,
     pub env: Vec<(String, String)>,
 }
@@ -49,9 +51,14 @@ impl TestServer {
     pub fn start_with(extra_env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let http_port = free_port();
         let (lo, hi) = rtp_range();
         let mut env: Vec<(String, String)> = vec![
             ("YIHAOTONG_SIP__LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "YIHAOTONG_ADMIN__LISTEN".into(),
+                format!("127.0.0.1:{http_port}"),
+            ),
             (
                 "YIHAOTONG_DATA_DIR".into(),
                 dir.path().join("data").display().to_string(),
@@ -69,6 +76,7 @@ impl TestServer {
         let mut server = TestServer {
             child: spawn_server(&env),
             sip: format!("127.0.0.1:{port}").parse().expect("addr"),
+            http: format!("127.0.0.1:{http_port}").parse().expect("addr"),
             dir,
             env,
         };
@@ -112,6 +120,82 @@ impl TestServer {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// One HTTP/1.1 request to the API (`token`: a bearer token); returns
+    /// the status and the body as JSON (`Null` when it is not JSON).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        // The API binds a moment after SIP answers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut conn = loop {
+            match std::net::TcpStream::connect(self.http) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => panic!("connect to the API: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.http,
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).expect("send");
+        let mut raw = Vec::new();
+        let _ = conn.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            let mut out = String::new();
+            let mut left = rest;
+            while let Some((size, after)) = left.split_once("\r\n") {
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if n == 0 || after.len() < n {
+                    break;
+                }
+                out.push_str(&after[..n]);
+                left = after[n..].trim_start_matches("\r\n");
+            }
+            out
+        } else {
+            rest.to_string()
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// A new API token of `role` (and `agent`); returns its secret.
+    pub fn token(&self, name: &str, role: &str, agent: Option<&str>) -> String {
+        let mut args = vec!["tokens", "add", name, "--role", role];
+        if let Some(a) = agent {
+            args.extend(["--agent", a]);
+        }
+        let (ok, out) = self.cli(&args);
+        assert!(ok, "tokens add: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        v["token"].as_str().expect("a secret").to_string()
     }
 
     /// Sends a signal (`"TERM"`, `"HUP"`) to the server process.

@@ -1,0 +1,405 @@
+//! The HTTP admin and CTI API (`[admin] listen`, loopback by default).
+//!
+//! Room: the front desk for programs: the work-order (ticket) system,
+//! supervisors' tools, operators' scripts. Every request but `/healthz` and
+//! `/readyz` carries `Authorization: Bearer <token>`; tokens are made by
+//! `yihaotong tokens add`, kept in sled as the SHA-256 of their secret, and
+//! carry a role ([`Role`]). A request without a valid token gets 401, one
+//! whose role may not do it 403; bad input gets 400 with a message naming
+//! the field. Answers come from the same dispatch as the admin socket
+//! ([`crate::admin::answer`]), so the CLI and the API take one code path.
+//! Control actions are written to the audit log before they are answered.
+//! It may touch the store (tokens, audit) and the admin dispatch; nothing
+//! else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use crate::admin::{AdminCommand, LiveFn};
+use crate::store::{ApiToken, AuditEntry, Role, Store};
+
+/// Largest request body taken (agent state changes are a few dozen bytes).
+const MAX_BODY: usize = 16 * 1024;
+/// Most records one page may hold.
+const MAX_PAGE: usize = 1000;
+
+/// The hex SHA-256 of a token's secret: what the store keeps.
+pub fn token_hash(secret: &str) -> String {
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Api {
+    store: Store,
+    realm: String,
+    live: LiveFn,
+    utc_offset_minutes: i32,
+}
+
+/// An error answer: a status and a sentence.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
+        r
+    }
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, format!("{field}: {why}"))
+}
+
+/// The caller, from its bearer token.
+struct Caller(ApiToken);
+
+impl Caller {
+    /// Refuses (403) unless the caller's role is one of `roles`.
+    fn may(&self, roles: &[Role], what: &str) -> Result<(), Failure> {
+        if roles.contains(&self.0.role) {
+            return Ok(());
+        }
+        Err(Failure(
+            StatusCode::FORBIDDEN,
+            format!("a {} token may not {what}", self.0.role.as_str()),
+        ))
+    }
+
+    /// For the agent role: its agent (`None` for the others, who see all).
+    fn own_agent(&self) -> Option<&str> {
+        (self.0.role == Role::Agent).then(|| self.0.agent.as_deref().unwrap_or_default())
+    }
+
+    fn who(&self) -> String {
+        format!("{} ({})", self.0.name, self.0.role.as_str())
+    }
+}
+
+fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Caller, Failure> {
+    let unauthorized = |why: &str| Failure(StatusCode::UNAUTHORIZED, why.to_string());
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("a bearer token is needed (Authorization: Bearer …)"))?;
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+    match api.store.token(&token_hash(secret)) {
+        Ok(Some(t)) => Ok(Caller(t)),
+        Ok(None) => Err(unauthorized("unknown or revoked token")),
+        Err(e) => Err(Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("token store: {e:#}"),
+        )),
+    }
+}
+
+async fn run(api: &Api, cmd: AdminCommand) -> Result<Value, Failure> {
+    crate::admin::answer(&api.store, &api.realm, &api.live, cmd)
+        .await
+        .map_err(|e| Failure(StatusCode::UNPROCESSABLE_ENTITY, e))
+}
+
+/// Serves the API on `listen` until the process ends. Binding fails loudly.
+pub async fn serve(
+    listen: SocketAddr,
+    store: Store,
+    realm: String,
+    live: LiveFn,
+    utc_offset_minutes: i32,
+) -> anyhow::Result<SocketAddr> {
+    let api = Api {
+        store,
+        realm,
+        live,
+        utc_offset_minutes,
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}/state", post(agent_state))
+        .route("/api/v1/routes", get(routes))
+        .route("/api/v1/cdrs", get(cdrs))
+        .route("/api/v1/audit", get(audit))
+        .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such resource".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(api));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("[admin] listen {listen}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// Ready: the store answers and the server's own figures come (it is
+/// listening); 503 otherwise.
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let store_ok = blocking(&api.store, |s| s.routes().map(drop)).await.is_ok();
+    let live_ok = run(&api, AdminCommand::Status).await.is_ok();
+    let body = json!({ "ready": store_ok && live_ok, "store": store_ok, "sip": live_ok });
+    let status = if store_ok && live_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(&[Role::Admin, Role::Supervisor], "read the server's status")?;
+    Ok(Json(run(&api, AdminCommand::Status).await?))
+}
+
+async fn agents(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(&[Role::Admin, Role::Supervisor, Role::Agent], "list agents")?;
+    let mut list = run(&api, AdminCommand::AgentsList).await?;
+    if let (Some(own), Some(all)) = (caller.own_agent(), list.as_array_mut()) {
+        all.retain(|a| a["id"] == own);
+    }
+    Ok(Json(list))
+}
+
+async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(
+        &[Role::Admin, Role::Supervisor, Role::Ticketing],
+        "read the number plan",
+    )?;
+    Ok(Json(run(&api, AdminCommand::RoutesList).await?))
+}
+
+/// `POST /api/v1/agents/{id}/state` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateChange {
+    /// available, break, logged-out or end-wrap-up.
+    state: String,
+    /// Break reason code.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn agent_state(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(
+        &[Role::Admin, Role::Supervisor, Role::Agent],
+        "change agents' states",
+    )?;
+    if caller.own_agent().is_some_and(|own| own != id) {
+        return Err(Failure(
+            StatusCode::FORBIDDEN,
+            format!("an agent token may change only its own agent's state, not {id:?}'s"),
+        ));
+    }
+    let change: StateChange = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+    if let Some(r) = &change.reason {
+        if r.len() > 32 || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(bad("reason", "up to 32 letters, digits and dashes"));
+        }
+    }
+    crate::admin::presence_of(&change.state, change.reason.clone())
+        .map_err(|e| bad("state", format!("{e:#}")))?;
+    let entry = AuditEntry {
+        at: crate::acd::now_ms(),
+        who: caller.who(),
+        action: "agent.state".into(),
+        target: id.clone(),
+        detail: json!({ "state": change.state, "reason": change.reason }),
+    };
+    blocking(&api.store, move |s| s.audit(&entry)).await?;
+    let cmd = AdminCommand::AgentsState {
+        id,
+        state: change.state,
+        reason: change.reason,
+    };
+    Ok(Json(run(&api, cmd).await?))
+}
+
+/// `?since=…&until=…&offset=…&limit=…` for record lists.
+#[derive(Debug, Deserialize)]
+struct Page {
+    since: Option<String>,
+    until: Option<String>,
+    offset: Option<String>,
+    limit: Option<String>,
+}
+
+/// A checked [`Page`]: times in Unix ms.
+#[derive(Debug, PartialEq, Eq)]
+struct Window {
+    since: u64,
+    until: u64,
+    offset: usize,
+    limit: usize,
+}
+
+impl Page {
+    /// The window asked for, each parameter checked by name.
+    fn read(&self, utc_offset_minutes: i32) -> Result<Window, Failure> {
+        let now = crate::acd::now_ms();
+        let time = |field: &str, v: &Option<String>, default: u64| match v {
+            None => Ok(default),
+            Some(t) => crate::acd::report::parse_time(t, utc_offset_minutes, now)
+                .map_err(|e| bad(field, e)),
+        };
+        let since = time("since", &self.since, now.saturating_sub(24 * 3600 * 1000))?;
+        let until = time("until", &self.until, now.saturating_add(1))?;
+        if since >= until {
+            return Err(bad("until", "must be after since"));
+        }
+        let number = |field: &str, v: &Option<String>, default: usize, max: usize| match v {
+            None => Ok(default),
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(bad(field, format!("must be a whole number up to {max}"))),
+            },
+        };
+        let offset = number("offset", &self.offset, 0, usize::MAX / 2)?;
+        let limit = number("limit", &self.limit, 100, MAX_PAGE)?;
+        Ok(Window {
+            since,
+            until,
+            offset,
+            limit,
+        })
+    }
+}
+
+fn page_of(items: Vec<Value>, w: &Window) -> Value {
+    let total = items.len();
+    let items: Vec<Value> = items.into_iter().skip(w.offset).take(w.limit).collect();
+    json!({ "total": total, "offset": w.offset, "limit": w.limit, "items": items })
+}
+
+/// Runs a store call off the async threads; its errors are 500s.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e:#}")))
+}
+
+async fn cdrs(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(
+        &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent],
+        "read call records",
+    )?;
+    let w = page.read(api.utc_offset_minutes)?;
+    let cmd = AdminCommand::Cdrs {
+        since: w.since,
+        until: w.until,
+    };
+    let all = run(&api, cmd).await?;
+    let mut items = match all {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    if let Some(own) = caller.own_agent() {
+        items.retain(|c| c["agent"] == own);
+    }
+    Ok(Json(page_of(items, &w)))
+}
+
+async fn audit(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(&[Role::Admin], "read the audit log")?;
+    let w = page.read(api.utc_offset_minutes)?;
+    let (since, until) = (w.since, w.until);
+    let entries = blocking(&api.store, move |s| s.audit_entries(since, until)).await?;
+    let items = entries
+        .into_iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    Ok(Json(page_of(items, &w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_kept_as_their_sha256() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_page_names_its_bad_field() {
+        let page = |since: Option<&str>, limit: Option<&str>| Page {
+            since: since.map(String::from),
+            until: None,
+            offset: None,
+            limit: limit.map(String::from),
+        };
+        let err = |p: Page| p.read(480).err().map(|f| (f.0, f.1)).expect("refused");
+        let (code, why) = err(page(Some("yesterday"), None));
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(why.starts_with("since: "), "{why}");
+        let (_, why) = err(page(None, Some("5000")));
+        assert!(why.starts_with("limit: ") && why.contains("1000"), "{why}");
+        let (_, why) = err(page(None, Some("-1")));
+        assert!(why.starts_with("limit: "), "{why}");
+        let ok = page(Some("1h"), Some("10")).read(480).ok().expect("fine");
+        assert_eq!((ok.offset, ok.limit), (0, 10));
+        assert!(ok.since < ok.until);
+        let w = Window {
+            since: 0,
+            until: 1,
+            offset: 1,
+            limit: 1,
+        };
+        assert_eq!(
+            page_of(vec![json!(1), json!(2), json!(3)], &w),
+            json!({ "total": 3, "offset": 1, "limit": 1, "items": [2] })
+        );
+    }
+}
