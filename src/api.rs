@@ -1,8 +1,8 @@
 //! The HTTP admin and CTI API (`[admin] listen`, loopback by default).
 //!
 //! Room: the front desk for programs: the work-order (ticket) system,
-//! supervisors' tools, operators' scripts. Every request but `/healthz` and
-//! `/readyz` carries `Authorization: Bearer <token>`; tokens are made by
+//! supervisors' tools, operators' scripts. Every request but `/healthz`, `/readyz`
+//! and `/metrics` carries `Authorization: Bearer <token>`; tokens are made by
 //! `yihaotong tokens add`, kept in sled as the SHA-256 of their secret, and
 //! carry a role ([`Role`]). A request without a valid token gets 401, one
 //! whose role may not do it 403; bad input gets 400 with a message naming
@@ -137,6 +137,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
         .route("/api/v1/status", get(status))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/state", post(agent_state))
@@ -170,6 +171,20 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The Prometheus page (no token: it says how much, never who).
+async fn metrics_page(State(api): State<Arc<Api>>) -> Response {
+    let status = run(&api, AdminCommand::Status).await.unwrap_or_default();
+    let page = crate::meters::render(&status);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        page,
+    )
+        .into_response()
 }
 
 async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {

@@ -17,6 +17,7 @@
 //!   guard).
 //! - [`admin`]: CLI commands, locally or via the running server.
 //! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
+//! - [`meters`]: the Prometheus figures at `/metrics`.
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -31,6 +32,7 @@ pub mod fuzzing;
 pub mod ivr;
 pub mod load;
 pub mod media;
+pub mod meters;
 pub mod outbound;
 pub mod overload;
 pub mod registrar;

@@ -706,6 +706,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        yihaotong::meters::install();
         let store = Store::open_waiting(&settings.data_dir, std::time::Duration::from_secs(10))?;
         let socket = admin::socket_path(&settings.data_dir);
         let realm = settings.sip.domain.clone();

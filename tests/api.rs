@@ -263,3 +263,43 @@ fn call_records_come_in_pages_and_an_agent_reads_only_its_own() {
     assert_eq!(code, 200);
     assert_eq!(mine["total"].as_u64(), Some(0), "{mine}");
 }
+
+#[test]
+fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000095");
+    let (mut d, _leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, "a1");
+    server.assert_idle();
+    // Records reach sled in batches (record_flush, 1 s): wait for one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let page = loop {
+        let (code, page) = server.http_text("GET", "/metrics", None, None);
+        assert_eq!(code, 200);
+        if page.contains("yihaotong_records_flush_seconds_count")
+            || std::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let has = |line: &str| page.lines().any(|l| l.starts_with(line));
+    for want in [
+        "yihaotong_calls_offered_total{hotline=\"12345 seats, no greeting\",mode=\"direct\"} 1",
+        "yihaotong_calls_ended_total{disposition=\"answered\"} 1",
+        "yihaotong_call_setup_seconds_count 1",
+        "yihaotong_queue_wait_seconds_count{queue=\"main\",answered=\"yes\"} 1",
+        "yihaotong_calls_live 0",
+        "yihaotong_agents{state=\"available\"} 1",
+        "yihaotong_queue_waiting{queue=\"main\"} 0",
+        "yihaotong_backend_up{backend=\"hrss\"} 1",
+        "yihaotong_records_flush_seconds_count",
+    ] {
+        assert!(has(want), "missing {want:?} in:\n{page}");
+    }
+}

@@ -155,6 +155,7 @@ impl Records {
 
     /// Queues a CDR.
     pub fn cdr(&self, cdr: Cdr) {
+        crate::meters::call_ended(&cdr);
         let _ = self.tx.send(RecordMsg::Cdr(Box::new(cdr)));
     }
 
@@ -254,10 +255,12 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
             let recordings = std::mem::take(&mut batch.recordings);
             let live = std::mem::take(&mut batch.live);
             let s = store.clone();
+            let started = std::time::Instant::now();
             let written = tokio::task::spawn_blocking(move || {
                 s.append_records(&log, &cdrs, &recordings, &live)
             })
             .await;
+            crate::meters::records_flushed(started.elapsed().as_secs_f64());
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot write CDRs and queue log"),

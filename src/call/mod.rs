@@ -282,6 +282,7 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         let a_call_id = invite.core.call_id.clone();
         let caller = invite.core.from.user.clone().unwrap_or_default();
         info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
+        crate::meters::call_offered(&route.hotline, route.mode.as_str());
         let worker = ctx.worker.clone();
         let end = if let (Some(DirectTarget(target)), Some(agent)) = (direct, caller_agent.clone())
         {

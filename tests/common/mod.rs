@@ -131,6 +131,21 @@ impl TestServer {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
+        let (status, text) = self.http_text(method, path, token, body);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Like [`TestServer::http`], with the body as text.
+    pub fn http_text(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         // The API binds a moment after SIP answers.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -180,10 +195,7 @@ impl TestServer {
         } else {
             rest.to_string()
         };
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-        )
+        (status, body)
     }
 
     /// A new API token of `role` (and `agent`); returns its secret.

@@ -1,0 +1,151 @@
+//! Operators' figures: the Prometheus page at `/metrics`.
+//!
+//! Room: the meter cupboard. Events are counted where they happen, with
+//! the `metrics` macros: calls offered (by hotline and route mode), calls
+//! ended (by disposition), call setup time and queue waits as histograms,
+//! and how long each batch of records took to reach sled. Figures the
+//! server already keeps (live calls, agents by state, callers waiting per
+//! queue, RTP ports, calls shed by overload control, password-guessing
+//! blocks, backends, the media engine's lateness) are copied into gauges
+//! from its status when the page is scraped, so nothing is counted twice.
+//! Labels take only bounded values (configured hotlines, queues, backends;
+//! fixed dispositions and states). It touches the global recorder only.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+
+use crate::acd::records::Cdr;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls change nothing).
+/// Without it the macros below cost next to nothing and record nothing.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let seconds = |buckets: &[f64], name: &str, b: PrometheusBuilder| {
+            b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+        };
+        let builder = PrometheusBuilder::new();
+        let built = seconds(
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+            ],
+            "yihaotong_call_setup_seconds",
+            builder,
+        )
+        .and_then(|b| {
+            seconds(
+                &[1.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+                "yihaotong_queue_wait_seconds",
+                b,
+            )
+        })
+        .and_then(|b| {
+            seconds(
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+                "yihaotong_records_flush_seconds",
+                b,
+            )
+        });
+        let recorder = match built {
+            Ok(b) => b.build_recorder(),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not built; /metrics stays empty");
+                return None;
+            }
+        };
+        let handle = recorder.handle();
+        match metrics::set_global_recorder(recorder) {
+            Ok(()) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "a metrics recorder was already installed");
+                None
+            }
+        }
+    });
+}
+
+/// A call arrived on a route.
+pub fn call_offered(hotline: &str, mode: &str) {
+    counter!("yihaotong_calls_offered_total", "hotline" => hotline.to_string(), "mode" => mode.to_string())
+        .increment(1);
+}
+
+/// A call's record was written: its disposition, setup time and wait.
+pub fn call_ended(cdr: &Cdr) {
+    let disposition = serde_json::to_value(cdr.disposition)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    counter!("yihaotong_calls_ended_total", "disposition" => disposition).increment(1);
+    if let Some(answered) = cdr.answered {
+        let setup = answered.saturating_sub(cdr.arrived) as f64 / 1000.0;
+        histogram!("yihaotong_call_setup_seconds").record(setup);
+    }
+    if let Some(queued) = cdr.queued {
+        let left = cdr.answered.unwrap_or(cdr.ended);
+        let wait = left.saturating_sub(queued) as f64 / 1000.0;
+        let answered = if cdr.answered.is_some() { "yes" } else { "no" };
+        histogram!("yihaotong_queue_wait_seconds", "queue" => cdr.queue.clone(), "answered" => answered)
+            .record(wait);
+    }
+}
+
+/// A batch of records reached sled in `seconds`.
+pub fn records_flushed(seconds: f64) {
+    histogram!("yihaotong_records_flush_seconds").record(seconds);
+}
+
+/// The page: the server's `status` copied into gauges, then everything in
+/// Prometheus text format. Empty when no recorder is installed.
+pub fn render(status: &Value) -> String {
+    let Some(Some(handle)) = HANDLE.get() else {
+        return String::new();
+    };
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    gauge!("yihaotong_calls_live").set(num(&status["live_calls"]));
+    gauge!("yihaotong_rtp_ports_free").set(num(&status["rtp_ports_free"]));
+    gauge!("yihaotong_rtp_ports_total").set(num(&status["rtp_ports_total"]));
+    gauge!("yihaotong_tcp_connections").set(num(&status["tcp_connections"]));
+    if let Some(states) = status["agents"].as_object() {
+        for (state, n) in states {
+            gauge!("yihaotong_agents", "state" => state.clone()).set(num(n));
+        }
+    }
+    for q in status["queues"].as_array().into_iter().flatten() {
+        let name = q["name"].as_str().unwrap_or_default().to_string();
+        gauge!("yihaotong_queue_waiting", "queue" => name.clone()).set(num(&q["waiting"]));
+        gauge!("yihaotong_queue_free_agents", "queue" => name.clone()).set(num(&q["free"]));
+        gauge!("yihaotong_queue_longest_wait_seconds", "queue" => name)
+            .set(num(&q["longest_wait_ms"]) / 1000.0);
+    }
+    if let Some(shed) = status["overload"]["shed"].as_object() {
+        for (reason, n) in shed {
+            counter!("yihaotong_calls_shed_total", "reason" => reason.clone())
+                .absolute(n.as_u64().unwrap_or(0));
+        }
+    }
+    let auth = &status["auth"];
+    gauge!("yihaotong_auth_sources_blocked").set(num(&auth["sources_blocked_now"]));
+    counter!("yihaotong_auth_blocks_total")
+        .absolute(auth["source_blocks_since_start"].as_u64().unwrap_or(0));
+    if let Some(backends) = status["backends"].as_object() {
+        for (name, b) in backends {
+            let up = if b["up"] == Value::Bool(true) {
+                1.0
+            } else {
+                0.0
+            };
+            gauge!("yihaotong_backend_up", "backend" => name.clone()).set(up);
+            gauge!("yihaotong_backend_calls", "backend" => name.clone()).set(num(&b["calls"]));
+        }
+    }
+    let media = &status["media"];
+    gauge!("yihaotong_media_streams").set(num(&media["streams"]));
+    counter!("yihaotong_media_late_ticks_total")
+        .absolute(media["late_ticks_over_2ms"].as_u64().unwrap_or(0));
+    handle.render()
+}
