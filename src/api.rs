@@ -44,6 +44,7 @@ pub fn token_hash(secret: &str) -> String {
 #[derive(Clone)]
 struct Api {
     store: Store,
+    events: Arc<crate::events::EventBus>,
     realm: String,
     live: LiveFn,
     utc_offset_minutes: i32,
@@ -124,12 +125,14 @@ async fn run(api: &Api, cmd: AdminCommand) -> Result<Value, Failure> {
 pub async fn serve(
     listen: SocketAddr,
     store: Store,
+    events: Arc<crate::events::EventBus>,
     realm: String,
     live: LiveFn,
     utc_offset_minutes: i32,
 ) -> anyhow::Result<SocketAddr> {
     let api = Api {
         store,
+        events,
         realm,
         live,
         utc_offset_minutes,
@@ -144,6 +147,7 @@ pub async fn serve(
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/cdrs", get(cdrs))
         .route("/api/v1/audit", get(audit))
+        .route("/events", get(event_stream))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such resource".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(api));
@@ -379,6 +383,62 @@ async fn audit(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_consumer_that_does_not_read_is_cut_off_with_the_reason() {
+        use crate::events::{About, EventBus, Filter};
+        let bus = EventBus::new(1000, 1000);
+        bus.publish("call.offered", About::default(), Value::Null);
+        let (replay, live) = bus.subscribe(Some(0)).expect("held");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(FEED);
+        let task = tokio::spawn(forward(replay, live, Filter::default(), tx));
+        for _ in 0..FEED + 10 {
+            bus.publish("call.offered", About::default(), Value::Null);
+        }
+        task.await.expect("the forwarder ends by itself");
+        let mut got = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            got.push(item);
+        }
+        assert_eq!(got.len(), FEED, "the feed filled, then the reason");
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(e.seq),
+                Item::CutOff(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..FEED as u64).collect::<Vec<_>>(),
+            "in order, none lost before the cut"
+        );
+        match got.last() {
+            Some(Item::CutOff(why)) => {
+                assert!(
+                    why.contains("too slow") && why.contains("since=255"),
+                    "{why}"
+                )
+            }
+            other => panic!("no reason last: {other:?}"),
+        }
+        // A lagging receiver (the bus outran its forwarder) is told too.
+        let bus = EventBus::new(1000, 2);
+        let (replay, live) = bus.subscribe(None).expect("live");
+        for _ in 0..5 {
+            bus.publish("call.offered", About::default(), Value::Null);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(FEED);
+        forward(replay, live, Filter::default(), tx).await;
+        let mut last = None;
+        while let Ok(item) = rx.try_recv() {
+            last = Some(item);
+        }
+        assert!(
+            matches!(&last, Some(Item::CutOff(why)) if why.contains("passed you by")),
+            "{last:?}"
+        );
+    }
+
     #[test]
     fn tokens_are_kept_as_their_sha256() {
         assert_eq!(
@@ -416,5 +476,167 @@ mod tests {
             page_of(vec![json!(1), json!(2), json!(3)], &w),
             json!({ "total": 3, "offset": 1, "limit": 1, "items": [2] })
         );
+    }
+}
+
+/// `GET /events?since=SEQ&queue=…&agent=…&hotline=…`.
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    since: Option<String>,
+    queue: Option<String>,
+    agent: Option<String>,
+    hotline: Option<String>,
+}
+
+/// Events a client's connection may hold unsent before it is cut off.
+const FEED: usize = 256;
+
+/// The event stream as server-sent events (`id` = sequence number, `event`
+/// = kind, `data` = the event as JSON). A reconnecting client sends the
+/// last `id` it saw as `since`; a client too slow to keep up is sent a
+/// `cut-off` event saying why, and the stream ends.
+async fn event_stream(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Response, Failure> {
+    use axum::response::sse::{KeepAlive, Sse};
+    let caller = authenticate(&api, &headers)?;
+    caller.may(
+        &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent],
+        "follow events",
+    )?;
+    let since = match &q.since {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| bad("since", "must be an event sequence number"))?,
+        ),
+    };
+    let mut filter = crate::events::Filter {
+        queue: q.queue,
+        agent: q.agent,
+        hotline: q.hotline,
+    };
+    if let Some(own) = caller.own_agent() {
+        if filter.agent.as_deref().is_some_and(|a| a != own) {
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "an agent token may follow only its own agent's events".into(),
+            ));
+        }
+        filter.agent = Some(own.to_string());
+    }
+    let (replay, live) = api.events.subscribe(since).map_err(|b| {
+        Failure(
+            StatusCode::GONE,
+            format!(
+                "since: too far behind (the oldest event held is {}): resync the state, then reconnect without since",
+                b.oldest
+            ),
+        )
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(FEED);
+    tokio::spawn(forward(replay, live, filter, tx));
+    Ok(Sse::new(Feed(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// What a subscriber's feed carries.
+#[derive(Debug, PartialEq)]
+enum Item {
+    /// An event.
+    Event(Arc<crate::events::Event>),
+    /// The last thing said before the stream ends: why.
+    CutOff(String),
+}
+
+/// An SSE body fed from a channel.
+struct Feed(tokio::sync::mpsc::Receiver<Item>);
+
+impl futures_core::Stream for Feed {
+    type Item = Result<axum::response::sse::Event, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|item| {
+            item.map(|item| {
+                Ok(match item {
+                    Item::Event(e) => sse_of(&e),
+                    Item::CutOff(why) => axum::response::sse::Event::default()
+                        .event("cut-off")
+                        .data(json!({ "error": why }).to_string()),
+                })
+            })
+        })
+    }
+}
+
+fn sse_of(e: &crate::events::Event) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .id(e.seq.to_string())
+        .event(e.kind)
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// Moves one subscriber's events (the replay, then live ones) into its
+/// connection's feed, filtered. Publishing never waits for it: when it
+/// falls `event_lag` behind the bus, or its feed is full, it gets a
+/// `cut-off` event with the reason and the last sequence it was given.
+async fn forward(
+    replay: Vec<Arc<crate::events::Event>>,
+    mut live: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+    filter: crate::events::Filter,
+    tx: tokio::sync::mpsc::Sender<Item>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last = 0;
+    let cut = |tx: &tokio::sync::mpsc::Sender<Item>, why: String| {
+        let _ = tx.try_send(Item::CutOff(why));
+    };
+    let offer = |e: &Arc<crate::events::Event>, last: &mut u64| -> bool {
+        if e.seq <= *last {
+            return true;
+        }
+        *last = e.seq;
+        if !filter.wants(e) {
+            return true;
+        }
+        if tx.capacity() <= 1 {
+            cut(
+                &tx,
+                format!(
+                    "too slow: {FEED} events unread; reconnect with since={}",
+                    e.seq - 1
+                ),
+            );
+            return false;
+        }
+        tx.try_send(Item::Event(e.clone())).is_ok()
+    };
+    for e in &replay {
+        if !offer(e, &mut last) {
+            return;
+        }
+    }
+    loop {
+        match live.recv().await {
+            Ok(e) => {
+                if !offer(&e, &mut last) {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                cut(
+                    &tx,
+                    format!("too slow: {n} events passed you by; reconnect with since={last}"),
+                );
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }

@@ -94,6 +94,12 @@ pub fn local_now(offset: chrono::FixedOffset) -> chrono::NaiveDateTime {
 pub struct AdminSettings {
     /// Address the API listens on (empty: no API).
     pub listen: String,
+    /// Events kept for clients reconnecting with `since`.
+    pub event_backlog: usize,
+    /// Events a live consumer may fall behind before it is cut off.
+    pub event_lag: usize,
+    /// Seconds between `queue.stats` events (0: none).
+    pub queue_stats_every: u64,
 }
 
 impl AdminSettings {

@@ -18,6 +18,7 @@
 //! - [`admin`]: CLI commands, locally or via the running server.
 //! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
 //! - [`meters`]: the Prometheus figures at `/metrics`.
+//! - [`events`]: the CTI event stream (numbered, replayable, bounded).
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -28,6 +29,7 @@ pub mod api;
 pub mod backends;
 pub mod call;
 pub mod config;
+pub mod events;
 pub mod fuzzing;
 pub mod ivr;
 pub mod load;

@@ -718,7 +718,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
         if let Some(listen) = server.shared.settings.admin.address() {
             let offset = server.shared.settings.ivr.utc_offset_minutes;
-            let bound = yihaotong::api::serve(listen, store.clone(), realm, live, offset).await?;
+            let events = server.shared.records.events().clone();
+            let bound =
+                yihaotong::api::serve(listen, store.clone(), events, realm, live, offset).await?;
             println!("HTTP API on http://{bound}");
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -467,9 +467,14 @@ impl Server {
             ),
             Err(e) => tracing::error!(error = %e, "cannot close out calls cut by an unclean stop"),
         }
+        let events = Arc::new(crate::events::EventBus::new(
+            settings.admin.event_backlog,
+            settings.admin.event_lag,
+        ));
         let records = Records::start(
             store.clone(),
             std::time::Duration::from_secs(settings.queue.record_flush),
+            events,
         );
         let shared = Arc::new(Shared {
             registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
@@ -520,6 +525,9 @@ impl Server {
         shared
             .backends
             .spawn_probes(shared.workers.clone(), shared.host.clone());
+        if shared.settings.admin.queue_stats_every > 0 {
+            tokio::spawn(queue_stats(shared.clone()));
+        }
         let inbound_shared = shared.clone();
         sockets.start(
             listener,
@@ -1104,6 +1112,34 @@ impl Worker {
             };
             call::run(ctx, rx, arrival).await;
         });
+    }
+}
+
+/// `queue.stats` events: every `queue_stats_every` seconds, each queue
+/// whose figures changed since it was last told (quiet queues say nothing,
+/// so they do not push call events out of the backlog).
+async fn queue_stats(shared: Arc<Shared>) {
+    let period = std::time::Duration::from_secs(shared.settings.admin.queue_stats_every);
+    let mut ticker = tokio::time::interval(period);
+    let mut told: HashMap<String, serde_json::Value> = HashMap::new();
+    loop {
+        ticker.tick().await;
+        let (_, queues) = shared.acd.views().await;
+        for q in queues {
+            let figures = serde_json::json!(q);
+            if told.get(&q.name) == Some(&figures) {
+                continue;
+            }
+            let about = crate::events::About {
+                queue: Some(q.name.clone()),
+                ..Default::default()
+            };
+            shared
+                .records
+                .events()
+                .publish("queue.stats", about, figures.clone());
+            told.insert(q.name, figures);
+        }
     }
 }
 

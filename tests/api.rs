@@ -8,6 +8,16 @@ mod common;
 use common::{connected_call, Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;
 
+/// A trunk call from `caller` answered by `phone`'s agent; the caller hangs up.
+fn answered_and_hung_up(server: &TestServer, phone: &mut Phone, caller: &str) {
+    let mut trunk = Phone::new(caller);
+    let (mut d, _leg) = connected_call(server, &mut trunk, phone, "a1");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, "a1");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+}
+
 #[test]
 fn health_and_readiness_need_no_token_everything_else_does() {
     let server = TestServer::start();
@@ -228,12 +238,7 @@ fn call_records_come_in_pages_and_an_agent_reads_only_its_own() {
     let _ = server.cli(&["agents", "state", "1002", "logged-out"]);
     // Three calls answered by 1001.
     for i in 0..3 {
-        let mut trunk = Phone::new(&format!("1380000009{i}"));
-        let (mut d, _leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
-        trunk.in_dialog(server.sip, &mut d, "BYE", "");
-        let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
-        phone.reply(server.sip, &bye, 200, "a1");
-        assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+        answered_and_hung_up(&server, &mut phone, &format!("1380000009{i}"));
     }
     server.assert_idle();
     let (code, page) = server.http("GET", "/api/v1/cdrs?since=1h&limit=2", Some(&admin), None);
@@ -270,11 +275,7 @@ fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
     server.add_agent("1001", "s3cret", "main");
     let mut phone = Phone::bind("1001", "127.0.0.3");
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
-    let mut trunk = Phone::new("13800000095");
-    let (mut d, _leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
-    trunk.in_dialog(server.sip, &mut d, "BYE", "");
-    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
-    phone.reply(server.sip, &bye, 200, "a1");
+    answered_and_hung_up(&server, &mut phone, "13800000095");
     server.assert_idle();
     // Records reach sled in batches (record_flush, 1 s): wait for one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -302,4 +303,131 @@ fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
     ] {
         assert!(has(want), "missing {want:?} in:\n{page}");
     }
+}
+
+/// Follows `/events` (server-sent events) in a thread: each event's JSON
+/// arrives on the channel as the server sends it; a `cut-off` event or the
+/// end of the stream ends it.
+fn follow(
+    server: &TestServer,
+    token: &str,
+    query: &str,
+) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut conn = std::net::TcpStream::connect(server.http).expect("connect");
+    write!(
+        conn,
+        "GET /events{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("send");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(conn).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.starts_with("HTTP/1.1 ") && !line.contains(" 200 ") {
+                let _ = tx.send(serde_json::json!({ "http": line }));
+                return;
+            }
+            // Each event is one chunk, so its data line arrives whole.
+            if let Some(data) = line.strip_prefix("data: ") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Events from `rx` up to and including the first of `kind`.
+fn until(rx: &std::sync::mpsc::Receiver<serde_json::Value>, kind: &str) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while let Ok(e) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        let done = e["kind"] == kind;
+        got.push(e);
+        if done {
+            return got;
+        }
+    }
+    panic!("no {kind} event; got {got:?}");
+}
+
+#[test]
+fn a_calls_events_arrive_in_order_and_a_reconnect_gets_what_it_missed() {
+    let server = TestServer::start_with(&[("YIHAOTONG_ADMIN__EVENT_BACKLOG", "12")]);
+    server.add_agent("1001", "s3cret", "main");
+    let tickets = server.token("tickets", "ticketing", None);
+    let seat = server.token("seat-1001", "agent", Some("1001"));
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let all = follow(&server, &tickets, "?hotline=12345%20seats,%20no%20greeting");
+    let mine = follow(&server, &seat, "");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    answered_and_hung_up(&server, &mut phone, "13800000097");
+
+    let events = until(&all, "call.ended");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["call.offered", "agent.ringing", "call.ended"],
+        "only this hotline's events (the queue-log ones carry no hotline)"
+    );
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The screen pop: who calls, what they dialed, which hotline, which queue.
+    let pop = &events[1]["data"];
+    assert_eq!(pop["caller"], "13800000097");
+    assert_eq!(pop["dialed"], "123450");
+    assert_eq!(pop["queue"], "main");
+    assert_eq!(pop["agent"], "1001");
+    assert_eq!(events[2]["data"]["disposition"], "answered");
+
+    // The agent's own stream: its events only, queue-log ones included.
+    let own = until(&mine, "call.ended");
+    let kinds: Vec<&str> = own.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for want in ["agent.ringing", "call.answered", "call.ended"] {
+        assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
+    }
+    assert!(own.iter().all(|e| e["agent"] == "1001"), "{own:?}");
+    let answered = own
+        .iter()
+        .find(|e| e["kind"] == "call.answered")
+        .and_then(|e| e["seq"].as_u64())
+        .expect("answered");
+
+    // Reconnecting after call.answered: what came after it, in order.
+    let again = follow(&server, &seat, &format!("?since={answered}"));
+    let replay = until(&again, "call.ended");
+    assert!(
+        replay.iter().all(|e| e["seq"].as_u64() > Some(answered)),
+        "{replay:?}"
+    );
+    // An agent token cannot follow another agent.
+    let refused = follow(&server, &seat, "?agent=1002");
+    let first = refused
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("answer");
+    assert!(
+        first["http"].as_str().is_some_and(|l| l.contains(" 403 ")),
+        "{first}"
+    );
+    // Too far back for the backlog (12 events): told to resync.
+    for i in 0..2 {
+        answered_and_hung_up(&server, &mut phone, &format!("1380000098{i}"));
+    }
+    until(&all, "call.ended");
+    until(&all, "call.ended");
+    let (code, body) = server.http("GET", "/events?since=1", Some(&tickets), None);
+    assert_eq!(code, 410, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("since: too far behind")),
+        "{body}"
+    );
+    let (code, body) = server.http("GET", "/events?since=soon", Some(&tickets), None);
+    assert_eq!(code, 400, "{body}");
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, TestServer};
+use common::{free_port, media_port, TestServer};
 
 fn sipp_available() -> bool {
     let found = Command::new("sipp")
@@ -127,7 +127,7 @@ fn sipp_trunk(
     let dir = work.join("trunk");
     std::fs::create_dir_all(&dir).expect("dir");
     let trunk_port = free_port().to_string();
-    let trunk_media = free_port().to_string();
+    let trunk_media = media_port().to_string();
     let mut args = vec![
         "-sf".to_string(),
         scenario("trunk_call.xml"),
@@ -154,7 +154,7 @@ fn sipp_agent_registers_and_answers_a_sipp_trunk_call() {
     server.add_agent("1001", "s3cret", "main");
     let work = tempfile::tempdir().expect("tempdir");
     let agent_port = free_port().to_string();
-    let agent_media = free_port().to_string();
+    let agent_media = media_port().to_string();
     // The agent's answering instance runs in the background for the whole call.
     let agent_dir = work.path().join("agent");
     std::fs::create_dir_all(&agent_dir).expect("dir");
@@ -210,7 +210,7 @@ fn sipp_trunk_presses_1_on_12333_and_lands_on_a_sipp_backend() {
     for d in [&backend_dir, &trunk_dir] {
         std::fs::create_dir_all(d).expect("dir");
     }
-    let backend_media = free_port().to_string();
+    let backend_media = media_port().to_string();
     std::thread::scope(|s| {
         let backend = s.spawn(|| {
             sipp(
@@ -232,7 +232,7 @@ fn sipp_trunk_presses_1_on_12333_and_lands_on_a_sipp_backend() {
         });
         std::thread::sleep(Duration::from_millis(500));
         let trunk_port = free_port().to_string();
-        let trunk_media = free_port().to_string();
+        let trunk_media = media_port().to_string();
         let (code, errors) = sipp(
             &trunk_dir,
             &server,
@@ -273,7 +273,7 @@ fn sipp_agents_answering_after_random_delays_serve_a_queue_of_sipp_callers() {
         let dir = work.path().join(format!("agent-{id}"));
         std::fs::create_dir_all(&dir).expect("dir");
         let port = free_port().to_string();
-        let media = free_port().to_string();
+        let media = media_port().to_string();
         // Each seat answers as many calls as it gets, each after 0.3-2.5 s.
         let child = Command::new("sipp")
             .arg(server.sip.to_string())
@@ -348,7 +348,7 @@ fn sipp_agent_blind_transfers_a_sipp_trunk_call_to_another_sipp_agent() {
             let dir = work.path().join(format!("agent-{id}"));
             std::fs::create_dir_all(&dir).expect("dir");
             let port = free_port().to_string();
-            let media = free_port().to_string();
+            let media = media_port().to_string();
             let server = &server;
             let listen = port.clone();
             let handle = s.spawn(move || {

@@ -128,22 +128,35 @@ enum RecordMsg {
 #[derive(Clone)]
 pub struct Records {
     tx: mpsc::UnboundedSender<RecordMsg>,
+    /// The CTI event stream: queue-log lines and CDRs are its events too.
+    events: std::sync::Arc<crate::events::EventBus>,
 }
 
 impl Records {
     /// Starts the writer task.
-    pub fn start(store: Store, interval: Duration) -> Records {
+    pub fn start(
+        store: Store,
+        interval: Duration,
+        events: std::sync::Arc<crate::events::EventBus>,
+    ) -> Records {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(
             store,
             rx,
             interval.max(Duration::from_millis(50)),
         ));
-        Records { tx }
+        Records { tx, events }
     }
 
-    /// Queues a queue-log line.
+    /// The CTI event stream.
+    pub fn events(&self) -> &std::sync::Arc<crate::events::EventBus> {
+        &self.events
+    }
+
+    /// Queues a queue-log line (and publishes it as an event).
     pub fn log(&self, line: LogLine) {
+        let (kind, about, data) = event_of(&line);
+        self.events.publish(kind, about, data);
         let _ = self.tx.send(RecordMsg::Log(line));
     }
 
@@ -156,6 +169,16 @@ impl Records {
     /// Queues a CDR.
     pub fn cdr(&self, cdr: Cdr) {
         crate::meters::call_ended(&cdr);
+        let about = crate::events::About {
+            queue: (!cdr.queue.is_empty()).then(|| cdr.queue.clone()),
+            agent: (!cdr.agent.is_empty()).then(|| cdr.agent.clone()),
+            hotline: Some(cdr.hotline.clone()),
+        };
+        self.events.publish(
+            "call.ended",
+            about,
+            serde_json::to_value(&cdr).unwrap_or_default(),
+        );
         let _ = self.tx.send(RecordMsg::Cdr(Box::new(cdr)));
     }
 
@@ -171,6 +194,43 @@ impl Records {
             let _ = rx.await;
         }
     }
+}
+
+/// A queue-log line as a CTI event: its kind, what it is about, its data.
+fn event_of(line: &LogLine) -> (&'static str, crate::events::About, serde_json::Value) {
+    let kind = match line.event.as_str() {
+        "ENTERQUEUE" => "call.queued",
+        "CONNECT" => "call.answered",
+        "RINGNOANSWER" => "agent.no_answer",
+        "ABANDON" => "call.abandoned",
+        "EXITWITHTIMEOUT" | "EXITEMPTY" => "call.left_queue",
+        "TRANSFER" => "call.transferred",
+        "CALLBACK" => "call.callback_booked",
+        "COMPLETECALLER" | "COMPLETEAGENT" => "call.completed",
+        "AGENTLOGIN" | "AGENTLOGOFF" | "PAUSE" | "UNPAUSE" => "agent.state",
+        _ => "queue.event",
+    };
+    let known = |v: &str| (v != "NONE" && !v.is_empty()).then(|| v.to_string());
+    let state = match line.event.as_str() {
+        "AGENTLOGIN" | "UNPAUSE" => Some("available"),
+        "AGENTLOGOFF" => Some("logged-out"),
+        "PAUSE" => Some("on-break"),
+        _ => None,
+    };
+    let mut data = serde_json::json!({
+        "call_id": known(&line.call_id),
+        "queue_log": line.event,
+        "fields": line.data,
+    });
+    if let Some(s) = state {
+        data["state"] = s.into();
+    }
+    let about = crate::events::About {
+        queue: known(&line.queue),
+        agent: known(&line.agent),
+        hotline: None,
+    };
+    (kind, about, data)
 }
 
 #[derive(Default)]

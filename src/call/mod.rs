@@ -283,6 +283,23 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         let caller = invite.core.from.user.clone().unwrap_or_default();
         info!(caller = %caller, hotline = %route.hotline, source = %a_peer.addr, agent_caller = ?caller_agent, "call offered");
         crate::meters::call_offered(&route.hotline, route.mode.as_str());
+        shared.records.events().publish(
+            "call.offered",
+            crate::events::About {
+                queue: (!route.queue.is_empty()).then(|| route.queue.clone()),
+                agent: caller_agent.clone(),
+                hotline: Some(route.hotline.clone()),
+            },
+            serde_json::json!({
+                "call_id": a_call_id,
+                "caller": caller,
+                "dialed": dialed,
+                "hotline": route.hotline,
+                "mode": route.mode.as_str(),
+                "flow": route.flow,
+                "queue": route.queue,
+            }),
+        );
         let worker = ctx.worker.clone();
         let end = if let (Some(DirectTarget(target)), Some(agent)) = (direct, caller_agent.clone())
         {
@@ -935,6 +952,9 @@ impl Call {
             })
             .await;
         info!(agent = %seat.agent, contact = %seat.uri, "ringing");
+        if matches!(shared.store.agent(&seat.agent), Ok(Some(_))) {
+            self.screen_pop(seat, &dialed, route, queue);
+        }
         Fork {
             seat: seat.clone(),
             dialog,
@@ -944,6 +964,37 @@ impl Call {
             early: false,
             done: false,
         }
+    }
+
+    /// `agent.ringing`: everything known about the call so far, for the
+    /// ticket system's screen pop before the agent says hello.
+    fn screen_pop(&self, seat: &SeatContact, dialed: &str, route: &Route, queue: &str) {
+        let data: serde_json::Map<String, serde_json::Value> = self
+            .call_data
+            .iter()
+            .chain(self.peer_data.iter())
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        self.ctx.shared.records.events().publish(
+            "agent.ringing",
+            crate::events::About {
+                queue: (!queue.is_empty()).then(|| queue.to_string()),
+                agent: Some(seat.agent.clone()),
+                hotline: Some(route.hotline.clone()),
+            },
+            serde_json::json!({
+                "call_id": self.invite.core.call_id,
+                "agent": seat.agent,
+                "caller": self.cdr.caller,
+                "dialed": dialed,
+                "hotline": route.hotline,
+                "mode": route.mode.as_str(),
+                "queue": queue,
+                "flow_path": self.cdr.path,
+                "keys": self.cdr.keys,
+                "data": data,
+            }),
+        );
     }
 
     /// Gives up on a fork still ringing: CANCEL it, and remember its dialog

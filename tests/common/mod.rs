@@ -15,12 +15,35 @@ use yihaotong::sip::message::{parse, Message, Request, Response};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_yihaotong");
 
-/// A free UDP+TCP port on 127.0.0.1.
+/// A free UDP+TCP port on 127.0.0.1, never the same one twice in a process
+/// (the kernel may hand a just-released port 0 out again).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = u.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A media port for a peer (SIPp's `-mp`), with the two above it free too
+/// (RTCP, and SIPp's video port): handed out once per process from a range
+/// below the kernel's ephemeral ports, so no socket bound to port 0 and no
+/// other test can take it between the check and the peer's bind.
+pub fn media_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        let port = 12_000 + (std::process::id() % 80) as u16 * 100 + slot * 4;
+        let free = (port..port + 3).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if free {
             return port;
         }
     }
