@@ -50,6 +50,58 @@ struct Api {
     utc_offset_minutes: i32,
 }
 
+/// Every error's body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ErrorBody {
+    /// What was wrong; for bad input, the field first (`since: …`).
+    error: String,
+}
+
+/// A page of records.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PageBody {
+    /// Records in the whole window.
+    total: usize,
+    /// Skipped.
+    offset: usize,
+    /// Asked for.
+    limit: usize,
+    /// This page's records.
+    items: Vec<Value>,
+}
+
+/// The OpenAPI document, derived from the handlers and types here.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
+    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, event_stream),
+    components(schemas(ErrorBody, PageBody, StateChange)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token scheme the paths name.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as JSON.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
 /// An error answer: a status and a sentence.
 struct Failure(StatusCode, String);
 
@@ -141,6 +193,10 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
         .route("/api/v1/status", get(status))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/state", post(agent_state))
@@ -165,6 +221,9 @@ pub async fn serve(
 
 /// Ready: the store answers and the server's own figures come (it is
 /// listening); 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "listening, and the store answers"),
+              (status = 503, description = "not ready")))]
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     let store_ok = blocking(&api.store, |s| s.routes().map(drop)).await.is_ok();
     let live_ok = run(&api, AdminCommand::Status).await.is_ok();
@@ -178,6 +237,8 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 }
 
 /// The Prometheus page (no token: it says how much, never who).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics_page(State(api): State<Arc<Api>>) -> Response {
     let status = run(&api, AdminCommand::Status).await.unwrap_or_default();
     let page = crate::meters::render(&status);
@@ -191,12 +252,20 @@ async fn metrics_page(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "server", security(("bearer" = [])),
+    responses((status = 200, description = "as `yihaotong status`", body = Object),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
     let caller = authenticate(&api, &headers)?;
     caller.may(&[Role::Admin, Role::Supervisor], "read the server's status")?;
     Ok(Json(run(&api, AdminCommand::Status).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, description = "agents and their live state (an agent token: itself)", body = [Object]),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn agents(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
     let caller = authenticate(&api, &headers)?;
     caller.may(&[Role::Admin, Role::Supervisor, Role::Agent], "list agents")?;
@@ -207,6 +276,10 @@ async fn agents(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
     Ok(Json(list))
 }
 
+#[utoipa::path(get, path = "/api/v1/routes", tag = "routing", security(("bearer" = [])),
+    responses((status = 200, description = "the number plan", body = [Object]),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
     let caller = authenticate(&api, &headers)?;
     caller.may(
@@ -217,7 +290,7 @@ async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
 }
 
 /// `POST /api/v1/agents/{id}/state` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StateChange {
     /// available, break, logged-out or end-wrap-up.
@@ -227,6 +300,14 @@ struct StateChange {
     reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/agents/{id}/state", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "agent ID")),
+    request_body = StateChange,
+    responses((status = 200, description = "changed (and audited)", body = Object),
+        (status = 400, description = "a field is wrong; the message names it", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody),
+        (status = 422, description = "the desk refused (no such agent…)", body = ErrorBody)))]
 async fn agent_state(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
@@ -269,11 +350,16 @@ async fn agent_state(
 }
 
 /// `?since=…&until=…&offset=…&limit=…` for record lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// From: `2026-11-28`, `"2026-11-28 09:00"` (local), Unix seconds, or `24h`/`7d` back (default 24h).
     since: Option<String>,
+    /// To (exclusive), same forms; default now.
     until: Option<String>,
+    /// Records to skip (default 0).
     offset: Option<String>,
+    /// Records in the page, up to 1000 (default 100).
     limit: Option<String>,
 }
 
@@ -336,6 +422,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e:#}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/cdrs", tag = "records", security(("bearer" = [])),
+    params(Page),
+    responses((status = 200, description = "a page of CDRs (an agent token: its own calls)", body = PageBody),
+        (status = 400, description = "a parameter is wrong; the message names it", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn cdrs(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -362,6 +454,12 @@ async fn cdrs(
     Ok(Json(page_of(items, &w)))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "records", security(("bearer" = [])),
+    params(Page),
+    responses((status = 200, description = "a page of control actions: who, what, when", body = PageBody),
+        (status = 400, description = "a parameter is wrong; the message names it", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn audit(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -480,11 +578,16 @@ mod tests {
 }
 
 /// `GET /events?since=SEQ&queue=…&agent=…&hotline=…`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// The last sequence number seen: replay what came after it.
     since: Option<String>,
+    /// Only this queue's events.
     queue: Option<String>,
+    /// Only this agent's events.
     agent: Option<String>,
+    /// Only this hotline's events.
     hotline: Option<String>,
 }
 
@@ -495,6 +598,13 @@ const FEED: usize = 256;
 /// = kind, `data` = the event as JSON). A reconnecting client sends the
 /// last `id` it saw as `since`; a client too slow to keep up is sent a
 /// `cut-off` event saying why, and the stream ends.
+#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
+    params(EventQuery),
+    responses((status = 200, description = "server-sent events: id = sequence, event = kind, data = the event", content_type = "text/event-stream"),
+        (status = 400, description = "since is not a number", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody),
+        (status = 410, description = "since is older than the backlog: resync", body = ErrorBody)))]
 async fn event_stream(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,

@@ -44,6 +44,29 @@ fn health_and_readiness_need_no_token_everything_else_does() {
         assert_eq!(code, 401, "{path} with a made-up token");
     }
     assert_eq!(server.http("GET", "/api/v1/nothing", None, None).0, 404);
+    // The OpenAPI document describes every operation, with the bearer scheme.
+    let (code, doc) = server.http("GET", "/openapi.json", None, None);
+    assert_eq!(code, 200);
+    for path in [
+        "/readyz",
+        "/metrics",
+        "/events",
+        "/api/v1/status",
+        "/api/v1/agents",
+        "/api/v1/agents/{id}/state",
+        "/api/v1/routes",
+        "/api/v1/cdrs",
+        "/api/v1/audit",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the document"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 }
 
 #[test]
