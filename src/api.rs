@@ -76,7 +76,7 @@ struct PageBody {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
-    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, event_stream),
+    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, report, event_stream),
     components(schemas(ErrorBody, PageBody, StateChange)),
     modifiers(&BearerScheme)
 )]
@@ -203,6 +203,7 @@ pub async fn serve(
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/cdrs", get(cdrs))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/report", get(report))
         .route("/events", get(event_stream))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such resource".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -575,6 +576,55 @@ mod tests {
             json!({ "total": 3, "offset": 1, "limit": 1, "items": [2] })
         );
     }
+}
+
+/// `GET /api/v1/report?since=…&until=…&by=…`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReportQuery {
+    /// From, as for the record lists (default 24h back).
+    since: Option<String>,
+    /// To (exclusive); default now.
+    until: Option<String>,
+    /// Grouping: hotline (default), queue, agent or hour.
+    by: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/report", tag = "records", security(("bearer" = [])),
+    params(ReportQuery),
+    responses((status = 200, description = "the KPI rows (connection rate, service level, abandonment, ASA, AHT…) and a total, as `yihaotong report --format json`", body = [Object]),
+        (status = 400, description = "a parameter is wrong; the message names it", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
+async fn report(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<Value>, Failure> {
+    let caller = authenticate(&api, &headers)?;
+    caller.may(
+        &[Role::Admin, Role::Supervisor, Role::Ticketing],
+        "read the KPI report",
+    )?;
+    let by = q.by.unwrap_or_else(|| "hotline".into());
+    if !["hotline", "queue", "agent", "hour"].contains(&by.as_str()) {
+        return Err(bad("by", "must be hotline, queue, agent or hour"));
+    }
+    let page = Page {
+        since: q.since,
+        until: q.until,
+        offset: None,
+        limit: None,
+    };
+    let w = page.read(api.utc_offset_minutes)?;
+    let cmd = AdminCommand::Report {
+        since: w.since,
+        until: w.until,
+        by,
+        format: "json".into(),
+        utc_offset_minutes: api.utc_offset_minutes,
+    };
+    Ok(Json(run(&api, cmd).await?))
 }
 
 /// `GET /events?since=SEQ&queue=…&agent=…&hotline=…`.

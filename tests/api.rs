@@ -57,6 +57,7 @@ fn health_and_readiness_need_no_token_everything_else_does() {
         "/api/v1/routes",
         "/api/v1/cdrs",
         "/api/v1/audit",
+        "/api/v1/report",
     ] {
         assert!(
             doc["paths"][path].is_object(),
@@ -286,6 +287,29 @@ fn call_records_come_in_pages_and_an_agent_reads_only_its_own() {
         .expect("items")
         .iter()
         .all(|c| c["call_id"] != first));
+    // The KPI report as JSON: by agent, 1001 answered all three.
+    let (code, rows) = server.http(
+        "GET",
+        "/api/v1/report?since=1h&by=agent",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(code, 200, "{rows}");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["key"] == "1001"))
+        .expect("a row for 1001");
+    assert_eq!(row["answered"].as_u64(), Some(3), "{rows}");
+    let (code, out) = server.http("GET", "/api/v1/report?by=weekday", Some(&admin), None);
+    assert_eq!(code, 400);
+    assert!(
+        out["error"].as_str().is_some_and(|e| e.starts_with("by: ")),
+        "{out}"
+    );
+    assert_eq!(
+        server.http("GET", "/api/v1/report", Some(&own), None).0,
+        403
+    );
     // 1002 answered none of them.
     let (code, mine) = server.http("GET", "/api/v1/cdrs?since=1h", Some(&own), None);
     assert_eq!(code, 200);
