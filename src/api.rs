@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::admin::{AdminCommand, LiveFn};
+
+mod calls;
 use crate::store::{ApiToken, AuditEntry, Role, Store};
 
 /// Largest request body taken (agent state changes are a few dozen bytes).
@@ -40,14 +42,21 @@ pub fn token_hash(secret: &str) -> String {
         .collect()
 }
 
-/// What the handlers share.
+/// What the handlers share: what the running server lends the API.
 #[derive(Clone)]
-struct Api {
-    store: Store,
-    events: Arc<crate::events::EventBus>,
-    realm: String,
-    live: LiveFn,
-    utc_offset_minutes: i32,
+pub struct Api {
+    /// The database (tokens, audit, records).
+    pub store: Store,
+    /// The CTI event stream.
+    pub events: Arc<crate::events::EventBus>,
+    /// The digest realm (for agent passwords the admin dispatch hashes).
+    pub realm: String,
+    /// What only the running server answers.
+    pub live: LiveFn,
+    /// Local time, minutes east of UTC, for `since`/`until`.
+    pub utc_offset_minutes: i32,
+    /// The live calls, for call control.
+    pub calls: Arc<crate::call::LiveCalls>,
 }
 
 /// Every error's body.
@@ -76,8 +85,10 @@ struct PageBody {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
-    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, report, event_stream),
-    components(schemas(ErrorBody, PageBody, StateChange)),
+    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, report, event_stream,
+        calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
+    components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
+        calls::RecordingSwitch, calls::TransferTo, calls::CallData)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -167,6 +178,18 @@ fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Caller, Failure> {
     }
 }
 
+/// The caller, if its token is valid (401) and its role one of `roles` (403).
+fn authorize(
+    api: &Api,
+    headers: &HeaderMap,
+    roles: &[Role],
+    what: &str,
+) -> Result<Caller, Failure> {
+    let caller = authenticate(api, headers)?;
+    caller.may(roles, what)?;
+    Ok(caller)
+}
+
 async fn run(api: &Api, cmd: AdminCommand) -> Result<Value, Failure> {
     crate::admin::answer(&api.store, &api.realm, &api.live, cmd)
         .await
@@ -174,21 +197,7 @@ async fn run(api: &Api, cmd: AdminCommand) -> Result<Value, Failure> {
 }
 
 /// Serves the API on `listen` until the process ends. Binding fails loudly.
-pub async fn serve(
-    listen: SocketAddr,
-    store: Store,
-    events: Arc<crate::events::EventBus>,
-    realm: String,
-    live: LiveFn,
-    utc_offset_minutes: i32,
-) -> anyhow::Result<SocketAddr> {
-    let api = Api {
-        store,
-        events,
-        realm,
-        live,
-        utc_offset_minutes,
-    };
+pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -204,6 +213,14 @@ pub async fn serve(
         .route("/api/v1/cdrs", get(cdrs))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/report", get(report))
+        .route("/api/v1/calls", get(calls::list))
+        .route("/api/v1/calls/{id}", get(calls::one))
+        .route("/api/v1/calls/{id}/hangup", post(calls::hangup))
+        .route("/api/v1/calls/{id}/hold", post(calls::hold))
+        .route("/api/v1/calls/{id}/resume", post(calls::resume))
+        .route("/api/v1/calls/{id}/recording", post(calls::recording))
+        .route("/api/v1/calls/{id}/transfer", post(calls::transfer))
+        .route("/api/v1/calls/{id}/data", post(calls::data))
         .route("/events", get(event_stream))
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such resource".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -258,8 +275,12 @@ async fn metrics_page(State(api): State<Arc<Api>>) -> Response {
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(&[Role::Admin, Role::Supervisor], "read the server's status")?;
+    authorize(
+        &api,
+        &headers,
+        &[Role::Admin, Role::Supervisor],
+        "read the server's status",
+    )?;
     Ok(Json(run(&api, AdminCommand::Status).await?))
 }
 
@@ -268,8 +289,12 @@ async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn agents(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(&[Role::Admin, Role::Supervisor, Role::Agent], "list agents")?;
+    let caller = authorize(
+        &api,
+        &headers,
+        &[Role::Admin, Role::Supervisor, Role::Agent],
+        "list agents",
+    )?;
     let mut list = run(&api, AdminCommand::AgentsList).await?;
     if let (Some(own), Some(all)) = (caller.own_agent(), list.as_array_mut()) {
         all.retain(|a| a["id"] == own);
@@ -282,8 +307,9 @@ async fn agents(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(
+    authorize(
+        &api,
+        &headers,
         &[Role::Admin, Role::Supervisor, Role::Ticketing],
         "read the number plan",
     )?;
@@ -315,8 +341,9 @@ async fn agent_state(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(
+    let caller = authorize(
+        &api,
+        &headers,
         &[Role::Admin, Role::Supervisor, Role::Agent],
         "change agents' states",
     )?;
@@ -434,8 +461,9 @@ async fn cdrs(
     headers: HeaderMap,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(
+    let caller = authorize(
+        &api,
+        &headers,
         &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent],
         "read call records",
     )?;
@@ -466,8 +494,7 @@ async fn audit(
     headers: HeaderMap,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(&[Role::Admin], "read the audit log")?;
+    authorize(&api, &headers, &[Role::Admin], "read the audit log")?;
     let w = page.read(api.utc_offset_minutes)?;
     let (since, until) = (w.since, w.until);
     let entries = blocking(&api.store, move |s| s.audit_entries(since, until)).await?;
@@ -601,8 +628,9 @@ async fn report(
     headers: HeaderMap,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, Failure> {
-    let caller = authenticate(&api, &headers)?;
-    caller.may(
+    authorize(
+        &api,
+        &headers,
         &[Role::Admin, Role::Supervisor, Role::Ticketing],
         "read the KPI report",
     )?;
@@ -661,8 +689,9 @@ async fn event_stream(
     Query(q): Query<EventQuery>,
 ) -> Result<Response, Failure> {
     use axum::response::sse::{KeepAlive, Sse};
-    let caller = authenticate(&api, &headers)?;
-    caller.may(
+    let caller = authorize(
+        &api,
+        &headers,
         &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent],
         "follow events",
     )?;

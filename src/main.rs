@@ -719,8 +719,15 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(listen) = server.shared.settings.admin.address() {
             let offset = server.shared.settings.ivr.utc_offset_minutes;
             let events = server.shared.records.events().clone();
-            let bound =
-                yihaotong::api::serve(listen, store.clone(), events, realm, live, offset).await?;
+            let api = yihaotong::api::Api {
+                store: store.clone(),
+                events,
+                realm,
+                live,
+                utc_offset_minutes: offset,
+                calls: server.shared.calls.clone(),
+            };
+            let bound = yihaotong::api::serve(listen, api).await?;
             println!("HTTP API on http://{bound}");
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -146,6 +146,8 @@ pub struct Shared {
     pub consults: crate::call::Consults,
     /// Agents' bridged calls, for supervisors.
     pub supervision: crate::call::Supervision,
+    /// Every call alive now, with what it is doing, for the API's call control.
+    pub calls: Arc<crate::call::LiveCalls>,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -500,6 +502,7 @@ impl Server {
             agent_sources: Mutex::new((u64::MAX, Arc::default())),
             consults: Default::default(),
             supervision: Default::default(),
+            calls: Default::default(),
             store,
             settings,
         });

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{answer, connected_call, Phone, PhoneDialog, TestServer};
+use common::{answer, connected_call, talk, Phone, PhoneDialog, TestServer};
 use yihaotong::sip::auth::Algorithm;
 
 fn agent(server: &TestServer, id: &str) -> Phone {
@@ -35,20 +35,6 @@ fn notify(server: &TestServer, phone: &mut Phone) -> (String, String) {
         .unwrap_or_default()
         .to_string();
     (body, state)
-}
-
-/// RTP both ways between two phones at once: (a received, b received) of 50 sent each.
-fn talk(
-    a: &Phone,
-    a_to: std::net::SocketAddr,
-    b: &Phone,
-    b_to: std::net::SocketAddr,
-) -> (usize, usize) {
-    std::thread::scope(|s| {
-        let other = s.spawn(|| b.exchange_rtp_of(b_to, 50, 0xb0b, 0x55));
-        let mine = a.exchange_rtp_of(a_to, 50, 0xa11ce, 0x77);
-        (mine, other.join().expect("thread"))
-    })
 }
 
 /// The CDRs as JSON.

@@ -113,6 +113,9 @@ pub struct Cdr {
     /// data it sent (`X-Peer-…` names), passed on to our seats.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub peer_data: std::collections::BTreeMap<String, String>,
+    /// Call data the ticket system set through the API (a ticket number…).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, String>,
 }
 
 enum RecordMsg {

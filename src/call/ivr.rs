@@ -364,6 +364,13 @@ impl Call {
                 continue;
             }
             let deadline = timer.map(|(_, at)| at);
+            // Waiting on the caller in the flow: what the API shows.
+            let (keys, path) = (session.keys().to_string(), recent_path(&session));
+            self.show_state("ivr");
+            self.show(|v| {
+                v.keys = keys;
+                v.path = path;
+            });
             tokio::select! {
                 e = self.events.recv() => match e {
                     None => return End::Refused,
@@ -388,6 +395,15 @@ impl Call {
                     }
                     Some(other) => self.stray(other),
                 },
+                Some(req) = self.control.recv() => {
+                    if self.control_unbridged(req, "in a flow") {
+                        self.flow_done(&session);
+                        if self.cdr.queued.is_none() {
+                            self.cdr.disposition = Disposition::IvrHangup;
+                        }
+                        return End::ApiHangup;
+                    }
+                }
                 _ = self.silent.recv() => {
                     warn!(path = %session.position(), "no RTP from the caller for rtp_timeout; hanging up");
                     self.bye_caller();
@@ -666,6 +682,7 @@ impl Drop for Call {
     /// Ports of sockets no relay took go back to the pool, and the call's
     /// record goes to the records office (whatever ended the call).
     fn drop(&mut self) {
+        self.ctx.shared.calls.remove(&self.invite.core.call_id);
         let mut cdr = std::mem::take(&mut self.cdr);
         cdr.ended = crate::acd::now_ms();
         self.ctx.shared.records.cdr(cdr);
@@ -692,12 +709,46 @@ impl Drop for Call {
 impl Call {
     /// The flow has finished its part: keep its data for the far leg and the CDR.
     fn flow_done(&mut self, session: &Session) {
+        // Call data the API set stays with the call.
+        let api_data: Vec<(String, String)> = self
+            .call_data
+            .iter()
+            .filter(|(h, _)| h.starts_with("X-Data-"))
+            .cloned()
+            .collect();
         self.call_data = call_data(session);
+        self.call_data.extend(api_data);
+        let vars = session.vars().clone();
+        let (keys, path) = (session.keys().to_string(), recent_path(session));
+        self.show(|v| {
+            v.keys.clone_from(&keys);
+            v.path.clone_from(&path);
+        });
+        self.ctx.shared.records.events().publish(
+            "call.ivr",
+            crate::events::About {
+                queue: None,
+                agent: None,
+                hotline: Some(self.cdr.hotline.clone()),
+            },
+            serde_json::json!({
+                "call_id": self.invite.core.call_id,
+                "flow": self.cdr.flow,
+                "keys": keys,
+                "path": path,
+                "vars": vars,
+            }),
+        );
         self.cdr.ivr_end = Some(crate::acd::now_ms());
         self.cdr.keys = session.keys().to_string();
-        let trail = session.trail();
-        self.cdr.path = trail[trail.len().saturating_sub(16)..].join(",");
+        self.cdr.path = recent_path(session);
     }
+}
+
+/// The last flow nodes visited, for the CDR, the far leg and the API.
+fn recent_path(session: &Session) -> String {
+    let trail = session.trail();
+    trail[trail.len().saturating_sub(16)..].join(",")
 }
 
 /// The flow's data as `X-` headers for the far leg.
@@ -706,9 +757,7 @@ fn call_data(session: &Session) -> Vec<(String, String)> {
     if !session.keys().is_empty() {
         out.push(("X-IVR-Keys".to_string(), session.keys().to_string()));
     }
-    let trail = session.trail();
-    let recent = &trail[trail.len().saturating_sub(16)..];
-    out.push(("X-IVR-Path".to_string(), recent.join(",")));
+    out.push(("X-IVR-Path".to_string(), recent_path(session)));
     for (k, v) in session.vars().iter().take(MAX_VAR_HEADERS) {
         out.push((format!("X-IVR-Var-{k}"), v.clone()));
     }

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
 mod callback;
+mod control;
 mod ivr;
 mod queue;
 mod supervise;
@@ -36,6 +37,8 @@ mod transfer;
 pub use supervise::{parse_code as supervision_code, supervise, Supervision};
 
 pub use callback::resume_callbacks;
+
+pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls};
 
 pub use transfer::Consults;
 use transfer::Takeover;
@@ -133,6 +136,8 @@ enum End {
     /// A backend handed the caller back (its REFER): the flow's fallback
     /// takes them, with the call data so far.
     HandedBack,
+    /// The API hung the call up.
+    ApiHangup,
 }
 
 struct Call {
@@ -210,6 +215,18 @@ struct Call {
     /// The caller's keys and prompt ends once a backend handed them back to
     /// the media engine (the flow listens on these from then on).
     returned_media: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
+    /// Requests from the API ([`control`]).
+    control: mpsc::Receiver<control::ControlReq>,
+    /// Held through the API: the caller is in the media engine hearing
+    /// music (these are its keys), the agent's leg waits.
+    held: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
+    /// A recording is being written now.
+    recording_on: bool,
+    /// The recording paused with a hold starts again (a new file) at resume.
+    resume_recording: bool,
+    /// The transferring agent's leg subscribed to the transfer's progress
+    /// (its REFER): it gets NOTIFYs. A transfer the API asked for has none.
+    refer_subscribed: bool,
 }
 
 /// How a bridge ended.
@@ -223,6 +240,8 @@ enum Bridged {
     /// The caller goes back from the backend on the far leg: the backend's
     /// REFER, or the caller's `return_keys` (no request).
     HandBack(Option<(TxKey, Box<Request>)>),
+    /// The API asked for a blind transfer to this target.
+    ApiTransfer(String, control::ControlReq),
 }
 
 /// One INVITE of an offer (several at once under ring-all).
@@ -590,6 +609,20 @@ impl Call {
             ..Cdr::default()
         };
         ctx.shared.records.began(&cdr);
+        let control = ctx.shared.calls.insert(control::CallView {
+            call_id: cdr.call_id.clone(),
+            caller: cdr.caller.clone(),
+            dialed: cdr.dialed.clone(),
+            hotline: cdr.hotline.clone(),
+            mode: cdr.mode.clone(),
+            state: "arriving",
+            arrived: cdr.arrived,
+            state_since: cdr.arrived,
+            flow: route.flow.clone(),
+            queue: route.queue.clone(),
+            data: cdr.peer_data.clone(),
+            ..control::CallView::default()
+        });
         Call {
             ctx,
             events,
@@ -628,6 +661,11 @@ impl Call {
             handing_off: false,
             return_keys: None,
             returned_media: None,
+            control,
+            held: None,
+            recording_on: false,
+            resume_recording: false,
+            refer_subscribed: false,
         }
     }
 
@@ -679,6 +717,18 @@ impl Call {
             self.a_sdp_version = a.sdp_version;
             let b_call_id = b.dialog.call_id.clone();
             match outcome {
+                Bridged::ApiTransfer(to, req) => {
+                    self.a_dialog = Some(a.dialog);
+                    let asker = transfer::Asker::Api(req);
+                    match self.blind(b, ticket, &to, asker).await {
+                        transfer::After::Bridge(leg, t) => {
+                            b = *leg;
+                            ticket = t;
+                            continue;
+                        }
+                        transfer::After::Ended(end) => return end,
+                    }
+                }
                 Bridged::Refer(key, req) => {
                     self.a_dialog = Some(a.dialog);
                     match self.transfer(b, ticket, key, req).await {
@@ -748,6 +798,7 @@ impl Call {
                     self.cdr.hung_up_by = match end {
                         End::AgentHungUp => "agent",
                         End::CallerHungUp => "caller",
+                        End::ApiHangup => "api",
                         _ => "system",
                     }
                     .to_string();
@@ -788,9 +839,12 @@ impl Call {
         match created {
             Ok(Ok(Some(recorder))) => {
                 self.relay_cmd(RelayCmd::Record(Box::new(recorder))).await;
+                self.recording_on = self.relay.is_some();
                 let path = path.display().to_string();
                 info!(path, "recording");
                 self.cdr.recording = Some(path.clone());
+                let shown = path.clone();
+                self.show(|v| v.recording = Some(shown));
                 shared.records.recording(crate::store::RecordingMeta {
                     path,
                     call_id: self.invite.core.call_id.clone(),
@@ -1035,6 +1089,9 @@ impl Call {
             }
             return Offer::Next;
         }
+        let rung: Vec<String> = seats.iter().map(|(s, _)| s.agent.clone()).collect();
+        self.show_state("ringing");
+        self.show(|v| v.agent = rung.join(","));
         let mut forks = Vec::with_capacity(seats.len());
         for (seat, to_uri) in seats {
             forks.push(self.invite_seat(seat, to_uri, offer, route).await);
@@ -1045,6 +1102,7 @@ impl Call {
         // The caller hears ringing from the moment a seat is offered the call,
         // whether or not the phone itself sends 180 (many answer straight away).
         self.ring_caller();
+
         let report = |fork: &Fork, outcome: OfferOutcome| {
             if let Some(t) = ticket {
                 t.result(&fork.seat.agent, outcome);
@@ -1074,6 +1132,15 @@ impl Call {
                     self.bye_caller();
                     self.caller_gone = true;
                     break Offer::CallerGone;
+                }
+                Some(req) = self.control.recv() => {
+                    if self.control_unbridged(req, "ringing") {
+                        for fork in forks.iter_mut() {
+                            self.drop_fork(fork);
+                        }
+                        break Offer::CallerGone;
+                    }
+                    continue;
                 }
             };
             let Some(event) = event else {
@@ -1217,6 +1284,26 @@ impl Call {
             return None;
         }
         self.relay_cmd(RelayCmd::Remote(Side::B, answer.addr)).await;
+        self.b_agent = seat.agent.clone();
+        // A transfer's target does not change who answered the call, or when.
+        if self.cdr.answered.is_none() {
+            self.cdr.answered = Some(now_ms());
+            self.cdr.agent = seat.agent.clone();
+            // A crash from now on is closed out with the agent and answer known.
+            self.ctx.shared.records.began(&self.cdr);
+        }
+        let leg = Leg {
+            side: Side::B,
+            dialog,
+            peer: seat.peer,
+            media: self.b_addr,
+            sdp_version: 1,
+            pending: None,
+            our_reinvite: None,
+            remote_media: answer.addr,
+        };
+        // Shown talking before the caller hears the answer.
+        self.show_bridge(&leg);
         if !self.answered {
             self.codec = answer.codecs[0];
             if answer.telephone_event.is_none() {
@@ -1231,25 +1318,8 @@ impl Call {
             );
             self.answered = true;
         }
-        self.b_agent = seat.agent.clone();
-        // A transfer's target does not change who answered the call, or when.
-        if self.cdr.answered.is_none() {
-            self.cdr.answered = Some(now_ms());
-            self.cdr.agent = seat.agent.clone();
-            // A crash from now on is closed out with the agent and answer known.
-            self.ctx.shared.records.began(&self.cdr);
-        }
         info!(agent = %seat.agent, "answered; media bridged");
-        Some(Leg {
-            side: Side::B,
-            dialog,
-            peer: seat.peer,
-            media: self.b_addr,
-            sdp_version: 1,
-            pending: None,
-            our_reinvite: None,
-            remote_media: answer.addr,
-        })
+        Some(leg)
     }
 
     /// Events that do not belong to the current step: answer what must be answered.
@@ -1402,6 +1472,7 @@ impl Call {
 
     async fn bridged(&mut self, a: &mut Leg, b: &mut Leg, transfers: bool) -> Bridged {
         self.relay_cmd(RelayCmd::Watch(true)).await;
+        self.show_bridge(b);
         // With a backend on the far leg, the caller's return keys (RFC 4733
         // from the relay; SIP INFO below) bring them back.
         let mut return_keys = None;
@@ -1451,6 +1522,20 @@ impl Call {
                     self.let_supervisor_in(req).await;
                     continue;
                 }
+                Some(req) = self.control.recv() => {
+                    if let Some(end) = self.control_bridged(req, a, b, transfers).await {
+                        return end;
+                    }
+                    continue;
+                }
+                // Held: the caller's keys in the media engine are not the
+                // call's business (its return keys come from the relay).
+                Some(_) = async {
+                    match self.held.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
                 t = takeover => {
                     match t {
                         Some(Takeover { agent, reply }) if self.caller_agent.as_deref() == Some(agent.as_str()) => {

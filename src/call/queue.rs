@@ -213,6 +213,8 @@ impl Call {
                 self.cdr.service_level = shared.settings.service_level(&queue);
             }
             self.cdr.queue = queue.clone();
+            self.show_state("queued");
+            self.show(|v| v.queue.clone_from(&queue));
             self.music_on_hold(&queue);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let (ticket, joined) = shared
@@ -333,7 +335,7 @@ impl Call {
                             .collect();
                         match self.offer_to(&seats, ring_timeout, offer, route, Some(ticket)).await {
                             Offer::Answered(leg) => return Waited::Connected(leg),
-                            Offer::Next => {}
+                            Offer::Next => self.show_state("queued"),
                             Offer::CallerGone => return Waited::CallerGone,
                         }
                     }
@@ -371,6 +373,11 @@ impl Call {
                     self.bye_caller();
                     self.caller_gone = true;
                     return Waited::CallerGone;
+                }
+                Some(req) = self.control.recv() => {
+                    if self.control_unbridged(req, "in line") {
+                        return Waited::CallerGone;
+                    }
                 }
             }
             if pressed == Some(callback_key) && announcer.callback_open {

@@ -115,6 +115,14 @@ impl Consults {
     }
 }
 
+/// Who asked for a blind transfer.
+pub(super) enum Asker {
+    /// The agent's phone, by REFER (answered 202, then NOTIFYs).
+    Refer(TxKey, Box<Request>),
+    /// The API (answered at once; the outcome shows in events and the call).
+    Api(super::control::ControlReq),
+}
+
 /// What happens after a transfer attempt.
 pub(super) enum After {
     /// Bridge the caller to this leg (the new target, or the agent again).
@@ -520,10 +528,40 @@ impl Call {
         self.send_to_leg(&leg.dialog, leg.peer, bytes, branch, Method::Notify);
     }
 
+    /// The final NOTIFY of a transfer, for an agent whose REFER asked for it.
+    fn tell_transferor(&self, leg: &mut Leg, status: u16) {
+        if self.refer_subscribed {
+            self.notify(leg, status, true);
+        }
+    }
+
+    /// Refuses a transfer: a SIP answer to the REFER (with a Warning), or
+    /// the API's (422 for a target it may not reach, 409 otherwise).
+    fn refuse(&self, asker: Asker, tag: &str, status: u16, why: &str) {
+        match asker {
+            Asker::Refer(key, req) => {
+                let warning = crate::sip::warning(why);
+                respond(
+                    &self.ctx,
+                    &key,
+                    &req,
+                    tag,
+                    status,
+                    &[("Warning", &warning)],
+                    b"",
+                );
+            }
+            Asker::Api(req) => {
+                let http = if status == 403 { 422 } else { 409 };
+                req.answer(Err((http, why.to_string())));
+            }
+        }
+    }
+
     /// The transferring agent's leg learns the outcome and is hung up.
     fn release_transferor(&mut self, status: u16) {
         if let Some(mut t) = self.transferor.take() {
-            self.notify(&mut t, status, true);
+            self.tell_transferor(&mut t, status);
             self.bye(&mut t.dialog, t.peer);
         }
     }
@@ -532,7 +570,7 @@ impl Call {
     /// `self.a_dialog`.
     pub(super) async fn transfer(
         &mut self,
-        mut b: Leg,
+        b: Leg,
         ticket: Option<Ticket>,
         key: TxKey,
         req: Box<Request>,
@@ -547,50 +585,59 @@ impl Call {
         if let Some(replaces) = replaces {
             return self.attended(b, ticket, key, req, &user, replaces).await;
         }
+        self.blind(b, ticket, &user, Asker::Refer(key, req)).await
+    }
+
+    /// A blind transfer of the caller from the agent on `b` to `user` (an
+    /// agent ID, a queue, a centre, a number), asked by the agent's REFER or
+    /// by the API.
+    pub(super) async fn blind(
+        &mut self,
+        mut b: Leg,
+        ticket: Option<Ticket>,
+        user: &str,
+        asker: Asker,
+    ) -> After {
+        let tag = b.dialog.local_tag.clone();
         let shared = self.ctx.shared.clone();
-        let target = match resolve(&shared, &user) {
+        let target = match resolve(&shared, user) {
             Some(t) if t == Target::Agent(self.cdr.agent.clone()) => Err(format!(
                 "agent {} cannot transfer a call to itself",
                 self.cdr.agent
             )),
             Some(t) => Ok(t),
-            None => self.outside_transfer_target(&user),
+            None => self.outside_transfer_target(user),
         };
         let target = match target {
             Ok(t) => t,
             Err(why) => {
                 info!(to = %user, reason = %why, "transfer refused");
-                let warning = crate::sip::warning(&why);
-                respond(
-                    &self.ctx,
-                    &key,
-                    &req,
-                    &tag,
-                    403,
-                    &[("Warning", &warning)],
-                    b"",
-                );
+                self.refuse(asker, &tag, 403, &why);
                 return After::Bridge(Box::new(b), ticket);
             }
         };
         let Some(law) = Law::from_pt(self.codec) else {
-            respond(
-                &self.ctx,
-                &key,
-                &req,
-                &tag,
-                488,
-                &[("Warning", "399 yihaotong \"transfer needs PCMU or PCMA\"")],
-                b"",
-            );
+            self.refuse(asker, &tag, 488, "transfer needs PCMU or PCMA");
             return After::Bridge(Box::new(b), ticket);
         };
-        respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
-        self.notify(&mut b, 100, false);
-        info!(agent = %self.cdr.agent, to = %target.label(), "blind transfer");
+        self.refer_subscribed = match asker {
+            Asker::Refer(key, req) => {
+                respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
+                self.notify(&mut b, 100, false);
+                true
+            }
+            Asker::Api(req) => {
+                req.answer(Ok(
+                    serde_json::json!({ "transfer": target.label(), "state": "transferring" }),
+                ));
+                false
+            }
+        };
+        info!(agent = %self.cdr.agent, to = %target.label(), by = if self.refer_subscribed { "REFER" } else { "API" }, "blind transfer");
+        self.show_state("transferring");
         if self.unbridge(law).await.is_none() {
             warn!("the relay could not be taken apart; ending the call");
-            self.notify(&mut b, 503, true);
+            self.tell_transferor(&mut b, 503);
             self.bye(&mut b.dialog, b.peer);
             self.bye_caller();
             return After::Ended(End::Refused);
@@ -655,7 +702,7 @@ impl Call {
             drop(ticket);
             return Err(());
         };
-        self.notify(&mut agent, status, true);
+        self.tell_transferor(&mut agent, status);
         if !self.bridge_media().await {
             self.bye(&mut agent.dialog, agent.peer);
             self.bye_caller();
@@ -841,6 +888,8 @@ impl Call {
     /// the next leg. Returns where the caller's keys and prompt ends come.
     pub(super) async fn unbridge(&mut self, law: Law) -> Option<mpsc::Receiver<MediaEvent>> {
         let relay = self.relay.take()?;
+        // Released, the relay closes any recording.
+        self.recording_on = false;
         let (tx, rx) = oneshot::channel();
         if relay.cmd.send(RelayCmd::Release(tx)).await.is_err() {
             return None;

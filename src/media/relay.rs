@@ -114,6 +114,8 @@ pub enum RelayCmd {
     Watch(bool),
     /// Record both sides from now on (ended when the relay ends).
     Record(Box<super::recording::Recorder>),
+    /// Finish the recording being written (the call goes on unrecorded).
+    StopRecording,
     /// Stop relaying and hand both sockets back (a transfer: the caller goes
     /// back to the media engine while the next far leg is found). The ports
     /// stay taken: their owner now is whoever receives them.
@@ -412,7 +414,11 @@ async fn run(
                     }
                     return true;
                 }
-                Some(RelayCmd::Record(r)) => recorder = Some(r),
+                Some(RelayCmd::Record(r)) => {
+                    close_recording(&mut recorder);
+                    recorder = Some(r);
+                }
+                Some(RelayCmd::StopRecording) => close_recording(&mut recorder),
                 Some(RelayCmd::Keys { pt, to }) => keys = Some((pt, Default::default(), to)),
                 Some(RelayCmd::Monitor(sup)) => {
                     let Supervisor { socket, remote, mixer, stop, ended } = *sup;

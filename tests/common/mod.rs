@@ -928,6 +928,15 @@ impl Phone {
     }
 }
 
+/// RTP both ways between two phones at once: (a received, b received) of 50 sent each.
+pub fn talk(a: &Phone, a_to: SocketAddr, b: &Phone, b_to: SocketAddr) -> (usize, usize) {
+    std::thread::scope(|s| {
+        let other = s.spawn(|| b.exchange_rtp_of(b_to, 50, 0xb0b, 0x55));
+        let mine = a.exchange_rtp_of(a_to, 50, 0xa11ce, 0x77);
+        (mine, other.join().expect("thread"))
+    })
+}
+
 /// The agent's phone sends REFER to `refer_to` (a name-addr) on `leg`;
 /// returns the final response to the REFER.
 pub fn refer(

@@ -1,0 +1,361 @@
+//! Call control through the HTTP API on real calls: the trunk caller, the
+//! agents' phones and the server speak real SIP and RTP over loopback, the
+//! ticket system speaks HTTP. Live calls are listed with their legs and
+//! state; data, hold, resume, recording, transfer and hang-up each act on
+//! the call, are audited, and end in the CDR; roles and an agent's own
+//! calls are enforced; a call in a flow or still ringing can be hung up.
+
+mod common;
+
+use common::{answer, connected_call, talk, Phone, TestServer};
+use serde_json::json;
+use yihaotong::sip::auth::Algorithm;
+
+fn agent(server: &TestServer, id: &str) -> Phone {
+    let mut phone = Phone::bind(id, "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    phone
+}
+
+fn post(server: &TestServer, path: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
+    server.http("POST", path, Some(token), Some(body))
+}
+
+#[test]
+fn a_live_call_is_shown_and_controlled_from_data_to_hang_up() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "hrss");
+    let tickets = server.token("tickets", "ticketing", None);
+    let floor = server.token("floor", "supervisor", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let other = server.token("desk-1002", "agent", Some("1002"));
+    let mut a1 = agent(&server, "1001");
+    let mut a2 = agent(&server, "1002");
+    let mut trunk = Phone::new("13800000011");
+    let (mut d, mut leg1) = connected_call(&server, &mut trunk, &mut a1, "a1");
+    let call = format!("/api/v1/calls/{}", d.call_id);
+    // The recording starts just after the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !server.http("GET", &call, Some(&tickets), None).1["recording"].is_string()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Listed, talking, with both legs.
+    let (code, list) = server.http("GET", "/api/v1/calls", Some(&tickets), None);
+    assert_eq!(code, 200, "{list}");
+    let calls = list.as_array().expect("a list");
+    assert_eq!(calls.len(), 1, "{list}");
+    let c = &calls[0];
+    assert_eq!(c["call_id"], d.call_id.as_str());
+    assert_eq!(
+        (c["state"].as_str(), c["agent"].as_str()),
+        (Some("talking"), Some("1001"))
+    );
+    assert_eq!(c["caller"], "13800000011");
+    let roles: Vec<&str> = c["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .filter_map(|l| l["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["caller", "agent"], "{c}");
+    assert!(c["recording"].is_string(), "agent calls are recorded: {c}");
+    // Filters, and an agent sees only its own calls.
+    let (_, none) = server.http("GET", "/api/v1/calls?queue=hrss", Some(&tickets), None);
+    assert_eq!(none, json!([]));
+    let (_, mine) = server.http("GET", "/api/v1/calls?state=talking", Some(&own), None);
+    assert_eq!(mine.as_array().map(Vec::len), Some(1));
+    let (_, theirs) = server.http("GET", "/api/v1/calls", Some(&other), None);
+    assert_eq!(theirs, json!([]));
+    assert_eq!(server.http("GET", &call, Some(&other), None).0, 404);
+    assert_eq!(post(&server, &format!("{call}/hangup"), &other, "").0, 404);
+    // A supervisor may transfer but not hang up; nobody without a token.
+    assert_eq!(post(&server, &format!("{call}/hangup"), &floor, "").0, 403);
+    assert_eq!(
+        server.http("POST", &format!("{call}/hangup"), None, None).0,
+        401
+    );
+    assert_eq!(
+        post(&server, "/api/v1/calls/no-such-call/hangup", &tickets, "").0,
+        404
+    );
+
+    // Call data: checked by field, then kept.
+    let (code, e) = post(
+        &server,
+        &format!("{call}/data"),
+        &tickets,
+        r#"{"data":{"a b":"1"}}"#,
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("data.a b")),
+        "{e}"
+    );
+    let (code, e) = post(
+        &server,
+        &format!("{call}/data"),
+        &tickets,
+        r#"{"ticket":"x"}"#,
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.starts_with("body")),
+        "{e}"
+    );
+    let (code, set) = post(
+        &server,
+        &format!("{call}/data"),
+        &tickets,
+        r#"{"data":{"ticket":"GD-2026-0001"}}"#,
+    );
+    assert_eq!(code, 200, "{set}");
+    let (_, shown) = server.http("GET", &call, Some(&own), None);
+    assert_eq!(shown["data"]["ticket"], "GD-2026-0001", "{shown}");
+
+    // Hold: the caller hears music, the agent nothing; then resume.
+    let (code, held) = post(&server, &format!("{call}/hold"), &own, "");
+    assert_eq!(code, 200, "{held}");
+    let heard = trunk.record_rtp(0.6);
+    assert!(
+        heard.len() > 10,
+        "the held caller got {} packets",
+        heard.len()
+    );
+    let (_, shown) = server.http("GET", &call, Some(&tickets), None);
+    assert_eq!(shown["state"], "held");
+    assert_eq!(post(&server, &format!("{call}/hold"), &tickets, "").0, 409);
+    assert_eq!(
+        post(
+            &server,
+            &format!("{call}/recording"),
+            &tickets,
+            r#"{"record":false}"#
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        post(&server, &format!("{call}/resume"), &tickets, "").0,
+        200
+    );
+    assert_eq!(
+        post(&server, &format!("{call}/resume"), &tickets, "").0,
+        409
+    );
+    let (caller_got, agent_got) = talk(
+        &trunk,
+        d.remote_rtp.expect("caller's media"),
+        &a1,
+        leg1.remote_rtp.expect("agent's media"),
+    );
+    assert!(
+        caller_got > 30 && agent_got > 30,
+        "after resume: caller {caller_got}, agent {agent_got}"
+    );
+
+    // Recording: stop, refuse a second stop, start again (a new file).
+    let (code, stopped) = post(
+        &server,
+        &format!("{call}/recording"),
+        &tickets,
+        r#"{"record":false}"#,
+    );
+    assert_eq!(code, 200, "{stopped}");
+    assert_eq!(
+        post(
+            &server,
+            &format!("{call}/recording"),
+            &tickets,
+            r#"{"record":false}"#
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        post(
+            &server,
+            &format!("{call}/recording"),
+            &tickets,
+            r#"{"recrd":true}"#
+        )
+        .0,
+        400
+    );
+    let (code, started) = post(
+        &server,
+        &format!("{call}/recording"),
+        &tickets,
+        r#"{"record":true}"#,
+    );
+    assert_eq!(code, 200, "{started}");
+    let file = started["recording"].as_str().expect("the file").to_string();
+    assert!(std::path::Path::new(&file).exists(), "{file}");
+
+    // Transfer: a target this call may not reach is refused, 1002 is rung
+    // (with the call data), answers, and 1001 is let go without NOTIFYs.
+    let (code, e) = post(
+        &server,
+        &format!("{call}/transfer"),
+        &floor,
+        r#"{"to":"99999"}"#,
+    );
+    assert_eq!(code, 422, "{e}");
+    assert_eq!(
+        post(
+            &server,
+            &format!("{call}/transfer"),
+            &floor,
+            r#"{"to":"a b"}"#
+        )
+        .0,
+        400
+    );
+    let (code, t) = post(
+        &server,
+        &format!("{call}/transfer"),
+        &floor,
+        r#"{"to":"1002"}"#,
+    );
+    assert_eq!(code, 200, "{t}");
+    let inv = a2.request("INVITE", 5.0).expect("the target agent rings");
+    assert_eq!(inv.headers.get("x-data-ticket"), Some("GD-2026-0001"));
+    let mut leg2 = answer(&server, &mut a2, &inv, "a2");
+    let bye = a1.request("BYE", 3.0).expect("the first agent is let go");
+    a1.reply(server.sip, &bye, 200, "a1");
+    let _ = &mut leg1;
+    let (_, shown) = server.http("GET", &call, Some(&tickets), None);
+    assert_eq!(
+        (shown["state"].as_str(), shown["agent"].as_str()),
+        (Some("talking"), Some("1002")),
+        "{shown}"
+    );
+    let (caller_got, agent_got) = talk(
+        &trunk,
+        d.remote_rtp.expect("caller's media"),
+        &a2,
+        leg2.remote_rtp.expect("target's media"),
+    );
+    assert!(
+        caller_got > 30 && agent_got > 30,
+        "after transfer: caller {caller_got}, agent {agent_got}"
+    );
+
+    // Hang up: both legs get BYE; the call is gone from the list.
+    let (code, h) = post(&server, &format!("{call}/hangup"), &tickets, "");
+    assert_eq!(code, 200, "{h}");
+    let bye = trunk.request("BYE", 3.0).expect("BYE to the caller");
+    trunk.reply(server.sip, &bye, 200, "c");
+    let bye = a2.request("BYE", 3.0).expect("BYE to the agent");
+    a2.reply(server.sip, &bye, 200, "a2");
+    let _ = (&mut d, &mut leg2);
+    server.assert_idle();
+    assert_eq!(server.http("GET", &call, Some(&tickets), None).0, 404);
+
+    // The CDR carries the data, the transfer, and who hung up.
+    let (ok, out) = server.cli(&["cdrs"]);
+    assert!(ok, "{out}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let cdr = all
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["call_id"] == d.call_id.as_str()))
+        .expect("the CDR");
+    assert_eq!(cdr["data"]["ticket"], "GD-2026-0001", "{cdr}");
+    assert_eq!(cdr["transfers"], json!(["1002"]));
+    assert_eq!(cdr["hung_up_by"], "api");
+    // Every action is in the audit log, with who did it.
+    let admin = server.token("ops", "admin", None);
+    let (_, audit) = server.http("GET", "/api/v1/audit", Some(&admin), None);
+    let actions: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["who"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (action, who) in [
+        ("call.data", "tickets (ticketing)"),
+        ("call.hold", "desk-1001 (agent)"),
+        ("call.resume", "tickets (ticketing)"),
+        ("call.record.stop", "tickets (ticketing)"),
+        ("call.record.start", "tickets (ticketing)"),
+        ("call.transfer", "floor (supervisor)"),
+        ("call.hangup", "tickets (ticketing)"),
+    ] {
+        assert!(
+            actions.iter().any(|(a, w)| a == action && w == who),
+            "{action} by {who} not in {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_call_in_a_flow_or_still_ringing_can_be_hung_up() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let tickets = server.token("tickets", "ticketing", None);
+    let mut a1 = agent(&server, "1001");
+
+    // In the greeting flow: answered by the flow, so it gets BYE.
+    let mut trunk = Phone::new("13800000012");
+    let mut d = trunk.invite(server.sip, "12345");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("the flow answers");
+    trunk.ack(server.sip, &mut d, &ok);
+    let call = format!("/api/v1/calls/{}", d.call_id);
+    let (_, shown) = server.http("GET", &call, Some(&tickets), None);
+    assert_eq!(shown["state"], "ivr", "{shown}");
+    assert_eq!(shown["flow"], "12345", "{shown}");
+    // Hold needs an agent on the call.
+    assert_eq!(post(&server, &format!("{call}/hold"), &tickets, "").0, 409);
+    assert_eq!(
+        post(&server, &format!("{call}/hangup"), &tickets, "").0,
+        200
+    );
+    let bye = trunk
+        .request("BYE", 3.0)
+        .expect("BYE to the caller in the flow");
+    trunk.reply(server.sip, &bye, 200, "c");
+
+    // Ringing an agent, unanswered: the caller gets 480, the agent CANCEL.
+    let mut trunk = Phone::new("13800000013");
+    let d = trunk.invite(server.sip, "123450");
+    let inv = a1.request("INVITE", 5.0).expect("the agent rings");
+    a1.reply(server.sip, &inv, 180, "a1");
+    let call = format!("/api/v1/calls/{}", d.call_id);
+    let (_, shown) = server.http("GET", &call, Some(&tickets), None);
+    assert_eq!(
+        (shown["state"].as_str(), shown["agent"].as_str()),
+        (Some("ringing"), Some("1001")),
+        "{shown}"
+    );
+    assert_eq!(
+        post(&server, &format!("{call}/hangup"), &tickets, "").0,
+        200
+    );
+    let cancel = a1.request("CANCEL", 3.0).expect("CANCEL to the agent");
+    a1.reply(server.sip, &cancel, 200, "a1");
+    a1.reply(server.sip, &inv, 487, "a1");
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(480));
+    server.assert_idle();
+    let (ok, out) = server.cli(&["cdrs"]);
+    assert!(ok, "{out}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let by: Vec<&str> = all
+        .as_array()
+        .expect("CDRs")
+        .iter()
+        .filter_map(|c| c["hung_up_by"].as_str())
+        .collect();
+    assert_eq!(by.iter().filter(|b| **b == "api").count(), 2, "{all}");
+}
