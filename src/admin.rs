@@ -78,6 +78,10 @@ pub enum AdminCommand {
         since: u64,
         /// To (Unix ms, exclusive).
         until: u64,
+        /// The lines as JSON objects (`at`, `call_id`, `queue`, `agent`,
+        /// `event`, `data`) rather than text.
+        #[serde(default)]
+        json: bool,
     },
     /// Set an agent's state: available, break (with a reason), logged-out,
     /// or end-wrap-up.
@@ -290,17 +294,13 @@ pub fn execute(
                 f => Value::String(report::render(&rows, f)),
             })
         }
-        AdminCommand::Cdrs { since, until } => {
-            let mut out = Vec::new();
-            for v in store.records(true, since, until) {
-                match serde_json::from_slice::<Value>(&v?) {
-                    Ok(c) => out.push(c),
-                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable CDR"),
-                }
-            }
-            Ok(Value::Array(out))
-        }
-        AdminCommand::QueueLog { since, until } => {
+        AdminCommand::Cdrs { since, until } => records_json(store, true, since, until),
+        AdminCommand::QueueLog {
+            since,
+            until,
+            json: true,
+        } => records_json(store, false, since, until),
+        AdminCommand::QueueLog { since, until, .. } => {
             let mut text = String::new();
             for v in store.records(false, since, until) {
                 if let Ok(l) = serde_json::from_slice(&v?) {
@@ -485,6 +485,20 @@ pub fn execute(
             Ok(json!({ "imported": n }))
         }
     }
+}
+
+/// CDRs (`cdrs`) or queue-log lines in [since, until) as JSON values, oldest
+/// first; an unreadable record is logged and skipped.
+fn records_json(store: &Store, cdrs: bool, since: u64, until: u64) -> anyhow::Result<Value> {
+    let what = if cdrs { "CDR" } else { "queue-log line" };
+    let mut out = Vec::new();
+    for v in store.records(cdrs, since, until) {
+        match serde_json::from_slice::<Value>(&v?) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable {what}"),
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 /// The presence an `agents state` word asks for (`None`: end wrap-up).

@@ -86,7 +86,7 @@ struct PageBody {
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
     paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, report, event_stream,
-        calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
+        queue_log, calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
         calls::RecordingSwitch, calls::TransferTo, calls::CallData)),
     modifiers(&BearerScheme)
@@ -212,6 +212,7 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/cdrs", get(cdrs))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/queue-log", get(queue_log))
         .route("/api/v1/report", get(report))
         .route("/api/v1/calls", get(calls::list))
         .route("/api/v1/calls/{id}", get(calls::one))
@@ -472,15 +473,71 @@ async fn cdrs(
         since: w.since,
         until: w.until,
     };
-    let all = run(&api, cmd).await?;
-    let mut items = match all {
+    let own = caller.own_agent().map(str::to_string);
+    record_page(&api, cmd, &w, |c| {
+        own.as_ref().is_none_or(|a| c["agent"] == a.as_str())
+    })
+    .await
+}
+
+/// A page of the records `cmd` lists, those `keep` accepts.
+async fn record_page(
+    api: &Api,
+    cmd: AdminCommand,
+    w: &Window,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Json<Value>, Failure> {
+    let mut items = match run(api, cmd).await? {
         Value::Array(items) => items,
         _ => Vec::new(),
     };
-    if let Some(own) = caller.own_agent() {
-        items.retain(|c| c["agent"] == own);
-    }
-    Ok(Json(page_of(items, &w)))
+    items.retain(keep);
+    Ok(Json(page_of(items, w)))
+}
+
+/// `?queue=…&agent=…` for the queue log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LogFilter {
+    /// Only this queue's lines.
+    queue: Option<String>,
+    /// Only this agent's lines.
+    agent: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/queue-log", tag = "records", security(("bearer" = [])),
+    params(Page, LogFilter),
+    responses((status = 200, description = "a page of queue-log lines (at, call_id, queue, agent, event, data: Asterisk's queue_log events); an agent token: its own", body = PageBody),
+        (status = 400, description = "a parameter is wrong; the message names it", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
+async fn queue_log(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+    Query(filter): Query<LogFilter>,
+) -> Result<Json<Value>, Failure> {
+    let caller = authorize(
+        &api,
+        &headers,
+        &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent],
+        "read the queue log",
+    )?;
+    let w = page.read(api.utc_offset_minutes)?;
+    let cmd = AdminCommand::QueueLog {
+        since: w.since,
+        until: w.until,
+        json: true,
+    };
+    let agent = caller.own_agent().map(str::to_string).or(filter.agent);
+    record_page(&api, cmd, &w, |l| {
+        agent.as_ref().is_none_or(|a| l["agent"] == a.as_str())
+            && filter
+                .queue
+                .as_ref()
+                .is_none_or(|q| l["queue"] == q.as_str())
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "records", security(("bearer" = [])),
@@ -672,13 +729,14 @@ struct EventQuery {
 /// Events a client's connection may hold unsent before it is cut off.
 const FEED: usize = 256;
 
-/// The event stream as server-sent events (`id` = sequence number, `event`
-/// = kind, `data` = the event as JSON). A reconnecting client sends the
+/// The event stream over a WebSocket, or as server-sent events (`id` =
+/// sequence number, `event` = kind, `data` = the event as JSON). A reconnecting client sends the
 /// last `id` it saw as `since`; a client too slow to keep up is sent a
 /// `cut-off` event saying why, and the stream ends.
 #[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
     params(EventQuery),
-    responses((status = 200, description = "server-sent events: id = sequence, event = kind, data = the event", content_type = "text/event-stream"),
+    responses((status = 101, description = "a WebSocket (with Upgrade: websocket): one text frame per event, the event as JSON"),
+        (status = 200, description = "server-sent events: id = sequence, event = kind, data = the event", content_type = "text/event-stream"),
         (status = 400, description = "since is not a number", body = ErrorBody),
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody),
@@ -687,8 +745,21 @@ async fn event_stream(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
 ) -> Result<Response, Failure> {
     use axum::response::sse::{KeepAlive, Sse};
+    let asks_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let upgrade = match upgrade {
+        Ok(u) => Some(u),
+        Err(e) if asks_websocket => return Err(bad("upgrade", e.body_text())),
+        Err(_) => None,
+    };
     let caller = authorize(
         &api,
         &headers,
@@ -727,9 +798,60 @@ async fn event_stream(
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(FEED);
     tokio::spawn(forward(replay, live, filter, tx));
+    if let Some(upgrade) = upgrade {
+        return Ok(upgrade
+            .max_message_size(4096)
+            .on_upgrade(move |socket| websocket_feed(socket, rx)));
+    }
     Ok(Sse::new(Feed(rx))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Longest a WebSocket client may leave a frame unread before it is let go.
+const WS_SEND_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The event stream over a WebSocket: each event a text frame holding the
+/// event as JSON (as SSE's `data`); a cut-off is a last text frame
+/// `{"kind": "cut-off", "error": …}` and a close frame (1008) with the
+/// reason. What the client sends is not read, beyond close and ping.
+async fn websocket_feed(
+    mut socket: axum::extract::ws::WebSocket,
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let (text, last) = match item {
+                    None => return,
+                    Some(Item::Event(e)) => (serde_json::to_string(&*e).unwrap_or_default(), None),
+                    Some(Item::CutOff(why)) => {
+                        let text = json!({ "kind": "cut-off", "error": why }).to_string();
+                        (text, Some(why))
+                    }
+                };
+                let sent = tokio::time::timeout(WS_SEND_WITHIN, socket.send(Message::Text(text.into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+                if let Some(why) = last {
+                    // A close reason is at most 123 bytes.
+                    let mut reason = why;
+                    while reason.len() > 120 {
+                        reason.pop();
+                    }
+                    let close = Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() }));
+                    let _ = tokio::time::timeout(WS_SEND_WITHIN, socket.send(close)).await;
+                    return;
+                }
+            }
+            m = socket.recv() => match m {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
 
 /// What a subscriber's feed carries.

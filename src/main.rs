@@ -433,7 +433,11 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::QueueLog { since, until } => {
             let (since, until) = range(&since, until.as_deref())?;
-            run_admin(AdminCommand::QueueLog { since, until })
+            run_admin(AdminCommand::QueueLog {
+                since,
+                until,
+                json: false,
+            })
         }
         Command::Reload => run_admin(AdminCommand::Reload),
         Command::Load(opts) => load(opts, &data_dir, &realm),

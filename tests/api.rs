@@ -58,6 +58,7 @@ fn health_and_readiness_need_no_token_everything_else_does() {
         "/api/v1/cdrs",
         "/api/v1/audit",
         "/api/v1/report",
+        "/api/v1/queue-log",
         "/api/v1/calls",
         "/api/v1/calls/{id}",
         "/api/v1/calls/{id}/hangup",
@@ -322,6 +323,44 @@ fn call_records_come_in_pages_and_an_agent_reads_only_its_own() {
     let (code, mine) = server.http("GET", "/api/v1/cdrs?since=1h", Some(&own), None);
     assert_eq!(code, 200);
     assert_eq!(mine["total"].as_u64(), Some(0), "{mine}");
+
+    // The queue log: three CONNECTs by 1001, as JSON lines, filtered and paged.
+    let (code, log) = server.http(
+        "GET",
+        "/api/v1/queue-log?since=1h&agent=1001&limit=1000",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(code, 200, "{log}");
+    let lines = log["items"].as_array().expect("items");
+    let connects = lines.iter().filter(|l| l["event"] == "CONNECT").count();
+    assert_eq!(connects, 3, "{log}");
+    assert!(lines.iter().all(|l| l["agent"] == "1001"), "{log}");
+    let (_, one) = server.http(
+        "GET",
+        "/api/v1/queue-log?since=1h&limit=1",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(one["items"].as_array().map(Vec::len), Some(1), "{one}");
+    let (_, theirs) = server.http(
+        "GET",
+        "/api/v1/queue-log?since=1h&agent=1001",
+        Some(&own),
+        None,
+    );
+    assert!(
+        theirs["items"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|l| l["agent"] == "1002")),
+        "an agent reads only its own lines: {theirs}"
+    );
+    assert_eq!(
+        server
+            .http("GET", "/api/v1/queue-log?limit=x", Some(&admin), None)
+            .0,
+        400
+    );
 }
 
 #[test]
@@ -487,4 +526,56 @@ fn a_calls_events_arrive_in_order_and_a_reconnect_gets_what_it_missed() {
     );
     let (code, body) = server.http("GET", "/events?since=soon", Some(&tickets), None);
     assert_eq!(code, 400, "{body}");
+}
+
+#[test]
+fn the_event_stream_also_comes_over_a_websocket() {
+    use tungstenite::client::IntoClientRequest;
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let tickets = server.token("tickets", "ticketing", None);
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let connect = |token: &str| {
+        let mut request = format!("ws://{}/events?queue=main", server.http)
+            .into_client_request()
+            .expect("a request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        let tcp = std::net::TcpStream::connect(server.http).expect("connect");
+        // The refusal's HTTP status, or the socket and the upgrade's status.
+        match tungstenite::client(request, tcp) {
+            Ok((socket, response)) => Ok((socket, response.status().as_u16())),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                Err(r.status().as_u16())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // A made-up token is refused before the upgrade.
+    assert_eq!(connect("yht_made-up").err(), Some(401));
+    let (mut socket, status) = connect(&tickets).expect("upgraded");
+    assert_eq!(status, 101);
+    answered_and_hung_up(&server, &mut phone, "13800000096");
+    let mut kinds = Vec::new();
+    let mut seqs = Vec::new();
+    while !kinds.contains(&"call.ended".to_string()) {
+        let frame = socket.read().expect("a frame");
+        if let tungstenite::Message::Text(text) = frame {
+            let event: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+            assert_eq!(event["queue"], "main", "filtered by queue: {event}");
+            seqs.push(event["seq"].as_u64().expect("seq"));
+            kinds.push(event["kind"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for want in ["call.queued", "agent.ringing", "call.answered"] {
+        assert!(
+            kinds.iter().any(|k| k == want),
+            "{want} missing from {kinds:?}"
+        );
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let _ = socket.close(None);
 }
