@@ -181,6 +181,13 @@ pub enum AdminCommand {
     Status,
     /// Reload flows, prompts and calendars in the running server (as SIGHUP does).
     Reload,
+    /// Load flows, prompts and calendars as a reload would, and say what is
+    /// wrong, without putting them in service (the running server's settings).
+    FlowsValidate,
+    /// The flows the running server uses (name, file, description, nodes).
+    Flows,
+    /// The queues of the running server with their figures now.
+    Queues,
     /// Import a plan file's text.
     RoutesImport {
         /// The file's name, for error messages.
@@ -188,6 +195,21 @@ pub enum AdminCommand {
         /// Its content.
         text: String,
     },
+}
+
+impl AdminCommand {
+    /// What only a running server can answer (its live state, its loaded
+    /// flows): never answered by opening the database.
+    pub fn needs_server(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::Status
+                | AdminCommand::Reload
+                | AdminCommand::FlowsValidate
+                | AdminCommand::Flows
+                | AdminCommand::Queues
+        )
+    }
 }
 
 fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
@@ -477,9 +499,11 @@ pub fn execute(
             }
             Ok(json!({ "revoked": name }))
         }
-        AdminCommand::Status | AdminCommand::Reload => {
-            bail!("the server is not running (no admin socket)")
-        }
+        AdminCommand::Status
+        | AdminCommand::Reload
+        | AdminCommand::FlowsValidate
+        | AdminCommand::Flows
+        | AdminCommand::Queues => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;
             Ok(json!({ "imported": n }))
@@ -618,7 +642,7 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
     // What only a running server can answer never opens the database: a
     // monitoring loop polling `status` must not hold the lock a starting
     // server needs.
-    if matches!(cmd, AdminCommand::Status | AdminCommand::Reload) {
+    if cmd.needs_server() {
         bail!("the server is not running (no admin socket)");
     }
     let store = Store::open(data_dir)?;

@@ -27,6 +27,7 @@ use sha2::Digest;
 use crate::admin::{AdminCommand, LiveFn};
 
 mod calls;
+mod recordings;
 use crate::store::{ApiToken, AuditEntry, Role, Store};
 
 /// Largest request body taken (agent state changes are a few dozen bytes).
@@ -57,6 +58,8 @@ pub struct Api {
     pub utc_offset_minutes: i32,
     /// The live calls, for call control.
     pub calls: Arc<crate::call::LiveCalls>,
+    /// `[recording] dir`: recordings are named by their path under it.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// Every error's body.
@@ -85,8 +88,8 @@ struct PageBody {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
-    paths(readyz, metrics_page, status, agents, agent_state, routes, cdrs, audit, report, event_stream,
-        queue_log, calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
+    paths(readyz, metrics_page, status, agents, agent_state, routes, queues, flows, flows_validate, flows_reload,
+        cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
         calls::RecordingSwitch, calls::TransferTo, calls::CallData)),
     modifiers(&BearerScheme)
@@ -210,6 +213,12 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/state", post(agent_state))
         .route("/api/v1/routes", get(routes))
+        .route("/api/v1/queues", get(queues))
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/flows/validate", post(flows_validate))
+        .route("/api/v1/flows/reload", post(flows_reload))
+        .route("/api/v1/recordings", get(recordings::list))
+        .route("/api/v1/recordings/{*id}", get(recordings::audio))
         .route("/api/v1/cdrs", get(cdrs))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/queue-log", get(queue_log))
@@ -315,6 +324,67 @@ async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
         "read the number plan",
     )?;
     Ok(Json(run(&api, AdminCommand::RoutesList).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/queues", tag = "routing", security(("bearer" = [])),
+    responses((status = 200, description = "each queue (from config, read-only) with its figures now: waiting, longest_wait_ms, free, ringing, on_call, wrap_up, on_break, unavailable, members, hold_estimate_ms", body = [Object]),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
+async fn queues(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
+    authorize(
+        &api,
+        &headers,
+        &[Role::Admin, Role::Supervisor, Role::Ticketing],
+        "read the queues",
+    )?;
+    Ok(Json(run(&api, AdminCommand::Queues).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/flows", tag = "flows", security(("bearer" = [])),
+    responses((status = 200, description = "the flows in service (name, file, description, nodes) and the catalog's version", body = Object),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
+async fn flows(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
+    authorize(
+        &api,
+        &headers,
+        &[Role::Admin, Role::Supervisor],
+        "read the flows",
+    )?;
+    Ok(Json(run(&api, AdminCommand::Flows).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/validate", tag = "flows", security(("bearer" = [])),
+    responses((status = 200, description = "what a reload would find: ok, errors, warnings, and each diagnostic with its file, line, column and message; nothing is put in service", body = Object),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody)))]
+async fn flows_validate(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Failure> {
+    authorize(&api, &headers, &[Role::Admin], "validate flows")?;
+    Ok(Json(run(&api, AdminCommand::FlowsValidate).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/flows/reload", tag = "flows", security(("bearer" = [])),
+    responses((status = 200, description = "reloaded: flows, prompts, calendars, warnings", body = Object),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody),
+        (status = 422, description = "refused: the errors, each with file:line:column; the running flows stay", body = ErrorBody)))]
+async fn flows_reload(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Failure> {
+    let caller = authorize(&api, &headers, &[Role::Admin], "reload flows")?;
+    let entry = AuditEntry {
+        at: crate::acd::now_ms(),
+        who: caller.who(),
+        action: "flows.reload".into(),
+        target: "flows".into(),
+        detail: Value::Null,
+    };
+    blocking(&api.store, move |s| s.audit(&entry)).await?;
+    Ok(Json(run(&api, AdminCommand::Reload).await?))
 }
 
 /// `POST /api/v1/agents/{id}/state` body.

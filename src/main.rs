@@ -730,6 +730,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
                 live,
                 utc_offset_minutes: offset,
                 calls: server.shared.calls.clone(),
+                recordings_dir: server.shared.settings.recordings_dir(),
             };
             let bound = yihaotong::api::serve(listen, api).await?;
             println!("HTTP API on http://{bound}");

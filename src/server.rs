@@ -171,6 +171,56 @@ impl Shared {
                 Some(Ok(v))
             }
             AdminCommand::Reload => Some(self.reload()),
+            AdminCommand::FlowsValidate => {
+                let loaded = crate::ivr::load(&self.settings);
+                Some(Ok(serde_json::json!({
+                    "ok": loaded.errors() == 0,
+                    "errors": loaded.errors(),
+                    "warnings": loaded.diagnostics.len() - loaded.errors(),
+                    "flows": loaded.catalog.flows.len(),
+                    "prompts": loaded.catalog.prompts.len(),
+                    "calendars": loaded.catalog.calendars.len(),
+                    "diagnostics": loaded.diagnostics,
+                })))
+            }
+            AdminCommand::Flows => {
+                let catalog = self.catalog();
+                let mut flows: Vec<_> = catalog.flows.values().collect();
+                flows.sort_by(|a, b| a.name.cmp(&b.name));
+                let flows: Vec<_> = flows
+                    .into_iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "name": f.name,
+                            "file": f.file,
+                            "description": f.description,
+                            "nodes": f.nodes.len(),
+                        })
+                    })
+                    .collect();
+                Some(Ok(serde_json::json!({
+                    "version": self.catalog_version.load(Relaxed),
+                    "flows": flows,
+                })))
+            }
+            AdminCommand::Queues => {
+                let (_, queues) = runtime.block_on(self.acd.views());
+                let queues: Vec<_> = queues
+                    .into_iter()
+                    .map(|q| {
+                        let mut v = serde_json::json!(q);
+                        v["description"] = self
+                            .settings
+                            .queues
+                            .get(&q.name)
+                            .map(|d| d.description.clone())
+                            .unwrap_or_default()
+                            .into();
+                        v
+                    })
+                    .collect();
+                Some(Ok(serde_json::json!(queues)))
+            }
             AdminCommand::Report { .. }
             | AdminCommand::Cdrs { .. }
             | AdminCommand::QueueLog { .. } => {

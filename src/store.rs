@@ -511,6 +511,32 @@ impl Store {
         Self::get(&self.recordings, path)
     }
 
+    /// Recordings that started in [since, until) Unix ms, oldest first. The
+    /// tree is keyed by path, so this reads it whole: the retention sweep
+    /// keeps it to `retention_days` of calls. An unreadable entry is logged
+    /// and skipped.
+    pub fn recordings_between(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> anyhow::Result<Vec<RecordingMeta>> {
+        let mut out = Vec::new();
+        for item in self.recordings.iter() {
+            let (key, value) = item?;
+            match serde_json::from_slice::<RecordingMeta>(&value) {
+                Ok(m) if (since_ms..until_ms).contains(&m.started) => out.push(m),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    key = %String::from_utf8_lossy(&key),
+                    error = %e,
+                    "unreadable recording metadata skipped"
+                ),
+            }
+        }
+        out.sort_by(|a, b| (a.started, &a.path).cmp(&(b.started, &b.path)));
+        Ok(out)
+    }
+
     /// Records of one kind with keys in [since, until) Unix ms, oldest first.
     pub fn records(
         &self,

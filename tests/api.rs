@@ -59,6 +59,12 @@ fn health_and_readiness_need_no_token_everything_else_does() {
         "/api/v1/audit",
         "/api/v1/report",
         "/api/v1/queue-log",
+        "/api/v1/queues",
+        "/api/v1/flows",
+        "/api/v1/flows/validate",
+        "/api/v1/flows/reload",
+        "/api/v1/recordings",
+        "/api/v1/recordings/{id}",
         "/api/v1/calls",
         "/api/v1/calls/{id}",
         "/api/v1/calls/{id}/hangup",
@@ -578,4 +584,226 @@ fn the_event_stream_also_comes_over_a_websocket() {
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let _ = socket.close(None);
+}
+
+#[test]
+fn recordings_are_listed_and_downloaded_in_ranges_by_those_who_may_hear_them() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "main");
+    let admin = server.token("ops", "admin", None);
+    let floor = server.token("floor", "supervisor", None);
+    let tickets = server.token("tickets", "ticketing", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let other = server.token("desk-1002", "agent", Some("1002"));
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000077");
+    let (mut d, leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
+    let (caller_got, agent_got) = common::talk(
+        &trunk,
+        d.remote_rtp.expect("caller's media"),
+        &phone,
+        leg.remote_rtp.expect("agent's media"),
+    );
+    assert!(
+        caller_got > 30 && agent_got > 30,
+        "{caller_got} {agent_got}"
+    );
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, "a1");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+
+    // Listed (metadata is written with the records, each second).
+    let list_path = format!("/api/v1/recordings?since=1h&call_id={}", d.call_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let listed = loop {
+        let (code, page) = server.http("GET", &list_path, Some(&admin), None);
+        assert_eq!(code, 200, "{page}");
+        if page["total"] == 1 || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let rec = &listed["items"][0];
+    assert_eq!(rec["agent"], "1001", "{listed}");
+    assert_eq!(rec["queue"], "main", "{listed}");
+    let audio = rec["audio"].as_str().expect("a download path").to_string();
+    let bytes = rec["bytes"].as_u64().expect("its size");
+    assert!(bytes > 44 + 32_000 / 2, "a second of talk or so: {listed}");
+
+    // The whole file: a WAV; then a range, and a range past the end.
+    let (code, head, body) = server.http_raw("GET", &audio, Some(&floor), "", "");
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: audio/wav"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    assert_eq!(body.len() as u64, bytes);
+    assert_eq!(&body[..4], b"RIFF");
+    assert_eq!(&body[8..12], b"WAVE");
+    let (code, head, part) =
+        server.http_raw("GET", &audio, Some(&own), "Range: bytes=44-1043\r\n", "");
+    assert_eq!(code, 206, "{head}");
+    assert!(
+        head.contains(&format!("content-range: bytes 44-1043/{bytes}")),
+        "{head}"
+    );
+    assert_eq!(part, body[44..1044]);
+    let (code, head, _) = server.http_raw(
+        "GET",
+        &audio,
+        Some(&admin),
+        &format!("Range: bytes={}-\r\n", bytes + 10),
+        "",
+    );
+    assert_eq!(code, 416, "{head}");
+
+    // Who may: another agent learns nothing, ticketing may not listen.
+    let (_, theirs) = server.http("GET", "/api/v1/recordings?since=1h", Some(&other), None);
+    assert_eq!(theirs["total"], 0, "{theirs}");
+    assert_eq!(server.http("GET", &audio, Some(&other), None).0, 404);
+    assert_eq!(server.http("GET", &audio, Some(&tickets), None).0, 403);
+    assert_eq!(server.http("GET", &audio, None, None).0, 401);
+    // Only files the store knows are served: no way out of the folder.
+    for hostile in [
+        "/api/v1/recordings/..%2F..%2Fdata%2Fdb",
+        "/api/v1/recordings/../../data/conf",
+        "/api/v1/recordings/2026/01/01/nothing.wav",
+        "/api/v1/recordings/%2Fetc%2Fpasswd",
+    ] {
+        let code = server.http("GET", hostile, Some(&admin), None).0;
+        assert!(code == 404 || code == 400, "{hostile}: {code}");
+    }
+    // Each listening is in the audit log once, the ranges after it not.
+    let (_, audit) = server.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+    let downloads: Vec<&serde_json::Value> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "recording.download")
+        .collect();
+    assert_eq!(downloads.len(), 1, "{audit}");
+    assert_eq!(downloads[0]["target"], d.call_id.as_str());
+    assert!(downloads[0]["who"]
+        .as_str()
+        .is_some_and(|w| w.starts_with("floor")));
+}
+
+#[test]
+fn queues_show_their_figures_and_flows_are_validated_before_a_reload() {
+    // The flows in a folder of the test's own, so one can be broken.
+    let work = tempfile::tempdir().expect("tempdir");
+    let flows = work.path().join("flows");
+    copy_dir(std::path::Path::new("ivr-flows"), &flows);
+    let flows_env = flows.display().to_string();
+    let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", &flows_env)]);
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "main");
+    let admin = server.token("ops", "admin", None);
+    let floor = server.token("floor", "supervisor", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000078");
+    let (_d, _leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
+
+    let (code, queues) = server.http("GET", "/api/v1/queues", Some(&floor), None);
+    assert_eq!(code, 200, "{queues}");
+    let main = queues
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "main"))
+        .expect("the main queue")
+        .clone();
+    assert_eq!(main["on_call"], 1, "{main}");
+    assert_eq!(main["unavailable"], 1, "1002 never registered: {main}");
+    assert_eq!(main["waiting"], 0, "{main}");
+    assert!(main["description"].is_string(), "{main}");
+    assert_eq!(
+        server.http("GET", "/api/v1/queues", Some(&own), None).0,
+        403
+    );
+
+    let (code, listed) = server.http("GET", "/api/v1/flows", Some(&floor), None);
+    assert_eq!(code, 200, "{listed}");
+    let names: Vec<&str> = listed["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"12345") && names.contains(&"12333"),
+        "{names:?}"
+    );
+    let version = listed["version"].clone();
+    let (code, fine) = server.http("POST", "/api/v1/flows/validate", Some(&admin), None);
+    assert_eq!(
+        (code, &fine["ok"]),
+        (200, &serde_json::json!(true)),
+        "{fine}"
+    );
+    assert_eq!(
+        server
+            .http("POST", "/api/v1/flows/validate", Some(&floor), None)
+            .0,
+        403
+    );
+
+    // A broken flow: named with its file and line by validate, and a
+    // reload refused with the running flows kept.
+    std::fs::write(
+        flows.join("broken.toml"),
+        "description = \"a typo\"\nstart = \"hello\"\n\n[nodes.hello]\nplay = \"common/welcome\"\nnext = \"nowhere\"\n",
+    )
+    .expect("write");
+    let (code, found) = server.http("POST", "/api/v1/flows/validate", Some(&admin), None);
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["ok"], false, "{found}");
+    let diag = found["diagnostics"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["warning"] == false))
+        .expect("an error")
+        .clone();
+    assert!(
+        diag["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("broken.toml"))
+            && diag["line"].as_u64() > Some(0),
+        "{diag}"
+    );
+    let (code, refused) = server.http("POST", "/api/v1/flows/reload", Some(&admin), None);
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken.toml")),
+        "{refused}"
+    );
+    let (_, after) = server.http("GET", "/api/v1/flows", Some(&floor), None);
+    assert_eq!(after["version"], version, "the running flows stay");
+    // Mended, it reloads.
+    std::fs::remove_file(flows.join("broken.toml")).expect("remove");
+    let (code, reloaded) = server.http("POST", "/api/v1/flows/reload", Some(&admin), None);
+    assert_eq!(code, 200, "{reloaded}");
+    let (_, audit) = server.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+    let reloads = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "flows.reload")
+        .count();
+    assert_eq!(reloads, 2, "{audit}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

@@ -509,6 +509,16 @@ pub struct QueueView {
     pub longest_wait_ms: u64,
     /// Recent hold time, ms.
     pub hold_estimate_ms: u64,
+    /// Members being rung.
+    pub ringing: u32,
+    /// Members on a call.
+    pub on_call: u32,
+    /// Members in wrap-up.
+    pub wrap_up: u32,
+    /// Members on a break.
+    pub on_break: u32,
+    /// Members logged out, or with no live registration.
+    pub unavailable: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -1670,6 +1680,11 @@ impl Desk {
                     .max()
                     .unwrap_or(0),
                 hold_estimate_ms: q.hold_ewma,
+                ringing: q.buckets[Bucket::Ringing as usize],
+                on_call: q.buckets[Bucket::Inuse as usize],
+                wrap_up: q.buckets[Bucket::Wrapup as usize],
+                on_break: q.buckets[Bucket::Paused as usize],
+                unavailable: q.buckets[Bucket::Unavailable as usize],
             })
             .collect()
     }
@@ -2101,6 +2116,41 @@ mod tests {
         let out = agent(&mut d, "a", 1, S);
         assert!(rings(&out).is_empty());
         d.check_invariants(S).expect("invariants");
+    }
+
+    #[test]
+    fn a_queue_view_counts_its_members_by_state() {
+        let mut d = desk_with(Rules {
+            wrap_up: 30 * S,
+            ..Rules::default()
+        });
+        for id in ["a", "b", "c", "d"] {
+            agent(&mut d, id, 1, 0);
+        }
+        let mut out = Vec::new();
+        d.set_presence("c", Presence::OnBreak("lunch".into()), S, &mut out)
+            .expect("known");
+        d.set_presence("d", Presence::LoggedOut, S, &mut out)
+            .expect("known");
+        let counts = |d: &Desk| {
+            let q = d.queue_views(10 * S).remove(0);
+            (
+                q.free,
+                q.ringing,
+                q.on_call,
+                q.wrap_up,
+                q.on_break,
+                q.unavailable,
+            )
+        };
+        assert_eq!(counts(&d), (2, 0, 0, 0, 1, 1));
+        let (_, out) = caller(&mut d, 1, Rank::Normal, 2 * S);
+        let (_, rung) = rings(&out).pop().expect("rang someone");
+        assert_eq!(counts(&d), (1, 1, 0, 0, 1, 1));
+        result(&mut d, 1, &rung[0], OfferOutcome::Answered, 3 * S);
+        assert_eq!(counts(&d), (1, 0, 1, 0, 1, 1));
+        leave(&mut d, 1, HungUp::Caller, 4 * S);
+        assert_eq!(counts(&d), (1, 0, 0, 1, 1, 1));
     }
 
     #[test]

@@ -838,9 +838,10 @@ impl Call {
         .await;
         match created {
             Ok(Ok(Some(recorder))) => {
+                // The name may have been numbered (a restart within a second).
+                let path = recorder.path().display().to_string();
                 self.relay_cmd(RelayCmd::Record(Box::new(recorder))).await;
                 self.recording_on = self.relay.is_some();
-                let path = path.display().to_string();
                 info!(path, "recording");
                 self.cdr.recording = Some(path.clone());
                 let shown = path.clone();

@@ -25,7 +25,7 @@ pub const MAX_COLLECT: u32 = 32;
 pub const HANGUP: &str = "hangup";
 
 /// One finding about a flow file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     /// File as given (e.g. `ivr-flows/12333.toml`).
     pub file: String,

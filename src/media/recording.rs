@@ -67,6 +67,9 @@ fn header(data_bytes: u64) -> [u8; HEADER as usize] {
 impl Recorder {
     /// Creates `path` (and its folders) for a call whose media uses payload
     /// type `pt`. `None` for a codec we cannot decode (only G.711 is recorded).
+    /// An existing file is never overwritten: a recording stopped and started
+    /// again within the same second goes to `NAME-2.wav`, `NAME-3.wav`…
+    /// ([`Recorder::path`] says which).
     pub fn create(path: &Path, pt: u8) -> std::io::Result<Option<Recorder>> {
         let Some(law) = Law::from_pt(pt) else {
             return Ok(None);
@@ -74,11 +77,12 @@ impl Recorder {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = BufWriter::with_capacity(16 * 1024, File::create(path)?);
+        let (file, path) = create_new_numbered(path)?;
+        let mut file = BufWriter::with_capacity(16 * 1024, file);
         file.write_all(&header(0))?;
         Ok(Some(Recorder {
             file,
-            path: path.to_path_buf(),
+            path,
             law,
             pending: [VecDeque::new(), VecDeque::new()],
             data_bytes: 0,
@@ -166,6 +170,39 @@ impl Recorder {
         self.file.get_ref().sync_data()?;
         Ok(self.seconds())
     }
+}
+
+/// Most names tried for one recording before giving up.
+const MAX_NUMBERED: u32 = 100;
+
+/// Creates `path`, or the first of `stem-2.ext`, `stem-3.ext`… that does not
+/// exist yet.
+fn create_new_numbered(path: &Path) -> std::io::Result<(File, PathBuf)> {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path.extension().unwrap_or_default().to_string_lossy();
+    for n in 1..=MAX_NUMBERED {
+        let candidate = if n == 1 {
+            path.to_path_buf()
+        } else {
+            path.with_file_name(format!("{stem}-{n}.{ext}"))
+        };
+        match File::options()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(f) => return Ok((f, candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} and {MAX_NUMBERED} numbered names after it exist",
+            path.display()
+        ),
+    ))
 }
 
 /// Where a new recording goes: `dir/YYYY/MM/DD/HHMMSS-<call-id>.wav`, the
@@ -276,5 +313,32 @@ mod tests {
             .expect("time");
         let p = path_for(Path::new("/r"), at, "a/b@../c");
         assert_eq!(p, Path::new("/r/2026/11/28/090507-a_b____c.wav"));
+    }
+
+    #[test]
+    fn a_second_recording_in_the_same_second_gets_its_own_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("2026/11/28/090507-call.wav");
+        let mut first = Recorder::create(&path, 0).expect("create").expect("PCMU");
+        assert_eq!(first.path(), path);
+        for seq in 1..=2 {
+            first
+                .push(Side::A, &rtp(0, seq, vec![0x55; 160]))
+                .expect("push");
+        }
+        first.finish().expect("finish");
+        let second = Recorder::create(&path, 0).expect("create").expect("PCMU");
+        let third = Recorder::create(&path, 8).expect("create").expect("PCMA");
+        assert_eq!(
+            second.path(),
+            dir.path().join("2026/11/28/090507-call-2.wav")
+        );
+        assert_eq!(
+            third.path(),
+            dir.path().join("2026/11/28/090507-call-3.wav")
+        );
+        // The first file still holds its audio.
+        let (_, data) = samples(&path);
+        assert!(!data.is_empty());
     }
 }

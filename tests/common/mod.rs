@@ -169,6 +169,21 @@ impl TestServer {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
+        let (status, _, body) = self.http_raw(method, path, token, "", body.unwrap_or(""));
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    /// One HTTP/1.1 request with `extra` header lines (each ending in
+    /// CRLF); returns the status, the response's head (lower-cased) and the
+    /// body's bytes, de-chunked.
+    pub fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        extra: &str,
+        body: &str,
+    ) -> (u16, String, Vec<u8>) {
         use std::io::{Read, Write};
         // The API binds a moment after SIP answers.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -184,41 +199,43 @@ impl TestServer {
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let body = body.unwrap_or("");
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.http,
             body.len()
         );
         conn.write_all(request.as_bytes()).expect("send");
         let mut raw = Vec::new();
         let _ = conn.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let rest = &raw[split + 4..];
         let status = head
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("a status line");
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            let mut out = String::new();
+        let body = if head.contains("transfer-encoding: chunked") {
+            let mut out = Vec::new();
             let mut left = rest;
-            while let Some((size, after)) = left.split_once("\r\n") {
+            while let Some(eol) = left.windows(2).position(|w| w == b"\r\n") {
+                let size = String::from_utf8_lossy(&left[..eol]);
                 let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let after = &left[eol + 2..];
                 if n == 0 || after.len() < n {
                     break;
                 }
-                out.push_str(&after[..n]);
-                left = after[n..].trim_start_matches("\r\n");
+                out.extend_from_slice(&after[..n]);
+                left = after[n..].strip_prefix(b"\r\n").unwrap_or(&after[n..]);
             }
             out
         } else {
-            rest.to_string()
+            rest.to_vec()
         };
-        (status, body)
+        (status, head, body)
     }
 
     /// A new API token of `role` (and `agent`); returns its secret.
