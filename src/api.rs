@@ -232,6 +232,18 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/calls/{id}/transfer", post(calls::transfer))
         .route("/api/v1/calls/{id}/data", post(calls::data))
         .route("/events", get(event_stream))
+        .route(
+            "/wallboard",
+            get(|| wallboard_file("text/html; charset=utf-8", WALLBOARD_HTML)),
+        )
+        .route(
+            "/wallboard/app.js",
+            get(|| wallboard_file("text/javascript; charset=utf-8", WALLBOARD_JS)),
+        )
+        .route(
+            "/wallboard/style.css",
+            get(|| wallboard_file("text/css; charset=utf-8", WALLBOARD_CSS)),
+        )
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "no such resource".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(api));
@@ -245,6 +257,30 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(bound)
+}
+
+/// The wallboard's page, script and style, compiled in (no build step; the
+/// page holds no data until its token reads the API).
+const WALLBOARD_HTML: &str = include_str!("api/wallboard/index.html");
+const WALLBOARD_JS: &str = include_str!("api/wallboard/app.js");
+const WALLBOARD_CSS: &str = include_str!("api/wallboard/style.css");
+
+/// One of the wallboard's files, with a policy that lets it load only
+/// itself and talk only to this server.
+async fn wallboard_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Ready: the store answers and the server's own figures come (it is

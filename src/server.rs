@@ -266,6 +266,8 @@ impl Shared {
                                         entry["state"] = a.state.into();
                                         entry["reason"] = a.reason.clone().into();
                                         entry["misses"] = a.misses.into();
+                                        entry["since"] = a.since.into();
+                                        entry["registered"] = a.registered.into();
                                     }
                                 }
                             }

@@ -214,6 +214,9 @@ struct Agent {
     members: Vec<Member>,
     /// When the current offer or call started (for RINGNOANSWER and CONNECT).
     work_since: u64,
+    /// The state last shown ([`Agent::state_name`]) and since when (Unix
+    /// ms): a wallboard's "time in state".
+    shown: (&'static str, u64),
 }
 
 impl Agent {
@@ -490,6 +493,8 @@ pub struct AgentView {
     pub misses: u32,
     /// Queues and levels.
     pub queues: Vec<(String, u32)>,
+    /// When the agent entered `state` (Unix ms).
+    pub since: u64,
 }
 
 /// A queue as shown by status.
@@ -652,6 +657,7 @@ impl Desk {
                     last_offer: 0,
                     members: Vec::new(),
                     work_since: now,
+                    shown: ("", now),
                 },
             );
         }
@@ -822,6 +828,10 @@ impl Desk {
             return;
         };
         let bucket = agent.bucket(now);
+        let name = agent.state_name();
+        if agent.shown.0 != name {
+            agent.shown = (name, now);
+        }
         let mut members = std::mem::take(&mut agent.members);
         for m in &mut members {
             let q = &mut self.queues[m.queue];
@@ -1656,6 +1666,7 @@ impl Desk {
                     .iter()
                     .map(|m| (self.queues[m.queue].name.clone(), m.level))
                     .collect(),
+                since: a.shown.1,
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -2151,6 +2162,15 @@ mod tests {
         assert_eq!(counts(&d), (1, 0, 1, 0, 1, 1));
         leave(&mut d, 1, HungUp::Caller, 4 * S);
         assert_eq!(counts(&d), (1, 0, 0, 1, 1, 1));
+        // Each agent's time in state counts from its last change.
+        let since = |id: &str| {
+            d.agent_views(5 * S)
+                .into_iter()
+                .find(|a| a.id == id)
+                .map(|a| (a.state, a.since))
+        };
+        assert_eq!(since(&rung[0]), Some(("wrap-up", 4 * S)));
+        assert_eq!(since("c"), Some(("on-break", S)));
     }
 
     #[test]

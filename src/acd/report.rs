@@ -348,6 +348,20 @@ pub fn render(rows: &[Row], format: Format) -> String {
 pub fn parse_time(text: &str, utc_offset_minutes: i32, now_ms: u64) -> Result<u64, String> {
     let t = text.trim();
     let offset = crate::config::utc_offset(utc_offset_minutes);
+    if t == "today" {
+        // Local midnight: a wallboard's "the day so far".
+        let local = chrono::DateTime::from_timestamp_millis(now_ms as i64)
+            .unwrap_or_default()
+            .with_timezone(&offset);
+        let midnight = local
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_local_timezone(offset)
+            .single()
+            .map_or(0, |m| m.timestamp_millis().max(0) as u64);
+        return Ok(midnight);
+    }
     if let Some((n, unit)) = t
         .strip_suffix('d')
         .map(|n| (n, 86_400_000u64))
@@ -369,7 +383,7 @@ pub fn parse_time(text: &str, utc_offset_minutes: i32, now_ms: u64) -> Result<u6
                 .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
         })
         .map_err(|_| {
-            format!("{t:?} is not a time: use 2026-11-28, \"2026-11-28 09:00\", Unix seconds, or 24h/7d/90m back from now")
+            format!("{t:?} is not a time: use 2026-11-28, \"2026-11-28 09:00\", Unix seconds, today, or 24h/7d/90m back from now")
         })?;
     let at = local
         .and_local_timezone(offset)
@@ -506,6 +520,12 @@ mod tests {
             Ok(10_000_000 - 7_200_000)
         );
         assert!(parse_time("yesterday", 480, 0).is_err_and(|e| e.contains("not a time")));
+        // "today" is local midnight: 2025-11-28 11:00 at UTC+8 is 03:00 UTC,
+        // so the day began at 2025-11-27 16:00 UTC.
+        assert_eq!(
+            parse_time("today", 480, 1_764_298_800_000),
+            Ok(1_764_298_800_000 - 11 * 3_600_000)
+        );
         // Two callers book callbacks; one callback reaches the citizen
         // (after an unanswered attempt), the other is never reached.
         let mut with_callbacks = cdrs.clone();
