@@ -54,6 +54,39 @@ pub struct Settings {
     /// `[backends.NAME]`: systems a flow can hand calls to.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendDef>,
+    /// `[webhook]`: how every webhook is delivered.
+    pub webhook: WebhookSettings,
+    /// `[webhooks.NAME]`: where events go by HTTP POST.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookDef>,
+}
+
+/// `[webhook]`: delivery rules every webhook follows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Seconds one POST may take (connect, send, answer).
+    pub timeout: u64,
+    /// Tries per event before it is a dead letter.
+    pub attempts: u32,
+    /// Seconds before the first retry; doubled for each one after.
+    pub backoff: u64,
+    /// Longest wait between tries, seconds.
+    pub max_backoff: u64,
+    /// Undelivered events a hook may hold; more are dead letters.
+    pub max_pending: usize,
+}
+
+/// `[webhooks.NAME]`: one receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDef {
+    /// Where to POST (`http://host:port/path`).
+    pub url: String,
+    /// Event kinds it wants: `call.ended`, `call.*`, or `*`.
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 key its requests are signed with.
+    pub secret: String,
 }
 
 /// `[ivr]`: the flow interpreter.
@@ -575,6 +608,14 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        let w = &self.webhook;
+        if w.timeout == 0 || w.attempts == 0 || w.max_pending == 0 || w.backoff > w.max_backoff {
+            bail!("settings: [webhook] timeout, attempts and max_pending must be at least 1, and backoff at most max_backoff");
+        }
+        for (name, hook) in &self.webhooks {
+            crate::webhooks::check_hook(hook)
+                .map_err(|e| anyhow::anyhow!("settings: [webhooks.{name}] {e}"))?;
+        }
         if self.rtp.port_min >= self.rtp.port_max || self.rtp.port_max - self.rtp.port_min < 4 {
             bail!(
                 "settings: [rtp] port_min must be below port_max with room for at least two calls"
@@ -722,6 +763,8 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         outbound: Option<toml::Table>,
         limits: Option<toml::Table>,
         admin: Option<toml::Table>,
+        webhook: Option<toml::Table>,
+        webhooks: Option<toml::Table>,
     }
     let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
     let partial: Partial =
@@ -737,6 +780,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         ("outbound", &partial.outbound),
         ("limits", &partial.limits),
         ("admin", &partial.admin),
+        ("webhook", &partial.webhook),
     ];
     for (name, table) in sections {
         let Some(table) = table else { continue };

@@ -8,7 +8,7 @@
 //! - [`registrar`]: agent REGISTER and authentication, with lock-out.
 //! - [`store`]: sled: agents, bindings, the number plan.
 //! - [`routing`]: number normalization and plan files.
-//! - [`acd`]: who takes the next call (the simple queue for now).
+//! - [`acd`]: who takes the next call: the desk, its actor, records and reports.
 //! - [`ivr`]: flow files, their checks, the sans-IO flow interpreter.
 //! - [`media`]: SDP, RTP ports, the relay, prompts, DTMF, the media engine.
 //! - [`call`]: the B2BUA, one task per call.
@@ -19,6 +19,8 @@
 //! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
 //! - [`meters`]: the Prometheus figures at `/metrics`.
 //! - [`events`]: the CTI event stream (numbered, replayable, bounded).
+//! - [`webhooks`]: the event stream as signed HTTP POSTs, retried, with
+//!   dead letters counted.
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -42,3 +44,4 @@ pub mod routing;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod webhooks;

@@ -143,6 +143,18 @@ pub fn render(status: &Value) -> String {
             gauge!("yihaotong_backend_calls", "backend" => name.clone()).set(num(&b["calls"]));
         }
     }
+    if let Some(hooks) = status["webhooks"].as_object() {
+        for (name, h) in hooks {
+            let count = |field: &str| h[field].as_u64().unwrap_or(0);
+            counter!("yihaotong_webhook_delivered_total", "hook" => name.clone())
+                .absolute(count("delivered"));
+            counter!("yihaotong_webhook_failed_attempts_total", "hook" => name.clone())
+                .absolute(count("failed_attempts"));
+            counter!("yihaotong_webhook_dead_letters_total", "hook" => name.clone())
+                .absolute(count("dead_letters"));
+            gauge!("yihaotong_webhook_pending", "hook" => name.clone()).set(num(&h["pending"]));
+        }
+    }
     let media = &status["media"];
     gauge!("yihaotong_media_streams").set(num(&media["streams"]));
     counter!("yihaotong_media_late_ticks_total")

@@ -148,6 +148,8 @@ pub struct Shared {
     pub supervision: crate::call::Supervision,
     /// Every call alive now, with what it is doing, for the API's call control.
     pub calls: Arc<crate::call::LiveCalls>,
+    /// Each webhook's delivery figures (its task writes them).
+    pub webhooks: crate::webhooks::Figures,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -295,6 +297,11 @@ impl Shared {
             "overload": self.overload.snapshot(load),
             "backends": self.backends.snapshot(),
             "tcp_connections": self.sockets.open_connections(),
+            "webhooks": self
+                .webhooks
+                .lock()
+                .map(|w| serde_json::json!(*w))
+                .unwrap_or_default(),
             "auth": self
                 .registrar
                 .lock()
@@ -555,6 +562,7 @@ impl Server {
             consults: Default::default(),
             supervision: Default::default(),
             calls: Default::default(),
+            webhooks: Default::default(),
             store,
             settings,
         });
@@ -583,6 +591,12 @@ impl Server {
         if shared.settings.admin.queue_stats_every > 0 {
             tokio::spawn(queue_stats(shared.clone()));
         }
+        crate::webhooks::start(
+            &shared.settings.webhooks,
+            &shared.settings.webhook,
+            shared.records.events(),
+            &shared.webhooks,
+        );
         let inbound_shared = shared.clone();
         sockets.start(
             listener,
