@@ -188,6 +188,23 @@ pub enum AdminCommand {
     Flows,
     /// The queues of the running server with their figures now.
     Queues,
+    /// Place a call (回访): `agent` (or the next of `queue`) is rung, then
+    /// `number` through the trunk, showing `hotline`; `data` travels with it.
+    Originate {
+        /// The citizen's number.
+        number: String,
+        /// The agent to connect.
+        #[serde(default)]
+        agent: Option<String>,
+        /// Or the queue whose next agent takes it.
+        #[serde(default)]
+        queue: Option<String>,
+        /// The number the citizen sees.
+        hotline: String,
+        /// Call data (name → value).
+        #[serde(default)]
+        data: std::collections::BTreeMap<String, String>,
+    },
     /// Import a plan file's text.
     RoutesImport {
         /// The file's name, for error messages.
@@ -208,6 +225,7 @@ impl AdminCommand {
                 | AdminCommand::FlowsValidate
                 | AdminCommand::Flows
                 | AdminCommand::Queues
+                | AdminCommand::Originate { .. }
         )
     }
 }
@@ -503,7 +521,8 @@ pub fn execute(
         | AdminCommand::Reload
         | AdminCommand::FlowsValidate
         | AdminCommand::Flows
-        | AdminCommand::Queues => bail!("the server is not running (no admin socket)"),
+        | AdminCommand::Queues
+        | AdminCommand::Originate { .. } => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;
             Ok(json!({ "imported": n }))

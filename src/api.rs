@@ -89,9 +89,9 @@ struct PageBody {
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
     paths(readyz, metrics_page, status, agents, agent_state, routes, queues, flows, flows_validate, flows_reload,
-        cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
+        cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::originate, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
-        calls::RecordingSwitch, calls::TransferTo, calls::CallData)),
+        calls::RecordingSwitch, calls::TransferTo, calls::CallData, calls::NewCall)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -223,7 +223,7 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/queue-log", get(queue_log))
         .route("/api/v1/report", get(report))
-        .route("/api/v1/calls", get(calls::list))
+        .route("/api/v1/calls", get(calls::list).post(calls::originate))
         .route("/api/v1/calls/{id}", get(calls::one))
         .route("/api/v1/calls/{id}/hangup", post(calls::hangup))
         .route("/api/v1/calls/{id}/hold", post(calls::hold))
@@ -412,14 +412,7 @@ async fn flows_reload(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Failure> {
     let caller = authorize(&api, &headers, &[Role::Admin], "reload flows")?;
-    let entry = AuditEntry {
-        at: crate::acd::now_ms(),
-        who: caller.who(),
-        action: "flows.reload".into(),
-        target: "flows".into(),
-        detail: Value::Null,
-    };
-    blocking(&api.store, move |s| s.audit(&entry)).await?;
+    record_action(&api, &caller, "flows.reload", "flows", Value::Null).await?;
     Ok(Json(run(&api, AdminCommand::Reload).await?))
 }
 
@@ -468,14 +461,14 @@ async fn agent_state(
     }
     crate::admin::presence_of(&change.state, change.reason.clone())
         .map_err(|e| bad("state", format!("{e:#}")))?;
-    let entry = AuditEntry {
-        at: crate::acd::now_ms(),
-        who: caller.who(),
-        action: "agent.state".into(),
-        target: id.clone(),
-        detail: json!({ "state": change.state, "reason": change.reason }),
-    };
-    blocking(&api.store, move |s| s.audit(&entry)).await?;
+    record_action(
+        &api,
+        &caller,
+        "agent.state",
+        &id,
+        json!({ "state": change.state, "reason": change.reason }),
+    )
+    .await?;
     let cmd = AdminCommand::AgentsState {
         id,
         state: change.state,
@@ -543,6 +536,25 @@ fn page_of(items: Vec<Value>, w: &Window) -> Value {
     let total = items.len();
     let items: Vec<Value> = items.into_iter().skip(w.offset).take(w.limit).collect();
     json!({ "total": total, "offset": w.offset, "limit": w.limit, "items": items })
+}
+
+/// Writes a control action to the audit log (who, what, to what), before
+/// it is carried out.
+async fn record_action(
+    api: &Api,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), Failure> {
+    let entry = AuditEntry {
+        at: crate::acd::now_ms(),
+        who: caller.who(),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
+    };
+    blocking(&api.store, move |s| s.audit(&entry)).await
 }
 
 /// Runs a store call off the async threads; its errors are 500s.

@@ -158,7 +158,7 @@ impl Shared {
     /// Admin commands that need the running server (status, reload, agent
     /// states) or must reach the ACD after the store; `None`: the store alone
     /// answers. Runs on a blocking thread.
-    pub fn live(&self, cmd: &AdminCommand) -> Option<Result<serde_json::Value, String>> {
+    pub fn live(self: &Arc<Self>, cmd: &AdminCommand) -> Option<Result<serde_json::Value, String>> {
         let runtime = tokio::runtime::Handle::current();
         match cmd {
             AdminCommand::Status => {
@@ -173,6 +173,25 @@ impl Shared {
                 Some(Ok(v))
             }
             AdminCommand::Reload => Some(self.reload()),
+            AdminCommand::Originate {
+                number,
+                agent,
+                queue,
+                hotline,
+                data,
+            } => {
+                let placed = runtime.block_on(crate::call::originate(
+                    self,
+                    crate::call::Originate {
+                        number: number.clone(),
+                        agent: agent.clone(),
+                        queue: queue.clone(),
+                        hotline: hotline.clone(),
+                        data: data.clone(),
+                    },
+                ));
+                Some(placed.map(|call_id| serde_json::json!({ "call_id": call_id })))
+            }
             AdminCommand::FlowsValidate => {
                 let loaded = crate::ivr::load(&self.settings);
                 Some(Ok(serde_json::json!({

@@ -359,3 +359,201 @@ fn a_call_in_a_flow_or_still_ringing_can_be_hung_up() {
         .collect();
     assert_eq!(by.iter().filter(|b| **b == "api").count(), 2, "{all}");
 }
+
+/// Polls the API's CDRs until the one for `call_id` is stored.
+fn cdr_of(server: &TestServer, token: &str, call_id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, page) = server.http("GET", "/api/v1/cdrs?since=1h&limit=1000", Some(token), None);
+        let found = page["items"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["call_id"] == call_id).cloned());
+        if let Some(c) = found {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CDR for {call_id}: {page}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_api_places_a_callback_for_an_agent_or_a_queue_through_the_trunk() {
+    let mut gateway = Phone::new("gateway");
+    let outbound = format!("sip:{}", gateway.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_TRUNK__OUTBOUND", outbound.as_str())]);
+    server.add_agent("1001", "s3cret", "main");
+    let tickets = server.token("tickets", "ticketing", None);
+    let floor = server.token("floor", "supervisor", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let mut a1 = agent(&server, "1001");
+
+    // For agent 1001: the agent rings first, the ticket on its screen...
+    let (code, placed) = post(
+        &server,
+        "/api/v1/calls",
+        &tickets,
+        r#"{"to": "13800000021", "agent": "1001", "data": {"ticket": "GD-2026-0042"}}"#,
+    );
+    assert_eq!(code, 202, "{placed}");
+    let call_id = placed["call_id"].as_str().expect("a Call-ID").to_string();
+    let inv = a1.request("INVITE", 5.0).expect("the agent rings");
+    assert_eq!(inv.headers.get("x-data-ticket"), Some("GD-2026-0042"));
+    assert_eq!(inv.headers.get("x-originated"), Some("api"));
+    let mut leg = answer(&server, &mut a1, &inv, "a1");
+    // ...then the citizen through the trunk, shown the hotline's number.
+    let out = gateway.request("INVITE", 5.0).expect("the trunk is rung");
+    assert!(
+        out.uri.to_string().starts_with("sip:13800000021@"),
+        "{}",
+        out.uri
+    );
+    assert!(
+        out.headers
+            .get("from")
+            .is_some_and(|f| f.contains("sip:12345@")),
+        "{:?}",
+        out.headers.get("from")
+    );
+    let citizen = answer(&server, &mut gateway, &out, "gw");
+    let (agent_got, citizen_got) = talk(
+        &a1,
+        leg.remote_rtp.expect("agent's media"),
+        &gateway,
+        citizen.remote_rtp.expect("citizen's media"),
+    );
+    assert!(
+        agent_got > 30 && citizen_got > 30,
+        "{agent_got} {citizen_got}"
+    );
+    let (_, shown) = server.http(
+        "GET",
+        &format!("/api/v1/calls/{call_id}"),
+        Some(&tickets),
+        None,
+    );
+    assert_eq!(shown["state"], "talking", "{shown}");
+    a1.in_dialog(server.sip, &mut leg, "BYE", "");
+    let bye = gateway.request("BYE", 3.0).expect("BYE to the citizen");
+    gateway.reply(server.sip, &bye, 200, "gw");
+    let cdr = cdr_of(&server, &tickets, &call_id);
+    assert_eq!(cdr["hotline"], "outbound", "{cdr}");
+    assert_eq!(cdr["outbound"], "mobile", "{cdr}");
+    assert_eq!(cdr["agent"], "1001", "{cdr}");
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+    assert_eq!(cdr["data"]["ticket"], "GD-2026-0042", "{cdr}");
+
+    // For a queue: its next free agent (an agent token may place calls
+    // only for itself); the citizen does not answer: not answered.
+    let (code, placed) = post(
+        &server,
+        "/api/v1/calls",
+        &own,
+        r#"{"to": "13800000022", "hotline": "12319"}"#,
+    );
+    assert_eq!(code, 202, "{placed}");
+    let second = placed["call_id"].as_str().expect("a Call-ID").to_string();
+    let inv = a1.request("INVITE", 5.0).expect("the agent rings");
+    let mut leg = answer(&server, &mut a1, &inv, "a2");
+    let out = gateway.request("INVITE", 5.0).expect("the trunk is rung");
+    assert!(out
+        .headers
+        .get("from")
+        .is_some_and(|f| f.contains("sip:12319@")));
+    gateway.reply(server.sip, &out, 486, "gw");
+    let bye = a1.request("BYE", 5.0).expect("the agent is let go");
+    a1.reply(server.sip, &bye, 200, "a2");
+    let _ = &mut leg;
+    let cdr = cdr_of(&server, &tickets, &second);
+    assert!(
+        cdr["answered"].is_null(),
+        "the citizen never answered: {cdr}"
+    );
+    let (code, placed) = post(
+        &server,
+        "/api/v1/calls",
+        &tickets,
+        r#"{"to": "13800000023", "queue": "main"}"#,
+    );
+    assert_eq!(code, 202, "{placed}");
+    let inv = a1.request("INVITE", 5.0).expect("the queue's agent rings");
+    a1.reply(server.sip, &inv, 486, "a3");
+    assert!(
+        gateway.request("INVITE", 0.5).is_none(),
+        "no agent, no call to the citizen"
+    );
+
+    // Refusals, each naming why.
+    for (token, body, status, why) in [
+        (
+            &tickets,
+            r#"{"to": "16800000000", "agent": "1001"}"#,
+            422,
+            "premium",
+        ),
+        (
+            &tickets,
+            r#"{"to": "12345", "agent": "1001"}"#,
+            422,
+            "our own",
+        ),
+        (
+            &tickets,
+            r#"{"to": "13800000024", "agent": "9999"}"#,
+            422,
+            "agent",
+        ),
+        (
+            &tickets,
+            r#"{"to": "13800000024", "queue": "nowhere"}"#,
+            422,
+            "queue",
+        ),
+        (&tickets, r#"{"to": "13800000024"}"#, 400, "agent"),
+        (
+            &tickets,
+            r#"{"to": "13800000024", "agent": "1001", "data": {"bad name": "x"}}"#,
+            400,
+            "data",
+        ),
+        (&tickets, r#"{"number": "13800000024"}"#, 400, "body"),
+        (
+            &own,
+            r#"{"to": "13800000024", "agent": "1002"}"#,
+            403,
+            "own",
+        ),
+        (
+            &floor,
+            r#"{"to": "13800000024", "agent": "1001"}"#,
+            403,
+            "supervisor",
+        ),
+    ] {
+        let (code, answer) = post(&server, "/api/v1/calls", token, body);
+        assert_eq!(code, status, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{body}: {answer}"
+        );
+    }
+    assert!(
+        gateway.request("INVITE", 0.3).is_none(),
+        "nothing refused went out"
+    );
+    let (_, audit) = server.http(
+        "GET",
+        "/api/v1/audit?since=1h",
+        Some(&server.token("ops", "admin", None)),
+        None,
+    );
+    let placed = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "call.originate")
+        .count();
+    assert!(placed >= 3, "{audit}");
+}

@@ -17,9 +17,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, bad, blocking, Api, Caller, ErrorBody, Failure};
+use super::{authorize, bad, record_action, Api, Caller, ErrorBody, Failure};
 use crate::call::{CallView, Control};
-use crate::store::{AuditEntry, Role};
+use crate::store::Role;
 
 /// Who may read live calls: everyone, an agent only its own.
 const READERS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Ticketing, Role::Agent];
@@ -128,14 +128,14 @@ async fn act(
     let what = format!("{} calls", control.name());
     let caller = authorize(api, headers, roles, &what)?;
     visible(api, &caller, &id)?;
-    let entry = AuditEntry {
-        at: crate::acd::now_ms(),
-        who: caller.who(),
-        action: format!("call.{}", control.name()),
-        target: id.clone(),
+    record_action(
+        api,
+        &caller,
+        &format!("call.{}", control.name()),
+        &id,
         detail,
-    };
-    blocking(&api.store, move |s| s.audit(&entry)).await?;
+    )
+    .await?;
     match api.calls.send(&id, control).await {
         Ok(v) => Ok(Json(v)),
         Err((status, why)) => Err(Failure(
@@ -282,6 +282,81 @@ pub(super) async fn transfer(
         detail,
     )
     .await
+}
+
+/// `POST /api/v1/calls` body: a call to place (回访).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewCall {
+    /// The citizen's number (`13800000001`, `+8613800000001`…).
+    to: String,
+    /// The agent to connect (rung first); an agent token: itself.
+    #[serde(default)]
+    agent: Option<String>,
+    /// Or the queue whose next free agent takes the call.
+    #[serde(default)]
+    queue: Option<String>,
+    /// The number the citizen sees (default 12345).
+    #[serde(default)]
+    hotline: Option<String>,
+    /// Call data for the agent's screen and the CDR (`{"ticket": "GD-2026-0001"}`).
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/calls", tag = "calls", security(("bearer" = [])),
+    request_body = NewCall,
+    responses((status = 202, description = "placed: the agent (or the queue's next) is rung, then the citizen through the trunk; follow it by its call_id in /api/v1/calls, the event stream and its CDR (hotline outbound)", body = Object),
+        (status = 400, description = "the body is wrong; the message names the field", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not, or an agent token names another agent", body = ErrorBody),
+        (status = 422, description = "the number may not be called out (premium, abroad, one of ours, no trunk), or no such agent or queue", body = ErrorBody)))]
+pub(super) async fn originate(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), Failure> {
+    let caller = authorize(&api, &headers, CONTROLLERS, "place calls")?;
+    let mut call: NewCall = body(&bytes)?;
+    if let Some(own) = caller.own_agent() {
+        if call.agent.as_deref().is_some_and(|a| a != own) || call.queue.is_some() {
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "an agent token may place calls only for its own agent".into(),
+            ));
+        }
+        call.agent = Some(own.to_string());
+    }
+    if call.to.is_empty() || call.to.len() > 32 {
+        return Err(bad(
+            "to",
+            "a telephone number is needed (at most 32 characters)",
+        ));
+    }
+    match (&call.agent, &call.queue) {
+        (None, None) | (Some(_), Some(_)) => {
+            return Err(bad("agent", "name an agent or a queue (one of them)"))
+        }
+        _ => {}
+    }
+    let hotline = call.hotline.unwrap_or_else(|| "12345".into());
+    if hotline.is_empty() || hotline.len() > 32 || !hotline.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("hotline", "must be digits"));
+    }
+    if !call.data.is_empty() {
+        crate::call::check_data(&call.data).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
+    }
+    let detail = json!({ "to": call.to, "agent": call.agent, "queue": call.queue, "hotline": hotline, "data": call.data });
+    record_action(&api, &caller, "call.originate", &call.to, detail).await?;
+    let cmd = crate::admin::AdminCommand::Originate {
+        number: call.to,
+        agent: call.agent,
+        queue: call.queue,
+        hotline,
+        data: call.data,
+    };
+    let placed = super::run(&api, cmd).await?;
+    Ok((StatusCode::ACCEPTED, Json(placed)))
 }
 
 /// `POST /api/v1/calls/{id}/data` body.

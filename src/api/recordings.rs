@@ -19,8 +19,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, blocking, page_of, Api, ErrorBody, Failure, Page, PageBody};
-use crate::store::{AuditEntry, RecordingMeta, Role};
+use super::{authorize, blocking, page_of, record_action, Api, ErrorBody, Failure, Page, PageBody};
+use crate::store::{RecordingMeta, Role};
 
 /// Who may list and hear recordings: admins and supervisors all, an agent its own.
 const LISTENERS: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
@@ -140,14 +140,14 @@ pub(super) async fn audio(
         .and_then(|r| r.to_str().ok())
         .is_none_or(|r| r.trim_start_matches("bytes=").starts_with("0-"));
     if from_start {
-        let entry = AuditEntry {
-            at: crate::acd::now_ms(),
-            who: caller.who(),
-            action: "recording.download".into(),
-            target: meta.call_id.clone(),
-            detail: json!({ "recording": id }),
-        };
-        blocking(&api.store, move |s| s.audit(&entry)).await?;
+        record_action(
+            &api,
+            &caller,
+            "recording.download",
+            &meta.call_id,
+            json!({ "recording": id }),
+        )
+        .await?;
     }
     let served = tower_http::services::ServeFile::new_with_mime(
         &meta.path,

@@ -317,6 +317,144 @@ fn pending(
     )
 }
 
+/// A call the API places (回访): the citizen's number, and who takes it.
+#[derive(Debug, Clone)]
+pub struct Originate {
+    /// The citizen's number, as dialed.
+    pub number: String,
+    /// This agent takes it (rung first, by name), within its dial rights...
+    pub agent: Option<String>,
+    /// ...or whoever this queue offers, within `[outbound] allow`.
+    pub queue: Option<String>,
+    /// The hotline number the citizen sees.
+    pub hotline: String,
+    /// Call data for the agent's screen (`X-Data-NAME`) and the CDR.
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// Places a call for the API: an agent (the one named, or the queue's
+/// next) is rung first, then the citizen through `[trunk] outbound`, and
+/// the two are bridged and recorded as any agent call. Checks what can be
+/// checked at once (the number may go out, the agent or queue exists) and
+/// returns the new call's Call-ID; how it goes shows in the call's view,
+/// the event stream and its CDR (hotline `outbound`).
+pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, String> {
+    if !o.data.is_empty() {
+        super::control::check_data(&o.data)?;
+    }
+    let agent_id = o.agent.clone().unwrap_or_default();
+    let class = match super::transfer::outside_target(shared, &agent_id, &o.number)? {
+        super::transfer::Target::Out { class, .. } => class,
+        _ => return Err(format!("{} cannot be called out", o.number)),
+    };
+    let queue = match (&o.agent, &o.queue) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err("name an agent or a queue, not both".into())
+        }
+        (Some(id), None) => match shared.store.agent(id) {
+            Ok(Some(_)) => String::new(),
+            Ok(None) => return Err(format!("agent: no agent {id:?}")),
+            Err(e) => return Err(format!("agent: {e:#}")),
+        },
+        (None, Some(q)) if shared.settings.queues.contains_key(q) => q.clone(),
+        (None, Some(q)) => return Err(format!("queue: no queue {q:?}")),
+    };
+    let number = crate::outbound::dialable(
+        &o.number,
+        &shared.settings.trunk.normalize,
+        &shared.settings.outbound,
+    )
+    .unwrap_or(o.number.clone());
+    let booking = CallbackBooking {
+        id: 0,
+        call_id: String::new(),
+        number,
+        queue,
+        rank: Rank::Normal,
+        hotline: "outbound".into(),
+        dialed: o.hotline.clone(),
+        requested: now_ms(),
+        attempts: 0,
+        call_data: Vec::new(),
+    };
+    let Some((mut call, offer, route)) = callback_call(shared, &booking).await else {
+        return Err(format!("{} cannot be called out", o.number));
+    };
+    // Not a booking's second half: an outbound call of its own.
+    call.call_data.retain(|(k, _)| k != "X-Callback");
+    call.call_data.push(("X-Originated".into(), "api".into()));
+    if !o.data.is_empty() {
+        // Checked above: a fresh call cannot hold too many entries.
+        if let Err((_, why)) = call.set_data(o.data.clone()) {
+            warn!(why, "call data not taken");
+        }
+    }
+    call.cdr.callback_for.clear();
+    call.cdr.hotline = "outbound".into();
+    call.cdr.outbound = class.to_string();
+    call.cdr.disposition = Disposition::Failed;
+    if booking.queue.is_empty() {
+        call.cdr.queue.clear();
+        call.cdr.queued = None;
+    }
+    let call_id = call.invite.core.call_id.clone();
+    info!(call_id, number = %booking.number, agent = ?o.agent, queue = %booking.queue, "originating a call for the API");
+    let shared = shared.clone();
+    let span = info_span!("originate", call_id = %call_id);
+    tokio::spawn(
+        async move {
+            shared.live_calls.fetch_add(1, Ordering::Relaxed);
+            let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
+            let seated = match &o.agent {
+                Some(id) => {
+                    let target = super::transfer::Target::Agent(id.clone());
+                    match call.reach_target(&target, ring, &offer, None).await {
+                        super::transfer::Reached::Answered(leg, ticket) => Some((leg, ticket)),
+                        _ => None,
+                    }
+                }
+                None => match rejoin(&shared, &booking).await {
+                    Some((ticket, mut desk)) => {
+                        match call.wait_in_line(&ticket, &mut desk, &offer, &route).await {
+                            Waited::Connected(leg) => Some((leg, Some(ticket))),
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                },
+            };
+            if let Some((mut leg, ticket)) = seated {
+                let ring = Duration::from_secs(shared.settings.queue.callback_ring.max(1));
+                // Answered means the citizen answered (the report's out_ans),
+                // not the agent.
+                match call.ring_citizen(&mut leg, ring).await {
+                    Citizen::Answered(a_dialog) => {
+                        info!("citizen answered: the originated call is connected");
+                        call.cdr.answered = Some(now_ms());
+                        call.cdr.disposition = Disposition::Answered;
+                        call.bridge_to_end(a_dialog, *leg, ticket).await;
+                    }
+                    Citizen::NoAnswer => {
+                        call.cdr.answered = None;
+                        call.bye(&mut leg.dialog, leg.peer);
+                    }
+                    Citizen::AgentGone => call.cdr.answered = None,
+                }
+            }
+            let call_id = call.invite.core.call_id.clone();
+            if !call.abandoned.iter().any(|f| f.dialog.call_id == call_id) {
+                let _ = call
+                    .worker_for(&call_id)
+                    .send(WorkerInput::Unbind { call_id })
+                    .await;
+            }
+            shared.live_calls.fetch_sub(1, Ordering::Relaxed);
+        }
+        .instrument(span),
+    );
+    Ok(call_id)
+}
+
 async fn forget(shared: &Shared, id: u64) {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || store.remove_callback(id)).await {

@@ -36,7 +36,7 @@ mod transfer;
 
 pub use supervise::{parse_code as supervision_code, supervise, Supervision};
 
-pub use callback::resume_callbacks;
+pub use callback::{originate, resume_callbacks, Originate};
 
 pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls};
 

@@ -426,6 +426,23 @@ pub(super) async fn call_target(
     end
 }
 
+/// A number out through the trunk for `agent` (`""`: by `[outbound] allow`
+/// alone): dialable, not one our own plan routes (it would come straight
+/// back), and within the agent's dialing permissions.
+pub(super) fn outside_target(shared: &Shared, agent: &str, user: &str) -> Result<Target, String> {
+    let settings = &shared.settings;
+    let refused = || format!("{user} is not a number that may be called out");
+    let number = crate::outbound::dialable(user, &settings.trunk.normalize, &settings.outbound)
+        .ok_or_else(refused)?;
+    if settings.trunk.outbound.is_empty() {
+        return Err("no [trunk] outbound is configured".into());
+    }
+    if !matches!(shared.store.route_for(&number), Ok(None)) {
+        return Err(format!("{number} is one of our own numbers"));
+    }
+    permitted(shared, agent, &number)
+}
+
 /// How ringing a target ended.
 pub(super) enum Reached {
     Answered(Box<Leg>, Option<Ticket>),
@@ -490,17 +507,7 @@ impl Call {
     /// nor an emergency number: out through the trunk, when the
     /// transferring agent may dial it.
     fn outside_transfer_target(&self, user: &str) -> Result<Target, String> {
-        let shared = &self.ctx.shared;
-        let settings = &shared.settings;
-        let refused = || format!("{user} is not a target agents may transfer to");
-        let number = crate::outbound::dialable(user, &settings.trunk.normalize, &settings.outbound)
-            .ok_or_else(refused)?;
-        if settings.trunk.outbound.is_empty()
-            || !matches!(shared.store.route_for(&number), Ok(None))
-        {
-            return Err(refused());
-        }
-        permitted(shared, &self.cdr.agent, &number)
+        outside_target(&self.ctx.shared, &self.cdr.agent, user)
     }
 
     /// Sends a NOTIFY for the REFER on `leg` with the target's progress.
