@@ -3,7 +3,9 @@
 //! Room: the meter cupboard. Events are counted where they happen, with
 //! the `metrics` macros: calls offered (by hotline and route mode), calls
 //! ended (by disposition), call setup time and queue waits as histograms,
-//! and how long each batch of records took to reach sled. Figures the
+//! how long each batch of records took to reach sled, and each bridged
+//! call's RTP as it arrived (packets, losses; jitter and loss per call as
+//! histograms). Figures the
 //! server already keeps (live calls, agents by state, callers waiting per
 //! queue, RTP ports, calls shed by overload control, password-guessing
 //! blocks, backends, the media engine's lateness) are copied into gauges
@@ -47,6 +49,20 @@ pub fn install() {
             seconds(
                 &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
                 "yihaotong_records_flush_seconds",
+                b,
+            )
+        })
+        .and_then(|b| {
+            seconds(
+                &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+                "yihaotong_rtp_jitter_seconds",
+                b,
+            )
+        })
+        .and_then(|b| {
+            seconds(
+                &[0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5],
+                "yihaotong_rtp_loss_ratio",
                 b,
             )
         });
@@ -99,6 +115,18 @@ pub fn records_flushed(seconds: f64) {
     histogram!("yihaotong_records_flush_seconds").record(seconds);
 }
 
+/// A bridged call's media as it arrived, per side: packets received and
+/// lost, and RFC 3550 jitter and loss per call as histograms.
+pub fn rtp_quality(cdr: &Cdr) {
+    for (side, q) in [("caller", &cdr.rtp_caller), ("far", &cdr.rtp_far)] {
+        let Some(q) = q else { continue };
+        counter!("yihaotong_rtp_packets_received_total", "side" => side).increment(q.received);
+        counter!("yihaotong_rtp_packets_lost_total", "side" => side).increment(q.lost);
+        histogram!("yihaotong_rtp_jitter_seconds", "side" => side).record(q.jitter_us as f64 / 1e6);
+        histogram!("yihaotong_rtp_loss_ratio", "side" => side).record(q.loss_ratio());
+    }
+}
+
 /// The page: the server's `status` copied into gauges, then everything in
 /// Prometheus text format. Empty when no recorder is installed.
 pub fn render(status: &Value) -> String {
@@ -110,6 +138,13 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_rtp_ports_free").set(num(&status["rtp_ports_free"]));
     gauge!("yihaotong_rtp_ports_total").set(num(&status["rtp_ports_total"]));
     gauge!("yihaotong_tcp_connections").set(num(&status["tcp_connections"]));
+    gauge!("yihaotong_sip_transactions").set(num(&status["transactions"]));
+    if let Some(states) = status["calls_by_state"].as_object() {
+        for state in crate::call::CALL_STATES {
+            let n = states.get(*state).map_or(0.0, num);
+            gauge!("yihaotong_calls", "state" => *state).set(n);
+        }
+    }
     if let Some(states) = status["agents"].as_object() {
         for (state, n) in states {
             gauge!("yihaotong_agents", "state" => state.clone()).set(num(n));

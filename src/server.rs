@@ -150,6 +150,8 @@ pub struct Shared {
     pub calls: Arc<crate::call::LiveCalls>,
     /// Each webhook's delivery figures (its task writes them).
     pub webhooks: crate::webhooks::Figures,
+    /// Each SIP worker's live transactions, as of its last input.
+    pub transactions: Vec<AtomicUsize>,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -316,6 +318,8 @@ impl Shared {
             "overload": self.overload.snapshot(load),
             "backends": self.backends.snapshot(),
             "tcp_connections": self.sockets.open_connections(),
+            "calls_by_state": self.calls.count_by_state(),
+            "transactions": self.transactions.iter().map(|t| t.load(Relaxed)).sum::<usize>(),
             "webhooks": self
                 .webhooks
                 .lock()
@@ -582,6 +586,7 @@ impl Server {
             supervision: Default::default(),
             calls: Default::default(),
             webhooks: Default::default(),
+            transactions: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             store,
             settings,
         });
@@ -712,6 +717,7 @@ impl Worker {
                 }
             }
             self.drain();
+            self.shared.transactions[self.index].store(self.txs.len(), Relaxed);
         }
     }
 

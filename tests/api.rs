@@ -18,6 +18,23 @@ fn answered_and_hung_up(server: &TestServer, phone: &mut Phone, caller: &str) {
     assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
 }
 
+/// A trunk call from `trunk` answered by `phone`'s agent, with RTP both
+/// ways through the relay (50 packets each); the caller's dialog.
+fn talking_call(server: &TestServer, trunk: &mut Phone, phone: &mut Phone) -> common::PhoneDialog {
+    let (d, leg) = connected_call(server, trunk, phone, "a1");
+    let (caller_got, agent_got) = common::talk(
+        trunk,
+        d.remote_rtp.expect("caller's media"),
+        phone,
+        leg.remote_rtp.expect("agent's media"),
+    );
+    assert!(
+        caller_got > 30 && agent_got > 30,
+        "{caller_got} {agent_got}"
+    );
+    d
+}
+
 #[test]
 fn health_and_readiness_need_no_token_everything_else_does() {
     let server = TestServer::start();
@@ -375,7 +392,29 @@ fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
     server.add_agent("1001", "s3cret", "main");
     let mut phone = Phone::bind("1001", "127.0.0.3");
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
-    answered_and_hung_up(&server, &mut phone, "13800000095");
+    // A call that talks both ways; while it is up, it shows by state.
+    let mut trunk = Phone::new("13800000095");
+    let mut d = talking_call(&server, &mut trunk, &mut phone);
+    let (_, during) = server.http_text("GET", "/metrics", None, None);
+    for want in [
+        "yihaotong_calls{state=\"talking\"} 1",
+        "yihaotong_calls{state=\"queued\"} 0",
+    ] {
+        assert!(
+            during.lines().any(|l| l == want),
+            "missing {want:?} in:\n{during}"
+        );
+    }
+    assert!(
+        during
+            .lines()
+            .any(|l| l.starts_with("yihaotong_sip_transactions ") && !l.ends_with(" 0")),
+        "{during}"
+    );
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, "a1");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
     server.assert_idle();
     // Records reach sled in batches (record_flush, 1 s): wait for one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -400,9 +439,34 @@ fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
         "yihaotong_queue_waiting{queue=\"main\"} 0",
         "yihaotong_backend_up{backend=\"hrss\"} 1",
         "yihaotong_records_flush_seconds_count",
+        "yihaotong_rtp_jitter_seconds_count{side=\"caller\"} 1",
+        "yihaotong_rtp_loss_ratio_count{side=\"far\"} 1",
+        "yihaotong_rtp_packets_lost_total{side=\"caller\"} 0",
     ] {
         assert!(has(want), "missing {want:?} in:\n{page}");
     }
+    // Each side's packets as they reached the relay, in the CDR too.
+    let received = |side: &str| {
+        page.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "yihaotong_rtp_packets_received_total{{side=\"{side}\"}} "
+                ))
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(received("caller") >= 30 && received("far") >= 30, "{page}");
+    let (_, cdrs) = server.http(
+        "GET",
+        "/api/v1/cdrs?since=1h",
+        Some(&server.token("ops", "admin", None)),
+        None,
+    );
+    let cdr = &cdrs["items"][0];
+    assert!(cdr["rtp_caller"]["received"].as_u64() >= Some(30), "{cdr}");
+    assert_eq!(cdr["rtp_far"]["lost"], 0, "{cdr}");
+    assert!(cdr["rtp_far"]["jitter_us"].is_u64(), "{cdr}");
 }
 
 /// Follows `/events` (server-sent events) in a thread: each event's JSON
@@ -599,17 +663,7 @@ fn recordings_are_listed_and_downloaded_in_ranges_by_those_who_may_hear_them() {
     let mut phone = Phone::bind("1001", "127.0.0.3");
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
     let mut trunk = Phone::new("13800000077");
-    let (mut d, leg) = connected_call(&server, &mut trunk, &mut phone, "a1");
-    let (caller_got, agent_got) = common::talk(
-        &trunk,
-        d.remote_rtp.expect("caller's media"),
-        &phone,
-        leg.remote_rtp.expect("agent's media"),
-    );
-    assert!(
-        caller_got > 30 && agent_got > 30,
-        "{caller_got} {agent_got}"
-    );
+    let mut d = talking_call(&server, &mut trunk, &mut phone);
     trunk.in_dialog(server.sip, &mut d, "BYE", "");
     let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
     phone.reply(server.sip, &bye, 200, "a1");

@@ -116,6 +116,13 @@ pub struct Cdr {
     /// Call data the ticket system set through the API (a ticket number…).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub data: std::collections::BTreeMap<String, String>,
+    /// How the caller's RTP reached us while bridged (received, lost,
+    /// RFC 3550 jitter), from the call's last relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_caller: Option<crate::media::quality::Quality>,
+    /// How the far leg's (agent's, backend's) RTP reached us while bridged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_far: Option<crate::media::quality::Quality>,
 }
 
 enum RecordMsg {

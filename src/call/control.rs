@@ -38,6 +38,18 @@ pub struct LegView {
     pub media: String,
 }
 
+/// Every state a live call's view can be in.
+pub const CALL_STATES: &[&str] = &[
+    "arriving",
+    "ivr",
+    "queued",
+    "ringing",
+    "talking",
+    "held",
+    "handoff",
+    "transferring",
+];
+
 /// What a live call is doing, as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct CallView {
@@ -184,6 +196,17 @@ impl LiveCalls {
         };
         out.sort_by(|a, b| (a.arrived, &a.call_id).cmp(&(b.arrived, &b.call_id)));
         out
+    }
+
+    /// How many live calls are in each state (no views copied).
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        if let Ok(calls) = self.calls.lock() {
+            for e in calls.values() {
+                *counts.entry(e.view.state).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// One call.

@@ -685,6 +685,11 @@ impl Drop for Call {
         self.ctx.shared.calls.remove(&self.invite.core.call_id);
         let mut cdr = std::mem::take(&mut self.cdr);
         cdr.ended = crate::acd::now_ms();
+        if let Some(relay) = &self.relay {
+            cdr.rtp_caller = relay.stats.a_quality.load();
+            cdr.rtp_far = relay.stats.b_quality.load();
+        }
+        crate::meters::rtp_quality(&cdr);
         self.ctx.shared.records.cdr(cdr);
         if !self.abandoned.is_empty() {
             let (_, closed) = mpsc::channel(1);

@@ -38,7 +38,7 @@ pub use supervise::{parse_code as supervision_code, supervise, Supervision};
 
 pub use callback::{originate, resume_callbacks, Originate};
 
-pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls};
+pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls, CALL_STATES};
 
 pub use transfer::Consults;
 use transfer::Takeover;

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod player;
 pub mod ports;
 pub mod prompts;
+pub mod quality;
 pub mod recording;
 pub mod relay;
 pub mod sdp;

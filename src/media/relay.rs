@@ -186,6 +186,10 @@ pub struct RelayStats {
     pub b_to_a: AtomicU64,
     /// Packets dropped (not RTP, wrong source, or no destination yet).
     pub dropped: AtomicU64,
+    /// How the caller's (side A's) packets arrive.
+    pub a_quality: super::quality::QualityCell,
+    /// How the far leg's (side B's) packets arrive.
+    pub b_quality: super::quality::QualityCell,
 }
 
 /// A running relay: its ports, a command channel, its counters.
@@ -208,6 +212,8 @@ struct SideState {
     last_rx: Instant,
     /// Rewrites what we send out of this side.
     rewriter: Rewriter,
+    /// How this side's packets arrive.
+    quality: super::quality::StreamQuality,
 }
 
 impl SideState {
@@ -276,6 +282,7 @@ pub fn spawn_with(
         latched: false,
         last_rx: now,
         rewriter,
+        quality: Default::default(),
     };
     let a_rewriter = continuing.map_or_else(|| Rewriter::new(rand::random()), Rewriter::continuing);
     let task_stats = stats.clone();
@@ -356,7 +363,7 @@ async fn run(
                     }
                 }
                 let heard = supervised(&mut supervisor, Side::A, pkt, &recorder).await;
-                if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped).await {
+                if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped, &stats.a_quality).await {
                     record(&mut recorder, Side::A, heard.as_deref().unwrap_or(pkt));
                 }
             }
@@ -364,7 +371,7 @@ async fn run(
                 let Ok((n, src)) = r else { continue };
                 let pkt = &mut buf_b[..n];
                 let heard = supervised(&mut supervisor, Side::B, pkt, &recorder).await;
-                if forward(&mut b, &mut a, pkt, src, &stats.b_to_a, &stats.dropped).await {
+                if forward(&mut b, &mut a, pkt, src, &stats.b_to_a, &stats.dropped, &stats.b_quality).await {
                     record(&mut recorder, Side::B, heard.as_deref().unwrap_or(pkt));
                 }
             }
@@ -523,11 +530,23 @@ async fn forward(
     src: SocketAddr,
     counter: &AtomicU64,
     dropped: &AtomicU64,
+    quality: &super::quality::QualityCell,
 ) -> bool {
     let now = Instant::now();
     if !from.accept(src, now) {
         dropped.fetch_add(1, Ordering::Relaxed);
         return false;
+    }
+    // Measured as it arrived, before it is renumbered.
+    if pkt.len() >= 12 && pkt[0] >> 6 == 2 {
+        from.quality.packet(
+            pkt[1] & 0x7f,
+            u16::from_be_bytes([pkt[2], pkt[3]]),
+            u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+            u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]),
+            now.into_std(),
+        );
+        quality.store(&from.quality.summary());
     }
     let Some(dest) = to.remote else {
         dropped.fetch_add(1, Ordering::Relaxed);
