@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,6 +27,7 @@ use sha2::Digest;
 use crate::admin::{AdminCommand, LiveFn};
 
 mod calls;
+mod provisioning;
 mod recordings;
 use crate::store::{ApiToken, AuditEntry, Role, Store};
 
@@ -88,10 +89,12 @@ struct PageBody {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
-    paths(readyz, metrics_page, status, agents, agent_state, routes, queues, flows, flows_validate, flows_reload,
+    paths(readyz, metrics_page, status, agents, agent_state, provisioning::set_agent, provisioning::remove_agent,
+        routes, provisioning::set_route, provisioning::remove_route, queues, flows, flows_validate, flows_reload,
         cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::originate, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
-        calls::RecordingSwitch, calls::TransferTo, calls::CallData, calls::NewCall)),
+        calls::RecordingSwitch, calls::TransferTo, calls::CallData, calls::NewCall,
+        provisioning::RouteBody, provisioning::AgentBody)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -212,7 +215,15 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/status", get(status))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/state", post(agent_state))
+        .route(
+            "/api/v1/agents/{id}",
+            put(provisioning::set_agent).delete(provisioning::remove_agent),
+        )
         .route("/api/v1/routes", get(routes))
+        .route(
+            "/api/v1/routes/{number}",
+            put(provisioning::set_route).delete(provisioning::remove_route),
+        )
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/flows/validate", post(flows_validate))

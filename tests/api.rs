@@ -861,3 +861,156 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn admins_write_routes_and_agent_accounts_that_serve_the_next_call() {
+    let server = TestServer::start();
+    let admin = server.token("ops", "admin", None);
+    let floor = server.token("floor", "supervisor", None);
+    let put =
+        |path: &str, token: &str, body: &str| server.http("PUT", path, Some(token), Some(body));
+    // An account made over the API registers; a route made over the API
+    // brings it the next call.
+    let (code, made) = put(
+        "/api/v1/agents/1007",
+        &admin,
+        r#"{"password": "s3cret-7", "name": "Wang", "queues": ["hrss"]}"#,
+    );
+    assert_eq!(code, 200, "{made}");
+    let mut phone = Phone::bind("1007", "127.0.0.3");
+    assert_eq!(phone.register(server.sip, "s3cret-7", Algorithm::Md5), 200);
+    let (code, set) = put(
+        "/api/v1/routes/96555",
+        &admin,
+        r#"{"queue": "hrss", "hotline": "96555 pilot", "mode": "parallel"}"#,
+    );
+    assert_eq!(code, 200, "{set}");
+    let (_, routes) = server.http("GET", "/api/v1/routes", Some(&floor), None);
+    let route = routes
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["number"] == "96555"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&route["queue"], &route["hotline"], &route["mode"]),
+        (
+            &serde_json::json!("hrss"),
+            &serde_json::json!("96555 pilot"),
+            &serde_json::json!("parallel")
+        ),
+        "{routes}"
+    );
+    let mut trunk = Phone::new("13800000066");
+    let mut d = trunk.invite(server.sip, "96555");
+    let inv = phone
+        .request("INVITE", 5.0)
+        .expect("the new agent is rung for the new route");
+    let _leg = common::answer(&server, &mut phone, &inv, "a7");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("caller answered");
+    trunk.ack(server.sip, &mut d, &ok);
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, "a7");
+
+    // Refusals name the field; only admins write.
+    for (path, token, body, status, why) in [
+        (
+            "/api/v1/routes/96556",
+            &admin,
+            r#"{"queue": "hrss", "flow": "12345"}"#,
+            400,
+            "queue: ",
+        ),
+        (
+            "/api/v1/routes/96556",
+            &admin,
+            r#"{"queue": "hrss", "colour": "red"}"#,
+            400,
+            "body: ",
+        ),
+        (
+            "/api/v1/routes/96556",
+            &admin,
+            r#"{"queue": "hrss", "mode": "sideways"}"#,
+            400,
+            "body: ",
+        ),
+        (
+            "/api/v1/routes/not-a-number",
+            &admin,
+            r#"{"queue": "hrss"}"#,
+            422,
+            "dialable",
+        ),
+        (
+            "/api/v1/routes/96556",
+            &floor,
+            r#"{"queue": "hrss"}"#,
+            403,
+            "supervisor",
+        ),
+        (
+            "/api/v1/agents/1008",
+            &admin,
+            r#"{"password": "short", "queues": ["hrss"]}"#,
+            400,
+            "password: ",
+        ),
+        (
+            "/api/v1/agents/1008",
+            &admin,
+            r#"{"queues": ["hrss"]}"#,
+            400,
+            "body: ",
+        ),
+        (
+            "/api/v1/agents/1008",
+            &floor,
+            r#"{"password": "s3cret-8", "queues": ["hrss"]}"#,
+            403,
+            "supervisor",
+        ),
+    ] {
+        let (code, answer) = put(path, token, body);
+        assert_eq!(code, status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{path} {body}: {answer}"
+        );
+    }
+
+    // Removed: the route is gone, the phone can no longer register.
+    let (code, gone) = server.http("DELETE", "/api/v1/routes/96555", Some(&admin), None);
+    assert_eq!(code, 200, "{gone}");
+    let (_, routes) = server.http("GET", "/api/v1/routes", Some(&floor), None);
+    assert!(
+        routes
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["number"] != "96555")),
+        "{routes}"
+    );
+    let (code, gone) = server.http("DELETE", "/api/v1/agents/1007", Some(&admin), None);
+    assert_eq!(code, 200, "{gone}");
+    assert_ne!(phone.register(server.sip, "s3cret-7", Algorithm::Md5), 200);
+    assert_eq!(
+        server
+            .http("DELETE", "/api/v1/agents/1007", Some(&admin), None)
+            .0,
+        422
+    );
+
+    // Audited, and the password never is.
+    let (_, audit) = server.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for want in ["agent.set", "route.set", "route.remove", "agent.remove"] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    assert!(!audit.to_string().contains("s3cret-7"), "{audit}");
+}
