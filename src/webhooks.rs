@@ -119,6 +119,8 @@ pub struct Outbox {
     not_before: Option<Instant>,
     /// The head is being sent.
     in_flight: bool,
+    /// The outbox is full and that was logged (once, until it drains).
+    full_logged: bool,
     figures: HookFigures,
 }
 
@@ -131,6 +133,7 @@ impl Outbox {
             attempt: 0,
             not_before: None,
             in_flight: false,
+            full_logged: false,
             figures: HookFigures::default(),
         }
     }
@@ -139,13 +142,17 @@ impl Outbox {
     pub fn offer(&mut self, event: Arc<Event>) {
         if self.pending.len() >= self.rules.max_pending {
             self.figures.dead_letters += 1;
-            tracing::warn!(
-                seq = event.seq,
-                kind = event.kind,
-                "webhook outbox full: dead letter"
-            );
+            if !self.full_logged {
+                self.full_logged = true;
+                tracing::warn!(
+                    seq = event.seq,
+                    kind = event.kind,
+                    "webhook outbox full: new events are dead letters until it drains"
+                );
+            }
         } else {
             self.pending.push_back(event);
+            self.full_logged = false;
         }
         self.figures.pending = self.pending.len();
     }
