@@ -641,7 +641,40 @@ fn load(
         .build()?;
     let json = opts.json.clone();
     let check = opts.check;
-    let report = runtime.block_on(yihaotong::load::run(opts))?;
+    // The server's own accounting, sampled four times a second through its admin
+    // socket when it runs on this data folder (else no server figures).
+    let sample = {
+        let (data_dir, realm) = (data_dir.to_path_buf(), realm.to_string());
+        move || {
+            admin::run_command(&data_dir, &realm, AdminCommand::Status)
+                .ok()
+                .and_then(|v| yihaotong::load::Sample::of(&v))
+        }
+    };
+    let before = sample();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = before.map(|_| {
+        let (stop, sample) = (stop.clone(), sample.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.extend(sample());
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            samples
+        })
+    });
+    let mut report = runtime.block_on(yihaotong::load::run(opts))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = sampler.and_then(|t| t.join().ok()).unwrap_or_default();
+    if let (Some(before), Some(after)) = (before, sample()) {
+        report.server = Some(yihaotong::load::ServerCost::from_samples(
+            &before,
+            &during,
+            &after,
+            report.attempted,
+        ));
+    }
     print!("{}", report.table());
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)

@@ -127,6 +127,48 @@ pub fn rtp_quality(cdr: &Cdr) {
     }
 }
 
+/// The process's own accounting from `/proc/self` (Linux): CPU seconds
+/// (user + system), resident and peak resident memory, threads, open file
+/// descriptors. Fields that cannot be read are left out.
+pub fn process_figures() -> Value {
+    let mut v = serde_json::Map::new();
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the command name (which may hold spaces) in parentheses,
+        // fields from the third on: utime and stime are the 14th and 15th,
+        // num_threads the 20th (proc(5)); times in USER_HZ, 100 on Linux.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            v.insert(
+                "cpu_seconds".into(),
+                ((user + system) as f64 / 100.0).into(),
+            );
+        }
+        if let Some(threads) = field(20) {
+            v.insert("threads".into(), threads.into());
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for (key, name) in [("VmRSS:", "rss_bytes"), ("VmHWM:", "peak_rss_bytes")] {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(kib) = kib {
+                v.insert(name.into(), (kib * 1024).into());
+            }
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        v.insert("open_fds".into(), fds.count().into());
+    }
+    Value::Object(v)
+}
+
 /// The page: the server's `status` copied into gauges, then everything in
 /// Prometheus text format. Empty when no recorder is installed.
 pub fn render(status: &Value) -> String {
@@ -139,6 +181,11 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_rtp_ports_total").set(num(&status["rtp_ports_total"]));
     gauge!("yihaotong_tcp_connections").set(num(&status["tcp_connections"]));
     gauge!("yihaotong_sip_transactions").set(num(&status["transactions"]));
+    let process = &status["process"];
+    gauge!("process_cpu_seconds_total").set(num(&process["cpu_seconds"]));
+    gauge!("process_resident_memory_bytes").set(num(&process["rss_bytes"]));
+    gauge!("process_open_fds").set(num(&process["open_fds"]));
+    gauge!("process_threads").set(num(&process["threads"]));
     if let Some(states) = status["calls_by_state"].as_object() {
         for state in crate::call::CALL_STATES {
             let n = states.get(*state).map_or(0.0, num);
@@ -195,4 +242,20 @@ pub fn render(status: &Value) -> String {
     counter!("yihaotong_media_late_ticks_total")
         .absolute(media["late_ticks_over_2ms"].as_u64().unwrap_or(0));
     handle.render()
+}
+
+#[cfg(test)]
+mod process_tests {
+    #[test]
+    fn the_process_reads_its_own_cpu_memory_and_descriptors() {
+        let v = super::process_figures();
+        assert!(v["cpu_seconds"].as_f64().is_some(), "{v}");
+        assert!(v["rss_bytes"].as_u64() > Some(1 << 20), "{v}");
+        assert!(
+            v["peak_rss_bytes"].as_u64() >= v["rss_bytes"].as_u64(),
+            "{v}"
+        );
+        assert!(v["threads"].as_u64() >= Some(1), "{v}");
+        assert!(v["open_fds"].as_u64() >= Some(3), "{v}");
+    }
 }

@@ -319,6 +319,7 @@ impl Shared {
             "backends": self.backends.snapshot(),
             "tcp_connections": self.sockets.open_connections(),
             "calls_by_state": self.calls.count_by_state(),
+            "process": crate::meters::process_figures(),
             "transactions": self.transactions.iter().map(|t| t.load(Relaxed)).sum::<usize>(),
             "webhooks": self
                 .webhooks

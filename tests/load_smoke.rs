@@ -55,6 +55,13 @@ fn queue_and_register_scenarios_complete_with_audio() {
         );
     }
     assert!(r["setup_200_ms"]["count"].as_u64().unwrap_or(0) > 0);
+    // The server's own accounting, read through its admin socket: the CPU
+    // it spent and its resident memory around the run.
+    let cost = &r["server"];
+    assert!(cost["cpu_seconds"].as_f64() > Some(0.0), "{r}");
+    assert!(cost["cpu_ms_per_call"].as_f64() > Some(0.0), "{r}");
+    assert!(cost["rss_before_mib"].as_f64() > Some(1.0), "{r}");
+    assert!(cost["peak_live_calls"].as_u64() >= Some(1), "{r}");
 
     let r = report(
         &server,

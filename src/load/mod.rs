@@ -225,6 +225,84 @@ pub struct Report {
     /// How late the harness's own 20 ms pacing ticks fired: the part of any
     /// measured jitter that is the harness's, not the server's.
     pub pacer_late_ms: Percentiles,
+    /// What the server spent, from its own accounting (when its admin
+    /// socket answers: same machine, same data folder).
+    pub server: Option<ServerCost>,
+}
+
+/// One sample of the server's `status`: calls alive, resident memory, CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Calls alive.
+    pub live_calls: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time so far (user + system), seconds.
+    pub cpu_seconds: f64,
+}
+
+impl Sample {
+    /// From `yihaotong status` (`None` without the process figures).
+    pub fn of(status: &serde_json::Value) -> Option<Sample> {
+        let p = &status["process"];
+        Some(Sample {
+            live_calls: status["live_calls"].as_u64().unwrap_or(0),
+            rss_bytes: p["rss_bytes"].as_u64()?,
+            cpu_seconds: p["cpu_seconds"].as_f64()?,
+        })
+    }
+}
+
+/// The server's cost of a run: CPU per call, and resident memory per call
+/// alive at the busiest sample.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerCost {
+    /// CPU seconds the server used during the run.
+    pub cpu_seconds: f64,
+    /// Of those, per call attempted, milliseconds.
+    pub cpu_ms_per_call: f64,
+    /// Resident memory before, MiB.
+    pub rss_before_mib: f64,
+    /// Resident memory after, MiB.
+    pub rss_after_mib: f64,
+    /// Most calls alive at one sample.
+    pub peak_live_calls: u64,
+    /// At that sample: resident memory above the start, per call alive, KiB.
+    pub kib_per_live_call: f64,
+}
+
+impl ServerCost {
+    /// From the samples before, during (four a second) and after a run
+    /// of `calls` attempts.
+    pub fn from_samples(
+        before: &Sample,
+        during: &[Sample],
+        after: &Sample,
+        calls: u64,
+    ) -> ServerCost {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let cpu = (after.cpu_seconds - before.cpu_seconds).max(0.0);
+        let busiest = during.iter().max_by_key(|s| s.live_calls).copied();
+        let (peak, per_call) = match busiest {
+            Some(s) if s.live_calls > 0 => (
+                s.live_calls,
+                s.rss_bytes.saturating_sub(before.rss_bytes) as f64 / 1024.0 / s.live_calls as f64,
+            ),
+            _ => (0, 0.0),
+        };
+        ServerCost {
+            cpu_seconds: cpu,
+            cpu_ms_per_call: if calls == 0 {
+                0.0
+            } else {
+                cpu * 1000.0 / calls as f64
+            },
+            rss_before_mib: mib(before.rss_bytes),
+            rss_after_mib: mib(after.rss_bytes),
+            peak_live_calls: peak,
+            kib_per_live_call: per_call,
+        }
+    }
 }
 
 impl Report {
@@ -292,6 +370,24 @@ impl Report {
                     ),
                 );
             }
+        }
+        if let Some(c) = &self.server {
+            line(
+                &mut out,
+                "server CPU",
+                format!(
+                    "{:.2} s, {:.3} ms per call",
+                    c.cpu_seconds, c.cpu_ms_per_call
+                ),
+            );
+            line(
+                &mut out,
+                "server resident memory",
+                format!(
+                    "{:.1} → {:.1} MiB; {} calls alive at most, {:.1} KiB per call",
+                    c.rss_before_mib, c.rss_after_mib, c.peak_live_calls, c.kib_per_live_call
+                ),
+            );
         }
         out
     }
@@ -417,6 +513,48 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
             .map(|s| s.clone())
             .unwrap_or_default(),
         pacer_late_ms: get(&pacer.lateness_us),
+        server: None,
     };
     Ok(report)
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn the_server_cost_is_cpu_per_call_and_memory_per_call_alive_at_the_peak() {
+        let mib = 1024 * 1024;
+        let at = |live_calls, rss_mib: u64, cpu_seconds| Sample {
+            live_calls,
+            rss_bytes: rss_mib * mib,
+            cpu_seconds,
+        };
+        let before = at(0, 40, 10.0);
+        let during = [at(100, 45, 11.0), at(400, 60, 12.0), at(200, 55, 13.0)];
+        let after = at(0, 50, 14.0);
+        let c = ServerCost::from_samples(&before, &during, &after, 2000);
+        assert!((c.cpu_seconds - 4.0).abs() < 1e-9);
+        assert!((c.cpu_ms_per_call - 2.0).abs() < 1e-9);
+        assert_eq!(c.peak_live_calls, 400);
+        // 20 MiB over 400 calls.
+        assert!((c.kib_per_live_call - 51.2).abs() < 1e-9, "{c:?}");
+        assert!((c.rss_before_mib - 40.0).abs() < 1e-9);
+        // No samples with calls: no per-call memory claimed.
+        let c = ServerCost::from_samples(&before, &[], &after, 0);
+        assert_eq!(
+            (c.peak_live_calls, c.kib_per_live_call, c.cpu_ms_per_call),
+            (0, 0.0, 0.0)
+        );
+        let status = serde_json::json!({ "live_calls": 3, "process": { "rss_bytes": 5, "cpu_seconds": 1.5 } });
+        assert_eq!(
+            Sample::of(&status),
+            Some(Sample {
+                live_calls: 3,
+                rss_bytes: 5,
+                cpu_seconds: 1.5
+            })
+        );
+        assert_eq!(Sample::of(&serde_json::json!({})), None);
+    }
 }
