@@ -291,8 +291,9 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
     let d3 = third.invite(server.sip, "123450");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"waiting\"]", "1");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"on-call\"]", "1");
-    // The longest wait ticks on the page between snapshots.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The longest wait ticks on the page between snapshots (each second:
+    // what is read may be a second old, so give it two and a half).
+    std::thread::sleep(Duration::from_millis(2500));
     let waited = browser.text("[data-queue=\"main\"] [data-test=\"longest-wait\"]");
     assert!(
         waited
