@@ -91,7 +91,7 @@ struct PageBody {
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
     paths(readyz, metrics_page, status, agents, agent_state, provisioning::set_agent, provisioning::remove_agent,
         routes, provisioning::set_route, provisioning::remove_route, queues, flows, flows_validate, flows_reload,
-        cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::originate, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::data),
+        cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::originate, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::transfer_complete, calls::transfer_cancel, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
         calls::RecordingSwitch, calls::TransferTo, calls::CallData, calls::NewCall,
         provisioning::RouteBody, provisioning::AgentBody)),
@@ -241,6 +241,14 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
         .route("/api/v1/calls/{id}/resume", post(calls::resume))
         .route("/api/v1/calls/{id}/recording", post(calls::recording))
         .route("/api/v1/calls/{id}/transfer", post(calls::transfer))
+        .route(
+            "/api/v1/calls/{id}/transfer/complete",
+            post(calls::transfer_complete),
+        )
+        .route(
+            "/api/v1/calls/{id}/transfer/cancel",
+            post(calls::transfer_cancel),
+        )
         .route("/api/v1/calls/{id}/data", post(calls::data))
         .route("/events", get(event_stream))
         .route(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{answer, connected_call, talk, Phone, TestServer};
+use common::{answer, assert_talking, connected_call, talk, Phone, TestServer};
 use serde_json::json;
 use yihaotong::sip::auth::Algorithm;
 
@@ -556,4 +556,219 @@ fn the_api_places_a_callback_for_an_agent_or_a_queue_through_the_trunk() {
         .filter(|e| e["action"] == "call.originate")
         .count();
     assert!(placed >= 3, "{audit}");
+}
+
+/// Waits (up to 3 s) until the call's view is in `state`; returns the view.
+fn view_in(server: &TestServer, token: &str, call: &str, state: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let (_, v) = server.http("GET", call, Some(token), None);
+        if v["state"] == state || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The ticket system (`token`) asks for an attended transfer of `call` to
+/// `to`; the target's `phone` rings and answers; the call is consulting.
+/// Returns the target's dialog.
+fn consult_answered(
+    server: &TestServer,
+    call: &str,
+    token: &str,
+    to: &str,
+    phone: &mut Phone,
+    tag: &str,
+) -> common::PhoneDialog {
+    let body = format!(r#"{{"to":"{to}","attended":true}}"#);
+    let (code, t) = post(server, &format!("{call}/transfer"), token, &body);
+    assert_eq!(
+        (code, t["state"].as_str()),
+        (200, Some("consulting")),
+        "{t}"
+    );
+    let inv = phone.request("INVITE", 5.0).expect("the target rings");
+    let leg = answer(server, phone, &inv, tag);
+    let shown = view_in(server, token, call, "consulting");
+    assert_eq!(shown["state"], "consulting", "{shown}");
+    leg
+}
+
+/// The call is talking again with `agent` on it, and the caller and the
+/// agent's phone hear each other.
+#[allow(clippy::too_many_arguments)]
+fn talking_with(
+    server: &TestServer,
+    token: &str,
+    call: &str,
+    agent: &str,
+    caller: (&Phone, std::net::SocketAddr),
+    phone: (&Phone, std::net::SocketAddr),
+    what: &str,
+) {
+    let shown = view_in(server, token, call, "talking");
+    assert_eq!(
+        (shown["state"].as_str(), shown["agent"].as_str()),
+        (Some("talking"), Some(agent)),
+        "{what}: {shown}"
+    );
+    assert_talking(caller.0, caller.1, phone.0, phone.1, what);
+}
+
+#[test]
+fn an_attended_transfer_consults_the_target_before_the_caller_is_handed_over() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "hrss");
+    server.add_agent("1003", "s3cret", "hrss");
+    let tickets = server.token("tickets", "ticketing", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let target_token = server.token("desk-1002", "agent", Some("1002"));
+    let mut a1 = agent(&server, "1001");
+    let mut a2 = agent(&server, "1002");
+    let mut a3 = agent(&server, "1003");
+    let mut trunk = Phone::new("13800000012");
+    let (mut d, mut leg1) = connected_call(&server, &mut trunk, &mut a1, "a1");
+    let caller_media = d.remote_rtp.expect("caller's media");
+    let a1_media = leg1.remote_rtp.expect("agent's media");
+    let call = format!("/api/v1/calls/{}", d.call_id);
+    let transfer = format!("{call}/transfer");
+    let attended = |to: &str| format!(r#"{{"to":"{to}","attended":true}}"#);
+
+    // Nothing to complete or cancel yet; a queue cannot be consulted.
+    assert_eq!(
+        post(&server, &format!("{transfer}/complete"), &own, "").0,
+        409
+    );
+    assert_eq!(
+        post(&server, &format!("{transfer}/cancel"), &own, "").0,
+        409
+    );
+    let (code, e) = post(&server, &transfer, &own, &attended("hrss"));
+    assert_eq!(code, 422, "{e}");
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("queue")),
+        "{e}"
+    );
+
+    // 1) Consult 1002, then cancel: the caller is back with 1001.
+    let mut leg2 = consult_answered(&server, &call, &own, "1002", &mut a2, "a2");
+    let heard = trunk.record_rtp(0.5);
+    assert!(heard.len() > 10, "the caller hears music: {}", heard.len());
+    let (_, shown) = server.http("GET", &call, Some(&tickets), None);
+    assert_eq!(shown["agent"], "1001,1002", "{shown}");
+    let roles: Vec<&str> = shown["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .filter_map(|l| l["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["caller", "agent", "agent"], "{shown}");
+    // The consulted agent sees the call too (it may be given it).
+    assert_eq!(server.http("GET", &call, Some(&target_token), None).0, 200);
+    let a2_media = leg2.remote_rtp.expect("target's media");
+    assert_talking(&a1, a1_media, &a2, a2_media, "agent and target consult");
+    assert_eq!(post(&server, &transfer, &own, &attended("1003")).0, 409);
+    let (code, c) = post(&server, &format!("{transfer}/cancel"), &own, "");
+    assert_eq!(code, 200, "{c}");
+    let bye = a2.request("BYE", 3.0).expect("the target is let go");
+    a2.reply(server.sip, &bye, 200, "a2");
+    let _ = &mut leg2;
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1001",
+        (&trunk, caller_media),
+        (&a1, a1_media),
+        "back with the agent after cancel",
+    );
+
+    // 2) Consult 1003, whose phone declines: back with 1001.
+    assert_eq!(post(&server, &transfer, &own, &attended("1003")).0, 200);
+    let inv = a3.request("INVITE", 5.0).expect("1003 rings");
+    a3.reply(server.sip, &inv, 486, "a3");
+    let _ = a3.request("ACK", 3.0);
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1001",
+        (&trunk, caller_media),
+        (&a1, a1_media),
+        "back with the agent after a decline",
+    );
+
+    // 3) Consult 1002 again and complete through the API: 1001 is let go,
+    // the caller talks to 1002 on the addresses both phones already have.
+    let mut leg2 = consult_answered(&server, &call, &tickets, "1002", &mut a2, "a2b");
+    let a2_media = leg2.remote_rtp.expect("target's media");
+    let (code, c) = post(&server, &format!("{transfer}/complete"), &target_token, "");
+    assert_eq!(code, 200, "{c}");
+    let bye = a1.request("BYE", 3.0).expect("the first agent is let go");
+    a1.reply(server.sip, &bye, 200, "a1");
+    let _ = &mut leg1;
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1002",
+        (&trunk, caller_media),
+        (&a2, a2_media),
+        "the caller with 1002 after complete",
+    );
+
+    // 4) 1002 consults 1003 and hangs up: that completes the transfer.
+    let leg3 = consult_answered(&server, &call, &tickets, "1003", &mut a3, "a3b");
+    a2.in_dialog(server.sip, &mut leg2, "BYE", "");
+    assert_eq!(a2.final_status(&leg2.call_id, "BYE", 3.0), Some(200));
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1003",
+        (&trunk, caller_media),
+        (&a3, leg3.remote_rtp.expect("1003's media")),
+        "the caller with 1003 after 1002 hung up",
+    );
+
+    // 5) 1003 consults 1001; the caller hangs up meanwhile: 1003 and 1001
+    // go on talking until 1001 hangs up, then 1003 gets BYE.
+    let mut leg1 = consult_answered(&server, &call, &tickets, "1001", &mut a1, "a1c");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    assert_eq!(
+        post(&server, &format!("{transfer}/complete"), &tickets, "").0,
+        409,
+        "nobody left to transfer"
+    );
+    assert_talking(
+        &a3,
+        leg3.remote_rtp.expect("1003's media"),
+        &a1,
+        leg1.remote_rtp.expect("1001's media"),
+        "the consultation outlives the caller",
+    );
+    a1.in_dialog(server.sip, &mut leg1, "BYE", "");
+    assert_eq!(a1.final_status(&leg1.call_id, "BYE", 3.0), Some(200));
+    let bye = a3.request("BYE", 3.0).expect("1003 is let go");
+    a3.reply(server.sip, &bye, 200, "a3b");
+    server.assert_idle();
+
+    // The CDR has the two transfers that happened, and who hung up.
+    let cdr = cdr_of(&server, &tickets, &d.call_id);
+    assert_eq!(cdr["transfers"], json!(["1002", "1003"]), "{cdr}");
+    assert_eq!(cdr["hung_up_by"], "caller", "{cdr}");
+    let actions = server.audit_actions();
+    for action in [
+        "call.transfer.attended",
+        "call.transfer.cancel",
+        "call.transfer.complete",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} not in {actions:?}"
+        );
+    }
 }

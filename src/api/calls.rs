@@ -243,6 +243,12 @@ pub(super) struct TransferTo {
     /// An agent ID, a queue name, a peer centre, or a number the agent on
     /// the call may dial (as its phone's REFER would name it).
     to: String,
+    /// Consult first: the caller hears music while the agent talks to the
+    /// target; then `…/transfer/complete` (or the agent hanging up) hands
+    /// the caller over, `…/transfer/cancel` (or the target hanging up)
+    /// brings them back. Not to a queue.
+    #[serde(default)]
+    attended: bool,
 }
 
 #[utoipa::path(post, path = "/api/v1/calls/{id}/transfer", tag = "calls", security(("bearer" = [])),
@@ -272,16 +278,38 @@ pub(super) async fn transfer(
             "an agent ID, a queue or a number: 1-64 letters, digits and + - _ . * #",
         ));
     }
-    let detail = json!({ "to": to.to });
-    act(
-        &api,
-        &headers,
-        id,
-        TRANSFERRERS,
-        Control::Transfer(to.to),
-        detail,
-    )
-    .await
+    let detail = json!({ "to": to.to, "attended": to.attended });
+    let control = Control::Transfer {
+        to: to.to,
+        attended: to.attended,
+    };
+    act(&api, &headers, id, TRANSFERRERS, control, detail).await
+}
+
+#[utoipa::path(post, path = "/api/v1/calls/{id}/transfer/complete", tag = "calls", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the caller's Call-ID")),
+    responses((status = 200, description = "the attended transfer is done: the caller talks to the consulted target, the agent is let go (call.transferred follows)", body = Object),
+        CallRefusals))]
+pub(super) async fn transfer_complete(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Failure> {
+    let control = Control::TransferComplete;
+    act(&api, &headers, id, TRANSFERRERS, control, Value::Null).await
+}
+
+#[utoipa::path(post, path = "/api/v1/calls/{id}/transfer/cancel", tag = "calls", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the caller's Call-ID")),
+    responses((status = 200, description = "the attended transfer is called off: the target gets BYE (or CANCEL while it rings), the caller is back with the agent", body = Object),
+        CallRefusals))]
+pub(super) async fn transfer_cancel(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Failure> {
+    let control = Control::TransferCancel;
+    act(&api, &headers, id, TRANSFERRERS, control, Value::Null).await
 }
 
 /// `POST /api/v1/calls` body: a call to place (回访).

@@ -188,11 +188,10 @@ impl Call {
                 Some(CallEvent::Request { key, request, .. })
                     if request.core.call_id == agent.dialog.call_id =>
                 {
-                    let tag = agent.dialog.local_tag.clone();
-                    if !agent.dialog.accept_request(&request) {
-                        respond(&self.ctx, &key, &request, &tag, 500, &[], b"");
+                    if !super::in_order(&self.ctx, &mut agent.dialog, &key, &request) {
                         continue;
                     }
+                    let tag = agent.dialog.local_tag.clone();
                     let status = match request.method {
                         Method::Bye | Method::Info | Method::Options => 200,
                         _ => 491,

@@ -48,6 +48,7 @@ pub const CALL_STATES: &[&str] = &[
     "held",
     "handoff",
     "transferring",
+    "consulting",
 ];
 
 /// What a live call is doing, as the API shows it.
@@ -64,7 +65,8 @@ pub struct CallView {
     /// The route's mode.
     pub mode: String,
     /// `arriving`, `ivr`, `queued`, `ringing`, `talking`, `held`,
-    /// `handoff` or `transferring`.
+    /// `handoff`, `transferring` or `consulting` (the agent talks to an
+    /// attended transfer's target while the caller hears music).
     pub state: &'static str,
     /// Unix ms the call came in.
     pub arrived: u64,
@@ -104,8 +106,18 @@ pub enum Control {
     Resume,
     /// Start (true) or stop recording.
     Record(bool),
-    /// Blind transfer to an agent ID, a queue, or a number.
-    Transfer(String),
+    /// Transfer to an agent ID, a queue, or a number: blind, or attended
+    /// (the agent consults the target first, the caller hears music).
+    Transfer {
+        /// Where.
+        to: String,
+        /// Consult first.
+        attended: bool,
+    },
+    /// Complete the attended transfer being consulted: caller to target.
+    TransferComplete,
+    /// Cancel the attended transfer: the caller back with the agent.
+    TransferCancel,
 }
 
 impl Control {
@@ -118,7 +130,12 @@ impl Control {
             Control::Resume => "resume",
             Control::Record(true) => "record.start",
             Control::Record(false) => "record.stop",
-            Control::Transfer(_) => "transfer",
+            Control::Transfer {
+                attended: false, ..
+            } => "transfer",
+            Control::Transfer { attended: true, .. } => "transfer.attended",
+            Control::TransferComplete => "transfer.complete",
+            Control::TransferCancel => "transfer.cancel",
         }
     }
 }
@@ -312,28 +329,14 @@ impl super::Call {
             "talking"
         };
         self.show_state(state);
-        let agent = if self.b_agent.is_empty() {
-            self.cdr.agent.clone()
-        } else {
-            self.b_agent.clone()
-        };
+        let agent = self.agent_on_call().to_string();
         let far_role = if self.b_agent.is_empty() {
             "far"
         } else {
             "agent"
         };
-        let a_call_id = match &self.a_dialog {
-            Some(d) => d.call_id.clone(),
-            None => self.invite.core.call_id.clone(),
-        };
         let legs = vec![
-            leg_view(
-                "caller",
-                &self.cdr.caller,
-                &a_call_id,
-                &self.a_peer,
-                self.a_remote,
-            ),
+            self.caller_leg_view(),
             leg_view(far_role, &agent, &b.dialog.call_id, &b.peer, b.remote_media),
         ];
         let answered = self.cdr.answered;
@@ -348,6 +351,21 @@ impl super::Call {
             v.recording = recording;
             v.queue.clone_from(&self.cdr.queue);
         });
+    }
+
+    /// The caller's leg as the API shows it.
+    pub(super) fn caller_leg_view(&self) -> LegView {
+        let a_call_id = match &self.a_dialog {
+            Some(d) => d.call_id.as_str(),
+            None => self.invite.core.call_id.as_str(),
+        };
+        leg_view(
+            "caller",
+            &self.cdr.caller,
+            a_call_id,
+            &self.a_peer,
+            self.a_remote,
+        )
     }
 
     /// Merges call data from the API: into the CDR, the view, and the
@@ -534,16 +552,23 @@ impl super::Call {
                 self.show_bridge(b);
                 req.answer(Ok(serde_json::json!({ "recording": null })));
             }
-            Control::Transfer(_) if self.held.is_some() => {
+            Control::Transfer { .. } if self.held.is_some() => {
                 req.answer(Err((409, "resume the call before transferring it".into())))
             }
-            Control::Transfer(to) => return Some(super::Bridged::ApiTransfer(to, req)),
+            Control::Transfer { to, attended } => {
+                return Some(super::Bridged::ApiTransfer { to, attended, req })
+            }
+            Control::TransferComplete | Control::TransferCancel => req.answer(Err((
+                409,
+                "no attended transfer is being consulted on this call".into(),
+            ))),
         }
         None
     }
 }
 
-fn leg_view(
+/// A leg as the API shows it.
+pub(super) fn leg_view(
     role: &'static str,
     party: &str,
     call_id: &str,

@@ -444,19 +444,10 @@ impl Call {
             });
             return CallerSaid::Nothing;
         };
-        let tag = dialog.local_tag.clone();
-        if !dialog.accept_request(&req) {
-            respond(
-                &self.ctx,
-                &key,
-                &req,
-                &tag,
-                500,
-                &[("Retry-After", "1")],
-                b"",
-            );
+        if !super::in_order(&self.ctx, dialog, &key, &req) {
             return CallerSaid::Nothing;
         }
+        let tag = dialog.local_tag.clone();
         match req.method {
             Method::Bye => {
                 respond(&self.ctx, &key, &req, &tag, 200, &[], b"");

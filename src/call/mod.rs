@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
 mod callback;
+mod consult;
 mod control;
 mod ivr;
 mod queue;
@@ -215,6 +216,9 @@ struct Call {
     /// The caller's keys and prompt ends once a backend handed them back to
     /// the media engine (the flow listens on these from then on).
     returned_media: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
+    /// An attended transfer from the API being consulted: the agent's
+    /// socket set aside, then the agent–target relay ([`consult`]).
+    consult: Option<consult::Consultation>,
     /// Requests from the API ([`control`]).
     control: mpsc::Receiver<control::ControlReq>,
     /// Held through the API: the caller is in the media engine hearing
@@ -240,8 +244,12 @@ enum Bridged {
     /// The caller goes back from the backend on the far leg: the backend's
     /// REFER, or the caller's `return_keys` (no request).
     HandBack(Option<(TxKey, Box<Request>)>),
-    /// The API asked for a blind transfer to this target.
-    ApiTransfer(String, control::ControlReq),
+    /// The API asked for a transfer to this target (blind, or attended).
+    ApiTransfer {
+        to: String,
+        attended: bool,
+        req: control::ControlReq,
+    },
 }
 
 /// One INVITE of an offer (several at once under ring-all).
@@ -516,6 +524,17 @@ async fn linger(
 }
 
 /// The SDP offer in `req`, or a 488 with the reason in a Warning.
+/// Whether `dialog` takes the in-dialog request `req` (its CSeq in order);
+/// one it does not is answered 500 with Retry-After (RFC 3261 §12.2.2).
+fn in_order(ctx: &CallCtx, dialog: &mut Dialog, key: &TxKey, req: &Request) -> bool {
+    if dialog.accept_request(req) {
+        return true;
+    }
+    let tag = dialog.local_tag.clone();
+    respond(ctx, key, req, &tag, 500, &[("Retry-After", "1")], b"");
+    false
+}
+
 fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<AudioOffer> {
     match sdp::parse_audio(&req.body) {
         Ok(o) => Some(o),
@@ -661,11 +680,22 @@ impl Call {
             handing_off: false,
             return_keys: None,
             returned_media: None,
+            consult: None,
             control,
             held: None,
             recording_on: false,
             resume_recording: false,
             refer_subscribed: false,
+        }
+    }
+
+    /// The agent on the far leg now (after transfers), else the one who
+    /// answered the call.
+    fn agent_on_call(&self) -> &str {
+        if self.b_agent.is_empty() {
+            &self.cdr.agent
+        } else {
+            &self.b_agent
         }
     }
 
@@ -717,10 +747,14 @@ impl Call {
             self.a_sdp_version = a.sdp_version;
             let b_call_id = b.dialog.call_id.clone();
             match outcome {
-                Bridged::ApiTransfer(to, req) => {
+                Bridged::ApiTransfer { to, attended, req } => {
                     self.a_dialog = Some(a.dialog);
-                    let asker = transfer::Asker::Api(req);
-                    match self.blind(b, ticket, &to, asker).await {
+                    let after = if attended {
+                        self.consult(b, ticket, &to, req).await
+                    } else {
+                        self.blind(b, ticket, &to, transfer::Asker::Api(req)).await
+                    };
+                    match after {
                         transfer::After::Bridge(leg, t) => {
                             b = *leg;
                             ticket = t;
@@ -849,7 +883,7 @@ impl Call {
                 shared.records.recording(crate::store::RecordingMeta {
                     path,
                     call_id: self.invite.core.call_id.clone(),
-                    agent: self.cdr.agent.clone(),
+                    agent: self.agent_on_call().to_string(),
                     queue: self.cdr.queue.clone(),
                     started: now_ms(),
                 });
@@ -1090,7 +1124,13 @@ impl Call {
             }
             return Offer::Next;
         }
-        let rung: Vec<String> = seats.iter().map(|(s, _)| s.agent.clone()).collect();
+        // An attended transfer's target rings for the consulting agent, who
+        // stays on the call (and may cancel).
+        let consulting = self.consult.as_ref().map(|c| c.agent.clone());
+        let rung: Vec<String> = consulting
+            .into_iter()
+            .chain(seats.iter().map(|(s, _)| s.agent.clone()))
+            .collect();
         self.show_state("ringing");
         self.show(|v| v.agent = rung.join(","));
         let mut forks = Vec::with_capacity(seats.len());
@@ -1135,6 +1175,14 @@ impl Call {
                     break Offer::CallerGone;
                 }
                 Some(req) = self.control.recv() => {
+                    if self.consult.is_some() && req.control == control::Control::TransferCancel {
+                        info!("attended transfer cancelled through the API while the target rang");
+                        req.answer(Ok(serde_json::json!({ "state": "cancelled" })));
+                        for fork in forks.iter_mut() {
+                            self.drop_fork(fork);
+                        }
+                        break Offer::Next;
+                    }
                     if self.control_unbridged(req, "ringing") {
                         for fork in forks.iter_mut() {
                             self.drop_fork(fork);
@@ -1279,9 +1327,29 @@ impl Call {
                 return None;
             }
         };
+        let mut leg = Leg {
+            side: Side::B,
+            dialog,
+            peer: seat.peer,
+            media: self.b_addr,
+            sdp_version: 1,
+            pending: None,
+            our_reinvite: None,
+            remote_media: answer.addr,
+        };
+        if self.consult.is_some() {
+            // An attended transfer's target: it talks to the agent first.
+            if !self.consult_media(answer.addr).await {
+                warn!("no relay for the consultation; hanging the target up");
+                self.bye(&mut leg.dialog, leg.peer);
+                return None;
+            }
+            info!(agent = %seat.agent, "the consulted target answered");
+            return Some(leg);
+        }
         if !self.bridge_media().await {
             warn!("no relay for the answered leg; hanging it up");
-            self.bye(&mut dialog, seat.peer);
+            self.bye(&mut leg.dialog, leg.peer);
             return None;
         }
         self.relay_cmd(RelayCmd::Remote(Side::B, answer.addr)).await;
@@ -1293,16 +1361,6 @@ impl Call {
             // A crash from now on is closed out with the agent and answer known.
             self.ctx.shared.records.began(&self.cdr);
         }
-        let leg = Leg {
-            side: Side::B,
-            dialog,
-            peer: seat.peer,
-            media: self.b_addr,
-            sdp_version: 1,
-            pending: None,
-            our_reinvite: None,
-            remote_media: answer.addr,
-        };
         // Shown talking before the caller hears the answer.
         self.show_bridge(&leg);
         if !self.answered {
@@ -1654,19 +1712,10 @@ impl Call {
         this: &mut Leg,
         other: &mut Leg,
     ) -> Option<End> {
-        let tag = this.dialog.local_tag.clone();
-        if !this.dialog.accept_request(&req) {
-            respond(
-                &self.ctx,
-                &key,
-                &req,
-                &tag,
-                500,
-                &[("Retry-After", "1")],
-                b"",
-            );
+        if !in_order(&self.ctx, &mut this.dialog, &key, &req) {
             return None;
         }
+        let tag = this.dialog.local_tag.clone();
         match req.method {
             Method::Bye => {
                 respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
@@ -1707,18 +1756,7 @@ impl Call {
             }
             Method::Invite | Method::Update => {
                 // An offerless re-INVITE/UPDATE (session refresh): answer with our current SDP.
-                this.sdp_version += 1;
-                let body = self.our_sdp(this.media, this.sdp_version, Direction::SendRecv);
-                let contact = self.contact(&this.peer);
-                respond(
-                    &self.ctx,
-                    &key,
-                    &req,
-                    &tag,
-                    200,
-                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                    body.as_bytes(),
-                );
+                self.answer_with_sdp(this, &key, &req, Direction::SendRecv);
                 None
             }
             Method::Info | Method::Options => {
@@ -1770,7 +1808,6 @@ impl Call {
         let Some((pkey, preq)) = other.pending.take() else {
             return;
         };
-        let tag = other.dialog.local_tag.clone();
         if (200..300).contains(&resp.status) {
             let direction = match sdp::parse_audio(&resp.body) {
                 Ok(answer) => {
@@ -1785,20 +1822,28 @@ impl Call {
             if other.side == Side::A {
                 self.a_direction = direction;
             }
-            other.sdp_version += 1;
-            let body = self.our_sdp(other.media, other.sdp_version, direction);
-            let contact = self.contact(&other.peer);
-            respond(
-                &self.ctx,
-                &pkey,
-                &preq,
-                &tag,
-                200,
-                &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                body.as_bytes(),
-            );
+            self.answer_with_sdp(other, &pkey, &preq, direction);
         } else {
+            let tag = other.dialog.local_tag.clone();
             respond(&self.ctx, &pkey, &preq, &tag, resp.status, &[], b"");
         }
+    }
+
+    /// Answers an INVITE or UPDATE in `leg`'s dialog with 200 and our SDP
+    /// for that leg (its next version), in `direction`.
+    fn answer_with_sdp(&self, leg: &mut Leg, key: &TxKey, req: &Request, direction: Direction) {
+        leg.sdp_version += 1;
+        let body = self.our_sdp(leg.media, leg.sdp_version, direction);
+        let contact = self.contact(&leg.peer);
+        let tag = leg.dialog.local_tag.clone();
+        respond(
+            &self.ctx,
+            key,
+            req,
+            &tag,
+            200,
+            &[("Contact", &contact), ("Content-Type", "application/sdp")],
+            body.as_bytes(),
+        );
     }
 }

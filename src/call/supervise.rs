@@ -141,7 +141,15 @@ pub async fn supervise(
         let refuse = |status: u16, why: &str| {
             info!(status, why, "supervision refused");
             let warning = crate::sip::warning(why);
-            respond(&ctx, &key, &invite, &tag, status, &[("Warning", &warning)], b"");
+            respond(
+                &ctx,
+                &key,
+                &invite,
+                &tag,
+                status,
+                &[("Warning", &warning)],
+                b"",
+            );
         };
         'call: {
             let Some(offer) = offer_or_488(&ctx, &key, &invite, &tag) else {
@@ -196,7 +204,14 @@ pub async fn supervise(
             } else {
                 Direction::SendRecv
             };
-            let body = sdp::write(rand::random::<u32>().into(), 1, local, &[pt], None, direction);
+            let body = sdp::write(
+                rand::random::<u32>().into(),
+                1,
+                local,
+                &[pt],
+                None,
+                direction,
+            );
             let contact = format!(
                 "<sip:yihaotong@{};transport={}>",
                 shared.host,
@@ -217,8 +232,7 @@ pub async fn supervise(
                     e = events.recv() => match e {
                         None | Some(CallEvent::AckTimeout) => break,
                         Some(CallEvent::Request { key, request, .. }) => {
-                            if !dialog.accept_request(&request) {
-                                respond(&ctx, &key, &request, &tag, 500, &[("Retry-After", "1")], b"");
+                            if !super::in_order(&ctx, &mut dialog, &key, &request) {
                                 continue;
                             }
                             match request.method {

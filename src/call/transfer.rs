@@ -64,7 +64,7 @@ pub(super) enum Target {
 }
 
 impl Target {
-    fn label(&self) -> &str {
+    pub(super) fn label(&self) -> &str {
         match self {
             Target::Agent(id) => id,
             Target::Queue(q) => q,
@@ -503,11 +503,19 @@ impl Call {
         }
     }
 
-    /// A transfer to a number that is neither an agent, a queue, a centre
-    /// nor an emergency number: out through the trunk, when the
-    /// transferring agent may dial it.
-    fn outside_transfer_target(&self, user: &str) -> Result<Target, String> {
-        outside_target(&self.ctx.shared, &self.cdr.agent, user)
+    /// Where a transfer to `user` goes: an agent (not the one on the call),
+    /// a queue, a centre, an emergency number, or a number out through the
+    /// trunk when the transferring agent may dial it.
+    pub(super) fn transfer_target(&self, user: &str) -> Result<Target, String> {
+        let shared = &self.ctx.shared;
+        let agent = self.agent_on_call();
+        match resolve(shared, user) {
+            Some(Target::Agent(id)) if id == agent => {
+                Err(format!("agent {agent} cannot transfer a call to itself"))
+            }
+            Some(t) => Ok(t),
+            None => outside_target(shared, agent, user),
+        }
     }
 
     /// Sends a NOTIFY for the REFER on `leg` with the target's progress.
@@ -544,7 +552,7 @@ impl Call {
 
     /// Refuses a transfer: a SIP answer to the REFER (with a Warning), or
     /// the API's (422 for a target it may not reach, 409 otherwise).
-    fn refuse(&self, asker: Asker, tag: &str, status: u16, why: &str) {
+    pub(super) fn refuse(&self, asker: Asker, tag: &str, status: u16, why: &str) {
         match asker {
             Asker::Refer(key, req) => {
                 let warning = crate::sip::warning(why);
@@ -566,7 +574,7 @@ impl Call {
     }
 
     /// The transferring agent's leg learns the outcome and is hung up.
-    fn release_transferor(&mut self, status: u16) {
+    pub(super) fn release_transferor(&mut self, status: u16) {
         if let Some(mut t) = self.transferor.take() {
             self.tell_transferor(&mut t, status);
             self.bye(&mut t.dialog, t.peer);
@@ -607,15 +615,7 @@ impl Call {
     ) -> After {
         let tag = b.dialog.local_tag.clone();
         let shared = self.ctx.shared.clone();
-        let target = match resolve(&shared, user) {
-            Some(t) if t == Target::Agent(self.cdr.agent.clone()) => Err(format!(
-                "agent {} cannot transfer a call to itself",
-                self.cdr.agent
-            )),
-            Some(t) => Ok(t),
-            None => self.outside_transfer_target(user),
-        };
-        let target = match target {
+        let target = match self.transfer_target(user) {
             Ok(t) => t,
             Err(why) => {
                 info!(to = %user, reason = %why, "transfer refused");
@@ -640,7 +640,7 @@ impl Call {
                 false
             }
         };
-        info!(agent = %self.cdr.agent, to = %target.label(), by = if self.refer_subscribed { "REFER" } else { "API" }, "blind transfer");
+        info!(agent = %self.agent_on_call(), to = %target.label(), by = if self.refer_subscribed { "REFER" } else { "API" }, "blind transfer");
         self.show_state("transferring");
         if self.unbridge(law).await.is_none() {
             warn!("the relay could not be taken apart; ending the call");
@@ -683,16 +683,29 @@ impl Call {
             }
             Reached::Failed(status) => {
                 info!(to = %label, status, "transfer failed");
-                match self.back_to_transferor(status, ticket).await {
-                    Ok(after) => after,
-                    Err(()) if queue.is_empty() => {
-                        self.busy_notice_and_hangup().await;
-                        After::Ended(End::NoAgent)
-                    }
-                    // The agent left: the caller goes back to the queue.
-                    Err(()) => self.requeue(&offer, &queue).await,
-                }
+                self.transfer_failed(status, ticket, &offer, &queue).await
             }
+        }
+    }
+
+    /// A transfer did not reach its target: the caller goes back to the
+    /// agent, or, if the agent left, back in `queue` (or hears the busy
+    /// notice when the call had none).
+    pub(super) async fn transfer_failed(
+        &mut self,
+        status: u16,
+        ticket: Option<Ticket>,
+        offer: &AudioOffer,
+        queue: &str,
+    ) -> After {
+        match self.back_to_transferor(status, ticket).await {
+            Ok(after) => after,
+            Err(()) if queue.is_empty() => {
+                self.busy_notice_and_hangup().await;
+                After::Ended(End::NoAgent)
+            }
+            // The agent left: the caller goes back to the queue.
+            Err(()) => self.requeue(offer, queue).await,
         }
     }
 
@@ -785,7 +798,7 @@ impl Call {
         let (reply, handed) = oneshot::channel();
         let asked = consult
             .send(Takeover {
-                agent: self.cdr.agent.clone(),
+                agent: self.agent_on_call().to_string(),
                 reply,
             })
             .await;
@@ -814,7 +827,7 @@ impl Call {
         } else {
             new_agent.clone()
         };
-        info!(agent = %self.cdr.agent, to = %label, "attended transfer");
+        info!(agent = %self.agent_on_call(), to = %label, "attended transfer");
         // The target's dialog is ours from now on.
         let _ = self
             .worker_for(&dialog.call_id)
@@ -861,7 +874,7 @@ impl Call {
     }
 
     /// The offer we make targets: the caller's codec (the caller is answered).
-    fn bridge_offer(&self) -> AudioOffer {
+    pub(super) fn bridge_offer(&self) -> AudioOffer {
         AudioOffer {
             addr: self.a_remote,
             codecs: vec![self.codec],
@@ -871,7 +884,7 @@ impl Call {
     }
 
     /// A caller the agent put on hold is taken off it (a transfer moves them on).
-    fn take_off_hold(&mut self) {
+    pub(super) fn take_off_hold(&mut self) {
         if !self.a_direction.is_hold() {
             return;
         }

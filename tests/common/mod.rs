@@ -274,6 +274,18 @@ impl TestServer {
         assert!(ok, "agents add failed: {out}");
     }
 
+    /// The actions in the audit log (read with an admin token made here).
+    pub fn audit_actions(&self) -> Vec<String> {
+        let admin = self.token("audit-reader", "admin", None);
+        let (_, audit) = self.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+        audit["items"]
+            .as_array()
+            .expect("audit items")
+            .iter()
+            .filter_map(|e| e["action"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Waits until no call is alive and every RTP port is back in the pool:
     /// every per-call task and relay ended with its call.
     pub fn assert_idle(&self) {
@@ -952,6 +964,16 @@ pub fn talk(a: &Phone, a_to: SocketAddr, b: &Phone, b_to: SocketAddr) -> (usize,
         let mine = a.exchange_rtp_of(a_to, 50, 0xa11ce, 0x77);
         (mine, other.join().expect("thread"))
     })
+}
+
+/// Both phones hear each other through the server: more than 30 of the 50
+/// packets each sends reach the other.
+pub fn assert_talking(a: &Phone, a_to: SocketAddr, b: &Phone, b_to: SocketAddr, what: &str) {
+    let (a_got, b_got) = talk(a, a_to, b, b_to);
+    assert!(
+        a_got > 30 && b_got > 30,
+        "{what}: {a_got} and {b_got} of 50 packets"
+    );
 }
 
 /// The agent's phone sends REFER to `refer_to` (a name-addr) on `leg`;
