@@ -772,3 +772,73 @@ fn an_attended_transfer_consults_the_target_before_the_caller_is_handed_over() {
         );
     }
 }
+
+#[test]
+fn an_attended_transfer_is_cancelled_while_ringing_or_goes_on_blind_when_the_agent_leaves() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "hrss");
+    let tickets = server.token("tickets", "ticketing", None);
+    let mut a1 = agent(&server, "1001");
+    let mut a2 = agent(&server, "1002");
+    let mut trunk = Phone::new("13800000013");
+    let (mut d, mut leg1) = connected_call(&server, &mut trunk, &mut a1, "a1");
+    let caller_media = d.remote_rtp.expect("caller's media");
+    let a1_media = leg1.remote_rtp.expect("agent's media");
+    let call = format!("/api/v1/calls/{}", d.call_id);
+    let attended = r#"{"to":"1002","attended":true}"#;
+
+    // Cancelled while the target rings: it gets CANCEL, the caller is back.
+    assert_eq!(
+        post(&server, &format!("{call}/transfer"), &tickets, attended).0,
+        200
+    );
+    let inv = a2.request("INVITE", 5.0).expect("the target rings");
+    a2.reply(server.sip, &inv, 180, "a2");
+    let _ = view_in(&server, &tickets, &call, "ringing");
+    let (code, c) = post(&server, &format!("{call}/transfer/cancel"), &tickets, "");
+    assert_eq!(code, 200, "{c}");
+    let cancel = a2.request("CANCEL", 3.0).expect("CANCEL to the target");
+    a2.reply(server.sip, &cancel, 200, "a2");
+    a2.reply(server.sip, &inv, 487, "a2");
+    assert!(a2.request("ACK", 3.0).is_some(), "the 487 is acknowledged");
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1001",
+        (&trunk, caller_media),
+        (&a1, a1_media),
+        "back with the agent after a cancel while ringing",
+    );
+
+    // The agent hangs up while the target rings: the transfer goes on
+    // blind, and the target's answer takes the caller.
+    assert_eq!(
+        post(&server, &format!("{call}/transfer"), &tickets, attended).0,
+        200
+    );
+    let inv = a2.request("INVITE", 5.0).expect("the target rings again");
+    a2.reply(server.sip, &inv, 180, "a2b");
+    let _ = view_in(&server, &tickets, &call, "ringing");
+    a1.in_dialog(server.sip, &mut leg1, "BYE", "");
+    assert_eq!(a1.final_status(&leg1.call_id, "BYE", 3.0), Some(200));
+    let leg2 = answer(&server, &mut a2, &inv, "a2b");
+    talking_with(
+        &server,
+        &tickets,
+        &call,
+        "1002",
+        (&trunk, caller_media),
+        (&a2, leg2.remote_rtp.expect("target's media")),
+        "the caller with the target after the agent left",
+    );
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = a2.request("BYE", 3.0).expect("the target is let go");
+    a2.reply(server.sip, &bye, 200, "a2b");
+    server.assert_idle();
+    let cdr = cdr_of(&server, &tickets, &d.call_id);
+    assert_eq!(cdr["transfers"], json!(["1002"]), "{cdr}");
+    assert_eq!(cdr["hung_up_by"], "caller", "{cdr}");
+}
