@@ -189,7 +189,8 @@ pub enum AdminCommand {
     /// The queues of the running server with their figures now.
     Queues,
     /// Place a call (回访): `agent` (or the next of `queue`) is rung, then
-    /// `number` through the trunk, showing `hotline`; `data` travels with it.
+    /// `number` through the trunk, showing `hotline`; `data` travels with
+    /// it. With `flow`: the citizen is rung first and walks the flow.
     Originate {
         /// The citizen's number.
         number: String,
@@ -199,6 +200,9 @@ pub enum AdminCommand {
         /// Or the queue whose next agent takes it.
         #[serde(default)]
         queue: Option<String>,
+        /// Or the flow the citizen walks once they answer.
+        #[serde(default)]
+        flow: Option<String>,
         /// The number the citizen sees.
         hotline: String,
         /// Call data (name → value).

@@ -179,6 +179,7 @@ impl Shared {
                 number,
                 agent,
                 queue,
+                flow,
                 hotline,
                 data,
             } => {
@@ -188,6 +189,7 @@ impl Shared {
                         number: number.clone(),
                         agent: agent.clone(),
                         queue: queue.clone(),
+                        flow: flow.clone(),
                         hotline: hotline.clone(),
                         data: data.clone(),
                     },

@@ -842,3 +842,74 @@ fn an_attended_transfer_is_cancelled_while_ringing_or_goes_on_blind_when_the_age
     assert_eq!(cdr["transfers"], json!(["1002"]), "{cdr}");
     assert_eq!(cdr["hung_up_by"], "caller", "{cdr}");
 }
+
+#[test]
+fn the_api_calls_a_citizen_into_a_satisfaction_survey_flow() {
+    let mut gateway = Phone::new("gateway");
+    let outbound = format!("sip:{}", gateway.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_TRUNK__OUTBOUND", outbound.as_str())]);
+    server.add_agent("1001", "s3cret", "main");
+    let tickets = server.token("tickets", "ticketing", None);
+    let own = server.token("desk-1001", "agent", Some("1001"));
+    let survey =
+        r#"{"to": "13800000031", "flow": "callback-survey", "data": {"ticket": "GD-2026-0077"}}"#;
+
+    // Refused: a flow that is not loaded, two targets, an agent token.
+    let (code, e) = post(
+        &server,
+        "/api/v1/calls",
+        &tickets,
+        r#"{"to": "13800000031", "flow": "no-such-flow"}"#,
+    );
+    assert_eq!(code, 422, "{e}");
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("flow")),
+        "{e}"
+    );
+    let (code, e) = post(
+        &server,
+        "/api/v1/calls",
+        &tickets,
+        r#"{"to": "13800000031", "flow": "callback-survey", "queue": "main"}"#,
+    );
+    assert_eq!(code, 400, "{e}");
+    assert_eq!(post(&server, "/api/v1/calls", &own, survey).0, 403);
+
+    // The citizen is rung showing 12345, answers, hears the question and
+    // presses 1 (RFC 4733): thanked and let go.
+    let (code, placed) = post(&server, "/api/v1/calls", &tickets, survey);
+    assert_eq!(code, 202, "{placed}");
+    let call_id = placed["call_id"].as_str().expect("a Call-ID").to_string();
+    let out = gateway.request("INVITE", 5.0).expect("the trunk is rung");
+    assert!(
+        out.uri.to_string().starts_with("sip:13800000031@"),
+        "{}",
+        out.uri
+    );
+    assert!(out
+        .headers
+        .get("from")
+        .is_some_and(|f| f.contains("sip:12345@")));
+    let citizen = answer(&server, &mut gateway, &out, "gw");
+    let media = citizen.remote_rtp.expect("our media address");
+    let heard = gateway.record_rtp(0.6);
+    assert!(heard.len() > 15, "the question is played: {}", heard.len());
+    let shown = view_in(
+        &server,
+        &tickets,
+        &format!("/api/v1/calls/{call_id}"),
+        "ivr",
+    );
+    assert_eq!(shown["flow"], "callback-survey", "{shown}");
+    gateway.press_rfc4733(media, '1', 101, 160_000);
+    let bye = gateway.request("BYE", 10.0).expect("thanked, then BYE");
+    gateway.reply(server.sip, &bye, 200, "gw");
+    server.assert_idle();
+    let cdr = cdr_of(&server, &tickets, &call_id);
+    assert_eq!(cdr["hotline"], "outbound", "{cdr}");
+    assert_eq!(cdr["flow"], "callback-survey", "{cdr}");
+    assert_eq!(cdr["keys"], "1", "{cdr}");
+    assert_eq!(cdr["vars"]["satisfaction"], "satisfied", "{cdr}");
+    assert_eq!(cdr["data"]["ticket"], "GD-2026-0077", "{cdr}");
+    assert!(cdr["answered"].is_u64(), "the citizen answered: {cdr}");
+}

@@ -77,6 +77,10 @@ pub struct Cdr {
     pub path: String,
     /// Keys pressed in the flow.
     pub keys: String,
+    /// The flow's variables when it let the caller go (a survey's answer,
+    /// digits collected), at most 20.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, String>,
     /// Queue the call waited in last.
     pub queue: String,
     /// Queues it overflowed from, in order.

@@ -324,6 +324,11 @@ pub(super) struct NewCall {
     /// Or the queue whose next free agent takes the call.
     #[serde(default)]
     queue: Option<String>,
+    /// Or the flow the citizen walks once they answer (a satisfaction
+    /// survey such as the bundled `callback-survey`; their keys and
+    /// variables land in the CDR).
+    #[serde(default)]
+    flow: Option<String>,
     /// The number the citizen sees (default 12345).
     #[serde(default)]
     hotline: Option<String>,
@@ -334,7 +339,7 @@ pub(super) struct NewCall {
 
 #[utoipa::path(post, path = "/api/v1/calls", tag = "calls", security(("bearer" = [])),
     request_body = NewCall,
-    responses((status = 202, description = "placed: the agent (or the queue's next) is rung, then the citizen through the trunk; follow it by its call_id in /api/v1/calls, the event stream and its CDR (hotline outbound)", body = Object),
+    responses((status = 202, description = "placed: the agent (or the queue's next) is rung, then the citizen through the trunk (with a flow: the citizen first, then the flow); follow it by its call_id in /api/v1/calls, the event stream and its CDR (hotline outbound)", body = Object),
         (status = 400, description = "the body is wrong; the message names the field", body = ErrorBody),
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not, or an agent token names another agent", body = ErrorBody),
@@ -347,7 +352,10 @@ pub(super) async fn originate(
     let caller = authorize(&api, &headers, CONTROLLERS, "place calls")?;
     let mut call: NewCall = body(&bytes)?;
     if let Some(own) = caller.own_agent() {
-        if call.agent.as_deref().is_some_and(|a| a != own) || call.queue.is_some() {
+        if call.agent.as_deref().is_some_and(|a| a != own)
+            || call.queue.is_some()
+            || call.flow.is_some()
+        {
             return Err(Failure(
                 StatusCode::FORBIDDEN,
                 "an agent token may place calls only for its own agent".into(),
@@ -361,11 +369,12 @@ pub(super) async fn originate(
             "a telephone number is needed (at most 32 characters)",
         ));
     }
-    match (&call.agent, &call.queue) {
-        (None, None) | (Some(_), Some(_)) => {
-            return Err(bad("agent", "name an agent or a queue (one of them)"))
-        }
-        _ => {}
+    let named = [&call.agent, &call.queue, &call.flow];
+    if named.iter().filter(|n| n.is_some()).count() != 1 {
+        return Err(bad(
+            "agent",
+            "name an agent, a queue or a flow (one of them)",
+        ));
     }
     let hotline = call.hotline.unwrap_or_else(|| "12345".into());
     if hotline.is_empty() || hotline.len() > 32 || !hotline.bytes().all(|b| b.is_ascii_digit()) {
@@ -374,12 +383,13 @@ pub(super) async fn originate(
     if !call.data.is_empty() {
         crate::call::check_data(&call.data).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
     }
-    let detail = json!({ "to": call.to, "agent": call.agent, "queue": call.queue, "hotline": hotline, "data": call.data });
+    let detail = json!({ "to": call.to, "agent": call.agent, "queue": call.queue, "flow": call.flow, "hotline": hotline, "data": call.data });
     record_action(&api, &caller, "call.originate", &call.to, detail).await?;
     let cmd = crate::admin::AdminCommand::Originate {
         number: call.to,
         agent: call.agent,
         queue: call.queue,
+        flow: call.flow,
         hotline,
         data: call.data,
     };

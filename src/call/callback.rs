@@ -28,6 +28,7 @@ use super::{respond, Call, CallCtx, CallEvent, Fork, Leg};
 use crate::acd::desk::Rank;
 use crate::acd::records::Disposition;
 use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
+use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
 use crate::server::{Shared, WorkerInput};
@@ -103,8 +104,14 @@ impl Call {
         }
     }
 
-    /// Rings the citizen through the trunk for the answered agent on `agent`.
-    async fn ring_citizen(&mut self, agent: &mut Leg, ring: Duration) -> Citizen {
+    /// Rings the citizen through the trunk, offering our `media` address,
+    /// for the answered agent on `agent` (or for a flow: no agent).
+    async fn ring_citizen(
+        &mut self,
+        mut agent: Option<&mut Leg>,
+        media: std::net::SocketAddr,
+        ring: Duration,
+    ) -> Citizen {
         let shared = self.ctx.shared.clone();
         let number = self.cdr.caller.clone();
         let Some(target) = super::transfer::outbound(&shared, &number) else {
@@ -130,13 +137,8 @@ impl Call {
             early: false,
             done: false,
         };
-        let (key, branch, cseq) = self.send_invite(
-            &mut fork.dialog,
-            target.peer,
-            self.a_media(),
-            1,
-            Direction::SendRecv,
-        );
+        let (key, branch, cseq) =
+            self.send_invite(&mut fork.dialog, target.peer, media, 1, Direction::SendRecv);
         (fork.key, fork.branch, fork.cseq) = (key, branch, cseq);
         info!(uri = %target.uri, "calling the citizen back");
         let deadline = Instant::now() + ring;
@@ -186,8 +188,13 @@ impl Call {
                     return Citizen::NoAnswer;
                 }
                 Some(CallEvent::Request { key, request, .. })
-                    if request.core.call_id == agent.dialog.call_id =>
+                    if agent
+                        .as_ref()
+                        .is_some_and(|a| a.dialog.call_id == request.core.call_id) =>
                 {
+                    let Some(agent) = agent.as_deref_mut() else {
+                        continue;
+                    };
                     if !super::in_order(&self.ctx, &mut agent.dialog, &key, &request) {
                         continue;
                     }
@@ -323,8 +330,11 @@ pub struct Originate {
     pub number: String,
     /// This agent takes it (rung first, by name), within its dial rights...
     pub agent: Option<String>,
-    /// ...or whoever this queue offers, within `[outbound] allow`.
+    /// ...or whoever this queue offers, within `[outbound] allow`...
     pub queue: Option<String>,
+    /// ...or this flow, once the citizen answers (a satisfaction survey,
+    /// a notice), within `[outbound] allow`.
+    pub flow: Option<String>,
     /// The hotline number the citizen sees.
     pub hotline: String,
     /// Call data for the agent's screen (`X-Data-NAME`) and the CDR.
@@ -333,10 +343,13 @@ pub struct Originate {
 
 /// Places a call for the API: an agent (the one named, or the queue's
 /// next) is rung first, then the citizen through `[trunk] outbound`, and
-/// the two are bridged and recorded as any agent call. Checks what can be
-/// checked at once (the number may go out, the agent or queue exists) and
-/// returns the new call's Call-ID; how it goes shows in the call's view,
-/// the event stream and its CDR (hotline `outbound`).
+/// the two are bridged and recorded as any agent call; or the citizen is
+/// rung and, once they answer, walks a flow as a caller would (its keys,
+/// path and variables in the CDR; its queue nodes put them in line).
+/// Checks what can be checked at once (the number may go out, the agent,
+/// queue or flow exists) and returns the new call's Call-ID; how it goes
+/// shows in the call's view, the event stream and its CDR (hotline
+/// `outbound`).
 pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, String> {
     if !o.data.is_empty() {
         super::control::check_data(&o.data)?;
@@ -346,17 +359,17 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
         super::transfer::Target::Out { class, .. } => class,
         _ => return Err(format!("{} cannot be called out", o.number)),
     };
-    let queue = match (&o.agent, &o.queue) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err("name an agent or a queue, not both".into())
-        }
-        (Some(id), None) => match shared.store.agent(id) {
+    let queue = match (&o.agent, &o.queue, &o.flow) {
+        (Some(id), None, None) => match shared.store.agent(id) {
             Ok(Some(_)) => String::new(),
             Ok(None) => return Err(format!("agent: no agent {id:?}")),
             Err(e) => return Err(format!("agent: {e:#}")),
         },
-        (None, Some(q)) if shared.settings.queues.contains_key(q) => q.clone(),
-        (None, Some(q)) => return Err(format!("queue: no queue {q:?}")),
+        (None, Some(q), None) if shared.settings.queues.contains_key(q) => q.clone(),
+        (None, Some(q), None) => return Err(format!("queue: no queue {q:?}")),
+        (None, None, Some(f)) if shared.catalog().flows.contains_key(f) => String::new(),
+        (None, None, Some(f)) => return Err(format!("flow: no flow {f:?} is loaded")),
+        _ => return Err("name one of an agent, a queue or a flow".into()),
     };
     let number = crate::outbound::dialable(
         &o.number,
@@ -397,22 +410,26 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
         call.cdr.queued = None;
     }
     let call_id = call.invite.core.call_id.clone();
-    info!(call_id, number = %booking.number, agent = ?o.agent, queue = %booking.queue, "originating a call for the API");
+    info!(call_id, number = %booking.number, agent = ?o.agent, queue = %booking.queue, flow = ?o.flow, "originating a call for the API");
     let shared = shared.clone();
     let span = info_span!("originate", call_id = %call_id);
     tokio::spawn(
         async move {
             shared.live_calls.fetch_add(1, Ordering::Relaxed);
             let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
-            let seated = match &o.agent {
-                Some(id) => {
+            let seated = match (&o.agent, &o.flow) {
+                (_, Some(flow)) => {
+                    call.citizen_into_flow(flow).await;
+                    None
+                }
+                (Some(id), None) => {
                     let target = super::transfer::Target::Agent(id.clone());
                     match call.reach_target(&target, ring, &offer, None).await {
                         super::transfer::Reached::Answered(leg, ticket) => Some((leg, ticket)),
                         _ => None,
                     }
                 }
-                None => match rejoin(&shared, &booking).await {
+                (None, None) => match rejoin(&shared, &booking).await {
                     Some((ticket, mut desk)) => {
                         match call.wait_in_line(&ticket, &mut desk, &offer, &route).await {
                             Waited::Connected(leg) => Some((leg, Some(ticket))),
@@ -426,7 +443,8 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
                 let ring = Duration::from_secs(shared.settings.queue.callback_ring.max(1));
                 // Answered means the citizen answered (the report's out_ans),
                 // not the agent.
-                match call.ring_citizen(&mut leg, ring).await {
+                let media = call.a_media();
+                match call.ring_citizen(Some(&mut leg), media, ring).await {
                     Citizen::Answered(a_dialog) => {
                         info!("citizen answered: the originated call is connected");
                         call.cdr.answered = Some(now_ms());
@@ -454,6 +472,50 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
     Ok(call_id)
 }
 
+impl Call {
+    /// Rings the citizen for `flow` and, once they answer, walks it with
+    /// them as with a caller.
+    async fn citizen_into_flow(&mut self, flow: &str) {
+        let shared = self.ctx.shared.clone();
+        let catalog = shared.catalog();
+        let (Some(found), Some(law)) = (catalog.flows.get(flow).cloned(), Law::from_pt(self.codec))
+        else {
+            warn!(
+                flow,
+                "the flow is gone (or the codec is not G.711); nothing placed"
+            );
+            return;
+        };
+        // Our socket for the citizen's media: its address goes in the offer.
+        let Some(socket) = shared.ports.bind() else {
+            warn!("no RTP port for the citizen; nothing placed");
+            return;
+        };
+        let Ok(media) = socket.local_addr() else {
+            return;
+        };
+        let ring = Duration::from_secs(shared.settings.queue.callback_ring.max(1));
+        let Citizen::Answered(dialog) = self.ring_citizen(None, media, ring).await else {
+            drop(socket);
+            shared.ports.release(media.port());
+            return;
+        };
+        info!(flow, "citizen answered: the flow takes the call");
+        self.cdr.answered = Some(now_ms());
+        self.cdr.disposition = Disposition::Answered;
+        self.a_dialog = Some(dialog);
+        let Some(keys) = self.caller_into_engine(socket, law) else {
+            self.bye_caller();
+            return;
+        };
+        self.route.flow = flow.to_string();
+        let route = self.route.clone();
+        let offer = self.bridge_offer();
+        let end = self.walk_flow(found, &catalog, keys, &offer, &route).await;
+        info!(reason = ?end, "the flow let the citizen go");
+    }
+}
+
 async fn forget(shared: &Shared, id: u64) {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || store.remove_callback(id)).await {
@@ -479,7 +541,8 @@ async fn attempt(
             let mut agent = *agent;
             shared.live_calls.fetch_add(1, Ordering::Relaxed);
             let ring = Duration::from_secs(shared.settings.queue.callback_ring.max(1));
-            let outcome = match call.ring_citizen(&mut agent, ring).await {
+            let media = call.a_media();
+            let outcome = match call.ring_citizen(Some(&mut agent), media, ring).await {
                 Citizen::Answered(a_dialog) => {
                     info!("citizen answered: callback connected");
                     forget(shared, booking.id).await;

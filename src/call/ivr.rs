@@ -133,36 +133,14 @@ pub(super) async fn start_flow(
         );
         return End::Refused;
     };
-    let pool = ctx.shared.ports.clone();
-    let Some(a) = pool.bind() else {
+    let Some(a) = ctx.shared.ports.bind() else {
         return no_ports(&ctx, &a_key, &invite, &a_tag);
     };
-    let (media_tx, media_rx) = mpsc::channel(64);
-    let caller = invite.core.from.user.clone().unwrap_or_default();
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
-    call.cdr.flow = route.flow.clone();
-    let stream = a.try_clone().and_then(|dup| {
-        call.ctx.shared.engine.add(StreamSetup {
-            socket: dup,
-            remote: offer.addr,
-            law,
-            telephone_event: offer.telephone_event,
-            events: media_tx,
-            silence: Some((call.silent_tx.clone(), call.rtp_timeout())),
-            continuing: None,
-        })
-    });
-    let stream = match stream {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "media engine refused the stream");
-            if let Ok(addr) = a.local_addr() {
-                pool.release(addr.port());
-            }
-            return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
-        }
+    call.a_remote = offer.addr;
+    let Some(media_rx) = call.caller_into_engine(a, law) else {
+        return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
     };
-    call.ivr = Some(IvrMedia { stream, socket: a });
     let body = call.our_sdp(call.a_media(), 1, Direction::SendRecv);
     let contact = call.contact(&call.a_peer);
     call.a_respond(
@@ -173,17 +151,73 @@ pub(super) async fn start_flow(
     call.answered = true;
     call.a_dialog = Some(Dialog::uas(&call.invite, &call.a_tag));
     info!(flow = %flow.name, "answered by the flow");
-    let session = Session::new(
-        catalog.clone(),
-        flow,
-        &caller,
-        call.ctx.shared.settings.ivr.max_steps,
-    )
-    .with_vars(&call.ctx.flow_vars);
-    call.walk(session, media_rx, &catalog, &offer, route).await
+    call.walk_flow(flow, &catalog, media_rx, &offer, route)
+        .await
 }
 
 impl Call {
+    /// The answered caller's media goes to the media engine on our socket
+    /// `a` (to `self.a_remote`, in `law`): their keys and prompt ends come
+    /// on the returned receiver. `None` (the port is freed): the engine
+    /// would not take it.
+    pub(super) fn caller_into_engine(
+        &mut self,
+        a: std::net::UdpSocket,
+        law: Law,
+    ) -> Option<mpsc::Receiver<MediaEvent>> {
+        let (media_tx, media_rx) = mpsc::channel(64);
+        let stream = a.try_clone().and_then(|dup| {
+            self.ctx.shared.engine.add(StreamSetup {
+                socket: dup,
+                remote: self.a_remote,
+                law,
+                telephone_event: self.telephone_event,
+                events: media_tx,
+                silence: Some((self.silent_tx.clone(), self.rtp_timeout())),
+                continuing: None,
+            })
+        });
+        match stream {
+            Ok(stream) => {
+                self.ivr = Some(IvrMedia { stream, socket: a });
+                Some(media_rx)
+            }
+            Err(e) => {
+                warn!(error = %e, "media engine refused the stream");
+                if let Ok(addr) = a.local_addr() {
+                    self.ctx.shared.ports.release(addr.port());
+                }
+                None
+            }
+        }
+    }
+
+    /// Walks `flow` with the answered caller, whose keys come on `media`.
+    pub(super) async fn walk_flow(
+        &mut self,
+        flow: Arc<crate::ivr::flow::Flow>,
+        catalog: &Arc<Catalog>,
+        media: mpsc::Receiver<MediaEvent>,
+        offer: &AudioOffer,
+        route: &Route,
+    ) -> End {
+        self.cdr.flow = route.flow.clone();
+        let (name, answered) = (route.flow.clone(), self.cdr.answered);
+        self.show(|v| {
+            v.flow = name;
+            v.answered = answered;
+        });
+        let caller = self.cdr.caller.clone();
+        let session = Session::new(
+            catalog.clone(),
+            flow,
+            &caller,
+            self.ctx.shared.settings.ivr.max_steps,
+        )
+        .with_vars(&self.ctx.flow_vars);
+        self.walk(session, media, catalog, offer, route).await
+    }
+
     pub(super) fn play(
         &self,
         catalog: &Catalog,
@@ -738,6 +772,12 @@ impl Call {
         self.cdr.ivr_end = Some(crate::acd::now_ms());
         self.cdr.keys = session.keys().to_string();
         self.cdr.path = recent_path(session);
+        self.cdr.vars = session
+            .vars()
+            .iter()
+            .take(MAX_VAR_HEADERS)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     }
 }
 
