@@ -99,3 +99,59 @@ fn queue_and_register_scenarios_complete_with_audio() {
     assert!(heard >= 8 * 30, "prompt packets at the callers: {r}");
     server.assert_idle();
 }
+
+#[test]
+fn the_mixed_scenario_reaches_seats_self_service_and_notices() {
+    // The harness plays the social-insurance system where the server's
+    // [backends.hrss] sends key 1 of 12333.
+    let backend = format!("127.0.0.1:{}", common::free_port());
+    let uri = format!("sip:12333@{backend}");
+    let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__HRSS__URI", uri.as_str())]);
+    let r = report(
+        &server,
+        &[
+            "--scenario",
+            "mixed",
+            "--backend",
+            &backend,
+            // Seats without the greeting, so a short run reaches them.
+            "--number",
+            "123450",
+            "--provision",
+            "--agents",
+            "6",
+            "--calls",
+            "10",
+            "--cps",
+            "5",
+            // Self-service callers press 1 during the welcome (type-ahead)
+            // and reach the backend after the ~8 s of prompts.
+            "--talk-ms",
+            "11000",
+            "--notice-ms",
+            "1500",
+            "--ring-ms",
+            "50",
+            "--check",
+        ],
+    );
+    assert_eq!(r["completed"], 10, "{r}");
+    // 60/25/15 over ten calls, spread: each kind is there.
+    for class in ["seats", "self-service", "notice"] {
+        let c = &r["classes"][class];
+        assert!(c["attempted"].as_u64() > Some(0), "no {class} calls: {r}");
+        assert_eq!(c["attempted"], c["completed"], "{class}: {r}");
+    }
+    // Every seat call and every hand-off rang something of ours: seats
+    // (time in line measured) and the backend (its RTP counted with theirs).
+    let seats = r["classes"]["seats"]["attempted"].as_u64().unwrap_or(0);
+    let handed = r["classes"]["self-service"]["attempted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(r["to_seat_ms"]["count"].as_u64() >= Some(seats), "{r}");
+    assert!(
+        r["agent_rtp"]["streams"].as_u64() >= Some(seats + handed),
+        "seats and backend calls carried audio: {r}"
+    );
+    server.assert_idle();
+}

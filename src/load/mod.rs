@@ -13,7 +13,7 @@
 mod rtp;
 mod ua;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,86 @@ pub enum Scenario {
     /// and hold music for --talk-ms while sending RTP, hang up. Measures how
     /// evenly the server's media engine paces many prompt streams.
     Ivr,
+    /// The city's mix (`--mix`, 60/25/15 by default): callers to the seats
+    /// (12345: greeting, line, an agent, talk), to self-service (12333: key
+    /// 1 hands them to the social-insurance system, which the harness plays
+    /// at `--backend`), and to a retired line's notice (85123456: listen,
+    /// hang up).
+    Mixed,
+}
+
+/// The kinds of call in the mixed scenario, in `--mix` order.
+pub const CLASSES: [&str; 3] = ["seats", "self-service", "notice"];
+
+/// Keys a caller presses (RFC 4733), each at its time after the answer:
+/// `1@1500,0@4000` (milliseconds).
+pub fn parse_keys(s: &str) -> Result<Vec<(char, Duration)>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|item| {
+            let (key, at) = item
+                .split_once('@')
+                .ok_or_else(|| format!("{item:?}: write KEY@MILLISECONDS, as 1@1500"))?;
+            let mut chars = key.chars();
+            let (Some(k), None) = (chars.next(), chars.next()) else {
+                return Err(format!("{item:?}: one key (0-9, *, #)"));
+            };
+            if !(k.is_ascii_digit() || k == '*' || k == '#') {
+                return Err(format!("{item:?}: one key (0-9, *, #)"));
+            }
+            let ms: u64 = at
+                .parse()
+                .map_err(|_| format!("{item:?}: the time is whole milliseconds"))?;
+            Ok((k, Duration::from_millis(ms)))
+        })
+        .collect()
+}
+
+/// `--mix 60,25,15`: weights of the mixed scenario's kinds of call.
+pub fn parse_mix(s: &str) -> Result<[u32; 3], String> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?}: three whole weights, as 60,25,15"))?;
+    match parts.as_slice() {
+        [a, b, c] if a + b + c > 0 => Ok([*a, *b, *c]),
+        _ => Err(format!(
+            "{s:?}: three whole weights (seats, self-service, notice), not all 0"
+        )),
+    }
+}
+
+/// The kind of the `i`th call of a mix: spread evenly (a golden-ratio
+/// sequence), so a short run has the mix's proportions too.
+pub fn class_of(i: u64, mix: [u32; 3]) -> usize {
+    let total: u32 = mix.iter().sum();
+    let x = (i as f64 * 0.618_033_988_749_895).fract() * f64::from(total.max(1));
+    let mut upto = 0.0;
+    for (k, w) in mix.iter().enumerate() {
+        upto += f64::from(*w);
+        if x < upto {
+            return k;
+        }
+    }
+    mix.iter().rposition(|w| *w > 0).unwrap_or(0)
+}
+
+/// What one caller does.
+#[derive(Debug, Clone)]
+pub(crate) struct CallPlan {
+    /// Its kind (a [`CLASSES`] name, or the scenario's).
+    pub(crate) class: &'static str,
+    /// The number dialed.
+    pub(crate) number: String,
+    /// How long after the answer it hangs up.
+    pub(crate) talk: Duration,
+    /// Keys it presses after the answer.
+    pub(crate) keys: Vec<(char, Duration)>,
+    /// It hangs up (CANCEL) while it rings.
+    pub(crate) abandon: bool,
 }
 
 /// What to run.
@@ -88,6 +168,28 @@ pub struct LoadOptions {
     /// Fraction of callers who hang up (CANCEL) while the agent rings.
     #[arg(long, default_value_t = 0.0)]
     pub abandon: f64,
+    /// Keys every caller presses after the answer, RFC 4733: `1@1500,0@4000`
+    /// (key @ milliseconds). In `mixed`, self-service callers press 1@1000
+    /// unless this is given.
+    #[arg(long, value_parser = parse_keys)]
+    pub keys: Option<Vec<(char, Duration)>>,
+    /// `mixed`: weights of seats, self-service and notice calls.
+    #[arg(long, value_parser = parse_mix, default_value = "60,25,15")]
+    pub mix: [u32; 3],
+    /// `mixed`: the self-service number (its flow hands key 1 to a backend).
+    #[arg(long, default_value = "12333")]
+    pub self_service_number: String,
+    /// `mixed`: a retired line whose flow says the new number.
+    #[arg(long, default_value = "85123456")]
+    pub notice_number: String,
+    /// `mixed`: milliseconds a notice caller listens before hanging up.
+    #[arg(long, default_value_t = 4000)]
+    pub notice_ms: u64,
+    /// `mixed`: where the harness answers as the self-service backend (the
+    /// server's `[backends.hrss] uri`; the shipped settings say
+    /// 127.0.0.1:5091).
+    #[arg(long, default_value = "127.0.0.1:5091")]
+    pub backend: SocketAddr,
     /// Local address for our sockets (loopback only).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
@@ -103,12 +205,57 @@ impl LoadOptions {
     /// The number the callers dial.
     pub fn dialed(&self) -> String {
         self.number.clone().unwrap_or_else(|| {
-            if self.scenario == Scenario::Ivr {
+            if matches!(self.scenario, Scenario::Ivr | Scenario::Mixed) {
                 "12345".into()
             } else {
                 "123450".into()
             }
         })
+    }
+
+    /// What the `i`th caller does.
+    pub(crate) fn plan(&self, i: u64) -> CallPlan {
+        let talk = Duration::from_millis(self.talk_ms);
+        let keys = self.keys.clone().unwrap_or_default();
+        let abandon = rand::random::<f64>() < self.abandon;
+        if self.scenario != Scenario::Mixed {
+            let class = if self.scenario == Scenario::Ivr {
+                "ivr"
+            } else {
+                "queue"
+            };
+            return CallPlan {
+                class,
+                number: self.dialed(),
+                talk,
+                keys,
+                abandon,
+            };
+        }
+        let k = class_of(i, self.mix);
+        let (number, talk, keys) = match k {
+            0 => (self.dialed(), talk, keys),
+            1 => {
+                let keys = match &self.keys {
+                    Some(k) => k.clone(),
+                    None => vec![('1', Duration::from_millis(1000))],
+                };
+                (self.self_service_number.clone(), talk, keys)
+            }
+            _ => (
+                self.notice_number.clone(),
+                Duration::from_millis(self.notice_ms),
+                Vec::new(),
+            ),
+        };
+        CallPlan {
+            class: CLASSES[k],
+            number,
+            talk,
+            keys,
+            // Only a caller who rings a seat can hang up while it rings.
+            abandon: abandon && k == 0,
+        }
     }
 }
 
@@ -155,6 +302,21 @@ pub(crate) struct Metrics {
     pub(crate) first_audio: Mutex<Histogram<u64>>,
     pub(crate) caller_rtp: Mutex<StreamStats>,
     pub(crate) agent_rtp: Mutex<StreamStats>,
+    /// Caller's INVITE → the seat's INVITE for it (by `X-Caller-Call-ID`).
+    pub(crate) to_seat: Mutex<Histogram<u64>>,
+    /// When each caller's INVITE left, until a seat is rung for it.
+    pub(crate) invited: Mutex<HashMap<String, Instant>>,
+    /// Attempted and completed calls by kind.
+    pub(crate) classes: Mutex<BTreeMap<&'static str, ClassCount>>,
+}
+
+/// Calls of one kind.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ClassCount {
+    /// Started.
+    pub attempted: u64,
+    /// Finished as planned.
+    pub completed: u64,
 }
 
 fn histogram() -> Mutex<Histogram<u64>> {
@@ -179,6 +341,33 @@ impl Metrics {
             first_audio: histogram(),
             caller_rtp: Mutex::new(StreamStats::default()),
             agent_rtp: Mutex::new(StreamStats::default()),
+            to_seat: histogram(),
+            invited: Mutex::new(HashMap::new()),
+            classes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A call of kind `class` started (`done: false`) or finished as planned.
+    pub(crate) fn count(&self, class: &'static str, done: bool) {
+        if let Ok(mut c) = self.classes.lock() {
+            let c = c.entry(class).or_default();
+            if done {
+                c.completed += 1;
+            } else {
+                c.attempted += 1;
+            }
+        }
+    }
+
+    /// A seat is rung for the caller whose call is `caller_call_id`.
+    pub(crate) fn seat_rung(&self, caller_call_id: &str) {
+        let sent = self
+            .invited
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(caller_call_id));
+        if let Some(sent) = sent {
+            Metrics::record(&self.to_seat, sent.elapsed());
         }
     }
 
@@ -218,6 +407,11 @@ pub struct Report {
     pub setup_200_ms: Percentiles,
     /// 200 → first RTP packet at the caller.
     pub first_audio_ms: Percentiles,
+    /// Caller's INVITE → the first seat's (or backend's) INVITE for it:
+    /// the time in line, plus any greeting before it.
+    pub to_seat_ms: Percentiles,
+    /// Calls by kind (`mixed`: seats, self-service, notice).
+    pub classes: BTreeMap<String, ClassCount>,
     /// RTP as received by the callers (sent by agents, relayed by the server).
     pub caller_rtp: StreamStats,
     /// RTP as received by the agents.
@@ -313,7 +507,9 @@ impl Report {
         let audio = match self.scenario {
             Scenario::Register => true,
             _ if self.completed == 0 => true,
-            Scenario::Queue => self.caller_rtp.received > 0 && self.agent_rtp.received > 0,
+            Scenario::Queue | Scenario::Mixed => {
+                self.caller_rtp.received > 0 && self.agent_rtp.received > 0
+            }
             Scenario::Ivr => self.caller_rtp.received > 0,
         };
         done && audio
@@ -349,12 +545,22 @@ impl Report {
         if self.scenario != Scenario::Register {
             line(&mut out, "INVITE → 200", p(&self.setup_200_ms));
             line(&mut out, "200 → first audio", p(&self.first_audio_ms));
+            if self.to_seat_ms.count > 0 {
+                line(&mut out, "INVITE → seat/backend rung", p(&self.to_seat_ms));
+            }
+            for (class, c) in &self.classes {
+                line(
+                    &mut out,
+                    &format!("calls: {class}"),
+                    format!("{} of {} completed", c.completed, c.attempted),
+                );
+            }
             line(&mut out, "harness pacer lateness", p(&self.pacer_late_ms));
-            let agents = [("RTP at agents", &self.agent_rtp)];
+            let agents = [("RTP at agents, backends", &self.agent_rtp)];
             let streams = [("RTP at callers", &self.caller_rtp)].into_iter().chain(
                 agents
                     .into_iter()
-                    .filter(|_| self.scenario == Scenario::Queue),
+                    .filter(|_| matches!(self.scenario, Scenario::Queue | Scenario::Mixed)),
             );
             for (name, s) in streams {
                 line(
@@ -401,13 +607,24 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
     );
     let metrics = Arc::new(Metrics::new());
     let pacer = rtp::Pacer::start();
-    let agents = ua::Seats::start(&opts, metrics.clone(), pacer.clone()).await?;
+    let agents = ua::Seats::start(&opts, metrics.clone(), pacer.clone(), None).await?;
     let registered = if opts.scenario == Scenario::Ivr {
         0
     } else {
         agents.register_all(&opts).await
     };
-    if opts.scenario == Scenario::Queue {
+    // The self-service system the mixed callers are handed to.
+    let _backend = match opts.scenario {
+        Scenario::Mixed => {
+            let at = Some(opts.backend);
+            let backend = ua::Seats::start(&opts, metrics.clone(), pacer.clone(), at).await;
+            Some(backend.map_err(|e| {
+                anyhow::anyhow!("--backend {}: {e} (is something else there?)", opts.backend)
+            })?)
+        }
+        _ => None,
+    };
+    if matches!(opts.scenario, Scenario::Queue | Scenario::Mixed) {
         anyhow::ensure!(
             registered > 0,
             "no agent could register (are the accounts provisioned? try --provision)"
@@ -448,10 +665,10 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
                 let o = opts.clone();
                 tasks.spawn(async move { a.register_one(&o, i).await });
             }
-            Scenario::Queue | Scenario::Ivr => {
+            Scenario::Queue | Scenario::Ivr | Scenario::Mixed => {
                 let c = callers.clone();
-                let abandon = rand::random::<f64>() < opts.abandon;
-                tasks.spawn(async move { c.call(i, abandon).await });
+                let plan = opts.plan(i);
+                tasks.spawn(async move { c.call(i, plan).await });
             }
         }
         if last_progress.elapsed() > Duration::from_millis(250) {
@@ -502,6 +719,12 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         setup_180_ms: get(&metrics.setup_180),
         setup_200_ms: get(&metrics.setup_200),
         first_audio_ms: get(&metrics.first_audio),
+        to_seat_ms: get(&metrics.to_seat),
+        classes: metrics
+            .classes
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default(),
         caller_rtp: metrics
             .caller_rtp
             .lock()
@@ -516,6 +739,47 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         server: None,
     };
     Ok(report)
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_mixes_are_read_with_errors_that_say_what_to_write() {
+        assert_eq!(
+            parse_keys("1@1500,#@4000"),
+            Ok(vec![
+                ('1', Duration::from_millis(1500)),
+                ('#', Duration::from_millis(4000))
+            ])
+        );
+        assert_eq!(parse_keys(""), Ok(vec![]));
+        for bad in ["1", "12@5", "x@5", "1@soon"] {
+            let e = parse_keys(bad).expect_err(bad);
+            assert!(e.starts_with(&format!("{bad:?}")), "{e}");
+        }
+        assert_eq!(parse_mix("60,25,15"), Ok([60, 25, 15]));
+        assert!(parse_mix("0,0,0").is_err());
+        assert!(parse_mix("60,40").is_err());
+    }
+
+    #[test]
+    fn a_mix_is_spread_evenly_over_the_calls() {
+        let mut seen = [0u32; 3];
+        for i in 0..1000 {
+            seen[class_of(i, [60, 25, 15])] += 1;
+        }
+        for (got, want) in seen.iter().zip([600, 250, 150]) {
+            assert!(got.abs_diff(want) <= 5, "{seen:?}");
+        }
+        // Ten calls already hold every kind.
+        let first: std::collections::BTreeSet<usize> =
+            (0..10).map(|i| class_of(i, [60, 25, 15])).collect();
+        assert_eq!(first.len(), 3);
+        // A kind of weight 0 never comes.
+        assert!((0..100).all(|i| class_of(i, [0, 1, 0]) == 1));
+    }
 }
 
 #[cfg(test)]

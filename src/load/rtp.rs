@@ -256,3 +256,66 @@ pub(crate) async fn receive(
     stats.merge(&single);
     (stats, first)
 }
+
+/// The RFC 4733 packets of one key press (payload type `pt`): three while
+/// the key is held, the first with the marker bit, then the end packet three
+/// times (§2.5.1.4), all with the event's `timestamp`; to be sent 20 ms
+/// apart. `None` for a character that is not a key.
+pub(crate) fn key_press(
+    key: char,
+    pt: u8,
+    ssrc: u32,
+    first_seq: u16,
+    timestamp: u32,
+) -> Option<Vec<Vec<u8>>> {
+    let event = (0u8..16).find(|e| crate::media::dtmf::key_of_event(*e) == Some(key))?;
+    let packets = (0..6u16)
+        .map(|i| {
+            let end = i >= 3;
+            let payload = crate::media::dtmf::TelephoneEvent {
+                event,
+                end,
+                volume: 10,
+                duration: 160 * (i.min(3) + 1),
+            }
+            .write();
+            let marker = if i == 0 { 0x80 } else { 0 };
+            let mut p = Vec::with_capacity(16);
+            p.extend_from_slice(&[0x80, pt | marker]);
+            p.extend_from_slice(&first_seq.wrapping_add(i).to_be_bytes());
+            p.extend_from_slice(&timestamp.to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend_from_slice(&payload);
+            p
+        })
+        .collect();
+    Some(packets)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_press_is_read_back_once_by_the_servers_event_receiver() {
+        let packets = key_press('7', 101, 0xabc, 65_534, 8000).expect("a key");
+        assert_eq!(packets.len(), 6);
+        let mut rx = crate::media::dtmf::EventReceiver::default();
+        let mut keys = Vec::new();
+        for p in &packets {
+            assert_eq!(p[1] & 0x7f, 101);
+            let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+            keys.extend(rx.handle(ts, &p[12..]));
+        }
+        assert_eq!(keys, ['7'], "one press, however many packets");
+        assert_eq!(packets[0][1] & 0x80, 0x80, "the marker on the first");
+        assert_eq!(
+            &packets[5][2..4],
+            &3u16.to_be_bytes(),
+            "seq wraps: 65534 + 5"
+        );
+        assert!(key_press('x', 101, 1, 1, 1).is_none());
+        let star = key_press('*', 101, 1, 1, 1).expect("star");
+        assert_eq!(star[0][12], 10);
+    }
+}

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::rtp::{self, Pacer};
-use super::{LoadOptions, Metrics};
+use super::{CallPlan, LoadOptions, Metrics};
 use crate::media::sdp::{self, Direction};
 use crate::sip::auth::{challenge_params, Algorithm, DigestClient};
 use crate::sip::message::{self, Message, Method, Request, Response};
@@ -34,11 +34,12 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     async fn bind(
-        ip: std::net::IpAddr,
+        at: SocketAddr,
         server: SocketAddr,
         new_requests: Option<mpsc::UnboundedSender<Request>>,
     ) -> anyhow::Result<Arc<Endpoint>> {
-        let socket = UdpSocket::bind((ip, 0)).await?;
+        anyhow::ensure!(at.ip().is_loopback(), "{at}: loopback only");
+        let socket = UdpSocket::bind(at).await?;
         let addr = socket.local_addr()?;
         let ep = Arc::new(Endpoint {
             socket,
@@ -183,13 +184,17 @@ pub(crate) struct Seats {
 }
 
 impl Seats {
+    /// Seats (or, `at` a fixed address, a backend system) that answer
+    /// whatever INVITE the server sends them.
     pub(crate) async fn start(
         opts: &LoadOptions,
         metrics: Arc<Metrics>,
         pacer: Arc<Pacer>,
+        at: Option<SocketAddr>,
     ) -> anyhow::Result<Seats> {
         let (tx, mut new_calls) = mpsc::unbounded_channel::<Request>();
-        let ep = Endpoint::bind(opts.bind, opts.server, Some(tx)).await?;
+        let at = at.unwrap_or(SocketAddr::new(opts.bind, 0));
+        let ep = Endpoint::bind(at, opts.server, Some(tx)).await?;
         let seats = Seats {
             ep: ep.clone(),
             metrics: metrics.clone(),
@@ -323,6 +328,9 @@ async fn answer(
 ) {
     let call_id = invite.core.call_id.clone();
     let mut rx = ep.route(&call_id);
+    if let Some(caller) = invite.headers.get("x-caller-call-id") {
+        metrics.seat_rung(caller);
+    }
     let tag = random_token();
     let contact = format!(
         "<sip:{}@{}>",
@@ -428,8 +436,6 @@ pub(crate) struct Callers {
     ep: Arc<Endpoint>,
     metrics: Arc<Metrics>,
     pacer: Arc<Pacer>,
-    number: String,
-    talk: Duration,
     bind: std::net::IpAddr,
 }
 
@@ -439,26 +445,31 @@ impl Callers {
         metrics: Arc<Metrics>,
         pacer: Arc<Pacer>,
     ) -> anyhow::Result<Callers> {
+        let at = SocketAddr::new(opts.bind, 0);
         Ok(Callers {
-            ep: Endpoint::bind(opts.bind, opts.server, None).await?,
+            ep: Endpoint::bind(at, opts.server, None).await?,
             metrics,
             pacer,
-            number: opts.dialed(),
-            talk: Duration::from_millis(opts.talk_ms),
             bind: opts.bind,
         })
     }
 
-    /// One citizen's call: dial, hear ringing, be answered, talk, hang up.
-    pub(crate) async fn call(&self, i: u64, abandon: bool) {
+    /// One citizen's call as `plan` says: dial, hear ringing, be answered,
+    /// press keys, talk, hang up.
+    pub(crate) async fn call(&self, i: u64, plan: CallPlan) {
         let m = &self.metrics;
         m.active.fetch_add(1, Ordering::Relaxed);
+        m.count(plan.class, false);
         let call_id = format!("{}-{i}@load", random_token());
         let mut rx = self.ep.route(&call_id);
-        let outcome = self.call_inner(&call_id, &mut rx, abandon).await;
+        let outcome = self.call_inner(&call_id, &mut rx, &plan).await;
+        if let Ok(mut invited) = m.invited.lock() {
+            invited.remove(&call_id);
+        }
         match outcome {
             Ok(Outcome::Completed) => {
                 m.completed.fetch_add(1, Ordering::Relaxed);
+                m.count(plan.class, true);
             }
             Ok(Outcome::Abandoned) => {
                 m.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -473,8 +484,9 @@ impl Callers {
         &self,
         call_id: &str,
         rx: &mut mpsc::UnboundedReceiver<Message>,
-        abandon: bool,
+        plan: &CallPlan,
     ) -> Result<Outcome, String> {
+        let abandon = plan.abandon;
         let ep = &self.ep;
         let rtp = rtp_socket(self.bind).await.ok_or("no local RTP port")?;
         let server = ep.server;
@@ -488,8 +500,8 @@ impl Callers {
                 random_token()
             ),
             call_id,
-            to: format!("<sip:{}@{server}>", self.number),
-            target: format!("sip:{}@{server}", self.number),
+            to: format!("<sip:{}@{server}>", plan.number),
+            target: format!("sip:{}@{server}", plan.number),
         };
         let body = offer(&rtp.recv);
         let contact = format!("<sip:caller@{}>", ep.addr);
@@ -501,6 +513,9 @@ impl Callers {
             body.as_bytes(),
         );
         let started = Instant::now();
+        if let Ok(mut invited) = self.metrics.invited.lock() {
+            invited.insert(call_id.to_string(), started);
+        }
         ep.send(&invite);
         let give_up = started + GIVE_UP + Duration::from_secs(60);
         let mut interval = T1;
@@ -563,16 +578,32 @@ impl Callers {
             transact(ep, rx, &bye, &Method::Bye, 200).await;
             return Ok(Outcome::Abandoned);
         }
-        let dest = sdp::parse_audio(&ok.body)
-            .map_err(|e| format!("bad SDP in 200: {e}"))?
-            .addr;
+        let their = sdp::parse_audio(&ok.body).map_err(|e| format!("bad SDP in 200: {e}"))?;
+        let dest = their.addr;
         let stop = self.pacer.send(rtp.send, dest);
         let recv = tokio::spawn(rtp::receive(rtp.recv.clone(), stop.clone()));
+        // Keys at their times after the answer, as RFC 4733 events of their
+        // own SSRC on the call's RTP socket.
+        let mut keys: Vec<(char, Instant)> = plan
+            .keys
+            .iter()
+            .map(|(k, at)| (*k, answered + *at))
+            .collect();
+        keys.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+        let pt = their.telephone_event.unwrap_or(101);
+        let (ssrc, mut seq, mut timestamp) = (
+            rand::random::<u32>(),
+            rand::random::<u16>(),
+            rand::random::<u32>(),
+        );
         // Talk; the server may hang up first (that is a failure of the run).
-        let hang_up_at = Instant::now() + self.talk;
+        let hang_up_at = Instant::now() + plan.talk;
         let mut server_bye = false;
         loop {
-            match next(rx, hang_up_at).await {
+            let until = keys
+                .last()
+                .map_or(hang_up_at, |(_, at)| (*at).min(hang_up_at));
+            match next(rx, until).await {
                 Some(Message::Request(r)) if r.method == Method::Bye => {
                     ep.send(&r.response(200, None, &[], b""));
                     server_bye = true;
@@ -585,7 +616,23 @@ impl Callers {
                     ep.send(&ack);
                 }
                 Some(_) => {}
-                None => break,
+                None if Instant::now() >= hang_up_at => break,
+                None => {
+                    let Some((key, _)) = keys.pop() else {
+                        continue;
+                    };
+                    if let Some(packets) = rtp::key_press(key, pt, ssrc, seq, timestamp) {
+                        let socket = rtp.recv.clone();
+                        tokio::spawn(async move {
+                            for p in packets {
+                                let _ = socket.send_to(&p, dest).await;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        });
+                    }
+                    seq = seq.wrapping_add(6);
+                    timestamp = timestamp.wrapping_add(1600);
+                }
             }
         }
         let bye_ok = !server_bye
