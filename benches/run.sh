@@ -4,6 +4,10 @@
 #   kamailio   SIPp UAC -> Kamailio 5.6 stateful proxy (tm, record-route) -> SIPp UAS
 #   yihaotong  SIPp UAC (trunk) -> yihaotong (route 123450 -> queue -> agent,
 #              both legs answered, media anchored) -> SIPp UAS (the agents)
+#   ivr        SIPp UAC (trunk) -> yihaotong answering 12345 with its flow (an
+#              RTP port, a media-engine stream, the greeting started); then a
+#              step at IVR_P99_CPS (1000) with SIPp's per-call response times
+#              (-trace_rtt) for the INVITE -> 200 percentiles
 # Each target is driven at rising calls per second (CPS_STEPS) for STEP_SECONDS
 # each; a step passes while failed calls stay at or under 0.1%. Then the
 # harness's own measurements: `yihaotong load` register storm, and queue calls
@@ -11,7 +15,7 @@
 #
 # Usage: benches/run.sh            (installs sip-tester and kamailio if missing)
 # Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
-#        TARGETS="sipp kamailio yihaotong harness" (a subset measures less; ratios need all)
+#        TARGETS="sipp kamailio yihaotong ivr harness" (a subset measures less; ratios need all)
 #        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +23,10 @@ ROOT=$PWD
 CPS_STEPS=${CPS_STEPS:-"200 400 800 1200 1600 2000 2500"}
 STEP_SECONDS=${STEP_SECONDS:-10}
 AGENTS=${AGENTS:-400}
-TARGETS=" ${TARGETS:-sipp kamailio yihaotong harness} "
+TARGETS=" ${TARGETS:-sipp kamailio yihaotong ivr harness} "
+IVR_P99_CPS=${IVR_P99_CPS:-1000}
 want() { [[ "$TARGETS" == *" $1 "* ]]; }
-CEILING=0 KAMAILIO=0 YIHAOTONG=0
+CEILING=0 KAMAILIO=0 YIHAOTONG=0 IVR=0
 WORK=$(mktemp -d)
 BIN=$ROOT/target/release/yihaotong
 UAS_PORT=5091 KAM_PORT=5090 YHT_PORT=5092 UAC_PORT=5093
@@ -60,11 +65,11 @@ print(int(sys.argv[2]), int(sys.argv[2]) - ok if ok + bad < int(sys.argv[2]) els
 PY
 }
 
-# sweep NAME PORT -> best passing CPS
+# sweep NAME PORT [NUMBER] -> best passing CPS
 sweep() {
-  local name=$1 port=$2 best=0
+  local name=$1 port=$2 number=${3:-123450} best=0
   for cps in $CPS_STEPS; do
-    read -r attempted failed < <(run_step "$port" "$cps" -s 123450)
+    read -r attempted failed < <(run_step "$port" "$cps" -s "$number")
     local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
     printf '  %-10s %5s cps: %6s calls, %5s failed\n' "$name" "$cps" "$attempted" "$failed" >&2
     if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi
@@ -113,6 +118,25 @@ start_uas
 (cd "$WORK" && sipp -sf "$ROOT/benches/sipp/register_many.xml" -inf "$WORK/agents.csv" -set agent_port $UAS_PORT \
    -i 127.0.0.1 -p $UAC_PORT 127.0.0.1:$YHT_PORT -m "$AGENTS" -r 200 -nostdin >/dev/null 2>&1) || echo "  (some agent registrations failed)" >&2
 if want yihaotong; then YIHAOTONG=$(sweep yihaotong $YHT_PORT); fi
+echo '' > "$WORK/ivr-rtt.txt"
+if want ivr; then
+  echo "== yihaotong: IVR-answered calls (12345, its flow answers)" >&2
+  IVR=$(sweep ivr $YHT_PORT 12345)
+  # INVITE -> 200 per call at a fixed rate: SIPp's response-time trace.
+  read -r p_att p_fail < <(run_step $YHT_PORT "$IVR_P99_CPS" -s 12345 -trace_rtt -rtt_freq 1)
+  python3 - "$WORK/step-$YHT_PORT-$IVR_P99_CPS" "$IVR_P99_CPS" "$p_att" "$p_fail" > "$WORK/ivr-rtt.txt" <<'PY'
+import csv, glob, sys
+d, cps, att, fail = sys.argv[1:]
+ms = []
+for f in glob.glob(d + "/*_rtt.csv"):
+    for row in csv.reader(open(f), delimiter=';'):
+        try: ms.append(float(row[1]))
+        except (ValueError, IndexError): pass
+ms.sort()
+q = lambda p: ms[min(len(ms) - 1, int(p * len(ms)))] if ms else float('nan')
+print(f"IVR-answered at {cps} cps for the step: {att} calls, {fail} failed; INVITE->200 p50 {q(0.5):.2f} p90 {q(0.9):.2f} p99 {q(0.99):.2f} p99.9 {q(0.999):.2f} ms (n={len(ms)}, SIPp -trace_rtt)")
+PY
+fi
 
 # Surge (TARGETS includes "surge"): SIPp offers SURGE_CPS (default twice the
 # highest passing step, or 6400) for SURGE_SECONDS (60) to the same server
@@ -162,16 +186,20 @@ echo "== yihaotong load: register storm, queue calls with RTP" >&2
 fi
 kill "$YHT_PID" 2>/dev/null; YHT_PID=
 
-python3 - "$CEILING" "$KAMAILIO" "$YIHAOTONG" "$WORK/register.json" "$WORK/queue.json" "$STEP_SECONDS" <<'PY'
+python3 - "$CEILING" "$KAMAILIO" "$YIHAOTONG" "$WORK/register.json" "$WORK/queue.json" "$STEP_SECONDS" "$IVR" "$WORK/ivr-rtt.txt" <<'PY'
 import json, sys
 ceiling, kam, yht = (int(x) for x in sys.argv[1:4])
 reg, q = json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
+ivr, ivr_rtt = int(sys.argv[7]), open(sys.argv[8]).read().strip()
 ratio = lambda a, b: f"{a / b:.2f}x" if b else "n/a"
 print(f"\nSignalling, highest CPS step with <= 0.1% failed calls ({sys.argv[6]} s per step):")
 print(f"| target | CPS | vs Kamailio | vs SIPp ceiling |\n|---|---|---|---|")
 print(f"| SIPp UAC -> UAS direct | {ceiling} | {ratio(ceiling, kam)} | 1.00x |")
 print(f"| Kamailio 5.6 stateful proxy | {kam} | 1.00x | {ratio(kam, ceiling)} |")
 print(f"| yihaotong trunk -> agent (B2BUA, media anchored) | {yht} | {ratio(yht, kam)} | {ratio(yht, ceiling)} |")
+print(f"| yihaotong IVR-answered (12345's flow) | {ivr} | {ratio(ivr, kam)} | {ratio(ivr, ceiling)} |")
+if ivr_rtt:
+    print(ivr_rtt)
 if not reg or not q:
     sys.exit()
 print(f"\nyihaotong load, register storm: {reg['completed']}/{reg['attempted']} in {reg['seconds']:.1f} s = {reg['completed']/reg['seconds']:.0f} REGISTER+auth/s, p99 {reg['setup_180_ms']['p99']:.2f} ms")

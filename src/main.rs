@@ -9,7 +9,9 @@ use yihaotong::config::Settings;
 use yihaotong::server::Server;
 use yihaotong::store::Store;
 
-/// The allocator (see Cargo.toml for why).
+/// The allocator (see Cargo.toml for why); the `system-alloc` feature
+/// leaves the system's, for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
