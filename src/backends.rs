@@ -346,7 +346,7 @@ async fn probe_loop(
             while let Some(event) = rx.recv().await {
                 match event {
                     CallEvent::Response { key: k, response }
-                        if k.as_ref() == Some(&key) && response.status >= 200 =>
+                        if k.as_deref() == Some(&key) && response.status >= 200 =>
                     {
                         return response.status;
                     }

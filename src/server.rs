@@ -803,10 +803,15 @@ impl Worker {
         match event {
             TxEvent::Request { key, request, peer } => {
                 let call_id = request.core.call_id.clone();
-                if let Some(CallEvent::Request { key, request, .. }) =
-                    self.deliver(&call_id, CallEvent::Request { key, request, peer })
-                {
-                    self.new_request(key, *request, peer);
+                if let Some(CallEvent::Request { key, request, .. }) = self.deliver(
+                    &call_id,
+                    CallEvent::Request {
+                        key: Box::new(key),
+                        request,
+                        peer,
+                    },
+                ) {
+                    self.new_request(*key, *request, peer);
                 }
             }
             TxEvent::Ack { request, .. } => {
@@ -831,7 +836,7 @@ impl Worker {
                 };
                 let call_id = response.core.call_id.clone();
                 let event = CallEvent::Response {
-                    key: Some(key),
+                    key: Some(Box::new(key)),
                     response,
                 };
                 match owner {
@@ -855,7 +860,7 @@ impl Worker {
             }
             TxEvent::Timeout { key } => {
                 if let Some(o) = self.owners.remove(&key) {
-                    let _ = o.try_send(CallEvent::Timeout { key });
+                    let _ = o.try_send(CallEvent::Timeout { key: Box::new(key) });
                 }
             }
             TxEvent::AckTimeout { call_id, .. } => {

@@ -159,7 +159,7 @@ impl Call {
                 Some(CallEvent::Response {
                     key: Some(k),
                     response,
-                }) if k == fork.key => match response.status {
+                }) if *k == fork.key => match response.status {
                     100 => {}
                     101..=199 => {
                         fork.early = true;
@@ -183,7 +183,7 @@ impl Call {
                         return Citizen::NoAnswer;
                     }
                 },
-                Some(CallEvent::Timeout { key }) if key == fork.key => {
+                Some(CallEvent::Timeout { key }) if *key == fork.key => {
                     info!("the trunk did not answer the callback INVITE");
                     return Citizen::NoAnswer;
                 }

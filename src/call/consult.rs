@@ -332,13 +332,15 @@ impl Call {
                         continue;
                     };
                     if party == Party::Caller {
-                        if let CallerSaid::Bye = self.caller_request(key, request) {
+                        if let CallerSaid::Bye = self.caller_request(*key, request) {
                             info!("the caller hung up during the consultation; agent and target go on");
                             self.caller_left(&target, label, agent_target);
                         }
                         continue;
                     }
-                    let bye = self.consult_request(party, key, request, &mut target).await;
+                    let bye = self
+                        .consult_request(party, *key, request, &mut target)
+                        .await;
                     if bye {
                         return self.consultation_over(party, target);
                     }

@@ -409,7 +409,7 @@ impl Call {
                 e = self.events.recv() => match e {
                     None => return End::Refused,
                     Some(CallEvent::Request { key, request, .. }) => {
-                        match self.caller_request(key, request) {
+                        match self.caller_request(*key, request) {
                             CallerSaid::Bye => {
                                 info!(keys = session.keys(), path = %session.position(), "caller hung up in the flow");
                                 self.flow_done(&session);
@@ -472,7 +472,7 @@ impl Call {
     pub(super) fn caller_request(&mut self, key: TxKey, req: Box<Request>) -> CallerSaid {
         let Some(dialog) = self.a_dialog.as_mut() else {
             self.stray(CallEvent::Request {
-                key,
+                key: Box::new(key),
                 request: req,
                 peer: self.a_peer,
             });
@@ -548,7 +548,7 @@ impl Call {
             match event {
                 None => return false,
                 Some(CallEvent::Request { key, request, .. }) => {
-                    if let CallerSaid::Bye = self.caller_request(key, request) {
+                    if let CallerSaid::Bye = self.caller_request(*key, request) {
                         info!("caller hung up while waiting");
                         self.caller_gone = true;
                         return false;

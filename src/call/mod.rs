@@ -62,8 +62,10 @@ use crate::store::Route;
 pub enum CallEvent {
     /// A request in one of the call's dialogs (or a retransmitted INVITE).
     Request {
-        /// Server transaction to answer on.
-        key: TxKey,
+        /// Server transaction to answer on. (Keys are boxed: a call's
+        /// event channel allocates a block of 32 events up front, so the
+        /// event's size is paid 32 times per call.)
+        key: Box<TxKey>,
         /// The request.
         request: Box<Request>,
         /// Source.
@@ -76,14 +78,14 @@ pub enum CallEvent {
     /// A response to a request we sent (`key` is `None` for a stray 2xx retransmission).
     Response {
         /// The client transaction, if it still exists.
-        key: Option<TxKey>,
+        key: Option<Box<TxKey>>,
         /// The response.
         response: Box<Response>,
     },
     /// One of our requests got no answer (Timer B/F).
     Timeout {
         /// The client transaction.
-        key: TxKey,
+        key: Box<TxKey>,
     },
     /// The caller never ACKed our 2xx.
     AckTimeout,
@@ -206,7 +208,7 @@ struct Call {
     /// transferring agent's desk ticket and the target's name.
     transfer_pending: Option<(Option<Ticket>, String)>,
     /// Supervisors asking to join, while an agent's call is bridged.
-    supervised: Option<mpsc::Receiver<supervise::MonitorReq>>,
+    supervised: Option<mpsc::Receiver<Box<supervise::MonitorReq>>>,
     /// The far leg is a backend a flow handed the caller to: its REFER
     /// hands them back (一键互转 from the other side).
     handing_off: bool,
@@ -750,9 +752,9 @@ impl Call {
                 Bridged::ApiTransfer { to, attended, req } => {
                     self.a_dialog = Some(a.dialog);
                     let after = if attended {
-                        self.consult(b, ticket, &to, req).await
+                        Box::pin(self.consult(b, ticket, &to, req)).await
                     } else {
-                        self.blind(b, ticket, &to, transfer::Asker::Api(req)).await
+                        Box::pin(self.blind(b, ticket, &to, transfer::Asker::Api(req))).await
                     };
                     match after {
                         transfer::After::Bridge(leg, t) => {
@@ -765,7 +767,7 @@ impl Call {
                 }
                 Bridged::Refer(key, req) => {
                     self.a_dialog = Some(a.dialog);
-                    match self.transfer(b, ticket, key, req).await {
+                    match Box::pin(self.transfer(b, ticket, key, req)).await {
                         transfer::After::Bridge(leg, t) => {
                             b = *leg;
                             ticket = t;
@@ -1199,8 +1201,8 @@ impl Call {
                 CallEvent::Response {
                     key: Some(k),
                     response,
-                } if forks.iter().any(|f| f.key == k && !f.done) => {
-                    let Some(i) = forks.iter().position(|f| f.key == k) else {
+                } if forks.iter().any(|f| f.key == *k && !f.done) => {
+                    let Some(i) = forks.iter().position(|f| f.key == *k) else {
                         continue;
                     };
                     match response.status {
@@ -1238,8 +1240,8 @@ impl Call {
                         }
                     }
                 }
-                CallEvent::Timeout { key: k } if forks.iter().any(|f| f.key == k && !f.done) => {
-                    if let Some(fork) = forks.iter_mut().find(|f| f.key == k) {
+                CallEvent::Timeout { key: k } if forks.iter().any(|f| f.key == *k && !f.done) => {
+                    if let Some(fork) = forks.iter_mut().find(|f| f.key == *k) {
                         info!(agent = %fork.seat.agent, "agent unreachable");
                         fork.done = true;
                         report(fork, OfferOutcome::Unreachable);
@@ -1248,7 +1250,7 @@ impl Call {
                 CallEvent::Request { key, request, .. }
                     if self.answered && request.core.call_id == self.invite.core.call_id =>
                 {
-                    if let ivr::CallerSaid::Bye = self.caller_request(key, request) {
+                    if let ivr::CallerSaid::Bye = self.caller_request(*key, request) {
                         info!("caller hung up while agents rang");
                         for fork in forks.iter_mut() {
                             self.drop_fork(fork);
@@ -1578,11 +1580,11 @@ impl Call {
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.let_supervisor_in(req).await;
+                    Box::pin(self.let_supervisor_in(req)).await;
                     continue;
                 }
                 Some(req) = self.control.recv() => {
-                    if let Some(end) = self.control_bridged(req, a, b, transfers).await {
+                    if let Some(end) = Box::pin(self.control_bridged(req, a, b, transfers)).await {
                         return end;
                     }
                     continue;
@@ -1641,9 +1643,9 @@ impl Call {
                     if from_b && (transfers || hand_back) && request.method == Method::Refer {
                         if b.dialog.accept_request(&request) {
                             if hand_back {
-                                return Bridged::HandBack(Some((key, request)));
+                                return Bridged::HandBack(Some((*key, request)));
                             }
-                            return Bridged::Refer(key, request);
+                            return Bridged::Refer(*key, request);
                         }
                         let tag = b.dialog.local_tag.clone();
                         respond(
@@ -1662,7 +1664,7 @@ impl Call {
                     } else {
                         (&mut *b, &mut *a)
                     };
-                    if let Some(end) = self.in_dialog(key, request, this, other).await {
+                    if let Some(end) = self.in_dialog(*key, request, this, other).await {
                         return Bridged::Ended(end);
                     }
                 }
@@ -1679,13 +1681,14 @@ impl Call {
                     } else {
                         (&mut *b, &mut *a)
                     };
-                    self.reinvite_answer(key, &response, this, other).await;
+                    self.reinvite_answer(key.map(|k| *k), &response, this, other)
+                        .await;
                 }
                 CallEvent::Timeout { key } => {
                     // A re-INVITE the other side never answered: give up on the call.
                     let ours = [&*a, &*b]
                         .iter()
-                        .any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == key));
+                        .any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == *key));
                     if ours {
                         warn!("re-INVITE timed out; hanging up");
                         self.bye(&mut a.dialog, a.peer);

@@ -241,7 +241,7 @@ impl Call {
                                     // Being rung for right now: the key came too late.
                                     continue;
                                 }
-                                self.book_callback(ticket, rx, &queue, rank).await;
+                                Box::pin(self.book_callback(ticket, rx, &queue, rank)).await;
                                 self.cdr.disposition = Disposition::CallbackBooked;
                                 return Err(Unserved::CallerGone);
                             }
@@ -345,7 +345,7 @@ impl Call {
                 e = self.events.recv() => match e {
                     None => return Waited::CallerGone,
                     Some(CallEvent::Request { key, request, .. }) => {
-                        match self.caller_request(key, request) {
+                        match self.caller_request(*key, request) {
                             CallerSaid::Bye => {
                                 info!("caller hung up while waiting");
                                 self.caller_gone = true;

@@ -32,6 +32,8 @@ use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
 
 /// A supervisor asks an agent's call to be let in.
+/// (Sent boxed: a channel's block holds 32 of what it carries, and every
+/// bridged agent call has one of these channels.)
 pub(super) struct MonitorReq {
     mode: Mode,
     supervisor: String,
@@ -47,18 +49,18 @@ pub(super) struct MonitorReq {
 /// Agents' bridged calls by agent ID, while they are bridged.
 #[derive(Default)]
 pub struct Supervision {
-    calls: Mutex<HashMap<String, mpsc::Sender<MonitorReq>>>,
+    calls: Mutex<HashMap<String, mpsc::Sender<Box<MonitorReq>>>>,
 }
 
 impl Supervision {
-    pub(super) fn insert(&self, agent: &str, tx: mpsc::Sender<MonitorReq>) {
+    pub(super) fn insert(&self, agent: &str, tx: mpsc::Sender<Box<MonitorReq>>) {
         if let Ok(mut calls) = self.calls.lock() {
             calls.insert(agent.to_string(), tx);
         }
     }
 
     /// Forgets `agent`'s entry if it is still `tx` (a newer call may have replaced it).
-    pub(super) fn remove(&self, agent: &str, tx: &mpsc::Sender<MonitorReq>) {
+    pub(super) fn remove(&self, agent: &str, tx: &mpsc::Sender<Box<MonitorReq>>) {
         if let Ok(mut calls) = self.calls.lock() {
             if calls.get(agent).is_some_and(|t| t.same_channel(tx)) {
                 calls.remove(agent);
@@ -66,7 +68,7 @@ impl Supervision {
         }
     }
 
-    fn get(&self, agent: &str) -> Option<mpsc::Sender<MonitorReq>> {
+    fn get(&self, agent: &str) -> Option<mpsc::Sender<Box<MonitorReq>>> {
         self.calls.lock().ok()?.get(agent).cloned()
     }
 }
@@ -85,7 +87,8 @@ pub fn parse_code(code: &str) -> Option<(Mode, &str)> {
 
 impl Call {
     /// A supervisor asks to join this (bridged) call.
-    pub(super) async fn let_supervisor_in(&mut self, req: MonitorReq) {
+    pub(super) async fn let_supervisor_in(&mut self, req: Box<MonitorReq>) {
+        let req = *req;
         let law = Law::from_pt(self.codec).filter(|_| req.offered.contains(&self.codec));
         let Some(law) = law else {
             let _ = req.reply.send(Err((
@@ -180,7 +183,7 @@ pub async fn supervise(
                 ended,
                 reply,
             };
-            if agent_call.send(req).await.is_err() {
+            if agent_call.send(Box::new(req)).await.is_err() {
                 // The request (and the socket in it) was dropped with the call.
                 shared.ports.release(local.port());
                 refuse(480, "the agent's call ended");

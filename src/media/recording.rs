@@ -34,6 +34,9 @@ pub struct Recorder {
     law: Law,
     pending: [VecDeque<i16>; 2],
     data_bytes: u64,
+    /// The stereo frames of one drain, kept between packets: a packet's
+    /// recording allocates nothing.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -78,7 +81,11 @@ impl Recorder {
             std::fs::create_dir_all(dir)?;
         }
         let (file, path) = create_new_numbered(path)?;
-        let mut file = BufWriter::with_capacity(16 * 1024, file);
+        // A quarter second of the 16-bit stereo file (32,000 bytes a
+        // second): four writes a second, and 8 KiB per recorded call (at
+        // 16 KiB the buffer was the largest single piece of a bridged
+        // call's heap, BENCHMARKS.md).
+        let mut file = BufWriter::with_capacity(8 * 1024, file);
         file.write_all(&header(0))?;
         Ok(Some(Recorder {
             file,
@@ -86,6 +93,7 @@ impl Recorder {
             law,
             pending: [VecDeque::new(), VecDeque::new()],
             data_bytes: 0,
+            scratch: Vec::new(),
         }))
     }
 
@@ -141,14 +149,15 @@ impl Recorder {
         if frames == 0 {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(frames * 4);
+        let out = &mut self.scratch;
+        out.clear();
         for _ in 0..frames {
             let l = a.pop_front().unwrap_or(0);
             let r = b.pop_front().unwrap_or(0);
             out.extend_from_slice(&l.to_le_bytes());
             out.extend_from_slice(&r.to_le_bytes());
         }
-        self.file.write_all(&out)?;
+        self.file.write_all(out)?;
         self.data_bytes += out.len() as u64;
         Ok(())
     }
