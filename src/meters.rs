@@ -239,6 +239,7 @@ pub fn render(status: &Value) -> String {
     }
     let media = &status["media"];
     gauge!("yihaotong_media_streams").set(num(&media["streams"]));
+    gauge!("yihaotong_media_bridges").set(num(&media["bridges"]));
     counter!("yihaotong_media_late_ticks_total")
         .absolute(media["late_ticks_over_2ms"].as_u64().unwrap_or(0));
     handle.render()

@@ -342,6 +342,7 @@ impl Shared {
             "prompts": self.catalog().prompts.len(),
             "media": {
                 "streams": self.engine.stats.streams.load(Relaxed),
+                "bridges": self.engine.stats.bridges.load(Relaxed),
                 "ticks": self.engine.stats.ticks.load(Relaxed),
                 "late_ticks_over_2ms": self.engine.stats.late_ticks.load(Relaxed),
                 "max_late_us": self.engine.stats.max_late_us.load(Relaxed),

@@ -239,7 +239,7 @@ impl Call {
         else {
             return false;
         };
-        let Some(relay) = crate::media::relay::spawn_with(
+        let Some(relay) = self.ctx.shared.engine.bridge(
             consult.pool.clone(),
             agent,
             target,

@@ -681,7 +681,7 @@ impl Call {
                 }
             },
         };
-        let Some(relay) = crate::media::relay::spawn_with(
+        let Some(relay) = self.ctx.shared.engine.bridge(
             pool,
             a,
             b,

@@ -32,9 +32,12 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bridge::{Bridge, End};
 use super::dtmf::{Detector, EventReceiver};
 use super::player::{Law, Numbering, Player, PACKET};
+use super::ports::PortPool;
 use super::prompts::Prompt;
+use super::relay::{Relay, RelayStats, Side};
 
 /// Upper bounds (µs) of the lateness buckets in [`EngineStats`].
 pub const LATE_BOUNDS_US: [u64; 8] = [100, 250, 500, 1000, 2000, 5000, 10000, 20000];
@@ -119,6 +122,8 @@ enum Cmd {
     Remote(u64, SocketAddr),
     /// Takes a stream out; with a reply, says where its numbering stands.
     Remove(u64, Option<oneshot::Sender<Detached>>),
+    /// A bridged call's relay moves in.
+    Bridge(u64, Box<Bridge>),
 }
 
 /// A stream's state handed to whoever takes the socket over.
@@ -135,6 +140,8 @@ pub struct Detached {
 pub struct EngineStats {
     /// Streams now.
     pub streams: AtomicUsize,
+    /// Bridged calls relayed now.
+    pub bridges: AtomicUsize,
     /// Pacing passes run.
     pub ticks: AtomicU64,
     /// Passes that started more than 2 ms late.
@@ -219,6 +226,53 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Relays a bridged call between `a` (facing the caller) and `b` (facing
+    /// the far leg), two sockets bound from `pool`, in one of the engine's
+    /// threads. Their ports go back to the pool when the call drops the
+    /// handle. `continuing` carries on side A's outgoing numbering from
+    /// whoever sent to the caller before; `silent` hears of a side that sent
+    /// nothing for `timeout` while watching.
+    pub fn bridge(
+        &self,
+        pool: Arc<PortPool>,
+        a: std::net::UdpSocket,
+        b: std::net::UdpSocket,
+        continuing: Option<Numbering>,
+        timeout: Duration,
+        silent: mpsc::Sender<Side>,
+    ) -> Option<Relay> {
+        let (Ok(a_addr), Ok(b_addr)) = (a.local_addr(), b.local_addr()) else {
+            for s in [&a, &b] {
+                if let Ok(addr) = s.local_addr() {
+                    pool.release(addr.port());
+                }
+            }
+            return None;
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let stats = Arc::new(RelayStats::default());
+        let bridge = Bridge::new(
+            pool,
+            a,
+            b,
+            continuing,
+            timeout,
+            silent,
+            cmd_rx,
+            stats.clone(),
+        )?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shards[(id as usize) % self.shards.len()].send(Cmd::Bridge(id, Box::new(bridge)));
+        Some(Relay {
+            a_addr,
+            b_addr,
+            cmd: cmd_tx,
+            stats,
+        })
+    }
+}
+
 /// A call's handle on its stream.
 pub struct Stream {
     shard: Shard,
@@ -282,10 +336,6 @@ struct Streams {
 }
 
 impl Streams {
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     fn get_mut(&mut self, id: &u64) -> Option<&mut Entry> {
         let i = *self.index.get(id)?;
         self.entries.get_mut(i)
@@ -315,6 +365,53 @@ impl Streams {
             self.index.insert(*moved, i);
         }
         Some(entry)
+    }
+}
+
+/// The bridged calls of one engine thread, and which slot does each one's
+/// housekeeping (commands, silence, checkpoints: once per 20 ms each).
+#[derive(Default)]
+struct Bridges {
+    by_id: HashMap<u64, Bridge>,
+    slots: [Vec<u64>; SLOTS as usize],
+}
+
+impl Bridges {
+    fn insert(&mut self, id: u64, mut bridge: Bridge) {
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        let slot = (0..SLOTS)
+            .min_by_key(|s| self.slots[*s as usize].len())
+            .unwrap_or(0);
+        bridge.slot = slot;
+        self.slots[slot as usize].push(id);
+        self.by_id.insert(id, bridge);
+    }
+
+    /// Housekeeping for the bridges of `slot`; ends those whose call is over
+    /// or wants its sockets back.
+    fn housekeeping(&mut self, slot: u32, registry: &mio::Registry, stats: &EngineStats) {
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        for id in &self.slots[slot as usize] {
+            if let Some(b) = self.by_id.get_mut(id) {
+                if let Some(end) = b.housekeeping(registry, *id, now) {
+                    ended.push((*id, end));
+                }
+            }
+        }
+        if ended.is_empty() {
+            return;
+        }
+        for (id, end) in ended {
+            if let Some(b) = self.by_id.remove(&id) {
+                b.end(registry, end);
+                // Each thread counts its own into the shared figure.
+                stats.bridges.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.slots[slot as usize].retain(|i| *i != id);
+        }
     }
 }
 
@@ -426,6 +523,7 @@ pub fn make_realtime() -> Result<(), String> {
 fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
     let mut events = Events::with_capacity(1024);
     let mut streams = Streams::default();
+    let mut bridges = Bridges::default();
     let mut buf = vec![0u8; 2048];
     let mut clock = Clock {
         deadline: Instant::now() + SLOT,
@@ -445,24 +543,35 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
                 std::thread::sleep(PTIME);
             }
         }
+        let slot_before = clock.slot;
         pace(&mut streams, &mut clock, stats);
         for ev in events.iter() {
             if ev.token() == WAKE {
                 continue;
             }
-            if let Some(entry) = streams.get_mut(&(ev.token().0 as u64)) {
+            if let Some((id, part)) = super::bridge::part_of(ev.token()) {
+                if let Some(bridge) = bridges.by_id.get_mut(&id) {
+                    bridge.receive(part, &mut buf);
+                }
+            } else if let Some(entry) = streams.get_mut(&(ev.token().0 as u64)) {
                 entry.receive(&mut buf, stats);
             }
         }
         // Commands (the waker only interrupts the poll; the channel is the truth).
         loop {
             match rx.try_recv() {
-                Ok(cmd) => command(cmd, &mut streams, &poll, stats),
+                Ok(cmd) => command(cmd, &mut streams, &mut bridges, &poll, stats),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
         pace(&mut streams, &mut clock, stats);
+        // Each slot that went by: its bridges' housekeeping.
+        let mut slot = slot_before;
+        while slot != clock.slot {
+            bridges.housekeeping(slot, poll.registry(), stats);
+            slot = (slot + 1) % SLOTS;
+        }
     }
 }
 
@@ -520,8 +629,23 @@ fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) {
     }
 }
 
-fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
+fn command(
+    cmd: Cmd,
+    streams: &mut Streams,
+    bridges: &mut Bridges,
+    poll: &Poll,
+    stats: &EngineStats,
+) {
     match cmd {
+        Cmd::Bridge(id, bridge) => {
+            if let Err(e) = bridge.register(poll.registry(), id) {
+                tracing::error!(error = %e, "bridged call's sockets cannot be polled");
+                bridge.end(poll.registry(), End::Over);
+                return;
+            }
+            bridges.insert(id, *bridge);
+            stats.bridges.fetch_add(1, Ordering::Relaxed);
+        }
         Cmd::Add(id, setup) => {
             let Ok(dup) = setup.socket.try_clone() else {
                 return;
@@ -563,7 +687,7 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
                     inband,
                 },
             );
-            stats.streams.store(streams.len(), Ordering::Relaxed);
+            stats.streams.fetch_add(1, Ordering::Relaxed);
         }
         Cmd::Play {
             id,
@@ -589,6 +713,7 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
         }
         Cmd::Remove(id, reply) => {
             if let Some(mut e) = streams.remove(&id) {
+                stats.streams.fetch_sub(1, Ordering::Relaxed);
                 let _ = poll.registry().deregister(&mut e.socket);
                 if let Some(reply) = reply {
                     let _ = reply.send(Detached {
@@ -597,7 +722,6 @@ fn command(cmd: Cmd, streams: &mut Streams, poll: &Poll, stats: &EngineStats) {
                     });
                 }
             }
-            stats.streams.store(streams.len(), Ordering::Relaxed);
         }
     }
 }
@@ -607,6 +731,7 @@ mod tests {
     use super::*;
     use crate::media::dtmf::TelephoneEvent;
     use crate::media::prompts::FRAME;
+    use crate::media::relay::RelayCmd;
 
     fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -643,6 +768,127 @@ mod tests {
             })
             .expect("add");
         (stream, caller, rx)
+    }
+
+    /// Reads until a packet comes from `from` (others are skipped), or panics after 2 s.
+    fn recv_from_addr(socket: &std::net::UdpSocket, from: SocketAddr) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, src) = socket.recv_from(&mut buf).expect("a packet within 2 s");
+            if src == from {
+                return buf[..n].to_vec();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bridge_relays_both_ways_latches_gives_sockets_back_and_hears_silence() {
+        let engine = Engine::start(1, false).expect("engine");
+        let pool = Arc::new(PortPool::new(
+            "127.0.0.1".parse().expect("ip"),
+            47100,
+            47140,
+        ));
+        let all = pool.available();
+        let (a, b) = (pool.bind().expect("a"), pool.bind().expect("b"));
+        let (silent_tx, mut silent_rx) = mpsc::channel(4);
+        let relay = engine
+            .bridge(
+                pool.clone(),
+                a,
+                b,
+                None,
+                Duration::from_millis(200),
+                silent_tx,
+            )
+            .expect("bridge");
+        let (caller, agent) = pair();
+        agent
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        caller
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        for cmd in [
+            RelayCmd::Remote(Side::A, caller.local_addr().expect("addr")),
+            RelayCmd::Remote(Side::B, agent.local_addr().expect("addr")),
+        ] {
+            relay.cmd.send(cmd).await.expect("bridge alive");
+        }
+        // Commands are taken within 20 ms: the caller speaks until the agent hears.
+        let mut heard = None;
+        for seq in 0..40u16 {
+            caller
+                .send_to(
+                    &rtp(0, seq, u32::from(seq) * 160, &[0xff; 160]),
+                    relay.a_addr,
+                )
+                .expect("send");
+            let mut buf = [0u8; 2048];
+            if let Ok((n, src)) = agent.recv_from(&mut buf) {
+                assert_eq!(src, relay.b_addr);
+                heard = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+        let heard = heard.expect("the agent hears the caller");
+        assert_eq!(heard.len(), 12 + 160);
+        assert_ne!(
+            &heard[8..12],
+            &[0, 0, 0, 9],
+            "the caller's SSRC is rewritten"
+        );
+        agent
+            .send_to(&rtp(0, 1, 160, &[0x7f; 160]), relay.b_addr)
+            .expect("send");
+        let back = recv_from_addr(&caller, relay.a_addr);
+        assert_eq!(&back[12..], &[0x7f; 160][..]);
+        // Latched: a stranger sending to the caller's port is dropped.
+        let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        stranger
+            .send_to(&rtp(0, 7, 0, &[0; 160]), relay.a_addr)
+            .expect("send");
+        while relay.stats.dropped.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(relay.stats.a_to_b.load(Ordering::Relaxed) >= 1);
+        assert_eq!(relay.stats.b_to_a.load(Ordering::Relaxed), 1);
+
+        // A transfer takes the very sockets back; their ports stay taken.
+        let (tx, rx) = oneshot::channel();
+        relay.cmd.send(RelayCmd::Release(tx)).await.expect("alive");
+        let released = rx.await.expect("sockets back");
+        assert_eq!(released.a.local_addr().expect("addr"), relay.a_addr);
+        assert_eq!(released.b.local_addr().expect("addr"), relay.b_addr);
+        assert_eq!(released.a_remote, Some(caller.local_addr().expect("addr")));
+        assert_eq!(pool.available(), all - 2);
+
+        // The next bridge on them continues the caller's stream; it watches
+        // for silence, and when the call drops it the ports go back.
+        let (silent_tx2, mut silent_rx2) = mpsc::channel(4);
+        let next = engine
+            .bridge(
+                pool.clone(),
+                released.a,
+                released.b,
+                Some(released.numbering),
+                Duration::from_millis(100),
+                silent_tx2,
+            )
+            .expect("bridge");
+        next.cmd.send(RelayCmd::Watch(true)).await.expect("alive");
+        let side = silent_rx2.recv().await.expect("silence reported");
+        assert!(side == Side::A || side == Side::B);
+        assert!(
+            silent_rx.try_recv().is_err(),
+            "the first bridge was not watching"
+        );
+        drop(next);
+        drop(relay);
+        while pool.available() != all {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(engine.stats.bridges.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

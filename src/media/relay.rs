@@ -1,23 +1,22 @@
-//! The RTP relay of one bridged call: two sockets, packets across, both ways.
+//! The RTP relay of one bridged call: its handle, its commands, and the
+//! rewriting that keeps each side's stream continuous.
 //!
-//! Room: one call's media anchor. The sans-IO part is [`Rewriter`]: it gives
-//! the packets leaving one side a single SSRC and continuous sequence numbers
-//! and timestamps, even when the far side's stream changes (another agent, a
-//! re-INVITE). The edge is [`spawn`]: a task owning the two sockets, latching
-//! each side to the first source that sends to it (symmetric RTP, for phones
-//! behind NAT), and reporting a side that falls silent for `rtp_timeout`.
+//! Room: one call's media anchor, as the call sees it. The sans-IO part is
+//! [`Rewriter`]: it gives the packets leaving one side a single SSRC and
+//! continuous sequence numbers and timestamps, even when the far side's
+//! stream changes (another agent, a re-INVITE). The call holds a [`Relay`]
+//! and speaks [`RelayCmd`]s to it; the packets themselves are moved by a
+//! media engine thread (`engine::Engine::bridge`, `bridge::Bridge`), which
+//! latches each side to the first source that sends to it (symmetric RTP, for
+//! phones behind NAT) and reports a side that falls silent for `rtp_timeout`.
+//! Recordings are closed here, on one closer thread.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rtc_shared::marshal::Unmarshal;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-
-use super::ports::PortPool;
 
 /// Rewrites SSRC, sequence number and timestamp of packets leaving one side.
 #[derive(Debug, Clone)]
@@ -149,20 +148,6 @@ pub struct Supervisor {
     pub ended: tokio::sync::oneshot::Sender<()>,
 }
 
-/// A supervisor being served by a running relay.
-struct Listening {
-    socket: UdpSocket,
-    remote: SocketAddr,
-    mixer: super::monitor::Mixer,
-    stop: tokio::sync::oneshot::Receiver<()>,
-    _ended: tokio::sync::oneshot::Sender<()>,
-}
-
-enum FromSupervisor {
-    Packet(std::io::Result<(usize, SocketAddr)>),
-    Left,
-}
-
 /// What a released relay hands back.
 #[derive(Debug)]
 pub struct Released {
@@ -205,303 +190,8 @@ pub struct Relay {
     pub stats: Arc<RelayStats>,
 }
 
-struct SideState {
-    socket: UdpSocket,
-    remote: Option<SocketAddr>,
-    latched: bool,
-    last_rx: Instant,
-    /// Rewrites what we send out of this side.
-    rewriter: Rewriter,
-    /// How this side's packets arrive.
-    quality: super::quality::StreamQuality,
-}
-
-impl SideState {
-    /// Accepts a packet from `src`: latch on the first one, then only that source.
-    fn accept(&mut self, src: SocketAddr, now: Instant) -> bool {
-        if !self.latched {
-            self.remote = Some(src);
-            self.latched = true;
-        }
-        if self.remote == Some(src) {
-            self.last_rx = now;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Binds two ports and starts the relay task. `silent` receives the side that
-/// stopped sending for `timeout` while watching.
-pub fn spawn(pool: Arc<PortPool>, timeout: Duration, silent: mpsc::Sender<Side>) -> Option<Relay> {
-    let a = pool.bind()?;
-    let Some(b) = pool.bind() else {
-        if let Ok(addr) = a.local_addr() {
-            pool.release(addr.port());
-        }
-        return None;
-    };
-    spawn_with(pool, a, b, None, timeout, silent)
-}
-
-/// Starts the relay task on two sockets already bound from `pool` (they go
-/// back to it when the relay ends). `continuing` carries on side A's outgoing
-/// numbering from whoever sent to the caller before.
-pub fn spawn_with(
-    pool: Arc<PortPool>,
-    a: std::net::UdpSocket,
-    b: std::net::UdpSocket,
-    continuing: Option<crate::media::player::Numbering>,
-    timeout: Duration,
-    silent: mpsc::Sender<Side>,
-) -> Option<Relay> {
-    let (Ok(a_addr), Ok(b_addr)) = (a.local_addr(), b.local_addr()) else {
-        for s in [&a, &b] {
-            if let Ok(addr) = s.local_addr() {
-                pool.release(addr.port());
-            }
-        }
-        return None;
-    };
-    let make = |s: std::net::UdpSocket| -> Option<UdpSocket> {
-        s.set_nonblocking(true).ok()?;
-        UdpSocket::from_std(s).ok()
-    };
-    let (Some(a), Some(b)) = (make(a), make(b)) else {
-        pool.release(a_addr.port());
-        pool.release(b_addr.port());
-        return None;
-    };
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let stats = Arc::new(RelayStats::default());
-    let now = Instant::now();
-    let side = move |socket, rewriter| SideState {
-        socket,
-        remote: None,
-        latched: false,
-        last_rx: now,
-        rewriter,
-        quality: Default::default(),
-    };
-    let a_rewriter = continuing.map_or_else(|| Rewriter::new(rand::random()), Rewriter::continuing);
-    let task_stats = stats.clone();
-    tokio::spawn(async move {
-        let released = run(
-            side(a, a_rewriter),
-            side(b, Rewriter::new(rand::random())),
-            cmd_rx,
-            timeout,
-            silent,
-            &task_stats,
-            &pool,
-        )
-        .await;
-        if !released {
-            pool.release(a_addr.port());
-            pool.release(b_addr.port());
-        }
-    });
-    Some(Relay {
-        a_addr,
-        b_addr,
-        cmd: cmd_tx,
-        stats,
-    })
-}
-
-/// Runs until the call drops its handle (`false`) or asks for the sockets
-/// back (`true`: they were handed over, their ports are not ours to free).
-async fn run(
-    mut a: SideState,
-    mut b: SideState,
-    mut cmd: mpsc::Receiver<RelayCmd>,
-    timeout: Duration,
-    silent: mpsc::Sender<Side>,
-    stats: &RelayStats,
-    pool: &PortPool,
-) -> bool {
-    let mut buf_a = vec![0u8; 2048];
-    let mut buf_b = vec![0u8; 2048];
-    let mut buf_s = vec![0u8; 2048];
-    let mut supervisor: Option<Listening> = None;
-    // Whatever way the relay ends, the supervisor's port goes back.
-    struct PortBack<'a>(&'a PortPool, Option<u16>);
-    impl Drop for PortBack<'_> {
-        fn drop(&mut self) {
-            if let Some(port) = self.1.take() {
-                self.0.release(port);
-            }
-        }
-    }
-    let mut port_back = PortBack(pool, None);
-    let mut watching = false;
-    let mut recorder: Option<Box<super::recording::Recorder>> = None;
-    let mut keys: Option<(u8, super::dtmf::EventReceiver, mpsc::Sender<char>)> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout));
-    loop {
-        let from_supervisor = async {
-            match supervisor.as_mut() {
-                Some(s) => tokio::select! {
-                    r = s.socket.recv_from(&mut buf_s) => FromSupervisor::Packet(r),
-                    _ = &mut s.stop => FromSupervisor::Left,
-                },
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = a.socket.recv_from(&mut buf_a) => {
-                let Ok((n, src)) = r else { continue };
-                let pkt = &mut buf_a[..n];
-                if let Some((pt, receiver, to)) = keys.as_mut() {
-                    let key = match super::engine::rtp_payload(pkt) {
-                        Some((p, ts, payload)) if p == *pt => receiver.handle(ts, payload),
-                        _ => None,
-                    };
-                    if let Some(k) = key {
-                        let _ = to.try_send(k);
-                    }
-                }
-                let heard = supervised(&mut supervisor, Side::A, pkt, &recorder).await;
-                if forward(&mut a, &mut b, pkt, src, &stats.a_to_b, &stats.dropped, &stats.a_quality).await {
-                    record(&mut recorder, Side::A, heard.as_deref().unwrap_or(pkt));
-                }
-            }
-            r = b.socket.recv_from(&mut buf_b) => {
-                let Ok((n, src)) = r else { continue };
-                let pkt = &mut buf_b[..n];
-                let heard = supervised(&mut supervisor, Side::B, pkt, &recorder).await;
-                if forward(&mut b, &mut a, pkt, src, &stats.b_to_a, &stats.dropped, &stats.b_quality).await {
-                    record(&mut recorder, Side::B, heard.as_deref().unwrap_or(pkt));
-                }
-            }
-            s = from_supervisor => match s {
-                FromSupervisor::Packet(Ok((n, src))) => {
-                    let Some(sup) = supervisor.as_mut() else { continue };
-                    if src.ip() != sup.remote.ip() {
-                        continue;
-                    }
-                    for (side, mut p) in sup.mixer.from_supervisor(&buf_s[..n]) {
-                        let to = if side == Side::A { &mut a } else { &mut b };
-                        if let Some(dest) = to.remote {
-                            if to.rewriter.rewrite(&mut p) {
-                                let _ = to.socket.send_to(&p, dest).await;
-                            }
-                        }
-                    }
-                }
-                FromSupervisor::Packet(Err(_)) => {}
-                FromSupervisor::Left => {
-                    tracing::info!("supervisor left");
-                    supervisor = None;
-                    if let Some(port) = port_back.1.take() {
-                        pool.release(port);
-                    }
-                }
-            },
-            c = cmd.recv() => match c {
-                // The call dropped its handle: the call is over.
-                None => {
-                    close_recording(&mut recorder);
-                    return false;
-                }
-                Some(RelayCmd::Release(reply)) => {
-                    close_recording(&mut recorder);
-                    let numbering = a.rewriter.numbering();
-                    let a_remote = a.remote;
-                    let (Ok(a_std), Ok(b_std)) = (a.socket.into_std(), b.socket.into_std()) else {
-                        // Sockets that cannot be converted are closed here: free their ports.
-                        return false;
-                    };
-                    let released = Released { a: a_std, b: b_std, a_remote, numbering };
-                    if let Err(back) = reply.send(released) {
-                        // Nobody took them: they close now, and their ports go back.
-                        drop(back);
-                        return false;
-                    }
-                    return true;
-                }
-                Some(RelayCmd::Record(r)) => {
-                    close_recording(&mut recorder);
-                    recorder = Some(r);
-                }
-                Some(RelayCmd::StopRecording) => close_recording(&mut recorder),
-                Some(RelayCmd::Keys { pt, to }) => keys = Some((pt, Default::default(), to)),
-                Some(RelayCmd::Monitor(sup)) => {
-                    let Supervisor { socket, remote, mixer, stop, ended } = *sup;
-                    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-                    let tokio_socket = socket
-                        .set_nonblocking(true)
-                        .and_then(|()| UdpSocket::from_std(socket));
-                    // A supervisor already there leaves (its port goes back).
-                    supervisor = None;
-                    if let Some(old) = port_back.1.take() {
-                        pool.release(old);
-                    }
-                    match tokio_socket {
-                        Ok(socket) => {
-                            tracing::info!(mode = mixer.mode().name(), %remote, "supervisor joined");
-                            port_back.1 = Some(port);
-                            supervisor = Some(Listening { socket, remote, mixer, stop, _ended: ended });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "supervisor socket unusable");
-                            pool.release(port);
-                        }
-                    }
-                }
-                Some(RelayCmd::Remote(which, addr)) => {
-                    let s = if which == Side::A { &mut a } else { &mut b };
-                    s.remote = Some(addr);
-                    s.latched = false;
-                }
-                Some(RelayCmd::Watch(on)) => {
-                    watching = on;
-                    let now = Instant::now();
-                    a.last_rx = now;
-                    b.last_rx = now;
-                }
-            },
-            _ = tick.tick() => {
-                if let Some(r) = recorder.as_mut() {
-                    if let Err(e) = r.checkpoint() {
-                        tracing::error!(path = %r.path().display(), error = %e, "recording stopped");
-                        recorder = None;
-                    }
-                }
-                if watching {
-                    let now = Instant::now();
-                    for (which, s) in [(Side::A, &a), (Side::B, &b)] {
-                        if now.duration_since(s.last_rx) >= timeout {
-                            let _ = silent.try_send(which);
-                            watching = false;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Hands a packet about to be relayed to the supervisor's mixer (which may
-/// mix the supervisor into it) and sends the supervisor what they hear now.
-/// Returns the packet as it came, for the recording, when the mixer changed it.
-async fn supervised(
-    supervisor: &mut Option<Listening>,
-    from: Side,
-    pkt: &mut [u8],
-    recorder: &Option<Box<super::recording::Recorder>>,
-) -> Option<Vec<u8>> {
-    let sup = supervisor.as_mut()?;
-    let original = recorder.as_ref().map(|_| pkt.to_vec());
-    for p in sup.mixer.relayed(from, pkt) {
-        let _ = sup.socket.send_to(&p, sup.remote).await;
-    }
-    original
-}
-
 /// Finishes the recording, if one runs.
-fn close_recording(recorder: &mut Option<Box<super::recording::Recorder>>) {
+pub(super) fn close_recording(recorder: &mut Option<Box<super::recording::Recorder>>) {
     if let Some(r) = recorder.take() {
         // Closing syncs the file to disk (fsync): never on a runtime thread,
         // where at 100 calls a second it held up every task behind it (the
@@ -543,57 +233,6 @@ fn finish_recording(r: super::recording::Recorder) {
         Ok(secs) => tracing::info!(path, seconds = secs, "recording closed"),
         Err(e) => tracing::error!(path, error = %e, "recording could not be closed"),
     }
-}
-
-/// Feeds a relayed packet to the recorder; a write error ends the recording.
-fn record(recorder: &mut Option<Box<super::recording::Recorder>>, side: Side, pkt: &[u8]) {
-    if let Some(r) = recorder.as_mut() {
-        if let Err(e) = r.push(side, pkt) {
-            tracing::error!(path = %r.path().display(), error = %e, "recording stopped");
-            *recorder = None;
-        }
-    }
-}
-
-/// Relays one packet; `true` when it was a well-formed packet from the
-/// side's source (relayed, or at least worth recording).
-async fn forward(
-    from: &mut SideState,
-    to: &mut SideState,
-    pkt: &mut [u8],
-    src: SocketAddr,
-    counter: &AtomicU64,
-    dropped: &AtomicU64,
-    quality: &super::quality::QualityCell,
-) -> bool {
-    let now = Instant::now();
-    if !from.accept(src, now) {
-        dropped.fetch_add(1, Ordering::Relaxed);
-        return false;
-    }
-    // Measured as it arrived, before it is renumbered.
-    if pkt.len() >= 12 && pkt[0] >> 6 == 2 {
-        from.quality.packet(
-            pkt[1] & 0x7f,
-            u16::from_be_bytes([pkt[2], pkt[3]]),
-            u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
-            u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]),
-            now.into_std(),
-        );
-        quality.store(&from.quality.summary());
-    }
-    let Some(dest) = to.remote else {
-        dropped.fetch_add(1, Ordering::Relaxed);
-        return true;
-    };
-    if !to.rewriter.rewrite(pkt) {
-        dropped.fetch_add(1, Ordering::Relaxed);
-        return false;
-    }
-    if to.socket.send_to(pkt, dest).await.is_ok() {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    true
 }
 
 #[cfg(test)]
