@@ -1,6 +1,6 @@
 //! Media hot paths: in-band DTMF detection on one 20 ms frame, the relay's
-//! per-packet rewrite, the IVR player's frame generation, and the media
-//! engine's RTP payload parse. Run: `cargo bench --bench media`.
+//! per-packet rewrite, the IVR player's frame generation, the media
+//! engine's RTP payload parse, and a recorded call's packets into its WAV. Run: `cargo bench --bench media`.
 
 use std::hint::black_box;
 
@@ -10,7 +10,8 @@ use yihaotong::media::dtmf::Detector;
 use yihaotong::media::engine::rtp_payload;
 use yihaotong::media::player::{Law, Player, PACKET};
 use yihaotong::media::prompts::{Prompt, FRAME};
-use yihaotong::media::relay::Rewriter;
+use yihaotong::media::recording::Recorder;
+use yihaotong::media::relay::{Rewriter, Side};
 
 fn bench(c: &mut Criterion) {
     // 20 ms of speech-band noise at 8 kHz.
@@ -53,5 +54,31 @@ fn player(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, player);
+fn recording(c: &mut Criterion) {
+    // One 20 ms PCMU packet from each side, as a recorded bridged call's
+    // relay hands them over: decoded, paired into stereo frames, buffered
+    // and written (a real file, a quarter second per write).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut recorder = Recorder::create(&dir.path().join("bench.wav"), 0)
+        .expect("create")
+        .expect("PCMU is recorded");
+    let mut a = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    a.extend_from_slice(&[0x55; 160]);
+    let mut b = a.clone();
+    b[11] = 2;
+    b[12..].fill(0x2a);
+    let mut seq: u16 = 0;
+    c.bench_function("media/recording_push_one_packet_each_side", |bench| {
+        bench.iter(|| {
+            seq = seq.wrapping_add(1);
+            for p in [&mut a, &mut b] {
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+            }
+            recorder.push(Side::A, black_box(&a)).expect("write");
+            recorder.push(Side::B, black_box(&b)).expect("write");
+        })
+    });
+}
+
+criterion_group!(benches, bench, player, recording);
 criterion_main!(benches);

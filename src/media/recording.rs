@@ -10,9 +10,9 @@
 //! RIFF and data sizes and hands the bytes to the OS, so a crash of the
 //! process loses at most the last second and leaves a playable file.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rtc_shared::marshal::{MarshalSize, Unmarshal};
@@ -32,7 +32,10 @@ pub struct Recorder {
     file: BufWriter<File>,
     path: PathBuf,
     law: Law,
-    pending: [VecDeque<i16>; 2],
+    /// Each side's decoded samples not yet paired (plain vectors: taking
+    /// from the front moves the rest, at most [`MAX_SKEW`] samples, and
+    /// both filling and pairing run over flat slices).
+    pending: [Vec<i16>; 2],
     data_bytes: u64,
     /// The stereo frames of one drain, kept between packets: a packet's
     /// recording allocates nothing.
@@ -91,7 +94,7 @@ impl Recorder {
             file,
             path,
             law,
-            pending: [VecDeque::new(), VecDeque::new()],
+            pending: [Vec::new(), Vec::new()],
             data_bytes: 0,
             scratch: Vec::new(),
         }))
@@ -149,14 +152,20 @@ impl Recorder {
         if frames == 0 {
             return Ok(());
         }
+        // Left samples into the first half of each 4-byte frame, right into
+        // the second; a side that has fewer keeps the zeros (silence).
         let out = &mut self.scratch;
         out.clear();
-        for _ in 0..frames {
-            let l = a.pop_front().unwrap_or(0);
-            let r = b.pop_front().unwrap_or(0);
-            out.extend_from_slice(&l.to_le_bytes());
-            out.extend_from_slice(&r.to_le_bytes());
+        out.resize(frames * 4, 0);
+        let (from_a, from_b) = (a.len().min(frames), b.len().min(frames));
+        for (o, l) in out.chunks_exact_mut(4).zip(&a[..from_a]) {
+            o[..2].copy_from_slice(&l.to_le_bytes());
         }
+        for (o, r) in out.chunks_exact_mut(4).zip(&b[..from_b]) {
+            o[2..].copy_from_slice(&r.to_le_bytes());
+        }
+        a.drain(..from_a);
+        b.drain(..from_b);
         self.file.write_all(out)?;
         self.data_bytes += out.len() as u64;
         Ok(())
@@ -165,11 +174,10 @@ impl Recorder {
     /// Makes the file whole up to now: sizes in the header, bytes to the OS.
     pub fn checkpoint(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        let f = self.file.get_mut();
-        f.seek(SeekFrom::Start(0))?;
-        f.write_all(&header(self.data_bytes))?;
-        f.seek(SeekFrom::End(0))?;
-        Ok(())
+        // One positioned write (pwrite): the file's offset stays at the end.
+        self.file
+            .get_ref()
+            .write_all_at(&header(self.data_bytes), 0)
     }
 
     /// Ends the recording (what is pending is written, paired with silence).
