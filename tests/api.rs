@@ -669,15 +669,22 @@ fn recordings_are_listed_and_downloaded_in_ranges_by_those_who_may_hear_them() {
     phone.reply(server.sip, &bye, 200, "a1");
     assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
 
-    // Listed (metadata is written with the records, each second).
+    // Listed (metadata is written with the records, each second), with its
+    // size now: the recording is closed a moment after the call ends (its
+    // last samples are written then), so wait until two looks agree.
     let list_path = format!("/api/v1/recordings?since=1h&call_id={}", d.call_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut last_size = None;
     let listed = loop {
         let (code, page) = server.http("GET", &list_path, Some(&admin), None);
         assert_eq!(code, 200, "{page}");
-        if page["total"] == 1 || std::time::Instant::now() > deadline {
+        let size = page["items"][0]["bytes"].as_u64();
+        if (page["total"] == 1 && size.is_some() && size == last_size)
+            || std::time::Instant::now() > deadline
+        {
             break page;
         }
+        last_size = size;
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let rec = &listed["items"][0];

@@ -124,6 +124,8 @@ enum Cmd {
     Remove(u64, Option<oneshot::Sender<Detached>>),
     /// A bridged call's relay moves in.
     Bridge(u64, Box<Bridge>),
+    /// A bridge's call let go of it: end it now, not at its next housekeeping.
+    LetGo(u64),
 }
 
 /// A stream's state handed to whoever takes the socket over.
@@ -264,12 +266,35 @@ impl Engine {
         )?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.shards[(id as usize) % self.shards.len()].send(Cmd::Bridge(id, Box::new(bridge)));
+        let shard = self.shards[(id as usize) % self.shards.len()].clone();
         Some(Relay {
             a_addr,
             b_addr,
             cmd: cmd_tx,
             stats,
+            held: BridgeHold { shard, id },
         })
+    }
+}
+
+/// The call's hold on its bridge. Dropped after the call's command sender
+/// (it is the relay handle's last field), it tells the engine thread, which
+/// then finds the channel closed and ends the bridge at once: the recording
+/// is closed and the ports go back within a slot of the call ending.
+pub struct BridgeHold {
+    shard: Shard,
+    id: u64,
+}
+
+impl Drop for BridgeHold {
+    fn drop(&mut self) {
+        self.shard.send(Cmd::LetGo(self.id));
+    }
+}
+
+impl std::fmt::Debug for BridgeHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeHold").field("id", &self.id).finish()
     }
 }
 
@@ -401,16 +426,27 @@ impl Bridges {
                 }
             }
         }
-        if ended.is_empty() {
-            return;
-        }
         for (id, end) in ended {
-            if let Some(b) = self.by_id.remove(&id) {
-                b.end(registry, end);
-                // Each thread counts its own into the shared figure.
-                stats.bridges.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.slots[slot as usize].retain(|i| *i != id);
+            self.end(id, end, registry, stats);
+        }
+    }
+
+    /// Housekeeping for one bridge at once (its call let go of the handle).
+    fn housekeep_one(&mut self, id: u64, registry: &mio::Registry, stats: &EngineStats) {
+        let Some(b) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if let Some(end) = b.housekeeping(registry, id, Instant::now()) {
+            self.end(id, end, registry, stats);
+        }
+    }
+
+    fn end(&mut self, id: u64, end: End, registry: &mio::Registry, stats: &EngineStats) {
+        if let Some(b) = self.by_id.remove(&id) {
+            self.slots[b.slot as usize].retain(|i| *i != id);
+            b.end(registry, end);
+            // Each thread counts its own into the shared figure.
+            stats.bridges.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -646,6 +682,7 @@ fn command(
             bridges.insert(id, *bridge);
             stats.bridges.fetch_add(1, Ordering::Relaxed);
         }
+        Cmd::LetGo(id) => bridges.housekeep_one(id, poll.registry(), stats),
         Cmd::Add(id, setup) => {
             let Ok(dup) = setup.socket.try_clone() else {
                 return;

@@ -188,6 +188,8 @@ pub struct Relay {
     pub cmd: mpsc::Sender<RelayCmd>,
     /// Counters.
     pub stats: Arc<RelayStats>,
+    /// Last, so it drops after `cmd`: ends the bridge as soon as the call lets go.
+    pub held: super::engine::BridgeHold,
 }
 
 /// Finishes the recording, if one runs.
