@@ -196,6 +196,20 @@ fn authorize(
     Ok(caller)
 }
 
+/// An audited change: the action (name, and what it acts on) is recorded
+/// with its detail before the command runs; the command's answer is the reply.
+async fn audited(
+    api: &Api,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    detail: Value,
+    cmd: AdminCommand,
+) -> Result<Json<Value>, Failure> {
+    record_action(api, caller, action, target, detail).await?;
+    Ok(Json(run(api, cmd).await?))
+}
+
 async fn run(api: &Api, cmd: AdminCommand) -> Result<Value, Failure> {
     crate::admin::answer(&api.store, &api.realm, &api.live, cmd)
         .await
@@ -431,8 +445,15 @@ async fn flows_reload(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Failure> {
     let caller = authorize(&api, &headers, &[Role::Admin], "reload flows")?;
-    record_action(&api, &caller, "flows.reload", "flows", Value::Null).await?;
-    Ok(Json(run(&api, AdminCommand::Reload).await?))
+    audited(
+        &api,
+        &caller,
+        "flows.reload",
+        "flows",
+        Value::Null,
+        AdminCommand::Reload,
+    )
+    .await
 }
 
 /// `POST /api/v1/agents/{id}/state` body.

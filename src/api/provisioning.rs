@@ -16,7 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, bad, record_action, run, Api, ErrorBody, Failure};
+use super::{audited, authorize, bad, Api, ErrorBody, Failure};
 use crate::admin::AdminCommand;
 use crate::store::Role;
 
@@ -69,7 +69,7 @@ pub(super) async fn set_route(
         "queue": route.queue, "flow": route.flow, "hotline": route.hotline,
         "mode": route.mode, "cutover": route.cutover, "after_flow": route.after_flow,
     });
-    record_action(&api, &caller, "route.set", &number, detail).await?;
+    let target = number.clone();
     let cmd = AdminCommand::RoutesSet {
         number,
         queue: route.queue,
@@ -79,7 +79,7 @@ pub(super) async fn set_route(
         cutover: route.cutover,
         after_flow: route.after_flow,
     };
-    Ok(Json(run(&api, cmd).await?))
+    audited(&api, &caller, "route.set", &target, detail, cmd).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/routes/{number}", tag = "routing", security(("bearer" = [])),
@@ -94,10 +94,9 @@ pub(super) async fn remove_route(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Failure> {
     let caller = authorize(&api, &headers, &[Role::Admin], "change the number plan")?;
-    record_action(&api, &caller, "route.remove", &number, Value::Null).await?;
-    Ok(Json(
-        run(&api, AdminCommand::RoutesRemove { number }).await?,
-    ))
+    let target = number.clone();
+    let cmd = AdminCommand::RoutesRemove { number };
+    audited(&api, &caller, "route.remove", &target, Value::Null, cmd).await
 }
 
 /// `PUT /api/v1/agents/{id}` body: an agent account, made or replaced.
@@ -149,7 +148,7 @@ pub(super) async fn set_agent(
         "name": agent.name, "queues": agent.queues, "wrap_up": agent.wrap_up,
         "auto_login": agent.auto_login, "supervisor": agent.supervisor, "dial": agent.dial,
     });
-    record_action(&api, &caller, "agent.set", &id, detail).await?;
+    let target = id.clone();
     let cmd = AdminCommand::AgentsAdd {
         id,
         password: agent.password,
@@ -160,7 +159,7 @@ pub(super) async fn set_agent(
         supervisor: agent.supervisor,
         dial: agent.dial,
     };
-    Ok(Json(run(&api, cmd).await?))
+    audited(&api, &caller, "agent.set", &target, detail, cmd).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", security(("bearer" = [])),
@@ -175,6 +174,7 @@ pub(super) async fn remove_agent(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Failure> {
     let caller = authorize(&api, &headers, &[Role::Admin], "change agent accounts")?;
-    record_action(&api, &caller, "agent.remove", &id, Value::Null).await?;
-    Ok(Json(run(&api, AdminCommand::AgentsRemove { id }).await?))
+    let target = id.clone();
+    let cmd = AdminCommand::AgentsRemove { id };
+    audited(&api, &caller, "agent.remove", &target, Value::Null, cmd).await
 }
