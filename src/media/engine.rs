@@ -226,9 +226,7 @@ impl Engine {
             detached: false,
         })
     }
-}
 
-impl Engine {
     /// Relays a bridged call between `a` (facing the caller) and `b` (facing
     /// the far leg), two sockets bound from `pool`, in one of the engine's
     /// threads. Their ports go back to the pool when the call drops the
@@ -265,8 +263,8 @@ impl Engine {
             stats.clone(),
         )?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.shards[(id as usize) % self.shards.len()].send(Cmd::Bridge(id, Box::new(bridge)));
         let shard = self.shards[(id as usize) % self.shards.len()].clone();
+        shard.send(Cmd::Bridge(id, Box::new(bridge)));
         Some(Relay {
             a_addr,
             b_addr,
