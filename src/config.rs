@@ -621,6 +621,14 @@ impl Settings {
                 "settings: [rtp] port_min must be below port_max with room for at least two calls"
             );
         }
+        for (field, pct) in [
+            ("max_media_busy_pct", self.limits.max_media_busy_pct),
+            ("min_idle_cpu_pct", self.limits.min_idle_cpu_pct),
+        ] {
+            if pct > 100 {
+                bail!("settings: [limits] {field} = {pct} is a percent: 0 to 100");
+            }
+        }
         if self.sip.min_expires > self.sip.max_expires {
             bail!("settings: [sip] min_expires is above max_expires");
         }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::media::engine::MediaPressure;
+
 /// `[limits]`: the bounds, each with a sane default in the shipped config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,16 @@ pub struct LimitSettings {
     pub worker_backlog: usize,
     /// Milliseconds the runtime's timers may run late before new calls get 503.
     pub max_lag_ms: u64,
+    /// Milliseconds the media engine's passes may start late (their p90 over
+    /// a window, on the worst thread with calls) before new calls get 503:
+    /// past it every caller's audio is breaking up (0 = no limit).
+    pub max_media_late_ms: u64,
+    /// Percent of the wall clock the busiest media thread may spend working
+    /// before new calls get 503 (0 or 100 = no limit).
+    pub max_media_busy_pct: u64,
+    /// The machine's idle CPU, percent over the last second, below which new
+    /// calls get 503, like FreeSWITCH's min-idle-cpu (0 = off; Linux only).
+    pub min_idle_cpu_pct: u64,
     /// Seconds in the Retry-After of every 503 we shed with.
     pub retry_after: u32,
     /// TCP connections at once; more are refused at accept.
@@ -50,6 +62,12 @@ pub enum Shed {
     Backlog,
     /// Timers late by more than `max_lag_ms`.
     Lag,
+    /// Media passes late by more than `max_media_late_ms`.
+    MediaLate,
+    /// A media thread busier than `max_media_busy_pct`.
+    MediaBusy,
+    /// The machine's idle CPU under `min_idle_cpu_pct`.
+    IdleCpu,
     /// The worker's transaction table is full (`[sip] max_transactions`).
     Transactions,
     /// The agent has `max_calls_per_agent` calls.
@@ -59,11 +77,14 @@ pub enum Shed {
 }
 
 impl Shed {
-    const ALL: [Shed; 7] = [
+    const ALL: [Shed; 10] = [
         Shed::Draining,
         Shed::Calls,
         Shed::Backlog,
         Shed::Lag,
+        Shed::MediaLate,
+        Shed::MediaBusy,
+        Shed::IdleCpu,
         Shed::Transactions,
         Shed::AgentCalls,
         Shed::SourceCalls,
@@ -76,6 +97,9 @@ impl Shed {
             Shed::Calls => "max_calls",
             Shed::Backlog => "worker_backlog",
             Shed::Lag => "lag",
+            Shed::MediaLate => "media_late",
+            Shed::MediaBusy => "media_busy",
+            Shed::IdleCpu => "idle_cpu",
             Shed::Transactions => "max_transactions",
             Shed::AgentCalls => "max_calls_per_agent",
             Shed::SourceCalls => "max_calls_per_trunk_source",
@@ -90,6 +114,8 @@ pub struct Load {
     pub live_calls: usize,
     /// New requests queued for the worker asking.
     pub backlog: usize,
+    /// The media engine's pressure (its worst thread's).
+    pub media: MediaPressure,
 }
 
 /// Who a new call counts against.
@@ -109,6 +135,8 @@ pub struct Overload {
     lag_us: AtomicU64,
     /// The worst lateness seen since start, microseconds.
     max_lag_us: AtomicU64,
+    /// The machine's idle CPU over the last measurement, percent (100 until measured).
+    idle_cpu_pct: AtomicU64,
     shed: [AtomicU64; Shed::ALL.len()],
     held: Mutex<HashMap<Holder, usize>>,
 }
@@ -120,6 +148,7 @@ impl Overload {
             limits,
             lag_us: AtomicU64::new(0),
             max_lag_us: AtomicU64::new(0),
+            idle_cpu_pct: AtomicU64::new(100),
             shed: Default::default(),
             held: Mutex::new(HashMap::new()),
         })
@@ -141,6 +170,15 @@ impl Overload {
         }
         if self.lag_us.load(Relaxed) > l.max_lag_ms * 1000 {
             return Err(Shed::Lag);
+        }
+        if l.max_media_late_ms > 0 && load.media.late_p90_us > l.max_media_late_ms * 1000 {
+            return Err(Shed::MediaLate);
+        }
+        if l.max_media_busy_pct > 0 && load.media.busy_pct > l.max_media_busy_pct {
+            return Err(Shed::MediaBusy);
+        }
+        if self.idle_cpu_pct.load(Relaxed) < l.min_idle_cpu_pct {
+            return Err(Shed::IdleCpu);
         }
         Ok(())
     }
@@ -213,6 +251,31 @@ impl Overload {
         }
     }
 
+    /// Takes one measurement of the machine's idle CPU, percent.
+    pub fn note_idle_cpu(&self, pct: u64) {
+        self.idle_cpu_pct.store(pct.min(100), Relaxed);
+    }
+
+    /// Measures the machine's idle CPU every `period` from `/proc/stat`, for
+    /// ever; returns at once where there is no such file (not Linux).
+    pub async fn watch_idle_cpu(self: Arc<Self>, period: Duration) {
+        let read = || std::fs::read_to_string("/proc/stat").ok();
+        let Some(mut before) = read().as_deref().and_then(cpu_times) else {
+            tracing::warn!("min_idle_cpu_pct is set but /proc/stat cannot be read: not applied");
+            return;
+        };
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(now) = read().as_deref().and_then(cpu_times) else {
+                continue;
+            };
+            if let Some(pct) = idle_share(before, now) {
+                self.note_idle_cpu(pct);
+            }
+            before = now;
+        }
+    }
+
     /// Bounds, current figures and shed counts, for `yihaotong status`.
     pub fn snapshot(&self, load: Load) -> serde_json::Value {
         let l = &self.limits;
@@ -230,10 +293,44 @@ impl Overload {
             "max_lag_ms": l.max_lag_ms,
             "lag_ms_now": self.lag_us.load(Relaxed) as f64 / 1000.0,
             "lag_ms_worst": self.max_lag_us.load(Relaxed) as f64 / 1000.0,
+            "max_media_late_ms": l.max_media_late_ms,
+            "media_late_p90_ms_now": load.media.late_p90_us as f64 / 1000.0,
+            "max_media_busy_pct": l.max_media_busy_pct,
+            "media_busy_pct_now": load.media.busy_pct,
+            "min_idle_cpu_pct": l.min_idle_cpu_pct,
+            "idle_cpu_pct_now": self.idle_cpu_pct.load(Relaxed),
             "max_tcp_connections": l.max_tcp_connections,
             "shed": shed,
         })
     }
+}
+
+/// The machine's idle and total CPU time (jiffies, summed over cores) from
+/// the first line of `/proc/stat` (`cpu user nice system idle iowait irq
+/// softirq steal …`): idle counts `idle` and `iowait`.
+pub fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if values.len() < 4 {
+        return None;
+    }
+    let idle = values[3] + values.get(4).copied().unwrap_or(0);
+    Some((idle, values.iter().sum()))
+}
+
+/// Idle share between two readings of [`cpu_times`], percent; `None` when no
+/// time passed (or the counters went back).
+pub fn idle_share(before: (u64, u64), now: (u64, u64)) -> Option<u64> {
+    let total = now.1.checked_sub(before.1).filter(|t| *t > 0)?;
+    let idle = now.0.checked_sub(before.0)?;
+    Some((idle * 100 / total).min(100))
 }
 
 /// One call's place in its holder's count; given back on drop.
@@ -268,6 +365,9 @@ mod tests {
             max_calls_per_trunk_source: 3,
             worker_backlog: 100,
             max_lag_ms: 50,
+            max_media_late_ms: 20,
+            max_media_busy_pct: 90,
+            min_idle_cpu_pct: 10,
             retry_after: 5,
             max_tcp_connections: 16,
         }
@@ -279,6 +379,10 @@ mod tests {
         let calm = Load {
             live_calls: 9,
             backlog: 100,
+            media: MediaPressure {
+                late_p90_us: 20_000,
+                busy_pct: 90,
+            },
         };
         assert_eq!(o.admit(calm), Ok(()));
         let full = Load {
@@ -307,6 +411,64 @@ mod tests {
         assert_eq!(snap["shed"]["lag"], 2);
         assert_eq!(snap["shed"]["max_calls"], 0);
         assert_eq!(snap["lag_ms_worst"], 80.0);
+    }
+
+    #[test]
+    fn admission_follows_media_pressure_and_idle_cpu() {
+        let o = Overload::new(limits());
+        let calm = Load::default();
+        assert_eq!(o.admit(calm), Ok(()));
+        let pressed = |late_p90_us, busy_pct| Load {
+            media: MediaPressure {
+                late_p90_us,
+                busy_pct,
+            },
+            ..calm
+        };
+        let late = pressed(20_001, 10);
+        assert_eq!(o.admit(late), Err(Shed::MediaLate));
+        let busy = pressed(100, 91);
+        assert_eq!(o.admit(busy), Err(Shed::MediaBusy));
+        // 0 turns the media limits off.
+        let off = Overload::new(LimitSettings {
+            max_media_late_ms: 0,
+            max_media_busy_pct: 0,
+            min_idle_cpu_pct: 0,
+            ..limits()
+        });
+        assert_eq!(off.admit(late), Ok(()));
+        assert_eq!(off.admit(busy), Ok(()));
+        off.note_idle_cpu(0);
+        assert_eq!(off.admit(calm), Ok(()));
+        // Idle CPU: 100 until measured; under the floor sheds, at it admits.
+        o.note_idle_cpu(9);
+        assert_eq!(o.admit(calm), Err(Shed::IdleCpu));
+        o.note_idle_cpu(10);
+        assert_eq!(o.admit(calm), Ok(()));
+        let snap = o.snapshot(late);
+        assert_eq!(snap["media_late_p90_ms_now"], 20.001);
+        assert_eq!(snap["idle_cpu_pct_now"], 10);
+        assert_eq!(snap["shed"]["media_late"], 0);
+    }
+
+    #[test]
+    fn idle_cpu_comes_from_two_readings_of_proc_stat() {
+        let first = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n";
+        let second = "cpu  250 0 100 850 50 0 0 0 0 0\nintr 1\n";
+        let a = cpu_times(first).expect("first");
+        let b = cpu_times(second).expect("second");
+        assert_eq!(a, (850, 1000));
+        assert_eq!(b, (900, 1250));
+        // 250 jiffies went by, 50 of them idle.
+        assert_eq!(idle_share(a, b), Some(20));
+        assert_eq!(idle_share(a, a), None, "no time passed");
+        assert_eq!(idle_share(b, a), None, "counters went back");
+        // Older kernels print only four fields; anything else is refused.
+        assert_eq!(cpu_times("cpu 1 2 3 4\n"), Some((4, 10)));
+        assert_eq!(cpu_times("cpu 1 2 3\n"), None);
+        assert_eq!(cpu_times("cpu0 1 2 3 4\n"), None);
+        assert_eq!(cpu_times("cpu 1 x 3 4\n"), None);
+        assert_eq!(cpu_times(""), None);
     }
 
     #[test]

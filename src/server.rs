@@ -43,6 +43,10 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDA
 /// `[limits] worker_backlog` deep plus room to answer the excess with 503.
 const WORKER_QUEUE: usize = 8192;
 
+/// How often the machine's idle CPU is measured (overload control, when
+/// `min_idle_cpu_pct` is set): FreeSWITCH's min-idle-cpu also looks at the
+/// last second.
+const IDLE_CPU_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the runtime's timer lateness is measured (overload control).
 const LAG_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -315,6 +319,7 @@ impl Shared {
                 .map(|f| f.max_capacity() - f.capacity())
                 .max()
                 .unwrap_or(0),
+            media: self.engine.stats.pressure(),
         };
         serde_json::json!({
             "overload": self.overload.snapshot(load),
@@ -541,6 +546,9 @@ impl Server {
         crate::sip::message::set_product(&settings.sip.product);
         let overload = crate::overload::Overload::new(settings.limits.clone());
         tokio::spawn(overload.clone().watch_lag(LAG_PERIOD));
+        if settings.limits.min_idle_cpu_pct > 0 {
+            tokio::spawn(overload.clone().watch_idle_cpu(IDLE_CPU_PERIOD));
+        }
         let host = if settings.sip.advertise.is_empty() {
             local.to_string()
         } else {
@@ -980,6 +988,7 @@ impl Worker {
         let load = Load {
             live_calls: self.shared.live_calls.load(Relaxed),
             backlog: self.backlog,
+            media: self.shared.engine.stats.pressure(),
         };
         if let (false, Err(why)) = (emergency, self.shared.overload.admit(load)) {
             self.shed(&key, &req, why);

@@ -128,3 +128,112 @@ fn an_agent_phone_has_at_most_max_calls_per_agent_calls() {
         .is_some_and(|st| st >= 400));
     server.assert_idle();
 }
+
+/// Burns every core at SCHED_IDLE until dropped: the machine shows no idle
+/// CPU, yet anything else that wants a core (the server, other tests) gets it.
+struct Burner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burner {
+    fn start() -> Burner {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let _ = set_thread_priority_and_policy(
+                        thread_native_id(),
+                        ThreadPriority::Min,
+                        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                    );
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        Burner { stop, threads }
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn new_calls_are_shed_while_the_machine_has_no_idle_cpu_and_taken_again_after() {
+    let server = TestServer::start_with(&[
+        ("YIHAOTONG_LIMITS__MIN_IDLE_CPU_PCT", "40"),
+        ("YIHAOTONG_LIMITS__MAX_LAG_MS", "5000"),
+    ]);
+    let mut caller = Phone::new("13800000009");
+    // Idle: the first call is taken.
+    let mut d = flow_call(&server, &mut caller);
+    caller.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(caller.final_status(&d.call_id, "BYE", 3.0), Some(200));
+
+    let burner = Burner::start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let refused = loop {
+        let mut d = caller.invite(server.sip, "12345");
+        let answer = caller
+            .response(&d.call_id, "INVITE", 200, 5.0)
+            .expect("an answer");
+        if answer.status == 503 {
+            break true;
+        }
+        if answer.status == 200 {
+            // Taken before the server measured a busy second: hang up, try again.
+            caller.ack(server.sip, &mut d, &answer);
+            caller.in_dialog(server.sip, &mut d, "BYE", "");
+            let _ = caller.final_status(&d.call_id, "BYE", 3.0);
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let s = status(&server);
+    drop(burner);
+    assert!(
+        refused,
+        "no call shed with every core busy: {}",
+        s["overload"]
+    );
+    assert!(s["overload"]["shed"]["idle_cpu"].as_u64() >= Some(1), "{s}");
+    assert!(s["overload"]["idle_cpu_pct_now"].as_u64() < Some(40), "{s}");
+
+    // The burner stopped: within a few measurements calls are taken again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut d = caller.invite(server.sip, "12345");
+        let answer = caller.response(&d.call_id, "INVITE", 200, 2.0);
+        if let Some(ok) = answer.filter(|r| r.status == 200) {
+            caller.ack(server.sip, &mut d, &ok);
+            caller.in_dialog(server.sip, &mut d, "BYE", "");
+            assert_eq!(caller.final_status(&d.call_id, "BYE", 3.0), Some(200));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls still shed after the machine cooled: {}",
+            status(&server)["overload"]
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    server.assert_idle();
+}

@@ -156,6 +156,97 @@ pub struct EngineStats {
     pub sent: AtomicU64,
     /// Keys heard.
     pub digits: AtomicU64,
+    /// Each thread's pressure over its last window (overload control).
+    pub threads: Box<[ThreadPressure]>,
+}
+
+/// How hard one engine thread is pressed, over its last [`PRESSURE_WINDOW`]
+/// with work (streams or bridges); zero while it has none.
+#[derive(Debug, Default)]
+pub struct ThreadPressure {
+    /// The lateness 90% of its passes started within, µs.
+    pub late_p90_us: AtomicU64,
+    /// Its share of the wall clock spent working, not sleeping, in percent.
+    pub busy_pct: AtomicU64,
+}
+
+/// The media figures admission reads: the worst thread's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaPressure {
+    /// The highest per-thread p90 pass lateness, µs.
+    pub late_p90_us: u64,
+    /// The highest per-thread busy share, percent.
+    pub busy_pct: u64,
+}
+
+impl EngineStats {
+    /// The worst thread's pressure.
+    pub fn pressure(&self) -> MediaPressure {
+        self.threads
+            .iter()
+            .fold(MediaPressure::default(), |worst, t| MediaPressure {
+                late_p90_us: worst.late_p90_us.max(t.late_p90_us.load(Ordering::Relaxed)),
+                busy_pct: worst.busy_pct.max(t.busy_pct.load(Ordering::Relaxed)),
+            })
+    }
+}
+
+/// The span a thread's pressure is measured over.
+pub const PRESSURE_WINDOW: Duration = Duration::from_millis(500);
+
+/// One thread's measure of its pressure, published once a window.
+struct Pressure {
+    since: Instant,
+    busy: Duration,
+    /// Each pass's lateness in this window, µs.
+    lateness: Vec<u32>,
+    had_work: bool,
+}
+
+impl Pressure {
+    fn new(now: Instant) -> Pressure {
+        Pressure {
+            since: now,
+            busy: Duration::ZERO,
+            // A pass a slot (250 a window), and up to 100 more catching up
+            // after a stall: room for all without growing on the packet path.
+            lateness: Vec::with_capacity(512),
+            had_work: false,
+        }
+    }
+
+    /// At the end of a window, publishes its figures into `out` and starts the next.
+    fn publish_if_due(&mut self, now: Instant, out: Option<&ThreadPressure>) {
+        let span = now.duration_since(self.since);
+        if span < PRESSURE_WINDOW {
+            return;
+        }
+        let (late, busy) = if self.had_work {
+            window_figures(&mut self.lateness, self.busy, span)
+        } else {
+            (0, 0)
+        };
+        if let Some(out) = out {
+            out.late_p90_us.store(late, Ordering::Relaxed);
+            out.busy_pct.store(busy, Ordering::Relaxed);
+        }
+        self.since = now;
+        self.busy = Duration::ZERO;
+        self.lateness.clear();
+        self.had_work = false;
+    }
+}
+
+/// A window's p90 pass lateness (µs) and busy share (percent, at most 100).
+fn window_figures(lateness: &mut [u32], busy: Duration, span: Duration) -> (u64, u64) {
+    let late = if lateness.is_empty() {
+        0
+    } else {
+        let at = (lateness.len() * 9).div_ceil(10) - 1;
+        *lateness.select_nth_unstable(at).1 as u64
+    };
+    let busy_pct = (busy.as_secs_f64() * 100.0 / span.as_secs_f64().max(1e-9)).min(100.0);
+    (late, busy_pct.round() as u64)
 }
 
 #[derive(Clone)]
@@ -185,9 +276,13 @@ impl Engine {
     /// asks for SCHED_FIFO; without the privilege it says so once and runs at
     /// normal priority.
     pub fn start(threads: usize, realtime: bool) -> std::io::Result<Engine> {
-        let stats = Arc::new(EngineStats::default());
+        let threads = threads.max(1);
+        let stats = Arc::new(EngineStats {
+            threads: (0..threads).map(|_| ThreadPressure::default()).collect(),
+            ..EngineStats::default()
+        });
         let mut shards = Vec::new();
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
             let (tx, rx) = std_mpsc::channel();
@@ -202,7 +297,7 @@ impl Engine {
                             }
                         }
                     }
-                    run(poll, rx, &st)
+                    run(poll, rx, &st, i)
                 })?;
             shards.push(Shard { tx, waker });
         }
@@ -554,7 +649,8 @@ pub fn make_realtime() -> Result<(), String> {
     .map_err(|e| format!("{e:?}"))
 }
 
-fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
+fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats, thread: usize) {
+    let mut pressure = Pressure::new(Instant::now());
     let mut events = Events::with_capacity(1024);
     let mut streams = Streams::default();
     let mut bridges = Bridges::default();
@@ -571,6 +667,8 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+        let woke = Instant::now();
+        pressure.publish_if_due(woke, stats.threads.get(thread));
         if let Err(e) = poll.poll(&mut events, Some(Duration::ZERO)) {
             if e.kind() != ErrorKind::Interrupted {
                 tracing::error!(error = %e, "media engine poll failed");
@@ -578,7 +676,10 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
             }
         }
         let slot_before = clock.slot;
-        pace(&mut streams, &mut clock, stats);
+        pressure.had_work |= !streams.entries.is_empty() || !bridges.by_id.is_empty();
+        if let Some(late) = pace(&mut streams, &mut clock, stats) {
+            pressure.lateness.push(late);
+        }
         for ev in events.iter() {
             if ev.token() == WAKE {
                 continue;
@@ -599,13 +700,16 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats) {
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        pace(&mut streams, &mut clock, stats);
+        if let Some(late) = pace(&mut streams, &mut clock, stats) {
+            pressure.lateness.push(late);
+        }
         // Each slot that went by: its bridges' housekeeping.
         let mut slot = slot_before;
         while slot != clock.slot {
             bridges.housekeeping(slot, poll.registry(), stats);
             slot = (slot + 1) % SLOTS;
         }
+        pressure.busy += woke.elapsed();
     }
 }
 
@@ -617,11 +721,12 @@ struct Clock {
 
 /// If the slot's deadline has come: one frame for every playing stream of
 /// that slot, in one pass, and the next deadline one slot later (absolute,
-/// so lateness does not accumulate).
-fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) {
+/// so lateness does not accumulate). Returns how late the pass started (µs),
+/// if one ran.
+fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) -> Option<u32> {
     let now = Instant::now();
     if now < clock.deadline {
-        return;
+        return None;
     }
     let late = now.duration_since(clock.deadline);
     stats.ticks.fetch_add(1, Ordering::Relaxed);
@@ -661,6 +766,7 @@ fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) {
     if now.duration_since(clock.deadline) > Duration::from_millis(200) {
         clock.deadline = now + SLOT;
     }
+    Some(late_us.min(u32::MAX as u64) as u32)
 }
 
 fn command(
@@ -993,6 +1099,67 @@ mod tests {
         let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         assert_eq!(ev.expect("in time"), Some(MediaEvent::Digit('9')));
         drop(stream);
+    }
+
+    #[test]
+    fn window_figures_take_the_p90_lateness_and_the_busy_share() {
+        let mut late: Vec<u32> = (1..=100).collect();
+        let half = Duration::from_millis(250);
+        assert_eq!(
+            window_figures(&mut late, half, PRESSURE_WINDOW),
+            (90, 50),
+            "90% of passes started within 90 µs; busy half the window"
+        );
+        // Ten passes a stall made very late are the tenth that p90 leaves out;
+        // eleven are not.
+        let mut late: Vec<u32> = [vec![100; 90], vec![30_000; 10]].concat();
+        assert_eq!(window_figures(&mut late, half, PRESSURE_WINDOW).0, 100);
+        let mut late: Vec<u32> = [vec![100; 89], vec![30_000; 11]].concat();
+        assert_eq!(window_figures(&mut late, half, PRESSURE_WINDOW).0, 30_000);
+        assert_eq!(
+            window_figures(&mut [], Duration::ZERO, PRESSURE_WINDOW),
+            (0, 0)
+        );
+        // Busy is clamped: a thread cannot work more than the wall clock.
+        assert_eq!(
+            window_figures(&mut [5], PRESSURE_WINDOW * 2, PRESSURE_WINDOW).1,
+            100
+        );
+    }
+
+    #[test]
+    fn a_thread_publishes_pressure_only_for_windows_with_work() {
+        let start = Instant::now();
+        let out = ThreadPressure::default();
+        let mut p = Pressure::new(start);
+        p.lateness.extend([40_000u32; 20]);
+        p.busy = Duration::from_millis(400);
+        // Idle: whatever the clock did, nobody's audio suffered.
+        p.publish_if_due(start + PRESSURE_WINDOW, Some(&out));
+        assert_eq!(out.late_p90_us.load(Ordering::Relaxed), 0);
+        assert_eq!(out.busy_pct.load(Ordering::Relaxed), 0);
+        p.had_work = true;
+        p.lateness.extend([40_000u32; 20]);
+        p.busy = Duration::from_millis(400);
+        // Not due yet: nothing changes.
+        p.publish_if_due(start + PRESSURE_WINDOW + PRESSURE_WINDOW / 2, Some(&out));
+        assert_eq!(out.late_p90_us.load(Ordering::Relaxed), 0);
+        p.publish_if_due(start + PRESSURE_WINDOW * 2, Some(&out));
+        assert_eq!(out.late_p90_us.load(Ordering::Relaxed), 40_000);
+        assert_eq!(out.busy_pct.load(Ordering::Relaxed), 80);
+        let stats = EngineStats {
+            threads: vec![ThreadPressure::default(), out].into_boxed_slice(),
+            ..EngineStats::default()
+        };
+        assert_eq!(
+            stats.pressure(),
+            MediaPressure {
+                late_p90_us: 40_000,
+                busy_pct: 80
+            }
+        );
+        // The next window starts empty.
+        assert!(p.lateness.is_empty() && !p.had_work && p.busy.is_zero());
     }
 
     #[test]
