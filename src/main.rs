@@ -779,6 +779,16 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let why = stop.await;
         drain(&server.shared, why).await;
+        // Ended calls' bridges close their recordings in the engine threads
+        // (within a slot or two); then the writer finishes every file.
+        let engine = &server.shared.engine.stats;
+        for _ in 0..100 {
+            if engine.bridges.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = tokio::task::spawn_blocking(yihaotong::media::recording::settled).await;
         server.shared.records.flush().await;
         store.flush()?;
         let _ = std::fs::remove_file(socket);

@@ -242,6 +242,9 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_media_bridges").set(num(&media["bridges"]));
     counter!("yihaotong_media_late_ticks_total")
         .absolute(media["late_ticks_over_2ms"].as_u64().unwrap_or(0));
+    gauge!("yihaotong_recording_queued_bytes").set(num(&media["recording_queued_bytes"]));
+    counter!("yihaotong_recording_dropped_bytes_total")
+        .absolute(media["recording_dropped_bytes"].as_u64().unwrap_or(0));
     let overload = &status["overload"];
     gauge!("yihaotong_media_late_p90_seconds")
         .set(num(&overload["media_late_p90_ms_now"]) / 1000.0);

@@ -356,6 +356,8 @@ impl Shared {
                 "late_p999_us_at_most": self.engine.stats.late_quantile_us(0.999),
                 "packets_sent": self.engine.stats.sent.load(Relaxed),
                 "keys_heard": self.engine.stats.digits.load(Relaxed),
+                "recording_queued_bytes": crate::media::recording::queued_bytes(),
+                "recording_dropped_bytes": crate::media::recording::dropped_bytes(),
             },
         })
     }

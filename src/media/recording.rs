@@ -1,19 +1,28 @@
 //! Call recording: the caller on the left, the agent on the right, in a
 //! stereo WAV that is a valid file at every second of the call.
 //!
-//! Room: the tape recorder of one bridged call. [`Recorder`] is fed the RTP
-//! packets the relay forwards (sans-IO apart from its file): it decodes
-//! G.711, lines the two sides up by arrival (a side that sends nothing, on
-//! hold or with silence suppression, is filled with silence once the other
-//! is [`MAX_SKEW`] ahead), and writes 16-bit stereo frames. Every
-//! [`Recorder::checkpoint`] (the relay calls it each second) rewrites the
-//! RIFF and data sizes and hands the bytes to the OS, so a crash of the
-//! process loses at most the last second and leaves a playable file.
+//! Room: the tape recorder of bridged calls, and its one disk writer.
+//! [`Recorder`] is fed the RTP packets the relay forwards, on the media
+//! engine's real-time threads, and does no file I/O there: it decodes G.711,
+//! lines the two sides up by arrival (a side that sends nothing, on hold or
+//! with silence suppression, is filled with silence once the other is
+//! [`MAX_SKEW`] ahead), and packs 16-bit stereo frames into quarter-second
+//! chunks. The chunks, each with its place in the file, go to the
+//! `recordings` thread, which writes them (`pwrite`), rewrites the RIFF and
+//! data sizes at every [`Recorder::checkpoint`] (the relay calls it each
+//! second) and syncs and closes the file when the recording ends (dropped or
+//! [`Recorder::finish`]ed). A crash of the process loses at most the last
+//! second and leaves a playable file. When the disk falls behind by more
+//! than [`MAX_QUEUED`] bytes over all recordings, new chunks are dropped, not
+//! waited for: their span of the file stays silent (a hole the file system
+//! reads as zeros) and the count shows in [`dropped_bytes`].
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 
 use rtc_shared::marshal::{MarshalSize, Unmarshal};
 
@@ -26,20 +35,42 @@ pub const MAX_SKEW: usize = 2_000;
 const RATE: u32 = 8_000;
 /// Bytes of the canonical WAV header.
 const HEADER: u64 = 44;
+/// Bytes handed to the writer at a time: a quarter second of the 16-bit
+/// stereo file (32,000 bytes a second), so four hand-offs a second per
+/// recorded call, and 8 KiB per call held here (at 16 KiB the buffer was the
+/// largest single piece of a bridged call's heap, BENCHMARKS.md).
+const CHUNK: usize = 8 * 1024;
+/// How often the writer thread takes what was handed to it.
+const WRITER_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+/// Audio waiting for the disk, over all recordings, past which new chunks
+/// are dropped: 128 MiB, about 2.8 s of 1,500 recorded calls.
+pub const MAX_QUEUED: usize = 128 << 20;
 
-/// A recording in progress.
+/// A recording's file, shared with the writer thread.
+struct Tape {
+    file: File,
+    /// A write failed: the recording is over (its owner hears so at the next packet).
+    failed: AtomicBool,
+}
+
+/// A recording in progress. Dropping it closes the file (on the writer thread).
 pub struct Recorder {
-    file: BufWriter<File>,
+    tape: Arc<Tape>,
     path: PathBuf,
     law: Law,
     /// Each side's decoded samples not yet paired (plain vectors: taking
     /// from the front moves the rest, at most [`MAX_SKEW`] samples, and
     /// both filling and pairing run over flat slices).
     pending: [Vec<i16>; 2],
+    /// Audio bytes in the file so far (dropped chunks included: their span is silence).
     data_bytes: u64,
-    /// The stereo frames of one drain, kept between packets: a packet's
-    /// recording allocates nothing.
-    scratch: Vec<u8>,
+    /// Stereo frames not yet handed to the writer; they start at
+    /// `HEADER + data_bytes - out.len()` in the file.
+    out: Vec<u8>,
+    /// Audio bytes dropped because the disk was behind.
+    dropped: u64,
+    writer: &'static Writer,
+    closed: bool,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -75,8 +106,16 @@ impl Recorder {
     /// type `pt`. `None` for a codec we cannot decode (only G.711 is recorded).
     /// An existing file is never overwritten: a recording stopped and started
     /// again within the same second goes to `NAME-2.wav`, `NAME-3.wav`…
-    /// ([`Recorder::path`] says which).
+    /// ([`Recorder::path`] says which). Blocking: not on a real-time thread.
     pub fn create(path: &Path, pt: u8) -> std::io::Result<Option<Recorder>> {
+        Self::create_for(path, pt, writer())
+    }
+
+    fn create_for(
+        path: &Path,
+        pt: u8,
+        writer: &'static Writer,
+    ) -> std::io::Result<Option<Recorder>> {
         let Some(law) = Law::from_pt(pt) else {
             return Ok(None);
         };
@@ -84,19 +123,20 @@ impl Recorder {
             std::fs::create_dir_all(dir)?;
         }
         let (file, path) = create_new_numbered(path)?;
-        // A quarter second of the 16-bit stereo file (32,000 bytes a
-        // second): four writes a second, and 8 KiB per recorded call (at
-        // 16 KiB the buffer was the largest single piece of a bridged
-        // call's heap, BENCHMARKS.md).
-        let mut file = BufWriter::with_capacity(8 * 1024, file);
-        file.write_all(&header(0))?;
+        file.write_all_at(&header(0), 0)?;
         Ok(Some(Recorder {
-            file,
+            tape: Arc::new(Tape {
+                file,
+                failed: AtomicBool::new(false),
+            }),
             path,
             law,
             pending: [Vec::new(), Vec::new()],
             data_bytes: 0,
-            scratch: Vec::new(),
+            out: Vec::with_capacity(CHUNK),
+            dropped: 0,
+            writer,
+            closed: false,
         }))
     }
 
@@ -111,8 +151,12 @@ impl Recorder {
     }
 
     /// A packet `side` sent. Anything that is not audio in our law (DTMF
-    /// events, comfort noise, garbage) is skipped.
+    /// events, comfort noise, garbage) is skipped. An error means the file
+    /// could not be written (the disk is full, or gone): the recording is over.
     pub fn push(&mut self, side: Side, pkt: &[u8]) -> std::io::Result<()> {
+        if self.tape.failed.load(Relaxed) {
+            return Err(std::io::Error::other("an earlier write to the file failed"));
+        }
         let mut view = pkt;
         let Ok(h) = rtc_rtp::header::Header::unmarshal(&mut view) else {
             return Ok(());
@@ -131,12 +175,14 @@ impl Recorder {
         };
         let q = &mut self.pending[side as usize];
         q.extend(payload.iter().map(|b| self.law.decode(*b)));
-        self.drain(false)
+        self.drain(false);
+        Ok(())
     }
 
-    /// Writes every frame both sides have; fills a side that lags by more
-    /// than [`MAX_SKEW`] (or all of it, when `all`) with silence.
-    fn drain(&mut self, all: bool) -> std::io::Result<()> {
+    /// Packs every frame both sides have; fills a side that lags by more
+    /// than [`MAX_SKEW`] (or all of it, when `all`) with silence. Full
+    /// chunks go to the writer.
+    fn drain(&mut self, all: bool) {
         let [a, b] = &mut self.pending;
         let both = a.len().min(b.len());
         let ahead = a.len().max(b.len()) - both;
@@ -150,13 +196,13 @@ impl Recorder {
         };
         let frames = both + fill;
         if frames == 0 {
-            return Ok(());
+            return;
         }
         // Left samples into the first half of each 4-byte frame, right into
         // the second; a side that has fewer keeps the zeros (silence).
-        let out = &mut self.scratch;
-        out.clear();
-        out.resize(frames * 4, 0);
+        let at = self.out.len();
+        self.out.resize(at + frames * 4, 0);
+        let out = &mut self.out[at..];
         let (from_a, from_b) = (a.len().min(frames), b.len().min(frames));
         for (o, l) in out.chunks_exact_mut(4).zip(&a[..from_a]) {
             o[..2].copy_from_slice(&l.to_le_bytes());
@@ -166,26 +212,260 @@ impl Recorder {
         }
         a.drain(..from_a);
         b.drain(..from_b);
-        self.file.write_all(out)?;
-        self.data_bytes += out.len() as u64;
+        self.data_bytes += frames as u64 * 4;
+        if self.out.len() >= CHUNK {
+            self.hand_off();
+        }
+    }
+
+    /// Gives the frames packed so far to the writer (or drops them, when the
+    /// disk is that far behind).
+    fn hand_off(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let bytes = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK));
+        let at = HEADER + self.data_bytes - bytes.len() as u64;
+        let len = bytes.len() as u64;
+        if !self.writer.write(&self.tape, at, bytes) {
+            self.dropped += len;
+        }
+    }
+
+    /// Makes the file whole up to now: the frames packed so far and the
+    /// sizes in the header go to the writer.
+    pub fn checkpoint(&mut self) -> std::io::Result<()> {
+        if self.tape.failed.load(Relaxed) {
+            return Err(std::io::Error::other("an earlier write to the file failed"));
+        }
+        self.hand_off();
+        self.writer.header(&self.tape, self.data_bytes);
         Ok(())
     }
 
-    /// Makes the file whole up to now: sizes in the header, bytes to the OS.
-    pub fn checkpoint(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        // One positioned write (pwrite): the file's offset stays at the end.
-        self.file
-            .get_ref()
-            .write_all_at(&header(self.data_bytes), 0)
+    /// Ends the recording (what is pending is written, paired with silence)
+    /// and waits for the writer to have synced the file; seconds recorded.
+    pub fn finish(mut self) -> std::io::Result<f64> {
+        let (tx, rx) = mpsc::channel();
+        self.close(Some(tx));
+        let closed = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the recordings writer is gone"))?;
+        closed.map(|()| self.seconds())
     }
 
-    /// Ends the recording (what is pending is written, paired with silence).
-    pub fn finish(mut self) -> std::io::Result<f64> {
-        self.drain(true)?;
-        self.checkpoint()?;
-        self.file.get_ref().sync_data()?;
-        Ok(self.seconds())
+    fn close(&mut self, done: Option<mpsc::Sender<std::io::Result<()>>>) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        self.drain(true);
+        self.hand_off();
+        self.writer.send(Job::Close {
+            tape: self.tape.clone(),
+            path: std::mem::take(&mut self.path).into_boxed_path(),
+            data_bytes: self.data_bytes,
+            dropped: self.dropped,
+            done,
+        });
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.close(None);
+    }
+}
+
+/// What the writer thread does, in order.
+enum Job {
+    /// Audio at its place in the file.
+    Write {
+        tape: Arc<Tape>,
+        at: u64,
+        bytes: Vec<u8>,
+    },
+    /// The header with these sizes.
+    Header { tape: Arc<Tape>, data_bytes: u64 },
+    /// The final header, then sync; the file closes with its last handle.
+    Close {
+        tape: Arc<Tape>,
+        path: Box<Path>,
+        data_bytes: u64,
+        dropped: u64,
+        done: Option<mpsc::Sender<std::io::Result<()>>>,
+    },
+    /// Anything else that must wait for the jobs before it.
+    Run(Box<dyn FnOnce() + Send>),
+}
+
+/// The recordings' disk writer: one thread taking jobs in order, and the
+/// count of audio bytes waiting for it.
+struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    dropped: AtomicU64,
+}
+
+/// The writer, started with the first recording.
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+fn writer() -> &'static Writer {
+    WRITER.get_or_init(|| Writer::start(MAX_QUEUED))
+}
+
+/// Audio bytes dropped since start because the disk was behind.
+pub fn dropped_bytes() -> u64 {
+    WRITER.get().map_or(0, |w| w.dropped.load(Relaxed))
+}
+
+/// Audio bytes waiting for the disk now.
+pub fn queued_bytes() -> usize {
+    WRITER.get().map_or(0, |w| w.queued.load(Relaxed))
+}
+
+/// Waits until the writer has done every job handed to it before this call.
+pub fn settled() {
+    writer().settled();
+}
+
+impl Writer {
+    fn start(limit: usize) -> Writer {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
+        let spawned = std::thread::Builder::new()
+            .name("recordings".into())
+            .spawn(move || loop {
+                // Polled, not woken: a producer's send never has to wake
+                // this thread (a futex wake per chunk cost the engine thread
+                // more than the chunk's packing, `cargo bench --bench media`).
+                loop {
+                    match rx.try_recv() {
+                        Ok(job) => do_job(job, &q),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => return,
+                    }
+                }
+                std::thread::sleep(WRITER_PERIOD);
+            });
+        let tx = match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                // Without the thread each job runs where it is handed over.
+                tracing::error!(error = %e, "no recordings writer thread: recordings write inline");
+                None
+            }
+        };
+        Writer {
+            tx,
+            queued,
+            limit,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn send(&self, job: Job) {
+        let job = match &self.tx {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(back) => back.0,
+            },
+            None => job,
+        };
+        do_job(job, &self.queued);
+    }
+
+    /// Queues audio, or drops it (false) when the disk is behind by more than the limit.
+    fn write(&self, tape: &Arc<Tape>, at: u64, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        if self.queued.fetch_add(len, Relaxed) + len > self.limit {
+            self.queued.fetch_sub(len, Relaxed);
+            self.dropped.fetch_add(len as u64, Relaxed);
+            return false;
+        }
+        let tape = tape.clone();
+        self.send(Job::Write { tape, at, bytes });
+        true
+    }
+
+    /// Queues a header rewrite, unless the disk is behind (the next one will do).
+    fn header(&self, tape: &Arc<Tape>, data_bytes: u64) {
+        if self.queued.load(Relaxed) < self.limit {
+            let tape = tape.clone();
+            self.send(Job::Header { tape, data_bytes });
+        }
+    }
+
+    fn settled(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Run(Box::new(move || {
+            let _ = tx.send(());
+        })));
+        let _ = rx.recv();
+    }
+}
+
+fn do_job(job: Job, queued: &AtomicUsize) {
+    let fail = |tape: &Tape, e: &std::io::Error| {
+        if !tape.failed.swap(true, Relaxed) {
+            tracing::error!(error = %e, "recording write failed");
+        }
+    };
+    match job {
+        Job::Write { tape, at, bytes } => {
+            if let Err(e) = tape.file.write_all_at(&bytes, at) {
+                fail(&tape, &e);
+            }
+            queued.fetch_sub(bytes.len(), Relaxed);
+        }
+        Job::Header { tape, data_bytes } => {
+            if let Err(e) = tape.file.write_all_at(&header(data_bytes), 0) {
+                fail(&tape, &e);
+            }
+        }
+        Job::Close {
+            tape,
+            path,
+            data_bytes,
+            dropped,
+            done,
+        } => {
+            let closed = if tape.failed.load(Relaxed) {
+                Err(std::io::Error::other("an earlier write to the file failed"))
+            } else {
+                // A last chunk dropped for a slow disk leaves the file short
+                // of what the header says: the rest is silence.
+                let whole = HEADER + data_bytes;
+                tape.file
+                    .write_all_at(&header(data_bytes), 0)
+                    .and_then(|()| tape.file.metadata())
+                    .and_then(|m| {
+                        if m.len() < whole {
+                            tape.file.set_len(whole)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|()| tape.file.sync_data())
+            };
+            let path = path.display();
+            let seconds = data_bytes as f64 / f64::from(RATE * 4);
+            match &closed {
+                Ok(()) if dropped > 0 => tracing::warn!(
+                    %path,
+                    seconds,
+                    dropped_seconds = dropped as f64 / f64::from(RATE * 4),
+                    "recording closed with gaps: the disk fell behind"
+                ),
+                Ok(()) => tracing::info!(%path, seconds, "recording closed"),
+                Err(e) => tracing::error!(%path, error = %e, "recording could not be closed"),
+            }
+            if let Some(done) = done {
+                let _ = done.send(closed);
+            }
+        }
+        Job::Run(f) => f(),
     }
 }
 
@@ -293,6 +573,7 @@ mod tests {
                 .expect("push");
         }
         rec.checkpoint().expect("checkpoint");
+        settled();
         // Valid now, before the end: sizes match what is on disk.
         let (h, data) = samples(&path);
         assert_eq!(&h[0..4], b"RIFF");
@@ -317,6 +598,51 @@ mod tests {
         assert_eq!(data.len(), 40 * 160);
         assert!((secs - 0.8).abs() < 1e-9);
         assert!(data[1600..].iter().all(|(l, r)| *l > 7000 && *r == 0));
+    }
+
+    #[test]
+    fn a_disk_that_falls_behind_costs_audio_not_waiting_and_the_file_stays_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("slow.wav");
+        // A writer that lets two chunks wait, and a disk that stalls.
+        let writer: &'static Writer = Box::leak(Box::new(Writer::start(2 * CHUNK)));
+        let (go_on, stalled) = mpsc::channel::<()>();
+        writer.send(Job::Run(Box::new(move || {
+            let _ = stalled.recv();
+        })));
+        let mut rec = Recorder::create_for(&path, 0, writer)
+            .expect("create")
+            .expect("PCMU");
+        let loud = audio_codec_algorithms::encode_ulaw(8000);
+        // Two seconds of both sides: 64,000 bytes, about eight chunks. None
+        // of it waits for the disk; what does not fit is dropped.
+        for seq in 0..100 {
+            rec.push(Side::A, &rtp(0, seq, vec![loud; 160]))
+                .expect("push");
+            rec.push(Side::B, &rtp(0, seq, vec![loud; 160]))
+                .expect("push");
+        }
+        rec.checkpoint().expect("checkpoint");
+        let dropped = rec.dropped;
+        assert!(dropped >= 4 * CHUNK as u64, "dropped {dropped}");
+        assert_eq!(writer.dropped.load(Relaxed), dropped);
+        go_on.send(()).expect("the disk comes back");
+        assert!((rec.finish().expect("finish") - 2.0).abs() < 1e-9);
+        // The header and the length agree; the chunks that waited hold the
+        // audio, the dropped span is silence.
+        let (h, data) = samples(&path);
+        assert_eq!(data.len(), 16_000);
+        assert_eq!(
+            u32::from_le_bytes([h[40], h[41], h[42], h[43]]) as usize,
+            data.len() * 4
+        );
+        let written = data.iter().filter(|(l, r)| *l > 7000 && *r > 7000).count();
+        let silent = data.iter().filter(|(l, r)| *l == 0 && *r == 0).count();
+        assert_eq!(written + silent, data.len());
+        assert_eq!(silent as u64 * 4, dropped);
+        // The first chunk (a little over CHUNK) waited; the second would not fit.
+        assert!(data[..CHUNK / 4].iter().all(|(l, _)| *l > 7000));
+        assert_eq!(writer.queued.load(Relaxed), 0);
     }
 
     #[test]

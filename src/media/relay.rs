@@ -192,49 +192,10 @@ pub struct Relay {
     pub held: super::engine::BridgeHold,
 }
 
-/// Finishes the recording, if one runs.
+/// Finishes the recording, if one runs: dropping it hands the close (the
+/// last frames, the final sizes, the sync) to the recordings writer thread.
 pub(super) fn close_recording(recorder: &mut Option<Box<super::recording::Recorder>>) {
-    if let Some(r) = recorder.take() {
-        // Closing syncs the file to disk (fsync): never on a runtime thread,
-        // where at 100 calls a second it held up every task behind it (the
-        // timer lag that made overload control shed calls with recording
-        // on). One closer thread takes them all, in order: a pool would
-        // grow a thread (and its allocator heap) per concurrent fsync.
-        if let Err(back) = closer().send(r) {
-            finish_recording(*back.0);
-        }
-    }
-}
-
-/// The recordings closer: one thread, started with the first recording.
-fn closer() -> &'static std::sync::mpsc::Sender<Box<super::recording::Recorder>> {
-    static CLOSER: std::sync::OnceLock<std::sync::mpsc::Sender<Box<super::recording::Recorder>>> =
-        std::sync::OnceLock::new();
-    CLOSER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<super::recording::Recorder>>();
-        let spawned = std::thread::Builder::new()
-            .name("recordings".into())
-            .spawn(move || {
-                for r in rx {
-                    finish_recording(*r);
-                }
-            });
-        if let Err(e) = spawned {
-            // Without the thread the receiver is gone: sends fail and each
-            // recording is closed where it ends, as before.
-            tracing::error!(error = %e, "no recordings closer thread");
-        }
-        tx
-    })
-}
-
-/// Writes what is pending, the final sizes, and syncs the file.
-fn finish_recording(r: super::recording::Recorder) {
-    let path = r.path().display().to_string();
-    match r.finish() {
-        Ok(secs) => tracing::info!(path, seconds = secs, "recording closed"),
-        Err(e) => tracing::error!(path, error = %e, "recording could not be closed"),
-    }
+    drop(recorder.take());
 }
 
 #[cfg(test)]
