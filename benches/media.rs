@@ -58,7 +58,7 @@ fn player(c: &mut Criterion) {
 fn recording(c: &mut Criterion) {
     // One 20 ms PCMU packet from each side, as a recorded bridged call's
     // relay hands them over: decoded, paired into stereo frames and packed;
-    // every 13th pair fills a quarter-second chunk that goes to the
+    // every 6th pair fills a chunk that goes to the
     // recordings writer thread (a real file).
     let dir = tempfile::tempdir().expect("temp dir");
     let mut recorder = Recorder::create(&dir.path().join("bench.wav"), 0)
@@ -85,7 +85,7 @@ fn recording(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             let mut done = 0;
             while done < iters {
-                let n = (iters - done).min(13);
+                let n = (iters - done).min(6);
                 let t = Instant::now();
                 for _ in 0..n {
                     pair(&mut recorder);

@@ -35,11 +35,12 @@ pub const MAX_SKEW: usize = 2_000;
 const RATE: u32 = 8_000;
 /// Bytes of the canonical WAV header.
 const HEADER: u64 = 44;
-/// Bytes handed to the writer at a time: a quarter second of the 16-bit
-/// stereo file (32,000 bytes a second), so four hand-offs a second per
-/// recorded call, and 8 KiB per call held here (at 16 KiB the buffer was the
-/// largest single piece of a bridged call's heap, BENCHMARKS.md).
-const CHUNK: usize = 8 * 1024;
+/// Bytes handed to the writer at most at a time: an eighth of a second of
+/// the 16-bit stereo file (32,000 bytes a second), so about eight hand-offs
+/// a second per recorded call (a channel send each, no wake-up), and 4 KiB
+/// per call held here (at 16 KiB the buffer was the largest single piece of
+/// a bridged call's heap, BENCHMARKS.md).
+const CHUNK: usize = 4 * 1024;
 /// How often the writer thread takes what was handed to it.
 const WRITER_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
 /// Audio waiting for the disk, over all recordings, past which new chunks
@@ -183,9 +184,9 @@ impl Recorder {
     /// than [`MAX_SKEW`] (or all of it, when `all`) with silence. Full
     /// chunks go to the writer.
     fn drain(&mut self, all: bool) {
-        let [a, b] = &mut self.pending;
-        let both = a.len().min(b.len());
-        let ahead = a.len().max(b.len()) - both;
+        let (len_a, len_b) = (self.pending[0].len(), self.pending[1].len());
+        let both = len_a.min(len_b);
+        let ahead = len_a.max(len_b) - both;
         // Keep a little of the leading side back, so jitter does not turn into gaps.
         let fill = if all {
             ahead
@@ -198,6 +199,12 @@ impl Recorder {
         if frames == 0 {
             return;
         }
+        // A chunk goes before it would outgrow its buffer (a Vec that grew
+        // would double, and keep the double for the call).
+        if !self.out.is_empty() && self.out.len() + frames * 4 > CHUNK {
+            self.hand_off();
+        }
+        let [a, b] = &mut self.pending;
         // Left samples into the first half of each 4-byte frame, right into
         // the second; a side that has fewer keeps the zeros (silence).
         let at = self.out.len();
@@ -640,7 +647,8 @@ mod tests {
         let silent = data.iter().filter(|(l, r)| *l == 0 && *r == 0).count();
         assert_eq!(written + silent, data.len());
         assert_eq!(silent as u64 * 4, dropped);
-        // The first chunk (a little over CHUNK) waited; the second would not fit.
+        // The first two chunks (six packets each, just under CHUNK) waited;
+        // the third would not fit.
         assert!(data[..CHUNK / 4].iter().all(|(l, _)| *l > 7000));
         assert_eq!(writer.queued.load(Relaxed), 0);
     }
