@@ -328,7 +328,7 @@ async fn probe_loop(
             &[("Accept", "application/sdp")],
             b"",
         );
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = crate::boxed::channel(4);
         let key = TxKey::client_for(&branch, Method::Options);
         let sent = worker
             .send(WorkerInput::Request {

@@ -21,6 +21,7 @@
 //! - [`events`]: the CTI event stream (numbered, replayable, bounded).
 //! - [`webhooks`]: the event stream as signed HTTP POSTs, retried, with
 //!   dead letters counted.
+//! - [`boxed`]: channels whose messages travel boxed (small per-call channels).
 //! - [`load`]: the load harness (`yihaotong load`), a client of the server.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -29,6 +30,7 @@ pub mod acd;
 pub mod admin;
 pub mod api;
 pub mod backends;
+pub mod boxed;
 pub mod call;
 pub mod config;
 pub mod events;

@@ -83,7 +83,7 @@ pub enum WorkerInput {
         /// Destination.
         peer: Peer,
         /// The call.
-        owner: mpsc::Sender<CallEvent>,
+        owner: crate::boxed::Sender<CallEvent>,
     },
     /// Bytes outside any transaction (ACK for 2xx).
     Stateless {
@@ -97,7 +97,7 @@ pub enum WorkerInput {
         /// Call-ID.
         call_id: String,
         /// The call.
-        owner: mpsc::Sender<CallEvent>,
+        owner: crate::boxed::Sender<CallEvent>,
     },
     /// Stop routing this Call-ID.
     Unbind {
@@ -700,9 +700,9 @@ struct Worker {
     shared: Arc<Shared>,
     txs: Transactions,
     /// Running calls by Call-ID (both legs).
-    calls: HashMap<String, mpsc::Sender<CallEvent>>,
+    calls: HashMap<String, crate::boxed::Sender<CallEvent>>,
     /// Owners of client transactions started by calls.
-    owners: HashMap<TxKey, mpsc::Sender<CallEvent>>,
+    owners: HashMap<TxKey, crate::boxed::Sender<CallEvent>>,
     /// New requests waiting in this worker's fresh lane, as of the last input.
     backlog: usize,
 }
@@ -1116,8 +1116,8 @@ impl Worker {
     }
 
     /// A new call's context: its events come from this worker.
-    fn call_ctx(&mut self, call_id: &str) -> (call::CallCtx, mpsc::Receiver<CallEvent>) {
-        let (tx, rx) = mpsc::channel(64);
+    fn call_ctx(&mut self, call_id: &str) -> (call::CallCtx, crate::boxed::Receiver<CallEvent>) {
+        let (tx, rx) = crate::boxed::channel(64);
         self.calls.insert(call_id.to_string(), tx.clone());
         let ctx = call::CallCtx {
             shared: self.shared.clone(),

@@ -56,7 +56,7 @@ pub enum ToCall {
 enum Msg {
     Enter {
         joining: Joining,
-        to_call: mpsc::UnboundedSender<ToCall>,
+        to_call: crate::boxed::UnboundedSender<ToCall>,
         reply: oneshot::Sender<Result<usize, Refusal>>,
     },
     Result {
@@ -255,7 +255,7 @@ impl Acd {
         queue: &str,
         rank: Rank,
         number: &str,
-        to_call: mpsc::UnboundedSender<ToCall>,
+        to_call: crate::boxed::UnboundedSender<ToCall>,
         callback: bool,
     ) -> (Ticket, Result<usize, Refusal>) {
         let ticket = self.ticket();
@@ -377,7 +377,7 @@ struct Actor {
     desk: Desk,
     store: Store,
     records: Records,
-    calls: HashMap<CallRef, mpsc::UnboundedSender<ToCall>>,
+    calls: HashMap<CallRef, crate::boxed::UnboundedSender<ToCall>>,
 }
 
 impl Actor {

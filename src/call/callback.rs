@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -63,7 +62,7 @@ impl Call {
     pub(super) async fn book_callback(
         &mut self,
         ticket: Ticket,
-        desk: mpsc::UnboundedReceiver<ToCall>,
+        desk: crate::boxed::UnboundedReceiver<ToCall>,
         queue: &str,
         rank: Rank,
     ) {
@@ -247,8 +246,8 @@ pub async fn resume_callbacks(shared: Arc<Shared>) {
 async fn rejoin(
     shared: &Shared,
     booking: &CallbackBooking,
-) -> Option<(Ticket, mpsc::UnboundedReceiver<ToCall>)> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> Option<(Ticket, crate::boxed::UnboundedReceiver<ToCall>)> {
+    let (tx, rx) = crate::boxed::unbounded_channel();
     let (ticket, joined) = shared
         .acd
         .enter(
@@ -280,7 +279,7 @@ fn pending(
     shared: Arc<Shared>,
     mut booking: CallbackBooking,
     ticket: Ticket,
-    desk: mpsc::UnboundedReceiver<ToCall>,
+    desk: crate::boxed::UnboundedReceiver<ToCall>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     let span =
         info_span!("callback", id = booking.id, number = %booking.number, queue = %booking.queue);
@@ -530,7 +529,7 @@ async fn attempt(
     shared: &Arc<Shared>,
     booking: &CallbackBooking,
     ticket: Ticket,
-    desk: &mut mpsc::UnboundedReceiver<ToCall>,
+    desk: &mut crate::boxed::UnboundedReceiver<ToCall>,
 ) -> Attempt {
     let Some((mut call, offer, route)) = callback_call(shared, booking).await else {
         return Attempt::Stopped;
@@ -617,7 +616,7 @@ async fn callback_call(
         direction: Direction::SendRecv,
     };
     // Bound last: nothing above can leave a stale route behind.
-    let (events_tx, events) = mpsc::channel(64);
+    let (events_tx, events) = crate::boxed::channel(64);
     worker
         .send(WorkerInput::Bind {
             call_id: call_id.clone(),

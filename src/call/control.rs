@@ -170,7 +170,7 @@ impl ControlReq {
 
 struct Entry {
     view: CallView,
-    control: mpsc::Sender<ControlReq>,
+    control: crate::boxed::Sender<ControlReq>,
 }
 
 /// The live calls by their caller's Call-ID.
@@ -181,8 +181,8 @@ pub struct LiveCalls {
 
 impl LiveCalls {
     /// A call begins; the receiver is where its requests come.
-    pub fn insert(&self, view: CallView) -> mpsc::Receiver<ControlReq> {
-        let (tx, rx) = mpsc::channel(4);
+    pub fn insert(&self, view: CallView) -> crate::boxed::Receiver<ControlReq> {
+        let (tx, rx) = crate::boxed::channel(4);
         if let Ok(mut calls) = self.calls.lock() {
             calls.insert(view.call_id.clone(), Entry { view, control: tx });
         }

@@ -94,7 +94,7 @@ enum Reached {
 /// Runs a call whose route names a flow.
 pub(super) async fn start_flow(
     ctx: CallCtx,
-    events: mpsc::Receiver<CallEvent>,
+    events: crate::boxed::Receiver<CallEvent>,
     a_key: TxKey,
     invite: Request,
     a_peer: Peer,
@@ -717,7 +717,7 @@ impl Drop for Call {
         crate::meters::rtp_quality(&cdr);
         self.ctx.shared.records.cdr(cdr);
         if !self.abandoned.is_empty() {
-            let (_, closed) = mpsc::channel(1);
+            let (_, closed) = crate::boxed::channel(1);
             tokio::spawn(super::linger(
                 self.ctx.worker.clone(),
                 self.ctx.shared.host.clone(),

@@ -100,7 +100,7 @@ pub struct CallCtx {
     /// Its index (new Call-IDs must hash to it).
     pub worker_index: usize,
     /// Our own event sender (given to the worker for our requests).
-    pub events_tx: mpsc::Sender<CallEvent>,
+    pub events_tx: crate::boxed::Sender<CallEvent>,
     /// Flow variables set before the flow starts.
     pub flow_vars: Vec<(String, String)>,
 }
@@ -145,7 +145,7 @@ enum End {
 
 struct Call {
     ctx: CallCtx,
-    events: mpsc::Receiver<CallEvent>,
+    events: crate::boxed::Receiver<CallEvent>,
     silent: mpsc::Receiver<Side>,
     silent_tx: mpsc::Sender<Side>,
     /// The relay, once media is bridged (from the start on the direct path).
@@ -222,7 +222,7 @@ struct Call {
     /// socket set aside, then the agent–target relay ([`consult`]).
     consult: Option<consult::Consultation>,
     /// Requests from the API ([`control`]).
-    control: mpsc::Receiver<control::ControlReq>,
+    control: crate::boxed::Receiver<control::ControlReq>,
     /// Held through the API: the caller is in the media engine hearing
     /// music (these are its keys), the agent's leg waits.
     held: Option<mpsc::Receiver<crate::media::engine::MediaEvent>>,
@@ -293,7 +293,18 @@ pub struct Arrival {
 pub use transfer::{agent_dial, AgentDial, DirectTarget};
 
 /// Runs a call from the caller's INVITE to its end.
-pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arrival) {
+pub fn run(
+    ctx: CallCtx,
+    events: crate::boxed::Receiver<CallEvent>,
+    arrival: Arrival,
+) -> impl std::future::Future<Output = ()> {
+    // Boxed before the future is made: an async fn's argument keeps its
+    // place in the future for the whole call, even once its fields have
+    // moved out (960 bytes a call).
+    run_boxed(ctx, events, Box::new(arrival))
+}
+
+async fn run_boxed(ctx: CallCtx, events: crate::boxed::Receiver<CallEvent>, arrival: Box<Arrival>) {
     let Arrival {
         key: a_key,
         invite,
@@ -303,7 +314,7 @@ pub async fn run(ctx: CallCtx, events: mpsc::Receiver<CallEvent>, arrival: Arriv
         caller_agent,
         direct,
         slot: _slot,
-    } = arrival;
+    } = *arrival;
     let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
     async move {
         let shared = ctx.shared.clone();
@@ -394,7 +405,7 @@ fn send_bye(
     host: &str,
     dialog: &mut Dialog,
     peer: Peer,
-    owner: &mpsc::Sender<CallEvent>,
+    owner: &crate::boxed::Sender<CallEvent>,
 ) {
     let (bytes, branch, _) = dialog.request(
         &Method::Bye,
@@ -419,7 +430,7 @@ fn send_cancel(
     worker: &mpsc::Sender<WorkerInput>,
     host: &str,
     fork: &Fork,
-    owner: &mpsc::Sender<CallEvent>,
+    owner: &crate::boxed::Sender<CallEvent>,
 ) {
     let peer = fork.seat.peer;
     let via = format!(
@@ -458,7 +469,7 @@ fn given_up_answer(
     host: &str,
     forks: &mut Vec<Fork>,
     response: &Response,
-    owner: &mpsc::Sender<CallEvent>,
+    owner: &crate::boxed::Sender<CallEvent>,
 ) -> Option<String> {
     if response.core.cseq_method != Method::Invite {
         return None;
@@ -500,8 +511,8 @@ async fn linger(
     worker: mpsc::Sender<WorkerInput>,
     host: String,
     mut forks: Vec<Fork>,
-    mut rx: mpsc::Receiver<CallEvent>,
-    tx: mpsc::Sender<CallEvent>,
+    mut rx: crate::boxed::Receiver<CallEvent>,
+    tx: crate::boxed::Sender<CallEvent>,
 ) {
     let ids: Vec<String> = forks.iter().map(|f| f.dialog.call_id.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(32);
@@ -578,7 +589,7 @@ fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) -> End 
 
 async fn start(
     ctx: CallCtx,
-    events: mpsc::Receiver<CallEvent>,
+    events: crate::boxed::Receiver<CallEvent>,
     a_key: TxKey,
     invite: Request,
     a_peer: Peer,
@@ -603,7 +614,7 @@ impl Call {
     #[allow(clippy::too_many_arguments)]
     fn new(
         ctx: CallCtx,
-        events: mpsc::Receiver<CallEvent>,
+        events: crate::boxed::Receiver<CallEvent>,
         a_key: TxKey,
         invite: Request,
         a_tag: String,

@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -216,7 +215,7 @@ impl Call {
             self.show_state("queued");
             self.show(|v| v.queue.clone_from(&queue));
             self.music_on_hold(&queue);
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (tx, mut rx) = crate::boxed::unbounded_channel();
             let (ticket, joined) = shared
                 .acd
                 .enter(&self.invite.core.call_id, &queue, rank, &caller, tx, false)
@@ -294,7 +293,7 @@ impl Call {
     pub(super) async fn wait_in_line(
         &mut self,
         ticket: &Ticket,
-        desk: &mut mpsc::UnboundedReceiver<ToCall>,
+        desk: &mut crate::boxed::UnboundedReceiver<ToCall>,
         offer: &AudioOffer,
         route: &Route,
     ) -> Waited {

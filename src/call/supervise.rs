@@ -128,7 +128,7 @@ impl Call {
 #[allow(clippy::too_many_arguments)]
 pub async fn supervise(
     ctx: CallCtx,
-    mut events: mpsc::Receiver<CallEvent>,
+    mut events: crate::boxed::Receiver<CallEvent>,
     key: TxKey,
     invite: Request,
     peer: Peer,

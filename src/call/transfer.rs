@@ -383,7 +383,7 @@ fn phrase(status: u16) -> &'static str {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn call_target(
     ctx: CallCtx,
-    events: mpsc::Receiver<CallEvent>,
+    events: crate::boxed::Receiver<CallEvent>,
     a_key: TxKey,
     invite: Request,
     a_peer: Peer,

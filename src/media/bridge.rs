@@ -113,7 +113,7 @@ struct Listening {
 pub(super) struct Bridge {
     a: Leg,
     b: Leg,
-    cmd: mpsc::Receiver<RelayCmd>,
+    cmd: crate::boxed::Receiver<RelayCmd>,
     timeout: Duration,
     silent: mpsc::Sender<Side>,
     stats: Arc<RelayStats>,
@@ -146,7 +146,7 @@ impl Bridge {
         continuing: Option<super::player::Numbering>,
         timeout: Duration,
         silent: mpsc::Sender<Side>,
-        cmd: mpsc::Receiver<RelayCmd>,
+        cmd: crate::boxed::Receiver<RelayCmd>,
         stats: Arc<RelayStats>,
     ) -> Option<Bridge> {
         let port = |s: &UdpSocket| s.local_addr().map(|a| a.port()).unwrap_or(0);

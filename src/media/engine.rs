@@ -345,7 +345,7 @@ impl Engine {
             }
             return None;
         };
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (cmd_tx, cmd_rx) = crate::boxed::channel(16);
         let stats = Arc::new(RelayStats::default());
         let bridge = Bridge::new(
             pool,

@@ -185,7 +185,7 @@ pub struct Relay {
     /// Our port facing the agent.
     pub b_addr: SocketAddr,
     /// Commands.
-    pub cmd: mpsc::Sender<RelayCmd>,
+    pub cmd: crate::boxed::Sender<RelayCmd>,
     /// Counters.
     pub stats: Arc<RelayStats>,
     /// Last, so it drops after `cmd`: ends the bridge as soon as the call lets go.
