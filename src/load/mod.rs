@@ -606,7 +606,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         "the load harness only sends to loopback addresses"
     );
     let metrics = Arc::new(Metrics::new());
-    let pacer = rtp::Pacer::start();
+    let pacer = anyhow::Context::context(rtp::Pacer::start(), "the harness's RTP threads")?;
     let agents = ua::Seats::start(&opts, metrics.clone(), pacer.clone(), None).await?;
     let registered = if opts.scenario == Scenario::Ivr {
         0

@@ -148,7 +148,8 @@ async fn transact(
     }
 }
 
-/// An RTP socket: the tokio side receives, a clone goes to the pacing thread.
+/// An RTP socket: the pacing thread sends on a clone, the listener thread
+/// reads a duplicate, and the tokio side sends the caller's key presses.
 struct RtpSocket {
     recv: Arc<UdpSocket>,
     send: std::net::UdpSocket,
@@ -399,7 +400,7 @@ async fn answer(
     let mut media = None;
     if let Some(dest) = remote {
         let stop = pacer.send(rtp.send, dest);
-        let recv = tokio::spawn(rtp::receive(rtp.recv.clone(), stop.clone()));
+        let recv = pacer.receive(&rtp.recv, stop.clone());
         media = Some((stop, recv));
     }
     // Talk until the caller's BYE arrives through the server (bounded).
@@ -581,7 +582,7 @@ impl Callers {
         let their = sdp::parse_audio(&ok.body).map_err(|e| format!("bad SDP in 200: {e}"))?;
         let dest = their.addr;
         let stop = self.pacer.send(rtp.send, dest);
-        let recv = tokio::spawn(rtp::receive(rtp.recv.clone(), stop.clone()));
+        let recv = self.pacer.receive(&rtp.recv, stop.clone());
         // Keys at their times after the answer, as RFC 4733 events of their
         // own SSRC on the call's RTP socket.
         let mut keys: Vec<(char, Instant)> = plan
