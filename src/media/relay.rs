@@ -9,7 +9,8 @@
 //! media engine thread (`engine::Engine::bridge`, `bridge::Bridge`), which
 //! latches each side to the first source that sends to it (symmetric RTP, for
 //! phones behind NAT) and reports a side that falls silent for `rtp_timeout`.
-//! Recordings are closed here, on one closer thread.
+//! A recording ends when the bridge drops it: its file is finished on the
+//! recordings writer thread (`recording.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
