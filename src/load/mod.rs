@@ -422,6 +422,27 @@ pub struct Report {
     /// What the server spent, from its own accounting (when its admin
     /// socket answers: same machine, same data folder).
     pub server: Option<ServerCost>,
+    /// UDP datagrams this machine's kernel dropped for a full receive
+    /// buffer during the run, on every socket (`RcvbufErrors` in
+    /// `/proc/net/snmp`): the harness's own share is in the RTP figures'
+    /// `dropped_by_harness`; the rest were the server's (or another
+    /// process's) sockets.
+    pub udp_receive_buffer_drops: Option<u64>,
+}
+
+/// The kernel's count of UDP datagrams dropped for a full receive buffer
+/// (`Udp: … RcvbufErrors` in `/proc/net/snmp`), machine-wide.
+pub fn udp_receive_buffer_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    rcvbuf_errors_of(&snmp)
+}
+
+fn rcvbuf_errors_of(snmp: &str) -> Option<u64> {
+    // Two lines per protocol: the names, then the values.
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// One sample of the server's `status`: calls alive, resident memory, CPU.
@@ -567,15 +588,23 @@ impl Report {
                     &mut out,
                     name,
                     format!(
-                        "{} streams, {} pkts, loss {:.4}%, jitter(3550) max {:.2} ms, inter-arrival dev p99 {:.2} ms",
+                        "{} streams, {} pkts, loss {:.4}% ({} dropped at the harness's sockets), jitter(3550) max {:.2} ms, inter-arrival dev p99 {:.2} ms",
                         s.streams,
                         s.received,
                         s.loss_percent(),
+                        s.dropped_by_harness,
                         s.max_jitter_ms,
                         s.interarrival_dev_p99_ms()
                     ),
                 );
             }
+        }
+        if let Some(drops) = self.udp_receive_buffer_drops {
+            line(
+                &mut out,
+                "UDP receive-buffer drops",
+                format!("{drops} on this machine (every socket) during the run"),
+            );
         }
         if let Some(c) = &self.server {
             line(
@@ -631,6 +660,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         );
     }
     let callers = ua::Callers::start(&opts, metrics.clone(), pacer.clone()).await?;
+    let drops_before = udp_receive_buffer_errors();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(opts.max_seconds);
     let progress = indicatif::ProgressBar::new(opts.calls);
@@ -737,6 +767,9 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
             .unwrap_or_default(),
         pacer_late_ms: get(&pacer.lateness_us),
         server: None,
+        udp_receive_buffer_drops: drops_before
+            .zip(udp_receive_buffer_errors())
+            .map(|(before, after)| after.saturating_sub(before)),
     };
     Ok(report)
 }
@@ -744,6 +777,22 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
+
+    #[test]
+    fn the_kernels_receive_buffer_drops_are_read_by_column_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            Udp: 253145759 808857 3109277 258072674 3109270 0\n\
+            UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            UdpLite: 0 0 0 0 5 0\n";
+        assert_eq!(rcvbuf_errors_of(snmp), Some(3_109_270));
+        assert_eq!(rcvbuf_errors_of("Udp: RcvbufErrors\n"), None);
+        assert_eq!(rcvbuf_errors_of("Udp: RcvbufErrors\nUdp: many\n"), None);
+        assert!(
+            udp_receive_buffer_errors().is_some(),
+            "Linux has /proc/net/snmp"
+        );
+    }
 
     #[test]
     fn keys_and_mixes_are_read_with_errors_that_say_what_to_write() {

@@ -149,21 +149,25 @@ async fn transact(
 }
 
 /// An RTP socket: the pacing thread sends on a clone, the listener thread
-/// reads a duplicate, and the tokio side sends the caller's key presses.
+/// reads another, and the call's task sends its key presses on a third.
+/// None of them is in tokio's poll: one registered there would wake the
+/// runtime at every packet that arrives, for nothing.
 struct RtpSocket {
-    recv: Arc<UdpSocket>,
+    recv: Arc<std::net::UdpSocket>,
     send: std::net::UdpSocket,
 }
 
-async fn rtp_socket(ip: std::net::IpAddr) -> Option<RtpSocket> {
-    let std_socket = std::net::UdpSocket::bind((ip, 0)).ok()?;
-    std_socket.set_nonblocking(true).ok()?;
-    let send = std_socket.try_clone().ok()?;
-    let recv = Arc::new(UdpSocket::from_std(std_socket).ok()?);
-    Some(RtpSocket { recv, send })
+fn rtp_socket(ip: std::net::IpAddr) -> Option<RtpSocket> {
+    let socket = std::net::UdpSocket::bind((ip, 0)).ok()?;
+    socket.set_nonblocking(true).ok()?;
+    let send = socket.try_clone().ok()?;
+    Some(RtpSocket {
+        recv: Arc::new(socket),
+        send,
+    })
 }
 
-fn offer(socket: &UdpSocket) -> String {
+fn offer(socket: &std::net::UdpSocket) -> String {
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -340,7 +344,7 @@ async fn answer(
     );
     let ringing = invite.response(180, Some(&tag), &[("Contact", &contact)], b"");
     ep.send(&ringing);
-    let Some(rtp) = rtp_socket(bind).await else {
+    let Some(rtp) = rtp_socket(bind) else {
         ep.send(&invite.response(503, Some(&tag), &[], b""));
         ep.unroute(&call_id);
         return;
@@ -489,7 +493,7 @@ impl Callers {
     ) -> Result<Outcome, String> {
         let abandon = plan.abandon;
         let ep = &self.ep;
-        let rtp = rtp_socket(self.bind).await.ok_or("no local RTP port")?;
+        let rtp = rtp_socket(self.bind).ok_or("no local RTP port")?;
         let server = ep.server;
         let branch = crate::sip::new_branch();
         let mut leg = CallerLeg {
@@ -626,7 +630,8 @@ impl Callers {
                         let socket = rtp.recv.clone();
                         tokio::spawn(async move {
                             for p in packets {
-                                let _ = socket.send_to(&p, dest).await;
+                                // Loopback UDP does not block; a full buffer loses the packet.
+                                let _ = socket.send_to(&p, dest);
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                         });
