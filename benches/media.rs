@@ -1,6 +1,8 @@
 //! Media hot paths: in-band DTMF detection on one 20 ms frame, the relay's
 //! per-packet rewrite, the IVR player's frame generation, the media
-//! engine's RTP payload parse, and a recorded call's packets into its WAV. Run: `cargo bench --bench media`.
+//! engine's RTP payload parse, and a recorded call's packets into its WAV;
+//! and the floor under all of them, the kernel's cost of one datagram over
+//! loopback (send + receive). Run: `cargo bench --bench media`.
 
 use std::hint::black_box;
 
@@ -126,5 +128,37 @@ fn recording(c: &mut Criterion) {
     assert_eq!(dropped_bytes(), 0, "the writer kept up: nothing dropped");
 }
 
-criterion_group!(benches, bench, player, recording);
+/// What the kernel alone charges for one RTP packet over loopback: a
+/// `sendto` (which on loopback also runs the delivery into the receiving
+/// socket) and a `recvfrom`, round-robin over 1,000 socket pairs as the
+/// engine's streams are. A relayed packet costs the server one of each, and
+/// the harness the same again; no user space in it.
+fn kernel_floor(c: &mut Criterion) {
+    let pairs: Vec<(
+        std::net::UdpSocket,
+        std::net::UdpSocket,
+        std::net::SocketAddr,
+    )> = (0..1000)
+        .map(|_| {
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            rx.set_nonblocking(true).expect("nonblocking");
+            let to = rx.local_addr().expect("addr");
+            (tx, rx, to)
+        })
+        .collect();
+    let packet = [0x80u8; 172];
+    let mut buf = [0u8; 2048];
+    let mut i = 0;
+    c.bench_function("media/loopback_udp_send_and_receive_one_packet", |b| {
+        b.iter(|| {
+            let (tx, rx, to) = &pairs[i % pairs.len()];
+            i += 1;
+            let _ = tx.send_to(black_box(&packet), to);
+            black_box(rx.recv_from(&mut buf).ok())
+        })
+    });
+}
+
+criterion_group!(benches, bench, player, recording, kernel_floor);
 criterion_main!(benches);

@@ -38,10 +38,13 @@ cargo build --release -q
 cleanup() { pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; pkill -f "kamailio -f $WORK" 2>/dev/null; [ -n "${YHT_PID:-}" ] && kill "$YHT_PID" 2>/dev/null; true; }
 trap cleanup EXIT
 
-# One SIPp UAS answering everything (the agents, or the proxied callee).
+# One SIPp UAS answering everything (the agents, or the proxied callee), with
+# 200 at once and no 180 (benches/sipp/uas_answer.xml says why; UAS_SF picks
+# another scenario, `-sf`).
+UAS_SF=${UAS_SF:-$ROOT/benches/sipp/uas_answer.xml}
 start_uas() {
   pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; sleep 0.3
-  sipp -sn uas -i 127.0.0.1 -p $UAS_PORT -bg -nostdin >/dev/null 2>&1
+  sipp -sf "$UAS_SF" -i 127.0.0.1 -p $UAS_PORT -bg -nostdin >/dev/null 2>&1
   sleep 0.5
 }
 
