@@ -11,11 +11,14 @@
 # Each target is driven at rising calls per second (CPS_STEPS) for STEP_SECONDS
 # each; a step passes while failed calls stay at or under 0.1%. Then the
 # harness's own measurements: `yihaotong load` register storm, and queue calls
-# with RTP both ways. Prints a table; BENCHMARKS.md records it.
+# with RTP both ways; and (concurrency) the most prompt streams and bridged
+# calls held at once within loss and jitter bounds. Prints a table;
+# BENCHMARKS.md records it.
 #
 # Usage: benches/run.sh            (installs sip-tester and kamailio if missing)
 # Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
-#        TARGETS="sipp kamailio yihaotong ivr harness" (a subset measures less; ratios need all)
+#        TARGETS="sipp kamailio yihaotong ivr harness concurrency" (a subset measures less; ratios need all)
+#        CONC_STREAM_STEPS="500 1000 1500 2000 2500 3000"  CONC_BRIDGED_STEPS="250 500 750 1000 1250 1500"
 #        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +26,7 @@ ROOT=$PWD
 CPS_STEPS=${CPS_STEPS:-"200 400 800 1200 1600 2000 2500"}
 STEP_SECONDS=${STEP_SECONDS:-10}
 AGENTS=${AGENTS:-400}
-TARGETS=" ${TARGETS:-sipp kamailio yihaotong ivr harness} "
+TARGETS=" ${TARGETS:-sipp kamailio yihaotong ivr harness concurrency} "
 IVR_P99_CPS=${IVR_P99_CPS:-1000}
 want() { [[ "$TARGETS" == *" $1 "* ]]; }
 CEILING=0 KAMAILIO=0 YIHAOTONG=0 IVR=0
@@ -51,7 +54,7 @@ start_uas() {
 # run_step TARGET_PORT CPS [extra sipp args] -> prints "attempted failed"
 run_step() {
   local port=$1 cps=$2; shift 2
-  local calls=$((cps * STEP_SECONDS)) dir="$WORK/step-$port-$cps"
+  local calls=$((cps * STEP_SECONDS)) dir="$WORK/step-${STEP_NAME:-$port}-$cps"
   mkdir -p "$dir"
   (cd "$dir" && timeout $((STEP_SECONDS * 3 + 40)) sipp -sn uac -i 127.0.0.1 -p $UAC_PORT "127.0.0.1:$port" \
       -r "$cps" -m "$calls" -l $((cps * 4)) -d 0 -nostdin -timeout $((STEP_SECONDS * 3 + 30))s \
@@ -72,7 +75,7 @@ PY
 sweep() {
   local name=$1 port=$2 number=${3:-123450} best=0
   for cps in $CPS_STEPS; do
-    read -r attempted failed < <(run_step "$port" "$cps" -s "$number")
+    read -r attempted failed < <(STEP_NAME=$name run_step "$port" "$cps" -s "$number")
     local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
     printf '  %-10s %5s cps: %6s calls, %5s failed\n' "$name" "$cps" "$attempted" "$failed" >&2
     if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi
@@ -98,6 +101,8 @@ fi
 
 echo "== yihaotong: trunk -> queue -> $AGENTS agents (SIPp UAS)" >&2
 export YIHAOTONG_DATA_DIR=$WORK/yht YIHAOTONG_SIP__LISTEN=127.0.0.1:$YHT_PORT
+# The harness's own queue (route 12399 below), apart from the SIPp agents' `main`.
+export YIHAOTONG_QUEUES__LOADQ__DESCRIPTION="load harness seats"
 python3 - "$AGENTS" > "$WORK/agents.csv" <<'PY'
 import sys
 print("SEQUENTIAL")
@@ -187,9 +192,59 @@ echo "== yihaotong load: register storm, queue calls with RTP" >&2
 "$BIN" load --server 127.0.0.1:$YHT_PORT --scenario register --agents 50 --agent-base 8000 --provision --queue loadq --calls 20000 --concurrency 64 --json "$WORK/register.json" >/dev/null
 "$BIN" load --server 127.0.0.1:$YHT_PORT --scenario queue --agents 200 --agent-base 8000 --provision --queue loadq --number 12399 --calls 2000 --cps 100 --talk-ms 1000 --ring-ms 50 --json "$WORK/queue.json" >/dev/null
 fi
+# Concurrent calls: the most prompt streams (callers in 12345's greeting) and
+# the most bridged calls (trunk -> queue loadq -> a harness seat, RTP both
+# ways through the relay) held at once with loss under 0.1%, the p99 of
+# RFC 3550's per-packet D under 5 ms at both ends, and at most 0.1% of calls
+# failed (a call shed with 503 means the server refused that concurrency).
+# Each step of N: 2N calls of 10 s at N/10 a second (8 s at N/8 in the IVR),
+# so about N are up at once mid-run (the server's own count is printed).
+CONC_STREAMS=0 CONC_BRIDGED=0
+if want concurrency; then
+  conc_step() { # SCENARIO N -> prints "pass" or "fail", and a line on stderr
+    local scenario=$1 n=$2 json="$WORK/conc-$1-$2.json"
+    # Callers in the IVR hang up after 8 s, inside 12345's 8.8 s greeting
+    # (after it they would queue for this run's SIPp seats).
+    local extra=(--talk-ms 8000 --cps $((n / 8)))
+    if [ "$scenario" = queue ]; then
+      extra=(--talk-ms 10000 --cps $((n / 10)) --provision --agents $((n + n / 10)) --agent-base 20000
+             --queue loadq --number 12399 --ring-ms 50)
+    fi
+    "$BIN" load --server 127.0.0.1:$YHT_PORT --scenario "$scenario" "${extra[@]}" \
+      --calls $((2 * n)) --max-seconds 120 --json "$json" >/dev/null 2>&1
+    python3 - "$json" "$scenario" "$n" <<'PY'
+import json, sys
+path, scenario, n = sys.argv[1:]
+try:
+    r = json.load(open(path))
+except (OSError, ValueError):
+    print("fail"); print(f"  {scenario:8} {n:>5}: no report", file=sys.stderr); sys.exit()
+ends = [r["caller_rtp"]] + ([r["agent_rtp"]] if scenario == "queue" else [])
+loss = max(100 * (e["expected"] - e["received"]) / max(e["expected"], 1) for e in ends)
+dev = max(e["interarrival_dev_p99_ms"] for e in ends)
+failed = sum(r["failed"].values())
+srv = r.get("server") or {}
+ok = failed * 1000 <= r["attempted"] and loss < 0.1 and dev < 5.0 and all(e["received"] for e in ends)
+print("pass" if ok else "fail")
+print(f"  {scenario:8} {n:>5}: {srv.get('peak_live_calls', '?')} up at most, {failed} of {r['attempted']} failed "
+      f"{r['failed'] or ''}, loss {loss:.3f}% ({sum(e['dropped_by_harness'] for e in ends)} at the harness's sockets), "
+      f"D p99 {dev:.2f} ms, jitter max {max(e['max_jitter_ms'] for e in ends):.2f} ms, "
+      f"server {srv.get('cpu_ms_per_call', 0):.2f} ms CPU and {srv.get('kib_per_live_call', 0):.1f} KiB per call"
+      f" -> {'pass' if ok else 'fail'}", file=sys.stderr)
+PY
+  }
+  echo "== concurrent prompt streams (12345's greeting; steps: ${CONC_STREAM_STEPS:=500 1000 1500 2000 2500 3000})" >&2
+  for n in $CONC_STREAM_STEPS; do
+    [ "$(conc_step ivr "$n")" = pass ] && CONC_STREAMS=$n || break
+  done
+  echo "== concurrent bridged calls (trunk -> loadq -> a harness seat; steps: ${CONC_BRIDGED_STEPS:=250 500 750 1000 1250 1500})" >&2
+  for n in $CONC_BRIDGED_STEPS; do
+    [ "$(conc_step queue "$n")" = pass ] && CONC_BRIDGED=$n || break
+  done
+fi
 kill "$YHT_PID" 2>/dev/null; YHT_PID=
 
-python3 - "$CEILING" "$KAMAILIO" "$YIHAOTONG" "$WORK/register.json" "$WORK/queue.json" "$STEP_SECONDS" "$IVR" "$WORK/ivr-rtt.txt" <<'PY'
+python3 - "$CEILING" "$KAMAILIO" "$YIHAOTONG" "$WORK/register.json" "$WORK/queue.json" "$STEP_SECONDS" "$IVR" "$WORK/ivr-rtt.txt" "$CONC_STREAMS" "$CONC_BRIDGED" <<'PY'
 import json, sys
 ceiling, kam, yht = (int(x) for x in sys.argv[1:4])
 reg, q = json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
@@ -203,6 +258,9 @@ print(f"| yihaotong trunk -> agent (B2BUA, media anchored) | {yht} | {ratio(yht,
 print(f"| yihaotong IVR-answered (12345's flow) | {ivr} | {ratio(ivr, kam)} | {ratio(ivr, ceiling)} |")
 if ivr_rtt:
     print(ivr_rtt)
+if sys.argv[9] != "0" or sys.argv[10] != "0":
+    print(f"\nConcurrent, highest passing step (loss < 0.1%, D p99 < 5 ms, <= 0.1% failed; harness on the same cores): "
+          f"{sys.argv[9]} prompt streams, {sys.argv[10]} bridged calls")
 if not reg or not q:
     sys.exit()
 print(f"\nyihaotong load, register storm: {reg['completed']}/{reg['attempted']} in {reg['seconds']:.1f} s = {reg['completed']/reg['seconds']:.0f} REGISTER+auth/s, p99 {reg['setup_180_ms']['p99']:.2f} ms")
