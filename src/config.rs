@@ -59,6 +59,29 @@ pub struct Settings {
     /// `[webhooks.NAME]`: where events go by HTTP POST.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookDef>,
+    /// `[log]`: what the process logs and how.
+    pub log: LogSettings,
+}
+
+/// `[log]`: the process's log lines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (for people) or `json` (one object per line, for shippers).
+    pub format: LogFormat,
+    /// An `EnvFilter` directive (`info`, `yihaotong=debug,warn`); `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain lines; coloured only on a terminal and without `NO_COLOR`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[webhook]`: delivery rules every webhook follows.
@@ -333,14 +356,19 @@ pub struct SipSettings {
     pub max_transactions: usize,
     /// Nonce lifetime, seconds.
     pub nonce_lifetime: u64,
+    /// Digest challenges sent, in order of preference (RFC 7616/8760).
+    pub digest_algorithms: Vec<crate::sip::auth::Algorithm>,
     /// Shortest registration accepted, seconds.
     pub min_expires: u32,
     /// Longest registration granted, seconds.
     pub max_expires: u32,
     /// Registration interval when the phone names none, seconds.
     pub default_expires: u32,
-    /// Failures before a source is blocked.
+    /// Failures for one account from one source before that account is
+    /// refused from that source.
     pub auth_fail_limit: u32,
+    /// Accounts failing from one source before the whole source is refused.
+    pub auth_fail_accounts: u32,
     /// Window the failures are counted in, seconds.
     pub auth_fail_window: u64,
     /// First block period, seconds (doubles while failures go on).
@@ -585,6 +613,7 @@ impl Settings {
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")
+                .with_list_parse_key("sip.digest_algorithms")
                 .with_list_parse_key("trunk.allow")
                 .with_list_parse_key("trunk.normalize")
                 .with_list_parse_key("queue.join_empty")
@@ -628,6 +657,18 @@ impl Settings {
             if pct > 100 {
                 bail!("settings: [limits] {field} = {pct} is a percent: 0 to 100");
             }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bail!(
+                "settings: [log] level = {:?} is not a filter: give a level (error, warn, info, debug, trace) or target=level pairs",
+                self.log.level
+            );
+        }
+        if self.sip.digest_algorithms.is_empty() {
+            bail!("settings: [sip] digest_algorithms names no algorithm: give \"MD5\", \"SHA-256\" or both");
+        }
+        if self.sip.auth_fail_limit == 0 || self.sip.auth_fail_accounts == 0 {
+            bail!("settings: [sip] auth_fail_limit and auth_fail_accounts must be at least 1");
         }
         if self.sip.min_expires > self.sip.max_expires {
             bail!("settings: [sip] min_expires is above max_expires");
@@ -773,6 +814,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         admin: Option<toml::Table>,
         webhook: Option<toml::Table>,
         webhooks: Option<toml::Table>,
+        log: Option<toml::Table>,
     }
     let defaults: toml::Table = toml::from_str(DEFAULTS).context("built-in defaults")?;
     let partial: Partial =
@@ -789,6 +831,7 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         ("limits", &partial.limits),
         ("admin", &partial.admin),
         ("webhook", &partial.webhook),
+        ("log", &partial.log),
     ];
     for (name, table) in sections {
         let Some(table) = table else { continue };
@@ -862,12 +905,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("y.toml");
         let text = "[recording]\nretention_days = 7\n[transfer]\nemergency = [\"110\"]\n\
-                    [limits]\nmax_calls = 10\n[outbound]\nallow = [\"mobile\", \"0044\"]\n";
+                    [limits]\nmax_calls = 10\n[outbound]\nallow = [\"mobile\", \"0044\"]\n\
+                    [log]\nformat = \"json\"\n";
         std::fs::write(&path, text).expect("write");
         let s = Settings::load(Some(&path)).expect("every section loads");
         assert_eq!(s.recording.retention_days, 7);
         assert_eq!(s.limits.max_calls, 10);
         assert_eq!(s.outbound.allow, ["mobile", "0044"]);
+        assert_eq!(s.log.format, LogFormat::Json);
         std::fs::write(&path, "[limits]\nmax_call = 10\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("typo").to_string();
         assert!(

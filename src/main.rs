@@ -275,12 +275,6 @@ enum RoutesAction {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -290,9 +284,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Starts the log: `[log]` says the format and level, `RUST_LOG` overrides
+/// the level; colour only on a terminal and never with `NO_COLOR` set.
+fn init_log(log: &yihaotong::config::LogSettings) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log.format {
+        yihaotong::config::LogFormat::Json => builder.json().with_current_span(true).init(),
+        yihaotong::config::LogFormat::Text => {
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
+}
+
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
+    init_log(&settings.log);
     let realm = settings.sip.domain.clone();
     let data_dir = settings.data_dir.clone();
     let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
@@ -754,7 +767,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         yihaotong::server::watch_reloads(shared.clone())?;
         let live: admin::LiveFn = std::sync::Arc::new(move |cmd| shared.live(cmd));
         admin::serve(socket.clone(), store.clone(), realm.clone(), live.clone()).await?;
-        println!("yihaotong listening on {} (UDP+TCP)", server.local_addr());
+        tracing::info!(sip = %server.local_addr(), "yihaotong ready: SIP on UDP and TCP");
         if let Some(listen) = server.shared.settings.admin.address() {
             let offset = server.shared.settings.ivr.utc_offset_minutes;
             let events = server.shared.records.events().clone();
@@ -768,7 +781,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
                 recordings_dir: server.shared.settings.recordings_dir(),
             };
             let bound = yihaotong::api::serve(listen, api).await?;
-            println!("HTTP API on http://{bound}");
+            tracing::info!(api = %format!("http://{bound}"), "HTTP API listening");
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async {

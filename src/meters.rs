@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
 
@@ -75,13 +75,251 @@ pub fn install() {
         };
         let handle = recorder.handle();
         match metrics::set_global_recorder(recorder) {
-            Ok(()) => Some(handle),
+            Ok(()) => {
+                describe();
+                Some(handle)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a metrics recorder was already installed");
                 None
             }
         }
     });
+}
+
+/// What each metric is (`# HELP`) and its kind (`# TYPE`), said once to
+/// the recorder. The `process_*` figures are written by [`render`] itself.
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        "yihaotong_calls_offered_total",
+        Kind::Counter,
+        "Calls that reached routing, by hotline and route mode.",
+    ),
+    (
+        "yihaotong_calls_ended_total",
+        Kind::Counter,
+        "Calls whose record was written, by disposition.",
+    ),
+    (
+        "yihaotong_call_setup_seconds",
+        Kind::Histogram,
+        "From a call's arrival to its answer by an agent or backend.",
+    ),
+    (
+        "yihaotong_queue_wait_seconds",
+        Kind::Histogram,
+        "Time in line, by queue and whether the caller was answered.",
+    ),
+    (
+        "yihaotong_records_flush_seconds",
+        Kind::Histogram,
+        "Time to write one batch of CDRs and queue-log lines to the database.",
+    ),
+    (
+        "yihaotong_rtp_packets_received_total",
+        Kind::Counter,
+        "RTP packets that reached the relay of a bridged call, by side.",
+    ),
+    (
+        "yihaotong_rtp_packets_lost_total",
+        Kind::Counter,
+        "RTP packets lost before the relay of a bridged call (RFC 3550), by side.",
+    ),
+    (
+        "yihaotong_rtp_jitter_seconds",
+        Kind::Histogram,
+        "RFC 3550 interarrival jitter per bridged call side at its end.",
+    ),
+    (
+        "yihaotong_rtp_loss_ratio",
+        Kind::Histogram,
+        "Share of RTP packets lost per bridged call side.",
+    ),
+    (
+        "yihaotong_calls_live",
+        Kind::Gauge,
+        "Calls alive now: in a flow, in line, ringing or bridged.",
+    ),
+    ("yihaotong_calls", Kind::Gauge, "Calls alive now, by state."),
+    (
+        "yihaotong_rtp_ports_free",
+        Kind::Gauge,
+        "RTP ports free in the configured range.",
+    ),
+    (
+        "yihaotong_rtp_ports_configured",
+        Kind::Gauge,
+        "RTP ports in the configured range.",
+    ),
+    (
+        "yihaotong_tcp_connections",
+        Kind::Gauge,
+        "SIP TCP connections open.",
+    ),
+    (
+        "yihaotong_sip_transactions",
+        Kind::Gauge,
+        "SIP transactions alive over all workers.",
+    ),
+    ("yihaotong_agents", Kind::Gauge, "Agent accounts by state."),
+    (
+        "yihaotong_queue_waiting",
+        Kind::Gauge,
+        "Callers in line, by queue.",
+    ),
+    (
+        "yihaotong_queue_free_agents",
+        Kind::Gauge,
+        "Agents free to be offered a call, by queue.",
+    ),
+    (
+        "yihaotong_queue_longest_wait_seconds",
+        Kind::Gauge,
+        "The longest wait of a caller in line now, by queue.",
+    ),
+    (
+        "yihaotong_calls_shed_total",
+        Kind::Counter,
+        "New calls refused 503 by overload control, by reason.",
+    ),
+    (
+        "yihaotong_auth_sources_blocked",
+        Kind::Gauge,
+        "Source addresses answered 403 now after failures for several accounts.",
+    ),
+    (
+        "yihaotong_auth_blocks_total",
+        Kind::Counter,
+        "Source addresses blocked since start.",
+    ),
+    (
+        "yihaotong_auth_account_blocks_total",
+        Kind::Counter,
+        "Accounts blocked at one source address since start (wrong passwords).",
+    ),
+    (
+        "yihaotong_backend_up",
+        Kind::Gauge,
+        "1 while a self-service backend answers its health checks.",
+    ),
+    (
+        "yihaotong_backend_calls",
+        Kind::Gauge,
+        "Calls with a self-service backend now.",
+    ),
+    (
+        "yihaotong_webhook_delivered_total",
+        Kind::Counter,
+        "Events a webhook's receiver accepted.",
+    ),
+    (
+        "yihaotong_webhook_failed_attempts_total",
+        Kind::Counter,
+        "Webhook POSTs that failed and were tried again or given up.",
+    ),
+    (
+        "yihaotong_webhook_dead_letters_total",
+        Kind::Counter,
+        "Events a webhook gave up on.",
+    ),
+    (
+        "yihaotong_webhook_pending",
+        Kind::Gauge,
+        "Events waiting for a webhook's receiver.",
+    ),
+    (
+        "yihaotong_media_streams",
+        Kind::Gauge,
+        "Prompt and IVR streams in the media engine.",
+    ),
+    (
+        "yihaotong_media_bridges",
+        Kind::Gauge,
+        "Bridged calls relayed by the media engine.",
+    ),
+    (
+        "yihaotong_media_late_ticks_total",
+        Kind::Counter,
+        "Media engine passes that started more than 2 ms late.",
+    ),
+    (
+        "yihaotong_recording_queued_bytes",
+        Kind::Gauge,
+        "Recorded audio waiting for the disk.",
+    ),
+    (
+        "yihaotong_recording_dropped_bytes_total",
+        Kind::Counter,
+        "Recorded audio dropped because the disk fell behind.",
+    ),
+    (
+        "yihaotong_media_late_p90_seconds",
+        Kind::Gauge,
+        "The worst media thread's 90th percentile pass lateness.",
+    ),
+    (
+        "yihaotong_media_busy_ratio",
+        Kind::Gauge,
+        "The worst media thread's busy share of the wall clock.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn describe() {
+    for (name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(*name, *help),
+            Kind::Gauge => describe_gauge!(*name, *help),
+            Kind::Histogram => describe_histogram!(*name, *help),
+        }
+    }
+}
+
+/// The process's own figures in the Prometheus client libraries' names,
+/// written here because the CPU seconds are a fractional counter.
+fn process_page(process: &Value) -> String {
+    use std::fmt::Write;
+    let mut page = String::new();
+    for (name, kind, help, field) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, seconds.",
+            "cpu_seconds",
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size, bytes.",
+            "rss_bytes",
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            "open_fds",
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Operating system threads.",
+            "threads",
+        ),
+    ] {
+        if let Some(v) = process[field].as_f64() {
+            let _ = write!(
+                page,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n\n"
+            );
+        }
+    }
+    page
 }
 
 /// A call arrived on a route.
@@ -178,14 +416,9 @@ pub fn render(status: &Value) -> String {
     let num = |v: &Value| v.as_f64().unwrap_or(0.0);
     gauge!("yihaotong_calls_live").set(num(&status["live_calls"]));
     gauge!("yihaotong_rtp_ports_free").set(num(&status["rtp_ports_free"]));
-    gauge!("yihaotong_rtp_ports_total").set(num(&status["rtp_ports_total"]));
+    gauge!("yihaotong_rtp_ports_configured").set(num(&status["rtp_ports_total"]));
     gauge!("yihaotong_tcp_connections").set(num(&status["tcp_connections"]));
     gauge!("yihaotong_sip_transactions").set(num(&status["transactions"]));
-    let process = &status["process"];
-    gauge!("process_cpu_seconds_total").set(num(&process["cpu_seconds"]));
-    gauge!("process_resident_memory_bytes").set(num(&process["rss_bytes"]));
-    gauge!("process_open_fds").set(num(&process["open_fds"]));
-    gauge!("process_threads").set(num(&process["threads"]));
     if let Some(states) = status["calls_by_state"].as_object() {
         for state in crate::call::CALL_STATES {
             let n = states.get(*state).map_or(0.0, num);
@@ -214,6 +447,8 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_auth_sources_blocked").set(num(&auth["sources_blocked_now"]));
     counter!("yihaotong_auth_blocks_total")
         .absolute(auth["source_blocks_since_start"].as_u64().unwrap_or(0));
+    counter!("yihaotong_auth_account_blocks_total")
+        .absolute(auth["account_blocks_since_start"].as_u64().unwrap_or(0));
     if let Some(backends) = status["backends"].as_object() {
         for (name, b) in backends {
             let up = if b["up"] == Value::Bool(true) {
@@ -249,7 +484,9 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_media_late_p90_seconds")
         .set(num(&overload["media_late_p90_ms_now"]) / 1000.0);
     gauge!("yihaotong_media_busy_ratio").set(num(&overload["media_busy_pct_now"]) / 100.0);
-    handle.render()
+    let mut page = handle.render();
+    page.push_str(&process_page(&status["process"]));
+    page
 }
 
 #[cfg(test)]

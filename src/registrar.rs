@@ -2,10 +2,13 @@
 //!
 //! Room: the seat-side front desk. It answers REGISTER (RFC 3261 §10.3) and
 //! authenticates agent INVITEs, using the accounts and bindings in
-//! [`Store`] and the [`Authenticator`]. It also keeps the per-source failure
-//! counts that turn a password-guessing source from 401 into 403 with a
-//! doubling back-off. It is called synchronously by the SIP workers and holds
-//! no lock across an await (it has none).
+//! [`Store`] and the [`Authenticator`]. It also keeps the failure counts
+//! that turn password guessing from 401 into 403 with a doubling back-off:
+//! per account at one source (a phone with a wrong password locks only
+//! itself, not the colleagues behind the same NAT), and per source once
+//! several account names fail there (svwar, svcrack moving between names).
+//! It is called synchronously by the SIP workers and holds no lock across an
+//! await (it has none).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,8 +58,46 @@ struct Failures {
     count: u32,
     window_start: u64,
     blocked_until: u64,
-    /// Next block length, doubling while the source keeps failing.
+    /// Next block length, doubling while the failures go on.
     next_block: u64,
+}
+
+impl Failures {
+    fn blocked(&self, now: u64) -> bool {
+        self.blocked_until > now
+    }
+
+    /// Counts one failure in the window that ends `window` seconds after
+    /// its first. Returns whether it was the first of its window, and the
+    /// block (seconds) it started when it reached `limit`.
+    fn strike(
+        &mut self,
+        now: u64,
+        window: u64,
+        limit: u32,
+        first_block: u64,
+    ) -> (bool, Option<u64>) {
+        let first = self.count == 0 || now.saturating_sub(self.window_start) > window;
+        if first {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count < limit {
+            return (first, None);
+        }
+        let block = self.next_block.max(first_block);
+        self.blocked_until = now + block;
+        self.next_block = (block * 2).min(86_400);
+        self.count = 0;
+        (first, Some(block))
+    }
+}
+
+/// A failure table's key for an account name: names are attacker-chosen,
+/// so at most 64 characters of them are kept.
+fn account_key(user: &str) -> String {
+    user.chars().take(64).collect()
 }
 
 /// Where calls for a new binding are sent. Behind NAT (the top Via's
@@ -95,13 +136,18 @@ pub struct Registrar {
     store: Store,
     auth: Authenticator,
     settings: SipSettings,
+    /// Per source: its count is of account names that failed there.
     failures: HashMap<IpAddr, Failures>,
+    /// Per account name at one source: wrong answers for it from there.
+    pair_failures: HashMap<(IpAddr, String), Failures>,
     /// Failed answers per account name tried, in the current window: watched
     /// and reported, never used to lock the account (an attacker could
     /// otherwise lock real agents out).
     account_failures: HashMap<String, Failures>,
     /// Sources blocked since start.
     blocks: u64,
+    /// Accounts blocked at one source since start.
+    pair_blocks: u64,
     /// Every account's credentials, as of an accounts generation (see
     /// [`Registrar::load_directory`]).
     directory: (u64, HashMap<String, Credentials>),
@@ -116,12 +162,15 @@ impl Registrar {
             auth: Authenticator::new(
                 &settings.domain,
                 Duration::from_secs(settings.nonce_lifetime),
+                &settings.digest_algorithms,
             ),
             store,
             settings,
             failures: HashMap::new(),
+            pair_failures: HashMap::new(),
             account_failures: HashMap::new(),
             blocks: 0,
+            pair_blocks: 0,
             directory: (u64::MAX, HashMap::new()),
         }
     }
@@ -147,15 +196,20 @@ impl Registrar {
         }
     }
 
-    /// Authentication figures for `yihaotong status`: sources blocked now
-    /// and since start, and the accounts with the most failures in the
-    /// current window.
+    /// Authentication figures for `yihaotong status`: sources and accounts
+    /// at a source blocked now and since start, and the accounts with the
+    /// most failures in the current window.
     pub fn auth_figures(&self, now: u64) -> serde_json::Value {
-        let blocked_now = self
-            .failures
-            .values()
-            .filter(|f| f.blocked_until > now)
-            .count();
+        let blocked_now = self.failures.values().filter(|f| f.blocked(now)).count();
+        let mut accounts_blocked: Vec<serde_json::Value> = self
+            .pair_failures
+            .iter()
+            .filter(|(_, f)| f.blocked(now))
+            .map(|((ip, account), f)| {
+                serde_json::json!({ "account": account, "source": ip.to_string(), "seconds_left": f.blocked_until - now })
+            })
+            .collect();
+        accounts_blocked.truncate(10);
         let mut accounts: Vec<(&String, u32)> = self
             .account_failures
             .iter()
@@ -167,6 +221,8 @@ impl Registrar {
         serde_json::json!({
             "sources_blocked_now": blocked_now,
             "source_blocks_since_start": self.blocks,
+            "accounts_blocked_now": accounts_blocked,
+            "account_blocks_since_start": self.pair_blocks,
             "failures_by_account": accounts
                 .into_iter()
                 .map(|(a, n)| serde_json::json!({ "account": a, "failures": n }))
@@ -188,8 +244,7 @@ impl Registrar {
                 return;
             }
         }
-        let key: String = user.chars().take(64).collect();
-        let f = self.account_failures.entry(key).or_default();
+        let f = self.account_failures.entry(account_key(user)).or_default();
         if now.saturating_sub(f.window_start) > s.auth_fail_window {
             f.window_start = now;
             f.count = 0;
@@ -200,33 +255,54 @@ impl Registrar {
         }
     }
 
-    fn blocked(&self, ip: IpAddr, now: u64) -> bool {
-        self.failures
-            .get(&ip)
-            .is_some_and(|f| f.blocked_until > now)
+    fn source_blocked(&self, ip: IpAddr, now: u64) -> bool {
+        self.failures.get(&ip).is_some_and(|f| f.blocked(now))
     }
 
+    fn account_blocked(&self, ip: IpAddr, user: &str, now: u64) -> bool {
+        self.pair_failures
+            .get(&(ip, account_key(user)))
+            .is_some_and(|f| f.blocked(now))
+    }
+
+    /// Counts a wrong answer for `user` from `ip`; true when that account
+    /// (at that source) or the whole source is now blocked.
     fn record_failure(&mut self, ip: IpAddr, now: u64, user: &str) -> bool {
-        if self.failures.len() >= MAX_TRACKED_SOURCES && !self.failures.contains_key(&ip) {
-            self.failures.retain(|_, f| f.blocked_until > now);
-        }
         let s = &self.settings;
-        let f = self.failures.entry(ip).or_default();
-        if now.saturating_sub(f.window_start) > s.auth_fail_window {
-            f.window_start = now;
-            f.count = 0;
+        let (window, first_block) = (s.auth_fail_window, s.auth_block);
+        if self.pair_failures.len() >= MAX_TRACKED_SOURCES {
+            self.pair_failures
+                .retain(|_, f| f.blocked(now) || now.saturating_sub(f.window_start) <= window);
+            if self.pair_failures.len() >= MAX_TRACKED_SOURCES {
+                // Still full of live entries: count against the source alone.
+                self.pair_failures.clear();
+            }
         }
-        f.count += 1;
-        if f.count >= s.auth_fail_limit {
-            let block = f.next_block.max(s.auth_block);
-            f.blocked_until = now + block;
-            f.next_block = (block * 2).min(86_400);
-            f.count = 0;
+        let pair = self
+            .pair_failures
+            .entry((ip, account_key(user)))
+            .or_default();
+        let (new_name, pair_block) = pair.strike(now, window, s.auth_fail_limit, first_block);
+        if let Some(seconds) = pair_block {
+            self.pair_blocks += 1;
+            tracing::warn!(source = %ip, account = user, seconds, "blocking account at this source after repeated authentication failures (other accounts there still register)");
+        }
+        // The source counts account names, not answers: one phone with a
+        // wrong password is one name however often it retries.
+        if !new_name {
+            return pair_block.is_some();
+        }
+        if self.failures.len() >= MAX_TRACKED_SOURCES && !self.failures.contains_key(&ip) {
+            self.failures
+                .retain(|_, f| f.blocked(now) || now.saturating_sub(f.window_start) <= window);
+        }
+        let source = self.failures.entry(ip).or_default();
+        let (_, source_block) = source.strike(now, window, s.auth_fail_accounts, first_block);
+        if let Some(seconds) = source_block {
             self.blocks += 1;
-            tracing::warn!(source = %ip, account = user, seconds = block, "blocking source after repeated authentication failures");
-            return true;
+            tracing::warn!(source = %ip, account = user, seconds, accounts = s.auth_fail_accounts, "blocking source after authentication failures for several accounts");
         }
-        false
+        pair_block.is_some() || source_block.is_some()
     }
 
     fn challenge(&self, now: u64, stale: bool, header: &'static str) -> Answer {
@@ -252,7 +328,7 @@ impl Registrar {
     /// wrong passwords.
     pub fn authenticate(&mut self, now: u64, req: &Request, peer: &Peer) -> AuthOutcome {
         let ip = peer.addr.ip();
-        if self.blocked(ip, now) {
+        if self.source_blocked(ip, now) {
             return AuthOutcome::Refuse(Answer::plain(403));
         }
         let (cred_header, challenge_header) = if req.method == crate::sip::message::Method::Register
@@ -268,6 +344,9 @@ impl Registrar {
         let Some(digest) = DigestResponse::parse(value) else {
             return AuthOutcome::Refuse(self.challenge(now, false, challenge_header));
         };
+        if self.account_blocked(ip, &digest.username, now) {
+            return AuthOutcome::Refuse(Answer::plain(403));
+        }
         self.load_directory();
         let verdict = self.auth.verify(
             now,

@@ -457,6 +457,7 @@ fn metrics_count_calls_by_hotline_and_show_agents_and_queues() {
             .unwrap_or(0)
     };
     assert!(received("caller") >= 30 && received("far") >= 30, "{page}");
+    metrics_page_is_well_formed(&page);
     let (_, cdrs) = server.http(
         "GET",
         "/api/v1/cdrs?since=1h",
@@ -1020,4 +1021,69 @@ fn admins_write_routes_and_agent_accounts_that_serve_the_next_call() {
         assert!(actions.contains(&want), "{want} in {actions:?}");
     }
     assert!(!audit.to_string().contains("s3cret-7"), "{audit}");
+}
+
+/// Every family on the page has its `# HELP` and `# TYPE`, and Prometheus's
+/// own linter (`promtool check metrics`, Debian `prometheus`) finds nothing.
+fn metrics_page_is_well_formed(page: &str) {
+    let described = |prefix: &str| -> Vec<String> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let (helped, typed) = (described("# HELP "), described("# TYPE "));
+    for line in page
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().expect("a sample has a name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| typed.iter().any(|t| t == f))
+            })
+            .unwrap_or(name);
+        assert!(
+            helped.iter().any(|h| h == family),
+            "no # HELP for {family}:\n{page}"
+        );
+        assert!(
+            typed.iter().any(|t| t == family),
+            "no # TYPE for {family}:\n{page}"
+        );
+    }
+    assert!(
+        page.contains("# TYPE process_cpu_seconds_total counter"),
+        "{page}"
+    );
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut promtool) = promtool else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool must be installed under CI (.ci/run installs prometheus)"
+        );
+        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.as_bytes())
+        .expect("page to promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

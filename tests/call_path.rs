@@ -37,7 +37,7 @@ fn options_unknown_method_and_garbage() {
 
 #[test]
 fn register_with_digest_both_algorithms_and_lockout() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&[("YIHAOTONG_SIP__DIGEST_ALGORITHMS", "SHA-256,MD5")]);
     server.add_agent("1001", "s3cret", "main");
     let mut phone = Phone::new("1001");
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
@@ -51,40 +51,108 @@ fn register_with_digest_both_algorithms_and_lockout() {
     // An unknown account is answered like a wrong password.
     let mut stranger = Phone::new("9999");
     assert_eq!(stranger.register(server.sip, "s3cret", Algorithm::Md5), 401);
-    // Repeated failures from one source end in 403.
+    // Repeated failures for one account from one source end in 403.
     let mut codes = Vec::new();
     for _ in 0..6 {
         codes.push(phone.register(server.sip, "wrong", Algorithm::Md5));
     }
     assert_eq!(codes[0], 401);
     assert_eq!(*codes.last().expect("codes"), 403, "{codes:?}");
-    // The source is blocked, not the account: another source unregisters fine.
+    // The account is blocked at that source only: from another source it
+    // unregisters fine.
     let mut other = Phone::bind("1001", "127.0.0.3");
     assert_eq!(
         other.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
         200
     );
-    // Failures are counted per source (blocked) and per account (watched).
     let (ok, out) = server.cli(&["status"]);
     assert!(ok, "{out}");
     let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
     let auth = &status["auth"];
-    assert_eq!(auth["sources_blocked_now"], 1, "{auth}");
-    assert_eq!(auth["source_blocks_since_start"], 1, "{auth}");
+    assert_eq!(auth["sources_blocked_now"], 0, "{auth}");
+    assert_eq!(auth["account_blocks_since_start"], 1, "{auth}");
+    assert_eq!(auth["accounts_blocked_now"][0]["account"], "1001", "{auth}");
+    assert_eq!(
+        auth["accounts_blocked_now"][0]["source"], "127.0.0.1",
+        "{auth}"
+    );
     let by_account = auth["failures_by_account"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     assert_eq!(by_account[0]["account"], "1001", "{auth}");
     assert_eq!(
-        by_account[0]["failures"], 4,
-        "9999's failure and four for 1001 made five from this source; the rest were refused unheard: {auth}"
+        by_account[0]["failures"], 5,
+        "five wrong answers blocked 1001 here; the sixth was refused unheard: {auth}"
     );
     assert!(
         by_account
             .iter()
             .any(|a| a["account"] == "9999" && a["failures"] == 1),
         "{auth}"
+    );
+}
+
+/// Seats behind one NAT share a source address: a phone with a wrong
+/// password locks only its own account there, while guessing across many
+/// account names (real or made up alike) locks the whole source. A nonce
+/// from before a restart gets `stale=true`, never a failure.
+#[test]
+fn lockout_spares_colleagues_behind_one_address_and_survives_a_restart() {
+    let mut server = TestServer::start();
+    for id in ["1001", "1002", "1003"] {
+        server.add_agent(id, "s3cret", "main");
+    }
+    let mut wrong = Phone::bind("1001", "127.0.0.5");
+    let mut colleague = Phone::bind("1002", "127.0.0.5");
+    let codes: Vec<u16> = (0..6)
+        .map(|_| wrong.register(server.sip, "typo", Algorithm::Md5))
+        .collect();
+    assert_eq!(codes[..4], [401; 4], "{codes:?}");
+    assert_eq!(codes[5], 403, "{codes:?}");
+    assert_eq!(
+        colleague.register(server.sip, "s3cret", Algorithm::Md5),
+        200,
+        "the colleague behind the same address still registers"
+    );
+    assert_eq!(
+        wrong.register(server.sip, "s3cret", Algorithm::Md5),
+        403,
+        "the guessed account stays locked at that source for the block"
+    );
+    // Five names from one source (made-up ones count like real ones): the
+    // whole source is blocked, real accounts with the right password too.
+    let guesser_ip = "127.0.0.7";
+    let codes: Vec<u16> = ["2001", "2002", "2003", "1003", "2005"]
+        .iter()
+        .map(|name| Phone::bind(name, guesser_ip).register(server.sip, "guess", Algorithm::Md5))
+        .collect();
+    assert_eq!(codes, [401, 401, 401, 401, 403]);
+    assert_eq!(
+        Phone::bind("1003", guesser_ip).register(server.sip, "s3cret", Algorithm::Md5),
+        403
+    );
+
+    // A restart: every phone comes back with the nonce it had.
+    let mut phones: Vec<Phone> = (0..6).map(|_| Phone::bind("1003", "127.0.0.8")).collect();
+    for p in &mut phones {
+        assert_eq!(p.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    }
+    server.restart();
+    for p in &mut phones {
+        let answer = p.register_with_last_nonce(server.sip, "s3cret");
+        assert_eq!(answer.status, 401);
+        let challenge = answer.headers.get("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains("stale=true"), "{challenge}");
+        assert_eq!(p.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    }
+    let (ok, out) = server.cli(&["status"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    assert_eq!(
+        status["auth"]["failures_by_account"],
+        serde_json::json!([]),
+        "stale nonces are not failures"
     );
 }
 

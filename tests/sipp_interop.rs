@@ -20,20 +20,7 @@ use std::time::{Duration, Instant};
 use common::{free_port, media_port, TestServer};
 
 fn sipp_available() -> bool {
-    let found = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "sipp must be installed under CI (.ci/run installs sip-tester)"
-        );
-        eprintln!("SKIPPED: sipp not installed (apt-get install sip-tester)");
-    }
-    found
+    common::installed("sipp", "-v", "sip-tester")
 }
 
 fn scenario(name: &str) -> String {

@@ -553,7 +553,7 @@ fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<
         Ok(o) => Some(o),
         Err(e) => {
             info!(error = %e, "SDP offer refused");
-            let warning = crate::sip::warning(&e.to_string());
+            let warning = crate::sip::warning_coded(e.warn_code(), &e.to_string());
             respond(ctx, key, req, tag, 488, &[("Warning", &warning)], b"");
             None
         }

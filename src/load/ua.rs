@@ -248,9 +248,11 @@ impl Seats {
                 .headers
                 .get("www-authenticate")
                 .ok_or("401 without challenge")?;
-            let (realm, nonce, _) = challenge_params(challenge).ok_or("bad challenge")?;
+            let (realm, nonce, alg) = challenge_params(challenge).ok_or("bad challenge")?;
             let client = DigestClient {
-                alg: Algorithm::Md5,
+                // The first challenge is the server's preference ([sip]
+                // digest_algorithms).
+                alg: Algorithm::from_token(&alg).ok_or("challenge with an unknown algorithm")?,
                 user,
                 password,
                 realm: &realm,

@@ -77,6 +77,23 @@ pub enum SdpError {
     /// No audio stream with PCMU or PCMA.
     #[error("no acceptable audio codec (PCMU/PCMA)")]
     NoCodec,
+    /// The audio stream asks for a media profile we cannot meet: RFC 3264
+    /// wants the answer in the offer's profile, and answering an SRTP or
+    /// DTLS-SRTP offer with plain RTP/AVP would let the phone send its
+    /// audio in the clear.
+    #[error("media profile {0} is not supported: encrypted media (SRTP, DTLS-SRTP) is not served here; offer RTP/AVP")]
+    Profile(String),
+}
+
+impl SdpError {
+    /// The RFC 3261 warn-code for a 488 carrying this reason.
+    pub fn warn_code(&self) -> u16 {
+        match self {
+            SdpError::Malformed(_) => 399,
+            SdpError::NoCodec => 305,
+            SdpError::Profile(_) => 302,
+        }
+    }
 }
 
 /// Parses a peer's SDP and picks the first audio stream.
@@ -99,8 +116,16 @@ pub fn parse_audio(body: &[u8]) -> Result<AudioOffer, SdpError> {
         .map(|a| a.address.clone());
     let session_dir = direction_of(sdp.attributes.iter().map(|a| a.key.as_str()));
     for m in &sdp.media_descriptions {
-        if m.media_name.media != "audio" || !m.media_name.protos.iter().any(|p| p == "RTP") {
+        if m.media_name.media != "audio" {
             continue;
+        }
+        let profile = m.media_name.protos.join("/");
+        if !profile.eq_ignore_ascii_case("RTP/AVP") {
+            // The first live audio stream decides: we answer one stream.
+            if m.media_name.port.value == 0 {
+                continue;
+            }
+            return Err(SdpError::Profile(profile.chars().take(64).collect()));
         }
         let addr_text = m
             .connection_information
@@ -270,6 +295,39 @@ m=audio 40000 RTP/AVP 8 0 96 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:101 tel
             parse_audio(named.as_bytes()),
             Err(SdpError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn secure_profiles_are_refused_never_answered_in_the_clear() {
+        let sdes = OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendrecv",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\na=sendrecv",
+        );
+        assert_eq!(
+            parse_audio(sdes.as_bytes()),
+            Err(SdpError::Profile("RTP/SAVP".into()))
+        );
+        let webrtc = OFFER.replace("RTP/AVP", "UDP/TLS/RTP/SAVPF");
+        let refused = parse_audio(webrtc.as_bytes()).expect_err("DTLS-SRTP refused");
+        assert_eq!(refused, SdpError::Profile("UDP/TLS/RTP/SAVPF".into()));
+        assert_eq!(refused.warn_code(), 302);
+        assert!(
+            refused.to_string().contains("UDP/TLS/RTP/SAVPF"),
+            "{refused}"
+        );
+        // Feedback without encryption is still another profile.
+        let avpf = OFFER.replace("RTP/AVP", "RTP/AVPF");
+        assert!(matches!(
+            parse_audio(avpf.as_bytes()),
+            Err(SdpError::Profile(_))
+        ));
+        // A secure stream already declined (port 0) does not decide.
+        let declined_first = OFFER.replace(
+            "m=audio 40000 RTP/AVP",
+            "m=audio 0 RTP/SAVP 0\r\nm=audio 40000 RTP/AVP",
+        );
+        let o = parse_audio(declined_first.as_bytes()).expect("plain stream taken");
+        assert_eq!(o.addr.port(), 40000);
     }
 
     #[test]

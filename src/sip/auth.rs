@@ -14,12 +14,14 @@ use std::time::Duration;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-/// Digest algorithms we offer and accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Digest algorithms we offer and accept (`[sip] digest_algorithms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum Algorithm {
     /// MD5 (RFC 2617): what most phones still send.
+    #[serde(rename = "MD5")]
     Md5,
     /// SHA-256 (RFC 8760).
+    #[serde(rename = "SHA-256")]
     Sha256,
 }
 
@@ -30,6 +32,13 @@ impl Algorithm {
             Algorithm::Md5 => "MD5",
             Algorithm::Sha256 => "SHA-256",
         }
+    }
+
+    /// The algorithm an `algorithm=` token names (case-insensitive).
+    pub fn from_token(token: &str) -> Option<Algorithm> {
+        [Algorithm::Md5, Algorithm::Sha256]
+            .into_iter()
+            .find(|a| a.token().eq_ignore_ascii_case(token))
     }
 
     fn hash(self, data: &str) -> String {
@@ -174,7 +183,9 @@ fn parse_params(s: &str) -> Option<Vec<(&str, &str)>> {
 pub enum Verdict {
     /// The response is right and the nonce fresh.
     Ok,
-    /// Right password, but the nonce expired: challenge again with `stale=true`.
+    /// Right password, but the nonce expired, or was made by an earlier run
+    /// of the server (a restart or upgrade): challenge again with
+    /// `stale=true`. Never a failure.
     Stale,
     /// Wrong password, unknown account, replayed nc, or a nonce we never made.
     Denied,
@@ -184,6 +195,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Authenticator {
     realm: String,
+    /// The algorithms challenged, in order, and the only ones accepted.
+    algorithms: Vec<Algorithm>,
     secret: [u8; 32],
     nonce_lifetime: Duration,
     /// Highest nc seen per nonce (bounded; cleared when full).
@@ -196,10 +209,21 @@ pub struct Authenticator {
 const MAX_NC_TRACKED: usize = 100_000;
 
 impl Authenticator {
-    /// An authenticator with a fresh random secret.
-    pub fn new(realm: &str, nonce_lifetime: Duration) -> Authenticator {
+    /// An authenticator with a fresh random secret that challenges with
+    /// `algorithms`, in that order (MD5 when the list is empty).
+    pub fn new(realm: &str, nonce_lifetime: Duration, algorithms: &[Algorithm]) -> Authenticator {
+        let mut algs = Vec::new();
+        for a in algorithms {
+            if !algs.contains(a) {
+                algs.push(*a);
+            }
+        }
+        if algs.is_empty() {
+            algs.push(Algorithm::Md5);
+        }
         Authenticator {
             realm: realm.to_string(),
+            algorithms: algs,
             secret: rand::random(),
             nonce_lifetime,
             nc_seen: HashMap::new(),
@@ -226,14 +250,15 @@ impl Authenticator {
         format!("{stamp}.{sig}")
     }
 
-    /// `WWW-Authenticate` values: MD5 first, then SHA-256. RFC 8760 §2.4
-    /// would put the preferred one first, but many deployed phones (and SIPp
-    /// 3.6) answer only the first challenge and know only MD5; phones that
-    /// know SHA-256 pick it from the list.
+    /// `WWW-Authenticate` values, one per configured algorithm in the
+    /// configured order (RFC 8760 §2.4: the preferred first), sharing one
+    /// nonce. The default is MD5 alone: Debian's baresip 1.0 gives up on a
+    /// 401 that carries any challenge it cannot answer ("Function not
+    /// implemented"), and SIPp 3.6 answers only the first one.
     pub fn challenges(&self, now_secs: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_secs);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Md5, Algorithm::Sha256]
+        self.algorithms
             .iter()
             .map(|alg| {
                 format!(
@@ -258,26 +283,24 @@ impl Authenticator {
     ) -> Verdict {
         let alg = match resp.algorithm.as_deref() {
             None => Algorithm::Md5,
-            Some(a) if a.eq_ignore_ascii_case("MD5") => Algorithm::Md5,
-            Some(a) if a.eq_ignore_ascii_case("SHA-256") => Algorithm::Sha256,
-            Some(_) => return Verdict::Denied,
+            Some(a) => match Algorithm::from_token(a) {
+                Some(alg) => alg,
+                None => return Verdict::Denied,
+            },
         };
-        // Nonce: ours, and how old?
-        let mut parts = resp.nonce.rsplitn(2, '.');
-        let (Some(sig), Some(stamp)) = (parts.next(), parts.next()) else {
-            return Verdict::Denied;
-        };
-        let ours = constant_eq(self.sign(stamp).as_bytes(), sig.as_bytes());
-        let issued = stamp
-            .split('.')
-            .next()
-            .and_then(|s| u64::from_str_radix(s, 16).ok());
-        let Some(issued) = issued.filter(|_| ours) else {
-            return Verdict::Denied;
-        };
-        if resp.realm != self.realm {
+        if !self.algorithms.contains(&alg) || resp.realm != self.realm {
             return Verdict::Denied;
         }
+        // Nonce: ours (signed with this run's secret), and how old? One we
+        // did not sign is checked all the same: a right answer to it comes
+        // from a phone that knows the password and holds a nonce from an
+        // earlier run (a restart, an upgrade), and gets a fresh one.
+        let issued = resp.nonce.rsplit_once('.').and_then(|(stamp, sig)| {
+            constant_eq(self.sign(stamp).as_bytes(), sig.as_bytes())
+                .then(|| stamp.split('.').next())
+                .flatten()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        });
         let ha1 = creds.unwrap_or(&self.decoy).for_alg(alg);
         let ha2 = alg.hash(&format!("{}:{}", method, resp.uri));
         let expected = match resp.qop.as_deref() {
@@ -297,6 +320,9 @@ impl Authenticator {
         if !right || creds.is_none() {
             return Verdict::Denied;
         }
+        let Some(issued) = issued else {
+            return Verdict::Stale;
+        };
         if now_secs.saturating_sub(issued) > self.nonce_lifetime.as_secs() {
             return Verdict::Stale;
         }
@@ -402,6 +428,8 @@ mod tests {
         assert_eq!(r, "6629fae49393a05397450978507c4ef1");
     }
 
+    const BOTH: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
+
     fn answer(auth: &Authenticator, alg: Algorithm, pw: &str, nc: u32) -> DigestResponse {
         let nonce = auth.nonce(1_000);
         let client = DigestClient {
@@ -418,7 +446,7 @@ mod tests {
 
     #[test]
     fn right_and_wrong_passwords_both_algorithms() {
-        let mut auth = Authenticator::new("hotline", Duration::from_secs(300));
+        let mut auth = Authenticator::new("hotline", Duration::from_secs(300), &BOTH);
         let creds = Credentials::new("1001", "hotline", "secret");
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let good = answer(&auth, alg, "secret", 1);
@@ -441,7 +469,7 @@ mod tests {
 
     #[test]
     fn expired_nonce_is_stale_and_replay_is_denied() {
-        let mut auth = Authenticator::new("hotline", Duration::from_secs(300));
+        let mut auth = Authenticator::new("hotline", Duration::from_secs(300), &BOTH);
         let creds = Credentials::new("1001", "hotline", "secret");
         let r = answer(&auth, Algorithm::Md5, "secret", 1);
         assert_eq!(
@@ -461,14 +489,54 @@ mod tests {
     }
 
     #[test]
-    fn forged_nonce_is_denied() {
-        let mut auth = Authenticator::new("hotline", Duration::from_secs(300));
-        let other = Authenticator::new("hotline", Duration::from_secs(300));
+    fn a_nonce_from_an_earlier_run_is_stale_only_with_the_right_password() {
+        let mut auth = Authenticator::new("hotline", Duration::from_secs(300), &BOTH);
+        let earlier_run = Authenticator::new("hotline", Duration::from_secs(300), &BOTH);
         let creds = Credentials::new("1001", "hotline", "secret");
-        let r = answer(&other, Algorithm::Md5, "secret", 1);
+        let r = answer(&earlier_run, Algorithm::Md5, "secret", 1);
         assert_eq!(
             auth.verify(1_000, "REGISTER", &r, Some(&creds)),
+            Verdict::Stale
+        );
+        let wrong = answer(&earlier_run, Algorithm::Md5, "wrong", 2);
+        assert_eq!(
+            auth.verify(1_000, "REGISTER", &wrong, Some(&creds)),
             Verdict::Denied
         );
+        let unknown = answer(&earlier_run, Algorithm::Md5, "secret", 3);
+        assert_eq!(
+            auth.verify(1_000, "REGISTER", &unknown, None),
+            Verdict::Denied
+        );
+        let mut garbage = answer(&auth, Algorithm::Md5, "secret", 4);
+        garbage.nonce = "no-dots-at-all".into();
+        assert_eq!(
+            auth.verify(1_000, "REGISTER", &garbage, Some(&creds)),
+            Verdict::Denied,
+            "the response was made for another nonce"
+        );
+    }
+
+    #[test]
+    fn only_the_configured_algorithms_are_offered_and_accepted() {
+        let mut md5_only = Authenticator::new("hotline", Duration::from_secs(300), &[]);
+        let offered = md5_only.challenges(1_000, false);
+        assert_eq!(offered.len(), 1, "{offered:?}");
+        assert!(offered[0].contains("algorithm=MD5"), "{offered:?}");
+        let creds = Credentials::new("1001", "hotline", "secret");
+        let sha = answer(&md5_only, Algorithm::Sha256, "secret", 1);
+        assert_eq!(
+            md5_only.verify(1_010, "REGISTER", &sha, Some(&creds)),
+            Verdict::Denied
+        );
+        let preferred = Authenticator::new(
+            "hotline",
+            Duration::from_secs(300),
+            &[Algorithm::Sha256, Algorithm::Md5, Algorithm::Sha256],
+        );
+        let offered = preferred.challenges(1_000, true);
+        assert_eq!(offered.len(), 2, "{offered:?}");
+        assert!(offered[0].contains("algorithm=SHA-256"), "{offered:?}");
+        assert!(offered[1].contains("algorithm=MD5, qop=\"auth\", stale=true"));
     }
 }

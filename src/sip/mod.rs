@@ -62,8 +62,15 @@ impl Peer {
 /// A Warning header value of ours (RFC 3261 §20.43, code 399): `text` as a
 /// quoted string, its quotes and backslashes escaped and line breaks dropped.
 pub fn warning(text: &str) -> String {
+    warning_coded(399, text)
+}
+
+/// A `Warning` value with one of RFC 3261 §20.43's codes (302
+/// incompatible transport protocol, 305 incompatible media format…).
+pub fn warning_coded(code: u16, text: &str) -> String {
     let mut v = String::with_capacity(text.len() + 20);
-    v.push_str("399 yihaotong \"");
+    v.push_str(&code.to_string());
+    v.push_str(" yihaotong \"");
     for c in text.chars().filter(|c| !c.is_control()) {
         if matches!(c, '"' | '\\') {
             v.push('\\');

@@ -72,6 +72,13 @@ impl TestServer {
     }
 
     pub fn start_with(extra_env: &[(&str, &str)]) -> TestServer {
+        Self::start_logging(extra_env, None)
+    }
+
+    /// Like `start_with`; with `log`, the server's standard output and
+    /// error go to that file (not a terminal), with RUST_LOG unset so
+    /// `[log]` decides.
+    pub fn start_logging(extra_env: &[(&str, &str)], log: Option<&std::path::Path>) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let http_port = free_port();
@@ -96,8 +103,22 @@ impl TestServer {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));
         }
+        let child = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                Command::new(BIN)
+                    .arg("run")
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .env_remove("RUST_LOG")
+                    .stdout(file.try_clone().expect("log file"))
+                    .stderr(file)
+                    .spawn()
+                    .expect("spawn server")
+            }
+            None => spawn_server(&env),
+        };
         let mut server = TestServer {
-            child: spawn_server(&env),
+            child,
             sip: format!("127.0.0.1:{port}").parse().expect("addr"),
             http: format!("127.0.0.1:{http_port}").parse().expect("addr"),
             dir,
@@ -338,6 +359,26 @@ impl Drop for TestServer {
     }
 }
 
+/// Whether `tool` runs here (`probe` is an argument it answers quickly,
+/// such as `-h`). Under CI, where `.ci/run` installs `package`, its absence
+/// fails the test; elsewhere the test says it was skipped.
+pub fn installed(tool: &str, probe: &str, package: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} must be installed under CI (.ci/run installs {package})"
+        );
+        eprintln!("SKIPPED: {tool} not installed (apt-get install {package})");
+    }
+    found
+}
+
 fn token() -> String {
     format!("{:x}", rand::random::<u64>())
 }
@@ -373,6 +414,9 @@ pub struct Phone {
     pub rtp: UdpSocket,
     pub addr: SocketAddr,
     nc: u32,
+    /// The realm and nonce of the last challenge answered, as a phone keeps
+    /// them to authorize its next REGISTER without waiting for a 401.
+    last_challenge: Option<(String, String)>,
     backlog: Vec<Message>,
 }
 
@@ -395,6 +439,7 @@ impl Phone {
             rtp,
             addr,
             nc: 0,
+            last_challenge: None,
             backlog: Vec::new(),
         }
     }
@@ -551,18 +596,38 @@ impl Phone {
             .expect("challenge for the algorithm")
             .to_string();
         let (realm, nonce, _) = challenge_params(&challenge).expect("challenge parses");
+        self.last_challenge = Some((realm, nonce));
+        let auth = self.authorization(alg, password, "REGISTER", &format!("sip:{server}"));
+        self.register_once(server, &call_id, 2, expires, Some(&auth))
+            .status
+    }
+
+    /// The digest answer to the last challenge for `method` on `uri`, the
+    /// nonce's next use.
+    fn authorization(&mut self, alg: Algorithm, password: &str, method: &str, uri: &str) -> String {
+        let (realm, nonce) = self.last_challenge.clone().expect("a challenge first");
         self.nc += 1;
-        let client = DigestClient {
+        DigestClient {
             alg,
             user: &self.user,
             password,
             realm: &realm,
             nonce: &nonce,
             cnonce: "cn0nce",
-        };
-        let auth = client.authorization("REGISTER", &format!("sip:{server}"), self.nc);
-        self.register_once(server, &call_id, 2, expires, Some(&auth))
-            .status
+        }
+        .authorization(method, uri, self.nc)
+    }
+
+    /// A refresh as phones send it: a REGISTER authorized at once with the
+    /// last challenge's nonce (MD5, the next nonce-count); returns the answer.
+    pub fn register_with_last_nonce(&mut self, server: SocketAddr, password: &str) -> Response {
+        let auth = self.authorization(
+            Algorithm::Md5,
+            password,
+            "REGISTER",
+            &format!("sip:{server}"),
+        );
+        self.register_once(server, &token(), 1, 300, Some(&auth))
     }
 
     /// Sends an INVITE as the trunk to `number`; returns the dialog (no tag yet).
@@ -660,16 +725,8 @@ impl Phone {
             .expect("MD5 challenge")
             .to_string();
         let (realm, nonce, _) = challenge_params(&value).expect("challenge parses");
-        self.nc += 1;
-        let client = DigestClient {
-            alg: Algorithm::Md5,
-            user: &self.user,
-            password,
-            realm: &realm,
-            nonce: &nonce,
-            cnonce: "cn0nce",
-        };
-        let auth = client.authorization("INVITE", &d.target, self.nc);
+        self.last_challenge = Some((realm, nonce));
+        let auth = self.authorization(Algorithm::Md5, password, "INVITE", &d.target.clone());
         d.cseq = 2;
         d.branch = format!("z9hG4bK{}", token());
         let sdp = self.sdp();
@@ -785,6 +842,11 @@ impl Phone {
         } else {
             String::new()
         };
+        self.reply_sdp(server, req, status, tag, &sdp);
+    }
+
+    /// Answers a request with `status` and `sdp` as its body (none if empty).
+    pub fn reply_sdp(&self, server: SocketAddr, req: &Request, status: u16, tag: &str, sdp: &str) {
         let mut extra: Vec<(&str, &str)> = Vec::new();
         let contact = format!("<sip:{}@{}>", self.user, self.addr);
         extra.push(("Contact", &contact));
@@ -817,24 +879,28 @@ impl Phone {
     /// Records the RTP arriving for `secs`: (payload type, seq, ts, marker, ssrc, payload).
     pub fn record_rtp(&self, secs: f64) -> Vec<RtpIn> {
         let mut out = Vec::new();
-        let mut buf = [0u8; 2048];
         let end = Instant::now() + Duration::from_secs_f64(secs);
         while Instant::now() < end {
-            if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
-                let mut view = &buf[..n];
-                if let Ok(p) = rtc_rtp::packet::Packet::unmarshal(&mut view) {
-                    out.push(RtpIn {
-                        pt: p.header.payload_type,
-                        seq: p.header.sequence_number,
-                        ts: p.header.timestamp,
-                        marker: p.header.marker,
-                        ssrc: p.header.ssrc,
-                        payload: p.payload.to_vec(),
-                    });
-                }
-            }
+            out.extend(self.recv_rtp());
         }
         out
+    }
+
+    /// One RTP packet from the media socket, if one comes within its
+    /// read timeout and parses.
+    fn recv_rtp(&self) -> Option<RtpIn> {
+        let mut buf = [0u8; 2048];
+        let (n, _) = self.rtp.recv_from(&mut buf).ok()?;
+        let mut view = &buf[..n];
+        let p = rtc_rtp::packet::Packet::unmarshal(&mut view).ok()?;
+        Some(RtpIn {
+            pt: p.header.payload_type,
+            seq: p.header.sequence_number,
+            ts: p.header.timestamp,
+            marker: p.header.marker,
+            ssrc: p.header.ssrc,
+            payload: p.payload.to_vec(),
+        })
     }
 
     /// Presses `key` as RFC 4733 telephone-events (payload type `pt`): three
@@ -915,8 +981,19 @@ impl Phone {
 
     /// Like `exchange_rtp`, every payload byte `byte` (a steady G.711 level).
     pub fn exchange_rtp_of(&self, to: SocketAddr, count: u16, ssrc: u32, byte: u8) -> usize {
-        let mut received = 0;
-        let mut buf = [0u8; 2048];
+        self.exchange_rtp_heard(to, count, ssrc, byte).len()
+    }
+
+    /// Sends `count` 20 ms PCMU packets whose every byte is `byte` to `to`,
+    /// and returns the RTP packets that arrive meanwhile and for 200 ms after.
+    pub fn exchange_rtp_heard(
+        &self,
+        to: SocketAddr,
+        count: u16,
+        ssrc: u32,
+        byte: u8,
+    ) -> Vec<RtpIn> {
+        let mut heard = Vec::new();
         for i in 0..count {
             let p = rtc_rtp::packet::Packet {
                 header: rtc_rtp::header::Header {
@@ -935,25 +1012,11 @@ impl Phone {
                 .expect("rtp send");
             let start = Instant::now();
             while start.elapsed() < Duration::from_millis(20) {
-                if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
-                    let mut view = &buf[..n];
-                    if rtc_rtp::packet::Packet::unmarshal(&mut view).is_ok() {
-                        received += 1;
-                    }
-                }
+                heard.extend(self.recv_rtp());
             }
         }
-        // Drain the tail.
-        let end = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < end {
-            if let Ok((n, _)) = self.rtp.recv_from(&mut buf) {
-                let mut view = &buf[..n];
-                if rtc_rtp::packet::Packet::unmarshal(&mut view).is_ok() {
-                    received += 1;
-                }
-            }
-        }
-        received
+        heard.extend(self.record_rtp(0.2));
+        heard
     }
 }
 
