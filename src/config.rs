@@ -28,6 +28,7 @@ pub struct Settings {
     /// Folder of IVR flow files (and `calendars/`).
     pub flows_dir: PathBuf,
     /// Seconds calls in progress may take to finish after SIGTERM.
+    #[serde(deserialize_with = "seconds")]
     pub drain_timeout: u64,
     /// `[sip]`
     pub sip: SipSettings,
@@ -68,6 +69,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` (for people) or `json` (one object per line, for shippers).
+    #[serde(deserialize_with = "choice")]
     pub format: LogFormat,
     /// An `EnvFilter` directive (`info`, `yihaotong=debug,warn`); `RUST_LOG`
     /// overrides it.
@@ -89,12 +91,15 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Seconds one POST may take (connect, send, answer).
+    #[serde(deserialize_with = "seconds")]
     pub timeout: u64,
     /// Tries per event before it is a dead letter.
     pub attempts: u32,
     /// Seconds before the first retry; doubled for each one after.
+    #[serde(deserialize_with = "seconds")]
     pub backoff: u64,
     /// Longest wait between tries, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub max_backoff: u64,
     /// Undelivered events a hook may hold; more are dead letters.
     pub max_pending: usize,
@@ -155,6 +160,7 @@ pub struct AdminSettings {
     /// Events a live consumer may fall behind before it is cut off.
     pub event_lag: usize,
     /// Seconds between `queue.stats` events (0: none).
+    #[serde(deserialize_with = "seconds")]
     pub queue_stats_every: u64,
 }
 
@@ -201,42 +207,56 @@ pub struct QueueDef {
     #[serde(default)]
     pub description: String,
     /// How agents are chosen.
+    #[serde(default, deserialize_with = "opt_choice")]
     pub strategy: Option<Strategy>,
     /// Ring time per offer, seconds.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub ring_timeout: Option<u64>,
     /// Wrap-up after each call, seconds.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub wrap_up: Option<u64>,
     /// Longest wait in line, seconds (0: no limit).
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub max_wait: Option<u64>,
     /// Where callers go when `max_wait` passes or the queue empties.
     pub overflow: Option<Overflow>,
     /// Most callers in line (0: no limit).
     pub max_waiting: Option<usize>,
     /// Member conditions under which callers may not join.
+    #[serde(default, deserialize_with = "opt_choices")]
     pub join_empty: Option<Vec<EmptyWhen>>,
     /// Member conditions under which waiting callers leave.
+    #[serde(default, deserialize_with = "opt_choices")]
     pub leave_empty: Option<Vec<EmptyWhen>>,
     /// Prompt looped while callers wait.
     pub moh: Option<String>,
     /// Seconds between telling a waiting caller their place (0: never).
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub announce_position: Option<u64>,
     /// Seconds between telling a waiting caller the expected wait (0: never).
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub announce_wait: Option<u64>,
     /// A prompt played to waiting callers every `periodic_announce_every` seconds.
     pub periodic_announce: Option<String>,
     /// Seconds between periodic announcements (0: never).
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub periodic_announce_every: Option<u64>,
     /// Overrides `[queue] callback_after`.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub callback_after: Option<u64>,
     /// Seconds within which an answer counts as in service level.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub service_level: Option<u64>,
     /// Seconds before an agent who missed a caller is offered them again.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub retry: Option<u64>,
     /// Consecutive missed offers before an agent goes on break (0: never).
     pub max_no_answer: Option<u32>,
     /// Skills: seconds per level step before a higher level is offered the caller.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub tier_wait: Option<u64>,
     /// Seconds within which an abandoning caller who calls again gets their place.
+    #[serde(default, deserialize_with = "opt_seconds")]
     pub resume_window: Option<u64>,
 }
 
@@ -264,14 +284,14 @@ pub struct BackendDef {
     /// How a hand-off picks among the targets that are up: `order` (the
     /// first, then the next on failure) or `weight` (drawn by weight per
     /// call, then the others).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "choice")]
     pub select: Select,
     /// Seconds to wait for a target to answer before the next one (or the
     /// flow's fallback).
-    #[serde(default = "default_backend_timeout")]
+    #[serde(default = "default_backend_timeout", deserialize_with = "seconds")]
     pub answer_timeout: u64,
     /// Seconds between OPTIONS probes of each target (0: not probed, always up).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     pub health_interval: u64,
     /// Failed probes in a row that mark a target down.
     #[serde(default = "default_down_after")]
@@ -355,8 +375,10 @@ pub struct SipSettings {
     /// Transaction bound per worker.
     pub max_transactions: usize,
     /// Nonce lifetime, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub nonce_lifetime: u64,
     /// Digest challenges sent, in order of preference (RFC 7616/8760).
+    #[serde(deserialize_with = "choices")]
     pub digest_algorithms: Vec<crate::sip::auth::Algorithm>,
     /// Shortest registration accepted, seconds.
     pub min_expires: u32,
@@ -370,8 +392,10 @@ pub struct SipSettings {
     /// Accounts failing from one source before the whole source is refused.
     pub auth_fail_accounts: u32,
     /// Window the failures are counted in, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub auth_fail_window: u64,
     /// First block period, seconds (doubles while failures go on).
+    #[serde(deserialize_with = "seconds")]
     pub auth_block: u64,
     /// Contacts per agent.
     pub max_contacts: usize,
@@ -381,6 +405,7 @@ pub struct SipSettings {
     /// nor a registered agent (false: silence, so scanners find nothing).
     pub answer_strangers: bool,
     /// OPTIONS from strangers: as `answer_strangers`, or decided on their own.
+    #[serde(deserialize_with = "choice")]
     pub stranger_options: StrangerOptions,
     /// `Server` / `User-Agent` header value; empty sends neither.
     pub product: String,
@@ -420,6 +445,7 @@ pub struct RtpSettings {
     /// Highest RTP port.
     pub port_max: u16,
     /// Silence on an answered leg before hang-up, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub rtp_timeout: u64,
 }
 
@@ -454,55 +480,72 @@ pub struct TransferSettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     /// How agents are chosen.
+    #[serde(deserialize_with = "choice")]
     pub strategy: Strategy,
     /// Ring time per agent, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub ring_timeout: u64,
     /// Wrap-up after each call, seconds.
+    #[serde(deserialize_with = "seconds")]
     pub wrap_up: u64,
     /// Longest wait in line, seconds (0: no limit).
+    #[serde(deserialize_with = "seconds")]
     pub max_wait: u64,
     /// Most callers in line (0: no limit).
     pub max_waiting: usize,
     /// Member conditions under which callers may not join.
+    #[serde(deserialize_with = "choices")]
     pub join_empty: Vec<EmptyWhen>,
     /// Member conditions under which waiting callers leave.
+    #[serde(deserialize_with = "choices")]
     pub leave_empty: Vec<EmptyWhen>,
     /// Prompt looped while callers wait.
     pub moh: String,
     /// Seconds between telling a waiting caller their place (0: never).
+    #[serde(deserialize_with = "seconds")]
     pub announce_position: u64,
     /// Seconds between telling a waiting caller the expected wait (0: never).
+    #[serde(deserialize_with = "seconds")]
     pub announce_wait: u64,
     /// A prompt played to waiting callers now and then ("" = none).
     pub periodic_announce: String,
     /// Seconds between periodic announcements (0: never).
+    #[serde(deserialize_with = "seconds")]
     pub periodic_announce_every: u64,
     /// Seconds within which an answer counts as in service level.
+    #[serde(deserialize_with = "seconds")]
     pub service_level: u64,
     /// Seconds before an agent who missed a caller is offered them again.
+    #[serde(deserialize_with = "seconds")]
     pub retry: u64,
     /// Consecutive missed offers before an agent goes on break (0: never).
     pub max_no_answer: u32,
     /// Skills: seconds per level step.
+    #[serde(deserialize_with = "seconds")]
     pub tier_wait: u64,
     /// Seconds within which an abandoning caller who calls again gets their place.
+    #[serde(deserialize_with = "seconds")]
     pub resume_window: u64,
     /// Caller list (see `yihaotong lists`) whose callers wait with priority
     /// in every queue; empty = none.
     pub priority_list: String,
     /// Seconds between flushes of CDRs and queue-log lines to disk (a kill -9
     /// loses at most this much; a clean stop loses nothing).
+    #[serde(deserialize_with = "seconds")]
     pub record_flush: u64,
     /// Seconds of waiting before a caller a flow answered is offered a
     /// callback (0: never); the offer repeats at this period.
+    #[serde(deserialize_with = "seconds")]
     pub callback_after: u64,
     /// The key that books the callback.
     pub callback_key: char,
     /// Times the citizen is called back before the callback is given up.
     pub callback_attempts: u32,
     /// Seconds before a callback the citizen did not answer is tried again.
+    #[serde(deserialize_with = "seconds")]
     pub callback_retry: u64,
     /// Seconds the citizen's phone rings on a callback.
+    #[serde(deserialize_with = "seconds")]
     pub callback_ring: u64,
 }
 
@@ -601,6 +644,7 @@ impl Settings {
             check_file(text, path)?;
             builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
+        let text_of_file = file.map(|(text, _)| text);
         let file = file.map(|(_, path)| path);
         // YIHAOTONG_CONFIG names the file (the command line reads it); it
         // is not a setting.
@@ -627,8 +671,17 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| {
+                let e = e.to_string();
+                // Where the file sets the key, say its line.
+                let place = file.zip(text_of_file).and_then(|(path, text)| {
+                    let key = e.split("for key `").nth(1)?.split('`').next()?;
+                    let (section, name) = key.rsplit_once('.')?;
+                    let line = find_line(text, section, name)?;
+                    Some(format!("{}:{line}: ", path.display()))
+                });
                 anyhow::anyhow!(
-                    "settings: {e} (layers: built-in defaults{}, YIHAOTONG_<SECTION>__<KEY> environment)",
+                    "{}settings: {e} (layers: built-in defaults{}, YIHAOTONG_<SECTION>__<KEY> environment)",
+                    place.unwrap_or_default(),
                     file.map(|p| format!(", {}", p.display())).unwrap_or_default()
                 )
             })?;
@@ -860,6 +913,166 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The line of `key` inside `[section]`, for error messages.
+/// A duration as admins write it anywhere (settings and flows alike): a
+/// string with a unit, `"500ms"`, `"15s"`, `"2m"`, `"1h"`. Settings also take
+/// a bare integer as seconds (and flows a bare integer too, see
+/// [`DurationText`]).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!("{s:?} is not a duration: write 15 (seconds), \"500ms\", \"15s\", \"2m\" or \"1h\"")
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(bad)
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        _ => Err(bad()),
+    }
+}
+
+/// A duration field as written: an integer (seconds) or a string with a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationText {
+    /// Seconds.
+    Seconds(u64),
+    /// `"5s"`, `"500ms"`, `"2m"`.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration: 15 (seconds), \"500ms\", \"15s\", \"2m\" or \"1h\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Ok(DurationText::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationText, E> {
+                u64::try_from(v)
+                    .map(DurationText::Seconds)
+                    .map_err(|_| E::custom(format!("{v} is not a duration: it is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl std::fmt::Display for DurationText {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            DurationText::Seconds(n) => write!(f, "{n}"),
+            DurationText::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+impl DurationText {
+    /// The duration it says.
+    pub fn duration(&self) -> Result<std::time::Duration, String> {
+        match self {
+            DurationText::Seconds(n) => Ok(std::time::Duration::from_secs(*n)),
+            DurationText::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// Deserializes a whole number of seconds from `15` or `"15s"`, `"2m"`, `"1h"`.
+pub(crate) fn seconds<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let secs = match DurationText::deserialize(d)? {
+        DurationText::Seconds(n) => n,
+        // The environment layer may hand numbers over as text.
+        DurationText::Text(t)
+            if !t.trim().is_empty() && t.trim().chars().all(|c| c.is_ascii_digit()) =>
+        {
+            t.trim().parse().map_err(D::Error::custom)?
+        }
+        DurationText::Text(t) => {
+            let d = parse_duration(&t).map_err(D::Error::custom)?;
+            if d.subsec_nanos() != 0 {
+                return Err(D::Error::custom(format!(
+                    "{t:?} is not a whole number of seconds"
+                )));
+            }
+            d.as_secs()
+        }
+    };
+    T::try_from(secs).map_err(|_| D::Error::custom(format!("{secs} seconds is too long")))
+}
+
+/// [`seconds`] for a setting a queue may leave to `[queue]`.
+fn opt_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    seconds(d).map(Some)
+}
+
+/// Deserializes an enum from its name with serde's own message, which lists
+/// the names allowed (the config crate's says only "does not have variant
+/// constructor").
+pub(crate) fn choice<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let name = String::deserialize(d)?;
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&name))
+        .map_err(D::Error::custom)
+}
+
+/// [`choice`] for a setting a queue may leave to `[queue]`.
+fn opt_choice<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    choice(d).map(Some)
+}
+
+/// [`choice`] for each name of a list.
+fn choices<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| {
+            T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name))
+                .map_err(D::Error::custom)
+        })
+        .collect()
+}
+
+/// [`choices`] for a list a queue may leave to `[queue]`.
+fn opt_choices<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    choices(d).map(Some)
+}
+
 fn find_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut in_section = false;
     for (i, line) in text.lines().enumerate() {
@@ -954,6 +1167,89 @@ mod tests {
             err.contains("must be a sip: URI with an IP address"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn durations_take_one_form_everywhere() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_duration("1h"),
+            Ok(std::time::Duration::from_secs(3600))
+        );
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("5").is_err(), "a string wants its unit");
+        assert!(parse_duration("5 parsecs").is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let s = load(
+            "[queue]\nring_timeout = \"15s\"\nmax_wait = \"5m\"\nwrap_up = 10\n\
+                      [queues.hrss]\nretry = \"2m\"\n[sip]\nauth_block = \"1h\"\n\
+                      [limits]\nretry_after = \"30s\"\n",
+        )
+        .expect("durations with units");
+        assert_eq!(
+            (s.queue.ring_timeout, s.queue.max_wait, s.queue.wrap_up),
+            (15, 300, 10)
+        );
+        assert_eq!(s.queues["hrss"].retry, Some(120));
+        assert_eq!(s.sip.auth_block, 3600);
+        assert_eq!(s.limits.retry_after, 30);
+        let err = load("[queue]\nring_timeout = \"15 seconds\"\n").expect_err("no such unit");
+        assert!(
+            err.starts_with(&format!("{}:2:", path.display()))
+                && err.contains("queue.ring_timeout")
+                && err.contains("\"15s\""),
+            "{err}"
+        );
+        let err = load("[queue]\nring_timeout = \"1500ms\"\n").expect_err("not whole");
+        assert!(err.contains("whole number of seconds"), "{err}");
+    }
+
+    #[test]
+    fn a_value_not_allowed_is_named_with_the_values_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("y.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let err = load("[queue]\nstrategy = \"random\"\n").expect_err("random");
+        assert!(
+            err.starts_with(&format!("{}:2:", path.display()))
+                && err.contains("`random`")
+                && err.contains("`longest-idle`")
+                && err.contains("`skills`"),
+            "{err}"
+        );
+        let err = load("[queues.hrss]\ndescription = \"x\"\nstrategy = \"random\"\n")
+            .expect_err("random");
+        assert!(
+            err.starts_with(&format!("{}:3:", path.display()))
+                && err.contains("queues.hrss.strategy"),
+            "{err}"
+        );
+        let err = load("[queue]\njoin_empty = [\"paused\", \"asleep\"]\n").expect_err("asleep");
+        assert!(
+            err.contains("`asleep`") && err.contains("`wrapup`"),
+            "{err}"
+        );
+        let err = load("[sip]\ndigest_algorithms = [\"SHA-512\"]\n").expect_err("512");
+        assert!(
+            err.contains("`SHA-512`") && err.contains("`SHA-256`"),
+            "{err}"
+        );
+        assert!(load("[queues.hrss]\nstrategy = \"ring-all\"\njoin_empty = []\n").is_ok());
     }
 
     #[test]

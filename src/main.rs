@@ -288,8 +288,15 @@ fn main() -> std::process::ExitCode {
 /// the level; colour only on a terminal and never with `NO_COLOR` set.
 fn init_log(log: &yihaotong::config::LogSettings) {
     use std::io::IsTerminal;
+    // The audio decoder's own diagnostics repeat what our prompt errors say
+    // (with the file and line); they show only when asked for by name.
+    let level = if log.level.contains("symphonia") {
+        log.level.clone()
+    } else {
+        format!("{},symphonia_core=off,symphonia=off", log.level)
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log.format {
@@ -364,19 +371,38 @@ fn real_main() -> anyhow::Result<()> {
                 yihaotong::routing::SHIPPED_PLAN,
                 "config/numbers.toml",
             )?;
-            if let Ok(store) = Store::open(&settings.data_dir) {
-                routes.extend(store.routes().unwrap_or_default());
+            // `check` writes nothing: a database is read only where one exists.
+            if settings.data_dir.join("db").exists() {
+                if let Ok(store) = Store::open(&settings.data_dir) {
+                    routes.extend(store.routes().unwrap_or_default());
+                }
             }
+            // A flow whose file is there but did not load has had its own
+            // errors reported; the routes naming it do not count again.
+            let flow_files: std::collections::BTreeSet<String> =
+                std::fs::read_dir(&settings.flows_dir)
+                    .map(|dir| {
+                        dir.flatten()
+                            .filter_map(|e| {
+                                let path = e.path();
+                                (path.extension()? == "toml")
+                                    .then(|| path.file_stem()?.to_str().map(str::to_string))
+                                    .flatten()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            let flow_missing =
+                |name: &str| !loaded.catalog.flows.contains_key(name) && !flow_files.contains(name);
             for r in &routes {
                 let missing = if r.flow.is_empty() {
                     (!settings.queues.contains_key(&r.queue))
                         .then(|| format!("queue `{}`", r.queue))
                 } else {
-                    (!loaded.catalog.flows.contains_key(&r.flow))
-                        .then(|| format!("flow `{}`", r.flow))
+                    flow_missing(&r.flow).then(|| format!("flow `{}`", r.flow))
                 };
                 let missing = missing.or_else(|| {
-                    (!r.after_flow.is_empty() && !loaded.catalog.flows.contains_key(&r.after_flow))
+                    (!r.after_flow.is_empty() && flow_missing(&r.after_flow))
                         .then(|| format!("after_flow `{}`", r.after_flow))
                 });
                 if let Some(what) = missing {

@@ -68,6 +68,14 @@ fn a_live_call_is_shown_and_controlled_from_data_to_hang_up() {
     assert_eq!(none, json!([]));
     let (_, mine) = server.http("GET", "/api/v1/calls?state=talking", Some(&own), None);
     assert_eq!(mine.as_array().map(Vec::len), Some(1));
+    let (code, refused) = server.http("GET", "/api/v1/calls?state=dancing", Some(&own), None);
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("state") && e.contains("talking")),
+        "{refused}"
+    );
     let (_, theirs) = server.http("GET", "/api/v1/calls", Some(&other), None);
     assert_eq!(theirs, json!([]));
     assert_eq!(server.http("GET", &call, Some(&other), None).0, 404);

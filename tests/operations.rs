@@ -69,3 +69,83 @@ fn logs_into_a_file_carry_no_colour_and_json_lines_parse() {
     assert!(!bad.status.success());
     assert!(said.contains("[log] level"), "{said}");
 }
+
+/// A copy of a bundled folder (flows with their calendars, or sounds).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// `yihaotong check` with these settings in the environment: (success, output).
+fn check(env: &[(&str, &std::path::Path)]) -> (bool, String) {
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("check runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_names_each_cause_once_in_our_words_and_writes_nothing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (flows, sounds, data) = (
+        dir.path().join("flows"),
+        dir.path().join("sounds"),
+        dir.path().join("data"),
+    );
+    copy_tree(&root.join("ivr-flows"), &flows);
+    copy_tree(&root.join("sounds"), &sounds);
+    let env = [
+        ("YIHAOTONG_FLOWS_DIR", flows.as_path()),
+        ("YIHAOTONG_SOUNDS_DIR", sounds.as_path()),
+        ("YIHAOTONG_DATA_DIR", data.as_path()),
+    ];
+    let (ok, out) = check(&env);
+    assert!(ok, "{out}");
+
+    // One typo in a flow a route names: one error, the flow's own.
+    let flow = flows.join("12333.toml");
+    let text = std::fs::read_to_string(&flow).expect("flow");
+    std::fs::write(
+        &flow,
+        text.replace("timeout = \"5s\"", "timeout = \"5 secs\""),
+    )
+    .expect("write");
+    let (ok, out) = check(&env);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("12333.toml:11:") && out.contains("timeout"),
+        "{out}"
+    );
+    assert!(out.contains("1 error(s)"), "counted once: {out}");
+    assert!(!out.contains("route 12333"), "{out}");
+    std::fs::write(&flow, text).expect("restore");
+
+    // A prompt that does not decode: our message with its file, nothing
+    // from the decoder's own log.
+    std::fs::write(sounds.join("common/broken.wav"), [0x52u8; 100]).expect("write");
+    let (ok, out) = check(&env);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("broken.wav:1:1: prompt does not decode"),
+        "{out}"
+    );
+    assert!(!out.to_lowercase().contains("symphonia"), "{out}");
+
+    assert!(!data.exists(), "check created {}", data.display());
+}

@@ -50,6 +50,7 @@ fn involves(call: &CallView, agent: &str) -> bool {
 #[utoipa::path(get, path = "/api/v1/calls", tag = "calls", security(("bearer" = [])),
     params(CallFilter),
     responses((status = 200, description = "the live calls, oldest first (an agent token: its own)", body = [CallView]),
+        (status = 400, description = "a filter names a state that is not one", body = ErrorBody),
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody)))]
 pub(super) async fn list(
@@ -58,6 +59,19 @@ pub(super) async fn list(
     Query(filter): Query<CallFilter>,
 ) -> Result<Json<Vec<CallView>>, Failure> {
     let caller = authorize(&api, &headers, READERS, "read live calls")?;
+    if let Some(state) = filter
+        .state
+        .as_deref()
+        .filter(|s| !crate::call::CALL_STATES.contains(s))
+    {
+        return Err(bad(
+            "state",
+            format!(
+                "{state:?} is not a call state; one of {}",
+                crate::call::CALL_STATES.join(", ")
+            ),
+        ));
+    }
     let mut calls = api.calls.list();
     calls.retain(|c| {
         caller.own_agent().is_none_or(|own| involves(c, own))

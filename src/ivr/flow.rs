@@ -15,6 +15,8 @@ use chrono::{NaiveTime, Weekday};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::DurationText;
+
 /// Largest flow file accepted.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// Most nodes in one flow.
@@ -332,7 +334,7 @@ struct RawNode {
     hangup: Option<Spanned<bool>>,
     next: Option<Spanned<String>>,
     keys: Option<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
-    timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<DurationText>>,
     retries: Option<Spanned<u32>>,
     invalid: Option<Spanned<OneOrMany>>,
     exhausted: Option<Spanned<String>>,
@@ -340,7 +342,7 @@ struct RawNode {
     min_digits: Option<Spanned<u32>>,
     max_digits: Option<Spanned<u32>>,
     terminator: Option<Spanned<String>>,
-    inter_digit_timeout: Option<Spanned<String>>,
+    inter_digit_timeout: Option<Spanned<DurationText>>,
     #[serde(rename = "else")]
     otherwise: Option<Spanned<String>>,
     priority: Option<Spanned<u32>>,
@@ -389,28 +391,15 @@ impl Report<'_> {
     }
 }
 
-/// A duration as admins write it: `5s`, `500ms`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (write e.g. \"5s\", \"500ms\", \"2m\")"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        _ => {
-            return Err(format!(
-                "{s:?} is not a duration (write e.g. \"5s\", \"500ms\", \"2m\")"
-            ))
-        }
-    };
-    if d.is_zero() || d > Duration::from_secs(3600) {
-        return Err(format!("{s:?} must be between 1ms and 60m"));
+/// A flow's wait (a menu's or a collect's timeout): as every duration is
+/// written ([`crate::config::parse_duration`]: `5`, `"5s"`, `"500ms"`,
+/// `"2m"`), from 1 ms to 60 minutes.
+pub fn flow_duration(d: &DurationText) -> Result<Duration, String> {
+    let parsed = d.duration()?;
+    if parsed.is_zero() || parsed > Duration::from_secs(3600) {
+        return Err(format!("{d} must be between 1ms and 60m"));
     }
-    Ok(d)
+    Ok(parsed)
 }
 
 /// A plain name: letters, digits, `_` and `-` (variables, nodes, lists).
@@ -637,14 +626,16 @@ impl NodeCtx<'_> {
                 resolve(r, s, &format!("node `{node}`: field `{field}`"))
             })
         };
-        let duration =
-            |r: &mut Report, f: &Option<Spanned<String>>, field: &str, default: u64| match f {
-                None => Duration::from_secs(default),
-                Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|e| {
-                    r.error(s.span(), format!("node `{node}`: field `{field}`: {e}"));
-                    Duration::from_secs(default)
-                }),
-            };
+        let duration = |r: &mut Report,
+                        f: &Option<Spanned<DurationText>>,
+                        field: &str,
+                        default: u64| match f {
+            None => Duration::from_secs(default),
+            Some(s) => flow_duration(s.get_ref()).unwrap_or_else(|e| {
+                r.error(s.span(), format!("node `{node}`: field `{field}`: {e}"));
+                Duration::from_secs(default)
+            }),
+        };
         match kind {
             "play" => Action::Play {
                 prompts: self.prompts(r, n.play.as_ref(), "play"),
@@ -1286,7 +1277,7 @@ queue = "hrss"
         assert_eq!(
             errors(&text),
             [
-                "t.toml:12:11: node `menu`: field `timeout`: \"5 seconds\" is not a duration (write e.g. \"5s\", \"500ms\", \"2m\")",
+                "t.toml:12:11: node `menu`: field `timeout`: \"5 seconds\" is not a duration: write 15 (seconds), \"500ms\", \"15s\", \"2m\" or \"1h\"",
                 "t.toml:18:11: node `self-service`: backend `12333` does not exist (known: hrss)",
                 "t.toml:22:9: node `seats`: queue `hrs` does not exist (known: hrss)",
             ]
@@ -1421,10 +1412,20 @@ transfer = "110"
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
-        assert!(parse_duration("5").is_err());
+        let text = |t: &str| DurationText::Text(t.into());
+        assert_eq!(
+            flow_duration(&text("500ms")),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(flow_duration(&text("2m")), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            flow_duration(&DurationText::Seconds(5)),
+            Ok(Duration::from_secs(5)),
+            "an integer is seconds, as in the settings"
+        );
+        assert!(flow_duration(&text("0s")).is_err());
+        assert!(flow_duration(&DurationText::Seconds(7200)).is_err());
+        assert!(flow_duration(&text("99999999999999999999s")).is_err());
+        assert!(flow_duration(&text("5")).is_err());
     }
 }
