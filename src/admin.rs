@@ -246,6 +246,20 @@ fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one rule for an agent's SIP password, wherever it is set (the CLI,
+/// the API): 6 to 128 characters, none of them a control character (a
+/// phone's keypad or settings page cannot enter one).
+pub fn check_password(password: &str) -> Result<(), String> {
+    let n = password.chars().count();
+    if !(6..=128).contains(&n) {
+        return Err(format!("must be 6 to 128 characters (this one has {n})"));
+    }
+    if password.chars().any(char::is_control) {
+        return Err("must not hold control characters".into());
+    }
+    Ok(())
+}
+
 /// Executes a command against the store. `realm` is the digest realm the
 /// password is hashed for.
 pub fn execute(
@@ -269,9 +283,7 @@ pub fn execute(
             for entry in dial.iter().flatten() {
                 crate::outbound::check_entry(entry).map_err(|e| anyhow::anyhow!("--dial: {e}"))?;
             }
-            if password.len() < 4 {
-                bail!("password must be at least 4 characters");
-            }
+            check_password(&password).map_err(|e| anyhow::anyhow!("password {e}"))?;
             let mut names = Vec::new();
             let mut levels = std::collections::BTreeMap::new();
             for q in &queues {

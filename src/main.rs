@@ -366,6 +366,10 @@ fn real_main() -> anyhow::Result<()> {
                 eprintln!("{d}");
             }
             let mut errors = loaded.errors();
+            if let Err(e) = yihaotong::store::writable(&settings.data_dir) {
+                eprintln!("{e:#}");
+                errors += 1;
+            }
             // Every route must reach a queue or a flow that exists.
             let mut routes = yihaotong::routing::parse_plan(
                 yihaotong::routing::SHIPPED_PLAN,
@@ -662,10 +666,36 @@ fn load(
     data_dir: &std::path::Path,
     realm: &str,
 ) -> anyhow::Result<()> {
+    // The accounts `--provision` made, removed again when the run ends.
+    let mut provisioned = Vec::new();
     if opts.provision {
+        // Never overwrite an account that is there: it may be a real seat.
+        let existing = admin::run_command(data_dir, realm, AdminCommand::AgentsList)
+            .context("listing agent accounts before provisioning")?;
+        let taken: Vec<String> = existing
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .filter(|id| {
+                id.parse::<u32>().is_ok_and(|n| {
+                    (opts.agent_base..opts.agent_base.saturating_add(opts.agents)).contains(&n)
+                })
+            })
+            .collect();
+        if !taken.is_empty() && !opts.reuse_accounts {
+            anyhow::bail!(
+                "--provision would overwrite existing agent accounts {}: pick another --agent-base, drop --provision to use them as they are, or give --reuse-accounts",
+                taken.join(", ")
+            );
+        }
         for i in 0..opts.agents {
+            let id = (opts.agent_base + i).to_string();
+            if !taken.contains(&id) {
+                provisioned.push(id.clone());
+            }
             let cmd = AdminCommand::AgentsAdd {
-                id: (opts.agent_base + i).to_string(),
+                id,
                 password: opts.password.clone(),
                 name: None,
                 queues: vec![opts.queue.clone()],
@@ -677,6 +707,33 @@ fn load(
             admin::run_command(data_dir, realm, cmd).context("provisioning load agents")?;
         }
     }
+    let keep = opts.keep_accounts;
+    let outcome = run_load(opts, data_dir, realm);
+    if !keep {
+        for id in &provisioned {
+            if let Err(e) = admin::run_command(
+                data_dir,
+                realm,
+                AdminCommand::AgentsRemove { id: id.clone() },
+            ) {
+                eprintln!("could not remove load account {id}: {e:#}");
+            }
+        }
+        if !provisioned.is_empty() {
+            eprintln!(
+                "removed the {} load accounts --provision made",
+                provisioned.len()
+            );
+        }
+    }
+    outcome
+}
+
+fn run_load(
+    opts: yihaotong::load::LoadOptions,
+    data_dir: &std::path::Path,
+    realm: &str,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -290,6 +290,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Whether this user may make and write the database under `data_dir`
+/// (the folder, or the nearest folder above it that exists), without
+/// writing anything: what `check` asks before `run` would fail.
+pub fn writable(data_dir: &Path) -> anyhow::Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let db = data_dir.join("db");
+    let probe = [db.as_path(), data_dir]
+        .into_iter()
+        .chain(data_dir.ancestors().skip(1))
+        .find(|p| p.exists());
+    let Some(probe) = probe else {
+        return Ok(());
+    };
+    access(probe, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        anyhow::anyhow!(
+            "data_dir {}: {} is not writable by this user (uid {}): {e}; give it to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
+            data_dir.display(),
+            probe.display(),
+            nix::unistd::getuid()
+        )
+    })
+}
+
 impl Store {
     /// Opens the database, waiting up to `patience` while another process
     /// holds it (a command run offline a moment before, or a server that is
@@ -313,14 +336,31 @@ impl Store {
 
     /// Opens (creating) the database under `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        writable(data_dir)?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
         let path = data_dir.join("db");
-        let db = sled::open(&path).with_context(|| {
-            format!(
-                "cannot open the database {} (is a server already running on it?)",
-                path.display()
-            )
+        let db = sled::open(&path).map_err(|e| {
+            let io = match &e {
+                sled::Error::Io(io) => Some(io),
+                _ => None,
+            };
+            let why = if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+                format!(
+                    "cannot open the database {}: this user (uid {}) may not write there; give data_dir to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
+                    path.display(),
+                    nix::unistd::getuid()
+                )
+            } else if io.is_some_and(|io| io.to_string().starts_with("could not acquire lock")) {
+                format!(
+                    "cannot open the database {}: another process holds it (is a server already running on it?)",
+                    path.display()
+                )
+            } else {
+                format!("cannot open the database {}", path.display())
+            };
+            // The sled error stays in the chain: `open_waiting` reads it.
+            anyhow::Error::new(e).context(why)
         })?;
         Ok(Store {
             generation: Default::default(),

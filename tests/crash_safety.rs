@@ -88,6 +88,8 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
                 "--scenario",
                 "queue",
                 "--provision",
+                // A harness killed in an earlier round left its accounts.
+                "--reuse-accounts",
                 "--agents",
                 "6",
                 "--calls",

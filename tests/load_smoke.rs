@@ -63,11 +63,16 @@ fn queue_and_register_scenarios_complete_with_audio() {
     assert!(cost["rss_before_mib"].as_f64() > Some(1.0), "{r}");
     assert!(cost["peak_live_calls"].as_u64() >= Some(1), "{r}");
 
+    // What --provision made is gone again after the run.
+    let (ok, agents) = server.cli(&["agents", "list"]);
+    assert!(ok && !agents.contains("\"9000\""), "{agents}");
+
     let r = report(
         &server,
         &[
             "--scenario",
             "register",
+            "--provision",
             "--agents",
             "6",
             "--calls",
@@ -78,6 +83,32 @@ fn queue_and_register_scenarios_complete_with_audio() {
         ],
     );
     assert_eq!(r["completed"], 200, "{r}");
+
+    // A real account in the range is never overwritten unless asked.
+    server.add_agent("9003", "seat-password", "main");
+    let (ok, out) = server.cli(&[
+        "load",
+        "--server",
+        &server.sip.to_string(),
+        "--scenario",
+        "register",
+        "--provision",
+        "--agents",
+        "6",
+        "--calls",
+        "1",
+    ]);
+    assert!(
+        !ok && out.contains("would overwrite existing agent accounts 9003"),
+        "{out}"
+    );
+    let (_, agents) = server.cli(&["agents", "list"]);
+    assert!(
+        agents.contains("\"9003\"") && !agents.contains("\"9000\""),
+        "{agents}"
+    );
+    let (ok, out) = server.cli(&["agents", "remove", "9003"]);
+    assert!(ok, "{out}");
 
     // IVR callers on 12345: answered by the flow, prompts arrive evenly.
     let r = report(

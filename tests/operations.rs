@@ -149,3 +149,75 @@ fn check_names_each_cause_once_in_our_words_and_writes_nothing() {
 
     assert!(!data.exists(), "check created {}", data.display());
 }
+
+/// The server run as a user who may not write `data_dir`: `check` says so
+/// first, and `run` says so too, never "is a server already running?". As
+/// root the test runs the binary as `nobody` (setpriv), from a copy that
+/// user may execute.
+#[test]
+fn a_data_dir_this_user_cannot_write_is_named_by_check_and_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let data = locked.join("data");
+    let root = nix::unistd::getuid().is_root();
+    let bin = if root {
+        let copy = dir.path().join("yihaotong");
+        std::fs::copy(common::BIN, &copy).expect("copy the binary");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        copy
+    } else {
+        common::BIN.into()
+    };
+    let as_user = |args: &[&str]| {
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(dir.path())
+            .env("YIHAOTONG_DATA_DIR", &data)
+            .env(
+                "YIHAOTONG_SIP__LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env("YIHAOTONG_ADMIN__LISTEN", "")
+            .env(
+                "YIHAOTONG_FLOWS_DIR",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ivr-flows"),
+            )
+            .env(
+                "YIHAOTONG_SOUNDS_DIR",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sounds"),
+            )
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = as_user(&["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("is not writable by this user") && out.contains(&data.display().to_string()),
+        "{out}"
+    );
+    let (ok, out) = as_user(&["run"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("not writable by this user"), "{out}");
+    assert!(!out.contains("already running"), "{out}");
+}

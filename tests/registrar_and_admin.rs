@@ -84,8 +84,32 @@ fn busy_agent_passes_the_call_to_the_next_and_no_answer_times_out() {
 #[test]
 fn cli_validates_input_and_check_reports_file_line() {
     let server = TestServer::start();
-    let (ok, out) = server.cli(&["agents", "add", "bad id!", "--password", "xxxx"]);
+    let (ok, out) = server.cli(&["agents", "add", "bad id!", "--password", "xxxxxx"]);
     assert!(!ok && out.contains("agent id"), "{out}");
+    // One password rule for the CLI and the API.
+    let (ok, out) = server.cli(&["agents", "add", "1009", "--password", "abcd"]);
+    assert!(
+        !ok && out.contains("password must be 6 to 128 characters"),
+        "{out}"
+    );
+    let admin = server.token("ops", "admin", None);
+    for short in ["abcd", "abc\u{7}def"] {
+        let (code, body) = server.http(
+            "PUT",
+            "/api/v1/agents/1009",
+            Some(&admin),
+            Some(&serde_json::json!({ "password": short, "queues": ["main"] }).to_string()),
+        );
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("password")),
+            "{body}"
+        );
+    }
+    let (ok, out) = server.cli(&["agents", "add", "1009", "--password", "abc\u{7}def"]);
+    assert!(!ok && out.contains("control characters"), "{out}");
     let plan = server.dir.path().join("plan.toml");
     std::fs::write(&plan, "[[route]]\nnumber = \"12345\"\nqueue = \"main\"\n[[route]]\nnumber = \"1x\"\nqueue = \"q\"\n").expect("write");
     let (ok, out) = server.cli(&["routes", "import", &plan.display().to_string()]);

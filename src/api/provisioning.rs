@@ -141,9 +141,7 @@ pub(super) async fn set_agent(
 ) -> Result<Json<Value>, Failure> {
     let caller = authorize(&api, &headers, &[Role::Admin], "change agent accounts")?;
     let agent: AgentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    if agent.password.len() < 6 || agent.password.len() > 128 {
-        return Err(bad("password", "6 to 128 characters"));
-    }
+    crate::admin::check_password(&agent.password).map_err(|e| bad("password", e))?;
     let detail = json!({
         "name": agent.name, "queues": agent.queues, "wrap_up": agent.wrap_up,
         "auto_login": agent.auto_login, "supervisor": agent.supervisor, "dial": agent.dial,

@@ -149,9 +149,18 @@ pub struct LoadOptions {
     /// The agents' password.
     #[arg(long, default_value = "load-test")]
     pub password: String,
-    /// Create the agent accounts first (through the server's admin socket).
+    /// Create the agent accounts first (through the server's admin socket),
+    /// and remove them when the run ends. Refused where an account with one
+    /// of those IDs exists, unless `--reuse-accounts`.
     #[arg(long)]
     pub provision: bool,
+    /// With `--provision`: overwrite accounts that exist in the ID range
+    /// (they are kept afterwards, with the load password).
+    #[arg(long)]
+    pub reuse_accounts: bool,
+    /// With `--provision`: keep the accounts it made after the run.
+    #[arg(long)]
+    pub keep_accounts: bool,
     /// Queue the provisioned agents serve.
     #[arg(long, default_value = "main")]
     pub queue: String,
