@@ -931,7 +931,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             .map(Duration::from_secs)
             .ok_or_else(bad)
     };
-    match unit.trim() {
+    match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
         "m" | "min" => secs(60),
@@ -1186,6 +1186,7 @@ mod tests {
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("5").is_err(), "a string wants its unit");
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("5 s").is_err(), "the unit follows the number");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("y.toml");
         let load = |text: &str| {
