@@ -1186,7 +1186,10 @@ mod tests {
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("5").is_err(), "a string wants its unit");
         assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("5 s").is_err(), "the unit follows the number");
+        assert!(
+            parse_duration("5 s").is_err(),
+            "the unit follows the number"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("y.toml");
         let load = |text: &str| {

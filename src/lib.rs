@@ -18,6 +18,7 @@
 //! - [`admin`]: CLI commands, locally or via the running server.
 //! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
 //! - [`meters`]: the Prometheus figures at `/metrics`.
+//! - [`notify`]: systemd's notify protocol: ready, stopping, watchdog.
 //! - [`events`]: the CTI event stream (numbered, replayable, bounded).
 //! - [`webhooks`]: the event stream as signed HTTP POSTs, retried, with
 //!   dead letters counted.
@@ -39,6 +40,7 @@ pub mod ivr;
 pub mod load;
 pub mod media;
 pub mod meters;
+pub mod notify;
 pub mod outbound;
 pub mod overload;
 pub mod registrar;

@@ -790,6 +790,10 @@ fn run_load(
 async fn drain(shared: &yihaotong::server::Shared, why: &str) {
     use std::sync::atomic::Ordering::Relaxed;
     shared.draining.store(true, Relaxed);
+    yihaotong::notify::stopping(&format!(
+        "draining: {} calls in progress",
+        shared.live_calls.load(Relaxed)
+    ));
     let limit = std::time::Duration::from_secs(shared.settings.drain_timeout);
     let started = tokio::time::Instant::now();
     let mut last_report = started;
@@ -866,6 +870,11 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             let bound = yihaotong::api::serve(listen, api).await?;
             tracing::info!(api = %format!("http://{bound}"), "HTTP API listening");
         }
+        yihaotong::notify::ready(&format!("SIP on {}", server.local_addr()));
+        let engine = server.shared.engine.stats.clone();
+        yihaotong::notify::spawn_watchdog(std::sync::Arc::new(move || {
+            engine.ticks.load(std::sync::atomic::Ordering::Relaxed)
+        }));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async {
             tokio::select! {

@@ -350,6 +350,8 @@ fn fifty_agents_and_two_hundred_callers_leave_no_agent_stuck() {
         "--json",
         &json_arg,
         "--provision",
+        // Kept, to see every one of them free again afterwards.
+        "--keep-accounts",
         "--agents",
         "50",
         "--calls",

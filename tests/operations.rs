@@ -221,3 +221,48 @@ fn a_data_dir_this_user_cannot_write_is_named_by_check_and_run() {
     assert!(out.contains("not writable by this user"), "{out}");
     assert!(!out.contains("already running"), "{out}");
 }
+
+/// systemd's notify protocol, with a datagram socket of our own as the
+/// manager: READY=1 once SIP answers, WATCHDOG=1 at half the period asked
+/// for while the engine's clock runs, STOPPING=1 when SIGTERM starts the
+/// drain.
+#[test]
+fn the_service_manager_hears_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    manager
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .expect("timeout");
+    let socket = path.display().to_string();
+    let server = TestServer::start_with(&[
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    let mut heard: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Reads what the server says until `enough` holds (10 s at most).
+    let mut until = |heard: &mut Vec<String>, enough: &dyn Fn(&[String]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !enough(heard) && std::time::Instant::now() < deadline {
+            if let Ok(n) = manager.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    let count = |heard: &[String], what: &str| heard.iter().filter(|m| m.starts_with(what)).count();
+    until(&mut heard, &|h| count(h, "READY=1") > 0);
+    let ready = heard
+        .iter()
+        .find(|m| m.starts_with("READY=1"))
+        .unwrap_or_else(|| panic!("{heard:?}"));
+    assert!(
+        ready.contains(&format!("STATUS=SIP on {}", server.sip)),
+        "{ready}"
+    );
+    until(&mut heard, &|h| count(h, "WATCHDOG=1") >= 2);
+    assert!(count(&heard, "WATCHDOG=1") >= 2, "{heard:?}");
+    server.signal("TERM");
+    until(&mut heard, &|h| count(h, "STOPPING=1") > 0);
+    assert_eq!(count(&heard, "STOPPING=1"), 1, "{heard:?}");
+}
