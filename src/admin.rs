@@ -246,6 +246,97 @@ fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The queues and flows that exist: what a route, a plan or an agent
+/// account may name. The server knows them from its settings and loaded
+/// flows; the CLI from the same settings and the flow files on disk.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    /// `[queues.NAME]` of the settings.
+    pub queues: std::collections::BTreeSet<String>,
+    /// Flows by name (a flow file's stem).
+    pub flows: std::collections::BTreeSet<String>,
+}
+
+impl Names {
+    /// Whether `cmd` names only queues and flows that exist. The refusal
+    /// names the missing one and lists the ones there are; nothing of the
+    /// command is carried out then.
+    pub fn check(&self, cmd: &AdminCommand) -> Result<(), String> {
+        match cmd {
+            AdminCommand::RoutesSet {
+                queue,
+                flow,
+                after_flow,
+                ..
+            } => {
+                if let Some(q) = queue.as_deref().filter(|q| !q.is_empty()) {
+                    self.queue(q)?;
+                }
+                for f in [flow, after_flow].into_iter().flatten() {
+                    if !f.is_empty() {
+                        self.flow(f)?;
+                    }
+                }
+                Ok(())
+            }
+            AdminCommand::AgentsAdd { queues, .. } => queues.iter().try_for_each(|q| {
+                self.queue(q.split_once(':').map_or(q.as_str(), |(name, _)| name))
+            }),
+            AdminCommand::RoutesImport { name, text } => {
+                let routes = routing::parse_plan(text, name).map_err(|e| format!("{e:#}"))?;
+                for r in &routes {
+                    self.route(r).map_err(|e| {
+                        // The line that names the route's number.
+                        let line = text
+                            .lines()
+                            .position(|l| l.contains(&format!("\"{}\"", r.number)))
+                            .map_or(String::new(), |i| format!(":{}", i + 1));
+                        format!("{name}{line}: route {}: {e}", r.number)
+                    })?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a route's queue or flows exist.
+    pub fn route(&self, r: &Route) -> Result<(), String> {
+        if r.flow.is_empty() {
+            self.queue(&r.queue)?;
+        } else {
+            self.flow(&r.flow)?;
+        }
+        if !r.after_flow.is_empty() {
+            self.flow(&r.after_flow)?;
+        }
+        Ok(())
+    }
+
+    fn queue(&self, name: &str) -> Result<(), String> {
+        known("queue", name, &self.queues)
+    }
+
+    fn flow(&self, name: &str) -> Result<(), String> {
+        known("flow", name, &self.flows)
+    }
+}
+
+fn known(kind: &str, name: &str, names: &std::collections::BTreeSet<String>) -> Result<(), String> {
+    if names.contains(name) {
+        return Ok(());
+    }
+    let list: Vec<&str> = names.iter().map(String::as_str).collect();
+    Err(format!(
+        "{kind} `{name}` does not exist (known: {})",
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    ))
+}
+
 /// The one rule for an agent's SIP password, wherever it is set (the CLI,
 /// the API): 6 to 128 characters, none of them a control character (a
 /// phone's keypad or settings page cannot enter one).

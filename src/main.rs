@@ -284,6 +284,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The queues of the settings and the flow files on disk: what the CLI's
+/// provisioning may name.
+fn names_on_disk(settings: &Settings) -> admin::Names {
+    admin::Names {
+        queues: settings.queues.keys().cloned().collect(),
+        flows: yihaotong::ivr::flow_file_names(&settings.flows_dir),
+    }
+}
+
 /// Starts the log: `[log]` says the format and level, `RUST_LOG` overrides
 /// the level; colour only on a terminal and never with `NO_COLOR` set.
 fn init_log(log: &yihaotong::config::LogSettings) {
@@ -316,6 +325,10 @@ fn real_main() -> anyhow::Result<()> {
     let realm = settings.sip.domain.clone();
     let data_dir = settings.data_dir.clone();
     let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
+        // Nothing that names a queue or flow nobody declared is written.
+        names_on_disk(&settings)
+            .check(&cmd)
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
         let v = admin::run_command(&data_dir, &realm, cmd)?;
         match v {
             serde_json::Value::String(text) => print!("{text}"),
@@ -347,11 +360,13 @@ fn real_main() -> anyhow::Result<()> {
                 yihaotong::routing::SHIPPED_PLAN,
                 "config/numbers.toml",
             )?;
+            let mut plan_text = None;
             if let Some(p) = plan {
                 let text = std::fs::read_to_string(&p)
                     .with_context(|| format!("cannot read {}", p.display()))?;
                 let n = yihaotong::routing::parse_plan(&text, &p.display().to_string())?.len();
-                println!("{}: {n} routes OK", p.display());
+                println!("{}: {n} routes read", p.display());
+                plan_text = Some((p.display().to_string(), text));
             }
             println!(
                 "settings OK: SIP {} (realm {}), RTP {}:{}-{}",
@@ -383,34 +398,21 @@ fn real_main() -> anyhow::Result<()> {
             }
             // A flow whose file is there but did not load has had its own
             // errors reported; the routes naming it do not count again.
-            let flow_files: std::collections::BTreeSet<String> =
-                std::fs::read_dir(&settings.flows_dir)
-                    .map(|dir| {
-                        dir.flatten()
-                            .filter_map(|e| {
-                                let path = e.path();
-                                (path.extension()? == "toml")
-                                    .then(|| path.file_stem()?.to_str().map(str::to_string))
-                                    .flatten()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-            let flow_missing =
-                |name: &str| !loaded.catalog.flows.contains_key(name) && !flow_files.contains(name);
+            let mut names = names_on_disk(&settings);
+            names.flows.extend(loaded.catalog.flows.keys().cloned());
             for r in &routes {
-                let missing = if r.flow.is_empty() {
-                    (!settings.queues.contains_key(&r.queue))
-                        .then(|| format!("queue `{}`", r.queue))
-                } else {
-                    flow_missing(&r.flow).then(|| format!("flow `{}`", r.flow))
+                if let Err(e) = names.route(r) {
+                    eprintln!("route {}: {e}", r.number);
+                    errors += 1;
+                }
+            }
+            if let Some((name, text)) = &plan_text {
+                let import = AdminCommand::RoutesImport {
+                    name: name.clone(),
+                    text: text.clone(),
                 };
-                let missing = missing.or_else(|| {
-                    (!r.after_flow.is_empty() && flow_missing(&r.after_flow))
-                        .then(|| format!("after_flow `{}`", r.after_flow))
-                });
-                if let Some(what) = missing {
-                    eprintln!("route {}: {what} does not exist", r.number);
+                if let Err(e) = names.check(&import) {
+                    eprintln!("{e}");
                     errors += 1;
                 }
             }

@@ -165,6 +165,15 @@ impl Shared {
     /// states) or must reach the ACD after the store; `None`: the store alone
     /// answers. Runs on a blocking thread.
     pub fn live(self: &Arc<Self>, cmd: &AdminCommand) -> Option<Result<serde_json::Value, String>> {
+        // A route, plan or account naming a queue or flow nobody declared
+        // is refused before anything is written.
+        let names = crate::admin::Names {
+            queues: self.settings.queues.keys().cloned().collect(),
+            flows: self.catalog().flows.keys().cloned().collect(),
+        };
+        if let Err(e) = names.check(cmd) {
+            return Some(Err(e));
+        }
         let runtime = tokio::runtime::Handle::current();
         match cmd {
             AdminCommand::Status => {

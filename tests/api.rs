@@ -954,6 +954,27 @@ fn admins_write_routes_and_agent_accounts_that_serve_the_next_call() {
         ),
         (
             "/api/v1/routes/96556",
+            &admin,
+            r#"{"queue": "nosuch"}"#,
+            422,
+            "queue `nosuch` does not exist (known: ",
+        ),
+        (
+            "/api/v1/routes/96556",
+            &admin,
+            r#"{"flow": "nosuchflow"}"#,
+            422,
+            "flow `nosuchflow` does not exist (known: ",
+        ),
+        (
+            "/api/v1/agents/1008",
+            &admin,
+            r#"{"password": "s3cret-8", "queues": ["hrss", "nosuch:2"]}"#,
+            422,
+            "queue `nosuch` does not exist",
+        ),
+        (
+            "/api/v1/routes/96556",
             &floor,
             r#"{"queue": "hrss"}"#,
             403,

@@ -266,3 +266,100 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
     until(&mut heard, &|h| count(h, "STOPPING=1") > 0);
     assert_eq!(count(&heard, "STOPPING=1"), 1, "{heard:?}");
 }
+
+/// A route, plan or account naming a queue or flow nobody declared is
+/// refused by the CLI and by `check`, naming what is missing and what
+/// exists, and nothing is written; a flow removed by hand afterwards costs
+/// its callers a clear 480 with a Reason, not a 500.
+#[test]
+fn provisioning_refuses_names_nobody_declared() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let flows = tempfile::tempdir().expect("tempdir");
+    copy_tree(&root.join("ivr-flows"), flows.path());
+    let flows_dir = flows.path().display().to_string();
+    let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", flows_dir.as_str())]);
+    for (args, missing, one_known) in [
+        (
+            vec!["routes", "set", "778", "--queue", "nosuch"],
+            "queue `nosuch`",
+            "main",
+        ),
+        (
+            vec!["routes", "set", "778", "--flow", "nosuchflow"],
+            "flow `nosuchflow`",
+            "12345",
+        ),
+        (
+            vec![
+                "agents",
+                "add",
+                "1009",
+                "--password",
+                "s3cret",
+                "--queues",
+                "main,nosuch:2",
+            ],
+            "queue `nosuch`",
+            "hrss",
+        ),
+    ] {
+        let (ok, out) = server.cli(&args);
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            out.contains(&format!("{missing} does not exist (known: "))
+                && out.contains(one_known)
+                && out.contains("nothing was changed"),
+            "{args:?}: {out}"
+        );
+    }
+    let (_, routes) = server.cli(&["routes", "list"]);
+    assert!(!routes.contains("\"778\""), "{routes}");
+    let (_, agents) = server.cli(&["agents", "list"]);
+    assert!(!agents.contains("\"1009\""), "{agents}");
+
+    // A plan: import refuses it whole, check names the file and line.
+    let plan = server.dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[route]]\nnumber = \"96601\"\nqueue = \"main\"\n\n[[route]]\nnumber = \"96602\"\nqueue = \"nosuch\"\n",
+    )
+    .expect("plan");
+    let plan_arg = plan.display().to_string();
+    let (ok, out) = server.cli(&["routes", "import", &plan_arg]);
+    assert!(
+        !ok && out.contains("plan.toml:6: route 96602: queue `nosuch`"),
+        "{out}"
+    );
+    let (_, routes) = server.cli(&["routes", "list"]);
+    assert!(!routes.contains("96601"), "nothing imported: {routes}");
+    let (ok, out) = server.cli(&["check", "--plan", &plan_arg]);
+    assert!(
+        !ok && out.contains("plan.toml:6: route 96602: queue `nosuch`"),
+        "{out}"
+    );
+
+    // A flow set up properly, then removed by hand and reloaded.
+    std::fs::copy(
+        flows.path().join("12345.toml"),
+        flows.path().join("pilot.toml"),
+    )
+    .expect("a flow");
+    let (ok, out) = server.cli(&["reload"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["routes", "set", "96603", "--flow", "pilot"]);
+    assert!(ok, "{out}");
+    std::fs::remove_file(flows.path().join("pilot.toml")).expect("remove");
+    let (ok, out) = server.cli(&["reload"]);
+    assert!(ok, "{out}");
+    let mut trunk = Phone::new("13800138009");
+    let d = trunk.invite(server.sip, "96603");
+    let r = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("an answer");
+    assert_eq!(r.status, 480, "{r:?}");
+    let reason = r.headers.get("reason").unwrap_or_default();
+    assert!(
+        reason.contains("cause=480") && reason.contains("flow pilot is not loaded"),
+        "{reason}"
+    );
+}

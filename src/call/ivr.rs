@@ -121,14 +121,20 @@ pub(super) async fn start_flow(
     offer.codecs = vec![law.pt()];
     let catalog = ctx.shared.catalog();
     let Some(flow) = catalog.flows.get(&route.flow).cloned() else {
-        warn!(flow = %route.flow, "route names a flow that is not loaded");
+        // Removed by hand since the route was set: the caller gets a clear
+        // answer, the operator the name.
+        warn!(flow = %route.flow, number = %route.number, "route names a flow that is not loaded; the caller gets 480");
+        let why = format!("flow {} is not loaded", route.flow);
         respond(
             &ctx,
             &a_key,
             &invite,
             &a_tag,
-            500,
-            &[("Warning", "399 yihaotong \"flow not loaded\"")],
+            480,
+            &[
+                ("Reason", &format!("SIP;cause=480;text=\"{why}\"")),
+                ("Warning", &crate::sip::warning(&why)),
+            ],
             b"",
         );
         return End::Refused;

@@ -132,6 +132,24 @@ fn toml_files(dir: &Path, out: &mut Vec<Diagnostic>) -> Vec<(String, std::path::
     files
 }
 
+/// The flows a folder holds by name (each `*.toml` file's stem), loaded
+/// or not: what routes may name even while a flow has an error of its own.
+pub fn flow_file_names(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let path = e.path();
+                    (path.extension()? == "toml")
+                        .then(|| path.file_stem()?.to_str().map(str::to_string))
+                        .flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Loads and checks prompts, calendars and flows as `settings` names them.
 pub fn load(settings: &Settings) -> Loaded {
     let mut diagnostics = Vec::new();
