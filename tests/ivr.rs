@@ -239,6 +239,45 @@ fn a_backend_that_refuses_falls_back_to_the_seats() {
     server.assert_idle();
 }
 
+/// A caller who hangs up while the self-service backend rings: the
+/// backend is cancelled, and the call's one record says the caller gave up.
+#[test]
+fn a_caller_who_hangs_up_while_the_backend_rings_is_recorded_as_abandoned_by_the_caller() {
+    let mut backend = Phone::new("12333");
+    let backend_uri = format!("sip:12333@{}", backend.addr);
+    let server = TestServer::start_with(&[("YIHAOTONG_BACKENDS__HRSS__URI", &backend_uri)]);
+    let mut trunk = Phone::new("13800000014");
+    let mut d = answer_ivr(&server, &mut trunk, "12333", None);
+    trunk.press_rfc4733(d.remote_rtp.expect("addr"), '1', 101, 5);
+    let inv = backend
+        .request("INVITE", 15.0)
+        .expect("backend tried after the welcome");
+    backend.reply(server.sip, &inv, 180, "be");
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let cancel = backend
+        .request("CANCEL", 3.0)
+        .expect("the backend is cancelled");
+    backend.reply(server.sip, &cancel, 200, "be");
+    backend.reply(server.sip, &inv, 487, "be");
+    server.assert_idle();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let cdr = loop {
+        let (_, out) = server.cli(&["cdrs"]);
+        let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        if let Some(c) = cdrs
+            .into_iter()
+            .find(|c| c["call_id"] == d.call_id.as_str())
+        {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CDR: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(cdr["disposition"], "abandoned", "{cdr}");
+    assert_eq!(cdr["hung_up_by"], "caller", "{cdr}");
+}
+
 /// `far` answers `inv` (the call's INVITE to it), then the caller on `d`
 /// hangs up and `far` gets the BYE.
 fn answered_then_caller_hangs_up(

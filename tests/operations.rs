@@ -363,3 +363,69 @@ fn provisioning_refuses_names_nobody_declared() {
         "{reason}"
     );
 }
+
+/// Every INVITE that reached routing ends in exactly one CDR, the refused
+/// ones too (a flow gone, an offer we cannot answer): `/metrics` offered
+/// equals ended once the calls are over.
+#[test]
+fn calls_refused_at_setup_leave_one_record_each() {
+    let server = TestServer::start();
+    let mut trunk = Phone::new("13800138010");
+    let sdes = trunk.sdp().replace("RTP/AVP", "RTP/SAVP");
+    let mut refused = Vec::new();
+    for number in ["12345", "123450"] {
+        let d = trunk.invite_sdp(server.sip, number, &sdes);
+        let r = trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .expect("an answer");
+        assert_eq!(r.status, 488, "{r:?}");
+        refused.push(d.call_id);
+    }
+    let no_g711 = trunk.sdp().replace("RTP/AVP 0 8 101", "RTP/AVP 101");
+    let d = trunk.invite_sdp(server.sip, "12345", &no_g711);
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(488));
+    refused.push(d.call_id);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let cdrs = loop {
+        let (ok, out) = server.cli(&["cdrs"]);
+        assert!(ok, "{out}");
+        let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+        if cdrs.len() >= refused.len() || std::time::Instant::now() > deadline {
+            break cdrs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for call_id in &refused {
+        let mine: Vec<&serde_json::Value> = cdrs
+            .iter()
+            .filter(|c| c["call_id"] == call_id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "one record for {call_id}: {cdrs:?}");
+        let cdr = mine[0];
+        assert_eq!(cdr["disposition"], "failed", "{cdr}");
+        assert_eq!(cdr["hung_up_by"], "system", "{cdr}");
+        assert_eq!(cdr["refused"], 488, "{cdr}");
+        assert!(
+            cdr["hotline"].as_str().is_some_and(|h| !h.is_empty()),
+            "{cdr}"
+        );
+    }
+    let (_, page) = server.http_text("GET", "/metrics", None, None);
+    let total = |family: &str| -> u64 {
+        page.lines()
+            .filter(|l| l.starts_with(family))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        total("yihaotong_calls_offered_total"),
+        total("yihaotong_calls_ended_total"),
+        "{page}"
+    );
+    assert_eq!(
+        total("yihaotong_calls_ended_total"),
+        refused.len() as u64,
+        "{page}"
+    );
+}

@@ -92,6 +92,10 @@ pub struct Cdr {
     pub disposition: Disposition,
     /// "caller", "agent", or "system".
     pub hung_up_by: String,
+    /// The SIP status a call refused at setup got (488 for an offer we
+    /// cannot answer, 480 for a flow gone, 503 for no RTP port); 0 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: u16,
     /// Recording file, when recorded.
     pub recording: Option<String>,
     /// Service level of the queue at the time, seconds.
@@ -348,4 +352,8 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
             return;
         }
     }
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }

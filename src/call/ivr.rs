@@ -102,7 +102,7 @@ pub(super) async fn start_flow(
 ) -> End {
     let a_tag = random_token();
     let Some(mut offer) = offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
-        return End::Refused;
+        return End::RefusedAtSetup(488);
     };
     // Prompts are G.711; the first law the caller offered is ours.
     let Some(law) = offer.codecs.iter().find_map(|pt| Law::from_pt(*pt)) else {
@@ -116,7 +116,7 @@ pub(super) async fn start_flow(
             &[("Warning", "399 yihaotong \"IVR needs PCMU or PCMA\"")],
             b"",
         );
-        return End::Refused;
+        return End::RefusedAtSetup(488);
     };
     offer.codecs = vec![law.pt()];
     let catalog = ctx.shared.catalog();
@@ -137,15 +137,17 @@ pub(super) async fn start_flow(
             ],
             b"",
         );
-        return End::Refused;
+        return End::RefusedAtSetup(480);
     };
     let Some(a) = ctx.shared.ports.bind() else {
-        return no_ports(&ctx, &a_key, &invite, &a_tag);
+        no_ports(&ctx, &a_key, &invite, &a_tag);
+        return End::RefusedAtSetup(503);
     };
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
     call.a_remote = offer.addr;
     let Some(media_rx) = call.caller_into_engine(a, law) else {
-        return no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
+        no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
+        return End::Refused;
     };
     let body = call.our_sdp(call.a_media(), 1, Direction::SendRecv);
     let contact = call.contact(&call.a_peer);
@@ -157,8 +159,11 @@ pub(super) async fn start_flow(
     call.answered = true;
     call.a_dialog = Some(Dialog::uas(&call.invite, &call.a_tag));
     info!(flow = %flow.name, "answered by the flow");
-    call.walk_flow(flow, &catalog, media_rx, &offer, route)
-        .await
+    let end = call
+        .walk_flow(flow, &catalog, media_rx, &offer, route)
+        .await;
+    call.note_end(&end);
+    end
 }
 
 impl Call {
@@ -348,7 +353,11 @@ impl Call {
                                     self.cdr.disposition = Disposition::Handoff;
                                     return end;
                                 }
-                                Reached::CallerGone => return End::CallerHungUp,
+                                Reached::CallerGone => {
+                                    // Gave up while the backend rang.
+                                    self.cdr.disposition = Disposition::Abandoned;
+                                    return End::CallerHungUp;
+                                }
                                 Reached::Failed => {
                                     info!(backend = %backend, "backend did not take the call; fallback");
                                     input = Some(Input::Failed);
@@ -370,7 +379,11 @@ impl Call {
                                     self.cdr.disposition = Disposition::Transfer;
                                     return end;
                                 }
-                                Reached::CallerGone => return End::CallerHungUp,
+                                Reached::CallerGone => {
+                                    // Gave up while the transfer target rang.
+                                    self.cdr.disposition = Disposition::Abandoned;
+                                    return End::CallerHungUp;
+                                }
                                 Reached::Failed => input = Some(Input::Failed),
                             }
                         }

@@ -134,6 +134,9 @@ enum End {
     RtpTimeout,
     AckTimeout,
     Refused,
+    /// Refused with this status before the call was set up (bad SDP, no
+    /// G.711, a flow gone, no RTP port): no `Call` wrote a record yet.
+    RefusedAtSetup(u16),
     /// The far leg went to another call (attended transfer).
     Transferred,
     /// A backend handed the caller back (its REFER): the flow's fallback
@@ -341,6 +344,12 @@ async fn run_boxed(ctx: CallCtx, events: crate::boxed::Receiver<CallEvent>, arri
             }),
         );
         let worker = ctx.worker.clone();
+        let arrived = ArrivedCall {
+            call_id: a_call_id.clone(),
+            dialed: invite.uri_user.clone().unwrap_or_default(),
+            caller: caller.clone(),
+            at: now_ms(),
+        };
         let end = if let (Some(DirectTarget(target)), Some(agent)) = (direct, caller_agent.clone())
         {
             transfer::call_target(ctx, events, a_key, invite, a_peer, &route, agent, target).await
@@ -350,11 +359,50 @@ async fn run_boxed(ctx: CallCtx, events: crate::boxed::Receiver<CallEvent>, arri
             ivr::start_flow(ctx, events, a_key, invite, a_peer, &route).await
         };
         info!(reason = ?end, "call ended");
+        if let End::RefusedAtSetup(status) = end {
+            refused_record(&shared, arrived, &route, status);
+        }
         let _ = worker.send(WorkerInput::Unbind { call_id: a_call_id }).await;
         shared.live_calls.fetch_sub(1, Ordering::Relaxed);
     }
     .instrument(span)
     .await
+}
+
+/// What is known of a call as it arrives, for its record if it is refused
+/// before a `Call` (which keeps its own) exists.
+struct ArrivedCall {
+    call_id: String,
+    dialed: String,
+    caller: String,
+    /// Unix ms.
+    at: u64,
+}
+
+/// The record of a call refused before it was set up: every INVITE that
+/// reached routing ends in exactly one CDR (disposition `failed`, hung up
+/// by `system`, the status it got), so offered = ended in `/metrics` and
+/// reports.
+fn refused_record(shared: &crate::server::Shared, call: ArrivedCall, route: &Route, status: u16) {
+    shared.records.cdr(Cdr {
+        call_id: call.call_id,
+        hotline: route.hotline.clone(),
+        mode: route.mode.to_string(),
+        dialed: call.dialed,
+        caller: call.caller,
+        arrived: call.at,
+        ended: now_ms(),
+        flow: route.flow.clone(),
+        queue: if route.flow.is_empty() {
+            route.queue.clone()
+        } else {
+            String::new()
+        },
+        disposition: crate::acd::records::Disposition::Failed,
+        hung_up_by: "system".into(),
+        refused: status,
+        ..Cdr::default()
+    });
 }
 
 fn respond(
@@ -573,7 +621,7 @@ fn allow_only(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16)
     );
 }
 
-fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) -> End {
+fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) {
     warn!("no RTP ports left");
     respond(
         ctx,
@@ -584,7 +632,6 @@ fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) -> End 
         &[("Retry-After", "10")],
         b"",
     );
-    End::Refused
 }
 
 async fn start(
@@ -597,10 +644,12 @@ async fn start(
 ) -> End {
     let a_tag = random_token();
     let Some(offer) = offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
-        return End::Refused;
+        return End::RefusedAtSetup(488);
     };
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
-    call.queue_to_end(&offer, route, &route.queue, 0).await
+    let end = call.queue_to_end(&offer, route, &route.queue, 0).await;
+    call.note_end(&end);
+    end
 }
 
 /// The outcome of offering the call to one agent.
@@ -611,6 +660,21 @@ enum Offer {
 }
 
 impl Call {
+    /// Fills in who hung up, where the path that ended the call did not
+    /// say: every record names it.
+    fn note_end(&mut self, end: &End) {
+        if self.cdr.hung_up_by.is_empty() {
+            self.cdr.hung_up_by = match end {
+                End::CallerHungUp | End::CallerCancelled => "caller",
+                End::AgentHungUp => "agent",
+                End::ApiHangup => "api",
+                End::Transferred => "transfer",
+                _ => "system",
+            }
+            .into();
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         ctx: CallCtx,

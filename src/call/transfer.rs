@@ -393,7 +393,7 @@ pub(super) async fn call_target(
 ) -> End {
     let a_tag = random_token();
     let Some(offer) = super::offer_or_488(&ctx, &a_key, &invite, &a_tag) else {
-        return End::Refused;
+        return End::RefusedAtSetup(488);
     };
     let shared = ctx.shared.clone();
     let call_id = invite.core.call_id.clone();
@@ -423,6 +423,7 @@ pub(super) async fn call_target(
         Reached::CallerGone => End::CallerCancelled,
     };
     shared.consults.remove(&call_id);
+    call.note_end(&end);
     end
 }
 
