@@ -232,7 +232,29 @@ impl AdminCommand {
                 | AdminCommand::Originate { .. }
         )
     }
+
+    /// What only reads: with no server running and no database yet, it
+    /// says where it looked instead of making an empty database there.
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::AgentsList
+                | AdminCommand::Report { .. }
+                | AdminCommand::Cdrs { .. }
+                | AdminCommand::QueueLog { .. }
+                | AdminCommand::RoutesTest { .. }
+                | AdminCommand::RoutesList
+                | AdminCommand::ListsShow { .. }
+                | AdminCommand::SwitchList
+                | AdminCommand::TokensList
+        )
+    }
 }
+
+/// How to point the CLI at the right data folder, for messages that did
+/// not find one.
+const POINT_IT: &str =
+    "give the server's settings with --config FILE (or YIHAOTONG_CONFIG), or its data_dir with YIHAOTONG_DATA_DIR";
 
 fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
     if s.is_empty()
@@ -769,7 +791,17 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
     // monitoring loop polling `status` must not hold the lock a starting
     // server needs.
     if cmd.needs_server() {
-        bail!("the server is not running (no admin socket)");
+        bail!(
+            "the server is not running: no admin socket at {}; if it runs elsewhere, {POINT_IT}",
+            path.display()
+        );
+    }
+    if cmd.only_reads() && !data_dir.join("db").exists() {
+        bail!(
+            "no database at {} (and no server's admin socket at {}): nothing to read here; {POINT_IT}",
+            data_dir.join("db").display(),
+            path.display()
+        );
     }
     let store = Store::open(data_dir)?;
     let v = execute(&store, realm, cmd, crate::server::now_unix())?;

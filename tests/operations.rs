@@ -429,3 +429,46 @@ fn calls_refused_at_setup_leave_one_record_each() {
         "{page}"
     );
 }
+
+/// From a folder with no server's data, reading commands say where they
+/// looked and how to point them, and create nothing.
+#[test]
+fn the_cli_elsewhere_says_where_it_looked_and_creates_nothing() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("YIHAOTONG_DATA_DIR")
+            .env_remove("YIHAOTONG_CONFIG")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["agents", "list"][..],
+        &["cdrs"],
+        &["routes", "list"],
+        &["report"],
+    ] {
+        let (ok, err) = run(args);
+        assert!(!ok, "{args:?}: {err}");
+        assert!(
+            err.contains("no database at data/db") && err.contains("YIHAOTONG_DATA_DIR"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, err) = run(&["status"]);
+    assert!(
+        !ok && err.contains("no admin socket at data/admin.sock"),
+        "{err}"
+    );
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "a database was made"
+    );
+}
