@@ -61,6 +61,8 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
     let inv = phone.request("INVITE", 5.0).expect("agent rung");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"ringing\"]", "1");
     browser.wait_agent("1001", "ringing");
+    // Offered today counts the calls alive, not only the finished ones.
+    browser.wait_text("[data-test=\"calls\"]", "1");
     let _leg = answer(&server, &mut phone, &inv, "a1");
     let ok = trunk
         .response(&d.call_id, "INVITE", 200, 3.0)
@@ -88,6 +90,7 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
     let d3 = third.invite(server.sip, "123450");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"waiting\"]", "1");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"on-call\"]", "1");
+    browser.wait_text("[data-test=\"calls\"]", "3");
     // The longest wait ticks on the page between snapshots (each second:
     // what is read may be a second old, so give it two and a half).
     std::thread::sleep(Duration::from_millis(2500));

@@ -1,8 +1,8 @@
 // The 12345 wallboard's script: no framework, no build step.
 //
-// It reads three snapshots from the API (queues with their figures now,
-// agents with their state and since when, the KPI report's total since
-// local midnight) and follows the event stream (server-sent events read
+// It reads four snapshots from the API (queues with their figures now,
+// agents with their state and since when, the live calls, the KPI report's
+// total since local midnight) and follows the event stream (server-sent events read
 // with fetch, so the token travels in the Authorization header, never in a
 // URL). Any event schedules a fresh snapshot of queues and agents; the
 // report, dearer, is fetched again at most every 5 s and only after a call
@@ -41,6 +41,11 @@ const board = {
   // The day's KPIs are computed over every CDR of the day: fetched only
   // after a call event, at most every REPORT_EVERY ms, never per event.
   reportDue: true,
+  // Calls alive now (in a flow, waiting, ringing, talking).
+  live: [],
+  // Calls that ended since the report was last asked for: counted today
+  // until the next report has them.
+  endedSinceReport: 0,
 };
 const REPORT_EVERY = 5000;
 
@@ -69,15 +74,19 @@ async function api(path) {
 }
 
 async function refresh() {
-  const [queues, agents] = await Promise.all([api('/api/v1/queues'), api('/api/v1/agents')]);
+  const [queues, agents, live] = await Promise.all([
+    api('/api/v1/queues'), api('/api/v1/agents'), api('/api/v1/calls'),
+  ]);
   board.queues = queues;
   board.agents = agents;
+  board.live = live;
   board.fetchedAt = Date.now();
   render();
 }
 
 async function refreshReport() {
   board.reportDue = false;
+  board.endedSinceReport = 0;
   const report = await api('/api/v1/report?since=today&by=hotline');
   board.total = report.find((r) => r.key === 'total') || null;
   render();
@@ -121,7 +130,12 @@ function cell(row, text, test, cls) {
 function render() {
   const t = board.total;
   const set = (name, text) => { $('[data-test="' + name + '"]').textContent = text; };
-  set('calls', t ? t.calls : 0);
+  // Calls offered today: those ended (the report, and any since it) and
+  // those alive now that arrived today (waiting callers count).
+  const midnight = new Date(Date.now() + board.skewMs);
+  midnight.setHours(0, 0, 0, 0);
+  const liveToday = board.live.filter((c) => c.arrived >= midnight.getTime()).length;
+  set('calls', (t ? t.calls : 0) + board.endedSinceReport + liveToday);
   set('answered', t ? t.answered : 0);
   set('abandoned', t ? t.abandoned + t.abandoned_short : 0);
   set('asa', t && t.asa != null ? t.asa.toFixed(1) + ' s' : '–');
@@ -196,6 +210,7 @@ function onEventBlock(block) {
   if (id !== null) board.lastSeq = id;
   if (kind === 'cut-off') throw new Error('cut off');
   if (kind && kind.startsWith('call.')) board.reportDue = true;
+  if (kind === 'call.ended') board.endedSinceReport += 1;
   if (kind) scheduleRefresh();
 }
 
