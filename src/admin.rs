@@ -188,6 +188,14 @@ pub enum AdminCommand {
     Flows,
     /// The queues of the running server with their figures now.
     Queues,
+    /// The live calls of the running server (Asterisk's `core show channels`).
+    CallsList,
+    /// Hang up a live call (Asterisk's `channel request hangup`): both legs
+    /// get BYE, an unanswered caller 480.
+    CallsHangup {
+        /// The caller's Call-ID.
+        id: String,
+    },
     /// Place a call (回访): `agent` (or the next of `queue`) is rung, then
     /// `number` through the trunk, showing `hotline`; `data` travels with
     /// it. With `flow`: the citizen is rung first and walks the flow.
@@ -229,8 +237,31 @@ impl AdminCommand {
                 | AdminCommand::FlowsValidate
                 | AdminCommand::Flows
                 | AdminCommand::Queues
+                | AdminCommand::CallsList
+                | AdminCommand::CallsHangup { .. }
                 | AdminCommand::Originate { .. }
         )
+    }
+
+    /// For a command that changes something, the audit log's action and
+    /// target (the names the API writes); `None` for one that only reads.
+    pub fn audit(&self) -> Option<(&'static str, String)> {
+        Some(match self {
+            AdminCommand::AgentsAdd { id, .. } => ("agent.set", id.clone()),
+            AdminCommand::AgentsRemove { id } => ("agent.remove", id.clone()),
+            AdminCommand::AgentsState { id, .. } => ("agent.state", id.clone()),
+            AdminCommand::RoutesSet { number, .. } => ("route.set", number.clone()),
+            AdminCommand::RoutesRemove { number } => ("route.remove", number.clone()),
+            AdminCommand::RoutesImport { name, .. } => ("routes.import", name.clone()),
+            AdminCommand::ListsEdit { list, .. } => ("list.edit", list.clone()),
+            AdminCommand::SwitchSet { name, .. } => ("switch.set", name.clone()),
+            AdminCommand::TokensAdd { name, .. } => ("token.add", name.clone()),
+            AdminCommand::TokensRevoke { name } => ("token.revoke", name.clone()),
+            AdminCommand::Reload => ("flows.reload", String::new()),
+            AdminCommand::Originate { number, .. } => ("call.originate", number.clone()),
+            AdminCommand::CallsHangup { id } => ("call.hangup", id.clone()),
+            _ => return None,
+        })
     }
 
     /// What only reads: with no server running and no database yet, it
@@ -651,6 +682,8 @@ pub fn execute(
         | AdminCommand::FlowsValidate
         | AdminCommand::Flows
         | AdminCommand::Queues
+        | AdminCommand::CallsList
+        | AdminCommand::CallsHangup { .. }
         | AdminCommand::Originate { .. } => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
             let n = routing::import_text(store, &text, &name)?;
@@ -723,6 +756,42 @@ pub async fn answer(
     }
 }
 
+/// Writes the audit entry of a command `who` gave on the command line (the
+/// admin socket, or the database directly), as the API writes its own: the
+/// parameters without the password, a plan's text as its size.
+pub fn audit_cli(store: &Store, who: &str, cmd: &AdminCommand) {
+    let Some((action, target)) = cmd.audit() else {
+        return;
+    };
+    let mut detail = serde_json::to_value(cmd).unwrap_or_default();
+    if let Some(fields) = detail.as_object_mut() {
+        fields.remove("op");
+        fields.remove("password");
+        if let Some(text) = fields.remove("text") {
+            fields.insert("bytes".into(), text.as_str().map_or(0, str::len).into());
+        }
+    }
+    let entry = crate::store::AuditEntry {
+        at: crate::acd::now_ms(),
+        who: who.to_string(),
+        action: action.to_string(),
+        target,
+        detail,
+    };
+    if let Err(e) = store.audit(&entry) {
+        tracing::error!(error = %e, action, "the audit entry of a command-line change could not be written");
+    }
+}
+
+/// `cli:NAME (uid N)` for the user `uid`.
+pub fn cli_user(uid: u32) -> String {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| "?".to_string(), |u| u.name);
+    format!("cli:{name} (uid {uid})")
+}
+
 /// Serves the admin socket (one JSON command per line, one JSON answer per line).
 pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -743,14 +812,31 @@ pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> 
             let realm = realm.clone();
             let live = live.clone();
             tokio::spawn(async move {
+                // Who is on the other end (the socket is 0600: the server's
+                // user or root), for the audit log.
+                let who = stream
+                    .peer_cred()
+                    .map_or_else(|_| "cli:?".to_string(), |c| cli_user(c.uid()));
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r.take(MAX_COMMAND_BYTES)).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let answer = match serde_json::from_str::<AdminCommand>(&line) {
-                        Ok(cmd) => match answer(&store, &realm, &live, cmd).await {
-                            Ok(v) => json!({ "ok": true, "result": v }),
-                            Err(e) => json!({ "ok": false, "error": e }),
-                        },
+                        Ok(cmd) => {
+                            let audit = cmd.audit().is_some().then(|| cmd.clone());
+                            match answer(&store, &realm, &live, cmd).await {
+                                Ok(v) => {
+                                    if let Some(cmd) = audit {
+                                        let (store, who) = (store.clone(), who.clone());
+                                        let _ = tokio::task::spawn_blocking(move || {
+                                            audit_cli(&store, &who, &cmd)
+                                        })
+                                        .await;
+                                    }
+                                    json!({ "ok": true, "result": v })
+                                }
+                                Err(e) => json!({ "ok": false, "error": e }),
+                            }
+                        }
                         Err(e) => {
                             json!({ "ok": false, "error": format!("bad admin command: {e}") })
                         }
@@ -804,7 +890,11 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
         );
     }
     let store = Store::open(data_dir)?;
+    let audit = cmd.audit().is_some().then(|| cmd.clone());
     let v = execute(&store, realm, cmd, crate::server::now_unix())?;
+    if let Some(cmd) = audit {
+        audit_cli(&store, &cli_user(nix::unistd::getuid().as_raw()), &cmd);
+    }
     store.flush()?;
     Ok(v)
 }

@@ -95,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         action: ListsAction,
     },
+    /// Live calls of the running server: list them, hang one up.
+    Calls {
+        #[command(subcommand)]
+        action: CallsAction,
+    },
     /// Operator switches that flows test with `flag` (e.g. urgent-notice).
     Switch {
         #[command(subcommand)]
@@ -153,6 +158,19 @@ enum ListsAction {
     Show {
         /// List name.
         list: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallsAction {
+    /// Every live call: state, caller, dialed, queue, agent, legs (like
+    /// Asterisk's `core show channels`).
+    List,
+    /// Hang a call up by its Call-ID: both legs get BYE, an unanswered
+    /// caller 480 (audited, like the API's).
+    Hangup {
+        /// The caller's Call-ID (from `calls list`).
+        id: String,
     },
 }
 
@@ -591,6 +609,10 @@ fn real_main() -> anyhow::Result<()> {
                 add: false,
             },
             ListsAction::Show { list } => AdminCommand::ListsShow { list },
+        }),
+        Command::Calls { action } => run_admin(match action {
+            CallsAction::List => AdminCommand::CallsList,
+            CallsAction::Hangup { id } => AdminCommand::CallsHangup { id },
         }),
         Command::Switch { action } => run_admin(match action {
             SwitchAction::On { name } => AdminCommand::SwitchSet { name, on: true },

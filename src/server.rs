@@ -248,6 +248,12 @@ impl Shared {
                     "flows": flows,
                 })))
             }
+            AdminCommand::CallsList => Some(Ok(serde_json::json!(self.calls.list()))),
+            AdminCommand::CallsHangup { id } => Some(
+                runtime
+                    .block_on(self.calls.send(id, crate::call::Control::Hangup))
+                    .map_err(|(_, why)| why),
+            ),
             AdminCommand::Queues => {
                 let (_, queues) = runtime.block_on(self.acd.views());
                 let queues: Vec<_> = queues

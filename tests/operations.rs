@@ -472,3 +472,79 @@ fn the_cli_elsewhere_says_where_it_looked_and_creates_nothing() {
         "a database was made"
     );
 }
+
+/// `calls list` and `calls hangup` from the command line (Asterisk's `core
+/// show channels` and `channel request hangup`), and every change made on
+/// the command line in the audit log, with the user who made it, whether
+/// the server runs or not.
+#[test]
+fn the_cli_lists_and_hangs_up_calls_and_its_changes_are_audited() {
+    let mut server = TestServer::start();
+    let mut trunk = Phone::new("13800138011");
+    let mut d = trunk.invite(server.sip, "12345");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 5.0)
+        .expect("the flow answers");
+    trunk.ack(server.sip, &mut d, &ok);
+    let (ok, out) = server.cli(&["calls", "list"]);
+    assert!(ok, "{out}");
+    let calls: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(calls.len(), 1, "{out}");
+    assert_eq!(calls[0]["call_id"], d.call_id.as_str(), "{out}");
+    assert_eq!(calls[0]["caller"], "13800138011", "{out}");
+    let (ok, out) = server.cli(&["calls", "hangup", &d.call_id]);
+    assert!(ok, "{out}");
+    let bye = trunk.request("BYE", 3.0).expect("the caller gets BYE");
+    trunk.reply(server.sip, &bye, 200, "x");
+    let (ok, out) = server.cli(&["calls", "hangup", "no-such-call"]);
+    assert!(!ok && out.contains("no-such-call"), "{out}");
+    let (ok, out) = server.cli(&["routes", "set", "96700", "--queue", "main"]);
+    assert!(ok, "{out}");
+
+    // With the server stopped, the CLI writes the database itself.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (ok, out) = server.cli(&[
+        "agents",
+        "add",
+        "1010",
+        "--password",
+        "s3cret-10",
+        "--queues",
+        "main",
+    ]);
+    assert!(ok, "{out}");
+    server.restart();
+
+    let admin = server.token("auditor", "admin", None);
+    let (_, audit) = server.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+    let items = audit["items"].as_array().cloned().unwrap_or_default();
+    for (action, target) in [
+        ("call.hangup", d.call_id.as_str()),
+        ("route.set", "96700"),
+        ("agent.set", "1010"),
+    ] {
+        let entry = items
+            .iter()
+            .find(|e| e["action"] == action && e["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} {target} in {audit}"));
+        assert!(
+            entry["who"].as_str().is_some_and(|w| w.starts_with("cli:")),
+            "{entry}"
+        );
+    }
+    let agent = items
+        .iter()
+        .find(|e| e["action"] == "agent.set")
+        .expect("agent.set");
+    assert!(
+        agent["detail"].get("password").is_none(),
+        "the password is never audited: {agent}"
+    );
+    assert!(
+        !items
+            .iter()
+            .any(|e| e["action"] == "call.hangup" && e["target"] == "no-such-call"),
+        "a refused command is not a change: {audit}"
+    );
+}
