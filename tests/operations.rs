@@ -548,3 +548,64 @@ fn the_cli_lists_and_hangs_up_calls_and_its_changes_are_audited() {
         "a refused command is not a change: {audit}"
     );
 }
+
+/// One number everywhere: however the trunk writes the number (with +86,
+/// 0086 or the 028 area code, or only in To), the seat's X-Dialed and
+/// History-Info, the live call and the CDR all say the normalized number.
+#[test]
+fn the_dialed_number_is_the_normalized_one_everywhere() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut phone = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(
+        phone.register(server.sip, "s3cret", yihaotong::sip::auth::Algorithm::Md5),
+        200
+    );
+    let mut trunk = Phone::new("13800138012");
+    let mut call_ids = Vec::new();
+    for (i, written) in ["+86123450", "0086123450", "028123450", "to-only"]
+        .iter()
+        .enumerate()
+    {
+        let mut d = if *written == "to-only" {
+            trunk.invite_to_only(server.sip, "123450")
+        } else {
+            trunk.invite(server.sip, written)
+        };
+        let inv = phone
+            .request("INVITE", 5.0)
+            .unwrap_or_else(|| panic!("{written}: seat rung"));
+        assert_eq!(inv.headers.get("x-dialed"), Some("123450"), "{written}");
+        let history = inv.headers.get("history-info").unwrap_or_default();
+        assert!(history.contains("sip:123450@"), "{written}: {history}");
+        let (_, live) = server.cli(&["calls", "list"]);
+        let live: Vec<serde_json::Value> = serde_json::from_str(&live).expect("JSON");
+        assert_eq!(live[0]["dialed"], "123450", "{written}: {live:?}");
+        let tag = format!("a{i}");
+        let mut leg = common::answer(&server, &mut phone, &inv, &tag);
+        let ok = trunk
+            .response(&d.call_id, "INVITE", 200, 3.0)
+            .expect("caller answered");
+        trunk.ack(server.sip, &mut d, &ok);
+        phone.in_dialog(server.sip, &mut leg, "BYE", "");
+        let bye = trunk.request("BYE", 3.0).expect("BYE to the caller");
+        trunk.reply(server.sip, &bye, 200, "x");
+        call_ids.push(d.call_id.clone());
+        server.assert_idle();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, out) = server.cli(&["cdrs"]);
+        let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        let ours: Vec<&serde_json::Value> = cdrs
+            .iter()
+            .filter(|c| call_ids.iter().any(|id| c["call_id"] == id.as_str()))
+            .collect();
+        if ours.len() == call_ids.len() {
+            assert!(ours.iter().all(|c| c["dialed"] == "123450"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "CDRs missing: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

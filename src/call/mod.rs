@@ -310,7 +310,7 @@ pub fn run(
 async fn run_boxed(ctx: CallCtx, events: crate::boxed::Receiver<CallEvent>, arrival: Box<Arrival>) {
     let Arrival {
         key: a_key,
-        invite,
+        mut invite,
         peer: a_peer,
         route,
         dialed,
@@ -318,6 +318,10 @@ async fn run_boxed(ctx: CallCtx, events: crate::boxed::Receiver<CallEvent>, arri
         direct,
         slot: _slot,
     } = *arrival;
+    // One number everywhere: the dialed number as routing normalized it
+    // (`+8612345`, `008612345`, `02812345`, or a trunk that names it only
+    // in To) is what the CDR, the events, X-Dialed and History-Info say.
+    invite.uri_user = Some(dialed.clone());
     let span = info_span!("call", call_id = %invite.core.call_id, dialed = %dialed, queue = %route.queue, flow = %route.flow);
     async move {
         let shared = ctx.shared.clone();

@@ -643,6 +643,16 @@ impl Phone {
         d
     }
 
+    /// Sends an INVITE whose Request-URI names no user: the number dialed
+    /// is only in To, as some trunks send it.
+    pub fn invite_to_only(&mut self, server: SocketAddr, number: &str) -> PhoneDialog {
+        let mut d = self.new_dialog(server, number);
+        d.target = format!("sip:{server}");
+        let sdp = self.sdp();
+        self.send_invite(server, &d, &sdp, "");
+        d
+    }
+
     /// Sends an INVITE that has `max_forwards` hops left.
     pub fn invite_hops(
         &mut self,
