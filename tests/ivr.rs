@@ -261,19 +261,7 @@ fn a_caller_who_hangs_up_while_the_backend_rings_is_recorded_as_abandoned_by_the
     backend.reply(server.sip, &cancel, 200, "be");
     backend.reply(server.sip, &inv, 487, "be");
     server.assert_idle();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let cdr = loop {
-        let (_, out) = server.cli(&["cdrs"]);
-        let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
-        if let Some(c) = cdrs
-            .into_iter()
-            .find(|c| c["call_id"] == d.call_id.as_str())
-        {
-            break c;
-        }
-        assert!(std::time::Instant::now() < deadline, "no CDR: {out}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let cdr = server.wait_cdr(&d.call_id);
     assert_eq!(cdr["disposition"], "abandoned", "{cdr}");
     assert_eq!(cdr["hung_up_by"], "caller", "{cdr}");
 }

@@ -362,6 +362,13 @@ fn provisioning_refuses_names_nobody_declared() {
         reason.contains("cause=480") && reason.contains("flow pilot is not loaded"),
         "{reason}"
     );
+    // Its record says so.
+    let cdr = server.wait_cdr(&d.call_id);
+    assert_eq!(
+        (&cdr["refused"], &cdr["disposition"]),
+        (&serde_json::json!(480), &serde_json::json!("failed")),
+        "{cdr}"
+    );
 }
 
 /// Every INVITE that reached routing ends in exactly one CDR, the refused

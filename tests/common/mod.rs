@@ -325,6 +325,21 @@ impl TestServer {
         panic!("calls or relays still alive after the calls ended: {last}");
     }
 
+    /// The CDR of `call_id`, waiting (5 s at most) for the batch that
+    /// writes it (`record_flush`).
+    pub fn wait_cdr(&self, call_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, out) = self.cli(&["cdrs"]);
+            let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+            if let Some(c) = cdrs.into_iter().find(|c| c["call_id"] == call_id) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "no CDR for {call_id}: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
