@@ -216,8 +216,22 @@ fn each_role_reaches_what_it_may_and_is_refused_the_rest() {
             )
         })
         .collect();
+    // The set-up above went through the CLI, audited as such.
+    assert!(
+        entries
+            .iter()
+            .any(|(who, action, target)| who.starts_with("cli:")
+                && *action == "agent.set"
+                && *target == "1001"),
+        "{entries:?}"
+    );
+    let by_tokens: Vec<_> = entries
+        .iter()
+        .filter(|(who, _, _)| !who.starts_with("cli:"))
+        .cloned()
+        .collect();
     assert_eq!(
-        entries,
+        by_tokens,
         [
             ("floor (supervisor)", "agent.state", "1002"),
             ("seat-1001 (agent)", "agent.state", "1001")
