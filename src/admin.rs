@@ -243,6 +243,17 @@ impl AdminCommand {
         )
     }
 
+    /// Whether it names queues or flows ([`Names::check`] has something
+    /// to check).
+    pub fn names_things(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::RoutesSet { .. }
+                | AdminCommand::RoutesImport { .. }
+                | AdminCommand::AgentsAdd { .. }
+        )
+    }
+
     /// For a command that changes something, the audit log's action and
     /// target (the names the API writes); `None` for one that only reads.
     pub fn audit(&self) -> Option<(&'static str, String)> {

@@ -1034,9 +1034,12 @@ where
     T: serde::de::DeserializeOwned,
 {
     use serde::de::Error;
-    let name = String::deserialize(d)?;
-    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&name))
-        .map_err(D::Error::custom)
+    named(&String::deserialize(d)?).map_err(D::Error::custom)
+}
+
+/// The enum value `name` names, or serde's message listing the names.
+fn named<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, serde::de::value::Error> {
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name))
 }
 
 /// [`choice`] for a setting a queue may leave to `[queue]`.
@@ -1057,10 +1060,7 @@ where
     use serde::de::Error;
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|name| {
-            T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(name))
-                .map_err(D::Error::custom)
-        })
+        .map(|name| named(name).map_err(D::Error::custom))
         .collect()
 }
 

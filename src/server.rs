@@ -167,12 +167,7 @@ impl Shared {
     pub fn live(self: &Arc<Self>, cmd: &AdminCommand) -> Option<Result<serde_json::Value, String>> {
         // A route, plan or account naming a queue or flow nobody declared
         // is refused before anything is written.
-        if matches!(
-            cmd,
-            AdminCommand::RoutesSet { .. }
-                | AdminCommand::RoutesImport { .. }
-                | AdminCommand::AgentsAdd { .. }
-        ) {
+        if cmd.names_things() {
             let names = crate::admin::Names {
                 queues: self.settings.queues.keys().cloned().collect(),
                 flows: self.catalog().flows.keys().cloned().collect(),
