@@ -162,7 +162,7 @@ fn walk_12333(
 
 fn ivr(c: &mut Criterion) {
     let settings = yihaotong::config::Settings::from_text(None).expect("settings");
-    let loaded = yihaotong::ivr::load(&settings);
+    let loaded = yihaotong::ivr::load(&settings, &settings.queues);
     let catalog = Arc::new(loaded.catalog);
     let flow = catalog.flows.get("12333").expect("the 12333 flow").clone();
     assert!(walk_12333(&catalog, &flow), "the walk reaches the hand-off");

@@ -19,6 +19,8 @@ use crate::routing;
 use crate::sip::auth::Credentials;
 use crate::store::{Agent, Route, Store};
 
+pub mod tables;
+
 /// Longest command line accepted on the socket.
 const MAX_COMMAND_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -186,8 +188,26 @@ pub enum AdminCommand {
     FlowsValidate,
     /// The flows the running server uses (name, file, description, nodes).
     Flows,
-    /// The queues of the running server with their figures now.
-    Queues,
+    /// Add a queue (refused when one has the name, unless `replace`).
+    QueuesSet {
+        /// Queue name.
+        name: String,
+        /// Its keys (any left out follow `[queue]`).
+        #[serde(default)]
+        def: Box<crate::config::QueueDef>,
+        /// Replace a queue of that name rather than refuse.
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Remove a queue; refused while a route, flow, agent or another
+    /// queue's overflow names it, or callers wait in it.
+    QueuesRemove {
+        /// Queue name.
+        name: String,
+    },
+    /// The queues: name, description and the keys set (`keys`; the others
+    /// follow `[queue]`), and from a running server their figures now.
+    QueuesList,
     /// The live calls of the running server (Asterisk's `core show channels`).
     CallsList,
     /// Hang up a live call (Asterisk's `channel request hangup`): both legs
@@ -236,7 +256,6 @@ impl AdminCommand {
                 | AdminCommand::Reload
                 | AdminCommand::FlowsValidate
                 | AdminCommand::Flows
-                | AdminCommand::Queues
                 | AdminCommand::CallsList
                 | AdminCommand::CallsHangup { .. }
                 | AdminCommand::Originate { .. }
@@ -251,6 +270,8 @@ impl AdminCommand {
             AdminCommand::RoutesSet { .. }
                 | AdminCommand::RoutesImport { .. }
                 | AdminCommand::AgentsAdd { .. }
+                | AdminCommand::QueuesSet { .. }
+                | AdminCommand::QueuesRemove { .. }
         )
     }
 
@@ -264,6 +285,8 @@ impl AdminCommand {
             AdminCommand::RoutesSet { number, .. } => ("route.set", number.clone()),
             AdminCommand::RoutesRemove { number } => ("route.remove", number.clone()),
             AdminCommand::RoutesImport { name, .. } => ("routes.import", name.clone()),
+            AdminCommand::QueuesSet { name, .. } => ("queue.set", name.clone()),
+            AdminCommand::QueuesRemove { name } => ("queue.remove", name.clone()),
             AdminCommand::ListsEdit { list, .. } => ("list.edit", list.clone()),
             AdminCommand::SwitchSet { name, .. } => ("switch.set", name.clone()),
             AdminCommand::TokensAdd { name, .. } => ("token.add", name.clone()),
@@ -286,6 +309,7 @@ impl AdminCommand {
                 | AdminCommand::QueueLog { .. }
                 | AdminCommand::RoutesTest { .. }
                 | AdminCommand::RoutesList
+                | AdminCommand::QueuesList
                 | AdminCommand::ListsShow { .. }
                 | AdminCommand::SwitchList
                 | AdminCommand::TokensList
@@ -310,15 +334,22 @@ fn valid_name(kind: &str, s: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The queues and flows that exist: what a route, a plan or an agent
-/// account may name. The server knows them from its settings and loaded
-/// flows; the CLI from the same settings and the flow files on disk.
+/// The queues, flows and prompts that exist: what a route, a plan, an
+/// agent account or a queue may name. The server knows them from its
+/// store and loaded catalog; the CLI from the store, the flow files and
+/// the sounds on disk.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
-    /// `[queues.NAME]` of the settings.
+    /// The store's queues.
     pub queues: std::collections::BTreeSet<String>,
     /// Flows by name (a flow file's stem).
     pub flows: std::collections::BTreeSet<String>,
+    /// Queues each flow file names (flow → queues), whether or not it loads.
+    pub flow_queues: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Prompt names.
+    pub prompts: std::collections::BTreeSet<String>,
+    /// Whether an outbound trunk is set (callbacks need one).
+    pub outbound: bool,
 }
 
 impl Names {
@@ -346,6 +377,41 @@ impl Names {
             AdminCommand::AgentsAdd { queues, .. } => queues.iter().try_for_each(|q| {
                 self.queue(q.split_once(':').map_or(q.as_str(), |(name, _)| name))
             }),
+            AdminCommand::QueuesSet { name, def, .. } => {
+                crate::config::check_queue(name, def, &self.queues, self.outbound)?;
+                if let Some(crate::config::Overflow::Flow(f)) = &def.overflow {
+                    self.flow(f).map_err(|e| format!("overflow: {e}"))?;
+                }
+                for (key, prompt) in [
+                    ("moh", &def.moh),
+                    ("periodic_announce", &def.periodic_announce),
+                ] {
+                    if let Some(p) = prompt.as_deref().filter(|p| !p.is_empty()) {
+                        if crate::media::prompts::silence_frames(p).is_none()
+                            && !self.prompts.contains(p)
+                        {
+                            return Err(format!("{key}: prompt `{p}` does not exist"));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            AdminCommand::QueuesRemove { name } => {
+                let naming: Vec<&str> = self
+                    .flow_queues
+                    .iter()
+                    .filter(|(_, queues)| queues.contains(name))
+                    .map(|(flow, _)| flow.as_str())
+                    .collect();
+                if naming.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "queue `{name}` is named by flow(s) {}; change them first",
+                        naming.join(", ")
+                    ))
+                }
+            }
             AdminCommand::RoutesImport { name, text } => {
                 let routes = routing::parse_plan(text, name).map_err(|e| format!("{e:#}"))?;
                 for r in &routes {
@@ -399,6 +465,62 @@ fn known(kind: &str, name: &str, names: &std::collections::BTreeSet<String>) -> 
             list.join(", ")
         }
     ))
+}
+
+/// What in the store still names queue `name` (a route, an agent account,
+/// a booked callback, another queue's overflow), said as a refusal;
+/// `None`: nothing does.
+pub fn queue_in_use(
+    store: &Store,
+    queues: &crate::config::Queues,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    let routes: Vec<String> = store
+        .routes()?
+        .into_iter()
+        .filter(|r| r.flow.is_empty() && r.queue == name)
+        .map(|r| r.number)
+        .collect();
+    if !routes.is_empty() {
+        return Ok(Some(format!(
+            "queue `{name}` is named by route(s) {}; change them first",
+            routes.join(", ")
+        )));
+    }
+    let agents: Vec<String> = store
+        .agents()?
+        .into_iter()
+        .filter(|a| a.memberships().iter().any(|(q, _)| q == name))
+        .map(|a| a.id)
+        .collect();
+    if !agents.is_empty() {
+        return Ok(Some(format!(
+            "queue `{name}` is served by agent(s) {}; change their queues first",
+            agents.join(", ")
+        )));
+    }
+    let booked = store
+        .callbacks()?
+        .iter()
+        .filter(|b| b.queue == name)
+        .count();
+    if booked > 0 {
+        return Ok(Some(format!(
+            "queue `{name}` has {booked} callback(s) booked; remove it when they are served"
+        )));
+    }
+    let overflowing: Vec<&str> = queues
+        .iter()
+        .filter(|(_, q)| q.overflow == Some(crate::config::Overflow::Queue(name.to_string())))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !overflowing.is_empty() {
+        return Ok(Some(format!(
+            "queue `{name}` takes the overflow of queue(s) {}; change them first",
+            overflowing.join(", ")
+        )));
+    }
+    Ok(None)
 }
 
 /// The one rule for an agent's SIP password, wherever it is set (the CLI,
@@ -620,6 +742,33 @@ pub fn execute(
             }
             Ok(out)
         }
+        AdminCommand::QueuesSet { name, def, replace } => {
+            let existed = store.queues()?.contains_key(&name);
+            if existed && !replace {
+                bail!("queue `{name}` exists; `yihaotong queues set` (or PUT /api/v1/queues/{name}) changes it");
+            }
+            store.put_queue(&name, &def)?;
+            Ok(json!({ "queue": name, "replaced": existed }))
+        }
+        AdminCommand::QueuesRemove { name } => {
+            let queues = store.queues()?;
+            if !queues.contains_key(&name) {
+                bail!("no queue `{name}`");
+            }
+            if let Some(why) = queue_in_use(store, &queues, &name)? {
+                bail!("{why}");
+            }
+            store.remove_queue(&name)?;
+            Ok(json!({ "removed": name }))
+        }
+        AdminCommand::QueuesList => {
+            let list: Vec<Value> = store
+                .queues()?
+                .into_iter()
+                .map(|(name, def)| json!({ "name": name, "description": def.description, "keys": def }))
+                .collect();
+            Ok(Value::Array(list))
+        }
         AdminCommand::RoutesRemove { number } => {
             if !store.remove_route(&number)? {
                 bail!("no route {number:?}");
@@ -692,7 +841,6 @@ pub fn execute(
         | AdminCommand::Reload
         | AdminCommand::FlowsValidate
         | AdminCommand::Flows
-        | AdminCommand::Queues
         | AdminCommand::CallsList
         | AdminCommand::CallsHangup { .. }
         | AdminCommand::Originate { .. } => bail!("the server is not running (no admin socket)"),
@@ -867,6 +1015,28 @@ pub async fn serve(path: PathBuf, store: Store, realm: String, live: LiveFn) -> 
 /// Runs a command: through the running server's socket if there is one,
 /// else directly on the database.
 pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::Result<Value> {
+    run_command_with(data_dir, realm, cmd, None)
+}
+
+/// What the CLI knows without a server: the settings' queue seeds and the
+/// flows and sounds on disk.
+#[derive(Debug, Clone, Default)]
+pub struct Offline {
+    /// Flows, flow references and prompts on disk (queues: the seeds').
+    pub names: Names,
+    /// `[queues.NAME]` of the settings.
+    pub seeds: crate::config::Queues,
+}
+
+/// [`run_command`], and with no server running, first seeds the store's
+/// queues as the server would and refuses a command naming a queue, flow
+/// or prompt that does not exist (the running server checks its own).
+pub fn run_command_with(
+    data_dir: &Path,
+    realm: &str,
+    cmd: AdminCommand,
+    offline: Option<&Offline>,
+) -> anyhow::Result<Value> {
     let path = socket_path(data_dir);
     if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&path) {
         let mut line = serde_json::to_string(&cmd)?;
@@ -901,6 +1071,18 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
         );
     }
     let store = Store::open(data_dir)?;
+    if let Some(offline) = offline {
+        for w in store.seed_queues(&offline.seeds)? {
+            eprintln!("warning: {w}");
+        }
+        if cmd.names_things() {
+            let mut names = offline.names.clone();
+            names.queues = store.queues()?.into_keys().collect();
+            names
+                .check(&cmd)
+                .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+        }
+    }
     let audit = cmd.audit().is_some().then(|| cmd.clone());
     let v = execute(&store, realm, cmd, crate::server::now_unix())?;
     if let Some(cmd) = audit {

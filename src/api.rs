@@ -90,7 +90,7 @@ struct PageBody {
 #[openapi(
     info(title = "yihaotong admin and CTI API", description = "12345 hotline telephony: status, agents, routes, records, events"),
     paths(readyz, metrics_page, status, agents, agent_state, provisioning::set_agent, provisioning::remove_agent,
-        routes, provisioning::set_route, provisioning::remove_route, queues, flows, flows_validate, flows_reload,
+        routes, provisioning::set_route, provisioning::remove_route, queues, provisioning::set_queue, provisioning::remove_queue, flows, flows_validate, flows_reload,
         cdrs, audit, report, event_stream, queue_log, recordings::list, recordings::audio, calls::list, calls::originate, calls::one, calls::hangup, calls::hold, calls::resume, calls::recording, calls::transfer, calls::transfer_complete, calls::transfer_cancel, calls::data),
     components(schemas(ErrorBody, PageBody, StateChange, crate::call::CallView, crate::call::LegView,
         calls::RecordingSwitch, calls::TransferTo, calls::CallData, calls::NewCall,
@@ -239,6 +239,10 @@ pub async fn serve(listen: SocketAddr, api: Api) -> anyhow::Result<SocketAddr> {
             put(provisioning::set_route).delete(provisioning::remove_route),
         )
         .route("/api/v1/queues", get(queues))
+        .route(
+            "/api/v1/queues/{name}",
+            put(provisioning::set_queue).delete(provisioning::remove_queue),
+        )
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/flows/validate", post(flows_validate))
         .route("/api/v1/flows/reload", post(flows_reload))
@@ -396,7 +400,7 @@ async fn routes(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
 }
 
 #[utoipa::path(get, path = "/api/v1/queues", tag = "routing", security(("bearer" = [])),
-    responses((status = 200, description = "each queue (from config, read-only) with its figures now: waiting, longest_wait_ms, free, ringing, on_call, wrap_up, on_break, unavailable, members, hold_estimate_ms", body = [Object]),
+    responses((status = 200, description = "each queue: name, description, the keys set (`keys`; the others follow `[queue]`), the strategy in force and its figures now: waiting, longest_wait_ms, free, ringing, on_call, wrap_up, on_break, unavailable, members, hold_estimate_ms", body = [Object]),
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 403, description = "the token's role may not", body = ErrorBody)))]
 async fn queues(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
@@ -406,7 +410,7 @@ async fn queues(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<
         &[Role::Admin, Role::Supervisor, Role::Ticketing],
         "read the queues",
     )?;
-    Ok(Json(run(&api, AdminCommand::Queues).await?))
+    Ok(Json(run(&api, AdminCommand::QueuesList).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/flows", tag = "flows", security(("bearer" = [])),

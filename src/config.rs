@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::acd::desk::{EmptyWhen, Rules, Strategy};
 use anyhow::{bail, Context};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The defaults, compiled in so `yihaotong run` works from any folder.
 pub const DEFAULTS: &str = include_str!("../config/yihaotong.toml");
@@ -200,68 +200,131 @@ impl Settings {
 }
 
 /// One agent queue: every key but `description` and `overflow` defaults to `[queue]`'s.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[queues.NAME]` seeds the store's queues; `yihaotong queues` and
+/// `/api/v1/queues` keep them (written as JSON, keys left out when unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDef {
     /// What it serves.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// How agents are chosen.
-    #[serde(default, deserialize_with = "opt_choice")]
+    #[serde(
+        default,
+        deserialize_with = "opt_choice",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub strategy: Option<Strategy>,
     /// Ring time per offer, seconds.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ring_timeout: Option<u64>,
     /// Wrap-up after each call, seconds.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub wrap_up: Option<u64>,
     /// Longest wait in line, seconds (0: no limit).
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_wait: Option<u64>,
     /// Where callers go when `max_wait` passes or the queue empties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<Overflow>,
     /// Most callers in line (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiting: Option<usize>,
     /// Member conditions under which callers may not join.
-    #[serde(default, deserialize_with = "opt_choices")]
+    #[serde(
+        default,
+        deserialize_with = "opt_choices",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub join_empty: Option<Vec<EmptyWhen>>,
     /// Member conditions under which waiting callers leave.
-    #[serde(default, deserialize_with = "opt_choices")]
+    #[serde(
+        default,
+        deserialize_with = "opt_choices",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub leave_empty: Option<Vec<EmptyWhen>>,
     /// Prompt looped while callers wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moh: Option<String>,
     /// Seconds between telling a waiting caller their place (0: never).
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub announce_position: Option<u64>,
     /// Seconds between telling a waiting caller the expected wait (0: never).
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub announce_wait: Option<u64>,
     /// A prompt played to waiting callers every `periodic_announce_every` seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub periodic_announce: Option<String>,
     /// Seconds between periodic announcements (0: never).
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub periodic_announce_every: Option<u64>,
     /// Overrides `[queue] callback_after`.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub callback_after: Option<u64>,
     /// Seconds within which an answer counts as in service level.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_level: Option<u64>,
     /// Seconds before an agent who missed a caller is offered them again.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry: Option<u64>,
     /// Consecutive missed offers before an agent goes on break (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_no_answer: Option<u32>,
     /// Skills: seconds per level step before a higher level is offered the caller.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tier_wait: Option<u64>,
     /// Seconds within which an abandoning caller who calls again gets their place.
-    #[serde(default, deserialize_with = "opt_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resume_window: Option<u64>,
 }
 
 /// Where a queue sends callers it cannot serve.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Overflow {
     /// Another queue (the caller keeps their call data).
@@ -549,11 +612,15 @@ pub struct QueueSettings {
     pub callback_ring: u64,
 }
 
+/// The queues in service by name: the store's, which `[queues.NAME]` seeded.
+pub type Queues = BTreeMap<String, QueueDef>;
+
 impl Settings {
-    /// The resolved rules of queue `name` (its own keys over `[queue]`'s).
-    pub fn queue_rules(&self, name: &str) -> Rules {
+    /// The resolved rules of a queue (its own keys over `[queue]`'s; `None`:
+    /// `[queue]`'s alone).
+    pub fn queue_rules(&self, q: Option<&QueueDef>) -> Rules {
         let d = &self.queue;
-        let q = self.queues.get(name).cloned().unwrap_or_default();
+        let q = q.cloned().unwrap_or_default();
         let ms = |v: u64| v.saturating_mul(1000);
         Rules {
             strategy: q.strategy.unwrap_or(d.strategy),
@@ -570,26 +637,21 @@ impl Settings {
         }
     }
 
-    /// Service level of queue `name`, seconds.
-    pub fn service_level(&self, name: &str) -> u64 {
-        self.queues
-            .get(name)
-            .and_then(|q| q.service_level)
+    /// Service level of a queue, seconds.
+    pub fn service_level(&self, q: Option<&QueueDef>) -> u64 {
+        q.and_then(|q| q.service_level)
             .unwrap_or(self.queue.service_level)
     }
 
-    /// Hold prompt of queue `name`.
-    pub fn moh(&self, name: &str) -> &str {
-        self.queues
-            .get(name)
-            .and_then(|q| q.moh.as_deref())
-            .unwrap_or(&self.queue.moh)
+    /// Hold prompt of a queue.
+    pub fn moh(&self, q: Option<&QueueDef>) -> String {
+        q.and_then(|q| q.moh.clone())
+            .unwrap_or_else(|| self.queue.moh.clone())
     }
 
-    /// What queue `name` tells its waiting callers, and how often.
-    pub fn announcements(&self, name: &str) -> Announcements {
+    /// What a queue tells its waiting callers, and how often.
+    pub fn announcements(&self, q: Option<&QueueDef>) -> Announcements {
         let d = &self.queue;
-        let q = self.queues.get(name);
         let secs = |v: Option<u64>, dflt: u64| std::time::Duration::from_secs(v.unwrap_or(dflt));
         Announcements {
             position: secs(q.and_then(|q| q.announce_position), d.announce_position),
@@ -604,6 +666,59 @@ impl Settings {
             callback: secs(q.and_then(|q| q.callback_after), d.callback_after),
         }
     }
+}
+
+/// What one queue's definition may be, whether from `[queues.NAME]` or the
+/// CLI and API: a plain name, an overflow to another of `queues`, callbacks
+/// only with an outbound trunk (`outbound`), a one-line description.
+pub fn check_queue(
+    name: &str,
+    q: &QueueDef,
+    queues: &std::collections::BTreeSet<String>,
+    outbound: bool,
+) -> Result<(), String> {
+    if !crate::ivr::flow::is_plain_name(name) || name.len() > 64 {
+        return Err(format!(
+            "queue name {name:?} must be 1-64 letters, digits, - and _"
+        ));
+    }
+    if let Some(Overflow::Queue(to)) = &q.overflow {
+        if to == name || !queues.contains(to) {
+            return Err(format!(
+                "overflow names queue {to:?}, which is not another queue (known: {})",
+                queues.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    // A week bounds every span: beyond it a timer means a typo (and the
+    // desk's clock arithmetic stays far from overflow).
+    const WEEK: u64 = 7 * 86_400;
+    for (key, secs) in [
+        ("ring_timeout", q.ring_timeout),
+        ("wrap_up", q.wrap_up),
+        ("max_wait", q.max_wait),
+        ("announce_position", q.announce_position),
+        ("announce_wait", q.announce_wait),
+        ("periodic_announce_every", q.periodic_announce_every),
+        ("callback_after", q.callback_after),
+        ("service_level", q.service_level),
+        ("retry", q.retry),
+        ("tier_wait", q.tier_wait),
+        ("resume_window", q.resume_window),
+    ] {
+        if secs.is_some_and(|s| s > WEEK) {
+            return Err(format!("{key} must be at most 168h (a week)"));
+        }
+    }
+    if q.callback_after.is_some_and(|s| s > 0) && !outbound {
+        return Err(
+            "callback_after needs [trunk] outbound (callbacks go out through the trunk)".into(),
+        );
+    }
+    if q.description.chars().count() > 256 || q.description.chars().any(char::is_control) {
+        return Err("description must be one line of at most 256 characters".into());
+    }
+    Ok(())
 }
 
 /// A queue's announcements to waiting callers (a zero period: never).
@@ -794,16 +909,15 @@ impl Settings {
                 }
             }
         }
-        for name in self.queues.keys().chain(self.backends.keys()) {
+        for name in self.backends.keys() {
             if !crate::ivr::flow::is_plain_name(name) {
-                bail!("settings: queue/backend name {name:?} must use letters, digits, - and _");
+                bail!("settings: backend name {name:?} must use letters, digits, - and _");
             }
         }
+        let seeded: std::collections::BTreeSet<String> = self.queues.keys().cloned().collect();
         for (name, q) in &self.queues {
-            if let Some(Overflow::Queue(to)) = &q.overflow {
-                if to == name || !self.queues.contains_key(to) {
-                    bail!("settings: [queues.{name}] overflow names queue {to:?}, which is not another configured queue");
-                }
+            if let Err(e) = check_queue(name, q, &seeded, !self.trunk.outbound.is_empty()) {
+                bail!("settings: [queues.{name}] {e}");
             }
         }
         if !self.admin.listen.is_empty() && self.admin.address().is_none() {
@@ -1254,6 +1368,11 @@ mod tests {
             "{err}"
         );
         assert!(load("[queues.hrss]\nstrategy = \"ring-all\"\njoin_empty = []\n").is_ok());
+        let err = load("[queues.hrss]\nretry = \"200h\"\n").expect_err("200 hours");
+        assert!(
+            err.contains("[queues.hrss] retry must be at most 168h"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ struct Cli {
     /// Settings file layered over the built-in defaults (then YIHAOTONG_* variables).
     #[arg(long, global = true, env = "YIHAOTONG_CONFIG")]
     config: Option<PathBuf>,
+    /// Output: tables with local times for people, JSON for scripts, or
+    /// CSV (lists, cdrs and report).
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    format: yihaotong::acd::report::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,9 +49,6 @@ enum Command {
         /// Grouping.
         #[arg(long, value_enum, default_value = "hotline")]
         by: yihaotong::acd::report::By,
-        /// Output.
-        #[arg(long, value_enum, default_value = "table")]
-        format: yihaotong::acd::report::Format,
     },
     /// Call detail records (JSON) for a time range, by end time.
     Cdrs {
@@ -89,6 +90,12 @@ enum Command {
     Routes {
         #[command(subcommand)]
         action: RoutesAction,
+    },
+    /// Agent queues: a department's queue added, changed or removed
+    /// without a restart (`[queues.NAME]` in the settings seeds them).
+    Queues {
+        #[command(subcommand)]
+        action: QueuesAction,
     },
     /// Named caller lists that flows test with `caller_in` (e.g. elderly).
     Lists {
@@ -244,6 +251,89 @@ enum AgentsAction {
 }
 
 #[derive(Subcommand)]
+enum QueuesAction {
+    /// Add a queue; refused when one has the name.
+    Add(QueueArgs),
+    /// Add or replace a queue (keys not given follow `[queue]`).
+    Set(QueueArgs),
+    /// The queues with their keys, and, from a running server, their
+    /// figures now (waiting, free, members…).
+    List,
+    /// Remove a queue; refused while a route, a flow, an agent or another
+    /// queue's overflow names it, or callers wait in it.
+    Remove {
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// A queue's keys on the command line; the others follow `[queue]`.
+#[derive(clap::Args)]
+struct QueueArgs {
+    /// Queue name (letters, digits, - and _).
+    name: String,
+    /// What it serves (shown in lists and on the wallboard).
+    #[arg(long)]
+    description: Option<String>,
+    /// longest-idle, round-robin, fewest-calls, ring-all, linear or skills.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Ring time per offer (`15`, `15s`, `1m`).
+    #[arg(long)]
+    ring_timeout: Option<String>,
+    /// Wrap-up after each call.
+    #[arg(long)]
+    wrap_up: Option<String>,
+    /// Longest wait in line (0: no limit).
+    #[arg(long)]
+    max_wait: Option<String>,
+    /// Answered within this counts as in service level.
+    #[arg(long)]
+    service_level: Option<String>,
+    /// Prompt looped while callers wait.
+    #[arg(long)]
+    moh: Option<String>,
+    /// Where callers go when max_wait passes or the queue empties:
+    /// `queue:NAME` or `flow:NAME`.
+    #[arg(long)]
+    overflow: Option<String>,
+}
+
+impl QueueArgs {
+    /// The command: the keys read exactly as `[queues.NAME]` reads them
+    /// (the same durations, the same messages for a wrong strategy).
+    fn command(self, replace: bool) -> anyhow::Result<AdminCommand> {
+        let mut keys = serde_json::Map::new();
+        for (key, value) in [
+            ("description", self.description),
+            ("strategy", self.strategy),
+            ("ring_timeout", self.ring_timeout),
+            ("wrap_up", self.wrap_up),
+            ("max_wait", self.max_wait),
+            ("service_level", self.service_level),
+            ("moh", self.moh),
+        ] {
+            if let Some(v) = value {
+                keys.insert(key.into(), v.into());
+            }
+        }
+        if let Some(o) = self.overflow {
+            let Some((kind @ ("queue" | "flow"), name)) = o.split_once(':') else {
+                anyhow::bail!("--overflow {o:?} must be queue:NAME or flow:NAME");
+            };
+            keys.insert("overflow".into(), serde_json::json!({ kind: name }));
+        }
+        let def = serde_json::from_value(serde_json::Value::Object(keys))
+            .map_err(|e| anyhow::anyhow!("queue {}: {e}", self.name))?;
+        Ok(AdminCommand::QueuesSet {
+            name: self.name,
+            def,
+            replace,
+        })
+    }
+}
+
+#[derive(Subcommand)]
 enum RoutesAction {
     /// Route a number (or prefix) to a queue or an IVR flow.
     Set {
@@ -302,12 +392,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The queues of the settings and the flow files on disk: what the CLI's
-/// provisioning may name.
-fn names_on_disk(settings: &Settings) -> admin::Names {
-    admin::Names {
-        queues: settings.queues.keys().cloned().collect(),
-        flows: yihaotong::ivr::flow_file_names(&settings.flows_dir),
+/// The queue seeds of the settings, and the flows and sounds on disk: what
+/// the CLI's provisioning may name when no server answers.
+fn offline(settings: &Settings) -> admin::Offline {
+    admin::Offline {
+        names: admin::Names {
+            queues: settings.queues.keys().cloned().collect(),
+            flows: yihaotong::ivr::flow_file_names(&settings.flows_dir),
+            flow_queues: yihaotong::ivr::flow_queue_refs(&settings.flows_dir),
+            prompts: yihaotong::media::prompts::names_on_disk(&settings.sounds_dir),
+            outbound: !settings.trunk.outbound.is_empty(),
+        },
+        seeds: settings.queues.clone(),
     }
 }
 
@@ -342,21 +438,29 @@ fn real_main() -> anyhow::Result<()> {
     init_log(&settings.log);
     let realm = settings.sip.domain.clone();
     let data_dir = settings.data_dir.clone();
-    let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
-        // Nothing that names a queue or flow nobody declared is written.
-        if cmd.names_things() {
-            names_on_disk(&settings)
-                .check(&cmd)
-                .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
-        }
-        let v = admin::run_command(&data_dir, &realm, cmd)?;
-        match v {
-            serde_json::Value::String(text) => print!("{text}"),
-            v => println!("{}", serde_json::to_string_pretty(&v)?),
+    let offset = settings.ivr.utc_offset_minutes;
+    let format = cli.format;
+    // Lists as tables with local times (or CSV) for people, JSON for scripts.
+    let show = |v: serde_json::Value, view: Option<admin::tables::View>| -> anyhow::Result<()> {
+        use yihaotong::acd::report::Format;
+        match (v, view) {
+            (serde_json::Value::String(text), _) => print!("{text}"),
+            (v, Some(view)) if format != Format::Json => {
+                print!(
+                    "{}",
+                    admin::tables::render(view, &v, offset, format == Format::Csv)
+                );
+            }
+            (v, _) => println!("{}", serde_json::to_string_pretty(&v)?),
         }
         Ok(())
     };
-    let offset = settings.ivr.utc_offset_minutes;
+    let run_admin = |cmd: AdminCommand| -> anyhow::Result<()> {
+        let view = admin::tables::view_of(&cmd);
+        // Nothing that names a queue or flow nobody declared is written.
+        let v = admin::run_command_with(&data_dir, &realm, cmd, Some(&offline(&settings)))?;
+        show(v, view)
+    };
     let range = |since: &str, until: Option<&str>| -> anyhow::Result<(u64, u64)> {
         let now = yihaotong::acd::now_ms();
         let parse = |t: &str, what: &str| {
@@ -396,7 +500,36 @@ fn real_main() -> anyhow::Result<()> {
                 settings.rtp.port_min,
                 settings.rtp.port_max
             );
-            let loaded = yihaotong::ivr::load(&settings);
+            // Every route must reach a queue or a flow that exists.
+            let mut routes = yihaotong::routing::parse_plan(
+                yihaotong::routing::SHIPPED_PLAN,
+                "config/numbers.toml",
+            )?;
+            // The queues: the settings' seeds and what the store holds.
+            // `check` writes nothing: a database is read only where one
+            // exists (and no server holds it).
+            let mut queues = settings.queues.clone();
+            if settings.data_dir.join("db").exists() {
+                // The running server's, or the database's with none running.
+                let ask = |cmd| admin::run_command(&data_dir, &realm, cmd).ok();
+                if let Some(list) = ask(AdminCommand::RoutesList) {
+                    routes.extend(serde_json::from_value::<Vec<_>>(list).unwrap_or_default());
+                }
+                for q in ask(AdminCommand::QueuesList)
+                    .and_then(|l| l.as_array().cloned())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(name), Ok(def)) = (
+                        q["name"].as_str(),
+                        serde_json::from_value(q["keys"].clone()),
+                    ) {
+                        // The settings' own edit is what is checked.
+                        queues.entry(name.to_string()).or_insert(def);
+                    }
+                }
+            }
+            let loaded = yihaotong::ivr::load(&settings, &queues);
             for d in &loaded.diagnostics {
                 eprintln!("{d}");
             }
@@ -405,20 +538,10 @@ fn real_main() -> anyhow::Result<()> {
                 eprintln!("{e:#}");
                 errors += 1;
             }
-            // Every route must reach a queue or a flow that exists.
-            let mut routes = yihaotong::routing::parse_plan(
-                yihaotong::routing::SHIPPED_PLAN,
-                "config/numbers.toml",
-            )?;
-            // `check` writes nothing: a database is read only where one exists.
-            if settings.data_dir.join("db").exists() {
-                if let Ok(store) = Store::open(&settings.data_dir) {
-                    routes.extend(store.routes().unwrap_or_default());
-                }
-            }
             // A flow whose file is there but did not load has had its own
             // errors reported; the routes naming it do not count again.
-            let mut names = names_on_disk(&settings);
+            let mut names = offline(&settings).names;
+            names.queues = queues.keys().cloned().collect();
             names.flows.extend(loaded.catalog.flows.keys().cloned());
             for r in &routes {
                 if let Err(e) = names.route(r) {
@@ -475,12 +598,7 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
-        Command::Report {
-            since,
-            until,
-            by,
-            format,
-        } => {
+        Command::Report { since, until, by } => {
             use clap::ValueEnum;
             let (since, until) = range(&since, until.as_deref())?;
             let name = |v: Option<clap::builder::PossibleValue>| {
@@ -503,7 +621,7 @@ fn real_main() -> anyhow::Result<()> {
             run_admin(AdminCommand::QueueLog {
                 since,
                 until,
-                json: false,
+                json: format == yihaotong::acd::report::Format::Json,
             })
         }
         Command::Reload => run_admin(AdminCommand::Reload),
@@ -534,6 +652,12 @@ fn real_main() -> anyhow::Result<()> {
             AgentsAction::List => AdminCommand::AgentsList,
             AgentsAction::Remove { id } => AdminCommand::AgentsRemove { id },
         }),
+        Command::Queues { action } => run_admin(match action {
+            QueuesAction::Add(args) => args.command(false)?,
+            QueuesAction::Set(args) => args.command(true)?,
+            QueuesAction::List => AdminCommand::QueuesList,
+            QueuesAction::Remove { name } => AdminCommand::QueuesRemove { name },
+        }),
         Command::Routes { action } => run_admin(match action {
             RoutesAction::Set {
                 number,
@@ -562,7 +686,7 @@ fn real_main() -> anyhow::Result<()> {
                     prefixes: settings.trunk.normalize.clone(),
                 };
                 let mut answer = admin::run_command(&data_dir, &realm, cmd)?;
-                let loaded = yihaotong::ivr::load(&settings);
+                let loaded = yihaotong::ivr::load(&settings, &settings.queues);
                 let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
                 if let Some(flow) = answer.get("flow").and_then(|f| f.as_str()) {
                     let flows = [flow.to_string()];
@@ -576,7 +700,7 @@ fn real_main() -> anyhow::Result<()> {
                 // Each route with the backends its flows hand to (before and
                 // after a cut-over) and whether each is up.
                 let mut answer = admin::run_command(&data_dir, &realm, AdminCommand::RoutesList)?;
-                let loaded = yihaotong::ivr::load(&settings);
+                let loaded = yihaotong::ivr::load(&settings, &settings.queues);
                 let live = admin::run_command(&data_dir, &realm, AdminCommand::Status).ok();
                 for route in answer.as_array_mut().into_iter().flatten() {
                     let flows: Vec<String> = ["flow", "after_flow"]
@@ -587,8 +711,7 @@ fn real_main() -> anyhow::Result<()> {
                         .collect();
                     route["backends"] = backends_up(&loaded.catalog, &settings, &flows, &live);
                 }
-                println!("{}", serde_json::to_string_pretty(&answer)?);
-                return Ok(());
+                return show(answer, Some(admin::tables::View::Routes));
             }
             RoutesAction::Import { file } => {
                 let text = std::fs::read_to_string(&file)

@@ -138,6 +138,8 @@ pub struct Shared {
     pub live_calls: AtomicUsize,
     /// Flows, prompts and calendars: the version new calls get.
     pub catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// The queues in service (the store's): the version new calls get.
+    queues: std::sync::RwLock<Arc<crate::config::Queues>>,
     /// Plays prompts and hears keys for IVR calls.
     pub engine: Engine,
     /// Catalog versions taken since start (0 = the one loaded at start).
@@ -168,12 +170,8 @@ impl Shared {
         // A route, plan or account naming a queue or flow nobody declared
         // is refused before anything is written.
         if cmd.names_things() {
-            let names = crate::admin::Names {
-                queues: self.settings.queues.keys().cloned().collect(),
-                flows: self.catalog().flows.keys().cloned().collect(),
-            };
-            if let Err(e) = names.check(cmd) {
-                return Some(Err(e));
+            if let Err(e) = self.names().check(cmd) {
+                return Some(Err(format!("{e}; nothing was changed")));
             }
         }
         let runtime = tokio::runtime::Handle::current();
@@ -212,7 +210,7 @@ impl Shared {
                 Some(placed.map(|call_id| serde_json::json!({ "call_id": call_id })))
             }
             AdminCommand::FlowsValidate => {
-                let loaded = crate::ivr::load(&self.settings);
+                let loaded = crate::ivr::load(&self.settings, &self.queues());
                 Some(Ok(serde_json::json!({
                     "ok": loaded.errors() == 0,
                     "errors": loaded.errors(),
@@ -249,23 +247,39 @@ impl Shared {
                     .block_on(self.calls.send(id, crate::call::Control::Hangup))
                     .map_err(|(_, why)| why),
             ),
-            AdminCommand::Queues => {
-                let (_, queues) = runtime.block_on(self.acd.views());
-                let queues: Vec<_> = queues
-                    .into_iter()
-                    .map(|q| {
-                        let mut v = serde_json::json!(q);
-                        v["description"] = self
-                            .settings
-                            .queues
-                            .get(&q.name)
-                            .map(|d| d.description.clone())
-                            .unwrap_or_default()
-                            .into();
-                        v
-                    })
-                    .collect();
-                Some(Ok(serde_json::json!(queues)))
+            AdminCommand::QueuesList => {
+                // The store's keys beside the desk's figures now.
+                let (_, views) = runtime.block_on(self.acd.views());
+                Some(self.execute(cmd).map(|mut list| {
+                    for q in list.as_array_mut().into_iter().flatten() {
+                        let live = views.iter().find(|v| q["name"] == v.name.as_str());
+                        if let (Some(fields), Some(live)) = (q.as_object_mut(), live) {
+                            if let serde_json::Value::Object(figures) = serde_json::json!(live) {
+                                // `strategy` here is the one in force.
+                                fields.extend(figures);
+                            }
+                        }
+                    }
+                    list
+                }))
+            }
+            AdminCommand::QueuesSet { name, .. } => Some(self.execute_queue(cmd, name)),
+            AdminCommand::QueuesRemove { name } => {
+                // The store's refusals first, then the desk's (callers in
+                // line), then the store's removal.
+                let queues = self.queues();
+                let in_use = crate::admin::queue_in_use(&self.store, &queues, name);
+                match in_use {
+                    Err(e) => return Some(Err(format!("{e:#}"))),
+                    Ok(Some(why)) => return Some(Err(why)),
+                    Ok(None) => {}
+                }
+                if queues.contains_key(name) {
+                    if let Err(why) = runtime.block_on(self.acd.remove_queue(name)) {
+                        return Some(Err(why));
+                    }
+                }
+                Some(self.execute_queue(cmd, name))
             }
             AdminCommand::Report { .. }
             | AdminCommand::Cdrs { .. }
@@ -275,13 +289,7 @@ impl Shared {
                 None
             }
             AdminCommand::AgentsAdd { id, .. } | AdminCommand::AgentsRemove { id } => {
-                let r = crate::admin::execute(
-                    &self.store,
-                    &self.settings.sip.domain,
-                    cmd.clone(),
-                    now_unix(),
-                )
-                .map_err(|e| format!("{e:#}"));
+                let r = self.execute(cmd);
                 self.acd.touch(id, false);
                 Some(r)
             }
@@ -294,33 +302,24 @@ impl Shared {
                 Some(r.map(|()| serde_json::json!({ "agent": id, "state": state })))
             }
             AdminCommand::AgentsList => {
-                let listed = crate::admin::execute(
-                    &self.store,
-                    &self.settings.sip.domain,
-                    cmd.clone(),
-                    now_unix(),
-                );
+                let listed = self.execute(cmd);
                 let (agents, _) = runtime.block_on(self.acd.views());
-                Some(
-                    listed
-                        .map(|mut v| {
-                            // The desk knows the live state (ringing, on-call, wrap-up).
-                            if let Some(list) = v.as_array_mut() {
-                                for entry in list {
-                                    let id = entry["id"].as_str().unwrap_or_default().to_string();
-                                    if let Some(a) = agents.iter().find(|a| a.id == id) {
-                                        entry["state"] = a.state.into();
-                                        entry["reason"] = a.reason.clone().into();
-                                        entry["misses"] = a.misses.into();
-                                        entry["since"] = a.since.into();
-                                        entry["registered"] = a.registered.into();
-                                    }
-                                }
+                Some(listed.map(|mut v| {
+                    // The desk knows the live state (ringing, on-call, wrap-up).
+                    if let Some(list) = v.as_array_mut() {
+                        for entry in list {
+                            let id = entry["id"].as_str().unwrap_or_default().to_string();
+                            if let Some(a) = agents.iter().find(|a| a.id == id) {
+                                entry["state"] = a.state.into();
+                                entry["reason"] = a.reason.clone().into();
+                                entry["misses"] = a.misses.into();
+                                entry["since"] = a.since.into();
+                                entry["registered"] = a.registered.into();
                             }
-                            v
-                        })
-                        .map_err(|e| format!("{e:#}")),
-                )
+                        }
+                    }
+                    v
+                }))
             }
             _ => None,
         }
@@ -386,7 +385,7 @@ impl Shared {
     pub fn reload(&self) -> Result<serde_json::Value, String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let loaded = crate::ivr::load(&self.settings);
+        let loaded = crate::ivr::load(&self.settings, &self.queues());
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");
         }
@@ -447,6 +446,65 @@ impl Shared {
             *cache = (generation, Arc::new(ips));
         }
         cache.1.contains(&ip)
+    }
+
+    /// The queues new calls get.
+    pub fn queues(&self) -> Arc<crate::config::Queues> {
+        match self.queues.read() {
+            Ok(q) => q.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// One queue's definition, if it is in service.
+    pub fn queue(&self, name: &str) -> Option<crate::config::QueueDef> {
+        self.queues().get(name).cloned()
+    }
+
+    /// Carries out `cmd` against the store, as the CLI would with no server.
+    fn execute(&self, cmd: &AdminCommand) -> Result<serde_json::Value, String> {
+        crate::admin::execute(
+            &self.store,
+            &self.settings.sip.domain,
+            cmd.clone(),
+            now_unix(),
+        )
+        .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Carries out a change of queue `name`, then serves whatever the store
+    /// holds now (the change, or on an error what was there).
+    fn execute_queue(&self, cmd: &AdminCommand, name: &str) -> Result<serde_json::Value, String> {
+        let r = self.execute(cmd);
+        let read = self.queues_changed(name);
+        r.and_then(|v| read.map(|()| v))
+    }
+
+    /// Reads the queues from the store again after a change; the desk is
+    /// told of `changed` (set or gone).
+    fn queues_changed(&self, changed: &str) -> Result<(), String> {
+        let queues = self.store.queues().map_err(|e| format!("{e:#}"))?;
+        if let Some(def) = queues.get(changed) {
+            self.acd
+                .set_queue(changed, self.settings.queue_rules(Some(def)));
+        }
+        match self.queues.write() {
+            Ok(mut slot) => *slot = Arc::new(queues),
+            Err(p) => *p.into_inner() = Arc::new(queues),
+        }
+        Ok(())
+    }
+
+    /// The queues, flows and prompts in service: what provisioning may name.
+    pub fn names(&self) -> crate::admin::Names {
+        let catalog = self.catalog();
+        crate::admin::Names {
+            queues: self.queues().keys().cloned().collect(),
+            flows: catalog.flows.keys().cloned().collect(),
+            flow_queues: crate::ivr::flow_queue_refs(&self.settings.flows_dir),
+            prompts: catalog.prompts.names().into_iter().collect(),
+            outbound: !self.settings.trunk.outbound.is_empty(),
+        }
     }
 
     /// The catalog new calls get.
@@ -512,7 +570,11 @@ impl Server {
     /// Opens the store, seeds the plan, binds the sockets and starts the workers.
     pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Server> {
         routing::seed(&store)?;
-        let loaded = crate::ivr::load(&settings);
+        for w in store.seed_queues(&settings.queues)? {
+            tracing::warn!("{w}");
+        }
+        let queues = store.queues()?;
+        let loaded = crate::ivr::load(&settings, &queues);
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");
         }
@@ -593,7 +655,8 @@ impl Server {
         );
         let shared = Arc::new(Shared {
             registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
-            acd: Acd::start(&settings, store.clone(), records.clone()),
+            acd: Acd::start(&settings, &queues, store.clone(), records.clone()),
+            queues: std::sync::RwLock::new(Arc::new(queues)),
             records,
             ports: Arc::new(PortPool::new(
                 settings.rtp.address,

@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::config::QueueDef;
 use crate::sip::auth::Credentials;
 
 /// An agent (seat) account.
@@ -130,6 +131,8 @@ pub struct Store {
     agents: sled::Tree,
     bindings: sled::Tree,
     routes: sled::Tree,
+    /// Agent queues by name (JSON [`QueueDef`]); `[queues.NAME]` seeds them.
+    queues: sled::Tree,
     meta: sled::Tree,
     /// Named caller lists for flows (`caller_in`): key `list\0number`.
     lists: sled::Tree,
@@ -368,6 +371,7 @@ impl Store {
             agents: db.open_tree("agents")?,
             bindings: db.open_tree("bindings")?,
             routes: db.open_tree("routes")?,
+            queues: db.open_tree("queues")?,
             meta: db.open_tree("meta")?,
             lists: db.open_tree("lists")?,
             switches: db.open_tree("switches")?,
@@ -756,6 +760,70 @@ impl Store {
         Ok(None)
     }
 
+    /// Adds or replaces a queue.
+    pub fn put_queue(&self, name: &str, def: &QueueDef) -> anyhow::Result<()> {
+        self.queues
+            .insert(name.as_bytes(), serde_json::to_vec(def)?)?;
+        self.queues.flush()?;
+        Ok(())
+    }
+
+    /// Removes a queue; `false` if there was none.
+    pub fn remove_queue(&self, name: &str) -> anyhow::Result<bool> {
+        let existed = self.queues.remove(name.as_bytes())?.is_some();
+        self.queues.flush()?;
+        Ok(existed)
+    }
+
+    /// Every queue by name. One that no longer reads (written by a later
+    /// version) is left out, with a warning, rather than stopping the server.
+    pub fn queues(&self) -> anyhow::Result<crate::config::Queues> {
+        let mut all = crate::config::Queues::new();
+        for entry in self.queues.iter() {
+            let (k, v) = entry?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice(&v) {
+                Ok(def) => {
+                    all.insert(name, def);
+                }
+                Err(e) => tracing::warn!(queue = %name, error = %e, "skipping an unreadable queue"),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Seeds the queues from `[queues.NAME]`, as the shipped plan seeds the
+    /// routes, and keeps later edits of the settings flowing in: a queue
+    /// the settings declare for the first time is added; one whose
+    /// `[queues.NAME]` changed since it was last seeded follows the change
+    /// unless it was changed (or removed) through the CLI or API meanwhile,
+    /// which wins and is said in the returned warnings.
+    pub fn seed_queues(&self, seeds: &crate::config::Queues) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for (name, def) in seeds {
+            let key = format!("queue_seed/{name}");
+            let last: Option<QueueDef> = Self::get(&self.meta, &key).unwrap_or(None);
+            if last.as_ref() == Some(def) {
+                continue;
+            }
+            let stored: Option<QueueDef> = Self::get(&self.queues, name)?;
+            match (&last, &stored) {
+                (None, None) => self.put_queue(name, def)?,
+                (Some(l), Some(s)) if l == s => self.put_queue(name, def)?,
+                (_, Some(s)) if s == def => {}
+                (None, Some(_)) | (Some(_), Some(_)) => warnings.push(format!(
+                    "[queues.{name}] differs from queue {name} as changed through `yihaotong queues` or the API; that one stays (the settings' change is not applied)"
+                )),
+                (Some(_), None) => warnings.push(format!(
+                    "[queues.{name}] names a queue removed through `yihaotong queues` or the API; it stays removed"
+                )),
+            }
+            self.meta.insert(key.as_bytes(), serde_json::to_vec(def)?)?;
+        }
+        self.meta.flush()?;
+        Ok(warnings)
+    }
+
     /// A flag in the meta tree (e.g. "the shipped plan was imported").
     pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
         Ok(self.meta.get(name.as_bytes())?.is_some())
@@ -836,6 +904,49 @@ fn list_key(list: &str, number: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_seed_queues_and_later_edits_follow_unless_the_api_changed_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let def = |d: &str, ring: u64| QueueDef {
+            description: d.into(),
+            ring_timeout: Some(ring),
+            ..QueueDef::default()
+        };
+        let seeds = |hrss: QueueDef, main: QueueDef| {
+            crate::config::Queues::from([("hrss".to_string(), hrss), ("main".to_string(), main)])
+        };
+        // First start: both seeded.
+        let first = seeds(def("social", 15), def("general", 15));
+        assert!(store.seed_queues(&first).expect("seed").is_empty());
+        assert_eq!(store.queues().expect("read"), first);
+        // An admin changes hrss through the API and removes main.
+        store
+            .put_queue("hrss", &def("social (API)", 20))
+            .expect("put");
+        store.remove_queue("main").expect("remove");
+        // The same settings again: nothing moves, nothing to say.
+        assert!(store.seed_queues(&first).expect("seed").is_empty());
+        // Edited settings: neither change is applied, and each is said.
+        let edited = seeds(def("social", 30), def("general", 30));
+        let warnings = store.seed_queues(&edited).expect("seed");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("[queues.hrss]") && warnings[1].contains("removed"));
+        let now = store.queues().expect("read");
+        assert_eq!(now.len(), 1);
+        assert_eq!(now["hrss"], def("social (API)", 20));
+        // A queue nobody touched since its seed follows the settings.
+        store.put_queue("water", &def("water", 10)).expect("put");
+        let with_water = |ring| {
+            let mut q = edited.clone();
+            q.insert("water".into(), def("water", ring));
+            q
+        };
+        store.seed_queues(&with_water(10)).expect("seed");
+        assert!(store.seed_queues(&with_water(25)).expect("seed").is_empty());
+        assert_eq!(store.queues().expect("read")["water"], def("water", 25));
+    }
 
     #[test]
     fn expired_recordings_go_file_and_metadata_and_fresh_ones_stay() {

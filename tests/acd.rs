@@ -314,7 +314,7 @@ fn priority_callers_are_served_first_and_every_second_is_recorded() {
     assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{rate}");
     assert_eq!(main["in_sl"], 2);
 
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     let events: Vec<&str> = log.lines().filter_map(|l| l.split('|').nth(4)).collect();
     for e in [
@@ -327,7 +327,7 @@ fn priority_callers_are_served_first_and_every_second_is_recorded() {
     ] {
         assert!(events.contains(&e), "{e} missing from:\n{log}");
     }
-    let (ok, table) = server.cli(&["report", "--by", "hotline"]);
+    let (ok, table) = server.cli(&["report", "--by", "hotline", "--format", "table"]);
     assert!(ok && table.starts_with("group"), "{table}");
 }
 
@@ -416,7 +416,7 @@ fn feature_codes_from_the_agent_phone_change_its_state_and_say_so() {
     // The phone refreshes its registration: that is not a new login.
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
     assert_eq!(state(&server, "1001").0, "logged-out");
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     assert!(log.contains("|1001|PAUSE|05"), "{log}");
     // Unknown codes get 404; a phone that is not an agent is challenged, never obeyed.

@@ -119,7 +119,7 @@ fn a_booked_callback_connects_an_agent_then_calls_the_citizen() {
     let total = report_row(&server);
     assert_eq!(total["callbacks_requested"], 1);
     assert_eq!(total["callbacks_completed"], 1);
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     assert!(log.contains("|CALLBACK|"), "{log}");
 }

@@ -40,7 +40,7 @@ fn cdrs(server: &TestServer) -> Vec<(String, String)> {
 }
 
 fn queue_log_lines(server: &TestServer) -> usize {
-    let (ok, out) = server.cli(&["queue-log", "--since", "1h"]);
+    let (ok, out) = server.cli(&["--format", "table", "queue-log", "--since", "1h"]);
     assert!(ok, "{out}");
     out.lines().count()
 }

@@ -616,3 +616,285 @@ fn the_dialed_number_is_the_normalized_one_everywhere() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Queues live in the store beside routes and agents: one added through
+/// the CLI serves its first call without a restart, its removal is
+/// refused while anything names it, the API does the same (audited), and
+/// the settings' `[queues.NAME]` are there as seeds.
+#[test]
+fn queues_are_added_and_removed_while_the_server_runs() {
+    let server = TestServer::start();
+    let list = |server: &TestServer| -> Vec<serde_json::Value> {
+        let (ok, out) = server.cli(&["queues", "list"]);
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).expect("JSON")
+    };
+    // The settings' queues are there, with their figures now.
+    let seeded = list(&server);
+    let main = seeded
+        .iter()
+        .find(|q| q["name"] == "main")
+        .expect("main seeded");
+    assert_eq!(main["waiting"], 0, "{main}");
+
+    let (ok, out) = server.cli(&[
+        "queues",
+        "add",
+        "water",
+        "--strategy",
+        "ring-all",
+        "--ring-timeout",
+        "20s",
+        "--description",
+        "Water supply",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["queues", "add", "water"]);
+    assert!(!ok && out.contains("exists"), "{out}");
+    let (ok, out) = server.cli(&["queues", "add", "gas", "--strategy", "random"]);
+    assert!(
+        !ok && out.contains("unknown variant `random`") && out.contains("ring-all"),
+        "{out}"
+    );
+    let (ok, out) = server.cli(&["queues", "add", "gas", "--overflow", "queue:nosuch"]);
+    assert!(!ok && out.contains("nothing was changed"), "{out}");
+    let water = list(&server)
+        .into_iter()
+        .find(|q| q["name"] == "water")
+        .expect("water listed");
+    assert_eq!(
+        (
+            &water["keys"]["ring_timeout"],
+            &water["strategy"],
+            &water["description"]
+        ),
+        (
+            &serde_json::json!(20),
+            &serde_json::json!("ring-all"),
+            &serde_json::json!("Water supply")
+        ),
+        "{water}"
+    );
+
+    // An agent and a route may name it now, and its first call reaches
+    // the agent: the desk learned it without a restart.
+    let (ok, out) = server.cli(&[
+        "agents",
+        "add",
+        "1009",
+        "--password",
+        "s3cret",
+        "--queues",
+        "water",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["routes", "set", "96800", "--queue", "water"]);
+    assert!(ok, "{out}");
+    let mut seat = Phone::bind("1009", "127.0.0.3");
+    assert_eq!(
+        seat.register(server.sip, "s3cret", yihaotong::sip::auth::Algorithm::Md5),
+        200
+    );
+    let mut trunk = Phone::new("13800138020");
+    let d = trunk.invite(server.sip, "96800");
+    let offer = seat
+        .request("INVITE", 5.0)
+        .expect("the water queue rings its agent");
+    seat.reply(server.sip, &offer, 486, "busy");
+
+    // Removal is refused while a route, a caller or an agent is there.
+    let (ok, out) = server.cli(&["queues", "remove", "water"]);
+    assert!(!ok && out.contains("route(s) 96800"), "{out}");
+    let (ok, out) = server.cli(&["routes", "remove", "96800"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["queues", "remove", "water"]);
+    assert!(!ok && out.contains("agent(s) 1009"), "{out}");
+    let (ok, out) = server.cli(&["agents", "remove", "1009"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["queues", "remove", "water"]);
+    assert!(!ok && out.contains("1 caller(s) waiting"), "{out}");
+    trunk.cancel(server.sip, &d);
+    server.assert_idle();
+    // A flow naming a queue keeps it too.
+    let (ok, out) = server.cli(&["queues", "remove", "main"]);
+    assert!(!ok && out.contains("flow(s)"), "{out}");
+
+    // The API: made, refused field by field, listed, removed, audited.
+    let admin = server.token("ops", "admin", None);
+    let (code, body) = server.http(
+        "PUT",
+        "/api/v1/queues/gas",
+        Some(&admin),
+        Some(r#"{"strategy":"linear","wrap_up":"1m"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = server.http(
+        "PUT",
+        "/api/v1/queues/gas",
+        Some(&admin),
+        Some(r#"{"strategy":"random"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = server.http(
+        "PUT",
+        "/api/v1/queues/gas",
+        Some(&admin),
+        Some(r#"{"moh":"no/such-prompt"}"#),
+    );
+    assert_eq!(code, 422, "{body}");
+    let (_, queues) = server.http("GET", "/api/v1/queues", Some(&admin), None);
+    let gas = queues
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "gas"))
+        .expect("gas listed")
+        .clone();
+    assert_eq!(
+        (&gas["keys"]["wrap_up"], &gas["strategy"]),
+        (&serde_json::json!(60), &serde_json::json!("linear")),
+        "{gas}"
+    );
+    let (code, body) = server.http("DELETE", "/api/v1/queues/gas", Some(&admin), None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = server.http("DELETE", "/api/v1/queues/gas", Some(&admin), None);
+    assert_eq!(code, 422, "{body}");
+    let (ok, out) = server.cli(&["queues", "remove", "water"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["routes", "set", "96801", "--queue", "water"]);
+    assert!(!ok && out.contains("queue `water` does not exist"), "{out}");
+    let names: Vec<String> = list(&server)
+        .iter()
+        .filter_map(|q| q["name"].as_str().map(String::from))
+        .collect();
+    assert!(!names.contains(&"water".to_string()) && !names.contains(&"gas".to_string()));
+
+    let (_, audit) = server.http("GET", "/api/v1/audit?since=1h", Some(&admin), None);
+    let items = audit["items"].as_array().cloned().unwrap_or_default();
+    for (action, target, who) in [
+        ("queue.set", "water", "cli:"),
+        ("queue.remove", "water", "cli:"),
+        ("queue.set", "gas", "ops"),
+        ("queue.remove", "gas", "ops"),
+    ] {
+        assert!(
+            items.iter().any(|e| e["action"] == action
+                && e["target"] == target
+                && e["who"].as_str().is_some_and(|w| w.starts_with(who))),
+            "no {action} {target} by {who} in {audit}"
+        );
+    }
+}
+
+/// With no server running the CLI keeps the same rules: a queue added
+/// then is served at the next start, and the settings' seeds are there.
+#[test]
+fn queues_added_with_the_server_stopped_are_served_at_start() {
+    let mut server = TestServer::start();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (ok, out) = server.cli(&["queues", "add", "heating", "--strategy", "linear"]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&[
+        "agents",
+        "add",
+        "1011",
+        "--password",
+        "s3cret",
+        "--queues",
+        "heating",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = server.cli(&["queues", "remove", "heating"]);
+    assert!(!ok && out.contains("agent(s) 1011"), "{out}");
+    server.restart();
+    let (ok, out) = server.cli(&["queues", "list"]);
+    assert!(ok, "{out}");
+    let queues: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let heating = queues
+        .iter()
+        .find(|q| q["name"] == "heating")
+        .expect("heating served");
+    assert_eq!(
+        (&heating["members"], &heating["strategy"]),
+        (&serde_json::json!(1), &serde_json::json!("linear")),
+        "{heating}"
+    );
+}
+
+/// Lists print as tables for people, times in the city's local time;
+/// `--format json` gives scripts what the API gives, `--format csv` rows.
+#[test]
+fn lists_are_tables_with_local_times_and_json_for_scripts() {
+    let server = TestServer::start_with(&[("YIHAOTONG_IVR__UTC_OFFSET_MINUTES", "480")]);
+    server.add_agent("1001", "s3cret", "main");
+    let mut seat = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(
+        seat.register(server.sip, "s3cret", yihaotong::sip::auth::Algorithm::Md5),
+        200
+    );
+    let mut trunk = Phone::new("13800138030");
+    let mut d = trunk.invite(server.sip, "12345");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 5.0)
+        .expect("the flow answers");
+    trunk.ack(server.sip, &mut d, &ok);
+    let (ok, out) = server.cli(&["calls", "list", "--format", "table"]);
+    assert!(
+        ok && out.contains(&d.call_id) && out.contains("13800138030"),
+        "{out}"
+    );
+    let (ok, out) = server.cli(&["calls", "hangup", &d.call_id]);
+    assert!(ok, "{out}");
+    let bye = trunk.request("BYE", 3.0).expect("the caller gets BYE");
+    trunk.reply(server.sip, &bye, 200, "x");
+    let cdr = server.wait_cdr(&d.call_id);
+    // The city's date and hour now, as the tables must show them.
+    let local_now =
+        yihaotong::admin::tables::local_time(yihaotong::acd::now_ms(), 480)[..14].to_string();
+
+    let (ok, agents) = server.cli(&["agents", "list", "--format", "table"]);
+    assert!(ok, "{agents}");
+    let lines: Vec<&str> = agents.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("SINCE"),
+        "{agents}"
+    );
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("1001"))
+        .expect("1001's row");
+    assert!(
+        row.contains("available") && row.contains(&local_now),
+        "{agents}"
+    );
+    assert!(!agents.contains('{'), "no JSON in a table: {agents}");
+
+    let (ok, cdrs) = server.cli(&["cdrs", "--format", "table"]);
+    assert!(ok, "{cdrs}");
+    let row = cdrs
+        .lines()
+        .find(|l| l.contains(cdr["call_id"].as_str().unwrap_or("?")))
+        .unwrap_or_else(|| panic!("the call's row: {cdrs}"));
+    assert!(
+        row.starts_with(&local_now) && row.contains("13800138030"),
+        "{row}"
+    );
+
+    let (ok, status) = server.cli(&["status", "--format", "table"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("rtp ports")
+            && status.contains("available 1")
+            && status.lines().count() < 40,
+        "{status}"
+    );
+    let (ok, csv) = server.cli(&["queues", "list", "--format", "csv"]);
+    assert!(ok, "{csv}");
+    assert!(csv.starts_with("QUEUE,STRATEGY,WAITING"), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("main,")), "{csv}");
+
+    // Scripts: the default of TestServer::cli is `--format json`.
+    let (ok, json) = server.cli(&["agents", "list"]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert!(v[0]["since"].is_u64(), "{v}");
+}

@@ -371,7 +371,7 @@ fn sipp_agent_blind_transfers_a_sipp_trunk_call_to_another_sipp_agent() {
         }
     });
     server.assert_idle();
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     assert!(log.contains("|1001|TRANSFER|1002"), "{log}");
 }

@@ -113,7 +113,7 @@ check "the account was blocked at the attacker's source, and the block logged" \
 guesses=$(grep -c "authentication failed" "$LOG")
 check "blocked long before the list: $guesses failed guesses counted" [ "$guesses" -le 10 ]
 check "status counts the guesses against account 1001 and the blocks" \
-  bash -c "'$BIN' status | python3 -c 'import json,sys; a=json.load(sys.stdin)[\"auth\"]; sys.exit(not (a[\"account_blocks_since_start\"] >= 1 and any(x[\"account\"] == \"1001\" for x in a[\"failures_by_account\"])))'"
+  bash -c "'$BIN' status --format json | python3 -c 'import json,sys; a=json.load(sys.stdin)[\"auth\"]; sys.exit(not (a[\"account_blocks_since_start\"] >= 1 and any(x[\"account\"] == \"1001\" for x in a[\"failures_by_account\"])))'"
 # The real agent, from its own address, still registers: an account is
 # locked only at the source that guessed.
 check "the account itself is not locked" \

@@ -105,7 +105,7 @@ fn blind_transfer_to_another_agent_reports_progress_and_bridges_the_caller() {
     let _ = &mut d;
 
     // The record: one CDR with the transfer; TRANSFER in the queue log.
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     assert!(
         log.lines().any(|l| l.contains("|1001|TRANSFER|1002")),
@@ -299,7 +299,7 @@ fn attended_transfer_replaces_the_consultation_call() {
     assert_eq!(bye.core.call_id, leg2.call_id);
     a2.reply(server.sip, &bye, 200, "a2");
     server.assert_idle();
-    let (ok, log) = server.cli(&["queue-log"]);
+    let (ok, log) = server.cli(&["--format", "table", "queue-log"]);
     assert!(ok, "{log}");
     assert!(
         log.lines().any(|l| l.contains("|1001|TRANSFER|1002")),

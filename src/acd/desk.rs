@@ -356,6 +356,9 @@ struct Queue {
     buckets: [u32; 6],
     /// Recent hold time (answered callers), ms, Asterisk-style (3×old+new)/4.
     hold_ewma: u64,
+    /// Removed by an admin: no longer found by name, kept only so indexes
+    /// held elsewhere stay valid (it has no members and no callers).
+    retired: bool,
 }
 
 impl Queue {
@@ -578,19 +581,77 @@ impl Desk {
     pub fn new(queues: impl IntoIterator<Item = (String, Rules)>) -> Desk {
         let mut desk = Desk::default();
         for (name, rules) in queues {
-            desk.queue_index.insert(name.clone(), desk.queues.len());
-            desk.queues.push(Queue {
-                name,
-                rules,
-                line: BTreeSet::new(),
-                ready: BTreeSet::new(),
-                free: BTreeSet::new(),
-                members: 0,
-                buckets: [0; 6],
-                hold_ewma: 0,
-            });
+            desk.add_queue(name, rules);
         }
         desk
+    }
+
+    fn add_queue(&mut self, name: String, rules: Rules) -> usize {
+        let qi = self.queues.len();
+        self.queue_index.insert(name.clone(), qi);
+        self.queues.push(Queue {
+            name,
+            rules,
+            line: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            free: BTreeSet::new(),
+            members: 0,
+            buckets: [0; 6],
+            hold_ewma: 0,
+            retired: false,
+        });
+        qi
+    }
+
+    /// Adds a queue, or gives one new rules (its callers stay in line;
+    /// the next offer follows the new rules). Agents whose accounts name
+    /// it are its members at once.
+    pub fn set_queue(&mut self, name: &str, rules: Rules, now: u64, out: &mut Vec<Output>) {
+        match self.queue_index.get(name) {
+            Some(&qi) => self.queues[qi].rules = rules,
+            None => {
+                self.add_queue(name.to_string(), rules);
+            }
+        }
+        // Membership keys depend on the strategy: join afresh.
+        let named: Vec<(Arc<str>, AgentSpec)> = self
+            .agents
+            .values()
+            .filter(|a| a.spec.queues.iter().any(|(q, _)| q == name))
+            .map(|a| (a.id.clone(), a.spec.clone()))
+            .collect();
+        for (id, spec) in &named {
+            self.set_members(id, spec, now);
+            self.refresh(id, now);
+        }
+        for (id, _) in &named {
+            self.agent_free(id, now, out);
+        }
+        self.settle(now, out);
+    }
+
+    /// Removes a queue nobody waits in and no agent serves; the refusal
+    /// says which.
+    pub fn remove_queue(&mut self, name: &str) -> Result<(), String> {
+        let Some(&qi) = self.queue_index.get(name) else {
+            return Ok(());
+        };
+        let q = &self.queues[qi];
+        if !q.line.is_empty() {
+            return Err(format!(
+                "queue `{name}` has {} caller(s) waiting; remove it when they are served",
+                q.line.len()
+            ));
+        }
+        if q.members > 0 {
+            return Err(format!(
+                "queue `{name}` still has {} member agent(s)",
+                q.members
+            ));
+        }
+        self.queue_index.remove(name);
+        self.queues[qi].retired = true;
+        Ok(())
     }
 
     /// A queue's rules.
@@ -1677,6 +1738,7 @@ impl Desk {
     pub fn queue_views(&self, now: u64) -> Vec<QueueView> {
         self.queues
             .iter()
+            .filter(|q| !q.retired)
             .map(|q| QueueView {
                 name: q.name.clone(),
                 strategy: q.rules.strategy.name(),
@@ -1902,6 +1964,48 @@ mod tests {
         result(d, call, &a, OfferOutcome::Answered, now + S);
         leave(d, call, HungUp::Caller, end);
         a
+    }
+
+    #[test]
+    fn queues_come_and_go_while_the_desk_runs() {
+        let mut d = Desk::new([]);
+        agent(&mut d, "a", 1, 0);
+        agent(&mut d, "b", 1, 0);
+        // The agents' accounts name `main`, which does not exist yet.
+        assert_eq!(
+            caller(&mut d, 1, Rank::Normal, S).0,
+            Err(Refusal::UnknownQueue)
+        );
+        let mut out = Vec::new();
+        d.set_queue("main", rules(Strategy::Linear), 2 * S, &mut out);
+        d.check_invariants(2 * S).expect("invariants");
+        let views = d.queue_views(2 * S);
+        assert_eq!((views.len(), views[0].members, views[0].free), (1, 2, 2));
+        // New rules reach the members' keys: ring-all rings both.
+        d.set_queue("main", rules(Strategy::RingAll), 3 * S, &mut out);
+        d.check_invariants(3 * S).expect("invariants");
+        let (joined, out) = caller(&mut d, 2, Rank::Normal, 4 * S);
+        assert_eq!(joined, Ok(1));
+        assert_eq!(rings(&out).pop().map(|(_, a)| a.len()), Some(2));
+        // Not while a caller waits, nor while agents serve it.
+        assert!(d.remove_queue("main").is_err_and(|e| e.contains("waiting")));
+        leave(&mut d, 2, HungUp::Caller, 5 * S);
+        assert!(d.remove_queue("main").is_err_and(|e| e.contains("member")));
+        let mut out = Vec::new();
+        d.remove_agent("a", 6 * S, &mut out);
+        d.remove_agent("b", 6 * S, &mut out);
+        assert_eq!(d.remove_queue("main"), Ok(()));
+        assert!(d.queue_views(7 * S).is_empty());
+        assert_eq!(
+            caller(&mut d, 3, Rank::Normal, 7 * S).0,
+            Err(Refusal::UnknownQueue)
+        );
+        // Back under the same name: a fresh queue the agents join again.
+        agent(&mut d, "a", 1, 8 * S);
+        d.set_queue("main", rules(Strategy::LongestIdle), 8 * S, &mut out);
+        d.check_invariants(8 * S).expect("invariants");
+        assert_eq!(d.queue_views(8 * S)[0].members, 1);
+        assert_eq!(take_call(&mut d, 4, 9 * S, 10 * S), "a");
     }
 
     #[test]

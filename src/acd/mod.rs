@@ -24,7 +24,7 @@ use crate::sip::{Peer, TransportKind};
 use crate::store::Store;
 use desk::{
     AgentSpec, AgentView, CallRef, ClaimRefusal, Desk, ExitReason, HungUp, Joining, OfferOutcome,
-    Output, Presence, QueueView, Rank, Refusal,
+    Output, Presence, QueueView, Rank, Refusal, Rules,
 };
 use records::Records;
 
@@ -102,6 +102,14 @@ enum Msg {
     ToCallback {
         call: CallRef,
         reply: oneshot::Sender<bool>,
+    },
+    SetQueue {
+        name: String,
+        rules: Rules,
+    },
+    RemoveQueue {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -213,12 +221,17 @@ impl Drop for Ticket {
 }
 
 impl Acd {
-    /// Starts the actor with every queue of `settings` and every agent of `store`.
-    pub fn start(settings: &Settings, store: Store, records: Records) -> Acd {
-        let queues = settings
-            .queues
-            .keys()
-            .map(|name| (name.clone(), settings.queue_rules(name)));
+    /// Starts the actor with `queues` (their rules over `settings`'
+    /// `[queue]`) and every agent of `store`.
+    pub fn start(
+        settings: &Settings,
+        queues: &crate::config::Queues,
+        store: Store,
+        records: Records,
+    ) -> Acd {
+        let queues = queues
+            .iter()
+            .map(|(name, def)| (name.clone(), settings.queue_rules(Some(def))));
         let mut desk = Desk::new(queues);
         let now = now_ms();
         let mut out = Vec::new();
@@ -347,6 +360,27 @@ impl Acd {
         self.tx
             .send(Msg::EndWrapUp {
                 agent: agent.to_string(),
+                reply,
+            })
+            .map_err(|_| "the ACD has stopped".to_string())?;
+        rx.await.map_err(|_| "the ACD has stopped".to_string())?
+    }
+
+    /// Adds a queue or gives one new rules; agents whose accounts name it
+    /// join it at once.
+    pub fn set_queue(&self, name: &str, rules: Rules) {
+        let _ = self.tx.send(Msg::SetQueue {
+            name: name.to_string(),
+            rules,
+        });
+    }
+
+    /// Removes a queue, refused while callers wait in it or agents serve it.
+    pub async fn remove_queue(&self, name: &str) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::RemoveQueue {
+                name: name.to_string(),
                 reply,
             })
             .map_err(|_| "the ACD has stopped".to_string())?;
@@ -488,6 +522,10 @@ impl Actor {
             }
             Msg::Views { reply } => {
                 let _ = reply.send((self.desk.agent_views(now), self.desk.queue_views(now)));
+            }
+            Msg::SetQueue { name, rules } => self.desk.set_queue(&name, rules, now, out),
+            Msg::RemoveQueue { name, reply } => {
+                let _ = reply.send(self.desk.remove_queue(&name));
             }
         }
     }

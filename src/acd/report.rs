@@ -293,51 +293,29 @@ fn cells(r: &Row) -> [String; 17] {
 pub fn render(rows: &[Row], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(rows).unwrap_or_default(),
-        Format::Csv => {
-            let mut s = COLUMNS.join(",");
-            s.push('\n');
-            for r in rows {
-                let c = cells(r).map(|v| {
-                    if v.contains([',', '"']) {
-                        format!("\"{}\"", v.replace('"', "\"\""))
-                    } else {
-                        v
-                    }
-                });
-                s.push_str(&c.join(","));
-                s.push('\n');
-            }
-            s
-        }
-        Format::Table => {
-            let all: Vec<[String; 17]> = rows.iter().map(cells).collect();
-            let mut width = COLUMNS.map(|c| c.chars().count());
-            for row in &all {
-                for (w, c) in width.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let line = |cols: &[String]| {
-                let mut s = String::new();
-                for (i, (c, w)) in cols.iter().zip(width).enumerate() {
-                    let pad = w - c.chars().count();
+        Format::Csv | Format::Table => {
+            // The first column names the group; the figures align right.
+            let header: Vec<String> = COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
                     if i == 0 {
-                        s.push_str(c);
-                        s.push_str(&" ".repeat(pad));
+                        c.to_string()
                     } else {
-                        s.push_str("  ");
-                        s.push_str(&" ".repeat(pad));
-                        s.push_str(c);
+                        format!("{c}>")
                     }
-                }
-                s.push('\n');
-                s
-            };
-            let mut s = line(&COLUMNS.map(String::from));
-            for row in &all {
-                s.push_str(&line(row));
+                })
+                .collect();
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            let mut t = crate::admin::tables::Table::new(&header);
+            for r in rows {
+                t.row(cells(r).to_vec());
             }
-            s
+            if format == Format::Csv {
+                t.csv()
+            } else {
+                t.render()
+            }
         }
     }
 }

@@ -176,3 +176,46 @@ pub(super) async fn remove_agent(
     let cmd = AdminCommand::AgentsRemove { id };
     audited(&api, &caller, "agent.remove", &target, Value::Null, cmd).await
 }
+
+#[utoipa::path(put, path = "/api/v1/queues/{name}", tag = "routing", security(("bearer" = [])),
+    params(("name" = String, Path, description = "the queue's name (letters, digits, - and _)")),
+    request_body(content = Object, description = "the queue's keys, as `[queues.NAME]` takes them (description, strategy, ring_timeout, wrap_up, max_wait, overflow, max_waiting, join_empty, leave_empty, moh, announce_position, announce_wait, periodic_announce, periodic_announce_every, callback_after, service_level, retry, max_no_answer, tier_wait, resume_window); those left out follow `[queue]`"),
+    responses((status = 200, description = "made or replaced (and audited): the next caller and every agent serving it follow it", body = Object),
+        (status = 400, description = "the body is wrong; the message names the field", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody),
+        (status = 422, description = "refused (a bad name, an overflow or prompt that does not exist…)", body = ErrorBody)))]
+pub(super) async fn set_queue(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Failure> {
+    let caller = authorize(&api, &headers, &[Role::Admin], "change the queues")?;
+    let def: crate::config::QueueDef = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+    let detail = json!(def);
+    let target = name.clone();
+    let cmd = AdminCommand::QueuesSet {
+        name,
+        def: Box::new(def),
+        replace: true,
+    };
+    audited(&api, &caller, "queue.set", &target, detail, cmd).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/queues/{name}", tag = "routing", security(("bearer" = [])),
+    params(("name" = String, Path, description = "the queue's name")),
+    responses((status = 200, description = "removed (and audited)", body = Object),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 403, description = "the token's role may not", body = ErrorBody),
+        (status = 422, description = "no such queue, or a route, flow, agent or overflow still names it, or callers wait in it", body = ErrorBody)))]
+pub(super) async fn remove_queue(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Failure> {
+    let caller = authorize(&api, &headers, &[Role::Admin], "change the queues")?;
+    let target = name.clone();
+    let cmd = AdminCommand::QueuesRemove { name };
+    audited(&api, &caller, "queue.remove", &target, Value::Null, cmd).await
+}

@@ -364,7 +364,7 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
             Ok(None) => return Err(format!("agent: no agent {id:?}")),
             Err(e) => return Err(format!("agent: {e:#}")),
         },
-        (None, Some(q), None) if shared.settings.queues.contains_key(q) => q.clone(),
+        (None, Some(q), None) if shared.queues().contains_key(q) => q.clone(),
         (None, Some(q), None) => return Err(format!("queue: no queue {q:?}")),
         (None, None, Some(f)) if shared.catalog().flows.contains_key(f) => String::new(),
         (None, None, Some(f)) => return Err(format!("flow: no flow {f:?} is loaded")),

@@ -187,7 +187,7 @@ impl Call {
             self.play(
                 &catalog,
                 0,
-                &[shared.settings.moh(queue).to_string()],
+                &[shared.settings.moh(shared.queue(queue).as_ref())],
                 false,
                 true,
             );
@@ -209,7 +209,8 @@ impl Call {
         for hop in 0..=MAX_OVERFLOWS {
             if self.cdr.queued.is_none() {
                 self.cdr.queued = Some(now_ms());
-                self.cdr.service_level = shared.settings.service_level(&queue);
+                self.cdr.service_level =
+                    shared.settings.service_level(shared.queue(&queue).as_ref());
             }
             self.cdr.queue = queue.clone();
             self.show_state("queued");
@@ -250,7 +251,7 @@ impl Call {
                     }
                 }
                 Err(Refusal::UnknownQueue) => {
-                    warn!(queue = %queue, "the call names a queue that is not configured");
+                    warn!(queue = %queue, "the call names a queue that does not exist (removed, or never added)");
                     Unserved::NoAgent
                 }
                 Err(refusal) => {
@@ -258,11 +259,7 @@ impl Call {
                     Unserved::NoAgent
                 }
             };
-            let overflow = shared
-                .settings
-                .queues
-                .get(&queue)
-                .and_then(|q| q.overflow.clone());
+            let overflow = shared.queue(&queue).and_then(|q| q.overflow);
             match overflow {
                 Some(Overflow::Queue(next)) if hop < MAX_OVERFLOWS => {
                     info!(from = %queue, to = %next, "overflow to another queue");
@@ -300,7 +297,10 @@ impl Call {
         let domain = self.ctx.shared.settings.sip.domain.clone();
         let queue = self.cdr.queue.clone();
         let mut announcer = Announcer::new(
-            self.ctx.shared.settings.announcements(&queue),
+            self.ctx
+                .shared
+                .settings
+                .announcements(self.ctx.shared.queue(&queue).as_ref()),
             Instant::now(),
         );
         let callback_key = self.ctx.shared.settings.queue.callback_key;
@@ -396,7 +396,7 @@ impl Call {
             self.play(
                 &catalog,
                 0,
-                &[shared.settings.moh(queue).to_string()],
+                &[shared.settings.moh(shared.queue(queue).as_ref())],
                 false,
                 true,
             );

@@ -270,7 +270,7 @@ pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
     if matches!(shared.store.agent(user), Ok(Some(_))) {
         return Some(Target::Agent(user.to_string()));
     }
-    if settings.queues.contains_key(user) {
+    if shared.queues().contains_key(user) {
         return Some(Target::Queue(user.to_string()));
     }
     let number = crate::routing::normalize(user, &settings.trunk.normalize)?;

@@ -150,8 +150,46 @@ pub fn flow_file_names(dir: &std::path::Path) -> std::collections::BTreeSet<Stri
         .unwrap_or_default()
 }
 
-/// Loads and checks prompts, calendars and flows as `settings` names them.
-pub fn load(settings: &Settings) -> Loaded {
+/// The queues each flow file under `dir` names (`queue = "…"` in any
+/// node), read from the TOML alone: what `queues remove` must not take
+/// away, whether or not the flow loads.
+pub fn flow_queue_refs(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    fn walk(v: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::String(q) if k == "queue" => {
+                            out.insert(q.clone());
+                        }
+                        v => walk(v, out),
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut refs = std::collections::BTreeMap::new();
+    for name in flow_file_names(dir) {
+        let path = dir.join(format!("{name}.toml"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut queues = std::collections::BTreeSet::new();
+        if let Ok(v) = text.parse::<toml::Table>() {
+            walk(&toml::Value::Table(v), &mut queues);
+        }
+        refs.insert(name, queues);
+    }
+    refs
+}
+
+/// Loads and checks prompts, calendars and flows as `settings` names them,
+/// against the queues in service.
+pub fn load(settings: &Settings, queues: &crate::config::Queues) -> Loaded {
     let mut diagnostics = Vec::new();
     let (prompts, prompt_errors) = PromptCache::load(&settings.sounds_dir);
     for e in prompt_errors {
@@ -173,7 +211,7 @@ pub fn load(settings: &Settings) -> Loaded {
     let files = toml_files(&settings.flows_dir, &mut diagnostics);
     let known = Known {
         prompts: prompts.names().into_iter().collect(),
-        queues: settings.queues.keys().cloned().collect(),
+        queues: queues.keys().cloned().collect(),
         backends: settings.backends.keys().cloned().collect(),
         calendars: calendars.keys().cloned().collect(),
         flows: files.iter().map(|(n, _)| n.clone()).collect(),
@@ -229,10 +267,9 @@ pub fn load(settings: &Settings) -> Loaded {
         ));
     }
     // Queues that announce place or wait need the words for it.
-    let announcing = settings
-        .queues
-        .keys()
-        .map(|q| settings.announcements(q))
+    let announcing = queues
+        .values()
+        .map(|q| settings.announcements(Some(q)))
         .any(|a| !a.position.is_zero() || !a.wait.is_zero());
     if announcing {
         let mut words: Vec<String> = ["queue/next", "queue/ahead", "queue/callers", "queue/many"]
@@ -248,10 +285,9 @@ pub fn load(settings: &Settings) -> Loaded {
             ));
         }
     }
-    let offering = settings
-        .queues
-        .keys()
-        .any(|q| !settings.announcements(q).callback.is_zero());
+    let offering = queues
+        .values()
+        .any(|q| !settings.announcements(Some(q)).callback.is_zero());
     if offering {
         for w in ["queue/callback-offer", "queue/callback-booked"] {
             if prompts.get(w).is_none() {
@@ -269,7 +305,7 @@ pub fn load(settings: &Settings) -> Loaded {
             settings.sounds_dir.display()
         ));
     }
-    for (name, q) in &settings.queues {
+    for (name, q) in queues {
         let own = q.periodic_announce.as_ref().filter(|p| !p.is_empty());
         if let Some(p) = own.filter(|p| prompts.get(p).is_none()) {
             setting_error(format!(

@@ -158,6 +158,14 @@ impl PromptCache {
     }
 }
 
+/// The names of the sound files under `dir`, without decoding them (what
+/// the CLI checks a queue's prompts against while no server runs).
+pub fn names_on_disk(dir: &Path) -> std::collections::BTreeSet<String> {
+    let (mut files, mut errors) = (Vec::new(), Vec::new());
+    collect(dir, &mut files, &mut errors);
+    files.iter().filter_map(|p| prompt_name(dir, p)).collect()
+}
+
 fn collect(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<PromptError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

@@ -151,9 +151,17 @@ impl TestServer {
         self.wait_ready();
     }
 
-    /// Runs the CLI with this server's settings; returns (success, stdout+stderr).
+    /// Runs the CLI with this server's settings; returns (success,
+    /// stdout+stderr). Lists come as JSON (what scripts read) unless `args`
+    /// name a `--format`.
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let json: &[&str] = if args.contains(&"--format") {
+            &[]
+        } else {
+            &["--format", "json"]
+        };
         let out = Command::new(BIN)
+            .args(json)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
