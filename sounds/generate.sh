@@ -33,6 +33,8 @@ say cmn transition/now-12345 "本号码已并入一二三四五热线，今后�
 say cmn transition/dial-12345 "本号码已停止使用，请改拨一二三四五。现在转接请按一。"
 say cmn survey/ask "您好，这里是一二三四五热线回访。对您反映问题的办理结果，满意请按一，基本满意请按二，不满意请按三，转人工请按零。"
 say cmn survey/thanks "感谢您的评价，再见。"
+say cmn rating/ask "请对本次通话服务进行评价：满意请按一，基本满意请按二，不满意请按三。"
+say cmn rating/thanks "感谢您的评价，再见。"
 say cmn agent/logged-in "已签入，开始接听。"
 say cmn agent/on-break "已暂停接听。"
 say cmn agent/logged-out "已签出。"
@@ -55,6 +57,7 @@ done
 say en english/welcome "Welcome to the twelve three four five citizen hotline."
 say en english/menu "For an English speaking agent, press 1. To hear this again, press star."
 say en english/invalid "Sorry, that key is not valid."
+say en english/rating-ask "Please rate this call. Press 1 if satisfied, 2 if fairly satisfied, 3 if not satisfied."
 # Music on hold: a slow arpeggio (C, Am, F, G), 8 seconds, looped by the player.
 mkdir -p common
 notes=""

@@ -122,6 +122,9 @@ pub enum AdminCommand {
         /// `transition`: the flow after the cut-over.
         #[serde(default)]
         after_flow: Option<String>,
+        /// The flow the caller walks when the agent hangs up first.
+        #[serde(default)]
+        after_call_flow: Option<String>,
     },
     /// What a dialed number reaches at a local time, without a call.
     RoutesTest {
@@ -362,12 +365,13 @@ impl Names {
                 queue,
                 flow,
                 after_flow,
+                after_call_flow,
                 ..
             } => {
                 if let Some(q) = queue.as_deref().filter(|q| !q.is_empty()) {
                     self.queue(q)?;
                 }
-                for f in [flow, after_flow].into_iter().flatten() {
+                for f in [flow, after_flow, after_call_flow].into_iter().flatten() {
                     if !f.is_empty() {
                         self.flow(f)?;
                     }
@@ -381,6 +385,9 @@ impl Names {
                 crate::config::check_queue(name, def, &self.queues, self.outbound)?;
                 if let Some(crate::config::Overflow::Flow(f)) = &def.overflow {
                     self.flow(f).map_err(|e| format!("overflow: {e}"))?;
+                }
+                if let Some(f) = def.after_call_flow.as_deref().filter(|f| !f.is_empty()) {
+                    self.flow(f).map_err(|e| format!("after_call_flow: {e}"))?;
                 }
                 for (key, prompt) in [
                     ("moh", &def.moh),
@@ -437,8 +444,10 @@ impl Names {
         } else {
             self.flow(&r.flow)?;
         }
-        if !r.after_flow.is_empty() {
-            self.flow(&r.after_flow)?;
+        for f in [&r.after_flow, &r.after_call_flow] {
+            if !f.is_empty() {
+                self.flow(f)?;
+            }
         }
         Ok(())
     }
@@ -686,6 +695,7 @@ pub fn execute(
             mode,
             cutover,
             after_flow,
+            after_call_flow,
         } => {
             let Some(normalized) = routing::normalize(&number, &[]) else {
                 bail!("{number:?} is not a dialable number");
@@ -701,6 +711,7 @@ pub fn execute(
                 mode,
                 cutover: cutover.unwrap_or_default(),
                 after_flow: after_flow.unwrap_or_default(),
+                after_call_flow: after_call_flow.unwrap_or_default(),
             };
             route.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             store.put_route(&route)?;

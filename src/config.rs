@@ -239,6 +239,10 @@ pub struct QueueDef {
     /// Where callers go when `max_wait` passes or the queue empties.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<Overflow>,
+    /// A flow the caller walks when the agent hangs up first (the bundled
+    /// `rating`: 满意度评价); it overrides the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_call_flow: Option<String>,
     /// Most callers in line (0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiting: Option<usize>,
@@ -536,6 +540,10 @@ pub struct TransferSettings {
     /// (sent out through `[trunk] outbound`) or a `sip:` URI.
     #[serde(default)]
     pub centres: BTreeMap<String, String>,
+    /// Codes an agent transfers to that send the caller into a flow as
+    /// the agent leaves (`"*88" = "rating"`: 满意度评价 on purpose).
+    #[serde(default)]
+    pub flows: BTreeMap<String, String>,
 }
 
 /// `[queue]`: what every queue does unless its `[queues.NAME]` says otherwise.

@@ -297,6 +297,10 @@ struct QueueArgs {
     /// `queue:NAME` or `flow:NAME`.
     #[arg(long)]
     overflow: Option<String>,
+    /// The flow the caller walks when the agent hangs up first (e.g.
+    /// `rating`, 满意度评价).
+    #[arg(long)]
+    after_call_flow: Option<String>,
 }
 
 impl QueueArgs {
@@ -312,6 +316,7 @@ impl QueueArgs {
             ("max_wait", self.max_wait),
             ("service_level", self.service_level),
             ("moh", self.moh),
+            ("after_call_flow", self.after_call_flow),
         ] {
             if let Some(v) = value {
                 keys.insert(key.into(), v.into());
@@ -358,6 +363,10 @@ enum RoutesAction {
         /// `transition`: the flow that takes its calls after the cut-over.
         #[arg(long)]
         after_flow: Option<String>,
+        /// The flow the caller walks when the agent hangs up first (e.g.
+        /// `rating`, 满意度评价); a queue's own after_call_flow wins.
+        #[arg(long)]
+        after_call_flow: Option<String>,
     },
     /// What a dialed number reaches, without placing a call: the route
     /// and its mode, the flow (or queue) and the backends that flow hands to.
@@ -667,6 +676,7 @@ fn real_main() -> anyhow::Result<()> {
                 mode,
                 cutover,
                 after_flow,
+                after_call_flow,
             } => AdminCommand::RoutesSet {
                 number,
                 queue,
@@ -675,6 +685,7 @@ fn real_main() -> anyhow::Result<()> {
                 mode,
                 cutover,
                 after_flow,
+                after_call_flow,
             },
             RoutesAction::Test { number, at } => {
                 let at = at.unwrap_or_else(|| {

@@ -101,6 +101,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Calls whose record was written, by disposition.",
     ),
     (
+        "yihaotong_calls_rated_total",
+        Kind::Counter,
+        "Calls the caller rated after the agent left, by rating (satisfied, fair, unsatisfied).",
+    ),
+    (
         "yihaotong_call_setup_seconds",
         Kind::Histogram,
         "From a call's arrival to its answer by an agent or backend.",
@@ -335,6 +340,9 @@ pub fn call_ended(cdr: &Cdr) {
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
     counter!("yihaotong_calls_ended_total", "disposition" => disposition).increment(1);
+    if !cdr.rating.is_empty() {
+        counter!("yihaotong_calls_rated_total", "rating" => cdr.rating.clone()).increment(1);
+    }
     if let Some(answered) = cdr.answered {
         let setup = answered.saturating_sub(cdr.arrived) as f64 / 1000.0;
         histogram!("yihaotong_call_setup_seconds").record(setup);

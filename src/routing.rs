@@ -204,6 +204,8 @@ struct PlanRoute {
     cutover: String,
     #[serde(default)]
     after_flow: String,
+    #[serde(default)]
+    after_call_flow: String,
 }
 
 /// Parses a plan file's text; errors say `name:line:column`.
@@ -237,6 +239,7 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
             mode: r.mode,
             cutover: r.cutover,
             after_flow: r.after_flow,
+            after_call_flow: r.after_call_flow,
         };
         if let Err(e) = route.validate() {
             bail!("{name}:{line}: {e}");

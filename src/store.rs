@@ -117,6 +117,10 @@ pub struct Route {
     /// `transition` only: the flow after the cut-over.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub after_flow: String,
+    /// A flow the caller walks when the agent hangs up first (a queue's
+    /// own `after_call_flow` wins).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub after_call_flow: String,
 }
 
 /// The database handle. Cloning is cheap (sled trees are reference-counted).

@@ -615,30 +615,12 @@ fn a_calls_events_arrive_in_order_and_a_reconnect_gets_what_it_missed() {
 
 #[test]
 fn the_event_stream_also_comes_over_a_websocket() {
-    use tungstenite::client::IntoClientRequest;
     let server = TestServer::start();
     server.add_agent("1001", "s3cret", "main");
     let tickets = server.token("tickets", "ticketing", None);
     let mut phone = Phone::bind("1001", "127.0.0.3");
     assert_eq!(phone.register(server.sip, "s3cret", Algorithm::Md5), 200);
-    let connect = |token: &str| {
-        let mut request = format!("ws://{}/events?queue=main", server.http)
-            .into_client_request()
-            .expect("a request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("a header value"),
-        );
-        let tcp = std::net::TcpStream::connect(server.http).expect("connect");
-        // The refusal's HTTP status, or the socket and the upgrade's status.
-        match tungstenite::client(request, tcp) {
-            Ok((socket, response)) => Ok((socket, response.status().as_u16())),
-            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-                Err(r.status().as_u16())
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let connect = |token: &str| common::events_socket(&server, token, "queue=main");
     // A made-up token is refused before the upgrade.
     assert_eq!(connect("yht_made-up").err(), Some(401));
     let (mut socket, status) = connect(&tickets).expect("upgraded");

@@ -6,40 +6,8 @@
 
 mod common;
 
-use common::{answer, Phone, RtpIn, TestServer};
+use common::{answer, decode_pcmu, prompt_correlation, prompt_source, Phone, RtpIn, TestServer};
 use yihaotong::sip::auth::Algorithm;
-
-/// μ-law payloads in arrival order, decoded to linear samples.
-fn decode_pcmu(packets: &[RtpIn]) -> Vec<f64> {
-    packets
-        .iter()
-        .filter(|p| p.pt == 0)
-        .flat_map(|p| p.payload.iter())
-        .map(|b| audio_codec_algorithms::decode_ulaw(*b) as f64)
-        .collect()
-}
-
-/// Normalized cross-correlation of `heard` against `source` at lag 0 over
-/// the shorter length (the stream starts with the prompt's first frame).
-fn correlation(heard: &[f64], source: &[i16]) -> f64 {
-    let n = heard.len().min(source.len());
-    assert!(n > 4000, "too little audio to compare: {n} samples");
-    let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
-    for i in 0..n {
-        let (x, y) = (heard[i], source[i] as f64);
-        xy += x * y;
-        xx += x * x;
-        yy += y * y;
-    }
-    xy / (xx.sqrt() * yy.sqrt()).max(1.0)
-}
-
-fn source(name: &str) -> Vec<i16> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sounds")
-        .join(format!("{name}.flac"));
-    yihaotong::media::prompts::decode_to_8k(&path).expect("bundled prompt decodes")
-}
 
 fn answer_ivr(
     server: &TestServer,
@@ -79,8 +47,8 @@ fn welcome_is_the_right_prompt_and_key_1_by_rfc4733_reaches_the_backend() {
         assert_eq!(w[1].ts, w[0].ts.wrapping_add(160));
     }
     let samples = decode_pcmu(&heard);
-    let welcome = correlation(&samples, &source("hrss/welcome"));
-    let other = correlation(&samples, &source("market/welcome"));
+    let welcome = prompt_correlation(&samples, "hrss/welcome", 0);
+    let other = prompt_correlation(&samples, "market/welcome", 0);
     assert!(welcome > 0.95, "welcome correlation {welcome}");
     assert!(other < 0.5, "a different prompt correlates {other}");
 
@@ -189,7 +157,7 @@ fn inband_tone_on_a_retired_line_reaches_the_duty_desk_then_the_duty_seats() {
     let mut d = answer_ivr(&server, &mut trunk, "86012345", Some(&sdp));
     let media = d.remote_rtp.expect("addr");
     let heard = trunk.record_rtp(1.0);
-    let c = correlation(&decode_pcmu(&heard), &source("legacy/line-retired"));
+    let c = prompt_correlation(&decode_pcmu(&heard), "legacy/line-retired", 0);
     assert!(c > 0.95, "retired-line notice correlation {c}");
     trunk.press_inband(media, '2');
     let inv = desk.request("INVITE", 5.0).expect("the duty desk is asked");
@@ -360,7 +328,7 @@ fn a_reload_reaches_new_calls_only_and_a_bad_edit_is_refused() {
     let mut b = Phone::new("13800000012");
     let mut db = answer_ivr(&server, &mut b, "12333", None);
     let heard = b.record_rtp(1.5);
-    let c = correlation(&decode_pcmu(&heard), &source("housing/welcome"));
+    let c = prompt_correlation(&decode_pcmu(&heard), "housing/welcome", 0);
     assert!(c > 0.95, "new greeting correlation {c}");
     let inv_b = new_seat
         .request("INVITE", 10.0)
@@ -504,7 +472,7 @@ fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() 
     let mut citizen = Phone::new("13800000022");
     let mut dc = answer_ivr(&server, &mut citizen, "12345", None);
     let heard = citizen.record_rtp(1.5);
-    let c = correlation(&decode_pcmu(&heard), &source("hotline/urgent-notice"));
+    let c = prompt_correlation(&decode_pcmu(&heard), "hotline/urgent-notice", 0);
     assert!(c > 0.95, "urgent notice correlation {c}");
     citizen.in_dialog(server.sip, &mut dc, "BYE", "");
     assert_eq!(citizen.final_status(&dc.call_id, "BYE", 3.0), Some(200));
@@ -513,7 +481,7 @@ fn collected_digits_travel_with_a_transfer_and_the_notice_switch_speaks_first() 
     let mut later = Phone::new("13800000023");
     let mut dl = answer_ivr(&server, &mut later, "12345", None);
     let heard = later.record_rtp(1.5);
-    let c = correlation(&decode_pcmu(&heard), &source("hotline/welcome"));
+    let c = prompt_correlation(&decode_pcmu(&heard), "hotline/welcome", 0);
     assert!(c > 0.95, "plain greeting correlation {c}");
     later.in_dialog(server.sip, &mut dl, "BYE", "");
     assert_eq!(later.final_status(&dl.call_id, "BYE", 3.0), Some(200));
@@ -542,7 +510,7 @@ fn heard_prompt(heard: &[RtpIn], name: &str) -> bool {
         .filter(|p| p.pt == 0)
         .flat_map(|p| p.payload.iter().copied())
         .collect();
-    let prompt: Vec<u8> = source(name)
+    let prompt: Vec<u8> = prompt_source(name)
         .iter()
         .map(|s| audio_codec_algorithms::encode_ulaw(*s))
         .collect();

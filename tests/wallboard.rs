@@ -77,6 +77,7 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
     browser.wait_text("[data-test=\"answered\"]", "1");
     browser.wait_text("[data-test=\"connection-rate\"]", "100.0%");
     browser.wait_text("[data-test=\"within-15s\"]", "100.0%");
+    browser.wait_text("[data-test=\"satisfaction\"]", "–");
     browser.wait_agent("1001", "available");
     assert_eq!(
         browser.eval("document.getElementById('kpi-connected').className"),
@@ -85,7 +86,7 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
 
     // 1001 takes a second call and a third caller waits for a seat.
     let mut second = Phone::new("13800000092");
-    let (mut d2, _leg2) = connected_call(&server, &mut second, &mut phone, "a2");
+    let (d2, _leg2) = connected_call(&server, &mut second, &mut phone, "a2");
     let mut third = Phone::new("13800000093");
     let d3 = third.invite(server.sip, "123450");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"waiting\"]", "1");
@@ -114,12 +115,25 @@ fn the_wallboard_follows_real_calls_in_a_real_browser() {
     assert!(bytes > 10_000, "a real picture of the board: {bytes} bytes");
     eprintln!("wallboard screenshot: {}", shot.display());
 
-    // The waiting caller gives up, the second call ends: back to quiet.
+    // The waiting caller gives up; the agent sends the second caller to
+    // the rating and leaves; the caller rates "fairly satisfied": back to
+    // quiet, with today's satisfaction beside the connection rate.
     third.cancel(server.sip, &d3);
-    second.in_dialog(server.sip, &mut d2, "BYE", "");
+    let desk = server.token("desk", "admin", None);
+    let path = format!("/api/v1/calls/{}/transfer", d2.call_id);
+    let (code, body) = server.http("POST", &path, Some(&desk), Some(r#"{"flow":"rating"}"#));
+    assert_eq!(code, 200, "{body}");
     let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
     phone.reply(server.sip, &bye, 200, "a2");
+    std::thread::sleep(Duration::from_millis(300));
+    second.press_rfc4733(d2.remote_rtp.expect("media"), '2', 101, 930_000);
+    let bye = second
+        .request("BYE", 15.0)
+        .expect("the rating ends the call");
+    second.reply(server.sip, &bye, 200, "x");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"waiting\"]", "0");
     browser.wait_text("[data-queue=\"main\"] [data-test=\"on-call\"]", "0");
     browser.wait_text("[data-test=\"calls\"]", "3");
+    browser.wait_text("[data-test=\"satisfaction\"]", "100.0%");
+    browser.wait_text("[data-test=\"rated\"]", "评价 rated 1");
 }

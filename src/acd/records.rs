@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::desk::LogLine;
+pub use super::desk::LogLine;
 use crate::store::{record_key, RecordingMeta, Store};
 
 /// How a call ended, for the KPIs.
@@ -96,6 +96,10 @@ pub struct Cdr {
     /// cannot answer, 480 for a flow gone, 503 for no RTP port); 0 otherwise.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refused: u16,
+    /// The caller's rating in the after-call flow: satisfied, fair or
+    /// unsatisfied; empty when not rated (or no such flow ran).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rating: String,
     /// Recording file, when recorded.
     pub recording: Option<String>,
     /// Service level of the queue at the time, seconds.
@@ -224,6 +228,7 @@ fn event_of(line: &LogLine) -> (&'static str, crate::events::About, serde_json::
         "EXITWITHTIMEOUT" | "EXITEMPTY" => "call.left_queue",
         "TRANSFER" => "call.transferred",
         "CALLBACK" => "call.callback_booked",
+        "RATED" => "call.rated",
         "COMPLETECALLER" | "COMPLETEAGENT" => "call.completed",
         "AGENTLOGIN" | "AGENTLOGOFF" | "PAUSE" | "UNPAUSE" => "agent.state",
         _ => "queue.event",
@@ -242,6 +247,9 @@ fn event_of(line: &LogLine) -> (&'static str, crate::events::About, serde_json::
     });
     if let Some(s) = state {
         data["state"] = s.into();
+    }
+    if line.event == "RATED" {
+        data["rating"] = line.data.first().cloned().unwrap_or_default().into();
     }
     let about = crate::events::About {
         queue: known(&line.queue),

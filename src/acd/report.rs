@@ -84,6 +84,14 @@ pub struct Row {
     pub outbound: u64,
     /// Of those, answered.
     pub outbound_answered: u64,
+    /// Calls the caller rated in the after-call flow.
+    pub rated: u64,
+    /// Of those, "satisfied" (满意).
+    pub satisfied: u64,
+    /// Of those, "fair" (基本满意).
+    pub fair: u64,
+    /// Satisfaction rate: (satisfied + fair) / rated (满意率).
+    pub satisfaction: Option<f64>,
     #[serde(skip)]
     abandoned_in_sl: u64,
     #[serde(skip)]
@@ -109,6 +117,14 @@ impl Row {
             return;
         }
         self.calls += 1;
+        if !cdr.rating.is_empty() {
+            self.rated += 1;
+            match cdr.rating.as_str() {
+                "satisfied" => self.satisfied += 1,
+                "fair" => self.fair += 1,
+                _ => {}
+            }
+        }
         if cdr.disposition == Disposition::CallbackBooked {
             self.callbacks_requested += 1;
         }
@@ -161,11 +177,15 @@ impl Row {
         self.callbacks_completed += o.callbacks_completed;
         self.outbound += o.outbound;
         self.outbound_answered += o.outbound_answered;
+        self.rated += o.rated;
+        self.satisfied += o.satisfied;
+        self.fair += o.fair;
     }
 
     fn finish(&mut self) {
         let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
         self.connection_rate = ratio(self.answered, self.offered);
+        self.satisfaction = ratio(self.satisfied + self.fair, self.rated);
         self.sl = ratio(self.in_sl, self.answered);
         let all_abandoned = self.abandoned + self.abandoned_short;
         self.sl2 = ratio(
@@ -245,7 +265,7 @@ pub enum Format {
     Json,
 }
 
-const COLUMNS: [&str; 17] = [
+const COLUMNS: [&str; 21] = [
     "group",
     "calls",
     "offered",
@@ -263,9 +283,13 @@ const COLUMNS: [&str; 17] = [
     "cb_done",
     "out",
     "out_ans",
+    "rated",
+    "satisfied",
+    "fair",
+    "sat_rate",
 ];
 
-fn cells(r: &Row) -> [String; 17] {
+fn cells(r: &Row) -> [String; 21] {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
     [
@@ -286,6 +310,10 @@ fn cells(r: &Row) -> [String; 17] {
         r.callbacks_completed.to_string(),
         r.outbound.to_string(),
         r.outbound_answered.to_string(),
+        r.rated.to_string(),
+        r.satisfied.to_string(),
+        r.fair.to_string(),
+        pct(r.satisfaction),
     ]
 }
 
@@ -424,10 +452,15 @@ mod tests {
     #[test]
     fn figures_match_a_hand_computed_day() {
         use Disposition::*;
+        // Three of the answered callers rated: satisfied, fair, unsatisfied.
+        let rated = |rating: &str, c: Cdr| Cdr {
+            rating: rating.into(),
+            ..c
+        };
         let cdrs = vec![
-            cdr("main", 0, Some(5), 65, Answered),
-            cdr("main", 100, Some(115), 235, Answered),
-            cdr("main", 300, Some(316), 346, Answered),
+            rated("satisfied", cdr("main", 0, Some(5), 65, Answered)),
+            rated("fair", cdr("main", 100, Some(115), 235, Answered)),
+            rated("unsatisfied", cdr("main", 300, Some(316), 346, Answered)),
             cdr("main", 400, Some(440), 530, Answered),
             cdr("main", 600, None, 603, Abandoned),
             cdr("main", 700, None, 720, Abandoned),
@@ -455,6 +488,8 @@ mod tests {
         assert_eq!((r.abandoned, r.abandoned_short), (1, 1));
         assert_eq!(r.asa, Some((5.0 + 15.0 + 16.0 + 40.0) / 4.0));
         assert_eq!(r.aht, Some((60.0 + 120.0 + 30.0 + 90.0) / 4.0));
+        assert_eq!((r.rated, r.satisfied, r.fair), (3, 1, 1));
+        assert_eq!(r.satisfaction, Some(2.0 / 3.0));
         assert_eq!(rows[1].key, "total");
         assert_eq!(rows[1].offered, 6);
 
@@ -487,7 +522,7 @@ mod tests {
         let csv = render(&rows, Format::Csv);
         assert_eq!(
             csv.lines().nth(1),
-            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0,0,0,0,0")
+            Some("12345,7,6,4,66.7%,2,50.0%,50.0%,1,1,0,19.0,75.0,0,0,0,0,3,1,1,66.7%")
         );
         assert_eq!(
             parse_time("2025-11-28 11:00", 480, 0),

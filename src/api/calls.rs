@@ -255,8 +255,14 @@ pub(super) async fn recording(
 #[serde(deny_unknown_fields)]
 pub(super) struct TransferTo {
     /// An agent ID, a queue name, a peer centre, or a number the agent on
-    /// the call may dial (as its phone's REFER would name it).
+    /// the call may dial (as its phone's REFER would name it). Or give
+    /// `flow`.
+    #[serde(default)]
     to: String,
+    /// Or a flow the caller walks as the agent leaves (`rating`: 满意度
+    /// 评价 on purpose); the agent's leg ends, and no transfer is counted.
+    #[serde(default)]
+    flow: Option<String>,
     /// Consult first: the caller hears music while the agent talks to the
     /// target; then `…/transfer/complete` (or the agent hanging up) hands
     /// the caller over, `…/transfer/cancel` (or the target hanging up)
@@ -268,7 +274,7 @@ pub(super) struct TransferTo {
 #[utoipa::path(post, path = "/api/v1/calls/{id}/transfer", tag = "calls", security(("bearer" = [])),
     params(("id" = String, Path, description = "the caller's Call-ID")),
     request_body = TransferTo,
-    responses((status = 200, description = "the caller hears music while the target rings; the outcome comes as call.transferred (or the caller back with the agent)", body = Object),
+    responses((status = 200, description = "the caller hears music while the target rings; the outcome comes as call.transferred (or the caller back with the agent); with `flow`, the caller walks the flow and the agent is let go", body = Object),
         (status = 400, description = "the body is wrong; the message names the field", body = ErrorBody),
         CallRefusals,
         (status = 422, description = "not a target this call may be transferred to", body = ErrorBody)))]
@@ -280,6 +286,27 @@ pub(super) async fn transfer(
 ) -> Result<Json<Value>, Failure> {
     authorize(&api, &headers, TRANSFERRERS, "transfer calls")?;
     let to: TransferTo = body(&bytes)?;
+    if let Some(flow) = to.flow {
+        if !to.to.is_empty() || to.attended {
+            return Err(bad(
+                "flow",
+                "give `to` or `flow`, not both (and a flow is not attended)",
+            ));
+        }
+        if !crate::ivr::flow::is_plain_name(&flow) || flow.len() > 64 {
+            return Err(bad("flow", "a flow's name: letters, digits, - and _"));
+        }
+        let detail = json!({ "flow": flow });
+        return act(
+            &api,
+            &headers,
+            id,
+            TRANSFERRERS,
+            Control::ToFlow(flow),
+            detail,
+        )
+        .await;
+    }
     if to.to.is_empty()
         || to.to.len() > 64
         || !to

@@ -44,6 +44,10 @@ pub(super) struct RouteBody {
     /// `transition`: the flow after the cut-over.
     #[serde(default)]
     after_flow: Option<String>,
+    /// The flow the caller walks when the agent hangs up first (a queue's
+    /// own `after_call_flow` wins).
+    #[serde(default)]
+    after_call_flow: Option<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/routes/{number}", tag = "routing", security(("bearer" = [])),
@@ -67,7 +71,7 @@ pub(super) async fn set_route(
     }
     let detail = json!({
         "queue": route.queue, "flow": route.flow, "hotline": route.hotline,
-        "mode": route.mode, "cutover": route.cutover, "after_flow": route.after_flow,
+        "mode": route.mode, "cutover": route.cutover, "after_flow": route.after_flow, "after_call_flow": route.after_call_flow,
     });
     let target = number.clone();
     let cmd = AdminCommand::RoutesSet {
@@ -78,6 +82,7 @@ pub(super) async fn set_route(
         mode: route.mode.unwrap_or_default(),
         cutover: route.cutover,
         after_flow: route.after_flow,
+        after_call_flow: route.after_call_flow,
     };
     audited(&api, &caller, "route.set", &target, detail, cmd).await
 }

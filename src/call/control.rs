@@ -118,6 +118,8 @@ pub enum Control {
     TransferComplete,
     /// Cancel the attended transfer: the caller back with the agent.
     TransferCancel,
+    /// Send the caller into a flow (a rating) as the agent leaves.
+    ToFlow(String),
 }
 
 impl Control {
@@ -136,6 +138,7 @@ impl Control {
             Control::Transfer { attended: true, .. } => "transfer.attended",
             Control::TransferComplete => "transfer.complete",
             Control::TransferCancel => "transfer.cancel",
+            Control::ToFlow(_) => "transfer.flow",
         }
     }
 }
@@ -558,6 +561,11 @@ impl super::Call {
             Control::Transfer { to, attended } => {
                 return Some(super::Bridged::ApiTransfer { to, attended, req })
             }
+            Control::ToFlow(_) if self.held.is_some() => req.answer(Err((
+                409,
+                "resume the call before sending the caller on".into(),
+            ))),
+            Control::ToFlow(flow) => return Some(super::Bridged::ApiToFlow { flow, req }),
             Control::TransferComplete | Control::TransferCancel => req.answer(Err((
                 409,
                 "no attended transfer is being consulted on this call".into(),

@@ -203,6 +203,29 @@ impl Call {
         }
     }
 
+    /// The agent hung up first: the caller walks the after-call flow (a
+    /// rating) on the media the relay handed back. The call's record stays
+    /// the agent's (answered, hung up by the agent); the flow's `rating`
+    /// lands on it, in the queue log and on the event stream.
+    pub(super) async fn after_call(&mut self, offer: &AudioOffer, route: &Route) -> End {
+        let catalog = self.ctx.shared.catalog();
+        let flow = self
+            .after_call
+            .as_ref()
+            .and_then(|name| catalog.flows.get(name).cloned());
+        let (Some(flow), Some(media)) = (flow, self.returned_media.take()) else {
+            self.bye_caller();
+            return End::AgentHungUp;
+        };
+        info!(flow = %flow.name, "the agent hung up; the caller stays for the after-call flow");
+        self.show_state("ivr");
+        let session = self.session(&catalog, flow);
+        let end = self.walk(session, media, &catalog, offer, route).await;
+        // However the flow ended, the agent was first to go.
+        self.cdr.hung_up_by = "agent".into();
+        end
+    }
+
     /// Walks `flow` with the answered caller, whose keys come on `media`.
     pub(super) async fn walk_flow(
         &mut self,
@@ -218,15 +241,20 @@ impl Call {
             v.flow = name;
             v.answered = answered;
         });
-        let caller = self.cdr.caller.clone();
-        let session = Session::new(
+        let session = self.session(catalog, flow);
+        self.walk(session, media, catalog, offer, route).await
+    }
+
+    /// A fresh session of `flow` for this call's caller, with the call's
+    /// starting variables.
+    fn session(&self, catalog: &Arc<Catalog>, flow: Arc<crate::ivr::flow::Flow>) -> Session {
+        Session::new(
             catalog.clone(),
             flow,
-            &caller,
+            &self.cdr.caller,
             self.ctx.shared.settings.ivr.max_steps,
         )
-        .with_vars(&self.ctx.flow_vars);
-        self.walk(session, media, catalog, offer, route).await
+        .with_vars(&self.ctx.flow_vars)
     }
 
     pub(super) fn play(
@@ -290,6 +318,9 @@ impl Call {
                                 None => mpsc::channel(1).1,
                             };
                             match after {
+                                AfterQueue::Ended(End::AfterCall) => {
+                                    return Box::pin(self.after_call(offer, route)).await;
+                                }
                                 AfterQueue::Ended(end) => return end,
                                 AfterQueue::Flow(name) => {
                                     next_flow = Some(name);
@@ -597,6 +628,7 @@ impl Call {
                 let Some(a_dialog) = self.a_dialog.take() else {
                     return AfterQueue::Ended(End::Refused);
                 };
+                self.after_call_ok = true;
                 AfterQueue::Ended(self.bridge_to_end(a_dialog, leg, Some(ticket)).await)
             }
             Err(Unserved::CallerGone) => AfterQueue::Ended(End::CallerHungUp),
@@ -758,6 +790,12 @@ impl Drop for Call {
 impl Call {
     /// The flow has finished its part: keep its data for the far leg and the CDR.
     fn flow_done(&mut self, session: &Session) {
+        if self.after_call.is_some() {
+            // The after-call flow: only its rating is kept; the record's
+            // flow data stay those of the flow before the agent.
+            self.rated(session.vars().get("rating").map(String::as_str));
+            return;
+        }
         // Call data the API set stays with the call.
         let api_data: Vec<(String, String)> = self
             .call_data
@@ -799,6 +837,32 @@ impl Call {
             .collect();
     }
 }
+
+impl Call {
+    /// The after-call flow ended with `rating` (`None`: no key, not rated):
+    /// it goes on the call's record, into the queue log (RATED) and out as
+    /// `call.rated`.
+    fn rated(&mut self, rating: Option<&str>) {
+        let Some(rating) = rating.filter(|r| RATINGS.contains(r)) else {
+            info!("the caller did not rate the call");
+            return;
+        };
+        info!(rating, agent = %self.cdr.agent, "the caller rated the call");
+        self.cdr.rating = rating.to_string();
+        self.ctx.shared.records.log(crate::acd::records::LogLine {
+            at: crate::acd::now_ms(),
+            call_id: self.invite.core.call_id.clone(),
+            queue: self.cdr.queue.clone(),
+            agent: self.cdr.agent.clone(),
+            event: "RATED".into(),
+            data: vec![rating.to_string()],
+        });
+    }
+}
+
+/// The ratings a caller can give (the flow's variable `rating`); anything
+/// else is no rating.
+pub(crate) const RATINGS: [&str; 3] = ["satisfied", "fair", "unsatisfied"];
 
 /// The last flow nodes visited, for the CDR, the far leg and the API.
 fn recent_path(session: &Session) -> String {

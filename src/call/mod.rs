@@ -144,6 +144,10 @@ enum End {
     HandedBack,
     /// The API hung the call up.
     ApiHangup,
+    /// The agent hung up first and the caller stays for the after-call
+    /// flow (`after_call_flow`): its keys are in `returned_media`, its name
+    /// in `after_call`.
+    AfterCall,
 }
 
 struct Call {
@@ -236,6 +240,14 @@ struct Call {
     /// The transferring agent's leg subscribed to the transfer's progress
     /// (its REFER): it gets NOTIFYs. A transfer the API asked for has none.
     refer_subscribed: bool,
+    /// Whoever bridges this call runs an after-call flow on
+    /// [`End::AfterCall`] (the queue paths do).
+    after_call_ok: bool,
+    /// While an agent is on the far leg and an after-call flow would run:
+    /// the agent's BYE leaves the caller up.
+    after_call_armed: bool,
+    /// The after-call flow to walk once the agent has gone.
+    after_call: Option<String>,
 }
 
 /// How a bridge ended.
@@ -253,6 +265,11 @@ enum Bridged {
     ApiTransfer {
         to: String,
         attended: bool,
+        req: control::ControlReq,
+    },
+    /// The API asked to send the caller into this flow as the agent leaves.
+    ApiToFlow {
+        flow: String,
         req: control::ControlReq,
     },
 }
@@ -761,6 +778,9 @@ impl Call {
             handing_off: false,
             return_keys: None,
             returned_media: None,
+            after_call_ok: false,
+            after_call_armed: false,
+            after_call: None,
             consult: None,
             control,
             held: None,
@@ -820,7 +840,10 @@ impl Call {
                 self.supervised = Some(rx);
                 (self.b_agent.clone(), tx)
             });
+            self.after_call_armed =
+                self.after_call_ok && ticket.is_some() && Law::from_pt(self.codec).is_some();
             let outcome = self.bridged(&mut a, &mut b, ticket.is_some()).await;
+            self.after_call_armed = false;
             if let Some((agent, tx)) = supervision {
                 self.ctx.shared.supervision.remove(&agent, &tx);
                 self.supervised = None;
@@ -836,6 +859,18 @@ impl Call {
                         Box::pin(self.blind(b, ticket, &to, transfer::Asker::Api(req))).await
                     };
                     match after {
+                        transfer::After::Bridge(leg, t) => {
+                            b = *leg;
+                            ticket = t;
+                            continue;
+                        }
+                        transfer::After::Ended(end) => return end,
+                    }
+                }
+                Bridged::ApiToFlow { flow, req } => {
+                    self.a_dialog = Some(a.dialog);
+                    let asker = transfer::Asker::Api(req);
+                    match Box::pin(self.send_into_flow(b, ticket, &flow, asker)).await {
                         transfer::After::Bridge(leg, t) => {
                             b = *leg;
                             ticket = t;
@@ -930,9 +965,55 @@ impl Call {
                             call_id: b_call_id.clone(),
                         })
                         .await;
+                    if matches!(end, End::AgentHungUp) && self.after_call.is_some() {
+                        self.a_dialog = Some(a.dialog);
+                        return self.caller_to_after_call(ticket).await;
+                    }
                     return end;
                 }
             }
+        }
+    }
+
+    /// The agent has left (its `ticket` goes: wrap-up starts now); the
+    /// caller, whose dialog is back in `a_dialog`, goes back to the media
+    /// engine for the after-call flow: [`End::AfterCall`], or if the relay
+    /// cannot be taken apart, BYE and [`End::AgentHungUp`].
+    async fn caller_to_after_call(&mut self, ticket: Option<Ticket>) -> End {
+        if let Some(mut t) = ticket {
+            t.by = crate::acd::desk::HungUp::Agent;
+        }
+        let media = match Law::from_pt(self.codec) {
+            Some(law) => self.unbridge(law).await,
+            None => None,
+        };
+        if let Some(media) = media {
+            self.returned_media = Some(media);
+            return End::AfterCall;
+        }
+        warn!("the caller was to stay for the after-call flow, but the relay could not be taken apart; hanging up");
+        self.after_call = None;
+        self.bye_caller();
+        End::AgentHungUp
+    }
+
+    /// The after-call flow for this call when its agent hangs up: the
+    /// queue's `after_call_flow`, else the route's; `None` if neither names
+    /// one, or it is not loaded (said in the log).
+    fn after_call_flow(&self) -> Option<String> {
+        let queue = self
+            .ctx
+            .shared
+            .queue(&self.cdr.queue)
+            .and_then(|q| q.after_call_flow)
+            .filter(|f| !f.is_empty());
+        let name =
+            queue.or_else(|| Some(self.route.after_call_flow.clone()).filter(|f| !f.is_empty()))?;
+        if self.ctx.shared.catalog().flows.contains_key(&name) {
+            Some(name)
+        } else {
+            warn!(flow = %name, queue = %self.cdr.queue, "the after-call flow is not loaded; the caller is hung up with the agent");
+            None
         }
     }
 
@@ -1801,7 +1882,15 @@ impl Call {
         match req.method {
             Method::Bye => {
                 respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
-                self.bye(&mut other.dialog, other.peer);
+                // The agent left first: the caller stays for the
+                // after-call flow (a rating), if one is to run.
+                let stays = this.side == Side::B && self.after_call_armed && {
+                    self.after_call = self.after_call_flow();
+                    self.after_call.is_some()
+                };
+                if !stays {
+                    self.bye(&mut other.dialog, other.peer);
+                }
                 Some(if this.side == Side::A {
                     End::CallerHungUp
                 } else {

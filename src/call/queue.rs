@@ -448,7 +448,11 @@ impl Call {
                     .a_dialog
                     .take()
                     .unwrap_or_else(|| crate::sip::dialog::Dialog::uas(&self.invite, &self.a_tag));
-                self.bridge_to_end(a_dialog, leg, Some(ticket)).await
+                self.after_call_ok = true;
+                match self.bridge_to_end(a_dialog, leg, Some(ticket)).await {
+                    super::End::AfterCall => Box::pin(self.after_call(offer, route)).await,
+                    end => end,
+                }
             }
             Err(Unserved::CallerGone) => super::End::CallerCancelled,
             Err(unserved) => {

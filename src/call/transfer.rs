@@ -601,7 +601,61 @@ impl Call {
         if let Some(replaces) = replaces {
             return self.attended(b, ticket, key, req, &user, replaces).await;
         }
+        if let Some(flow) = self.ctx.shared.settings.transfer.flows.get(&user).cloned() {
+            return self
+                .send_into_flow(b, ticket, &flow, Asker::Refer(key, req))
+                .await;
+        }
         self.blind(b, ticket, &user, Asker::Refer(key, req)).await
+    }
+
+    /// The agent on `b` sends the caller into `flow` (a rating) and leaves:
+    /// the agent's leg ends and wrap-up starts, as when the agent hangs up
+    /// with an after-call flow set; the records count no transfer.
+    pub(super) async fn send_into_flow(
+        &mut self,
+        mut b: Leg,
+        ticket: Option<Ticket>,
+        flow: &str,
+        asker: Asker,
+    ) -> After {
+        let tag = b.dialog.local_tag.clone();
+        if !self.after_call_ok || ticket.is_none() {
+            self.refuse(
+                asker,
+                &tag,
+                403,
+                "only a queue call's caller can be sent into a flow",
+            );
+            return After::Bridge(Box::new(b), ticket);
+        }
+        if !self.ctx.shared.catalog().flows.contains_key(flow) {
+            self.refuse(asker, &tag, 403, &format!("flow {flow} is not loaded"));
+            return After::Bridge(Box::new(b), ticket);
+        }
+        if Law::from_pt(self.codec).is_none() {
+            self.refuse(asker, &tag, 488, "a flow needs PCMU or PCMA");
+            return After::Bridge(Box::new(b), ticket);
+        }
+        match asker {
+            Asker::Refer(key, req) => {
+                respond(&self.ctx, &key, &req, &tag, 202, &[], b"");
+                self.notify(&mut b, 200, true);
+            }
+            Asker::Api(req) => {
+                req.answer(Ok(serde_json::json!({ "flow": flow, "state": "ivr" })));
+            }
+        }
+        info!(agent = %self.agent_on_call(), flow, "the agent sends the caller into a flow and leaves");
+        self.bye(&mut b.dialog, b.peer);
+        let b_call_id = b.dialog.call_id.clone();
+        let _ = self
+            .worker_for(&b_call_id)
+            .send(crate::server::WorkerInput::Unbind { call_id: b_call_id })
+            .await;
+        self.cdr.hung_up_by = "agent".into();
+        self.after_call = Some(flow.to_string());
+        After::Ended(self.caller_to_after_call(ticket).await)
     }
 
     /// A blind transfer of the caller from the agent on `b` to `user` (an

@@ -327,6 +327,14 @@ pub fn load(settings: &Settings, queues: &crate::config::Queues) -> Loaded {
                 ));
             }
         }
+        if let Some(f) = q.after_call_flow.as_ref().filter(|f| !f.is_empty()) {
+            if !flows.contains_key(f) {
+                setting_error(format!(
+                    "[queues.{name}] after_call_flow: flow `{f}` is not loaded from {}",
+                    settings.flows_dir.display()
+                ));
+            }
+        }
     }
     Loaded {
         catalog: Catalog {

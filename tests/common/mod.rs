@@ -1119,3 +1119,72 @@ pub fn connected_call(
     trunk.ack(server.sip, &mut d, &ok);
     (d, agent_leg)
 }
+
+/// μ-law payloads in arrival order, decoded to linear samples.
+pub fn decode_pcmu(packets: &[RtpIn]) -> Vec<f64> {
+    packets
+        .iter()
+        .filter(|p| p.pt == 0)
+        .flat_map(|p| p.payload.iter())
+        .map(|b| audio_codec_algorithms::decode_ulaw(*b) as f64)
+        .collect()
+}
+
+/// The bundled prompt `name` decoded as the server plays it (8 kHz).
+pub fn prompt_source(name: &str) -> Vec<i16> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sounds")
+        .join(format!("{name}.flac"));
+    yihaotong::media::prompts::decode_to_8k(&path).expect("bundled prompt decodes")
+}
+
+/// How well `heard` matches the start of the bundled prompt `name`: the
+/// best normalized cross-correlation over the shorter length, at lags of
+/// whole 20 ms frames up to `max_lag_frames` into the prompt (0: the stream
+/// starts with the prompt's first frame; more: a recording that begins a
+/// few packets late).
+pub fn prompt_correlation(heard: &[f64], name: &str, max_lag_frames: usize) -> f64 {
+    let source = prompt_source(name);
+    (0..=max_lag_frames)
+        .map(|frames| {
+            let src = &source[(frames * 160).min(source.len())..];
+            let n = heard.len().min(src.len());
+            assert!(n > 4000, "too little audio to compare: {n} samples");
+            let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+            for i in 0..n {
+                let (x, y) = (heard[i], src[i] as f64);
+                xy += x * y;
+                xx += x * x;
+                yy += y * y;
+            }
+            xy / (xx.sqrt() * yy.sqrt()).max(1.0)
+        })
+        .fold(f64::MIN, f64::max)
+}
+
+/// The event stream over a WebSocket (`/events?QUERY`, bearer `token`):
+/// the socket and the upgrade's status, or the refusal's HTTP status.
+pub fn events_socket(
+    server: &TestServer,
+    token: &str,
+    query: &str,
+) -> Result<(tungstenite::WebSocket<std::net::TcpStream>, u16), u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/events?{query}", server.http)
+        .into_client_request()
+        .expect("a request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
+    let tcp = std::net::TcpStream::connect(server.http).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    match tungstenite::client(request, tcp) {
+        Ok((socket, response)) => Ok((socket, response.status().as_u16())),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

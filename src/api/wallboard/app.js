@@ -142,6 +142,9 @@ function render() {
   const connected = t ? t.connection_rate : null;
   const within = t && t.answered > 0 ? t.in_sl / t.answered : null;
   set('connection-rate', percent(connected));
+  // The callers' own ratings after the call (satisfied + fair over rated).
+  set('satisfaction', percent(t ? t.satisfaction : null));
+  set('rated', '评价 rated ' + (t ? t.rated : 0));
   set('within-15s', percent(within));
   grade($('#kpi-connected'), connected);
   grade($('#kpi-within'), within);
