@@ -359,3 +359,58 @@ fn an_agent_sends_the_caller_to_the_rating_by_code_or_api() {
         "{agent}"
     );
 }
+
+/// No key within the flow's time is no rating, never "unsatisfied": the
+/// flow gives up, the caller is hung up, and nothing is counted. (The
+/// bundled flow's question is 11 s long and waits 6 s twice; this one asks
+/// briefly and waits a second, with the same keys and the same ending.)
+#[test]
+fn no_key_in_time_is_no_rating() {
+    let flows = tempfile::tempdir().expect("tempdir");
+    let bundled = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ivr-flows/rating.toml"),
+    )
+    .expect("the bundled rating flow");
+    let quick = bundled
+        .replace(
+            r#"menu = ["rating/ask", "english/rating-ask"]"#,
+            r#"menu = "silence/500ms""#,
+        )
+        .replace(r#"timeout = "6s""#, r#"timeout = "1s""#)
+        .replace("retries = 1", "retries = 0");
+    assert_ne!(quick, bundled);
+    std::fs::write(flows.path().join("quick-rating.toml"), quick).expect("write");
+    let flows_dir = flows.path().display().to_string();
+    let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", flows_dir.as_str())]);
+    server.add_agent("1001", "s3cret", "main");
+    let (ok, out) = server.cli(&[
+        "routes",
+        "set",
+        "96901",
+        "--queue",
+        "main",
+        "--after-call-flow",
+        "quick-rating",
+    ]);
+    assert!(ok, "{out}");
+    let mut seat = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800139021");
+    let (d, mut agent_leg) = answered(&server, &mut trunk, &mut seat, "96901");
+    seat.in_dialog(server.sip, &mut agent_leg, "BYE", "");
+    assert_eq!(seat.final_status(&agent_leg.call_id, "BYE", 3.0), Some(200));
+    let bye = trunk
+        .request("BYE", 10.0)
+        .expect("the flow gives up and hangs up");
+    trunk.reply(server.sip, &bye, 200, "x");
+    let cdr = server.wait_cdr(&d.call_id);
+    assert!(cdr.get("rating").is_none(), "{cdr}");
+    assert_eq!(cdr["hung_up_by"], "agent", "{cdr}");
+    let (_, log) = server.cli(&["--format", "table", "queue-log"]);
+    assert!(!log.contains("RATED"), "{log}");
+    let rows = report_total(&server, "hotline");
+    assert_eq!(
+        rows.last().map(|r| &r["rated"]),
+        Some(&serde_json::json!(0))
+    );
+}
