@@ -972,9 +972,9 @@ async fn drain(shared: &yihaotong::server::Shared, why: &str) {
         if started.elapsed() >= limit {
             tracing::warn!(
                 calls = live,
-                "drain_timeout reached; stopping with calls in progress"
+                "drain_timeout reached; hanging up the calls still up"
             );
-            return;
+            return end_calls(shared).await;
         }
         if last_report.elapsed() >= std::time::Duration::from_secs(5) {
             last_report = tokio::time::Instant::now();
@@ -992,12 +992,46 @@ async fn drain(shared: &yihaotong::server::Shared, why: &str) {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-            _ = tokio::signal::ctrl_c() => { tracing::warn!("second signal; stopping now"); return; }
-            _ = second => { tracing::warn!("second signal; stopping now"); return; }
+        let stop_now = tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => false,
+            _ = tokio::signal::ctrl_c() => true,
+            _ = second => true,
+        };
+        if stop_now {
+            tracing::warn!("second signal; hanging up the calls still up now");
+            return end_calls(shared).await;
         }
     }
+}
+
+/// The drain's end: every call still up is hung up (both legs get BYE, an
+/// unanswered caller 480) and its record written with disposition
+/// `drained`, so a stop loses nothing and the next start closes nothing
+/// out as crashed. Waits up to 3 s for the calls to finish.
+async fn end_calls(shared: &yihaotong::server::Shared) {
+    use std::sync::atomic::Ordering::Relaxed;
+    shared.drain_cut.store(true, Relaxed);
+    let calls = shared.calls.list();
+    for call in &calls {
+        let hangup = shared
+            .calls
+            .send(&call.call_id, yihaotong::call::Control::Hangup);
+        if tokio::time::timeout(std::time::Duration::from_secs(1), hangup)
+            .await
+            .is_err()
+        {
+            tracing::warn!(call_id = %call.call_id, "the call did not answer the drain's hang-up");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while shared.live_calls.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::info!(
+        calls = calls.len(),
+        left = shared.live_calls.load(Relaxed),
+        "the calls still up at the drain's end were hung up"
+    );
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -148,6 +148,9 @@ pub struct Shared {
     reloading: Mutex<()>,
     /// Set on SIGTERM/Ctrl-C: new calls get 503 while calls in progress finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Set when the drain ends the calls still up: their hang-ups are the
+    /// drain's (disposition `drained`).
+    pub drain_cut: std::sync::atomic::AtomicBool,
     /// Calls placed by agents' phones (attended transfers replace them).
     pub consults: crate::call::Consults,
     /// Agents' bridged calls, for supervisors.
@@ -675,6 +678,7 @@ impl Server {
             catalog_version: Default::default(),
             reloading: Mutex::new(()),
             draining: Default::default(),
+            drain_cut: Default::default(),
             agent_sources: Mutex::new((u64::MAX, Arc::default())),
             consults: Default::default(),
             supervision: Default::default(),
@@ -695,6 +699,7 @@ impl Server {
                 calls: HashMap::new(),
                 owners: HashMap::new(),
                 backlog: 0,
+                ended: EndedDialogs::default(),
             };
             tokio::spawn(worker.run(rx, fresh_rx));
         }
@@ -785,6 +790,40 @@ struct Worker {
     owners: HashMap<TxKey, crate::boxed::Sender<CallEvent>>,
     /// New requests waiting in this worker's fresh lane, as of the last input.
     backlog: usize,
+    /// Dialogs whose call ended in the last [`ENDED_DIALOG_MEMORY`]: a BYE
+    /// crossing ours (glare, RFC 5407 §3.1.2) gets 200, not 481.
+    ended: EndedDialogs,
+}
+
+/// How long a worker remembers an ended call's Call-ID: 64×T1, as long as
+/// a BYE crossing ours can still be retransmitted.
+const ENDED_DIALOG_MEMORY: Duration = Duration::from_secs(32);
+
+/// Call-IDs of calls that ended lately, oldest first.
+#[derive(Default)]
+struct EndedDialogs {
+    order: std::collections::VecDeque<(Instant, String)>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl EndedDialogs {
+    fn insert(&mut self, now: Instant, call_id: String) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < ENDED_DIALOG_MEMORY {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if self.ids.insert(call_id.clone()) {
+            self.order.push_back((now, call_id));
+        }
+    }
+
+    fn contains(&self, call_id: &str) -> bool {
+        self.ids.contains(call_id)
+    }
 }
 
 impl Worker {
@@ -875,6 +914,7 @@ impl Worker {
             WorkerInput::Unbind { call_id } => {
                 self.calls.remove(&call_id);
                 self.owners.retain(|_, o| !o.is_closed());
+                self.ended.insert(Instant::now(), call_id);
             }
         }
     }
@@ -1020,6 +1060,18 @@ impl Worker {
             }
             Method::Invite if req.core.to.tag.is_some() => self.simple(&key, &req, 481, &[]),
             Method::Invite => self.new_call(key, req, peer),
+            // A BYE crossing ours for a call that is ending or just ended
+            // (its task is gone or going): 200, as RFC 3261 §15.1.2 and
+            // RFC 5407 §3.1.2 want; its retransmissions hit the transaction.
+            Method::Bye
+                if self.ended.contains(&req.core.call_id)
+                    || self
+                        .calls
+                        .get(&req.core.call_id)
+                        .is_some_and(|c| c.is_closed()) =>
+            {
+                self.simple(&key, &req, 200, &[])
+            }
             Method::Bye
             | Method::Info
             | Method::Update
@@ -1397,5 +1449,27 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_dialogs_are_remembered_for_64_t1_then_forgotten() {
+        let t0 = Instant::now();
+        let mut ended = EndedDialogs::default();
+        ended.insert(t0, "a".into());
+        ended.insert(t0 + Duration::from_secs(10), "b".into());
+        ended.insert(t0 + Duration::from_secs(10), "b".into());
+        assert!(ended.contains("a") && ended.contains("b"));
+        assert_eq!(ended.order.len(), 2, "a Call-ID is kept once");
+        // The next end after 32 s forgets `a` (ended at t0), not `b`.
+        ended.insert(t0 + ENDED_DIALOG_MEMORY, "c".into());
+        assert!(!ended.contains("a") && ended.contains("b") && ended.contains("c"));
+        ended.insert(t0 + Duration::from_secs(60), "d".into());
+        assert!(!ended.contains("b") && ended.contains("c") && ended.contains("d"));
+        assert_eq!((ended.ids.len(), ended.order.len()), (2, 2));
     }
 }

@@ -445,6 +445,9 @@ impl Store {
             };
             cdr.ended = now.max(cdr.arrived);
             cdr.disposition = crate::acd::records::Disposition::Crashed;
+            if cdr.hung_up_by.is_empty() {
+                cdr.hung_up_by = "system".into();
+            }
             let key = record_key(cdr.ended, u32::MAX - i as u32);
             self.cdrs.insert(key, serde_json::to_vec(&cdr)?)?;
             self.live_calls.remove(k)?;

@@ -457,3 +457,84 @@ fn sigterm_refuses_new_calls_lets_the_call_in_progress_finish_then_exits() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// A drain that runs out loses nothing: at `drain_timeout` both legs of a
+/// bridged call get BYE, a caller still waiting gets 480, their records are
+/// written as `drained` before the process ends, and the next start closes
+/// nothing out as crashed.
+#[test]
+fn a_drain_that_runs_out_hangs_up_both_legs_and_records_the_calls() {
+    let mut server = TestServer::start_with(&[("YIHAOTONG_DRAIN_TIMEOUT", "1")]);
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, d, mut agent, _ad) = answered_call(&server);
+    let mut waiting = Phone::new("13900000001");
+    let dw = waiting.invite(server.sip, "123450");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    server.signal("TERM");
+    let bye = trunk.request("BYE", 5.0).expect("the caller gets BYE");
+    trunk.reply(server.sip, &bye, 200, "c");
+    let bye = agent.request("BYE", 3.0).expect("the agent gets BYE");
+    agent.reply(server.sip, &bye, 200, "agt");
+    assert_eq!(waiting.final_status(&dw.call_id, "INVITE", 3.0), Some(480));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    server.restart();
+    let (ok, out) = server.cli(&["cdrs"]);
+    assert!(ok, "{out}");
+    let cdrs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(cdrs.len(), 2, "{out}");
+    for (id, answered) in [(&d.call_id, true), (&dw.call_id, false)] {
+        let cdr = cdrs
+            .iter()
+            .find(|c| c["call_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id}: {out}"));
+        assert_eq!(
+            (&cdr["disposition"], &cdr["hung_up_by"]),
+            (&serde_json::json!("drained"), &serde_json::json!("system")),
+            "{cdr}"
+        );
+        assert_eq!(cdr["answered"].is_u64(), answered, "{cdr}");
+    }
+    // The answered one counts as answered; the one in line as offered.
+    let (_, report) = server.cli(&["report"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&report).expect("JSON");
+    let total = rows.last().expect("total");
+    assert_eq!(
+        (&total["offered"], &total["answered"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "{total}"
+    );
+}
+
+/// BYE glare (RFC 5407 §3.1.2): the caller hangs up, the server's BYE goes
+/// to the agent, and the agent's own BYE crosses it. The server answers
+/// the agent's BYE with 200 (and again for its retransmission), whether
+/// the call is still ending or gone.
+#[test]
+fn a_bye_crossing_ours_gets_200() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    for pause_ms in [0, 600] {
+        let (mut trunk, mut d, mut agent, mut ad) = answered_call(&server);
+        trunk.in_dialog(server.sip, &mut d, "BYE", "");
+        assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+        let ours = agent.request("BYE", 3.0).expect("the server's BYE");
+        // The agent does not answer it yet: its own BYE was on the way.
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        agent.in_dialog(server.sip, &mut ad, "BYE", "");
+        assert_eq!(
+            agent.final_status(&ad.call_id, "BYE", 3.0),
+            Some(200),
+            "after {pause_ms} ms"
+        );
+        agent.reply(server.sip, &ours, 200, "agt");
+        server.assert_idle();
+    }
+}

@@ -129,7 +129,24 @@ fn a_booked_callback_survives_kill_9_and_an_unanswered_attempt() {
     let mut citizen = Phone::new("13800000009");
     let (mut server, mut agent) = server_for(&citizen);
     let booked = book(&server, &mut citizen);
-    server.restart();
+    // The booking's place in line is no call: kills and restarts close
+    // nothing out for it, however many.
+    std::thread::sleep(Duration::from_millis(1500));
+    let records = |server: &TestServer| -> Vec<serde_json::Value> {
+        let (ok, out) = server.cli(&["cdrs"]);
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).expect("JSON")
+    };
+    let before = records(&server);
+    for _ in 0..3 {
+        server.restart();
+    }
+    let after = records(&server);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    assert!(
+        after.iter().all(|c| c["disposition"] != "crashed"),
+        "{after:?}"
+    );
     // After the restart the booking is back in line; the agent (still on
     // break, as saved) comes back, and the first call to the citizen goes
     // unanswered.

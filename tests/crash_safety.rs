@@ -168,3 +168,101 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
     // At 25 calls/s with 0.7 s of talk, calls are always up when killed.
     assert!(crashed_seen > 0, "seed {seed}: no call was cut by any kill");
 }
+
+/// A call cut by kill -9 is closed out with everything its live record knew
+/// at the last flush: compared field by field with what the API showed of
+/// it just before the kill. A caller waiting in line keeps its queue and
+/// time queued; a bridged call its agent, answer and recording.
+#[test]
+fn a_crashed_record_keeps_what_the_live_call_knew() {
+    use common::{answer, Phone};
+    use yihaotong::sip::auth::Algorithm;
+    let mut server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let admin = server.token("ops", "admin", None);
+    let mut seat = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    // Through the 12345 flow (its path), answered by 1001, recorded.
+    let mut a = Phone::new("13800139101");
+    let mut da = a.invite(server.sip, "12345");
+    let ok = a
+        .response(&da.call_id, "INVITE", 200, 5.0)
+        .expect("the flow answers");
+    a.ack(server.sip, &mut da, &ok);
+    let inv = seat
+        .request("INVITE", 20.0)
+        .expect("the flow queues to 1001");
+    let _agent_leg = answer(&server, &mut seat, &inv, "agent");
+    // Waiting in line: the only agent is busy.
+    let mut b = Phone::new("13800139102");
+    let db = b.invite(server.sip, "123450");
+    // More than one record_flush (1 s) later, as the API shows them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, live) = server.http("GET", "/api/v1/calls", Some(&admin), None);
+    assert_eq!(code, 200, "{live}");
+    let shown = |id: &str| {
+        live.as_array()
+            .and_then(|calls| calls.iter().find(|c| c["call_id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} is not live: {live}"))
+    };
+    let (va, vb) = (shown(&da.call_id), shown(&db.call_id));
+    assert!(va["recording"].is_string(), "{va}");
+    server.restart();
+
+    let all = json(&server, &["cdrs", "--since", "1h"]);
+    let record = |id: &str| {
+        let mine: Vec<&serde_json::Value> = all
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["call_id"] == id)
+            .collect();
+        assert_eq!(mine.len(), 1, "one record for {id}: {all}");
+        mine[0].clone()
+    };
+    for (view, cdr) in [(&va, record(&da.call_id)), (&vb, record(&db.call_id))] {
+        assert_eq!(cdr["disposition"], "crashed", "{cdr}");
+        for field in [
+            "caller",
+            "dialed",
+            "hotline",
+            "mode",
+            "arrived",
+            "answered",
+            "flow",
+            "path",
+            "keys",
+            "queue",
+            "agent",
+            "recording",
+        ] {
+            let (seen, kept) = (&view[field], &cdr[field]);
+            let empty = |v: &serde_json::Value| v.is_null() || v == "";
+            assert!(
+                seen == kept || (empty(seen) && empty(kept)),
+                "{field}: the API showed {seen}, the crashed record has {kept}\n{view}\n{cdr}"
+            );
+        }
+    }
+    let waiting = record(&db.call_id);
+    assert!(
+        waiting["queued"].is_u64() && waiting["queue"] == "main",
+        "{waiting}"
+    );
+    // The report counts the waiting caller as offered to main.
+    let rows = json(&server, &["report", "--by", "queue"]);
+    let main = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["key"] == "main"))
+        .cloned()
+        .expect("main's row");
+    assert_eq!(main["offered"], 2, "{main}");
+
+    // Restarts with nothing up add nothing.
+    let count = all.as_array().map_or(0, Vec::len);
+    server.restart();
+    server.restart();
+    let again = json(&server, &["cdrs", "--since", "1h"]);
+    assert_eq!(again.as_array().map_or(0, Vec::len), count, "{again}");
+}

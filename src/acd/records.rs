@@ -46,6 +46,9 @@ pub enum Disposition {
     /// The server stopped without a clean shutdown while the call was up;
     /// closed out at the next start (`ended` is that start).
     Crashed,
+    /// A stop's `drain_timeout` ran out with the call still up: both legs
+    /// got BYE and the record was written before the process ended.
+    Drained,
 }
 
 /// One call's record.

@@ -135,8 +135,13 @@ impl Row {
             self.offered += 1;
         }
         let sl = cdr.service_level.saturating_mul(1000);
+        // A call cut by a crash or a drain after an agent answered was
+        // answered all the same.
+        let cut = matches!(cdr.disposition, Disposition::Crashed | Disposition::Drained);
         match cdr.disposition {
-            Disposition::Answered => {
+            Disposition::Answered | Disposition::Crashed | Disposition::Drained
+                if cdr.disposition == Disposition::Answered || (cut && cdr.answered.is_some()) =>
+            {
                 let answered = cdr.answered.unwrap_or(cdr.ended);
                 let wait = answered.saturating_sub(queued);
                 self.answered += 1;

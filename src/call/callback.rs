@@ -116,6 +116,8 @@ impl Call {
         let Some(target) = super::transfer::outbound(&shared, &number) else {
             return Citizen::NoAnswer;
         };
+        // The booking's place in line was no call; this is one from now on.
+        self.keep_record();
         let local = format!("<sip:{}@{}>", self.cdr.dialed, shared.host);
         let dialog = Dialog::uac(
             self.invite.core.call_id.clone(),
@@ -394,6 +396,8 @@ pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, Str
     // Not a booking's second half: an outbound call of its own.
     call.call_data.retain(|(k, _)| k != "X-Callback");
     call.call_data.push(("X-Originated".into(), "api".into()));
+    // Placed now: a call from the start (a booking's place is not).
+    call.keep_record();
     if !o.data.is_empty() {
         // Checked above: a fresh call cannot hold too many entries.
         if let Err((_, why)) = call.set_data(o.data.clone()) {

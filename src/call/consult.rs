@@ -180,6 +180,7 @@ impl Call {
         let on_queue = (!queue.is_empty()).then_some(queue.as_str());
         // Popped again if the caller goes back to the agent.
         self.cdr.transfers.push(label.clone());
+        self.keep_record();
         match self.reach_target(&target, ring, &offer, on_queue).await {
             Reached::Answered(leg, new_ticket) => {
                 let agent_target = new_ticket.is_some();

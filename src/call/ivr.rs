@@ -144,6 +144,7 @@ pub(super) async fn start_flow(
         return End::RefusedAtSetup(503);
     };
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
+    call.keep_record();
     call.a_remote = offer.addr;
     let Some(media_rx) = call.caller_into_engine(a, law) else {
         no_ports(&call.ctx, &call.a_key, &call.invite, &call.a_tag);
@@ -520,6 +521,16 @@ impl Call {
 
     /// An in-dialog request from the caller before bridging.
     pub(super) fn caller_request(&mut self, key: TxKey, req: Box<Request>) -> CallerSaid {
+        if req.core.call_id != self.invite.core.call_id {
+            // Another leg's (an agent who transferred, a far leg that is
+            // over): not the caller's.
+            self.stray(CallEvent::Request {
+                key: Box::new(key),
+                request: req,
+                peer: self.a_peer,
+            });
+            return CallerSaid::Nothing;
+        }
         let Some(dialog) = self.a_dialog.as_mut() else {
             self.stray(CallEvent::Request {
                 key: Box::new(key),
@@ -759,8 +770,32 @@ impl Drop for Call {
     /// record goes to the records office (whatever ended the call).
     fn drop(&mut self) {
         self.ctx.shared.calls.remove(&self.invite.core.call_id);
+        // Requests that came as the call ended are answered, not dropped:
+        // a BYE crossing ours (glare, RFC 5407 §3.1.2) gets 200, anything
+        // else in a dialog that is gone 481.
+        while let Ok(event) = self.events.try_recv() {
+            if let CallEvent::Request { key, request, .. } = event {
+                let status = if request.method == Method::Bye {
+                    200
+                } else {
+                    481
+                };
+                respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
+            }
+        }
         let mut cdr = std::mem::take(&mut self.cdr);
         cdr.ended = crate::acd::now_ms();
+        if cdr.hung_up_by == "api"
+            && self
+                .ctx
+                .shared
+                .drain_cut
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // The stop's drain ran out and hung the call up.
+            cdr.hung_up_by = "system".into();
+            cdr.disposition = crate::acd::records::Disposition::Drained;
+        }
         if let Some(relay) = &self.relay {
             cdr.rtp_caller = relay.stats.a_quality.load();
             cdr.rtp_far = relay.stats.b_quality.load();
@@ -835,6 +870,7 @@ impl Call {
             .take(MAX_VAR_HEADERS)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        self.keep_record();
     }
 }
 
@@ -849,6 +885,7 @@ impl Call {
         };
         info!(rating, agent = %self.cdr.agent, "the caller rated the call");
         self.cdr.rating = rating.to_string();
+        self.keep_record();
         self.ctx.shared.records.log(crate::acd::records::LogLine {
             at: crate::acd::now_ms(),
             call_id: self.invite.core.call_id.clone(),

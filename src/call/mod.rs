@@ -668,6 +668,7 @@ async fn start(
         return End::RefusedAtSetup(488);
     };
     let mut call = Call::new(ctx, events, a_key, invite, a_tag, a_peer, &offer, route);
+    call.keep_record();
     let end = call.queue_to_end(&offer, route, &route.queue, 0).await;
     call.note_end(&end);
     end
@@ -681,6 +682,15 @@ enum Offer {
 }
 
 impl Call {
+    /// Keeps the call's record as it stands now beside the finished ones
+    /// (written with the next batch): a crash closes the call out with all
+    /// of it (queue, times, agent, recording, the flow's keys and data).
+    /// Called wherever the record learns something; a placeholder that is
+    /// not yet a call (a callback's place in line) has none until it is.
+    fn keep_record(&self) {
+        self.ctx.shared.records.began(&self.cdr);
+    }
+
     /// Fills in who hung up, where the path that ended the call did not
     /// say: every record names it.
     fn note_end(&mut self, end: &End) {
@@ -725,7 +735,6 @@ impl Call {
             arrived: now_ms(),
             ..Cdr::default()
         };
-        ctx.shared.records.began(&cdr);
         let control = ctx.shared.calls.insert(control::CallView {
             call_id: cdr.call_id.clone(),
             caller: cdr.caller.clone(),
@@ -1040,6 +1049,7 @@ impl Call {
                 self.recording_on = self.relay.is_some();
                 info!(path, "recording");
                 self.cdr.recording = Some(path.clone());
+                self.keep_record();
                 let shown = path.clone();
                 self.show(|v| v.recording = Some(shown));
                 shared.records.recording(crate::store::RecordingMeta {
@@ -1521,7 +1531,7 @@ impl Call {
             self.cdr.answered = Some(now_ms());
             self.cdr.agent = seat.agent.clone();
             // A crash from now on is closed out with the agent and answer known.
-            self.ctx.shared.records.began(&self.cdr);
+            self.keep_record();
         }
         // Shown talking before the caller hears the answer.
         self.show_bridge(&leg);
@@ -1591,6 +1601,9 @@ impl Call {
                 let status = match request.method {
                     Method::Invite => 491,
                     Method::Info | Method::Options => 200,
+                    // A far leg's BYE crossing ours (glare, RFC 5407
+                    // §3.1.2): its dialog is over either way.
+                    Method::Bye if request.core.call_id != self.invite.core.call_id => 200,
                     _ => 481,
                 };
                 respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");

@@ -213,6 +213,7 @@ impl Call {
                     shared.settings.service_level(shared.queue(&queue).as_ref());
             }
             self.cdr.queue = queue.clone();
+            self.keep_record();
             self.show_state("queued");
             self.show(|v| v.queue.clone_from(&queue));
             self.music_on_hold(&queue);

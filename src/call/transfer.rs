@@ -405,6 +405,7 @@ pub(super) async fn call_target(
         call.cdr.hotline = "outbound".into();
         call.cdr.outbound = class.to_string();
     }
+    call.keep_record();
     let (tx, rx) = mpsc::channel(1);
     shared.consults.insert(&call_id, tx);
     call.takeover = Some(rx);
@@ -711,6 +712,7 @@ impl Call {
         let offer = self.bridge_offer();
         let label = target.label().to_string();
         self.cdr.transfers.push(label.clone());
+        self.keep_record();
         if let Target::Queue(q) = &target {
             // Into a queue the transfer is done once the caller is in line
             // (`transfer_joined`); a queue that will not take them gives
@@ -924,6 +926,7 @@ impl Call {
             t.transferred(&label);
         }
         self.cdr.transfers.push(label);
+        self.keep_record();
         self.take_off_hold();
         After::Bridge(Box::new(target), new_ticket)
     }
