@@ -157,6 +157,33 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
             .unwrap_or_default();
         assert_eq!(on_break["state"], "on-break", "round {round}: {on_break}");
         assert_eq!(json(&server, &["status"])["live_calls"], 0);
+        // Only calls have records (no leg or placeholder of ours), and
+        // every recording, cut or not, is a readable WAV.
+        for cdr in json(&server, &["cdrs", "--since", "1h"])
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let id = cdr["call_id"].as_str().unwrap_or_default();
+            assert!(
+                !id.ends_with("@yihaotong") || cdr["callback_for"] != "",
+                "round {round} (seed {seed}): a record for no call: {cdr}"
+            );
+            if let Some(path) = cdr["recording"].as_str() {
+                match yihaotong::media::prompts::decode_to_8k(std::path::Path::new(path)) {
+                    Ok(_) => {}
+                    // Cut before its first packet: a WAV with no frames yet.
+                    Err(e) if e.contains("no audio") => {
+                        let head = std::fs::read(path).expect("the recording is there");
+                        assert!(
+                            head.len() >= 44 && &head[..4] == b"RIFF" && &head[8..12] == b"WAVE",
+                            "round {round}: {path} is no WAV"
+                        );
+                    }
+                    Err(e) => panic!("round {round}: {path} unreadable: {e}"),
+                }
+            }
+        }
         // A second start closes nothing out again.
         server.restart();
         assert_eq!(
