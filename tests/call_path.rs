@@ -538,3 +538,63 @@ fn a_bye_crossing_ours_gets_200() {
         server.assert_idle();
     }
 }
+
+/// A re-INVITE crossing a BYE (RFC 5407 §3.5): the caller puts the call on
+/// hold, the server passes the re-INVITE to the agent, and the agent hangs
+/// up instead of answering it. The agent's BYE gets 200, the caller gets
+/// BYE, and the caller's re-INVITE its final answer (487), not silence.
+#[test]
+fn a_reinvite_crossing_a_bye_gets_its_final_answer() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let (mut trunk, mut d, mut agent, mut ad) = answered_call(&server);
+    let sdp = trunk.sdp_dir("sendonly");
+    trunk.in_dialog(server.sip, &mut d, "INVITE", &sdp);
+    let _reinvite = agent
+        .request("INVITE", 3.0)
+        .expect("re-INVITE passed to the agent");
+    agent.in_dialog(server.sip, &mut ad, "BYE", "");
+    assert_eq!(agent.final_status(&ad.call_id, "BYE", 3.0), Some(200));
+    assert_eq!(trunk.final_status(&d.call_id, "INVITE", 3.0), Some(487));
+    let bye = trunk.request("BYE", 3.0).expect("the caller gets BYE");
+    trunk.reply(server.sip, &bye, 200, "c");
+    server.assert_idle();
+}
+
+/// A CANCEL crossing our 200 (RFC 3261 §9.2, RFC 5407 §3.1.1): the caller
+/// cancels just as the agent answers. The INVITE is answered already, so
+/// the CANCEL changes nothing: it gets 200, the caller ACKs, and the call
+/// goes on until someone hangs up.
+#[test]
+fn a_cancel_crossing_our_200_changes_nothing() {
+    let server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    let mut agent = Phone::new("1001");
+    assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800000000");
+    let mut d = trunk.invite(server.sip, "123450");
+    let inv = agent.request("INVITE", 5.0).expect("agent rung");
+    agent.reply(server.sip, &inv, 200, "agt");
+    agent.request("ACK", 3.0).expect("the agent's 200 ACKed");
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 3.0)
+        .expect("the caller's 200");
+    trunk.cancel(server.sip, &d);
+    assert_eq!(trunk.final_status(&d.call_id, "CANCEL", 3.0), Some(200));
+    trunk.ack(server.sip, &mut d, &ok);
+    assert!(
+        agent.request("BYE", 0.5).is_none(),
+        "the call goes on after the CANCEL"
+    );
+    let ad = Phone::uas_dialog(&inv, "agt");
+    let (caller_got, agent_got) = talk(&trunk, &d, &agent, &ad);
+    assert!(
+        caller_got > 30 && agent_got > 30,
+        "{caller_got} / {agent_got}"
+    );
+    trunk.in_dialog(server.sip, &mut d, "BYE", "");
+    assert_eq!(trunk.final_status(&d.call_id, "BYE", 3.0), Some(200));
+    let bye = agent.request("BYE", 3.0).expect("the agent gets BYE");
+    agent.reply(server.sip, &bye, 200, "agt");
+    server.assert_idle();
+}

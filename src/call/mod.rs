@@ -954,6 +954,15 @@ impl Call {
                     return End::Transferred;
                 }
                 Bridged::Ended(end) => {
+                    // A re-INVITE still waiting for the other leg's answer
+                    // when the call ended (a BYE crossed it, RFC 5407 §3.5)
+                    // gets its final answer now, not silence.
+                    for leg in [&mut a, &mut b] {
+                        if let Some((key, req)) = leg.pending.take() {
+                            let tag = leg.dialog.local_tag.clone();
+                            respond(&self.ctx, &key, &req, &tag, 487, &[], b"");
+                        }
+                    }
                     self.cdr.hung_up_by = match end {
                         End::AgentHungUp => "agent",
                         End::CallerHungUp => "caller",
