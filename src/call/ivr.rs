@@ -770,17 +770,14 @@ impl Drop for Call {
     /// record goes to the records office (whatever ended the call).
     fn drop(&mut self) {
         self.ctx.shared.calls.remove(&self.invite.core.call_id);
-        // Requests that came as the call ended are answered, not dropped:
-        // a BYE crossing ours (glare, RFC 5407 §3.1.2) gets 200, anything
-        // else in a dialog that is gone 481.
-        while let Ok(event) = self.events.try_recv() {
-            if let CallEvent::Request { key, request, .. } = event {
-                let status = if request.method == Method::Bye {
-                    200
-                } else {
-                    481
-                };
-                respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
+        // Requests that came as the call ended are answered, not dropped
+        // (a BYE crossing ours gets 200). With forks given up on, `linger`
+        // takes the events instead: their late answers are among them.
+        if self.abandoned.is_empty() {
+            while let Ok(event) = self.events.try_recv() {
+                if let CallEvent::Request { key, request, .. } = event {
+                    super::answer_gone(&self.ctx.shared, &key, &request);
+                }
             }
         }
         let mut cdr = std::mem::take(&mut self.cdr);
@@ -805,6 +802,7 @@ impl Drop for Call {
         if !self.abandoned.is_empty() {
             let (_, closed) = crate::boxed::channel(1);
             tokio::spawn(super::linger(
+                self.ctx.shared.clone(),
                 self.ctx.worker.clone(),
                 self.ctx.shared.host.clone(),
                 std::mem::take(&mut self.abandoned),

@@ -435,10 +435,23 @@ fn respond(
     extra: &[(&str, &str)],
     body: &[u8],
 ) {
+    respond_via(&ctx.shared, key, req, tag, status, extra, body);
+}
+
+/// [`respond`] without a call: through the worker holding the transaction,
+/// the one its Call-ID shards to (a leg taken over from another call may
+/// live on another worker).
+fn respond_via(
+    shared: &Shared,
+    key: &TxKey,
+    req: &Request,
+    tag: &str,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) {
     let bytes = req.response(status, Some(tag), extra, body);
-    // The worker holding the transaction: the one its Call-ID shards to
-    // (a leg taken over from another call may live on another worker).
-    let worker = &ctx.shared.workers[ctx.shared.worker_of(&req.core.call_id)];
+    let worker = &shared.workers[shared.worker_of(&req.core.call_id)];
     let _ = worker.try_send(WorkerInput::Respond {
         key: key.clone(),
         status,
@@ -577,6 +590,7 @@ fn given_up_answer(
 /// It reads the call's own event channel, which the forks stay bound to, so
 /// nothing that arrived as the call ended is lost.
 async fn linger(
+    shared: Arc<Shared>,
     worker: mpsc::Sender<WorkerInput>,
     host: String,
     mut forks: Vec<Fork>,
@@ -595,6 +609,7 @@ async fn linger(
             Some(CallEvent::Response { response, .. }) => {
                 given_up_answer(&worker, &host, &mut forks, &response, &tx);
             }
+            Some(CallEvent::Request { key, request, .. }) => answer_gone(&shared, &key, &request),
             Some(_) => {}
         }
     }
@@ -603,6 +618,14 @@ async fn linger(
     for call_id in ids {
         let _ = worker.send(WorkerInput::Unbind { call_id }).await;
     }
+}
+
+/// Answers a request that reached a call which has ended: a BYE crossing
+/// ours (glare, RFC 3261 §15.1.2, RFC 5407 §3.1.2) gets 200, anything else
+/// in a dialog that is gone 481.
+fn answer_gone(shared: &Shared, key: &TxKey, req: &Request) {
+    let status = if req.method == Method::Bye { 200 } else { 481 };
+    respond_via(shared, key, req, &random_token(), status, &[], b"");
 }
 
 /// The SDP offer in `req`, or a 488 with the reason in a Warning.
