@@ -311,6 +311,10 @@ pub(crate) struct Metrics {
     pub(crate) first_audio: Mutex<Histogram<u64>>,
     pub(crate) caller_rtp: Mutex<StreamStats>,
     pub(crate) agent_rtp: Mutex<StreamStats>,
+    /// Calls an agent or the backend is answering now: their RTP figures
+    /// are merged at their end, a moment after the caller's call ends, so
+    /// the report waits for them.
+    pub(crate) answering: AtomicU64,
     /// Caller's INVITE → the seat's INVITE for it (by `X-Caller-Call-ID`).
     pub(crate) to_seat: Mutex<Histogram<u64>>,
     /// When each caller's INVITE left, until a seat is rung for it.
@@ -350,6 +354,7 @@ impl Metrics {
             first_audio: histogram(),
             caller_rtp: Mutex::new(StreamStats::default()),
             agent_rtp: Mutex::new(StreamStats::default()),
+            answering: AtomicU64::new(0),
             to_seat: histogram(),
             invited: Mutex::new(HashMap::new()),
             classes: Mutex::new(BTreeMap::new()),
@@ -738,6 +743,12 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Report> {
         for _ in 0..left {
             metrics.fail("unfinished at max_seconds");
         }
+    }
+    // The far ends' figures come in as their calls end (after the BYE
+    // the caller saw answered): wait a little for the last of them.
+    let far_ends = Instant::now() + Duration::from_secs(2);
+    while metrics.answering.load(Ordering::Relaxed) > 0 && Instant::now() < far_ends {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     progress.finish_and_clear();
     if registered > 0 {

@@ -208,7 +208,12 @@ impl Seats {
         tokio::spawn(async move {
             while let Some(invite) = new_calls.recv().await {
                 let (ep, metrics, pacer) = (ep.clone(), metrics.clone(), pacer.clone());
-                tokio::spawn(async move { answer(ep, invite, ring, bind, metrics, pacer).await });
+                // Counted until its figures are in (see Metrics::answering).
+                metrics.answering.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    answer(ep, invite, ring, bind, metrics.clone(), pacer).await;
+                    metrics.answering.fetch_sub(1, Ordering::Relaxed);
+                });
             }
         });
         Ok(seats)
