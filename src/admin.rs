@@ -278,6 +278,18 @@ impl AdminCommand {
         )
     }
 
+    /// Whether its check reads the queues each flow file names (removing a
+    /// queue a flow still names is refused).
+    pub fn checks_flow_queues(&self) -> bool {
+        matches!(self, AdminCommand::QueuesRemove { .. })
+    }
+
+    /// Whether its check reads the prompt names (a queue's music and
+    /// announcement must exist).
+    pub fn checks_prompts(&self) -> bool {
+        matches!(self, AdminCommand::QueuesSet { .. })
+    }
+
     /// For a command that changes something, the audit log's action and
     /// target (the names the API writes); `None` for one that only reads.
     pub fn audit(&self) -> Option<(&'static str, String)> {
@@ -1029,14 +1041,41 @@ pub fn run_command(data_dir: &Path, realm: &str, cmd: AdminCommand) -> anyhow::R
     run_command_with(data_dir, realm, cmd, None)
 }
 
-/// What the CLI knows without a server: the settings' queue seeds and the
-/// flows and sounds on disk.
+/// What the CLI knows without a server: the settings' queue seeds and
+/// where the flows and sounds are on disk.
 #[derive(Debug, Clone, Default)]
 pub struct Offline {
-    /// Flows, flow references and prompts on disk (queues: the seeds').
-    pub names: Names,
     /// `[queues.NAME]` of the settings.
     pub seeds: crate::config::Queues,
+    /// `flows_dir`.
+    pub flows_dir: PathBuf,
+    /// `sounds_dir`.
+    pub sounds_dir: PathBuf,
+    /// Whether `[trunk] outbound` is set.
+    pub outbound: bool,
+}
+
+impl Offline {
+    /// What `cmd` may name as the disk has it (queues: the seeds'). The
+    /// flow files are parsed for the queues they name, and the sounds
+    /// listed, only for the commands whose check reads them.
+    pub fn names(&self, cmd: Option<&AdminCommand>) -> Names {
+        Names {
+            queues: self.seeds.keys().cloned().collect(),
+            flows: crate::ivr::flow_file_names(&self.flows_dir),
+            flow_queues: if cmd.is_some_and(AdminCommand::checks_flow_queues) {
+                crate::ivr::flow_queue_refs(&self.flows_dir)
+            } else {
+                Default::default()
+            },
+            prompts: if cmd.is_some_and(AdminCommand::checks_prompts) {
+                crate::media::prompts::names_on_disk(&self.sounds_dir)
+            } else {
+                Default::default()
+            },
+            outbound: self.outbound,
+        }
+    }
 }
 
 /// [`run_command`], and with no server running, first seeds the store's
@@ -1087,7 +1126,7 @@ pub fn run_command_with(
             eprintln!("warning: {w}");
         }
         if cmd.names_things() {
-            let mut names = offline.names.clone();
+            let mut names = offline.names(Some(&cmd));
             names.queues = store.queues()?.into_keys().collect();
             names
                 .check(&cmd)

@@ -860,12 +860,8 @@ impl Settings {
                 self.trunk.outbound
             );
         }
-        let callbacks = self.queue.callback_after > 0
-            || self
-                .queues
-                .values()
-                .any(|q| q.callback_after.is_some_and(|s| s > 0));
-        if callbacks && self.trunk.outbound.is_empty() {
+        // (A queue's own callback_after is checked with the queue.)
+        if self.queue.callback_after > 0 && self.trunk.outbound.is_empty() {
             bail!("settings: [queue] callback_after needs [trunk] outbound (callbacks go out through the trunk)");
         }
         if !self.queue.callback_key.is_ascii_digit()

@@ -401,18 +401,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The queue seeds of the settings, and the flows and sounds on disk: what
-/// the CLI's provisioning may name when no server answers.
+/// The queue seeds of the settings, and where the flows and sounds are:
+/// what the CLI's provisioning may name when no server answers.
 fn offline(settings: &Settings) -> admin::Offline {
     admin::Offline {
-        names: admin::Names {
-            queues: settings.queues.keys().cloned().collect(),
-            flows: yihaotong::ivr::flow_file_names(&settings.flows_dir),
-            flow_queues: yihaotong::ivr::flow_queue_refs(&settings.flows_dir),
-            prompts: yihaotong::media::prompts::names_on_disk(&settings.sounds_dir),
-            outbound: !settings.trunk.outbound.is_empty(),
-        },
         seeds: settings.queues.clone(),
+        flows_dir: settings.flows_dir.clone(),
+        sounds_dir: settings.sounds_dir.clone(),
+        outbound: !settings.trunk.outbound.is_empty(),
     }
 }
 
@@ -549,7 +545,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             // A flow whose file is there but did not load has had its own
             // errors reported; the routes naming it do not count again.
-            let mut names = offline(&settings).names;
+            let mut names = offline(&settings).names(None);
             names.queues = queues.keys().cloned().collect();
             names.flows.extend(loaded.catalog.flows.keys().cloned());
             for r in &routes {

@@ -173,7 +173,7 @@ impl Shared {
         // A route, plan or account naming a queue or flow nobody declared
         // is refused before anything is written.
         if cmd.names_things() {
-            if let Err(e) = self.names().check(cmd) {
+            if let Err(e) = self.names(cmd).check(cmd) {
                 return Some(Err(format!("{e}; nothing was changed")));
             }
         }
@@ -498,14 +498,24 @@ impl Shared {
         Ok(())
     }
 
-    /// The queues, flows and prompts in service: what provisioning may name.
-    pub fn names(&self) -> crate::admin::Names {
+    /// The queues, flows and prompts in service: what `cmd` may name. The
+    /// flow files are parsed for the queues they name, and the prompt names
+    /// gathered, only for the commands whose check reads them.
+    pub fn names(&self, cmd: &AdminCommand) -> crate::admin::Names {
         let catalog = self.catalog();
         crate::admin::Names {
             queues: self.queues().keys().cloned().collect(),
             flows: catalog.flows.keys().cloned().collect(),
-            flow_queues: crate::ivr::flow_queue_refs(&self.settings.flows_dir),
-            prompts: catalog.prompts.names().into_iter().collect(),
+            flow_queues: if cmd.checks_flow_queues() {
+                crate::ivr::flow_queue_refs(&self.settings.flows_dir)
+            } else {
+                Default::default()
+            },
+            prompts: if cmd.checks_prompts() {
+                catalog.prompts.names().into_iter().collect()
+            } else {
+                Default::default()
+            },
             outbound: !self.settings.trunk.outbound.is_empty(),
         }
     }

@@ -211,11 +211,7 @@ fn a_crashed_record_keeps_what_the_live_call_knew() {
     assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
     // Through the 12345 flow (its path), answered by 1001, recorded.
     let mut a = Phone::new("13800139101");
-    let mut da = a.invite(server.sip, "12345");
-    let ok = a
-        .response(&da.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    a.ack(server.sip, &mut da, &ok);
+    let da = common::answer_ivr(&server, &mut a, "12345", None);
     let inv = seat
         .request("INVITE", 20.0)
         .expect("the flow queues to 1001");

@@ -6,26 +6,10 @@
 
 mod common;
 
-use common::{answer, decode_pcmu, prompt_correlation, prompt_source, Phone, RtpIn, TestServer};
+use common::{
+    answer, answer_ivr, decode_pcmu, prompt_correlation, prompt_source, Phone, RtpIn, TestServer,
+};
 use yihaotong::sip::auth::Algorithm;
-
-fn answer_ivr(
-    server: &TestServer,
-    trunk: &mut Phone,
-    number: &str,
-    sdp: Option<&str>,
-) -> common::PhoneDialog {
-    let mut d = match sdp {
-        Some(s) => trunk.invite_sdp(server.sip, number, s),
-        None => trunk.invite(server.sip, number),
-    };
-    let ok = trunk
-        .response(&d.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    assert_eq!(ok.status, 200);
-    trunk.ack(server.sip, &mut d, &ok);
-    d
-}
 
 #[test]
 fn welcome_is_the_right_prompt_and_key_1_by_rfc4733_reaches_the_backend() {
@@ -149,11 +133,7 @@ fn inband_tone_on_a_retired_line_reaches_the_duty_desk_then_the_duty_seats() {
     assert_eq!(agent.register(server.sip, "s3cret", Algorithm::Md5), 200);
     let mut trunk = Phone::new("13800000003");
     // An old trunk: PCMU only, no telephone-event, keys as tones in the audio.
-    let rtp = trunk.rtp.local_addr().expect("addr");
-    let sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
-        rtp.port()
-    );
+    let sdp = trunk.sdp_pcmu_only();
     let mut d = answer_ivr(&server, &mut trunk, "86012345", Some(&sdp));
     let media = d.remote_rtp.expect("addr");
     let heard = trunk.record_rtp(1.0);

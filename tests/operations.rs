@@ -488,11 +488,7 @@ fn the_cli_elsewhere_says_where_it_looked_and_creates_nothing() {
 fn the_cli_lists_and_hangs_up_calls_and_its_changes_are_audited() {
     let mut server = TestServer::start();
     let mut trunk = Phone::new("13800138011");
-    let mut d = trunk.invite(server.sip, "12345");
-    let ok = trunk
-        .response(&d.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    trunk.ack(server.sip, &mut d, &ok);
+    let d = common::answer_ivr(&server, &mut trunk, "12345", None);
     let (ok, out) = server.cli(&["calls", "list"]);
     assert!(ok, "{out}");
     let calls: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
@@ -832,11 +828,7 @@ fn lists_are_tables_with_local_times_and_json_for_scripts() {
         200
     );
     let mut trunk = Phone::new("13800138030");
-    let mut d = trunk.invite(server.sip, "12345");
-    let ok = trunk
-        .response(&d.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    trunk.ack(server.sip, &mut d, &ok);
+    let d = common::answer_ivr(&server, &mut trunk, "12345", None);
     let (ok, out) = server.cli(&["calls", "list", "--format", "table"]);
     assert!(
         ok && out.contains(&d.call_id) && out.contains("13800138030"),

@@ -13,6 +13,21 @@ use std::time::Duration;
 use common::{answer, decode_pcmu, prompt_correlation, Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;
 
+/// Agent 1001 of queue main, registered; and a route (`route`: the number
+/// and any more of `routes set`'s options) to main whose after-call flow
+/// is `flow`.
+fn seat_and_route(server: &TestServer, route: &[&str], flow: &str) -> Phone {
+    server.add_agent("1001", "s3cret", "main");
+    let mut args = vec!["routes", "set"];
+    args.extend(route);
+    args.extend(["--queue", "main", "--after-call-flow", flow]);
+    let (ok, out) = server.cli(&args);
+    assert!(ok, "{out}");
+    let mut seat = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    seat
+}
+
 /// A queue call to `number` answered by `seat`: (caller's dialog, agent's dialog).
 fn answered(
     server: &TestServer,
@@ -77,21 +92,7 @@ fn report_total(server: &TestServer, by: &str) -> Vec<serde_json::Value> {
 #[test]
 fn the_caller_rates_the_agent_after_the_agent_hangs_up() {
     let server = TestServer::start();
-    server.add_agent("1001", "s3cret", "main");
-    let (ok, out) = server.cli(&[
-        "routes",
-        "set",
-        "96900",
-        "--queue",
-        "main",
-        "--hotline",
-        "rated line",
-        "--after-call-flow",
-        "rating",
-    ]);
-    assert!(ok, "{out}");
-    let mut seat = Phone::bind("1001", "127.0.0.3");
-    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut seat = seat_and_route(&server, &["96900", "--hotline", "rated line"], "rating");
 
     // 1. A straight-to-queue route: the key by RFC 4733.
     let mut trunk = Phone::new("13800139001");
@@ -163,15 +164,8 @@ fn the_caller_rates_the_agent_after_the_agent_hangs_up() {
     assert!(ok, "{out}");
     // An old trunk: PCMU only, no telephone-event, keys as tones in the audio.
     let mut trunk2 = Phone::new("13800139002");
-    let sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
-        trunk2.rtp.local_addr().expect("addr").port()
-    );
-    d = trunk2.invite_sdp(server.sip, "12345", &sdp);
-    let ok = trunk2
-        .response(&d.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    trunk2.ack(server.sip, &mut d, &ok);
+    let sdp = trunk2.sdp_pcmu_only();
+    d = common::answer_ivr(&server, &mut trunk2, "12345", Some(&sdp));
     let inv = seat
         .request("INVITE", 20.0)
         .expect("the flow queues to main");
@@ -316,11 +310,7 @@ fn an_agent_sends_the_caller_to_the_rating_by_code_or_api() {
 
     // Through the API: refused for a call in a flow, done for a bridged one.
     let mut trunk2 = Phone::new("13800139012");
-    let mut ivr = trunk2.invite(server.sip, "12345");
-    let ok = trunk2
-        .response(&ivr.call_id, "INVITE", 200, 5.0)
-        .expect("the flow answers");
-    trunk2.ack(server.sip, &mut ivr, &ok);
+    let ivr = common::answer_ivr(&server, &mut trunk2, "12345", None);
     let path = format!("/api/v1/calls/{}/transfer", ivr.call_id);
     let (code, body) = server.http("POST", &path, Some(&admin), Some(r#"{"flow":"rating"}"#));
     assert_eq!(code, 409, "{body}");
@@ -382,19 +372,7 @@ fn no_key_in_time_is_no_rating() {
     std::fs::write(flows.path().join("quick-rating.toml"), quick).expect("write");
     let flows_dir = flows.path().display().to_string();
     let server = TestServer::start_with(&[("YIHAOTONG_FLOWS_DIR", flows_dir.as_str())]);
-    server.add_agent("1001", "s3cret", "main");
-    let (ok, out) = server.cli(&[
-        "routes",
-        "set",
-        "96901",
-        "--queue",
-        "main",
-        "--after-call-flow",
-        "quick-rating",
-    ]);
-    assert!(ok, "{out}");
-    let mut seat = Phone::bind("1001", "127.0.0.3");
-    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut seat = seat_and_route(&server, &["96901"], "quick-rating");
     let mut trunk = Phone::new("13800139021");
     let (d, mut agent_leg) = answered(&server, &mut trunk, &mut seat, "96901");
     seat.in_dialog(server.sip, &mut agent_leg, "BYE", "");

@@ -137,11 +137,13 @@ impl Row {
         let sl = cdr.service_level.saturating_mul(1000);
         // A call cut by a crash or a drain after an agent answered was
         // answered all the same.
-        let cut = matches!(cdr.disposition, Disposition::Crashed | Disposition::Drained);
+        let answered_by_agent = match cdr.disposition {
+            Disposition::Answered => true,
+            Disposition::Crashed | Disposition::Drained => cdr.answered.is_some(),
+            _ => false,
+        };
         match cdr.disposition {
-            Disposition::Answered | Disposition::Crashed | Disposition::Drained
-                if cdr.disposition == Disposition::Answered || (cut && cdr.answered.is_some()) =>
-            {
+            _ if answered_by_agent => {
                 let answered = cdr.answered.unwrap_or(cdr.ended);
                 let wait = answered.saturating_sub(queued);
                 self.answered += 1;

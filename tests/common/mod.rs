@@ -795,6 +795,17 @@ impl Phone {
         )
     }
 
+    /// An old trunk's offer: PCMU only, no telephone-event (keys come as
+    /// tones in the audio).
+    pub fn sdp_pcmu_only(&self) -> String {
+        let a = self.rtp.local_addr().expect("rtp addr");
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+            ip = a.ip(),
+            port = a.port()
+        )
+    }
+
     /// Completes a UAC dialog from a 2xx: sends the ACK, learns tag and RTP address.
     pub fn ack(&self, server: SocketAddr, d: &mut PhoneDialog, ok: &Response) {
         d.remote = ok.core.to.raw.clone();
@@ -1094,6 +1105,26 @@ pub fn refer(
     phone
         .response(&leg.call_id, "REFER", 200, 3.0)
         .expect("REFER answered")
+}
+
+/// A call to `number` that a flow answers (with our offer `sdp`, or the
+/// phone's usual one), ACKed: the caller's dialog.
+pub fn answer_ivr(
+    server: &TestServer,
+    trunk: &mut Phone,
+    number: &str,
+    sdp: Option<&str>,
+) -> PhoneDialog {
+    let mut d = match sdp {
+        Some(s) => trunk.invite_sdp(server.sip, number, s),
+        None => trunk.invite(server.sip, number),
+    };
+    let ok = trunk
+        .response(&d.call_id, "INVITE", 200, 5.0)
+        .expect("the flow answers");
+    assert_eq!(ok.status, 200);
+    trunk.ack(server.sip, &mut d, &ok);
+    d
 }
 
 /// Answers `inv` on `phone`, expects the ACK, and returns the callee's dialog.
