@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::acd::desk::Presence;
 use crate::routing;
 use crate::sip::auth::Credentials;
-use crate::store::{Agent, Route, Store};
+use crate::store::{Agent, RecordKind, Route, Store};
 
 pub mod tables;
 
@@ -184,6 +184,13 @@ pub enum AdminCommand {
     },
     /// Live figures of the running server (calls, free RTP ports).
     Status,
+    /// Copy the whole database to a new file (an absolute path, written by
+    /// the process that holds the database: the running server, or the CLI
+    /// when none runs).
+    Backup {
+        /// Where (must not exist).
+        path: String,
+    },
     /// Reload flows, prompts and calendars in the running server (as SIGHUP does).
     Reload,
     /// Load flows, prompts and calendars as a reload would, and say what is
@@ -309,6 +316,7 @@ impl AdminCommand {
             AdminCommand::Reload => ("flows.reload", String::new()),
             AdminCommand::Originate { number, .. } => ("call.originate", number.clone()),
             AdminCommand::CallsHangup { id } => ("call.hangup", id.clone()),
+            AdminCommand::Backup { path } => ("store.backup", path.clone()),
             _ => return None,
         })
     }
@@ -628,16 +636,16 @@ pub fn execute(
             let format = Format::from_str(&format, true)
                 .map_err(|_| anyhow::anyhow!("--format must be table, csv or json"))?;
             let mut cdrs = Vec::new();
-            for v in store.records(true, since, until) {
-                match serde_json::from_slice(&v?) {
+            for v in store.records(RecordKind::Cdrs, since, until)? {
+                match serde_json::from_slice(&v) {
                     Ok(c) => cdrs.push(c),
                     Err(e) => tracing::warn!(error = %e, "skipping an unreadable CDR"),
                 }
             }
             let mut log = Vec::new();
             if by == By::Agent {
-                for v in store.records(false, since, until) {
-                    if let Ok(l) = serde_json::from_slice(&v?) {
+                for v in store.records(RecordKind::QueueLog, since, until)? {
+                    if let Ok(l) = serde_json::from_slice(&v) {
                         log.push(l);
                     }
                 }
@@ -656,8 +664,8 @@ pub fn execute(
         } => records_json(store, false, since, until),
         AdminCommand::QueueLog { since, until, .. } => {
             let mut text = String::new();
-            for v in store.records(false, since, until) {
-                if let Ok(l) = serde_json::from_slice(&v?) {
+            for v in store.records(RecordKind::QueueLog, since, until)? {
+                if let Ok(l) = serde_json::from_slice(&v) {
                     text.push_str(&crate::acd::report::queue_log_line(&l));
                     text.push('\n');
                 }
@@ -871,6 +879,17 @@ pub fn execute(
             let n = routing::import_text(store, &text, &name)?;
             Ok(json!({ "imported": n }))
         }
+        AdminCommand::Backup { path } => {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                bail!("the backup file must be an absolute path (the server's working folder is not yours)");
+            }
+            let started = std::time::Instant::now();
+            tracing::info!(path = %path.display(), "backup started");
+            let summary = store.backup(&path)?;
+            tracing::info!(path = %path.display(), entries = summary.entries, bytes = summary.bytes, seconds = started.elapsed().as_secs_f64(), "backup written");
+            Ok(serde_json::to_value(summary)?)
+        }
     }
 }
 
@@ -879,8 +898,13 @@ pub fn execute(
 fn records_json(store: &Store, cdrs: bool, since: u64, until: u64) -> anyhow::Result<Value> {
     let what = if cdrs { "CDR" } else { "queue-log line" };
     let mut out = Vec::new();
-    for v in store.records(cdrs, since, until) {
-        match serde_json::from_slice::<Value>(&v?) {
+    let kind = if cdrs {
+        RecordKind::Cdrs
+    } else {
+        RecordKind::QueueLog
+    };
+    for v in store.records(kind, since, until)? {
+        match serde_json::from_slice::<Value>(&v) {
             Ok(r) => out.push(r),
             Err(e) => tracing::warn!(error = %e, "skipping an unreadable {what}"),
         }
@@ -1053,6 +1077,8 @@ pub struct Offline {
     pub sounds_dir: PathBuf,
     /// Whether `[trunk] outbound` is set.
     pub outbound: bool,
+    /// How the database is opened (`[store]`, `[records] archive_dir`).
+    pub store: crate::store::StoreOptions,
 }
 
 impl Offline {
@@ -1120,7 +1146,10 @@ pub fn run_command_with(
             path.display()
         );
     }
-    let store = Store::open(data_dir)?;
+    let store = Store::open_with(
+        data_dir,
+        &offline.map(|o| o.store.clone()).unwrap_or_default(),
+    )?;
     if let Some(offline) = offline {
         for w in store.seed_queues(&offline.seeds)? {
             eprintln!("warning: {w}");

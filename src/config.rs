@@ -42,6 +42,11 @@ pub struct Settings {
     pub ivr: IvrSettings,
     /// `[recording]`
     pub recording: RecordingSettings,
+    /// `[store]`: the database itself.
+    pub store: StoreSettings,
+    /// `[records]`: how long CDRs, the queue log and the audit log stay in
+    /// the database, and where older days go.
+    pub records: RecordsSettings,
     /// `[transfer]`
     pub transfer: TransferSettings,
     /// `[outbound]`: what agents may dial through the trunk.
@@ -183,7 +188,38 @@ pub struct RecordingSettings {
     pub retention_days: u64,
 }
 
+/// `[store]`: the embedded database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// sled's page cache, MiB: the most of the database kept in memory.
+    pub cache_mb: u64,
+}
+
+/// `[records]`: record retention in the database and the daily archive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSettings {
+    /// Days CDRs, queue-log lines and audit entries stay in the database
+    /// (0: for ever); older whole days are archived, then removed.
+    pub keep_days: u64,
+    /// Where archived days go (empty: `data_dir/archive`).
+    pub archive_dir: String,
+}
+
 impl Settings {
+    /// How the store is opened: cache and archive folder.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            cache_mb: self.store.cache_mb,
+            archive_dir: if self.records.archive_dir.is_empty() {
+                None
+            } else {
+                Some(PathBuf::from(&self.records.archive_dir))
+            },
+        }
+    }
+
     /// Local wall-clock time (`[ivr] utc_offset_minutes`).
     pub fn local_now(&self) -> chrono::NaiveDateTime {
         local_now(utc_offset(self.ivr.utc_offset_minutes))
@@ -838,6 +874,12 @@ impl Settings {
             bail!(
                 "settings: [log] level = {:?} is not a filter: give a level (error, warn, info, debug, trace) or target=level pairs",
                 self.log.level
+            );
+        }
+        if !(4..=65_536).contains(&self.store.cache_mb) {
+            bail!(
+                "settings: [store] cache_mb = {} is out of range: give 4 to 65536 (MiB)",
+                self.store.cache_mb
             );
         }
         if self.sip.digest_algorithms.is_empty() {

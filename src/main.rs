@@ -81,6 +81,20 @@ enum Command {
     },
     /// Live figures of the running server.
     Status,
+    /// Copy the whole database (accounts, number plan, queues, records,
+    /// bookings) to a new file, while the server runs (it writes the file)
+    /// or not. Archived days and recordings are files: copy those folders.
+    Backup {
+        /// The backup file to write (must not exist).
+        file: PathBuf,
+    },
+    /// Replace the database with a backup (the server must be stopped).
+    /// The backup is checked whole first; the old database is kept beside
+    /// it as db.before-restore-UNIXSECONDS.
+    Restore {
+        /// A file `yihaotong backup` wrote.
+        file: PathBuf,
+    },
     /// Reload flows, prompts and calendars now (the server also reloads on
     /// SIGHUP and when files change). A bad edit is refused; the old version stays.
     Reload,
@@ -409,6 +423,7 @@ fn offline(settings: &Settings) -> admin::Offline {
         flows_dir: settings.flows_dir.clone(),
         sounds_dir: settings.sounds_dir.clone(),
         outbound: !settings.trunk.outbound.is_empty(),
+        store: settings.store_options(),
     }
 }
 
@@ -603,6 +618,34 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => run_admin(AdminCommand::Status),
+        Command::Backup { file } => {
+            let path = std::path::absolute(&file)
+                .with_context(|| format!("cannot name {} absolutely", file.display()))?;
+            run_admin(AdminCommand::Backup {
+                path: path.display().to_string(),
+            })
+        }
+        Command::Restore { file } => {
+            let (trees, aside) = yihaotong::store::Store::restore(
+                &settings.data_dir,
+                &file,
+                &settings.store_options(),
+                &mut |n| eprintln!("… {n} entries read"),
+            )?;
+            let entries: u64 = trees.values().sum();
+            println!(
+                "restored {entries} entries from {} into {}",
+                file.display(),
+                settings.data_dir.join("db").display()
+            );
+            for (tree, n) in &trees {
+                println!("  {tree}: {n}");
+            }
+            if let Some(aside) = aside {
+                println!("the database it replaced is kept at {}", aside.display());
+            }
+            Ok(())
+        }
         Command::Report { since, until, by } => {
             use clap::ValueEnum;
             let (since, until) = range(&since, until.as_deref())?;
@@ -1036,7 +1079,11 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         yihaotong::meters::install();
-        let store = Store::open_waiting(&settings.data_dir, std::time::Duration::from_secs(10))?;
+        let store = Store::open_waiting(
+            &settings.data_dir,
+            &settings.store_options(),
+            std::time::Duration::from_secs(10),
+        )?;
         let socket = admin::socket_path(&settings.data_dir);
         let realm = settings.sip.domain.clone();
         let server = Server::start(settings, store.clone()).await?;

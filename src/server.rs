@@ -713,9 +713,7 @@ impl Server {
             };
             tokio::spawn(worker.run(rx, fresh_rx));
         }
-        if shared.settings.recording.enabled && shared.settings.recording.retention_days > 0 {
-            tokio::spawn(expire_recordings(shared.clone()));
-        }
+        tokio::spawn(housekeeping(shared.clone()));
         // Callbacks booked before a stop go back in line.
         tokio::spawn(crate::call::resume_callbacks(shared.clone()));
         shared
@@ -1399,19 +1397,50 @@ async fn queue_stats(shared: Arc<Shared>) {
     }
 }
 
-/// Deletes recordings past `[recording] retention_days`, at start and hourly.
-async fn expire_recordings(shared: Arc<Shared>) {
+/// At start and hourly: deletes recordings past `[recording]
+/// retention_days`, and moves whole days of records older than `[records]
+/// keep_days` to the archive (each day logged as it goes).
+async fn housekeeping(shared: Arc<Shared>) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         hourly.tick().await;
-        let days = shared.settings.recording.retention_days;
-        let cutoff = crate::acd::now_ms().saturating_sub(days.saturating_mul(86_400_000));
-        let store = shared.store.clone();
-        match tokio::task::spawn_blocking(move || store.expire_recordings(cutoff)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(deleted = n, days, "expired recordings deleted"),
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot expire recordings"),
-            Err(e) => tracing::error!(error = %e, "recording expiry task failed"),
+        let now = crate::acd::now_ms();
+        let recording = &shared.settings.recording;
+        if recording.enabled && recording.retention_days > 0 {
+            let days = recording.retention_days;
+            let cutoff = now.saturating_sub(days.saturating_mul(86_400_000));
+            let store = shared.store.clone();
+            match tokio::task::spawn_blocking(move || store.expire_recordings(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(deleted = n, days, "expired recordings deleted"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot expire recordings"),
+                Err(e) => tracing::error!(error = %e, "recording expiry task failed"),
+            }
+        }
+        let keep_days = shared.settings.records.keep_days;
+        if keep_days > 0 {
+            let cutoff = now.saturating_sub(keep_days.saturating_mul(86_400_000));
+            let store = shared.store.clone();
+            let archived = tokio::task::spawn_blocking(move || {
+                store.archive_before(cutoff, &mut |d| {
+                    tracing::info!(
+                        kind = d.kind.name(),
+                        day = crate::store::archive::date_of(d.day),
+                        removed = d.removed,
+                        written = d.written,
+                        keep_days,
+                        "a day of records moved to the archive"
+                    )
+                })
+            })
+            .await;
+            match archived {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot archive old records; they stay in the database")
+                }
+                Err(e) => tracing::error!(error = %e, "records archive task failed"),
+            }
         }
     }
 }

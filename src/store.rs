@@ -4,8 +4,15 @@
 //! that knows its trees and encodings (JSON values, so `sled` dumps stay
 //! readable). Route writes are flushed at once (sled recovers to the last
 //! flush after a crash); bindings are flushed by sled's own interval.
+//! Records older than `[records] keep_days` move to the [`archive`];
+//! [`Store::backup`] and [`Store::restore`] copy the whole database.
 
-use std::path::Path;
+pub mod archive;
+pub mod backup;
+
+use std::path::{Path, PathBuf};
+
+pub use archive::RecordKind;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -150,6 +157,9 @@ pub struct Store {
     cdrs: sled::Tree,
     /// Recording metadata, keyed by file path.
     recordings: sled::Tree,
+    /// The same recordings by start time: key = start (Unix ms, big-endian)
+    /// then the path; value empty. What time ranges and expiry read.
+    recordings_by_time: sled::Tree,
     callbacks: sled::Tree,
     live_calls: sled::Tree,
     /// API tokens by the SHA-256 of the secret (the secret is never kept).
@@ -158,6 +168,77 @@ pub struct Store {
     audit: sled::Tree,
     /// Sequence for audit keys within one millisecond.
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Where archived days of records are (`[records] archive_dir`).
+    archive_root: PathBuf,
+    /// Held by every write that spans record trees (a batch of records, a
+    /// day archived, crashed calls closed) and by a backup, so a backup
+    /// sees each such write whole or not at all.
+    records_gate: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+/// How the database is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, MiB.
+    pub cache_mb: u64,
+    /// The records archive (`None`: `data_dir/archive`).
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_mb: 64,
+            archive_dir: None,
+        }
+    }
+}
+
+/// The trees a database holds, by name: what a backup copies and a
+/// restore accepts.
+const TREES: [&str; 16] = [
+    "agents",
+    "bindings",
+    "routes",
+    "queues",
+    "meta",
+    "lists",
+    "switches",
+    "presence",
+    "queue_log",
+    "cdrs",
+    "recordings",
+    "recordings_by_time",
+    "callbacks",
+    "live_calls",
+    "tokens",
+    "audit",
+];
+
+/// What a backup wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    /// The file.
+    pub path: String,
+    /// Entries per tree.
+    pub trees: std::collections::BTreeMap<String, u64>,
+    /// Entries in all.
+    pub entries: u64,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+/// One day of one kind moved to the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedDay {
+    /// What kind of records.
+    pub kind: RecordKind,
+    /// The UTC day (days since 1970-01-01).
+    pub day: u64,
+    /// Records that left the database.
+    pub removed: usize,
+    /// Of those, records the archive did not hold yet.
+    pub written: usize,
 }
 
 /// Changes to the `live_calls` tree in one batch of records.
@@ -280,6 +361,30 @@ pub fn record_key(at_ms: u64, seq: u32) -> [u8; 12] {
     k
 }
 
+/// The time (Unix ms) at the front of a record key; 0 for a short key.
+fn key_time(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The time-index key of a recording's metadata (JSON): its start, then
+/// its path.
+fn recording_time_key(meta: &[u8]) -> Option<Vec<u8>> {
+    let meta: RecordingMeta = serde_json::from_slice(meta).ok()?;
+    let mut k = meta.started.to_be_bytes().to_vec();
+    k.extend_from_slice(meta.path.as_bytes());
+    Some(k)
+}
+
+/// Opens a sled database with `cache_mb` of page cache.
+fn open_sled(path: &Path, cache_mb: u64) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_mb.saturating_mul(1 << 20))
+        .open()
+}
+
 /// Whether opening failed because another process holds the database lock
 /// (sled 0.34 reports it as an `Other` I/O error with this text).
 fn is_locked(e: &anyhow::Error) -> bool {
@@ -324,11 +429,15 @@ impl Store {
     /// Opens the database, waiting up to `patience` while another process
     /// holds it (a command run offline a moment before, or a server that is
     /// stopping): the server does not fail to start over a brief overlap.
-    pub fn open_waiting(data_dir: &Path, patience: std::time::Duration) -> anyhow::Result<Store> {
+    pub fn open_waiting(
+        data_dir: &Path,
+        options: &StoreOptions,
+        patience: std::time::Duration,
+    ) -> anyhow::Result<Store> {
         let deadline = std::time::Instant::now() + patience;
         let mut told = false;
         loop {
-            match Self::open(data_dir) {
+            match Self::open_with(data_dir, options) {
                 Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
                     if !told {
                         tracing::info!(data_dir = %data_dir.display(), "the database is held by another process; waiting");
@@ -341,13 +450,19 @@ impl Store {
         }
     }
 
-    /// Opens (creating) the database under `data_dir`.
+    /// Opens (creating) the database under `data_dir` with the default
+    /// options.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        Self::open_with(data_dir, &StoreOptions::default())
+    }
+
+    /// Opens (creating) the database under `data_dir`.
+    pub fn open_with(data_dir: &Path, options: &StoreOptions) -> anyhow::Result<Store> {
         writable(data_dir)?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
         let path = data_dir.join("db");
-        let db = sled::open(&path).map_err(|e| {
+        let db = open_sled(&path, options.cache_mb).map_err(|e| {
             let io = match &e {
                 sled::Error::Io(io) => Some(io),
                 _ => None,
@@ -369,7 +484,7 @@ impl Store {
             // The sled error stays in the chain: `open_waiting` reads it.
             anyhow::Error::new(e).context(why)
         })?;
-        Ok(Store {
+        Store {
             generation: Default::default(),
             accounts_generation: Default::default(),
             agents: db.open_tree("agents")?,
@@ -383,13 +498,71 @@ impl Store {
             queue_log: db.open_tree("queue_log")?,
             cdrs: db.open_tree("cdrs")?,
             recordings: db.open_tree("recordings")?,
+            recordings_by_time: db.open_tree("recordings_by_time")?,
             callbacks: db.open_tree("callbacks")?,
             live_calls: db.open_tree("live_calls")?,
             tokens: db.open_tree("tokens")?,
             audit: db.open_tree("audit")?,
             audit_seq: Default::default(),
+            archive_root: options
+                .archive_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("archive")),
+            records_gate: Default::default(),
             db,
-        })
+        }
+        .with_recordings_indexed()
+    }
+
+    /// A database from before the time index gets it once, at open.
+    fn with_recordings_indexed(self) -> anyhow::Result<Store> {
+        if self.recordings_by_time.is_empty() && !self.recordings.is_empty() {
+            let mut batch = sled::Batch::default();
+            for kv in self.recordings.iter() {
+                let (_, v) = kv?;
+                if let Some(k) = recording_time_key(&v) {
+                    batch.insert(k, &[]);
+                }
+            }
+            self.recordings_by_time.apply_batch(batch)?;
+            self.recordings_by_time.flush()?;
+        }
+        Ok(self)
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.records_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn trees(&self) -> [(&'static str, &sled::Tree); 16] {
+        [
+            (TREES[0], &self.agents),
+            (TREES[1], &self.bindings),
+            (TREES[2], &self.routes),
+            (TREES[3], &self.queues),
+            (TREES[4], &self.meta),
+            (TREES[5], &self.lists),
+            (TREES[6], &self.switches),
+            (TREES[7], &self.presence),
+            (TREES[8], &self.queue_log),
+            (TREES[9], &self.cdrs),
+            (TREES[10], &self.recordings),
+            (TREES[11], &self.recordings_by_time),
+            (TREES[12], &self.callbacks),
+            (TREES[13], &self.live_calls),
+            (TREES[14], &self.tokens),
+            (TREES[15], &self.audit),
+        ]
+    }
+
+    fn record_tree(&self, kind: RecordKind) -> &sled::Tree {
+        match kind {
+            RecordKind::Cdrs => &self.cdrs,
+            RecordKind::QueueLog => &self.queue_log,
+            RecordKind::Audit => &self.audit,
+        }
     }
 
     /// The directory generation (see the field).
@@ -432,6 +605,7 @@ impl Store {
     /// gets one with disposition `crashed`, ended `now` (unix ms). Returns
     /// how many. Run at start, before any call.
     pub fn close_crashed_calls(&self, now: u64) -> anyhow::Result<usize> {
+        let _gate = self.gate();
         let mut closed = 0;
         for (i, item) in self.live_calls.iter().enumerate() {
             let (k, v) = item?;
@@ -500,6 +674,7 @@ impl Store {
         recordings: &[(Vec<u8>, Vec<u8>)],
         live: &LiveChanges,
     ) -> anyhow::Result<()> {
+        let _gate = self.gate();
         for (tree, rows) in [
             (&self.queue_log, log),
             (&self.cdrs, cdrs),
@@ -507,6 +682,13 @@ impl Store {
         ] {
             if rows.is_empty() {
                 continue;
+            }
+            if std::ptr::eq(tree, &self.recordings) {
+                let mut index = sled::Batch::default();
+                for k in rows.iter().filter_map(|(_, v)| recording_time_key(v)) {
+                    index.insert(k, &[]);
+                }
+                self.recordings_by_time.apply_batch(index)?;
             }
             let mut batch = sled::Batch::default();
             for (k, v) in rows {
@@ -531,29 +713,36 @@ impl Store {
     }
 
     /// Deletes recordings that started before `cutoff_ms` (file and metadata).
-    /// Returns how many went.
+    /// Returns how many went. Reads only the index up to the cutoff.
     pub fn expire_recordings(&self, cutoff_ms: u64) -> anyhow::Result<usize> {
+        let _gate = self.gate();
         let mut gone = 0;
-        for item in self.recordings.iter() {
-            let (key, value) = item?;
-            let Ok(meta) = serde_json::from_slice::<RecordingMeta>(&value) else {
-                continue;
+        for item in self
+            .recordings_by_time
+            .range(..cutoff_ms.to_be_bytes().to_vec())
+        {
+            let (index_key, _) = item?;
+            let path = index_key.get(8..).unwrap_or_default();
+            let meta = match self.recordings.get(path)? {
+                Some(v) => serde_json::from_slice::<RecordingMeta>(&v).ok(),
+                None => None,
             };
-            if meta.started >= cutoff_ms {
-                continue;
-            }
-            match std::fs::remove_file(&meta.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = meta.path, error = %e, "cannot delete an expired recording");
-                    continue;
+            if let Some(meta) = meta {
+                match std::fs::remove_file(&meta.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = meta.path, error = %e, "cannot delete an expired recording");
+                        continue;
+                    }
                 }
+                self.recordings.remove(path)?;
+                gone += 1;
             }
-            self.recordings.remove(key)?;
-            gone += 1;
+            self.recordings_by_time.remove(index_key)?;
         }
         self.recordings.flush()?;
+        self.recordings_by_time.flush()?;
         Ok(gone)
     }
 
@@ -562,43 +751,292 @@ impl Store {
         Self::get(&self.recordings, path)
     }
 
-    /// Recordings that started in [since, until) Unix ms, oldest first. The
-    /// tree is keyed by path, so this reads it whole: the retention sweep
-    /// keeps it to `retention_days` of calls. An unreadable entry is logged
-    /// and skipped.
+    /// Recordings that started in [since, until) Unix ms, oldest first,
+    /// read through the time index. An unreadable entry is logged and
+    /// skipped.
     pub fn recordings_between(
         &self,
         since_ms: u64,
         until_ms: u64,
     ) -> anyhow::Result<Vec<RecordingMeta>> {
         let mut out = Vec::new();
-        for item in self.recordings.iter() {
-            let (key, value) = item?;
+        let range = since_ms.to_be_bytes().to_vec()..until_ms.to_be_bytes().to_vec();
+        for item in self.recordings_by_time.range(range) {
+            let (index_key, _) = item?;
+            let path = index_key.get(8..).unwrap_or_default();
+            let Some(value) = self.recordings.get(path)? else {
+                continue;
+            };
             match serde_json::from_slice::<RecordingMeta>(&value) {
-                Ok(m) if (since_ms..until_ms).contains(&m.started) => out.push(m),
-                Ok(_) => {}
+                Ok(m) => out.push(m),
                 Err(e) => tracing::warn!(
-                    key = %String::from_utf8_lossy(&key),
+                    key = %String::from_utf8_lossy(path),
                     error = %e,
                     "unreadable recording metadata skipped"
                 ),
             }
         }
-        out.sort_by(|a, b| (a.started, &a.path).cmp(&(b.started, &b.path)));
         Ok(out)
     }
 
-    /// Records of one kind with keys in [since, until) Unix ms, oldest first.
+    /// Records of one kind with times in [since, until) Unix ms, oldest
+    /// first: the archive's for the days it holds, the database's for the
+    /// rest (a record in both, in the moment between a day's archiving and
+    /// its removal, counts once).
     pub fn records(
         &self,
-        cdrs: bool,
+        kind: RecordKind,
         since_ms: u64,
         until_ms: u64,
-    ) -> impl Iterator<Item = anyhow::Result<Vec<u8>>> {
-        let tree = if cdrs { &self.cdrs } else { &self.queue_log };
-        tree.range(record_key(since_ms, 0)..record_key(until_ms, 0))
-            .values()
-            .map(|v| Ok(v?.to_vec()))
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let tree = self.record_tree(kind);
+        let in_tree = |from: u64, to: u64| -> anyhow::Result<Vec<Vec<u8>>> {
+            if from >= to {
+                return Ok(Vec::new());
+            }
+            tree.range(record_key(from, 0)..record_key(to, 0))
+                .values()
+                .map(|v| Ok(v?.to_vec()))
+                .collect()
+        };
+        if since_ms >= until_ms {
+            return Ok(Vec::new());
+        }
+        let archive = archive::Archive::new(&self.archive_root, kind);
+        let (first, last) = (archive::day_of(since_ms), archive::day_of(until_ms - 1));
+        let days: Vec<u64> = archive
+            .days()?
+            .into_iter()
+            .filter(|d| (first..=last).contains(d))
+            .collect();
+        let mut out = Vec::new();
+        let mut from = since_ms;
+        for day in days {
+            let (start, end) = (
+                (day * archive::DAY_MS).max(since_ms),
+                ((day + 1) * archive::DAY_MS).min(until_ms),
+            );
+            out.extend(in_tree(from, start)?);
+            let wanted = |r: &Vec<u8>| kind.time_of(r).is_some_and(|t| (start..end).contains(&t));
+            let mut rows: Vec<Vec<u8>> =
+                archive.read_day(day)?.into_iter().filter(wanted).collect();
+            let held: std::collections::HashSet<Vec<u8>> = rows.iter().cloned().collect();
+            rows.extend(
+                in_tree(start, end)?
+                    .into_iter()
+                    .filter(|r| !held.contains(r)),
+            );
+            rows.sort_by_key(|r| kind.time_of(r).unwrap_or(0));
+            out.extend(rows);
+            from = end;
+        }
+        out.extend(in_tree(from, until_ms)?);
+        Ok(out)
+    }
+
+    /// Moves every whole UTC day of records that ends by `cutoff_ms` to the
+    /// archive: each day is written (and synced) there first, then removed
+    /// from the database. `progress` hears of each day as it goes.
+    pub fn archive_before(
+        &self,
+        cutoff_ms: u64,
+        progress: &mut dyn FnMut(&ArchivedDay),
+    ) -> anyhow::Result<Vec<ArchivedDay>> {
+        let mut done = Vec::new();
+        for kind in RecordKind::ALL {
+            let tree = self.record_tree(kind);
+            let archive = archive::Archive::new(&self.archive_root, kind);
+            loop {
+                let _gate = self.gate();
+                let Some((first, _)) = tree.first()? else {
+                    break;
+                };
+                let day = archive::day_of(key_time(&first));
+                if (day + 1) * archive::DAY_MS > cutoff_ms {
+                    break;
+                }
+                // Keys shorter than a time sort first and count as day 0.
+                let start: &[u8] = if day == 0 {
+                    &[]
+                } else {
+                    &record_key(day * archive::DAY_MS, 0)
+                };
+                let end = record_key((day + 1) * archive::DAY_MS, 0);
+                let mut keys = Vec::new();
+                let rows = tree.range(start.to_vec()..end.to_vec()).map(|kv| {
+                    let (k, v) = kv?;
+                    keys.push(k);
+                    Ok(v.to_vec())
+                });
+                let written = archive.write_day(day, rows)?;
+                let mut batch = sled::Batch::default();
+                for k in &keys {
+                    batch.remove(k.clone());
+                }
+                tree.apply_batch(batch)?;
+                tree.flush()?;
+                let moved = ArchivedDay {
+                    kind,
+                    day,
+                    removed: keys.len(),
+                    written,
+                };
+                progress(&moved);
+                done.push(moved);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes a backup of the whole database to `path` (which must not
+    /// exist) while the server runs: record writes wait for it, so every
+    /// batch of records is in it whole or not at all. The file appears
+    /// under its name only when complete and synced.
+    pub fn backup(&self, path: &Path) -> anyhow::Result<BackupSummary> {
+        if path.exists() {
+            anyhow::bail!("{} exists: give a new file name", path.display());
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{} is not a file name", path.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let temp = path.with_file_name(format!(".{name}.partial"));
+        let file = std::fs::File::create(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let mut trees = std::collections::BTreeMap::new();
+        let written = (|| -> anyhow::Result<u64> {
+            let mut w = backup::Writer::new(std::io::BufWriter::new(file))?;
+            let _gate = self.gate();
+            for (name, tree) in self.trees() {
+                w.tree(name)?;
+                let mut n = 0;
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    w.entry(&k, &v)?;
+                    n += 1;
+                }
+                trees.insert(name.to_string(), n);
+            }
+            let (out, entries) = w.finish()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(entries)
+        })();
+        let entries = match written.and_then(|n| {
+            std::fs::rename(&temp, path)?;
+            Ok(n)
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e.context(format!("cannot write the backup {}", path.display())));
+            }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(BackupSummary {
+            path: path.display().to_string(),
+            trees,
+            entries,
+            bytes: std::fs::metadata(path)?.len(),
+        })
+    }
+
+    /// Restores a backup into `data_dir` (no server may hold it): the whole
+    /// file is read and checked into a new database first, then the old one
+    /// is set aside as `db.before-restore-UNIXSECONDS` and the new one takes
+    /// its place. A damaged backup changes nothing. `progress` hears the
+    /// number of entries read so far, every 100,000. Returns the entries
+    /// per tree and where the old database went.
+    pub fn restore(
+        data_dir: &Path,
+        file: &Path,
+        options: &StoreOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, Option<PathBuf>)> {
+        let live = data_dir.join("db");
+        if live.exists() {
+            // Held by a running server: refused with the open's own words.
+            drop(Self::open_with(data_dir, options).context("restore needs the server stopped")?);
+        }
+        let input = std::fs::File::open(file)
+            .with_context(|| format!("cannot open the backup {}", file.display()))?;
+        let staging = data_dir.join("db.restoring");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove {}", staging.display()))?;
+        }
+        let counts = (|| -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+            let db = open_sled(&staging, options.cache_mb)?;
+            let mut reader = backup::Reader::new(std::io::BufReader::new(input))?;
+            let mut counts = std::collections::BTreeMap::new();
+            let mut tree: Option<(String, sled::Tree)> = None;
+            let mut batch = sled::Batch::default();
+            let mut pending = 0;
+            let mut read = 0u64;
+            while let Some(item) = reader.next_item()? {
+                match item {
+                    backup::Item::Tree(name) => {
+                        if !TREES.contains(&name.as_str()) {
+                            anyhow::bail!(
+                                "the backup holds a tree {name:?} this version does not know"
+                            );
+                        }
+                        if let Some((_, t)) = &tree {
+                            t.apply_batch(std::mem::take(&mut batch))?;
+                            pending = 0;
+                        }
+                        tree = Some((name.clone(), db.open_tree(&name)?));
+                        counts.insert(name, 0);
+                    }
+                    backup::Item::Entry(k, v) => {
+                        let Some((name, t)) = &tree else {
+                            anyhow::bail!("the backup is damaged: an entry before any tree");
+                        };
+                        batch.insert(k, v);
+                        pending += 1;
+                        read += 1;
+                        *counts.entry(name.clone()).or_insert(0) += 1;
+                        if pending == 10_000 {
+                            t.apply_batch(std::mem::take(&mut batch))?;
+                            pending = 0;
+                        }
+                        if read % 100_000 == 0 {
+                            progress(read);
+                        }
+                    }
+                }
+            }
+            if let Some((_, t)) = &tree {
+                t.apply_batch(batch)?;
+            }
+            db.flush()?;
+            Ok(counts)
+        })();
+        let counts = match counts {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e.context(format!(
+                    "cannot restore {}; the database was not changed",
+                    file.display()
+                )));
+            }
+        };
+        let mut set_aside = None;
+        if live.exists() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = data_dir.join(format!("db.before-restore-{now}"));
+            std::fs::rename(&live, &aside)
+                .with_context(|| format!("cannot move {} aside", live.display()))?;
+            set_aside = Some(aside);
+        }
+        std::fs::rename(&staging, &live)
+            .with_context(|| format!("cannot move the restored database to {}", live.display()))?;
+        Ok((counts, set_aside))
     }
 
     /// Writes everything to disk.
@@ -682,10 +1120,9 @@ impl Store {
 
     /// Audit entries in [since, until) Unix ms, oldest first.
     pub fn audit_entries(&self, since_ms: u64, until_ms: u64) -> anyhow::Result<Vec<AuditEntry>> {
-        self.audit
-            .range(record_key(since_ms, 0)..record_key(until_ms, 0))
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+        self.records(RecordKind::Audit, since_ms, until_ms)?
+            .iter()
+            .map(|v| Ok(serde_json::from_slice(v)?))
             .collect()
     }
 
@@ -987,6 +1424,22 @@ mod tests {
         assert!(store.recording(&new).expect("read").is_some());
         let old = dir.path().join("old.wav").display().to_string();
         assert!(store.recording(&old).expect("read").is_none());
+        let listed = |store: &Store| -> Vec<String> {
+            store
+                .recordings_between(0, u64::MAX)
+                .expect("list")
+                .into_iter()
+                .map(|m| m.path)
+                .collect()
+        };
+        assert_eq!(listed(&store), vec![new.clone()]);
+        assert!(store.recordings_between(0, 9_000).expect("list").is_empty());
+        // A database from before the time index gets it at open.
+        store.recordings_by_time.clear().expect("clear");
+        store.flush().expect("flush");
+        drop(store);
+        let store = Store::open(&dir.path().join("db")).expect("reopen");
+        assert_eq!(listed(&store), vec![new]);
     }
 
     #[test]
@@ -1014,5 +1467,182 @@ mod tests {
         assert_eq!(q("1234"), None);
         assert!(store.remove_route("8").expect("remove"));
         assert_eq!(q("88888888"), None);
+    }
+
+    /// Four days of records: CDRs, queue-log lines and audit entries, some
+    /// on the days' first and last milliseconds.
+    fn four_days(store: &Store, first_day: u64) {
+        use crate::acd::records::Cdr;
+        let mut seq = 0;
+        let mut key = |at: u64| {
+            seq += 1;
+            record_key(at, seq).to_vec()
+        };
+        let (mut cdrs, mut log) = (Vec::new(), Vec::new());
+        for day in first_day..first_day + 4 {
+            let start = day * archive::DAY_MS;
+            for at in [start, start + 3_600_000, start + archive::DAY_MS - 1] {
+                let cdr = Cdr {
+                    call_id: format!("c{at}"),
+                    ended: at,
+                    ..Cdr::default()
+                };
+                cdrs.push((key(at), serde_json::to_vec(&cdr).expect("json")));
+                let line = serde_json::json!({ "at": at, "call_id": format!("c{at}"), "event": "ENTERQUEUE" });
+                log.push((key(at), serde_json::to_vec(&line).expect("json")));
+                store
+                    .audit(&AuditEntry {
+                        at,
+                        who: "test".into(),
+                        action: "route.set".into(),
+                        target: format!("{at}"),
+                        detail: serde_json::Value::Null,
+                    })
+                    .expect("audit");
+            }
+        }
+        store
+            .append_records(&log, &cdrs, &[], &LiveChanges::default())
+            .expect("append");
+    }
+
+    #[test]
+    fn old_days_move_to_the_archive_whole_and_read_back_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let d0 = 20_790;
+        four_days(&store, d0);
+        let all = |kind| store.records(kind, 0, u64::MAX).expect("read");
+        let before: Vec<Vec<Vec<u8>>> = RecordKind::ALL.iter().map(|k| all(*k)).collect();
+        assert_eq!(before[0].len(), 12);
+        // Keep from the middle of the third day: the first two go.
+        let cutoff = (d0 + 2) * archive::DAY_MS + 7_200_000;
+        let mut heard = Vec::new();
+        let moved = store
+            .archive_before(cutoff, &mut |d| heard.push(d.clone()))
+            .expect("archive");
+        assert_eq!(moved, heard);
+        assert_eq!(moved.len(), 6, "{moved:?}");
+        assert!(moved.iter().all(|d| d.removed == 3 && d.written == 3));
+        for kind in RecordKind::ALL {
+            assert_eq!(store.record_tree(kind).len(), 6, "{kind:?}");
+        }
+        assert!(dir.path().join("archive/cdrs/2026-12-03.jsonl.gz").exists());
+        let after: Vec<Vec<Vec<u8>>> = RecordKind::ALL.iter().map(|k| all(*k)).collect();
+        assert_eq!(after, before);
+        // A range across the archive's edge, and one inside an archived day.
+        let time = |r: &Vec<u8>| RecordKind::Cdrs.time_of(r).expect("time");
+        for (since, until) in [
+            (
+                (d0 + 1) * archive::DAY_MS + 1,
+                (d0 + 2) * archive::DAY_MS + 3_600_001,
+            ),
+            (d0 * archive::DAY_MS, d0 * archive::DAY_MS + 3_600_000),
+        ] {
+            let want: Vec<Vec<u8>> = before[0]
+                .iter()
+                .filter(|r| (since..until).contains(&time(r)))
+                .cloned()
+                .collect();
+            assert_eq!(
+                store.records(RecordKind::Cdrs, since, until).expect("read"),
+                want
+            );
+        }
+        assert_eq!(store.audit_entries(0, u64::MAX).expect("audit").len(), 12);
+        // Nothing more is due.
+        assert!(store
+            .archive_before(cutoff, &mut |_| {})
+            .expect("again")
+            .is_empty());
+        // A crash after the third day's file was written, before its rows
+        // left the database: read once, and the next sweep only removes.
+        let third = d0 + 2;
+        let rows = store
+            .records(
+                RecordKind::Cdrs,
+                third * archive::DAY_MS,
+                (third + 1) * archive::DAY_MS,
+            )
+            .expect("read");
+        archive::Archive::new(&dir.path().join("archive"), RecordKind::Cdrs)
+            .write_day(third, rows.into_iter().map(Ok))
+            .expect("write");
+        assert_eq!(all(RecordKind::Cdrs), before[0]);
+        let moved = store
+            .archive_before((third + 1) * archive::DAY_MS, &mut |_| {})
+            .expect("archive");
+        let cdr_day = moved
+            .iter()
+            .find(|d| d.kind == RecordKind::Cdrs)
+            .expect("cdrs");
+        assert_eq!((cdr_day.removed, cdr_day.written), (3, 0));
+        assert_eq!(all(RecordKind::Cdrs), before[0]);
+    }
+
+    fn contents(store: &Store) -> Vec<(&'static str, Vec<(sled::IVec, sled::IVec)>)> {
+        store
+            .trees()
+            .into_iter()
+            .map(|(name, tree)| (name, tree.iter().map(|kv| kv.expect("read")).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_backup_restores_every_tree_and_a_damaged_one_changes_nothing() {
+        let (from, to) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let store = Store::open(from.path()).expect("open");
+        four_days(&store, 20_000);
+        let agent = Agent::new(
+            "1001",
+            "Li",
+            vec!["main".into()],
+            Credentials::new("1001", "r", "pw"),
+        );
+        store.put_agent(&agent).expect("agent");
+        store.set_switch("urgent-notice", true).expect("switch");
+        let file = from.path().join("db.backup");
+        let summary = store.backup(&file).expect("backup");
+        assert_eq!(summary.trees["cdrs"], 12);
+        assert_eq!(summary.trees["agents"], 1);
+        let again = format!("{:#}", store.backup(&file).expect_err("exists"));
+        assert!(again.contains("exists"), "{again}");
+        let want = contents(&store);
+
+        // Into an empty folder.
+        let options = StoreOptions::default();
+        let (counts, aside) =
+            Store::restore(to.path(), &file, &options, &mut |_| {}).expect("restore");
+        assert_eq!(counts.values().sum::<u64>(), summary.entries);
+        assert!(aside.is_none());
+        let restored = Store::open(to.path()).expect("open restored");
+        assert_eq!(contents(&restored), want);
+
+        // Not while something holds the database.
+        let held = format!(
+            "{:#}",
+            Store::restore(to.path(), &file, &options, &mut |_| {}).expect_err("held")
+        );
+        assert!(held.contains("server stopped"), "{held}");
+        drop(restored);
+
+        // A cut backup: refused, and the database is as it was.
+        let bytes = std::fs::read(&file).expect("read");
+        let cut = from.path().join("cut.backup");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
+        let damaged = format!(
+            "{:#}",
+            Store::restore(to.path(), &cut, &options, &mut |_| {}).expect_err("damaged")
+        );
+        assert!(damaged.contains("was not changed"), "{damaged}");
+        assert!(!to.path().join("db.restoring").exists());
+        assert_eq!(contents(&Store::open(to.path()).expect("open")), want);
+
+        // Over an existing database: the old one is kept aside.
+        let (_, aside) = Store::restore(to.path(), &file, &options, &mut |_| {}).expect("again");
+        assert!(aside.is_some_and(|p| p.join("conf").exists()));
     }
 }

@@ -47,19 +47,6 @@ fn wait_state(server: &TestServer, id: &str, want: &str) {
     }
 }
 
-/// The caller hangs up; the agent's phone gets and answers the BYE.
-fn caller_hangs_up(
-    server: &TestServer,
-    trunk: &mut Phone,
-    d: &mut common::PhoneDialog,
-    phone: &mut Phone,
-    tag: &str,
-) {
-    trunk.in_dialog(server.sip, d, "BYE", "");
-    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
-    phone.reply(server.sip, &bye, 200, tag);
-}
-
 /// The next INVITE offering a call not seen before (UDP retransmissions of
 /// earlier offers are skipped).
 fn next_offer(phone: &mut Phone, seen: &mut Vec<String>, secs: f64) -> Option<Request> {
@@ -154,7 +141,7 @@ fn a_caller_who_hangs_up_while_the_agent_rings_leaves_the_agent_free() {
 
     // 3. The next caller reaches the same agent at once.
     let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "c");
-    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "c");
+    common::caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "c");
     server.assert_idle();
 }
 
@@ -196,7 +183,7 @@ fn breaks_wrap_up_and_states_survive_a_crash() {
 
     // A call, then 30 s wrap-up: the next caller waits until it ends early.
     let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "x");
-    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "x");
+    common::caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "x");
     wait_state(&server, "1001", "wrap-up");
     let d2 = trunk.invite(server.sip, "123450");
     assert!(
@@ -292,7 +279,7 @@ fn priority_callers_are_served_first_and_every_second_is_recorded() {
     std::thread::sleep(Duration::from_millis(6_000));
     normal.cancel(server.sip, &dn);
     assert_eq!(normal.final_status(&dn.call_id, "INVITE", 3.0), Some(487));
-    caller_hangs_up(&server, &mut elderly, &mut de, &mut phone, "two");
+    common::caller_hangs_up(&server, &mut elderly, &mut de, &mut phone, "two");
     server.assert_idle();
 
     // A clean stop writes everything; the report reads the database offline.
@@ -453,7 +440,7 @@ fn agent_calls_are_recorded_caller_left_agent_right() {
         assert!(c.join().expect("caller") > 40);
         assert!(a.join().expect("agent") > 40);
     });
-    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "rec");
+    common::caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "rec");
     server.assert_idle();
     // The CDR names the file; the file is stereo with the caller on the left.
     let (ok, out) = server.cli(&["cdrs", "--since", "1h"]);
@@ -509,7 +496,7 @@ fn calls_cut_by_kill_9_are_closed_out_as_crashed_at_the_next_start() {
     let mut trunk = Phone::new("13800000011");
     // One call ends normally; the next is up when the server is killed.
     let (mut d, _) = connected_call(&server, &mut trunk, &mut phone, "a");
-    caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "a");
+    common::caller_hangs_up(&server, &mut trunk, &mut d, &mut phone, "a");
     let (cut, _) = connected_call(&server, &mut trunk, &mut phone, "b");
     std::thread::sleep(Duration::from_millis(1500));
     server.restart();

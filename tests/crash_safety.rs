@@ -289,3 +289,104 @@ fn a_crashed_record_keeps_what_the_live_call_knew() {
     let again = json(&server, &["cdrs", "--since", "1h"]);
     assert_eq!(again.as_array().map_or(0, Vec::len), count, "{again}");
 }
+
+/// An operator's backup, taken while calls are up, restored into a fresh
+/// folder on a stopped server: every account, route, token, agent's break,
+/// CDR and queue-log line the backup counted is there, and the call that was
+/// up when it was taken is closed out once, as `crashed`, with its agent.
+#[test]
+fn a_backup_taken_during_calls_restores_every_record_and_account() {
+    use common::{caller_hangs_up, connected_call, Phone};
+    use yihaotong::sip::auth::Algorithm;
+    let mut server = TestServer::start_with(&[("YIHAOTONG_QUEUE__WRAP_UP", "0")]);
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "main");
+    for args in [
+        &["agents", "state", "1002", "break", "--reason", "training"][..],
+        &["routes", "set", "99999", "--queue", "main"],
+    ] {
+        let (ok, out) = server.cli(args);
+        assert!(ok, "{out}");
+    }
+    server.token("ops", "admin", None);
+    let mut seat = Phone::bind("1001", "127.0.0.3");
+    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    let mut trunk = Phone::new("13800139201");
+    let mut ended = BTreeSet::new();
+    for tag in ["first", "second"] {
+        let (mut d, _) = connected_call(&server, &mut trunk, &mut seat, tag);
+        caller_hangs_up(&server, &mut trunk, &mut d, &mut seat, tag);
+        server.wait_cdr(&d.call_id);
+        ended.insert(d.call_id);
+    }
+    let (mut up, _) = connected_call(&server, &mut trunk, &mut seat, "third");
+    // More than one record_flush, so the live record knows its agent.
+    std::thread::sleep(Duration::from_millis(1500));
+    // What is kept, not what is live (on a call, since when, who waits).
+    let kept = |v: serde_json::Value, fields: &[&str]| -> Vec<serde_json::Value> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| fields.iter().map(|f| item[*f].clone()).collect())
+            .collect()
+    };
+    let accounts = |server: &TestServer| {
+        (
+            kept(
+                json(server, &["agents", "list"]),
+                &["id", "name", "queues", "dial", "reason"],
+            ),
+            json(server, &["routes", "list"]),
+            json(server, &["tokens", "list"]),
+            kept(json(server, &["queues", "list"]), &["name", "keys"]),
+        )
+    };
+    let before = accounts(&server);
+    let file = server.dir.path().join("during-calls.backup");
+    let file_arg = file.display().to_string();
+    let summary = json(&server, &["backup", &file_arg]);
+    assert_eq!(summary["trees"]["cdrs"], 2, "{summary}");
+    assert_eq!(summary["trees"]["live_calls"], 1, "{summary}");
+    let log_lines = summary["trees"]["queue_log"].as_u64().expect("count");
+    assert!(log_lines >= 6, "{summary}");
+    let (ok, out) = server.cli(&["backup", &file_arg]);
+    assert!(!ok && out.contains("exists"), "{out}");
+    let (ok, out) = server.cli(&["restore", &file_arg]);
+    assert!(!ok && out.contains("server stopped"), "{out}");
+    assert!(server.audit_actions().contains(&"store.backup".to_string()));
+    caller_hangs_up(&server, &mut trunk, &mut up, &mut seat, "third");
+    server.wait_cdr(&up.call_id);
+    server.signal("TERM");
+    let _ = server.child.wait();
+
+    // A fresh folder: restore, then start there.
+    let fresh = server.dir.path().join("restored");
+    for (k, v) in server.env.iter_mut() {
+        if k == "YIHAOTONG_DATA_DIR" {
+            *v = fresh.display().to_string();
+        }
+    }
+    let (ok, out) = server.cli(&["restore", &file_arg]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("restored {}", summary["entries"])),
+        "{out}"
+    );
+    server.restart();
+    assert_eq!(accounts(&server), before);
+    let all = json(&server, &["cdrs", "--since", "1h"]);
+    let all = all.as_array().expect("cdrs");
+    assert_eq!(all.len(), 3, "{all:?}");
+    let cut: Vec<&serde_json::Value> = all.iter().filter(|c| c["call_id"] == up.call_id).collect();
+    assert_eq!(cut.len(), 1, "{all:?}");
+    assert_eq!(cut[0]["disposition"], "crashed", "{}", cut[0]);
+    assert_eq!(cut[0]["agent"], "1001", "{}", cut[0]);
+    assert_eq!(cut[0]["queue"], "main", "{}", cut[0]);
+    let answered: BTreeSet<String> = all
+        .iter()
+        .filter(|c| c["disposition"] == "answered")
+        .filter_map(|c| c["call_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(answered, ended);
+    assert_eq!(queue_log_lines(&server) as u64, log_lines);
+}

@@ -1134,6 +1134,19 @@ pub fn answer(server: &TestServer, phone: &mut Phone, inv: &Request, tag: &str) 
     Phone::uas_dialog(inv, tag)
 }
 
+/// The caller hangs up; the agent's phone gets and answers the BYE.
+pub fn caller_hangs_up(
+    server: &TestServer,
+    trunk: &mut Phone,
+    d: &mut PhoneDialog,
+    phone: &mut Phone,
+    tag: &str,
+) {
+    trunk.in_dialog(server.sip, d, "BYE", "");
+    let bye = phone.request("BYE", 3.0).expect("BYE to the agent");
+    phone.reply(server.sip, &bye, 200, tag);
+}
+
 /// A trunk call to 123450 answered by `phone`: (caller's dialog, agent's dialog).
 pub fn connected_call(
     server: &TestServer,
