@@ -212,11 +212,16 @@ impl Settings {
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             cache_mb: self.store.cache_mb,
-            archive_dir: if self.records.archive_dir.is_empty() {
-                None
-            } else {
-                Some(PathBuf::from(&self.records.archive_dir))
-            },
+            archive_dir: Some(self.archive_dir()),
+        }
+    }
+
+    /// The records archive folder.
+    pub fn archive_dir(&self) -> PathBuf {
+        if self.records.archive_dir.is_empty() {
+            self.data_dir.join("archive")
+        } else {
+            PathBuf::from(&self.records.archive_dir)
         }
     }
 

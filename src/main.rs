@@ -558,6 +558,12 @@ fn real_main() -> anyhow::Result<()> {
                 eprintln!("{e:#}");
                 errors += 1;
             }
+            if settings.records.keep_days > 0 {
+                if let Err(e) = yihaotong::store::archive_writable(&settings.archive_dir()) {
+                    eprintln!("{e:#}");
+                    errors += 1;
+                }
+            }
             // A flow whose file is there but did not load has had its own
             // errors reported; the routes naming it do not count again.
             let mut names = offline(&settings).names(None);

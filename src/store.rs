@@ -402,27 +402,48 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The nearest of `paths` (then `paths`' last one's ancestors) that exists,
+/// when this user may not write and enter it: that folder and why.
+fn not_writable(paths: &[&Path]) -> Option<(PathBuf, nix::Error)> {
+    use nix::unistd::{access, AccessFlags};
+    let last = paths.last()?;
+    let probe = paths
+        .iter()
+        .copied()
+        .chain(last.ancestors().skip(1))
+        .find(|p| p.exists())?;
+    access(probe, AccessFlags::W_OK | AccessFlags::X_OK)
+        .err()
+        .map(|e| (probe.to_path_buf(), e))
+}
+
 /// Whether this user may make and write the database under `data_dir`
 /// (the folder, or the nearest folder above it that exists), without
 /// writing anything: what `check` asks before `run` would fail.
 pub fn writable(data_dir: &Path) -> anyhow::Result<()> {
-    use nix::unistd::{access, AccessFlags};
-    let db = data_dir.join("db");
-    let probe = [db.as_path(), data_dir]
-        .into_iter()
-        .chain(data_dir.ancestors().skip(1))
-        .find(|p| p.exists());
-    let Some(probe) = probe else {
-        return Ok(());
-    };
-    access(probe, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
-        anyhow::anyhow!(
+    match not_writable(&[&data_dir.join("db"), data_dir]) {
+        None => Ok(()),
+        Some((probe, e)) => Err(anyhow::anyhow!(
             "data_dir {}: {} is not writable by this user (uid {}): {e}; give it to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
             data_dir.display(),
             probe.display(),
             nix::unistd::getuid()
-        )
-    })
+        )),
+    }
+}
+
+/// Whether this user may make and write the records archive at `dir`
+/// (`[records] archive_dir`), without writing anything.
+pub fn archive_writable(dir: &Path) -> anyhow::Result<()> {
+    match not_writable(&[dir]) {
+        None => Ok(()),
+        Some((probe, e)) => Err(anyhow::anyhow!(
+            "[records] archive_dir {}: {} is not writable by this user (uid {}): {e}; records past keep_days would stay in the database",
+            dir.display(),
+            probe.display(),
+            nix::unistd::getuid()
+        )),
+    }
 }
 
 impl Store {

@@ -390,3 +390,110 @@ fn a_backup_taken_during_calls_restores_every_record_and_account() {
     assert_eq!(answered, ended);
     assert_eq!(queue_log_lines(&server) as u64, log_lines);
 }
+
+/// A year on one machine: days older than `[records] keep_days` leave the
+/// database for the archive at start (synced files first), and `cdrs`,
+/// `queue-log` and `report` read them back as if nothing had moved.
+#[test]
+fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
+    use yihaotong::acd::records::{Cdr, Disposition, LogLine};
+    use yihaotong::store::{record_key, LiveChanges, Store};
+    let mut server = TestServer::start_with(&[("YIHAOTONG_RECORDS__KEEP_DAYS", "2")]);
+    server.signal("TERM");
+    let _ = server.child.wait();
+    // Two answered calls on each of three past days, as the records writer
+    // writes them: two days past keep_days, one within it.
+    let day_ms = 86_400_000u64;
+    let today = yihaotong::acd::now_ms() / day_ms;
+    let mut seq = 0;
+    let mut key = |at: u64| {
+        seq += 1;
+        record_key(at, seq).to_vec()
+    };
+    let (mut cdrs, mut log, mut ids) = (Vec::new(), Vec::new(), BTreeSet::new());
+    for back in [5, 4, 1] {
+        for n in 0..2u64 {
+            let arrived = (today - back) * day_ms + 36_000_000 + n * 60_000;
+            let cdr = Cdr {
+                call_id: format!("old-{back}-{n}@127.0.0.1"),
+                hotline: "12345 citizen hotline".into(),
+                dialed: "12345".into(),
+                arrived,
+                queued: Some(arrived + 10_000),
+                offered: Some(arrived + 11_000),
+                answered: Some(arrived + 20_000),
+                ended: arrived + 120_000,
+                queue: "main".into(),
+                agent: "1001".into(),
+                disposition: Disposition::Answered,
+                service_level: 15,
+                ..Cdr::default()
+            };
+            ids.insert(cdr.call_id.clone());
+            cdrs.push((key(cdr.ended), serde_json::to_vec(&cdr).expect("json")));
+            let line = LogLine {
+                at: arrived + 20_000,
+                call_id: cdr.call_id.clone(),
+                queue: "main".into(),
+                agent: "1001".into(),
+                event: "CONNECT".into(),
+                data: vec!["10".into(), "linked".into(), "9".into()],
+            };
+            log.push((key(line.at), serde_json::to_vec(&line).expect("json")));
+        }
+    }
+    let store = Store::open(&server.data_dir()).expect("open");
+    store
+        .append_records(&log, &cdrs, &[], &LiveChanges::default())
+        .expect("write");
+    drop(store);
+    server.restart();
+
+    let date = |back: u64| {
+        chrono::DateTime::from_timestamp(((today - back) * 86_400) as i64, 0)
+            .expect("date")
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let archive = server.data_dir().join("archive");
+    let file = |kind: &str, back: u64| archive.join(format!("{kind}/{}.jsonl.gz", date(back)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !file("queue_log", 4).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for back in [5, 4] {
+        for kind in ["cdrs", "queue_log"] {
+            let f = file(kind, back);
+            let zcat = Command::new("zcat").arg(&f).output().expect("zcat");
+            let lines = String::from_utf8_lossy(&zcat.stdout).lines().count();
+            assert_eq!(lines, 2, "{}", f.display());
+        }
+    }
+    assert!(!file("cdrs", 1).exists());
+    let since = date(6);
+    let read: BTreeSet<String> = json(&server, &["cdrs", "--since", &since])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["call_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(read, ids);
+    let report = json(&server, &["report", "--since", &since, "--by", "queue"]);
+    let main = report
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "main"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (main["offered"].as_u64(), main["answered"].as_u64()),
+        (Some(6), Some(6)),
+        "{report}"
+    );
+    let (ok, out) = server.cli(&["--format", "table", "queue-log", "--since", &since]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("CONNECT")).count(),
+        6,
+        "{out}"
+    );
+}

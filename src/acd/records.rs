@@ -278,6 +278,19 @@ impl Batch {
         record_key(at, self.seq).to_vec()
     }
 
+    /// Puts records a failed write took back in front of what came since.
+    fn put_back(&mut self, mut taken: Batch) {
+        taken.log.append(&mut self.log);
+        taken.cdrs.append(&mut self.cdrs);
+        taken.recordings.append(&mut self.recordings);
+        taken.live.began.append(&mut self.live.began);
+        taken.live.ended.append(&mut self.live.ended);
+        self.log = taken.log;
+        self.cdrs = taken.cdrs;
+        self.recordings = taken.recordings;
+        self.live = taken.live;
+    }
+
     fn is_empty(&self) -> bool {
         self.log.is_empty()
             && self.cdrs.is_empty()
@@ -339,20 +352,29 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
         }
         last = tokio::time::Instant::now();
         if !batch.is_empty() {
-            let log = std::mem::take(&mut batch.log);
-            let cdrs = std::mem::take(&mut batch.cdrs);
-            let recordings = std::mem::take(&mut batch.recordings);
-            let live = std::mem::take(&mut batch.live);
+            let taken = Batch {
+                seq: 0,
+                log: std::mem::take(&mut batch.log),
+                cdrs: std::mem::take(&mut batch.cdrs),
+                recordings: std::mem::take(&mut batch.recordings),
+                live: std::mem::take(&mut batch.live),
+            };
             let s = store.clone();
             let started = std::time::Instant::now();
             let written = tokio::task::spawn_blocking(move || {
-                s.append_records(&log, &cdrs, &recordings, &live)
+                let r = s.append_records(&taken.log, &taken.cdrs, &taken.recordings, &taken.live);
+                (r, taken)
             })
             .await;
             crate::meters::records_flushed(started.elapsed().as_secs_f64());
             match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot write CDRs and queue log"),
+                Ok((Ok(()), _)) => {}
+                // A full or failing disk: the records stay queued, ahead of
+                // what came since, and are tried again at the next flush.
+                Ok((Err(e), taken)) => {
+                    tracing::error!(error = %format!("{e:#}"), kept = taken.cdrs.len() + taken.log.len(), "cannot write CDRs and queue log; kept in memory and tried again at the next flush");
+                    batch.put_back(taken);
+                }
                 Err(e) => tracing::error!(error = %e, "records writer task failed"),
             }
         }
@@ -367,4 +389,30 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
 
 fn is_zero(n: &u16) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_a_failed_write_took_go_back_ahead_of_newer_ones() {
+        let row = |k: u8| (vec![k], vec![k]);
+        let mut taken = Batch::default();
+        taken.log.push(row(1));
+        taken.cdrs.push(row(1));
+        taken.live.began.push(row(1));
+        taken.live.ended.push(vec![1]);
+        let mut batch = Batch::default();
+        batch.log.push(row(2));
+        batch.cdrs.push(row(2));
+        batch.recordings.push(row(2));
+        batch.live.began.push(row(2));
+        batch.put_back(taken);
+        assert_eq!(batch.log, vec![row(1), row(2)]);
+        assert_eq!(batch.cdrs, vec![row(1), row(2)]);
+        assert_eq!(batch.recordings, vec![row(2)]);
+        assert_eq!(batch.live.began, vec![row(1), row(2)]);
+        assert_eq!(batch.live.ended, vec![vec![1]]);
+    }
 }
