@@ -63,6 +63,8 @@ enum Msg {
         call: CallRef,
         agent: String,
         outcome: OfferOutcome,
+        /// Told once the result's queue-log lines (and their events) are out.
+        settled: Option<oneshot::Sender<()>>,
     },
     Leave {
         call: CallRef,
@@ -165,7 +167,28 @@ impl Ticket {
             call: self.call,
             agent: agent.to_string(),
             outcome,
+            settled: None,
         });
+    }
+
+    /// Reports that `agent` answered, and returns once the desk has logged
+    /// it (CONNECT, the `call.answered` event): whatever the call does next,
+    /// its hang-up included, comes after the answer in every event stream.
+    pub async fn answered(&self, agent: &str) {
+        let (settled, rx) = oneshot::channel();
+        if self
+            .acd
+            .tx
+            .send(Msg::Result {
+                call: self.call,
+                agent: agent.to_string(),
+                outcome: OfferOutcome::Answered,
+                settled: Some(settled),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
 
     /// The waiting caller booked a callback: they keep their place without
@@ -254,6 +277,7 @@ impl Acd {
             store,
             records,
             calls: HashMap::new(),
+            settled: Vec::new(),
         };
         actor.carry_out(out);
         tokio::spawn(actor.run(rx));
@@ -412,6 +436,8 @@ struct Actor {
     store: Store,
     records: Records,
     calls: HashMap<CallRef, crate::boxed::UnboundedSender<ToCall>>,
+    /// Callers waiting to hear that their message's outputs are carried out.
+    settled: Vec<oneshot::Sender<()>>,
 }
 
 impl Actor {
@@ -435,6 +461,9 @@ impl Actor {
             // Deadlines that passed while handling come due now too.
             self.desk.tick(now, &mut out);
             self.carry_out(out);
+            for settled in self.settled.drain(..) {
+                let _ = settled.send(());
+            }
         }
     }
 
@@ -457,7 +486,11 @@ impl Actor {
                 call,
                 agent,
                 outcome,
-            } => self.desk.offer_result(call, &agent, outcome, now, out),
+                settled,
+            } => {
+                self.desk.offer_result(call, &agent, outcome, now, out);
+                self.settled.extend(settled);
+            }
             Msg::Leave { call, by } => {
                 self.calls.remove(&call);
                 self.desk.leave(call, by, now, out);

@@ -1423,7 +1423,7 @@ impl Call {
                             match self.answered_by(fork, &response).await {
                                 Some(leg) => {
                                     if let Some(t) = ticket {
-                                        t.result(&agent, OfferOutcome::Answered);
+                                        t.answered(&agent).await;
                                     }
                                     break Offer::Answered(Box::new(leg));
                                 }
