@@ -55,8 +55,9 @@ fn agent_ids(server: &TestServer) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
+/// A random generator seeded from `CRASH_SEED` (printed, to replay a run)
+/// or the clock.
+fn seeded_rng() -> (rand::rngs::StdRng, u64) {
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -66,7 +67,12 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     println!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (rand::rngs::StdRng::seed_from_u64(seed), seed)
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
+    let (mut rng, seed) = seeded_rng();
     let mut server = TestServer::start();
     // Accounts the harness provisions, plus one on break that must stay so.
     server.add_agent("1001", "s3cret", "main");
@@ -391,29 +397,25 @@ fn a_backup_taken_during_calls_restores_every_record_and_account() {
     assert_eq!(queue_log_lines(&server) as u64, log_lines);
 }
 
-/// A year on one machine: days older than `[records] keep_days` leave the
-/// database for the archive at start (synced files first), and `cdrs`,
-/// `queue-log` and `report` read them back as if nothing had moved.
-#[test]
-fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
+/// Writes `per_day` answered calls (a CDR and a CONNECT line each) on each
+/// of the days `backs` days ago, as the records writer writes them, into
+/// the database under `data_dir` (no server may hold it); their Call-IDs.
+fn write_old_calls(data_dir: &std::path::Path, backs: &[u64], per_day: u64) -> BTreeSet<String> {
     use yihaotong::acd::records::{Cdr, Disposition, LogLine};
     use yihaotong::store::{record_key, LiveChanges, Store};
-    let mut server = TestServer::start_with(&[("YIHAOTONG_RECORDS__KEEP_DAYS", "2")]);
-    server.signal("TERM");
-    let _ = server.child.wait();
-    // Two answered calls on each of three past days, as the records writer
-    // writes them: two days past keep_days, one within it.
     let day_ms = 86_400_000u64;
     let today = yihaotong::acd::now_ms() / day_ms;
+    let store = Store::open(data_dir).expect("open");
     let mut seq = 0;
     let mut key = |at: u64| {
         seq += 1;
         record_key(at, seq).to_vec()
     };
-    let (mut cdrs, mut log, mut ids) = (Vec::new(), Vec::new(), BTreeSet::new());
-    for back in [5, 4, 1] {
-        for n in 0..2u64 {
-            let arrived = (today - back) * day_ms + 36_000_000 + n * 60_000;
+    let mut ids = BTreeSet::new();
+    for back in backs {
+        let (mut cdrs, mut log) = (Vec::new(), Vec::new());
+        for n in 0..per_day {
+            let arrived = (today - back) * day_ms + 36_000_000 + n * 1_000;
             let cdr = Cdr {
                 call_id: format!("old-{back}-{n}@127.0.0.1"),
                 hotline: "12345 citizen hotline".into(),
@@ -441,12 +443,25 @@ fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
             };
             log.push((key(line.at), serde_json::to_vec(&line).expect("json")));
         }
+        store
+            .append_records(&log, &cdrs, &[], &LiveChanges::default())
+            .expect("write");
     }
-    let store = Store::open(&server.data_dir()).expect("open");
-    store
-        .append_records(&log, &cdrs, &[], &LiveChanges::default())
-        .expect("write");
-    drop(store);
+    ids
+}
+
+/// A year on one machine: days older than `[records] keep_days` leave the
+/// database for the archive at start (synced files first), and `cdrs`,
+/// `queue-log` and `report` read them back as if nothing had moved.
+#[test]
+fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
+    let mut server = TestServer::start_with(&[("YIHAOTONG_RECORDS__KEEP_DAYS", "2")]);
+    server.signal("TERM");
+    let _ = server.child.wait();
+    // Two answered calls on each of three past days: two days past
+    // keep_days, one within it.
+    let ids = write_old_calls(&server.data_dir(), &[5, 4, 1], 2);
+    let today = yihaotong::acd::now_ms() / 86_400_000;
     server.restart();
 
     let date = |back: u64| {
@@ -496,4 +511,78 @@ fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
         6,
         "{out}"
     );
+}
+
+/// kill -9 at random moments while old days are being archived (some kills
+/// land between a day's file and the rows' removal), then a clean start:
+/// every record is read back exactly once, and the archive holds each once.
+#[test]
+fn a_kill_while_days_are_archived_loses_and_doubles_nothing() {
+    let (mut rng, _) = seeded_rng();
+    let mut server = TestServer::start_with(&[("YIHAOTONG_RECORDS__KEEP_DAYS", "1")]);
+    server.signal("TERM");
+    let _ = server.child.wait();
+    let per_day = 15_000;
+    let ids = write_old_calls(&server.data_dir(), &[6, 5, 4, 3], per_day);
+    for _ in 0..4 {
+        server.restart();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+    server.restart();
+    let today = yihaotong::acd::now_ms() / 86_400_000;
+    let date = chrono::DateTime::from_timestamp(((today - 3) * 86_400) as i64, 0)
+        .expect("date")
+        .format("%Y-%m-%d")
+        .to_string();
+    let archive = server.data_dir().join("archive");
+    let last = archive.join(format!("queue_log/{date}.jsonl.gz"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !last.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        last.exists(),
+        "the archive did not finish: {}",
+        last.display()
+    );
+    let since = chrono::DateTime::from_timestamp(((today - 7) * 86_400) as i64, 0)
+        .expect("date")
+        .format("%Y-%m-%d")
+        .to_string();
+    let read = json(&server, &["cdrs", "--since", &since]);
+    let read: Vec<String> = read
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["call_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(read.len(), ids.len(), "each CDR once");
+    assert_eq!(read.into_iter().collect::<BTreeSet<_>>(), ids);
+    let lines = json(&server, &["queue-log", "--since", &since]);
+    assert_eq!(
+        lines.as_array().map(Vec::len),
+        Some(ids.len()),
+        "each line once"
+    );
+    // The archive's files hold each record once, however many parts a day has.
+    for kind in ["cdrs", "queue_log"] {
+        let mut total = 0;
+        for entry in std::fs::read_dir(archive.join(kind)).expect("archive") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            assert!(
+                name.as_ref()
+                    .is_some_and(|n| n.ends_with(".jsonl.gz") && !n.starts_with('.')),
+                "a stray file is left in the archive: {}",
+                path.display()
+            );
+            let zcat = Command::new("zcat").arg(&path).output().expect("zcat");
+            let n = String::from_utf8_lossy(&zcat.stdout).lines().count();
+            println!("{kind}/{}: {n} records", name.unwrap_or_default());
+            total += n;
+        }
+        assert_eq!(total, ids.len(), "{kind}");
+    }
 }

@@ -178,6 +178,15 @@ impl Archive {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the archive folder {}", self.dir.display()))?;
         let date = date_of(day);
+        // What a write cut short (a kill) left of this day is dropped.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.filter_map(|e| e.ok()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!(".{date}")) && name.ends_with(".partial") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let name = match existing.len() {
             0 => format!("{date}.jsonl.gz"),
             n => format!("{date}.{n}.jsonl.gz"),
