@@ -656,12 +656,12 @@ pub fn execute(
                 f => Value::String(report::render(&rows, f)),
             })
         }
-        AdminCommand::Cdrs { since, until } => records_json(store, true, since, until),
+        AdminCommand::Cdrs { since, until } => records_json(store, RecordKind::Cdrs, since, until),
         AdminCommand::QueueLog {
             since,
             until,
             json: true,
-        } => records_json(store, false, since, until),
+        } => records_json(store, RecordKind::QueueLog, since, until),
         AdminCommand::QueueLog { since, until, .. } => {
             let mut text = String::new();
             for v in store.records(RecordKind::QueueLog, since, until)? {
@@ -893,20 +893,16 @@ pub fn execute(
     }
 }
 
-/// CDRs (`cdrs`) or queue-log lines in [since, until) as JSON values, oldest
-/// first; an unreadable record is logged and skipped.
-fn records_json(store: &Store, cdrs: bool, since: u64, until: u64) -> anyhow::Result<Value> {
-    let what = if cdrs { "CDR" } else { "queue-log line" };
+/// Records of one kind (CDRs, queue-log lines) in [since, until) as JSON
+/// values, oldest first; an unreadable record is logged and skipped.
+fn records_json(store: &Store, kind: RecordKind, since: u64, until: u64) -> anyhow::Result<Value> {
     let mut out = Vec::new();
-    let kind = if cdrs {
-        RecordKind::Cdrs
-    } else {
-        RecordKind::QueueLog
-    };
     for v in store.records(kind, since, until)? {
         match serde_json::from_slice::<Value>(&v) {
             Ok(r) => out.push(r),
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable {what}"),
+            Err(e) => {
+                tracing::warn!(error = %e, kind = kind.name(), "skipping an unreadable record")
+            }
         }
     }
     Ok(Value::Array(out))

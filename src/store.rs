@@ -696,6 +696,13 @@ impl Store {
         live: &LiveChanges,
     ) -> anyhow::Result<()> {
         let _gate = self.gate();
+        if !recordings.is_empty() {
+            let mut index = sled::Batch::default();
+            for k in recordings.iter().filter_map(|(_, v)| recording_time_key(v)) {
+                index.insert(k, &[]);
+            }
+            self.recordings_by_time.apply_batch(index)?;
+        }
         for (tree, rows) in [
             (&self.queue_log, log),
             (&self.cdrs, cdrs),
@@ -703,13 +710,6 @@ impl Store {
         ] {
             if rows.is_empty() {
                 continue;
-            }
-            if std::ptr::eq(tree, &self.recordings) {
-                let mut index = sled::Batch::default();
-                for k in rows.iter().filter_map(|(_, v)| recording_time_key(v)) {
-                    index.insert(k, &[]);
-                }
-                self.recordings_by_time.apply_batch(index)?;
             }
             let mut batch = sled::Batch::default();
             for (k, v) in rows {
@@ -838,17 +838,28 @@ impl Store {
                 ((day + 1) * archive::DAY_MS).min(until_ms),
             );
             out.extend(in_tree(from, start)?);
-            let wanted = |r: &Vec<u8>| kind.time_of(r).is_some_and(|t| (start..end).contains(&t));
-            let mut rows: Vec<Vec<u8>> =
-                archive.read_day(day)?.into_iter().filter(wanted).collect();
-            let held: std::collections::HashSet<Vec<u8>> = rows.iter().cloned().collect();
-            rows.extend(
-                in_tree(start, end)?
+            // Each archived record's time is read once: to keep it in the
+            // range, then to order the day's parts (and any rows the tree
+            // still holds) by it.
+            let mut rows: Vec<(u64, Vec<u8>)> = archive
+                .read_day(day)?
+                .into_iter()
+                .filter_map(|r| Some((kind.time_of(&r)?, r)))
+                .filter(|(t, _)| (start..end).contains(t))
+                .collect();
+            let still_in_tree = in_tree(start, end)?;
+            if !still_in_tree.is_empty() {
+                let held: std::collections::HashSet<&[u8]> =
+                    rows.iter().map(|(_, r)| r.as_slice()).collect();
+                let fresh: Vec<(u64, Vec<u8>)> = still_in_tree
                     .into_iter()
-                    .filter(|r| !held.contains(r)),
-            );
-            rows.sort_by_key(|r| kind.time_of(r).unwrap_or(0));
-            out.extend(rows);
+                    .filter(|r| !held.contains(r.as_slice()))
+                    .map(|r| (kind.time_of(&r).unwrap_or(start), r))
+                    .collect();
+                rows.extend(fresh);
+            }
+            rows.sort_by_key(|(t, _)| *t);
+            out.extend(rows.into_iter().map(|(_, r)| r));
             from = end;
         }
         out.extend(in_tree(from, until_ms)?);

@@ -163,12 +163,7 @@ pub struct Ticket {
 impl Ticket {
     /// Reports how an offer to `agent` ended.
     pub fn result(&self, agent: &str, outcome: OfferOutcome) {
-        let _ = self.acd.tx.send(Msg::Result {
-            call: self.call,
-            agent: agent.to_string(),
-            outcome,
-            settled: None,
-        });
+        self.send_result(agent, outcome, None);
     }
 
     /// Reports that `agent` answered, and returns once the desk has logged
@@ -176,19 +171,27 @@ impl Ticket {
     /// its hang-up included, comes after the answer in every event stream.
     pub async fn answered(&self, agent: &str) {
         let (settled, rx) = oneshot::channel();
-        if self
-            .acd
+        if self.send_result(agent, OfferOutcome::Answered, Some(settled)) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Sends an offer's result; whether the desk is there to take it.
+    fn send_result(
+        &self,
+        agent: &str,
+        outcome: OfferOutcome,
+        settled: Option<oneshot::Sender<()>>,
+    ) -> bool {
+        self.acd
             .tx
             .send(Msg::Result {
                 call: self.call,
                 agent: agent.to_string(),
-                outcome: OfferOutcome::Answered,
-                settled: Some(settled),
+                outcome,
+                settled,
             })
             .is_ok()
-        {
-            let _ = rx.await;
-        }
     }
 
     /// The waiting caller booked a callback: they keep their place without

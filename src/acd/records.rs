@@ -352,13 +352,8 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<RecordMsg>, in
         }
         last = tokio::time::Instant::now();
         if !batch.is_empty() {
-            let taken = Batch {
-                seq: 0,
-                log: std::mem::take(&mut batch.log),
-                cdrs: std::mem::take(&mut batch.cdrs),
-                recordings: std::mem::take(&mut batch.recordings),
-                live: std::mem::take(&mut batch.live),
-            };
+            let taken = std::mem::take(&mut batch);
+            batch.seq = taken.seq;
             let s = store.clone();
             let started = std::time::Instant::now();
             let written = tokio::task::spawn_blocking(move || {
