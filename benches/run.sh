@@ -19,7 +19,8 @@
 # Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
 #        TARGETS="sipp kamailio yihaotong ivr harness concurrency" (a subset measures less; ratios need all)
 #        CONC_STREAM_STEPS="500 1000 1500 2000 2500 3000"  CONC_BRIDGED_STEPS="250 500 750 1000 1250 1500"
-#        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below
+#        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below,
+#        or "soak" (benches/soak.sh and its env: CALLS, ROUND…); TARGETS=soak runs only it
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,6 +30,12 @@ AGENTS=${AGENTS:-400}
 TARGETS=" ${TARGETS:-sipp kamailio yihaotong ivr harness concurrency} "
 IVR_P99_CPS=${IVR_P99_CPS:-1000}
 want() { [[ "$TARGETS" == *" $1 "* ]]; }
+# Soak (TARGETS includes "soak"): benches/soak.sh first, a long run on one
+# server (CALLS=1000000 by default: hours) for memory and disk per day.
+if want soak; then
+  benches/soak.sh || exit 1
+  [ "$(echo $TARGETS)" = soak ] && exit 0
+fi
 CEILING=0 KAMAILIO=0 YIHAOTONG=0 IVR=0
 WORK=$(mktemp -d)
 BIN=$ROOT/target/release/yihaotong

@@ -35,7 +35,7 @@ sample() {
   while kill -0 $PID 2>/dev/null; do
     local rss db arch cpu
     rss=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
-    db=$(du -sk "$WORK/data/db" 2>/dev/null | cut -f1)
+    db=$(du -sk "$WORK/data/db.redb" 2>/dev/null | cut -f1)
     arch=$(du -sk "$WORK/data/archive" 2>/dev/null | cut -f1)
     cpu=$(awk -v t="$TICK" '{printf "%.1f", ($14 + $15) / t}' /proc/$PID/stat)
     echo "$(date +%s) $(cat "$WORK/placed") $rss ${db:-0} ${arch:-0} $cpu" >>"$WORK/samples"

@@ -3,7 +3,7 @@
 # For each size in MILLIONS (millions of calls, 87,000 a day: 1 M ≈ 11.5
 # days), a data folder is filled by `examples/year_of_records` (a CDR and
 # three queue-log lines per call, ending at the last midnight UTC), then:
-#   open      spawn -> first 200 to OPTIONS (sled opened, crashed calls
+#   open      spawn -> first 200 to OPTIONS (database opened, crashed calls
 #             closed out, flows and prompts loaded, sockets bound)
 #   call      one IVR-answered call (12345's flow) through `yihaotong load`:
 #             INVITE -> 200
@@ -11,6 +11,9 @@
 #   report    `report` for the last whole day (87,000 CDRs), wall time
 #   cdrs      `cdrs --format json` for the same day, wall time
 #   stop      SIGTERM -> exit
+#   kill -9   the server is killed, then started again: spawn -> first
+#             200 to OPTIONS (redb first walks the file to rebuild its
+#             free-space map, which a clean stop saves)
 # Usage: benches/startup.sh        Env: MILLIONS="1 4 8"  KEEP=1 (keep the folders)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,13 +47,13 @@ while time.time() < deadline:
 sys.exit(1)
 PY
 }
-echo "| calls in the database | database | open (ms) | first call INVITE->200 (ms) | RSS after (MB) | report, one day (ms) | cdrs, one day (ms) | stop (ms) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| calls in the database | database | open (ms) | first call INVITE->200 (ms) | RSS after (MB) | report, one day (ms) | cdrs, one day (ms) | stop (ms) | open after kill -9 (ms) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for m in $MILLIONS; do
   data=$WORK/data-$m
   days=$(python3 -c "print(round($m * 1e6 / 87000))")
-  [ -d "$data/db" ] || "$GEN" "$data" "$days" 87000 >"$WORK/gen-$m.log" 2>&1 || { echo "generation failed"; cat "$WORK/gen-$m.log"; exit 1; }
-  size=$(du -sh "$data/db" | cut -f1)
+  [ -e "$data/db.redb" ] || "$GEN" "$data" "$days" 87000 >"$WORK/gen-$m.log" 2>&1 || { echo "generation failed"; cat "$WORK/gen-$m.log"; exit 1; }
+  size=$(du -sh "$data/db.redb" | cut -f1)
   export YIHAOTONG_DATA_DIR=$data YIHAOTONG_SIP__LISTEN=127.0.0.1:$PORT YIHAOTONG_ADMIN__LISTEN="" \
          YIHAOTONG_RECORDS__KEEP_DAYS=0 RUST_LOG=warn
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null   # a cold start when allowed
@@ -66,6 +69,16 @@ for m in $MILLIONS; do
   r0=$(now); "$BIN" report --since "$day" --until "$(date -u +%F)" >/dev/null; r1=$(now)
   n=$("$BIN" --format json cdrs --since "$day" --until "$(date -u +%F)" | python3 -c "import json,sys; print(len(json.load(sys.stdin)))"); c1=$(now)
   s0=$(now); kill -TERM $pid; wait $pid; s1=$(now)
-  echo "| $(python3 -c "print(f'{round($days * 87000):,}')") | $size | $(ms $t0 $t1) | $first | $rss | $(ms $r0 $r1) | $(ms $r1 $c1) ($n CDRs) | $(ms $s0 $s1) |"
+  "$BIN" run >>"$WORK/server-$m.log" 2>&1 &
+  pid=$!
+  probe && kill -KILL $pid; wait $pid 2>/dev/null
+  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+  k0=$(now)
+  "$BIN" run >>"$WORK/server-$m.log" 2>&1 &
+  pid=$!
+  probe || { echo "no answer after kill -9"; tail "$WORK/server-$m.log"; kill $pid; exit 1; }
+  k1=$(now)
+  kill -TERM $pid; wait $pid
+  echo "| $(python3 -c "print(f'{round($days * 87000):,}')") | $size | $(ms $t0 $t1) | $first | $rss | $(ms $r0 $r1) | $(ms $r1 $c1) ($n CDRs) | $(ms $s0 $s1) | $(ms $k0 $k1) |"
   [ -n "${KEEP:-}" ] || rm -rf "$data"
 done

@@ -1135,10 +1135,10 @@ pub fn run_command_with(
             path.display()
         );
     }
-    if cmd.only_reads() && !data_dir.join("db").exists() {
+    if cmd.only_reads() && !crate::store::db_exists(data_dir) {
         bail!(
             "no database at {} (and no server's admin socket at {}): nothing to read here; {POINT_IT}",
-            data_dir.join("db").display(),
+            crate::store::db_path(data_dir).display(),
             path.display()
         );
     }

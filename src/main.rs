@@ -90,7 +90,7 @@ enum Command {
     },
     /// Replace the database with a backup (the server must be stopped).
     /// The backup is checked whole first; the old database is kept beside
-    /// it as db.before-restore-UNIXSECONDS.
+    /// it as db.redb.before-restore-UNIXSECONDS.
     Restore {
         /// A file `yihaotong backup` wrote.
         file: PathBuf,
@@ -527,9 +527,18 @@ fn real_main() -> anyhow::Result<()> {
             )?;
             // The queues: the settings' seeds and what the store holds.
             // `check` writes nothing: a database is read only where one
-            // exists (and no server holds it).
+            // exists (and no server holds it), and an old sled one is left
+            // for the server to migrate.
             let mut queues = settings.queues.clone();
-            if settings.data_dir.join("db").exists() {
+            let db = yihaotong::store::db_path(&settings.data_dir);
+            if !db.exists() && yihaotong::store::db_exists(&settings.data_dir) {
+                println!(
+                    "{}: a sled database; the next start copies it to {} once (routes and queues it holds are not checked here)",
+                    settings.data_dir.join("db").display(),
+                    db.display()
+                );
+            }
+            if db.exists() {
                 // The running server's, or the database's with none running.
                 let ask = |cmd| admin::run_command(&data_dir, &realm, cmd).ok();
                 if let Some(list) = ask(AdminCommand::RoutesList) {
@@ -642,7 +651,7 @@ fn real_main() -> anyhow::Result<()> {
             println!(
                 "restored {entries} entries from {} into {}",
                 file.display(),
-                settings.data_dir.join("db").display()
+                yihaotong::store::db_path(&settings.data_dir).display()
             );
             for (tree, n) in &trees {
                 println!("  {tree}: {n}");
@@ -1139,6 +1148,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(yihaotong::media::recording::settled).await;
         server.shared.records.flush().await;
         store.flush()?;
+        // Closed here, not when the last task lets go of it: a clean close
+        // spares the next start redb's repair walk.
+        store.close();
         let _ = std::fs::remove_file(socket);
         tracing::info!("stopped");
         Ok(())

@@ -1,20 +1,24 @@
 //! The embedded database: agent accounts, registrations, the number plan.
 //!
-//! Room: the cellar. [`Store`] wraps one sled database and is the only code
-//! that knows its trees and encodings (JSON values, so `sled` dumps stay
-//! readable). Route writes are flushed at once (sled recovers to the last
-//! flush after a crash); bindings are flushed by sled's own interval.
+//! Room: the cellar. [`Store`] wraps one redb database (`data_dir/db.redb`)
+//! and is the only code that knows its trees (tables) and encodings (JSON
+//! values). Every change is one transaction; accounts, routes, presence
+//! and records are on disk when the call returns, registrations are
+//! committed without waiting for the disk ([`Store::put_bindings`]).
 //! Records older than `[records] keep_days` move to the [`archive`];
-//! [`Store::backup`] and [`Store::restore`] copy the whole database.
+//! [`Store::backup`] and [`Store::restore`] copy the whole database; an old
+//! sled database is moved over once by [`migrate`].
 
 pub mod archive;
 pub mod backup;
+mod migrate;
 
 use std::path::{Path, PathBuf};
 
 pub use archive::RecordKind;
 
 use anyhow::Context;
+use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::config::QueueDef;
@@ -130,56 +134,76 @@ pub struct Route {
     pub after_call_flow: String,
 }
 
-/// The database handle. Cloning is cheap (sled trees are reference-counted).
+/// The database handle. Cloning is cheap (one shared redb database).
 #[derive(Clone)]
 pub struct Store {
     /// Bumped on every agent or binding write, so readers can cache the
-    /// directory and notice changes without a sled scan per call.
+    /// directory and notice changes without a read per call.
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Bumped on every account write only (not on registrations).
     accounts_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    db: sled::Db,
-    agents: sled::Tree,
-    bindings: sled::Tree,
-    routes: sled::Tree,
-    /// Agent queues by name (JSON [`QueueDef`]); `[queues.NAME]` seeds them.
-    queues: sled::Tree,
-    meta: sled::Tree,
-    /// Named caller lists for flows (`caller_in`): key `list\0number`.
-    lists: sled::Tree,
-    /// Operator switches for flows (`flag`): key = name, present = on.
-    switches: sled::Tree,
-    /// Agents' chosen presence (logged out, available, on break).
-    presence: sled::Tree,
-    /// Queue log lines, keyed by time (see [`record_key`]).
-    queue_log: sled::Tree,
-    /// Call detail records, keyed by end time.
-    cdrs: sled::Tree,
-    /// Recording metadata, keyed by file path.
-    recordings: sled::Tree,
-    /// The same recordings by start time: key = start (Unix ms, big-endian)
-    /// then the path; value empty. What time ranges and expiry read.
-    recordings_by_time: sled::Tree,
-    callbacks: sled::Tree,
-    live_calls: sled::Tree,
-    /// API tokens by the SHA-256 of the secret (the secret is never kept).
-    tokens: sled::Tree,
-    /// API control actions, in time order (who, what, when).
-    audit: sled::Tree,
+    /// `None` once [`Store::close`] ran: then every call is an error.
+    db: std::sync::Arc<std::sync::RwLock<Option<redb::Database>>>,
     /// Sequence for audit keys within one millisecond.
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Where archived days of records are (`[records] archive_dir`).
     archive_root: PathBuf,
-    /// Held by every write that spans record trees (a batch of records, a
-    /// day archived, crashed calls closed) and by a backup, so a backup
-    /// sees each such write whole or not at all.
-    records_gate: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+/// One tree (a redb table of bytes to bytes; values are JSON).
+type Tree = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// Agent accounts by id.
+const AGENTS: Tree = TableDefinition::new("agents");
+/// An agent's registrations (JSON list of [`Binding`]) by agent id.
+const BINDINGS: Tree = TableDefinition::new("bindings");
+/// The number plan by number.
+const ROUTES: Tree = TableDefinition::new("routes");
+/// Agent queues by name (JSON [`QueueDef`]); `[queues.NAME]` seeds them.
+const QUEUES: Tree = TableDefinition::new("queues");
+/// Flags, seeds and counters.
+const META: Tree = TableDefinition::new("meta");
+/// Named caller lists for flows (`caller_in`): key `list\0number`.
+const LISTS: Tree = TableDefinition::new("lists");
+/// Operator switches for flows (`flag`): key = name, present = on.
+const SWITCHES: Tree = TableDefinition::new("switches");
+/// Agents' chosen presence (logged out, available, on break).
+const PRESENCE: Tree = TableDefinition::new("presence");
+/// Queue log lines, keyed by time (see [`record_key`]).
+const QUEUE_LOG: Tree = TableDefinition::new("queue_log");
+/// Call detail records, keyed by end time.
+const CDRS: Tree = TableDefinition::new("cdrs");
+/// Recording metadata, keyed by file path.
+const RECORDINGS: Tree = TableDefinition::new("recordings");
+/// The same recordings by start time: key = start (Unix ms, big-endian)
+/// then the path; value empty. What time ranges and expiry read.
+const RECORDINGS_BY_TIME: Tree = TableDefinition::new("recordings_by_time");
+/// Booked callbacks by id (big-endian).
+const CALLBACKS: Tree = TableDefinition::new("callbacks");
+/// Calls that began and have no CDR yet, by Call-ID.
+const LIVE_CALLS: Tree = TableDefinition::new("live_calls");
+/// API tokens by the SHA-256 of the secret (the secret is never kept).
+const TOKENS: Tree = TableDefinition::new("tokens");
+/// API control actions, in time order (who, what, when).
+const AUDIT: Tree = TableDefinition::new("audit");
+
+/// The meta key of the next callback id.
+const CALLBACK_SEQ: &[u8] = b"callback_seq";
+
+/// The database file under `data_dir`.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("db.redb")
+}
+
+/// Whether `data_dir` holds a database (or a sled one still to migrate).
+pub fn db_exists(data_dir: &Path) -> bool {
+    db_path(data_dir).exists() || data_dir.join("db").join("conf").exists()
 }
 
 /// How the database is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled's page cache, MiB.
+    /// redb's page cache, MiB.
     pub cache_mb: u64,
     /// The records archive (`None`: `data_dir/archive`).
     pub archive_dir: Option<PathBuf>,
@@ -194,25 +218,24 @@ impl Default for StoreOptions {
     }
 }
 
-/// The trees a database holds, by name: what a backup copies and a
-/// restore accepts.
-const TREES: [&str; 16] = [
-    "agents",
-    "bindings",
-    "routes",
-    "queues",
-    "meta",
-    "lists",
-    "switches",
-    "presence",
-    "queue_log",
-    "cdrs",
-    "recordings",
-    "recordings_by_time",
-    "callbacks",
-    "live_calls",
-    "tokens",
-    "audit",
+/// The trees a database holds: what a backup copies and a restore accepts.
+const TREES: [Tree; 16] = [
+    AGENTS,
+    BINDINGS,
+    ROUTES,
+    QUEUES,
+    META,
+    LISTS,
+    SWITCHES,
+    PRESENCE,
+    QUEUE_LOG,
+    CDRS,
+    RECORDINGS,
+    RECORDINGS_BY_TIME,
+    CALLBACKS,
+    LIVE_CALLS,
+    TOKENS,
+    AUDIT,
 ];
 
 /// What a backup wrote.
@@ -377,19 +400,32 @@ fn recording_time_key(meta: &[u8]) -> Option<Vec<u8>> {
     Some(k)
 }
 
-/// Opens a sled database with `cache_mb` of page cache.
-fn open_sled(path: &Path, cache_mb: u64) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_mb.saturating_mul(1 << 20))
-        .open()
+/// Opens (creating) the redb file at `path` with `cache_mb` of page cache.
+/// After an unclean stop redb walks the file to rebuild its free-space map
+/// first; that is logged with its progress.
+fn open_redb(path: &Path, cache_mb: u64) -> Result<redb::Database, redb::DatabaseError> {
+    let shown = path.display().to_string();
+    let last_told = std::sync::atomic::AtomicU64::new(u64::MAX);
+    redb::Builder::new()
+        .set_cache_size(usize::try_from(cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX))
+        .set_repair_callback(move |session| {
+            let percent = (session.progress() * 100.0) as u64;
+            let tenth = percent / 10;
+            if last_told.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+                tracing::info!(db = %shown, percent, "repairing the database after an unclean stop");
+            }
+        })
+        .create(path)
 }
 
-/// Whether opening failed because another process holds the database lock
-/// (sled 0.34 reports it as an `Other` I/O error with this text).
+/// Whether opening failed because another process holds the database
+/// (redb's file lock, or sled's while an old database waits to migrate).
 fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         matches!(
+            cause.downcast_ref::<redb::DatabaseError>(),
+            Some(redb::DatabaseError::DatabaseAlreadyOpen)
+        ) || matches!(
             cause.downcast_ref::<sled::Error>(),
             Some(sled::Error::Io(io)) if io.to_string().starts_with("could not acquire lock")
         )
@@ -403,7 +439,8 @@ impl std::fmt::Debug for Store {
 }
 
 /// The nearest of `paths` (then `paths`' last one's ancestors) that exists,
-/// when this user may not write and enter it: that folder and why.
+/// when this user may not write it (and enter it, for a folder): that path
+/// and why.
 fn not_writable(paths: &[&Path]) -> Option<(PathBuf, nix::Error)> {
     use nix::unistd::{access, AccessFlags};
     let last = paths.last()?;
@@ -412,16 +449,20 @@ fn not_writable(paths: &[&Path]) -> Option<(PathBuf, nix::Error)> {
         .copied()
         .chain(last.ancestors().skip(1))
         .find(|p| p.exists())?;
-    access(probe, AccessFlags::W_OK | AccessFlags::X_OK)
-        .err()
-        .map(|e| (probe.to_path_buf(), e))
+    // A folder must be entered as well as written; a file only written.
+    let flags = if probe.is_dir() {
+        AccessFlags::W_OK | AccessFlags::X_OK
+    } else {
+        AccessFlags::W_OK
+    };
+    access(probe, flags).err().map(|e| (probe.to_path_buf(), e))
 }
 
 /// Whether this user may make and write the database under `data_dir`
 /// (the folder, or the nearest folder above it that exists), without
 /// writing anything: what `check` asks before `run` would fail.
 pub fn writable(data_dir: &Path) -> anyhow::Result<()> {
-    match not_writable(&[&data_dir.join("db"), data_dir]) {
+    match not_writable(&[&db_path(data_dir), data_dir]) {
         None => Ok(()),
         Some((probe, e)) => Err(anyhow::anyhow!(
             "data_dir {}: {} is not writable by this user (uid {}): {e}; give it to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
@@ -477,112 +518,149 @@ impl Store {
         Self::open_with(data_dir, &StoreOptions::default())
     }
 
-    /// Opens (creating) the database under `data_dir`.
+    /// Opens (creating) the database under `data_dir`. A sled database
+    /// from before the move to redb (`data_dir/db/`) is first copied into
+    /// the redb file once (see [`migrate`]).
     pub fn open_with(data_dir: &Path, options: &StoreOptions) -> anyhow::Result<Store> {
         writable(data_dir)?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-        let path = data_dir.join("db");
-        let db = open_sled(&path, options.cache_mb).map_err(|e| {
-            let io = match &e {
-                sled::Error::Io(io) => Some(io),
-                _ => None,
-            };
-            let why = if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
-                format!(
-                    "cannot open the database {}: this user (uid {}) may not write there; give data_dir to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
-                    path.display(),
-                    nix::unistd::getuid()
-                )
-            } else if io.is_some_and(|io| io.to_string().starts_with("could not acquire lock")) {
-                format!(
-                    "cannot open the database {}: another process holds it (is a server already running on it?)",
-                    path.display()
-                )
-            } else {
-                format!("cannot open the database {}", path.display())
-            };
-            // The sled error stays in the chain: `open_waiting` reads it.
-            anyhow::Error::new(e).context(why)
-        })?;
-        Store {
+        migrate::from_sled(data_dir, options.cache_mb)?;
+        let path = db_path(data_dir);
+        let db = open_redb(&path, options.cache_mb).map_err(|e| open_error(&path, e))?;
+        let store = Store {
             generation: Default::default(),
             accounts_generation: Default::default(),
-            agents: db.open_tree("agents")?,
-            bindings: db.open_tree("bindings")?,
-            routes: db.open_tree("routes")?,
-            queues: db.open_tree("queues")?,
-            meta: db.open_tree("meta")?,
-            lists: db.open_tree("lists")?,
-            switches: db.open_tree("switches")?,
-            presence: db.open_tree("presence")?,
-            queue_log: db.open_tree("queue_log")?,
-            cdrs: db.open_tree("cdrs")?,
-            recordings: db.open_tree("recordings")?,
-            recordings_by_time: db.open_tree("recordings_by_time")?,
-            callbacks: db.open_tree("callbacks")?,
-            live_calls: db.open_tree("live_calls")?,
-            tokens: db.open_tree("tokens")?,
-            audit: db.open_tree("audit")?,
+            db: std::sync::Arc::new(std::sync::RwLock::new(Some(db))),
             audit_seq: Default::default(),
             archive_root: options
                 .archive_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("archive")),
-            records_gate: Default::default(),
-            db,
-        }
-        .with_recordings_indexed()
+        };
+        store.create_trees()?;
+        store.with_recordings_indexed()
+    }
+
+    /// Every tree exists from the start, so reads never meet a missing one.
+    fn create_trees(&self) -> anyhow::Result<()> {
+        self.write(Durability::Immediate, |txn| {
+            for tree in TREES {
+                txn.open_table(tree)?;
+            }
+            Ok(())
+        })
     }
 
     /// A database from before the time index gets it once, at open.
     fn with_recordings_indexed(self) -> anyhow::Result<Store> {
-        if self.recordings_by_time.is_empty() && !self.recordings.is_empty() {
-            let mut batch = sled::Batch::default();
-            for kv in self.recordings.iter() {
-                let (_, v) = kv?;
-                if let Some(k) = recording_time_key(&v) {
-                    batch.insert(k, &[]);
+        self.write(Durability::Immediate, |txn| {
+            let recordings = txn.open_table(RECORDINGS)?;
+            let mut index = txn.open_table(RECORDINGS_BY_TIME)?;
+            if index.is_empty()? && !recordings.is_empty()? {
+                for kv in recordings.iter()? {
+                    let (_, v) = kv?;
+                    if let Some(k) = recording_time_key(v.value()) {
+                        index.insert(k.as_slice(), [].as_slice())?;
+                    }
                 }
             }
-            self.recordings_by_time.apply_batch(batch)?;
-            self.recordings_by_time.flush()?;
-        }
+            Ok(())
+        })?;
         Ok(self)
     }
 
-    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.records_gate
-            .lock()
+    /// Runs `f` with the open database (it may begin transactions; they
+    /// end before [`Store::close`] can close it). Never nested.
+    fn with_db<R>(
+        &self,
+        f: impl FnOnce(&redb::Database) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let held = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.as_ref() {
+            Some(db) => f(db),
+            None => anyhow::bail!("the database is closed (the server is stopping)"),
+        }
+    }
+
+    /// Closes the database now, whoever else holds this store: redb saves
+    /// its free-space map, so the next open needs no repair walk. Waits for
+    /// transactions under way; later calls are errors.
+    pub fn close(&self) {
+        let db = self
+            .db
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(db);
     }
 
-    fn trees(&self) -> [(&'static str, &sled::Tree); 16] {
-        [
-            (TREES[0], &self.agents),
-            (TREES[1], &self.bindings),
-            (TREES[2], &self.routes),
-            (TREES[3], &self.queues),
-            (TREES[4], &self.meta),
-            (TREES[5], &self.lists),
-            (TREES[6], &self.switches),
-            (TREES[7], &self.presence),
-            (TREES[8], &self.queue_log),
-            (TREES[9], &self.cdrs),
-            (TREES[10], &self.recordings),
-            (TREES[11], &self.recordings_by_time),
-            (TREES[12], &self.callbacks),
-            (TREES[13], &self.live_calls),
-            (TREES[14], &self.tokens),
-            (TREES[15], &self.audit),
-        ]
+    /// Runs `f` on one tree in a read transaction (a consistent snapshot).
+    fn read<R>(
+        &self,
+        tree: Tree,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        self.with_db(|db| f(&db.begin_read()?.open_table(tree)?))
     }
 
-    fn record_tree(&self, kind: RecordKind) -> &sled::Tree {
+    /// Runs `f` in one write transaction and commits it: all of it lands or
+    /// none. `Immediate` is on disk when this returns; `Eventual` is
+    /// written but left to the OS to sync (it survives a kill, not a power
+    /// cut).
+    fn write<R>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability);
+            let out = f(&txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Puts one entry, durably; whether the key was there before.
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> anyhow::Result<bool> {
+        self.write(Durability::Immediate, |txn| {
+            Ok(txn.open_table(tree)?.insert(key, value)?.is_some())
+        })
+    }
+
+    /// Removes one entry, durably; whether it was there.
+    fn delete(&self, tree: Tree, key: &[u8]) -> anyhow::Result<bool> {
+        self.write(Durability::Immediate, |txn| {
+            Ok(txn.open_table(tree)?.remove(key)?.is_some())
+        })
+    }
+
+    /// Whether a key is in a tree.
+    fn contains(&self, tree: Tree, key: &[u8]) -> anyhow::Result<bool> {
+        self.read(tree, |t| Ok(t.get(key)?.is_some()))
+    }
+
+    /// Every (key, value) of a tree, in key order.
+    fn entries(&self, tree: Tree) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.read(tree, |t| {
+            t.iter()?
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((k.value().to_vec(), v.value().to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn tree_of(kind: RecordKind) -> Tree {
         match kind {
-            RecordKind::Cdrs => &self.cdrs,
-            RecordKind::QueueLog => &self.queue_log,
-            RecordKind::Audit => &self.audit,
+            RecordKind::Cdrs => CDRS,
+            RecordKind::QueueLog => QUEUE_LOG,
+            RecordKind::Audit => AUDIT,
         }
     }
 
@@ -611,64 +689,81 @@ impl Store {
 
     /// An agent's saved presence.
     pub fn presence(&self, id: &str) -> anyhow::Result<Option<crate::acd::desk::Presence>> {
-        Self::get(&self.presence, id)
+        self.get(PRESENCE, id)
     }
 
-    /// Saves an agent's presence (flushed at once: it must survive a crash).
+    /// Saves an agent's presence (on disk at once: it must survive a crash).
     pub fn put_presence(&self, id: &str, p: &crate::acd::desk::Presence) -> anyhow::Result<()> {
-        self.presence
-            .insert(id.as_bytes(), serde_json::to_vec(p)?)?;
-        self.presence.flush()?;
+        self.put(PRESENCE, id.as_bytes(), &serde_json::to_vec(p)?)?;
         Ok(())
     }
 
     /// Closes out calls a crash cut: every call that began and has no CDR
     /// gets one with disposition `crashed`, ended `now` (unix ms). Returns
-    /// how many. Run at start, before any call.
+    /// how many. Run at start, before any call; one transaction.
     pub fn close_crashed_calls(&self, now: u64) -> anyhow::Result<usize> {
-        let _gate = self.gate();
-        let mut closed = 0;
-        for (i, item) in self.live_calls.iter().enumerate() {
-            let (k, v) = item?;
-            let mut cdr: crate::acd::records::Cdr = match serde_json::from_slice(&v) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "unreadable live-call record dropped");
-                    self.live_calls.remove(k)?;
-                    continue;
+        self.write(Durability::Immediate, |txn| {
+            let mut live = txn.open_table(LIVE_CALLS)?;
+            let mut cdrs = txn.open_table(CDRS)?;
+            let mut closed = 0;
+            let cut: Vec<(Vec<u8>, Vec<u8>)> = live
+                .iter()?
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((k.value().to_vec(), v.value().to_vec()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            for (i, (k, v)) in cut.iter().enumerate() {
+                live.remove(k.as_slice())?;
+                let mut cdr: crate::acd::records::Cdr = match serde_json::from_slice(v) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable live-call record dropped");
+                        continue;
+                    }
+                };
+                cdr.ended = now.max(cdr.arrived);
+                cdr.disposition = crate::acd::records::Disposition::Crashed;
+                if cdr.hung_up_by.is_empty() {
+                    cdr.hung_up_by = "system".into();
                 }
-            };
-            cdr.ended = now.max(cdr.arrived);
-            cdr.disposition = crate::acd::records::Disposition::Crashed;
-            if cdr.hung_up_by.is_empty() {
-                cdr.hung_up_by = "system".into();
+                let key = record_key(cdr.ended, u32::MAX - i as u32);
+                cdrs.insert(key.as_slice(), serde_json::to_vec(&cdr)?.as_slice())?;
+                closed += 1;
             }
-            let key = record_key(cdr.ended, u32::MAX - i as u32);
-            self.cdrs.insert(key, serde_json::to_vec(&cdr)?)?;
-            self.live_calls.remove(k)?;
-            closed += 1;
-        }
-        self.db.flush()?;
-        Ok(closed)
+            Ok(closed)
+        })
     }
 
     /// A fresh id for a callback booking (increasing across restarts).
     pub fn next_callback_id(&self) -> anyhow::Result<u64> {
-        Ok(self.db.generate_id()?)
+        self.write(Durability::Immediate, |txn| {
+            let mut meta = txn.open_table(META)?;
+            let next = meta
+                .get(CALLBACK_SEQ)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(1);
+            meta.insert(
+                CALLBACK_SEQ,
+                next.saturating_add(1).to_be_bytes().as_slice(),
+            )?;
+            Ok(next)
+        })
     }
 
     /// Saves a callback booking, on disk when this returns.
     pub fn put_callback(&self, booking: &CallbackBooking) -> anyhow::Result<()> {
-        self.callbacks
-            .insert(booking.id.to_be_bytes(), serde_json::to_vec(booking)?)?;
-        self.callbacks.flush()?;
+        self.put(
+            CALLBACKS,
+            &booking.id.to_be_bytes(),
+            &serde_json::to_vec(booking)?,
+        )?;
         Ok(())
     }
 
     /// Forgets a callback booking (done or given up).
     pub fn remove_callback(&self, id: u64) -> anyhow::Result<()> {
-        self.callbacks.remove(id.to_be_bytes())?;
-        self.callbacks.flush()?;
+        self.delete(CALLBACKS, &id.to_be_bytes())?;
         Ok(())
     }
 
@@ -676,8 +771,7 @@ impl Store {
     /// and logged, never fatal).
     pub fn callbacks(&self) -> anyhow::Result<Vec<CallbackBooking>> {
         let mut out = Vec::new();
-        for item in self.callbacks.iter() {
-            let (_, v) = item?;
+        for (_, v) in self.entries(CALLBACKS)? {
             match serde_json::from_slice::<CallbackBooking>(&v) {
                 Ok(b) => out.push(b),
                 Err(e) => tracing::error!(error = %e, "unreadable callback booking skipped"),
@@ -687,7 +781,8 @@ impl Store {
     }
 
     /// Appends queue-log lines, CDRs and recording metadata (already keyed)
-    /// in one batch per tree, then flushes: what returns Ok is on disk.
+    /// and the live-call changes in one transaction: what returns Ok is on
+    /// disk, and a crash leaves all of it or none.
     pub fn append_records(
         &self,
         log: &[(Vec<u8>, Vec<u8>)],
@@ -695,60 +790,64 @@ impl Store {
         recordings: &[(Vec<u8>, Vec<u8>)],
         live: &LiveChanges,
     ) -> anyhow::Result<()> {
-        let _gate = self.gate();
-        if !recordings.is_empty() {
-            let mut index = sled::Batch::default();
-            for k in recordings.iter().filter_map(|(_, v)| recording_time_key(v)) {
-                index.insert(k, &[]);
+        self.write(Durability::Immediate, |txn| {
+            if !recordings.is_empty() {
+                let mut index = txn.open_table(RECORDINGS_BY_TIME)?;
+                for k in recordings.iter().filter_map(|(_, v)| recording_time_key(v)) {
+                    index.insert(k.as_slice(), [].as_slice())?;
+                }
             }
-            self.recordings_by_time.apply_batch(index)?;
-        }
-        for (tree, rows) in [
-            (&self.queue_log, log),
-            (&self.cdrs, cdrs),
-            (&self.recordings, recordings),
-        ] {
-            if rows.is_empty() {
-                continue;
+            for (tree, rows) in [(QUEUE_LOG, log), (CDRS, cdrs), (RECORDINGS, recordings)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut table = txn.open_table(tree)?;
+                for (k, v) in rows {
+                    table.insert(k.as_slice(), v.as_slice())?;
+                }
             }
-            let mut batch = sled::Batch::default();
-            for (k, v) in rows {
-                batch.insert(k.as_slice(), v.as_slice());
+            // Calls that began, then those that ended (a call may do both
+            // in one batch: it leaves no trace here).
+            if !live.is_empty() {
+                let mut table = txn.open_table(LIVE_CALLS)?;
+                for (k, v) in &live.began {
+                    table.insert(k.as_slice(), v.as_slice())?;
+                }
+                for k in &live.ended {
+                    table.remove(k.as_slice())?;
+                }
             }
-            tree.apply_batch(batch)?;
-        }
-        // Calls that began, then those that ended (a call may do both in
-        // one batch: it leaves no trace here).
-        if !live.is_empty() {
-            let mut batch = sled::Batch::default();
-            for (k, v) in &live.began {
-                batch.insert(k.as_slice(), v.as_slice());
-            }
-            for k in &live.ended {
-                batch.remove(k.as_slice());
-            }
-            self.live_calls.apply_batch(batch)?;
-        }
-        self.db.flush()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Deletes recordings that started before `cutoff_ms` (file and metadata).
     /// Returns how many went. Reads only the index up to the cutoff.
     pub fn expire_recordings(&self, cutoff_ms: u64) -> anyhow::Result<usize> {
-        let _gate = self.gate();
-        let mut gone = 0;
-        for item in self
-            .recordings_by_time
-            .range(..cutoff_ms.to_be_bytes().to_vec())
-        {
-            let (index_key, _) = item?;
-            let path = index_key.get(8..).unwrap_or_default();
-            let meta = match self.recordings.get(path)? {
-                Some(v) => serde_json::from_slice::<RecordingMeta>(&v).ok(),
-                None => None,
-            };
-            if let Some(meta) = meta {
+        let cut = cutoff_ms.to_be_bytes();
+        let due: Vec<(Vec<u8>, Option<RecordingMeta>)> = self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let index = txn.open_table(RECORDINGS_BY_TIME)?;
+            let recordings = txn.open_table(RECORDINGS)?;
+            index
+                .range(..cut.as_slice())?
+                .map(|kv| {
+                    let (index_key, _) = kv?;
+                    let index_key = index_key.value().to_vec();
+                    let path = index_key.get(8..).unwrap_or_default();
+                    let meta = recordings
+                        .get(path)?
+                        .and_then(|v| serde_json::from_slice::<RecordingMeta>(v.value()).ok());
+                    Ok((index_key, meta))
+                })
+                .collect()
+        })?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut gone = Vec::new();
+        for (index_key, meta) in due {
+            if let Some(meta) = &meta {
                 match std::fs::remove_file(&meta.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -757,19 +856,24 @@ impl Store {
                         continue;
                     }
                 }
-                self.recordings.remove(path)?;
-                gone += 1;
             }
-            self.recordings_by_time.remove(index_key)?;
+            gone.push((index_key, meta.is_some()));
         }
-        self.recordings.flush()?;
-        self.recordings_by_time.flush()?;
-        Ok(gone)
+        self.write(Durability::Immediate, |txn| {
+            let mut index = txn.open_table(RECORDINGS_BY_TIME)?;
+            let mut recordings = txn.open_table(RECORDINGS)?;
+            for (index_key, _) in &gone {
+                index.remove(index_key.as_slice())?;
+                recordings.remove(index_key.get(8..).unwrap_or_default())?;
+            }
+            Ok(())
+        })?;
+        Ok(gone.iter().filter(|(_, had_meta)| *had_meta).count())
     }
 
     /// A recording's metadata.
     pub fn recording(&self, path: &str) -> anyhow::Result<Option<RecordingMeta>> {
-        Self::get(&self.recordings, path)
+        self.get(RECORDINGS, path)
     }
 
     /// Recordings that started in [since, until) Unix ms, oldest first,
@@ -780,15 +884,27 @@ impl Store {
         since_ms: u64,
         until_ms: u64,
     ) -> anyhow::Result<Vec<RecordingMeta>> {
+        let (since, until) = (since_ms.to_be_bytes(), until_ms.to_be_bytes());
+        self.with_db(|db| self.recordings_in(db, &since, &until))
+    }
+
+    fn recordings_in(
+        &self,
+        db: &redb::Database,
+        since: &[u8],
+        until: &[u8],
+    ) -> anyhow::Result<Vec<RecordingMeta>> {
+        let txn = db.begin_read()?;
+        let index = txn.open_table(RECORDINGS_BY_TIME)?;
+        let recordings = txn.open_table(RECORDINGS)?;
         let mut out = Vec::new();
-        let range = since_ms.to_be_bytes().to_vec()..until_ms.to_be_bytes().to_vec();
-        for item in self.recordings_by_time.range(range) {
+        for item in index.range(since..until)? {
             let (index_key, _) = item?;
-            let path = index_key.get(8..).unwrap_or_default();
-            let Some(value) = self.recordings.get(path)? else {
+            let path = index_key.value().get(8..).unwrap_or_default();
+            let Some(value) = recordings.get(path)? else {
                 continue;
             };
-            match serde_json::from_slice::<RecordingMeta>(&value) {
+            match serde_json::from_slice::<RecordingMeta>(value.value()) {
                 Ok(m) => out.push(m),
                 Err(e) => tracing::warn!(
                     key = %String::from_utf8_lossy(path),
@@ -810,19 +926,29 @@ impl Store {
         since_ms: u64,
         until_ms: u64,
     ) -> anyhow::Result<Vec<Vec<u8>>> {
-        let tree = self.record_tree(kind);
+        if since_ms >= until_ms {
+            return Ok(Vec::new());
+        }
+        self.with_db(|db| self.records_in(db, kind, since_ms, until_ms))
+    }
+
+    fn records_in(
+        &self,
+        db: &redb::Database,
+        kind: RecordKind,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let txn = db.begin_read()?;
+        let tree = txn.open_table(Self::tree_of(kind))?;
         let in_tree = |from: u64, to: u64| -> anyhow::Result<Vec<Vec<u8>>> {
             if from >= to {
                 return Ok(Vec::new());
             }
-            tree.range(record_key(from, 0)..record_key(to, 0))
-                .values()
-                .map(|v| Ok(v?.to_vec()))
+            tree.range(record_key(from, 0).as_slice()..record_key(to, 0).as_slice())?
+                .map(|kv| Ok(kv?.1.value().to_vec()))
                 .collect()
         };
-        if since_ms >= until_ms {
-            return Ok(Vec::new());
-        }
         let archive = archive::Archive::new(&self.archive_root, kind);
         let (first, last) = (archive::day_of(since_ms), archive::day_of(until_ms - 1));
         let days: Vec<u64> = archive
@@ -867,8 +993,10 @@ impl Store {
     }
 
     /// Moves every whole UTC day of records that ends by `cutoff_ms` to the
-    /// archive: each day is written (and synced) there first, then removed
-    /// from the database. `progress` hears of each day as it goes.
+    /// archive: each day is read from a snapshot and written (and synced)
+    /// there first, then exactly the rows written leave the database in one
+    /// transaction (a late row of that day stays for the next sweep).
+    /// `progress` hears of each day as it goes.
     pub fn archive_before(
         &self,
         cutoff_ms: u64,
@@ -876,37 +1004,44 @@ impl Store {
     ) -> anyhow::Result<Vec<ArchivedDay>> {
         let mut done = Vec::new();
         for kind in RecordKind::ALL {
-            let tree = self.record_tree(kind);
+            let tree = Self::tree_of(kind);
             let archive = archive::Archive::new(&self.archive_root, kind);
             loop {
-                let _gate = self.gate();
-                let Some((first, _)) = tree.first()? else {
+                let due = self.with_db(|db| {
+                    let table = db.begin_read()?.open_table(tree)?;
+                    let Some(first) = table.first()?.map(|(k, _)| key_time(k.value())) else {
+                        return Ok(None);
+                    };
+                    let day = archive::day_of(first);
+                    if (day + 1) * archive::DAY_MS > cutoff_ms {
+                        return Ok(None);
+                    }
+                    // Keys shorter than a time sort first and count as day 0.
+                    let start: &[u8] = if day == 0 {
+                        &[]
+                    } else {
+                        &record_key(day * archive::DAY_MS, 0)
+                    };
+                    let end = record_key((day + 1) * archive::DAY_MS, 0);
+                    let mut keys = Vec::new();
+                    let rows = table.range(start..end.as_slice())?.map(|kv| {
+                        let (k, v) = kv?;
+                        keys.push(k.value().to_vec());
+                        Ok(v.value().to_vec())
+                    });
+                    let written = archive.write_day(day, rows)?;
+                    Ok(Some((day, keys, written)))
+                })?;
+                let Some((day, keys, written)) = due else {
                     break;
                 };
-                let day = archive::day_of(key_time(&first));
-                if (day + 1) * archive::DAY_MS > cutoff_ms {
-                    break;
-                }
-                // Keys shorter than a time sort first and count as day 0.
-                let start: &[u8] = if day == 0 {
-                    &[]
-                } else {
-                    &record_key(day * archive::DAY_MS, 0)
-                };
-                let end = record_key((day + 1) * archive::DAY_MS, 0);
-                let mut keys = Vec::new();
-                let rows = tree.range(start.to_vec()..end.to_vec()).map(|kv| {
-                    let (k, v) = kv?;
-                    keys.push(k);
-                    Ok(v.to_vec())
-                });
-                let written = archive.write_day(day, rows)?;
-                let mut batch = sled::Batch::default();
-                for k in &keys {
-                    batch.remove(k.clone());
-                }
-                tree.apply_batch(batch)?;
-                tree.flush()?;
+                self.write(Durability::Immediate, |txn| {
+                    let mut table = txn.open_table(tree)?;
+                    for k in &keys {
+                        table.remove(k.as_slice())?;
+                    }
+                    Ok(())
+                })?;
                 let moved = ArchivedDay {
                     kind,
                     day,
@@ -921,9 +1056,10 @@ impl Store {
     }
 
     /// Writes a backup of the whole database to `path` (which must not
-    /// exist) while the server runs: record writes wait for it, so every
-    /// batch of records is in it whole or not at all. The file appears
-    /// under its name only when complete and synced.
+    /// exist) while the server runs. It reads one snapshot (a read
+    /// transaction), so every transaction is in it whole or not at all and
+    /// nothing waits for it. The file appears under its name only when
+    /// complete and synced.
     pub fn backup(&self, path: &Path) -> anyhow::Result<BackupSummary> {
         if path.exists() {
             anyhow::bail!("{} exists: give a new file name", path.display());
@@ -939,17 +1075,20 @@ impl Store {
         let mut trees = std::collections::BTreeMap::new();
         let written = (|| -> anyhow::Result<u64> {
             let mut w = backup::Writer::new(std::io::BufWriter::new(file))?;
-            let _gate = self.gate();
-            for (name, tree) in self.trees() {
-                w.tree(name)?;
-                let mut n = 0;
-                for kv in tree.iter() {
-                    let (k, v) = kv?;
-                    w.entry(&k, &v)?;
-                    n += 1;
+            self.with_db(|db| {
+                let snapshot = db.begin_read()?;
+                for tree in TREES {
+                    w.tree(tree.name())?;
+                    let mut n = 0;
+                    for kv in snapshot.open_table(tree)?.iter()? {
+                        let (k, v) = kv?;
+                        w.entry(k.value(), v.value())?;
+                        n += 1;
+                    }
+                    trees.insert(tree.name().to_string(), n);
                 }
-                trees.insert(name.to_string(), n);
-            }
+                Ok(())
+            })?;
             let (out, entries) = w.finish()?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(entries)
@@ -977,62 +1116,56 @@ impl Store {
 
     /// Restores a backup into `data_dir` (no server may hold it): the whole
     /// file is read and checked into a new database first, then the old one
-    /// is set aside as `db.before-restore-UNIXSECONDS` and the new one takes
-    /// its place. A damaged backup changes nothing. `progress` hears the
-    /// number of entries read so far, every 100,000. Returns the entries
-    /// per tree and where the old database went.
+    /// is set aside as `db.redb.before-restore-UNIXSECONDS` and the new one
+    /// takes its place. A damaged backup changes nothing. `progress` hears
+    /// the number of entries read so far, every 100,000. Returns the
+    /// entries per tree and where the old database went.
     pub fn restore(
         data_dir: &Path,
         file: &Path,
         options: &StoreOptions,
         progress: &mut dyn FnMut(u64),
     ) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, Option<PathBuf>)> {
-        let live = data_dir.join("db");
-        if live.exists() {
+        if db_exists(data_dir) {
             // Held by a running server: refused with the open's own words.
+            // (An old sled database is migrated here, then set aside.)
             drop(Self::open_with(data_dir, options).context("restore needs the server stopped")?);
         }
+        let live = db_path(data_dir);
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
         let input = std::fs::File::open(file)
             .with_context(|| format!("cannot open the backup {}", file.display()))?;
-        let staging = data_dir.join("db.restoring");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("cannot remove {}", staging.display()))?;
-        }
+        let staging = data_dir.join("db.redb.restoring");
         let counts = (|| -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-            let db = open_sled(&staging, options.cache_mb)?;
+            remove_if_there(&staging)?;
+            let db = open_redb(&staging, options.cache_mb)?;
             let mut reader = backup::Reader::new(std::io::BufReader::new(input))?;
             let mut counts = std::collections::BTreeMap::new();
-            let mut tree: Option<(String, sled::Tree)> = None;
-            let mut batch = sled::Batch::default();
-            let mut pending = 0;
+            let mut current: Option<Tree> = None;
+            let mut chunk: Vec<(Tree, Vec<u8>, Vec<u8>)> = Vec::new();
             let mut read = 0u64;
             while let Some(item) = reader.next_item()? {
                 match item {
                     backup::Item::Tree(name) => {
-                        if !TREES.contains(&name.as_str()) {
+                        let Some(tree) = TREES.into_iter().find(|t| t.name() == name) else {
                             anyhow::bail!(
                                 "the backup holds a tree {name:?} this version does not know"
                             );
-                        }
-                        if let Some((_, t)) = &tree {
-                            t.apply_batch(std::mem::take(&mut batch))?;
-                            pending = 0;
-                        }
-                        tree = Some((name.clone(), db.open_tree(&name)?));
+                        };
+                        current = Some(tree);
                         counts.insert(name, 0);
                     }
                     backup::Item::Entry(k, v) => {
-                        let Some((name, t)) = &tree else {
+                        let Some(tree) = current else {
                             anyhow::bail!("the backup is damaged: an entry before any tree");
                         };
-                        batch.insert(k, v);
-                        pending += 1;
+                        chunk.push((tree, k, v));
                         read += 1;
-                        *counts.entry(name.clone()).or_insert(0) += 1;
-                        if pending == 10_000 {
-                            t.apply_batch(std::mem::take(&mut batch))?;
-                            pending = 0;
+                        *counts.entry(tree.name().to_string()).or_insert(0) += 1;
+                        if chunk.len() == 10_000 {
+                            // Made durable by the last commit.
+                            insert_chunk(&db, &mut chunk, Durability::None)?;
                         }
                         if read % 100_000 == 0 {
                             progress(read);
@@ -1040,16 +1173,13 @@ impl Store {
                     }
                 }
             }
-            if let Some((_, t)) = &tree {
-                t.apply_batch(batch)?;
-            }
-            db.flush()?;
+            insert_chunk(&db, &mut chunk, Durability::Immediate)?;
             Ok(counts)
         })();
         let counts = match counts {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
+                let _ = std::fs::remove_file(&staging);
                 return Err(e.context(format!(
                     "cannot restore {}; the database was not changed",
                     file.display()
@@ -1061,39 +1191,44 @@ impl Store {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let aside = data_dir.join(format!("db.before-restore-{now}"));
+            let aside = data_dir.join(format!("db.redb.before-restore-{now}"));
             std::fs::rename(&live, &aside)
                 .with_context(|| format!("cannot move {} aside", live.display()))?;
             set_aside = Some(aside);
         }
         std::fs::rename(&staging, &live)
             .with_context(|| format!("cannot move the restored database to {}", live.display()))?;
+        std::fs::File::open(data_dir)?.sync_all()?;
         Ok((counts, set_aside))
     }
 
-    /// Writes everything to disk.
+    /// Makes every commit so far durable (the `Eventual` ones too).
     pub fn flush(&self) -> anyhow::Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.write(Durability::Immediate, |_| Ok(()))
     }
 
+    /// One JSON value by its text key.
     fn get<T: for<'de> Deserialize<'de>>(
-        tree: &sled::Tree,
+        &self,
+        tree: Tree,
         key: &str,
     ) -> anyhow::Result<Option<T>> {
-        match tree.get(key.as_bytes())? {
+        self.read(tree, |t| match t.get(key.as_bytes())? {
             Some(v) => Ok(Some(
-                serde_json::from_slice(&v).with_context(|| format!("corrupt record {key}"))?,
+                serde_json::from_slice(v.value())
+                    .with_context(|| format!("corrupt record {key}"))?,
             )),
             None => Ok(None),
-        }
+        })
     }
 
-    fn list<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> anyhow::Result<Vec<T>> {
-        tree.iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
-            .collect()
+    /// Every value of a tree, decoded, in key order.
+    fn list<T: for<'de> Deserialize<'de>>(&self, tree: Tree) -> anyhow::Result<Vec<T>> {
+        self.read(tree, |t| {
+            t.iter()?
+                .map(|kv| Ok(serde_json::from_slice(kv?.1.value())?))
+                .collect()
+        })
     }
 
     /// Adds a token under the hash of its secret; refused when the name is taken.
@@ -1104,23 +1239,20 @@ impl Store {
         {
             anyhow::bail!("a token named {:?} exists: revoke it first", token.name);
         }
-        self.tokens
-            .insert(hash.as_bytes(), serde_json::to_vec(token)?)?;
-        self.tokens.flush()?;
+        self.put(TOKENS, hash.as_bytes(), &serde_json::to_vec(token)?)?;
         Ok(())
     }
 
     /// The token whose secret hashes to `hash`.
     pub fn token(&self, hash: &str) -> anyhow::Result<Option<ApiToken>> {
-        Self::get(&self.tokens, hash)
+        self.get(TOKENS, hash)
     }
 
     /// Every token with its hash.
     pub fn tokens(&self) -> anyhow::Result<Vec<(String, ApiToken)>> {
-        self.tokens
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
+        self.entries(TOKENS)?
+            .into_iter()
+            .map(|(k, v)| {
                 Ok((
                     String::from_utf8_lossy(&k).into_owned(),
                     serde_json::from_slice(&v)?,
@@ -1134,9 +1266,7 @@ impl Store {
         let Some((hash, _)) = self.tokens()?.into_iter().find(|(_, t)| t.name == name) else {
             return Ok(false);
         };
-        self.tokens.remove(hash.as_bytes())?;
-        self.tokens.flush()?;
-        Ok(true)
+        self.delete(TOKENS, hash.as_bytes())
     }
 
     /// Writes an audit entry at once (a control action is never unrecorded).
@@ -1144,9 +1274,11 @@ impl Store {
         let seq = self
             .audit_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.audit
-            .insert(record_key(entry.at, seq), serde_json::to_vec(entry)?)?;
-        self.audit.flush()?;
+        self.put(
+            AUDIT,
+            &record_key(entry.at, seq),
+            &serde_json::to_vec(entry)?,
+        )?;
         Ok(())
     }
 
@@ -1160,103 +1292,107 @@ impl Store {
 
     /// Adds or replaces an agent.
     pub fn put_agent(&self, agent: &Agent) -> anyhow::Result<()> {
-        self.agents
-            .insert(agent.id.as_bytes(), serde_json::to_vec(agent)?)?;
-        self.agents.flush()?;
+        self.put(AGENTS, agent.id.as_bytes(), &serde_json::to_vec(agent)?)?;
         self.bump_accounts();
         Ok(())
     }
 
     /// One agent.
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<Agent>> {
-        Self::get(&self.agents, id)
+        self.get(AGENTS, id)
     }
 
     /// All agents, by id.
     pub fn agents(&self) -> anyhow::Result<Vec<Agent>> {
-        Self::list(&self.agents)
+        self.list(AGENTS)
     }
 
     /// Removes an agent and its bindings; `false` if there was none.
     pub fn remove_agent(&self, id: &str) -> anyhow::Result<bool> {
-        let existed = self.agents.remove(id.as_bytes())?.is_some();
-        self.bindings.remove(id.as_bytes())?;
-        self.agents.flush()?;
+        let existed = self.write(Durability::Immediate, |txn| {
+            txn.open_table(BINDINGS)?.remove(id.as_bytes())?;
+            Ok(txn.open_table(AGENTS)?.remove(id.as_bytes())?.is_some())
+        })?;
         self.bump_accounts();
         Ok(existed)
     }
 
     /// An agent's bindings (possibly expired ones; callers filter by time).
     pub fn bindings(&self, id: &str) -> anyhow::Result<Vec<Binding>> {
-        Ok(Self::get(&self.bindings, id)?.unwrap_or_default())
+        Ok(self.get(BINDINGS, id)?.unwrap_or_default())
     }
 
-    /// Replaces an agent's bindings.
+    /// Replaces an agent's bindings. Committed without waiting for the
+    /// disk (a REGISTER storm does not sync per request): it survives a
+    /// kill, and a power cut loses at most the last seconds, which the
+    /// phones' next REGISTER puts back.
     pub fn put_bindings(&self, id: &str, bindings: &[Binding]) -> anyhow::Result<()> {
-        if bindings.is_empty() {
-            self.bindings.remove(id.as_bytes())?;
+        let value = if bindings.is_empty() {
+            None
         } else {
-            self.bindings
-                .insert(id.as_bytes(), serde_json::to_vec(bindings)?)?;
-        }
+            Some(serde_json::to_vec(bindings)?)
+        };
+        self.write(Durability::Eventual, |txn| {
+            let mut table = txn.open_table(BINDINGS)?;
+            match &value {
+                Some(v) => table.insert(id.as_bytes(), v.as_slice())?,
+                None => table.remove(id.as_bytes())?,
+            };
+            Ok(())
+        })?;
         self.bump();
         Ok(())
     }
 
     /// Adds or replaces a route.
     pub fn put_route(&self, route: &Route) -> anyhow::Result<()> {
-        self.routes
-            .insert(route.number.as_bytes(), serde_json::to_vec(route)?)?;
-        self.routes.flush()?;
+        self.put(ROUTES, route.number.as_bytes(), &serde_json::to_vec(route)?)?;
         Ok(())
     }
 
     /// Removes a route; `false` if there was none.
     pub fn remove_route(&self, number: &str) -> anyhow::Result<bool> {
-        let existed = self.routes.remove(number.as_bytes())?.is_some();
-        self.routes.flush()?;
-        Ok(existed)
+        self.delete(ROUTES, number.as_bytes())
     }
 
     /// All routes, by number.
     pub fn routes(&self) -> anyhow::Result<Vec<Route>> {
-        Self::list(&self.routes)
+        self.list(ROUTES)
     }
 
-    /// Longest-prefix match of a normalized number.
+    /// Longest-prefix match of a normalized number (one snapshot).
     pub fn route_for(&self, number: &str) -> anyhow::Result<Option<Route>> {
-        for end in (1..=number.len()).rev() {
-            if !number.is_char_boundary(end) {
-                continue;
+        self.read(ROUTES, |t| {
+            for end in (1..=number.len()).rev() {
+                if !number.is_char_boundary(end) {
+                    continue;
+                }
+                if let Some(v) = t.get(&number.as_bytes()[..end])? {
+                    let route = serde_json::from_slice(v.value())
+                        .with_context(|| format!("corrupt record {}", &number[..end]))?;
+                    return Ok(Some(route));
+                }
             }
-            if let Some(route) = Self::get(&self.routes, &number[..end])? {
-                return Ok(Some(route));
-            }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
 
     /// Adds or replaces a queue.
     pub fn put_queue(&self, name: &str, def: &QueueDef) -> anyhow::Result<()> {
-        self.queues
-            .insert(name.as_bytes(), serde_json::to_vec(def)?)?;
-        self.queues.flush()?;
+        self.put(QUEUES, name.as_bytes(), &serde_json::to_vec(def)?)?;
         Ok(())
     }
 
     /// Removes a queue; `false` if there was none.
     pub fn remove_queue(&self, name: &str) -> anyhow::Result<bool> {
-        let existed = self.queues.remove(name.as_bytes())?.is_some();
-        self.queues.flush()?;
-        Ok(existed)
+        self.delete(QUEUES, name.as_bytes())
     }
 
     /// Every queue by name. One that no longer reads (written by a later
     /// version) is left out, with a warning, rather than stopping the server.
     pub fn queues(&self) -> anyhow::Result<crate::config::Queues> {
         let mut all = crate::config::Queues::new();
-        for entry in self.queues.iter() {
-            let (k, v) = entry?;
+        for (k, v) in self.entries(QUEUES)? {
             let name = String::from_utf8_lossy(&k).into_owned();
             match serde_json::from_slice(&v) {
                 Ok(def) => {
@@ -1278,11 +1414,11 @@ impl Store {
         let mut warnings = Vec::new();
         for (name, def) in seeds {
             let key = format!("queue_seed/{name}");
-            let last: Option<QueueDef> = Self::get(&self.meta, &key).unwrap_or(None);
+            let last: Option<QueueDef> = self.get(META, &key).unwrap_or(None);
             if last.as_ref() == Some(def) {
                 continue;
             }
-            let stored: Option<QueueDef> = Self::get(&self.queues, name)?;
+            let stored: Option<QueueDef> = self.get(QUEUES, name)?;
             match (&last, &stored) {
                 (None, None) => self.put_queue(name, def)?,
                 (Some(l), Some(s)) if l == s => self.put_queue(name, def)?,
@@ -1294,79 +1430,148 @@ impl Store {
                     "[queues.{name}] names a queue removed through `yihaotong queues` or the API; it stays removed"
                 )),
             }
-            self.meta.insert(key.as_bytes(), serde_json::to_vec(def)?)?;
+            self.put(META, key.as_bytes(), &serde_json::to_vec(def)?)?;
         }
-        self.meta.flush()?;
         Ok(warnings)
     }
 
     /// A flag in the meta tree (e.g. "the shipped plan was imported").
     pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
-        Ok(self.meta.get(name.as_bytes())?.is_some())
+        self.contains(META, name.as_bytes())
     }
 
     /// Whether `number` is in the caller list `list`.
     pub fn in_list(&self, list: &str, number: &str) -> anyhow::Result<bool> {
-        Ok(self.lists.contains_key(list_key(list, number))?)
+        self.contains(LISTS, &list_key(list, number))
     }
 
-    /// Adds (or removes) numbers to a caller list; returns how many changed.
+    /// Adds (or removes) numbers to a caller list, in one transaction;
+    /// returns how many changed.
     pub fn edit_list(&self, list: &str, numbers: &[String], add: bool) -> anyhow::Result<usize> {
-        let mut changed = 0;
-        for n in numbers {
-            let key = list_key(list, n);
-            let was = if add {
-                self.lists.insert(key, b"".to_vec())?
-            } else {
-                self.lists.remove(key)?
-            };
-            changed += usize::from(was.is_some() != add);
-        }
-        self.lists.flush()?;
-        Ok(changed)
+        self.write(Durability::Immediate, |txn| {
+            let mut table = txn.open_table(LISTS)?;
+            let mut changed = 0;
+            for n in numbers {
+                let key = list_key(list, n);
+                let was = if add {
+                    table.insert(key.as_slice(), [].as_slice())?.is_some()
+                } else {
+                    table.remove(key.as_slice())?.is_some()
+                };
+                changed += usize::from(was != add);
+            }
+            Ok(changed)
+        })
     }
 
     /// The numbers in a caller list.
     pub fn list_members(&self, list: &str) -> anyhow::Result<Vec<String>> {
         let prefix = list_key(list, "");
-        self.lists
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
-            .collect()
+        self.read(LISTS, |t| {
+            let mut out = Vec::new();
+            for kv in t.range(prefix.as_slice()..)? {
+                let (k, _) = kv?;
+                let Some(number) = k.value().strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                out.push(String::from_utf8_lossy(number).into_owned());
+            }
+            Ok(out)
+        })
     }
 
     /// Whether an operator switch is on.
     pub fn switch(&self, name: &str) -> anyhow::Result<bool> {
-        Ok(self.switches.contains_key(name.as_bytes())?)
+        self.contains(SWITCHES, name.as_bytes())
     }
 
     /// Turns an operator switch on or off.
     pub fn set_switch(&self, name: &str, on: bool) -> anyhow::Result<()> {
         if on {
-            self.switches.insert(name.as_bytes(), b"1".to_vec())?;
+            self.put(SWITCHES, name.as_bytes(), b"1")?;
         } else {
-            self.switches.remove(name.as_bytes())?;
+            self.delete(SWITCHES, name.as_bytes())?;
         }
-        self.switches.flush()?;
         Ok(())
     }
 
     /// Switches that are on.
     pub fn switches_on(&self) -> anyhow::Result<Vec<String>> {
-        self.switches
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect()
+        Ok(self
+            .entries(SWITCHES)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect())
     }
 
     /// Sets a meta flag.
     pub fn set_flag(&self, name: &str) -> anyhow::Result<()> {
-        self.meta.insert(name.as_bytes(), b"1".to_vec())?;
-        self.meta.flush()?;
+        self.put(META, name.as_bytes(), b"1")?;
         Ok(())
     }
+}
+
+/// Inserts a restore's chunk of entries (grouped by tree, in file order)
+/// in one transaction, and empties it.
+fn insert_chunk(
+    db: &redb::Database,
+    chunk: &mut Vec<(Tree, Vec<u8>, Vec<u8>)>,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability);
+    for tree in TREES {
+        txn.open_table(tree)?;
+    }
+    let mut rest = chunk.as_slice();
+    while let Some((tree, ..)) = rest.first() {
+        let run = rest
+            .iter()
+            .position(|(t, ..)| t.name() != tree.name())
+            .unwrap_or(rest.len());
+        let mut table = txn.open_table(*tree)?;
+        for (_, k, v) in &rest[..run] {
+            table.insert(k.as_slice(), v.as_slice())?;
+        }
+        rest = &rest[run..];
+    }
+    txn.commit()?;
+    chunk.clear();
+    Ok(())
+}
+
+/// Removes a file left by an earlier attempt.
+fn remove_if_there(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What an operator reads when the database does not open.
+fn open_error(path: &Path, e: redb::DatabaseError) -> anyhow::Error {
+    let io = match &e {
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Some(io),
+        _ => None,
+    };
+    let why = if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+        format!(
+            "cannot open the database {}: this user (uid {}) may not write there; give data_dir to the user the server runs as, or point data_dir (YIHAOTONG_DATA_DIR) elsewhere",
+            path.display(),
+            nix::unistd::getuid()
+        )
+    } else if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+        format!(
+            "cannot open the database {}: another process holds it (is a server already running on it?)",
+            path.display()
+        )
+    } else {
+        format!("cannot open the database {}", path.display())
+    };
+    // The redb error stays in the chain: `open_waiting` reads it.
+    anyhow::Error::new(e).context(why)
 }
 
 fn list_key(list: &str, number: &str) -> Vec<u8> {
@@ -1467,8 +1672,12 @@ mod tests {
         assert_eq!(listed(&store), vec![new.clone()]);
         assert!(store.recordings_between(0, 9_000).expect("list").is_empty());
         // A database from before the time index gets it at open.
-        store.recordings_by_time.clear().expect("clear");
-        store.flush().expect("flush");
+        store
+            .write(Durability::Immediate, |txn| {
+                txn.open_table(RECORDINGS_BY_TIME)?.retain(|_, _| false)?;
+                Ok(())
+            })
+            .expect("clear");
         drop(store);
         let store = Store::open(&dir.path().join("db")).expect("reopen");
         assert_eq!(listed(&store), vec![new]);
@@ -1557,7 +1766,8 @@ mod tests {
         assert_eq!(moved.len(), 6, "{moved:?}");
         assert!(moved.iter().all(|d| d.removed == 3 && d.written == 3));
         for kind in RecordKind::ALL {
-            assert_eq!(store.record_tree(kind).len(), 6, "{kind:?}");
+            let held = store.read(Store::tree_of(kind), |t| Ok(t.len()?));
+            assert_eq!(held.expect("len"), 6, "{kind:?}");
         }
         assert!(dir.path().join("archive/cdrs/2026-12-03.jsonl.gz").exists());
         let after: Vec<Vec<Vec<u8>>> = RecordKind::ALL.iter().map(|k| all(*k)).collect();
@@ -1612,11 +1822,12 @@ mod tests {
         assert_eq!(all(RecordKind::Cdrs), before[0]);
     }
 
-    fn contents(store: &Store) -> Vec<(&'static str, Vec<(sled::IVec, sled::IVec)>)> {
-        store
-            .trees()
-            .into_iter()
-            .map(|(name, tree)| (name, tree.iter().map(|kv| kv.expect("read")).collect()))
+    type Contents = Vec<(&'static str, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+    fn contents(store: &Store) -> Contents {
+        TREES
+            .iter()
+            .map(|tree| (tree.name(), store.entries(*tree).expect("read")))
             .collect()
     }
 
@@ -1670,11 +1881,103 @@ mod tests {
             Store::restore(to.path(), &cut, &options, &mut |_| {}).expect_err("damaged")
         );
         assert!(damaged.contains("was not changed"), "{damaged}");
-        assert!(!to.path().join("db.restoring").exists());
+        assert!(!to.path().join("db.redb.restoring").exists());
         assert_eq!(contents(&Store::open(to.path()).expect("open")), want);
 
         // Over an existing database: the old one is kept aside.
         let (_, aside) = Store::restore(to.path(), &file, &options, &mut |_| {}).expect("again");
-        assert!(aside.is_some_and(|p| p.join("conf").exists()));
+        assert!(aside.is_some_and(|p| p.is_file()));
+    }
+
+    #[test]
+    fn a_sled_database_moves_to_redb_once_with_every_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Agent::new(
+            "1001",
+            "Li",
+            vec!["main".into()],
+            Credentials::new("1001", "r", "pw"),
+        );
+        let route = Route {
+            number: "12345".into(),
+            queue: "main".into(),
+            hotline: "12345".into(),
+            ..Default::default()
+        };
+        let cdr = crate::acd::records::Cdr {
+            call_id: "c1".into(),
+            ended: 1_800_000_000_000,
+            ..Default::default()
+        };
+        let booking = CallbackBooking {
+            id: 7,
+            call_id: "c1".into(),
+            number: "13800000000".into(),
+            queue: "main".into(),
+            rank: crate::acd::desk::Rank::Normal,
+            hotline: "12345".into(),
+            dialed: "12345".into(),
+            requested: 1,
+            attempts: 0,
+            call_data: Vec::new(),
+        };
+        // What the sled store wrote: the same trees, keys and JSON values.
+        let sled_dir = dir.path().join("db");
+        {
+            let old = sled::open(&sled_dir).expect("sled");
+            let put = |tree: &str, k: &[u8], v: Vec<u8>| {
+                old.open_tree(tree)
+                    .expect("tree")
+                    .insert(k, v)
+                    .expect("insert");
+            };
+            put("agents", b"1001", serde_json::to_vec(&agent).expect("json"));
+            put(
+                "routes",
+                b"12345",
+                serde_json::to_vec(&route).expect("json"),
+            );
+            put(
+                "cdrs",
+                &record_key(cdr.ended, 0),
+                serde_json::to_vec(&cdr).expect("json"),
+            );
+            put(
+                "callbacks",
+                &7u64.to_be_bytes(),
+                serde_json::to_vec(&booking).expect("json"),
+            );
+            put("switches", b"urgent-notice", b"1".to_vec());
+            // Held by another process (here: this sled handle): refused as
+            // held, so the server waits instead of failing.
+            let held = Store::open(dir.path()).expect_err("held");
+            assert!(is_locked(&held), "{held:#}");
+            old.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("migrate");
+        assert_eq!(store.agent("1001").expect("agent"), Some(agent));
+        assert_eq!(store.route_for("12345").expect("route"), Some(route));
+        let cdrs = store.records(RecordKind::Cdrs, 0, u64::MAX).expect("cdrs");
+        assert_eq!(cdrs, vec![serde_json::to_vec(&cdr).expect("json")]);
+        assert_eq!(store.callbacks().expect("callbacks"), vec![booking]);
+        assert!(store.switch("urgent-notice").expect("switch"));
+        assert!(store.next_callback_id().expect("id") > 7);
+        assert!(!sled_dir.exists());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("db.sled-migrated-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(!dir.path().join("db.redb.migrating").exists());
+        // Once: the next open finds only redb, with what was written since.
+        store.set_switch("night-mode", true).expect("switch");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.switches_on().expect("switches").len(), 2);
     }
 }

@@ -287,7 +287,7 @@ fn priority_callers_are_served_first_and_every_second_is_recorded() {
     std::thread::sleep(Duration::from_millis(1500));
     let (ok, out) = server.cli(&["report", "--by", "queue", "--format", "json"]);
     assert!(ok, "{out}");
-    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON rows");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let main = &rows[0];
     assert_eq!(main["key"], "main");
     assert_eq!(main["offered"], 3);

@@ -233,7 +233,10 @@ fn a_server_starting_on_a_held_database_waits_and_status_never_holds_it() {
         .expect("run status");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
-    assert!(!elsewhere.join("db").exists(), "status opened the database");
+    assert!(
+        !yihaotong::store::db_exists(&elsewhere),
+        "status opened the database"
+    );
 
     // A second server on the same data dir waits for the database instead
     // of failing, and takes over once the first has stopped.
