@@ -714,6 +714,7 @@ impl Server {
             tokio::spawn(worker.run(rx, fresh_rx));
         }
         tokio::spawn(housekeeping(shared.clone()));
+        tokio::spawn(sync_registrations(shared.store.clone()));
         // Callbacks booked before a stop go back in line.
         tokio::spawn(crate::call::resume_callbacks(shared.clone()));
         shared
@@ -1393,6 +1394,22 @@ async fn queue_stats(shared: Arc<Shared>) {
                 .events()
                 .publish("queue.stats", about, figures.clone());
             told.insert(q.name, figures);
+        }
+    }
+}
+
+/// Every half second, makes the registrations committed since durable
+/// (they are committed without a sync, so a REGISTER storm does not wait
+/// for the disk per request).
+async fn sync_registrations(store: crate::store::Store) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sync_registrations()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cannot sync registrations"),
+            Err(e) => tracing::error!(error = %e, "registration sync task failed"),
         }
     }
 }

@@ -148,6 +148,9 @@ pub struct Store {
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Where archived days of records are (`[records] archive_dir`).
     archive_root: PathBuf,
+    /// Set by a registration committed without a sync, until
+    /// [`Store::sync_registrations`] makes it durable.
+    unsynced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One tree (a redb table of bytes to bytes; values are JSON).
@@ -537,6 +540,7 @@ impl Store {
                 .archive_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("archive")),
+            unsynced: Default::default(),
         };
         store.create_trees()?;
         store.with_recordings_indexed()
@@ -608,9 +612,9 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction and commits it: all of it lands or
-    /// none. `Immediate` is on disk when this returns; `Eventual` is
-    /// written but left to the OS to sync (it survives a kill, not a power
-    /// cut).
+    /// none. `Immediate` is on disk when this returns; `None` is seen by
+    /// every later transaction but lost by a crash until a later
+    /// `Immediate` commit.
     fn write<R>(
         &self,
         durability: Durability,
@@ -1322,17 +1326,18 @@ impl Store {
         Ok(self.get(BINDINGS, id)?.unwrap_or_default())
     }
 
-    /// Replaces an agent's bindings. Committed without waiting for the
-    /// disk (a REGISTER storm does not sync per request): it survives a
-    /// kill, and a power cut loses at most the last seconds, which the
-    /// phones' next REGISTER puts back.
+    /// Replaces an agent's bindings. Committed without a sync (a REGISTER
+    /// storm does not sync per request, and redb's `Eventual` syncs on
+    /// Linux too): the server makes it durable within half a second
+    /// ([`Store::sync_registrations`]), as does any durable commit; a
+    /// crash loses at most that, which the phones' next REGISTER puts back.
     pub fn put_bindings(&self, id: &str, bindings: &[Binding]) -> anyhow::Result<()> {
         let value = if bindings.is_empty() {
             None
         } else {
             Some(serde_json::to_vec(bindings)?)
         };
-        self.write(Durability::Eventual, |txn| {
+        self.write(Durability::None, |txn| {
             let mut table = txn.open_table(BINDINGS)?;
             match &value {
                 Some(v) => table.insert(id.as_bytes(), v.as_slice())?,
@@ -1340,8 +1345,27 @@ impl Store {
             };
             Ok(())
         })?;
+        self.unsynced
+            .store(true, std::sync::atomic::Ordering::Release);
         self.bump();
         Ok(())
+    }
+
+    /// Makes registrations committed since the last call durable (one
+    /// synced commit, which also lets redb reuse the pages they freed);
+    /// whether there were any. The server runs it every half second.
+    pub fn sync_registrations(&self) -> anyhow::Result<bool> {
+        if !self
+            .unsynced
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(false);
+        }
+        self.flush().inspect_err(|_| {
+            self.unsynced
+                .store(true, std::sync::atomic::Ordering::Release)
+        })?;
+        Ok(true)
     }
 
     /// Adds or replaces a route.
@@ -1887,6 +1911,31 @@ mod tests {
         // Over an existing database: the old one is kept aside.
         let (_, aside) = Store::restore(to.path(), &file, &options, &mut |_| {}).expect("again");
         assert!(aside.is_some_and(|p| p.is_file()));
+    }
+
+    #[test]
+    fn registrations_are_synced_once_and_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert!(!store.sync_registrations().expect("nothing to sync"));
+        let binding: Binding = serde_json::from_value(serde_json::json!({
+            "contact": "sip:1001@127.0.0.3:5062",
+            "received": "127.0.0.3:5062",
+            "transport": "udp",
+            "expires_at": 4_000_000_000_000u64,
+            "call_id": "r1",
+            "cseq": 1
+        }))
+        .expect("binding");
+        store
+            .put_bindings("1001", std::slice::from_ref(&binding))
+            .expect("put");
+        assert_eq!(store.bindings("1001").expect("read"), vec![binding.clone()]);
+        assert!(store.sync_registrations().expect("sync"));
+        assert!(!store.sync_registrations().expect("synced already"));
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.bindings("1001").expect("read"), vec![binding]);
     }
 
     #[test]

@@ -586,3 +586,38 @@ fn a_kill_while_days_are_archived_loses_and_doubles_nothing() {
         assert_eq!(total, ids.len(), "{kind}");
     }
 }
+
+/// Registrations are committed without a sync and made durable within half
+/// a second (`Store::sync_registrations`): a kill -9 a second after a
+/// REGISTER keeps what it did. Seat 1001 registers, then unregisters (the
+/// last change, with nothing else written after it); seat 1002 registers.
+/// After the kill only 1002 is rung.
+#[test]
+fn registrations_a_second_old_survive_a_kill() {
+    use common::{caller_hangs_up, connected_call, Phone};
+    use yihaotong::sip::auth::Algorithm;
+    let mut server = TestServer::start();
+    server.add_agent("1001", "s3cret", "main");
+    server.add_agent("1002", "s3cret", "main");
+    let mut gone = Phone::bind("1001", "127.0.0.3");
+    let mut seat = Phone::bind("1002", "127.0.0.4");
+    assert_eq!(gone.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    assert_eq!(seat.register(server.sip, "s3cret", Algorithm::Md5), 200);
+    // Both seats' logins and presence settle (durable writes of their own).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        gone.register_expires(server.sip, "s3cret", Algorithm::Md5, 0),
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    server.restart();
+    let mut trunk = Phone::new("13800139301");
+    let (mut d, _) = connected_call(&server, &mut trunk, &mut seat, "after the kill");
+    assert!(
+        gone.request("INVITE", 0.5).is_none(),
+        "1001 unregistered before the kill, yet was rung after it"
+    );
+    caller_hangs_up(&server, &mut trunk, &mut d, &mut seat, "after the kill");
+    server.wait_cdr(&d.call_id);
+    server.assert_idle();
+}
