@@ -1,5 +1,5 @@
 //! Hot paths of signalling: parse an INVITE, route its dialed number through
-//! the sled number plan, write the 100 Trying; one transaction step; and a
+//! the number plan in the store, write the 100 Trying; one transaction step; and a
 //! REGISTER with a wrong password, for a real account and for a made-up one
 //! (the two must cost the same, or timing enumerates accounts).
 //! Run: `cargo bench --bench sip_path`.

@@ -1,7 +1,7 @@
 //! Administration: the commands behind `yihaotong agents|routes`, and the
 //! admin socket through which they reach a running server.
 //!
-//! Room: the back office. sled lets one process open a database, so while the
+//! Room: the back office. redb lets one process open a database, so while the
 //! server runs the CLI cannot open it; instead it sends the same
 //! [`AdminCommand`] over a Unix socket under `data_dir` (mode 0600), and the
 //! server executes it with the same [`execute`]. One code path either way,
@@ -935,7 +935,7 @@ pub type LiveFn =
 
 /// Answers one command as the running server does, for the admin socket and
 /// the HTTP API alike: what only the live server knows first, else the store
-/// (sled calls may block briefly, so both run off the async threads).
+/// (database calls may block briefly, so both run off the async threads).
 pub async fn answer(
     store: &Store,
     realm: &str,

@@ -3,7 +3,7 @@
 //! Room: the front desk for programs: the work-order (ticket) system,
 //! supervisors' tools, operators' scripts. Every request but `/healthz`, `/readyz`
 //! and `/metrics` carries `Authorization: Bearer <token>`; tokens are made by
-//! `yihaotong tokens add`, kept in sled as the SHA-256 of their secret, and
+//! `yihaotong tokens add`, kept in the database as the SHA-256 of their secret, and
 //! carry a role ([`Role`]). A request without a valid token gets 401, one
 //! whose role may not do it 403; bad input gets 400 with a message naming
 //! the field. Answers come from the same dispatch as the admin socket

@@ -21,7 +21,7 @@ pub const DEFAULTS: &str = include_str!("../config/yihaotong.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Folder for sled and the admin socket.
+    /// Folder for the database (db.redb), the admin socket and the archive.
     pub data_dir: PathBuf,
     /// Folder of prompt files.
     pub sounds_dir: PathBuf,
@@ -192,7 +192,7 @@ pub struct RecordingSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
-    /// sled's page cache, MiB: the most of the database kept in memory.
+    /// redb's page cache, MiB: the most of the database kept in memory.
     pub cache_mb: u64,
 }
 

@@ -6,7 +6,7 @@
 //! - [`sip`]: sans-IO SIP (messages over rsipstack, transactions, dialogs,
 //!   digest auth) and the UDP/TCP transport edge.
 //! - [`registrar`]: agent REGISTER and authentication, with lock-out.
-//! - [`store`]: sled: agents, bindings, the number plan.
+//! - [`store`]: redb: agents, bindings, the number plan, records.
 //! - [`routing`]: number normalization and plan files.
 //! - [`acd`]: who takes the next call: the desk, its actor, records and reports.
 //! - [`ivr`]: flow files, their checks, the sans-IO flow interpreter.

@@ -3,7 +3,7 @@
 //! Room: the meter cupboard. Events are counted where they happen, with
 //! the `metrics` macros: calls offered (by hotline and route mode), calls
 //! ended (by disposition), call setup time and queue waits as histograms,
-//! how long each batch of records took to reach sled, and each bridged
+//! how long each batch of records took to reach the database, and each bridged
 //! call's RTP as it arrived (packets, losses; jitter and loss per call as
 //! histograms). Figures the
 //! server already keeps (live calls, agents by state, callers waiting per
@@ -356,7 +356,7 @@ pub fn call_ended(cdr: &Cdr) {
     }
 }
 
-/// A batch of records reached sled in `seconds`.
+/// A batch of records reached the database in `seconds`.
 pub fn records_flushed(seconds: f64) {
     histogram!("yihaotong_records_flush_seconds").record(seconds);
 }

@@ -1206,7 +1206,7 @@ impl Store {
         Ok((counts, set_aside))
     }
 
-    /// Makes every commit so far durable (the `Eventual` ones too).
+    /// Makes every commit so far durable (registrations too).
     pub fn flush(&self) -> anyhow::Result<()> {
         self.write(Durability::Immediate, |_| Ok(()))
     }

@@ -74,7 +74,7 @@ sys.exit(1)
 PY
 }
 check "the packaged server, run as yihaotong, answers OPTIONS" answered
-check "it made its database under /var/lib/yihaotong" test -d /var/lib/yihaotong/db
+check "it made its database under /var/lib/yihaotong" test -f /var/lib/yihaotong/db.redb
 kill -TERM $SERVER; wait $SERVER || true
 check "it stopped cleanly on SIGTERM" grep -q "stopped" "$LOG"
 [ $fail -eq 0 ] || cat "$LOG"

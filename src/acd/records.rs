@@ -2,7 +2,7 @@
 //!
 //! Room: the records office. Calls hand their [`Cdr`] here when they end and
 //! the desk hands its queue-log lines; both go into an in-memory batch that
-//! one task writes to sled (one batch per tree, then a flush) every
+//! one task writes to the database (one transaction, synced) every
 //! `[queue] record_flush` seconds and on [`Records::flush`], which the
 //! server awaits at shutdown. A kill -9 loses at most one interval.
 

@@ -4,7 +4,7 @@
 //!
 //! Room: the call, and the calls we place ourselves. Booking happens in the
 //! caller's call (the key after `queue/callback-offer`): the desk marks the
-//! place patient, the booking is written to sled before the caller hears
+//! place patient, the booking is written to the database before the caller hears
 //! `queue/callback-booked`, and the place (its desk ticket and ring channel)
 //! passes to a task that waits for it. That task builds a [`Call`] of its
 //! own whose "caller" is the citizen: the desk rings agents for it as for

@@ -95,9 +95,9 @@ pub enum Condition {
     Weekdays(Vec<Weekday>),
     /// Today is listed in this calendar.
     Dates(String),
-    /// The caller's number is in this named list (kept in sled).
+    /// The caller's number is in this named list (kept in the database).
     CallerIn(String),
-    /// An operator switch (kept in sled) is on.
+    /// An operator switch (kept in the database) is on.
     Flag(String),
     /// A variable equals a value.
     Equals {
