@@ -17,6 +17,17 @@ use rand::{Rng, SeedableRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_yihaotong");
 
+/// Starts the binary with this server's settings, its output discarded.
+fn spawn_quiet(server: &TestServer, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{args:?} does not start: {e}"))
+}
+
 fn json(server: &TestServer, args: &[&str]) -> serde_json::Value {
     let (ok, out) = server.cli(args);
     assert!(ok, "{args:?} failed: {out}");
@@ -86,8 +97,9 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
     let mut agents_before = BTreeSet::new();
 
     for round in 0..3 {
-        let mut harness = Command::new(BIN)
-            .args([
+        let mut harness = spawn_quiet(
+            &server,
+            &[
                 "load",
                 "--server",
                 &sip,
@@ -110,12 +122,8 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_leaves_no_call_open() {
                 "0.2",
                 "--max-seconds",
                 "30",
-            ])
-            .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("load harness starts");
+            ],
+        );
         // Let calls build up, take what is on disk now, then kill at a random
         // moment after that (inside or outside a record flush).
         std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3500)));
@@ -620,4 +628,59 @@ fn registrations_a_second_old_survive_a_kill() {
     caller_hangs_up(&server, &mut trunk, &mut d, &mut seat, "after the kill");
     server.wait_cdr(&d.call_id);
     server.assert_idle();
+}
+
+/// kill -9 while the server writes a backup: nothing appears under the
+/// backup's name unless it is whole (the file is written as `.NAME.partial`
+/// and renamed once synced), the server starts again on its database, and
+/// the next backup to the same name holds every record.
+#[test]
+fn a_kill_during_a_backup_leaves_no_half_file_under_its_name() {
+    use yihaotong::store::{RecordKind, Store};
+    let (mut rng, _) = seeded_rng();
+    let mut server = TestServer::start();
+    server.signal("TERM");
+    let _ = server.child.wait();
+    let ids = write_old_calls(&server.data_dir(), &[3, 2, 1], 15_000);
+    let root = server.dir.path().to_path_buf();
+    let restored_cdrs = |backup: &std::path::Path, into: &str| -> usize {
+        let dir = root.join(into);
+        Store::restore(&dir, backup, &Default::default(), &mut |_| {}).expect("restore");
+        let store = Store::open(&dir).expect("open restored");
+        store
+            .records(RecordKind::Cdrs, 0, u64::MAX)
+            .expect("read")
+            .len()
+    };
+    let file = root.join("cut.backup");
+    let file_arg = file.display().to_string();
+    for round in 0..4 {
+        server.restart();
+        let backup = spawn_quiet(&server, &["backup", &file_arg]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        let mut backup = backup;
+        let _ = backup.wait();
+        let partial = root.join(".cut.backup.partial").exists();
+        println!(
+            "round {round}: the kill came {}",
+            match (file.exists(), partial) {
+                (true, _) => "after the backup was whole",
+                (false, true) => "while the backup was written",
+                (false, false) => "before the backup began",
+            }
+        );
+        if file.exists() {
+            // It finished before the kill: whole.
+            assert_eq!(restored_cdrs(&file, &format!("whole-{round}")), ids.len());
+            std::fs::remove_file(&file).expect("remove");
+        }
+    }
+    server.restart();
+    let (ok, out) = server.cli(&["backup", &file_arg]);
+    assert!(ok, "{out}");
+    assert_eq!(restored_cdrs(&file, "after"), ids.len());
+    let stray = root.join(".cut.backup.partial");
+    assert!(!stray.exists(), "{} is left", stray.display());
 }
