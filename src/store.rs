@@ -889,11 +889,10 @@ impl Store {
         until_ms: u64,
     ) -> anyhow::Result<Vec<RecordingMeta>> {
         let (since, until) = (since_ms.to_be_bytes(), until_ms.to_be_bytes());
-        self.with_db(|db| self.recordings_in(db, &since, &until))
+        self.with_db(|db| Self::recordings_in(db, &since, &until))
     }
 
     fn recordings_in(
-        &self,
         db: &redb::Database,
         since: &[u8],
         until: &[u8],

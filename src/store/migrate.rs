@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use redb::TableHandle;
 
 use super::{
     db_path, insert_chunk, open_redb, remove_if_there, Tree, CALLBACKS, CALLBACK_SEQ, META, TREES,
@@ -69,9 +70,10 @@ fn copy(old: &Path, target: &Path, cache_mb: u64) -> anyhow::Result<()> {
     let mut copied = 0u64;
     let mut next_callback = 1u64;
     for tree in TREES {
-        for kv in sled_db.open_tree(redb::TableHandle::name(&tree))?.iter() {
+        let callbacks = tree.name() == CALLBACKS.name();
+        for kv in sled_db.open_tree(tree.name())?.iter() {
             let (k, v) = kv?;
-            if redb::TableHandle::name(&tree) == redb::TableHandle::name(&CALLBACKS) {
+            if callbacks {
                 if let Ok(id) = <[u8; 8]>::try_from(k.as_ref()) {
                     next_callback = next_callback.max(u64::from_be_bytes(id).saturating_add(1));
                 }
