@@ -8,15 +8,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use yihaotong::acd::desk::{
-    AgentSpec, Desk, HungUp, Joining, OfferOutcome, Output, Presence, Rank, Rules, Strategy,
-};
+use yihaotong::acd::desk::{AgentSpec, Desk, HungUp, Joining, OfferOutcome, Output, Rules};
 use yihaotong::acd::SeatContact;
+use yihaotong::config::Strategy;
 use yihaotong::ivr::session::{Effect, Facts, Input, Session};
 use yihaotong::media::player::Law;
+use yihaotong::routing::Route;
 use yihaotong::sip::message::{Method, OutgoingRequest};
 use yihaotong::sip::{Peer, TransportKind};
-use yihaotong::store::{Route, Store};
+use yihaotong::store::{Presence, Rank, Store};
 
 const AGENTS: usize = 1_000;
 const QUEUES: [&str; 4] = ["main", "hrss", "tax", "health"];
@@ -174,7 +174,7 @@ fn ivr(c: &mut Criterion) {
 fn plan_and_wire(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("store");
-    yihaotong::routing::seed(&store).expect("seed");
+    store.seed_plan().expect("seed");
     for i in 0..100_000u32 {
         let route = Route {
             number: format!("8{:07}", i * 97),

@@ -10,10 +10,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use yihaotong::routing;
+use yihaotong::routing::Route;
 use yihaotong::sip::message::{parse, Message};
 use yihaotong::sip::transaction::{TimerConfig, Transactions};
 use yihaotong::sip::{Peer, TransportKind};
-use yihaotong::store::{Route, Store};
+use yihaotong::store::Store;
 
 const INVITE: &str = "INVITE sip:+8612345@127.0.0.1:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n\
@@ -30,7 +31,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("store");
-    routing::seed(&store).expect("seed");
+    store.seed_plan().expect("seed");
     // A realistic plan size: the shipped numbers plus 10,000 department lines.
     for i in 0..10_000u32 {
         store

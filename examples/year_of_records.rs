@@ -6,8 +6,9 @@
 //! recording path; ~700 bytes) and its queue-log lines (ENTERQUEUE, CONNECT,
 //! COMPLETECALLER), written in batches as the records writer does. The
 //! server must not be running on DATA_DIR.
-use yihaotong::acd::records::{Cdr, Disposition, LogLine};
+use yihaotong::acd::records::LogLine;
 use yihaotong::store::{record_key, LiveChanges, Store};
+use yihaotong::store::{Cdr, Disposition};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let per_day: u64 = args.next().map_or(Ok(87_000), |n| n.parse())?;
     let store = Store::open(std::path::Path::new(&dir))?;
     let day_ms = 86_400_000u64;
-    let today = yihaotong::acd::now_ms() / day_ms * day_ms;
+    let today = yihaotong::clock::now_ms() / day_ms * day_ms;
     let first = today - days * day_ms;
     let spacing = day_ms / per_day.max(1);
     let started = std::time::Instant::now();

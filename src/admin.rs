@@ -14,10 +14,11 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::acd::desk::Presence;
 use crate::routing;
+use crate::routing::Route;
 use crate::sip::auth::Credentials;
-use crate::store::{Agent, RecordKind, Route, Store};
+use crate::store::Presence;
+use crate::store::{Agent, RecordKind, Store};
 
 pub mod tables;
 
@@ -851,7 +852,7 @@ pub fn execute(
                 agent,
                 created: now_unix,
             };
-            store.put_token(&crate::api::token_hash(&secret), &token)?;
+            store.put_token(&crate::store::token_hash(&secret), &token)?;
             Ok(json!({ "name": name, "role": role, "token": secret }))
         }
         AdminCommand::TokensList => {
@@ -876,7 +877,7 @@ pub fn execute(
         | AdminCommand::CallsHangup { .. }
         | AdminCommand::Originate { .. } => bail!("the server is not running (no admin socket)"),
         AdminCommand::RoutesImport { name, text } => {
-            let n = routing::import_text(store, &text, &name)?;
+            let n = store.import_plan(&text, &name)?;
             Ok(json!({ "imported": n }))
         }
         AdminCommand::Backup { path } => {
@@ -950,7 +951,7 @@ pub async fn answer(
         return answer;
     }
     let (store, realm) = (store.clone(), realm.to_string());
-    let now = crate::server::now_unix();
+    let now = crate::clock::now_unix();
     match tokio::task::spawn_blocking(move || execute(&store, &realm, cmd, now)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{e:#}")),
@@ -974,7 +975,7 @@ pub fn audit_cli(store: &Store, who: &str, cmd: &AdminCommand) {
         }
     }
     let entry = crate::store::AuditEntry {
-        at: crate::acd::now_ms(),
+        at: crate::clock::now_ms(),
         who: who.to_string(),
         action: action.to_string(),
         target,
@@ -1159,7 +1160,7 @@ pub fn run_command_with(
         }
     }
     let audit = cmd.audit().is_some().then(|| cmd.clone());
-    let v = execute(&store, realm, cmd, crate::server::now_unix())?;
+    let v = execute(&store, realm, cmd, crate::clock::now_unix())?;
     if let Some(cmd) = audit {
         audit_cli(&store, &cli_user(nix::unistd::getuid().as_raw()), &cmd);
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::acd::desk::{EmptyWhen, Rules, Strategy};
+use crate::text::seconds;
 use anyhow::{bail, Context};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,46 @@ pub struct WebhookDef {
     pub secret: String,
 }
 
+impl WebhookDef {
+    /// Checks one hook's settings; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let hook = self;
+        let uri: axum::http::Uri = hook
+            .url
+            .parse()
+            .map_err(|e| format!("url: {:?} is not a URL: {e}", hook.url))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(format!(
+                "url: {:?} must be http://host[:port]/path (https is not supported: put a TLS proxy in front)",
+                hook.url
+            ));
+        }
+        if hook.events.is_empty() {
+            return Err("events: name at least one event kind (or \"*\")".into());
+        }
+        if let Some(bad) = hook.events.iter().find(|p| !valid_pattern(p)) {
+            return Err(format!(
+                "events: {bad:?} is not an event kind, a prefix like \"call.*\", or \"*\""
+            ));
+        }
+        if hook.secret.chars().count() < 16 {
+            return Err("secret: must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether `pattern` (`call.ended`, `call.*`, `*`) is well formed.
+pub(crate) fn valid_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_suffix(".*").unwrap_or(pattern);
+    pattern == "*"
+        || (!name.is_empty()
+            && name.len() <= 64
+            && name
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')))
+}
+
 /// `[ivr]`: the flow interpreter.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,14 +248,6 @@ pub struct RecordsSettings {
 }
 
 impl Settings {
-    /// How the store is opened: cache and archive folder.
-    pub fn store_options(&self) -> crate::store::StoreOptions {
-        crate::store::StoreOptions {
-            cache_mb: self.store.cache_mb,
-            archive_dir: Some(self.archive_dir()),
-        }
-    }
-
     /// The records archive folder.
     pub fn archive_dir(&self) -> PathBuf {
         if self.records.archive_dir.is_empty() {
@@ -661,31 +693,61 @@ pub struct QueueSettings {
     pub callback_ring: u64,
 }
 
+/// How a queue picks among its free agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The agent free for the longest time.
+    #[default]
+    LongestIdle,
+    /// The agent offered a call least recently (rotation with memory).
+    RoundRobin,
+    /// The agent who answered fewest calls from this queue.
+    FewestCalls,
+    /// Every free agent at once; the first to answer takes it.
+    RingAll,
+    /// Always in the same order: level, then agent id.
+    Linear,
+    /// Lowest skill level first (longest idle within a level); with
+    /// `tier_wait`, level L is offered the caller only after (L-1)×tier_wait.
+    Skills,
+}
+
+impl Strategy {
+    /// Config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::LongestIdle => "longest-idle",
+            Strategy::RoundRobin => "round-robin",
+            Strategy::FewestCalls => "fewest-calls",
+            Strategy::RingAll => "ring-all",
+            Strategy::Linear => "linear",
+            Strategy::Skills => "skills",
+        }
+    }
+}
+
+/// Member conditions under which a queue counts as empty (Asterisk's
+/// `joinempty`/`leaveempty` reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyWhen {
+    /// Logged out, or no live registration.
+    Unavailable,
+    /// On break.
+    Paused,
+    /// On a call.
+    Inuse,
+    /// Reserved or ringing for another caller.
+    Ringing,
+    /// In wrap-up.
+    Wrapup,
+}
+
 /// The queues in service by name: the store's, which `[queues.NAME]` seeded.
 pub type Queues = BTreeMap<String, QueueDef>;
 
 impl Settings {
-    /// The resolved rules of a queue (its own keys over `[queue]`'s; `None`:
-    /// `[queue]`'s alone).
-    pub fn queue_rules(&self, q: Option<&QueueDef>) -> Rules {
-        let d = &self.queue;
-        let q = q.cloned().unwrap_or_default();
-        let ms = |v: u64| v.saturating_mul(1000);
-        Rules {
-            strategy: q.strategy.unwrap_or(d.strategy),
-            ring_timeout: ms(q.ring_timeout.unwrap_or(d.ring_timeout).max(1)),
-            wrap_up: ms(q.wrap_up.unwrap_or(d.wrap_up)),
-            max_wait: ms(q.max_wait.unwrap_or(d.max_wait)),
-            max_waiting: q.max_waiting.unwrap_or(d.max_waiting),
-            join_empty: q.join_empty.unwrap_or_else(|| d.join_empty.clone()),
-            leave_empty: q.leave_empty.unwrap_or_else(|| d.leave_empty.clone()),
-            retry: ms(q.retry.unwrap_or(d.retry)),
-            max_no_answer: q.max_no_answer.unwrap_or(d.max_no_answer),
-            tier_wait: ms(q.tier_wait.unwrap_or(d.tier_wait)),
-            resume_window: ms(q.resume_window.unwrap_or(d.resume_window)),
-        }
-    }
-
     /// Service level of a queue, seconds.
     pub fn service_level(&self, q: Option<&QueueDef>) -> u64 {
         q.and_then(|q| q.service_level)
@@ -726,7 +788,7 @@ pub fn check_queue(
     queues: &std::collections::BTreeSet<String>,
     outbound: bool,
 ) -> Result<(), String> {
-    if !crate::ivr::flow::is_plain_name(name) || name.len() > 64 {
+    if !crate::text::is_plain_name(name) || name.len() > 64 {
         return Err(format!(
             "queue name {name:?} must be 1-64 letters, digits, - and _"
         ));
@@ -859,7 +921,7 @@ impl Settings {
             bail!("settings: [webhook] timeout, attempts and max_pending must be at least 1, and backoff at most max_backoff");
         }
         for (name, hook) in &self.webhooks {
-            crate::webhooks::check_hook(hook)
+            hook.check()
                 .map_err(|e| anyhow::anyhow!("settings: [webhooks.{name}] {e}"))?;
         }
         if self.rtp.port_min >= self.rtp.port_max || self.rtp.port_max - self.rtp.port_min < 4 {
@@ -961,7 +1023,7 @@ impl Settings {
             }
         }
         for name in self.backends.keys() {
-            if !crate::ivr::flow::is_plain_name(name) {
+            if !crate::text::is_plain_name(name) {
                 bail!("settings: backend name {name:?} must use letters, digits, - and _");
             }
         }
@@ -1066,123 +1128,6 @@ fn check_file(text: &str, path: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// 1-based line and column (in characters) of a byte offset into a file's
-/// text, for `file:line:column` messages (toml spans are byte ranges).
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
-    (line, column)
-}
-
-/// The line of `key` inside `[section]`, for error messages.
-/// A duration as admins write it anywhere (settings and flows alike): a
-/// string with a unit, `"500ms"`, `"15s"`, `"2m"`, `"1h"`. Settings also take
-/// a bare integer as seconds (and flows a bare integer too, see
-/// [`DurationText`]).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    use std::time::Duration;
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || {
-        format!("{s:?} is not a duration: write 15 (seconds), \"500ms\", \"15s\", \"2m\" or \"1h\"")
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = |factor: u64| {
-        n.checked_mul(factor)
-            .map(Duration::from_secs)
-            .ok_or_else(bad)
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" | "min" => secs(60),
-        "h" => secs(3600),
-        _ => Err(bad()),
-    }
-}
-
-/// A duration field as written: an integer (seconds) or a string with a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DurationText {
-    /// Seconds.
-    Seconds(u64),
-    /// `"5s"`, `"500ms"`, `"2m"`.
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for DurationText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = DurationText;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a duration: 15 (seconds), \"500ms\", \"15s\", \"2m\" or \"1h\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationText, E> {
-                Ok(DurationText::Seconds(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationText, E> {
-                u64::try_from(v)
-                    .map(DurationText::Seconds)
-                    .map_err(|_| E::custom(format!("{v} is not a duration: it is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationText, E> {
-                Ok(DurationText::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
-
-impl std::fmt::Display for DurationText {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            DurationText::Seconds(n) => write!(f, "{n}"),
-            DurationText::Text(t) => write!(f, "{t:?}"),
-        }
-    }
-}
-
-impl DurationText {
-    /// The duration it says.
-    pub fn duration(&self) -> Result<std::time::Duration, String> {
-        match self {
-            DurationText::Seconds(n) => Ok(std::time::Duration::from_secs(*n)),
-            DurationText::Text(t) => parse_duration(t),
-        }
-    }
-}
-
-/// Deserializes a whole number of seconds from `15` or `"15s"`, `"2m"`, `"1h"`.
-pub(crate) fn seconds<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    use serde::de::Error;
-    let secs = match DurationText::deserialize(d)? {
-        DurationText::Seconds(n) => n,
-        // The environment layer may hand numbers over as text.
-        DurationText::Text(t)
-            if !t.trim().is_empty() && t.trim().chars().all(|c| c.is_ascii_digit()) =>
-        {
-            t.trim().parse().map_err(D::Error::custom)?
-        }
-        DurationText::Text(t) => {
-            let d = parse_duration(&t).map_err(D::Error::custom)?;
-            if d.subsec_nanos() != 0 {
-                return Err(D::Error::custom(format!(
-                    "{t:?} is not a whole number of seconds"
-                )));
-            }
-            d.as_secs()
-        }
-    };
-    T::try_from(secs).map_err(|_| D::Error::custom(format!("{secs} seconds is too long")))
 }
 
 /// [`seconds`] for a setting a queue may leave to `[queue]`.
@@ -1336,25 +1281,6 @@ mod tests {
 
     #[test]
     fn durations_take_one_form_everywhere() {
-        assert_eq!(
-            parse_duration("500ms"),
-            Ok(std::time::Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_duration("2m"),
-            Ok(std::time::Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_duration("1h"),
-            Ok(std::time::Duration::from_secs(3600))
-        );
-        assert!(parse_duration("99999999999999999999s").is_err());
-        assert!(parse_duration("5").is_err(), "a string wants its unit");
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(
-            parse_duration("5 s").is_err(),
-            "the unit follows the number"
-        );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("y.toml");
         let load = |text: &str| {
@@ -1436,5 +1362,25 @@ mod tests {
             err.contains("[outbound] allow") && err.contains("bogus"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_hook_is_checked_field_by_field() {
+        let hook = |url: &str, events: &[&str], secret: &str| WebhookDef {
+            url: url.into(),
+            events: events.iter().map(|s| s.to_string()).collect(),
+            secret: secret.into(),
+        };
+        let secret = "0123456789abcdef";
+        assert_eq!(
+            hook("http://127.0.0.1:8088/h", &["call.*"], secret).check(),
+            Ok(())
+        );
+        let err = |h| WebhookDef::check(&h).err().unwrap_or_default();
+        assert!(err(hook("https://x/h", &["*"], secret)).starts_with("url: "));
+        assert!(err(hook("not a url", &["*"], secret)).starts_with("url: "));
+        assert!(err(hook("http://x/h", &[], secret)).starts_with("events: "));
+        assert!(err(hook("http://x/h", &["Call"], secret)).starts_with("events: "));
+        assert!(err(hook("http://x/h", &["*"], "short")).starts_with("secret: "));
     }
 }

@@ -123,7 +123,7 @@ impl EventBus {
         };
         let e = Arc::new(Event {
             seq: inner.next,
-            at: crate::acd::now_ms(),
+            at: crate::clock::now_ms(),
             kind,
             queue: about.queue,
             agent: about.agent,

@@ -2,28 +2,31 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from defaults, a file and `YIHAOTONG_*` variables.
-//! - [`sip`]: sans-IO SIP (messages over rsipstack, transactions, dialogs,
-//!   digest auth) and the UDP/TCP transport edge.
-//! - [`registrar`]: agent REGISTER and authentication, with lock-out.
-//! - [`store`]: redb: agents, bindings, the number plan, records.
-//! - [`routing`]: number normalization and plan files.
-//! - [`acd`]: who takes the next call: the desk, its actor, records and reports.
-//! - [`ivr`]: flow files, their checks, the sans-IO flow interpreter.
-//! - [`media`]: SDP, RTP ports, the relay, prompts, DTMF, the media engine.
-//! - [`call`]: the B2BUA, one task per call.
-//! - [`server`]: sockets, SIP workers, dispatch.
-//! - [`outbound`]: what agents may dial out through the trunk (toll-fraud
-//!   guard).
-//! - [`admin`]: CLI commands, locally or via the running server.
-//! - [`api`]: the HTTP admin and CTI API, bearer tokens with roles.
-//! - [`meters`]: the Prometheus figures at `/metrics`.
-//! - [`notify`]: systemd's notify protocol: ready, stopping, watchdog.
-//! - [`events`]: the CTI event stream (numbered, replayable, bounded).
-//! - [`webhooks`]: the event stream as signed HTTP POSTs, retried, with
-//!   dead letters counted.
-//! - [`boxed`]: channels whose messages travel boxed (small per-call channels).
-//! - [`load`]: the load harness (`yihaotong load`), a client of the server.
+//! The modules in their layers, bottom to top (ARCHITECTURE.md says more;
+//! `tests/layers.rs` keeps imports pointing down).
+//!
+//! - Foundation: [`boxed`] (channels whose messages travel boxed),
+//!   [`clock`] (wall time, deadlines), [`text`] (file positions, plain
+//!   names, durations, text tables), [`notify`] (systemd's notify protocol).
+//! - Protocol: [`sip`] (sans-IO messages over rsipstack, transactions,
+//!   dialogs, digest auth; the UDP/TCP transport edge), [`media`] (SDP, RTP
+//!   ports, prompts, DTMF, the media engine, relays, recording).
+//! - Number plan and limits: [`routing`] (numbers, routes, plan files),
+//!   [`outbound`] (what agents may dial out: the toll-fraud guard),
+//!   [`overload`] (when to refuse a new call).
+//! - Settings: [`config`] (defaults, a file, `YIHAOTONG_*` variables).
+//! - Records and instruments: [`store`] (redb: accounts, bindings, the plan,
+//!   records and their types), [`events`] (the CTI event stream), [`meters`]
+//!   (the Prometheus figures).
+//! - Calls: [`registrar`] (REGISTER and agent auth, with lock-out), [`ivr`]
+//!   (flow files, checks, the sans-IO interpreter), [`acd`] (the desk, its
+//!   actor, the records writer, reports), [`call`] (the B2BUA, one task per
+//!   call), [`backends`] (the self-service systems' health).
+//! - Back office: [`admin`] (CLI commands, locally or via the running
+//!   server), [`api`] (the HTTP admin and CTI API), [`webhooks`] (events as
+//!   signed HTTP POSTs).
+//! - Wiring and tools: [`server`] (sockets, SIP workers, dispatch, background
+//!   tasks), [`fuzzing`] (fuzz entry points), [`load`] (the load harness).
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -33,6 +36,7 @@ pub mod api;
 pub mod backends;
 pub mod boxed;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod fuzzing;
@@ -48,4 +52,5 @@ pub mod routing;
 pub mod server;
 pub mod sip;
 pub mod store;
+pub mod text;
 pub mod webhooks;

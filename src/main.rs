@@ -423,7 +423,7 @@ fn offline(settings: &Settings) -> admin::Offline {
         flows_dir: settings.flows_dir.clone(),
         sounds_dir: settings.sounds_dir.clone(),
         outbound: !settings.trunk.outbound.is_empty(),
-        store: settings.store_options(),
+        store: yihaotong::store::StoreOptions::of(settings),
     }
 }
 
@@ -482,7 +482,7 @@ fn real_main() -> anyhow::Result<()> {
         show(v, view)
     };
     let range = |since: &str, until: Option<&str>| -> anyhow::Result<(u64, u64)> {
-        let now = yihaotong::acd::now_ms();
+        let now = yihaotong::clock::now_ms();
         let parse = |t: &str, what: &str| {
             yihaotong::acd::report::parse_time(t, offset, now)
                 .map_err(|e| anyhow::anyhow!("--{what}: {e}"))
@@ -644,7 +644,7 @@ fn real_main() -> anyhow::Result<()> {
             let (trees, aside) = yihaotong::store::Store::restore(
                 &settings.data_dir,
                 &file,
-                &settings.store_options(),
+                &yihaotong::store::StoreOptions::of(&settings),
                 &mut |n| eprintln!("… {n} entries read"),
             )?;
             let entries: u64 = trees.values().sum();
@@ -1096,7 +1096,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         yihaotong::meters::install();
         let store = Store::open_waiting(
             &settings.data_dir,
-            &settings.store_options(),
+            &yihaotong::store::StoreOptions::of(&settings),
             std::time::Duration::from_secs(10),
         )?;
         let socket = admin::socket_path(&settings.data_dir);

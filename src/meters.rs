@@ -19,7 +19,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::Value;
 
-use crate::acd::records::Cdr;
+use crate::store::Cdr;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -416,8 +416,9 @@ pub fn process_figures() -> Value {
 }
 
 /// The page: the server's `status` copied into gauges, then everything in
-/// Prometheus text format. Empty when no recorder is installed.
-pub fn render(status: &Value) -> String {
+/// Prometheus text format. Every one of `call_states` gets its gauge (0 when
+/// the status does not name it). Empty when no recorder is installed.
+pub fn render(status: &Value, call_states: &[&'static str]) -> String {
     let Some(Some(handle)) = HANDLE.get() else {
         return String::new();
     };
@@ -428,7 +429,7 @@ pub fn render(status: &Value) -> String {
     gauge!("yihaotong_tcp_connections").set(num(&status["tcp_connections"]));
     gauge!("yihaotong_sip_transactions").set(num(&status["transactions"]));
     if let Some(states) = status["calls_by_state"].as_object() {
-        for state in crate::call::CALL_STATES {
+        for state in call_states {
             let n = states.get(*state).map_or(0.0, num);
             gauge!("yihaotong_calls", "state" => *state).set(n);
         }

@@ -46,7 +46,7 @@ pub struct LimitSettings {
     /// calls get 503, like FreeSWITCH's min-idle-cpu (0 = off; Linux only).
     pub min_idle_cpu_pct: u64,
     /// Seconds in the Retry-After of every 503 we shed with.
-    #[serde(deserialize_with = "crate::config::seconds")]
+    #[serde(deserialize_with = "crate::text::seconds")]
     pub retry_after: u32,
     /// TCP connections at once; more are refused at accept.
     pub max_tcp_connections: usize,

@@ -1,17 +1,13 @@
 //! The number plan: normalization of dialed numbers and the import format.
 //!
-//! Room: the switchboard's directory. Lookups go to [`crate::store::Store`]
+//! Room: the switchboard's directory. Lookups go to the store
 //! (longest prefix); this module owns what a "number" is and how the shipped
 //! plan (`config/numbers.toml`) and `routes import FILE` are read, with
 //! file:line errors.
 
-use std::path::Path;
-
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
-
-use crate::store::{Route, Store};
 
 /// The shipped number plan, imported on first start.
 pub const SHIPPED_PLAN: &str = include_str!("../config/numbers.toml");
@@ -113,6 +109,38 @@ pub fn parse_local_time(text: &str) -> Option<NaiveDateTime> {
     .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
 }
 
+/// A number-plan entry: dialed number (or prefix) → target, and how the
+/// number joined 12345 (see [`Mode`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Normalized number or prefix.
+    pub number: String,
+    /// Queue the call goes to (when no flow is set).
+    #[serde(default)]
+    pub queue: String,
+    /// IVR flow that takes the call (empty: straight to `queue`).
+    #[serde(default)]
+    pub flow: String,
+    /// Hotline label for reports ("12345", "12315 market regulation").
+    #[serde(default)]
+    pub hotline: String,
+    /// How the number joined 12345 (records written before modes existed
+    /// read as `direct`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// `transition` only: local time (`YYYY-MM-DD HH:MM[:SS]`) from which
+    /// `after_flow` takes the line's calls instead of `flow`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cutover: String,
+    /// `transition` only: the flow after the cut-over.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub after_flow: String,
+    /// A flow the caller walks when the agent hangs up first (a queue's
+    /// own `after_call_flow` wins).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub after_call_flow: String,
+}
+
 impl Route {
     /// The flow that takes a call arriving at local time `at` (empty: the
     /// route goes straight to its queue), and whether the cut-over has
@@ -143,7 +171,7 @@ impl Route {
 
     /// Checks the fields that go together; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        let name_ok = |n: &str| crate::ivr::flow::is_plain_name(n);
+        let name_ok = |n: &str| crate::text::is_plain_name(n);
         match (self.queue.is_empty(), self.flow.is_empty()) {
             (false, true) if !name_ok(&self.queue) => {
                 return Err(format!(
@@ -213,14 +241,14 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
     let plan: PlanFile = toml::from_str(text).map_err(|e| {
         let at = e
             .span()
-            .map(|s| crate::config::line_col(text, s.start))
+            .map(|s| crate::text::line_col(text, s.start))
             .map(|(l, c)| format!("{l}:{c}"))
             .unwrap_or_default();
         anyhow::anyhow!("{name}:{at}: {}", e.message())
     })?;
     let mut routes = Vec::with_capacity(plan.route.len());
     for spanned in plan.route {
-        let (line, _) = crate::config::line_col(text, spanned.span().start);
+        let (line, _) = crate::text::line_col(text, spanned.span().start);
         let r = spanned.into_inner();
         let Some(number) = normalize(&r.number, &[]) else {
             bail!(
@@ -247,32 +275,6 @@ pub fn parse_plan(text: &str, name: &str) -> anyhow::Result<Vec<Route>> {
         routes.push(route);
     }
     Ok(routes)
-}
-
-/// Imports a plan file into the store; returns how many routes were written.
-pub fn import_file(store: &Store, path: &Path) -> anyhow::Result<usize> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    import_text(store, &text, &path.display().to_string())
-}
-
-/// Imports plan text (all or nothing: it is parsed before anything is written).
-pub fn import_text(store: &Store, text: &str, name: &str) -> anyhow::Result<usize> {
-    let routes = parse_plan(text, name)?;
-    for r in &routes {
-        store.put_route(r)?;
-    }
-    Ok(routes.len())
-}
-
-/// On first start, imports the shipped plan.
-pub fn seed(store: &Store) -> anyhow::Result<()> {
-    if !store.flag("plan_seeded")? {
-        let n = import_text(store, SHIPPED_PLAN, "config/numbers.toml")?;
-        store.set_flag("plan_seeded")?;
-        tracing::info!(routes = n, "imported the shipped number plan");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

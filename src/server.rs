@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use crate::acd::records::Records;
 use crate::acd::Acd;
 use crate::admin::AdminCommand;
 use crate::call::{self, CallEvent};
+use crate::clock::{now_unix, sleep_until};
 use crate::config::Settings;
 use crate::ivr::Catalog;
 use crate::media::engine::Engine;
@@ -49,14 +50,6 @@ const WORKER_QUEUE: usize = 8192;
 const IDLE_CPU_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the runtime's timer lateness is measured (overload control).
 const LAG_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Seconds since the Unix epoch (the registrar's and nonces' clock).
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// What a worker is told.
 #[derive(Debug)]
@@ -489,7 +482,7 @@ impl Shared {
         let queues = self.store.queues().map_err(|e| format!("{e:#}"))?;
         if let Some(def) = queues.get(changed) {
             self.acd
-                .set_queue(changed, self.settings.queue_rules(Some(def)));
+                .set_queue(changed, crate::acd::queue_rules(&self.settings, Some(def)));
         }
         match self.queues.write() {
             Ok(mut slot) => *slot = Arc::new(queues),
@@ -582,7 +575,7 @@ pub struct Server {
 impl Server {
     /// Opens the store, seeds the plan, binds the sockets and starts the workers.
     pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Server> {
-        routing::seed(&store)?;
+        store.seed_plan()?;
         for w in store.seed_queues(&settings.queues)? {
             tracing::warn!("{w}");
         }
@@ -649,7 +642,7 @@ impl Server {
             settings.sip.advertise.clone()
         };
         // Calls a crash cut get their CDR now, before any new call.
-        match store.close_crashed_calls(crate::acd::now_ms()) {
+        match store.close_crashed_calls(crate::clock::now_ms()) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 calls = n,
@@ -1206,7 +1199,7 @@ impl Worker {
             None => None,
         };
         let (dialed, route) = if direct.is_some() {
-            let route = crate::store::Route {
+            let route = crate::routing::Route {
                 number: dialed_raw.clone(),
                 queue: String::new(),
                 flow: String::new(),
@@ -1284,7 +1277,7 @@ impl Worker {
         code: String,
         slot: crate::overload::CallSlot,
     ) {
-        use crate::acd::desk::Presence;
+        use crate::store::Presence;
         // *31/*32/*33 + agent: listen, whisper, barge (supervisors only).
         if let Some((mode, target)) = call::supervision_code(&code) {
             let allowed = matches!(self.shared.store.agent(&agent), Ok(Some(a)) if a.supervisor);
@@ -1328,7 +1321,7 @@ impl Worker {
             self.simple(&key, &req, 404, &[]);
             return;
         };
-        let route = crate::store::Route {
+        let route = crate::routing::Route {
             number: format!("*{code}"),
             queue: String::new(),
             flow: "agent-feature".into(),
@@ -1421,7 +1414,7 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         hourly.tick().await;
-        let now = crate::acd::now_ms();
+        let now = crate::clock::now_ms();
         let recording = &shared.settings.recording;
         if recording.enabled && recording.retention_days > 0 {
             let days = recording.retention_days;
@@ -1498,14 +1491,6 @@ pub fn watch_reloads(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-/// Sleeps until `deadline`, or forever without one.
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

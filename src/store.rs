@@ -12,16 +12,19 @@
 pub mod archive;
 pub mod backup;
 mod migrate;
+mod records;
 
 use std::path::{Path, PathBuf};
 
 pub use archive::RecordKind;
+pub use records::{Cdr, Disposition, Presence, Rank};
 
 use anyhow::Context;
 use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::config::QueueDef;
+use crate::routing::Route;
 use crate::sip::auth::Credentials;
 
 /// An agent (seat) account.
@@ -102,38 +105,6 @@ pub struct Binding {
     pub cseq: u32,
 }
 
-/// A number-plan entry: dialed number (or prefix) → target, and how the
-/// number joined 12345 (see [`crate::routing::Mode`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// Normalized number or prefix.
-    pub number: String,
-    /// Queue the call goes to (when no flow is set).
-    #[serde(default)]
-    pub queue: String,
-    /// IVR flow that takes the call (empty: straight to `queue`).
-    #[serde(default)]
-    pub flow: String,
-    /// Hotline label for reports ("12345", "12315 market regulation").
-    #[serde(default)]
-    pub hotline: String,
-    /// How the number joined 12345 (records written before modes existed
-    /// read as `direct`).
-    #[serde(default)]
-    pub mode: crate::routing::Mode,
-    /// `transition` only: local time (`YYYY-MM-DD HH:MM[:SS]`) from which
-    /// `after_flow` takes the line's calls instead of `flow`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub cutover: String,
-    /// `transition` only: the flow after the cut-over.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub after_flow: String,
-    /// A flow the caller walks when the agent hangs up first (a queue's
-    /// own `after_call_flow` wins).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub after_call_flow: String,
-}
-
 /// The database handle. Cloning is cheap (one shared redb database).
 #[derive(Clone)]
 pub struct Store {
@@ -203,6 +174,15 @@ pub fn db_exists(data_dir: &Path) -> bool {
     db_path(data_dir).exists() || data_dir.join("db").join("conf").exists()
 }
 
+/// The hex SHA-256 of a token's secret: what the store keeps.
+pub fn token_hash(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// How the database is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -210,6 +190,16 @@ pub struct StoreOptions {
     pub cache_mb: u64,
     /// The records archive (`None`: `data_dir/archive`).
     pub archive_dir: Option<PathBuf>,
+}
+
+impl StoreOptions {
+    /// How the settings say the store is opened: cache and archive folder.
+    pub fn of(settings: &crate::config::Settings) -> StoreOptions {
+        StoreOptions {
+            cache_mb: settings.store.cache_mb,
+            archive_dir: Some(settings.archive_dir()),
+        }
+    }
 }
 
 impl Default for StoreOptions {
@@ -296,7 +286,7 @@ pub struct CallbackBooking {
     /// Queue whose line it waits in.
     pub queue: String,
     /// Priority rank.
-    pub rank: crate::acd::desk::Rank,
+    pub rank: Rank,
     /// Hotline label and dialed number of the original call.
     pub hotline: String,
     /// Dialed number.
@@ -692,12 +682,12 @@ impl Store {
     }
 
     /// An agent's saved presence.
-    pub fn presence(&self, id: &str) -> anyhow::Result<Option<crate::acd::desk::Presence>> {
+    pub fn presence(&self, id: &str) -> anyhow::Result<Option<Presence>> {
         self.get(PRESENCE, id)
     }
 
     /// Saves an agent's presence (on disk at once: it must survive a crash).
-    pub fn put_presence(&self, id: &str, p: &crate::acd::desk::Presence) -> anyhow::Result<()> {
+    pub fn put_presence(&self, id: &str, p: &Presence) -> anyhow::Result<()> {
         self.put(PRESENCE, id.as_bytes(), &serde_json::to_vec(p)?)?;
         Ok(())
     }
@@ -719,7 +709,7 @@ impl Store {
                 .collect::<anyhow::Result<_>>()?;
             for (i, (k, v)) in cut.iter().enumerate() {
                 live.remove(k.as_slice())?;
-                let mut cdr: crate::acd::records::Cdr = match serde_json::from_slice(v) {
+                let mut cdr: Cdr = match serde_json::from_slice(v) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "unreadable live-call record dropped");
@@ -727,7 +717,7 @@ impl Store {
                     }
                 };
                 cdr.ended = now.max(cdr.arrived);
-                cdr.disposition = crate::acd::records::Disposition::Crashed;
+                cdr.disposition = Disposition::Crashed;
                 if cdr.hung_up_by.is_empty() {
                     cdr.hung_up_by = "system".into();
                 }
@@ -1367,6 +1357,32 @@ impl Store {
         Ok(true)
     }
 
+    /// Imports a plan file into the store; returns how many routes were written.
+    pub fn import_plan_file(&self, path: &Path) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        self.import_plan(&text, &path.display().to_string())
+    }
+
+    /// Imports plan text (all or nothing: it is parsed before anything is written).
+    pub fn import_plan(&self, text: &str, name: &str) -> anyhow::Result<usize> {
+        let routes = crate::routing::parse_plan(text, name)?;
+        for r in &routes {
+            self.put_route(r)?;
+        }
+        Ok(routes.len())
+    }
+
+    /// On first start, imports the shipped plan.
+    pub fn seed_plan(&self) -> anyhow::Result<()> {
+        if !self.flag("plan_seeded")? {
+            let n = self.import_plan(crate::routing::SHIPPED_PLAN, "config/numbers.toml")?;
+            self.set_flag("plan_seeded")?;
+            tracing::info!(routes = n, "imported the shipped number plan");
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a route.
     pub fn put_route(&self, route: &Route) -> anyhow::Result<()> {
         self.put(ROUTES, route.number.as_bytes(), &serde_json::to_vec(route)?)?;
@@ -1610,6 +1626,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tokens_are_kept_as_their_sha256() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
     fn settings_seed_queues_and_later_edits_follow_unless_the_api_changed_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
@@ -1736,7 +1760,6 @@ mod tests {
     /// Four days of records: CDRs, queue-log lines and audit entries, some
     /// on the days' first and last milliseconds.
     fn four_days(store: &Store, first_day: u64) {
-        use crate::acd::records::Cdr;
         let mut seq = 0;
         let mut key = |at: u64| {
             seq += 1;
@@ -1952,7 +1975,7 @@ mod tests {
             hotline: "12345".into(),
             ..Default::default()
         };
-        let cdr = crate::acd::records::Cdr {
+        let cdr = Cdr {
             call_id: "c1".into(),
             ended: 1_800_000_000_000,
             ..Default::default()
@@ -1962,7 +1985,7 @@ mod tests {
             call_id: "c1".into(),
             number: "13800000000".into(),
             queue: "main".into(),
-            rank: crate::acd::desk::Rank::Normal,
+            rank: Rank::Normal,
             hotline: "12345".into(),
             dialed: "12345".into(),
             requested: 1,

@@ -28,17 +28,6 @@ use serde::Serialize;
 use crate::config::{WebhookDef, WebhookSettings};
 use crate::events::{Event, EventBus};
 
-/// Whether `pattern` (`call.ended`, `call.*`, `*`) is well formed.
-fn valid_pattern(pattern: &str) -> bool {
-    let name = pattern.strip_suffix(".*").unwrap_or(pattern);
-    pattern == "*"
-        || (!name.is_empty()
-            && name.len() <= 64
-            && name
-                .split('.')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')))
-}
-
 /// Whether an event of `kind` matches any of `patterns`.
 pub fn wants(patterns: &[String], kind: &str) -> bool {
     patterns.iter().any(|p| {
@@ -49,32 +38,6 @@ pub fn wants(patterns: &[String], kind: &str) -> bool {
                     .is_some_and(|rest| rest.starts_with('.'))
             })
     })
-}
-
-/// Checks one hook's settings; the error names the field.
-pub fn check_hook(hook: &WebhookDef) -> Result<(), String> {
-    let uri: axum::http::Uri = hook
-        .url
-        .parse()
-        .map_err(|e| format!("url: {:?} is not a URL: {e}", hook.url))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(format!(
-            "url: {:?} must be http://host[:port]/path (https is not supported: put a TLS proxy in front)",
-            hook.url
-        ));
-    }
-    if hook.events.is_empty() {
-        return Err("events: name at least one event kind (or \"*\")".into());
-    }
-    if let Some(bad) = hook.events.iter().find(|p| !valid_pattern(p)) {
-        return Err(format!(
-            "events: {bad:?} is not an event kind, a prefix like \"call.*\", or \"*\""
-        ));
-    }
-    if hook.secret.chars().count() < 16 {
-        return Err("secret: must be at least 16 characters".into());
-    }
-    Ok(())
 }
 
 /// The `X-Yihaotong-Signature` value for `body` sent at `unix_seconds`.
@@ -371,6 +334,7 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::valid_pattern;
 
     fn rules() -> WebhookSettings {
         WebhookSettings {
@@ -424,26 +388,6 @@ mod tests {
         ] {
             assert!(!valid_pattern(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_hook_is_checked_field_by_field() {
-        let hook = |url: &str, events: &[&str], secret: &str| WebhookDef {
-            url: url.into(),
-            events: events.iter().map(|s| s.to_string()).collect(),
-            secret: secret.into(),
-        };
-        let secret = "0123456789abcdef";
-        assert_eq!(
-            check_hook(&hook("http://127.0.0.1:8088/h", &["call.*"], secret)),
-            Ok(())
-        );
-        let err = |h| check_hook(&h).err().unwrap_or_default();
-        assert!(err(hook("https://x/h", &["*"], secret)).starts_with("url: "));
-        assert!(err(hook("not a url", &["*"], secret)).starts_with("url: "));
-        assert!(err(hook("http://x/h", &[], secret)).starts_with("events: "));
-        assert!(err(hook("http://x/h", &["Call"], secret)).starts_with("events: "));
-        assert!(err(hook("http://x/h", &["*"], "short")).starts_with("secret: "));
     }
 
     #[test]

@@ -409,10 +409,11 @@ fn a_backup_taken_during_calls_restores_every_record_and_account() {
 /// of the days `backs` days ago, as the records writer writes them, into
 /// the database under `data_dir` (no server may hold it); their Call-IDs.
 fn write_old_calls(data_dir: &std::path::Path, backs: &[u64], per_day: u64) -> BTreeSet<String> {
-    use yihaotong::acd::records::{Cdr, Disposition, LogLine};
+    use yihaotong::acd::records::LogLine;
     use yihaotong::store::{record_key, LiveChanges, Store};
+    use yihaotong::store::{Cdr, Disposition};
     let day_ms = 86_400_000u64;
-    let today = yihaotong::acd::now_ms() / day_ms;
+    let today = yihaotong::clock::now_ms() / day_ms;
     let store = Store::open(data_dir).expect("open");
     let mut seq = 0;
     let mut key = |at: u64| {
@@ -469,7 +470,7 @@ fn records_older_than_keep_days_move_to_the_archive_and_still_report() {
     // Two answered calls on each of three past days: two days past
     // keep_days, one within it.
     let ids = write_old_calls(&server.data_dir(), &[5, 4, 1], 2);
-    let today = yihaotong::acd::now_ms() / 86_400_000;
+    let today = yihaotong::clock::now_ms() / 86_400_000;
     server.restart();
 
     let date = |back: u64| {
@@ -539,7 +540,7 @@ fn a_kill_while_days_are_archived_loses_and_doubles_nothing() {
         let _ = server.child.wait();
     }
     server.restart();
-    let today = yihaotong::acd::now_ms() / 86_400_000;
+    let today = yihaotong::clock::now_ms() / 86_400_000;
     let date = chrono::DateTime::from_timestamp(((today - 3) * 86_400) as i64, 0)
         .expect("date")
         .format("%Y-%m-%d")

@@ -841,7 +841,7 @@ fn lists_are_tables_with_local_times_and_json_for_scripts() {
     let cdr = server.wait_cdr(&d.call_id);
     // The city's date and hour now, as the tables must show them.
     let local_now =
-        yihaotong::admin::tables::local_time(yihaotong::acd::now_ms(), 480)[..14].to_string();
+        yihaotong::admin::tables::local_time(yihaotong::clock::now_ms(), 480)[..14].to_string();
 
     let (ok, agents) = server.cli(&["agents", "list", "--format", "table"]);
     assert!(ok, "{agents}");

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::SeatContact;
+use crate::config::{EmptyWhen, Strategy};
+use crate::store::{Presence, Rank};
 
 /// A caller's ticket number at the desk.
 pub type CallRef = u64;
@@ -33,57 +35,6 @@ const DISPATCH_SCAN: usize = 64;
 const RING_ALL_MAX: usize = 64;
 /// Abandoned callers remembered for `resume_window`.
 const RESUME_MAX: usize = 10_000;
-
-/// How a queue picks among its free agents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// The agent free for the longest time.
-    #[default]
-    LongestIdle,
-    /// The agent offered a call least recently (rotation with memory).
-    RoundRobin,
-    /// The agent who answered fewest calls from this queue.
-    FewestCalls,
-    /// Every free agent at once; the first to answer takes it.
-    RingAll,
-    /// Always in the same order: level, then agent id.
-    Linear,
-    /// Lowest skill level first (longest idle within a level); with
-    /// `tier_wait`, level L is offered the caller only after (L-1)×tier_wait.
-    Skills,
-}
-
-impl Strategy {
-    /// Config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::LongestIdle => "longest-idle",
-            Strategy::RoundRobin => "round-robin",
-            Strategy::FewestCalls => "fewest-calls",
-            Strategy::RingAll => "ring-all",
-            Strategy::Linear => "linear",
-            Strategy::Skills => "skills",
-        }
-    }
-}
-
-/// Member conditions under which a queue counts as empty (Asterisk's
-/// `joinempty`/`leaveempty` reasons).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EmptyWhen {
-    /// Logged out, or no live registration.
-    Unavailable,
-    /// On break.
-    Paused,
-    /// On a call.
-    Inuse,
-    /// Reserved or ringing for another caller.
-    Ringing,
-    /// In wrap-up.
-    Wrapup,
-}
 
 /// A queue's rules, in milliseconds.
 #[derive(Debug, Clone)]
@@ -128,18 +79,6 @@ impl Default for Rules {
             resume_window: 0,
         }
     }
-}
-
-/// What an agent chose to be (kept across restarts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "presence", content = "reason", rename_all = "kebab-case")]
-pub enum Presence {
-    /// Not taking calls.
-    LoggedOut,
-    /// Taking calls.
-    Available,
-    /// Logged in but not taking calls, with a reason code.
-    OnBreak(String),
 }
 
 /// What the agent is doing (never persisted: calls do not survive a restart).
@@ -247,18 +186,6 @@ impl Agent {
             (Work::Idle, Presence::Available) => "available",
         }
     }
-}
-
-/// Caller priority: lower ranks go first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Rank {
-    /// Emergencies.
-    Emergency = 0,
-    /// The elderly/disabled list, or a flow's priority.
-    Priority = 1,
-    /// Everyone else.
-    Normal = 2,
 }
 
 /// A caller joining a queue.

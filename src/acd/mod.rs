@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Settings;
+use crate::clock::now_ms;
+use crate::config::{QueueDef, Settings};
 use crate::sip::{Peer, TransportKind};
-use crate::store::Store;
+use crate::store::{Presence, Rank, Store};
 use desk::{
     AgentSpec, AgentView, CallRef, ClaimRefusal, Desk, ExitReason, HungUp, Joining, OfferOutcome,
-    Output, Presence, QueueView, Rank, Refusal, Rules,
+    Output, QueueView, Refusal, Rules,
 };
 use records::Records;
 
@@ -122,12 +123,25 @@ pub struct Acd {
     tickets: Arc<AtomicU64>,
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The resolved rules of a queue (its own keys over `[queue]`'s; `None`:
+/// `[queue]`'s alone).
+pub fn queue_rules(settings: &Settings, q: Option<&QueueDef>) -> Rules {
+    let d = &settings.queue;
+    let q = q.cloned().unwrap_or_default();
+    let ms = |v: u64| v.saturating_mul(1000);
+    Rules {
+        strategy: q.strategy.unwrap_or(d.strategy),
+        ring_timeout: ms(q.ring_timeout.unwrap_or(d.ring_timeout).max(1)),
+        wrap_up: ms(q.wrap_up.unwrap_or(d.wrap_up)),
+        max_wait: ms(q.max_wait.unwrap_or(d.max_wait)),
+        max_waiting: q.max_waiting.unwrap_or(d.max_waiting),
+        join_empty: q.join_empty.unwrap_or_else(|| d.join_empty.clone()),
+        leave_empty: q.leave_empty.unwrap_or_else(|| d.leave_empty.clone()),
+        retry: ms(q.retry.unwrap_or(d.retry)),
+        max_no_answer: q.max_no_answer.unwrap_or(d.max_no_answer),
+        tier_wait: ms(q.tier_wait.unwrap_or(d.tier_wait)),
+        resume_window: ms(q.resume_window.unwrap_or(d.resume_window)),
+    }
 }
 
 /// The newest live registration of an agent, as a seat contact and its expiry (ms).
@@ -257,7 +271,7 @@ impl Acd {
     ) -> Acd {
         let queues = queues
             .iter()
-            .map(|(name, def)| (name.clone(), settings.queue_rules(Some(def))));
+            .map(|(name, def)| (name.clone(), queue_rules(settings, Some(def))));
         let mut desk = Desk::new(queues);
         let now = now_ms();
         let mut out = Vec::new();

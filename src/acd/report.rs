@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::desk::LogLine;
-use super::records::{Cdr, Disposition};
+use crate::store::{Cdr, Disposition};
 
 /// Abandons shorter than this are "short" (ms).
 const SHORT_ABANDON: u64 = 5_000;
@@ -342,7 +342,7 @@ pub fn render(rows: &[Row], format: Format) -> String {
                 })
                 .collect();
             let header: Vec<&str> = header.iter().map(String::as_str).collect();
-            let mut t = crate::admin::tables::Table::new(&header);
+            let mut t = crate::text::Table::new(&header);
             for r in rows {
                 t.row(cells(r).to_vec());
             }

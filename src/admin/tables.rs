@@ -5,100 +5,8 @@
 //! answer (the same the API gives and `--format json` prints) and touches
 //! nothing else; a field it does not know is left out, never an error.
 
+use crate::text::Table;
 use serde_json::Value;
-use unicode_width::UnicodeWidthStr;
-
-/// A text table: a header and rows, each column as wide as its widest
-/// cell (Chinese characters count two columns, as a terminal shows them).
-#[derive(Debug, Clone)]
-pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-    /// Columns aligned right (figures); the others align left.
-    right: Vec<bool>,
-}
-
-impl Table {
-    /// A table with these column titles; a title ending in `>` is
-    /// aligned right (the `>` is not shown).
-    pub fn new(header: &[&str]) -> Table {
-        Table {
-            header: header
-                .iter()
-                .map(|h| h.trim_end_matches('>').to_string())
-                .collect(),
-            right: header.iter().map(|h| h.ends_with('>')).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row (missing cells are blank; extra ones are dropped).
-    pub fn row(&mut self, mut cells: Vec<String>) {
-        cells.resize(self.header.len(), String::new());
-        // A cell is one line: a newline or tab would break the columns.
-        for c in &mut cells {
-            if c.contains(['\n', '\r', '\t']) {
-                *c = c.replace(['\n', '\r', '\t'], " ");
-            }
-        }
-        self.rows.push(cells);
-    }
-
-    /// The table as CSV (RFC 4180: a cell with a comma, quote or line
-    /// break is quoted), the header first.
-    pub fn csv(&self) -> String {
-        let cell = |c: &String| {
-            if c.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", c.replace('"', "\"\""))
-            } else {
-                c.clone()
-            }
-        };
-        let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
-            let cells: Vec<String> = row.iter().map(cell).collect();
-            out.push_str(&cells.join(","));
-            out.push('\n');
-        }
-        out
-    }
-
-    /// The table as text, one line per row, the header first.
-    pub fn render(&self) -> String {
-        let mut width: Vec<usize> = self.header.iter().map(|h| h.width()).collect();
-        for row in &self.rows {
-            for (w, c) in width.iter_mut().zip(row) {
-                *w = (*w).max(c.width());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
-                let pad = " ".repeat(w.saturating_sub(c.width()));
-                if i > 0 {
-                    s.push_str("  ");
-                }
-                if self.right[i] {
-                    s.push_str(&pad);
-                    s.push_str(c);
-                } else {
-                    s.push_str(c);
-                    if i + 1 < cells.len() {
-                        s.push_str(&pad);
-                    }
-                }
-            }
-            s.truncate(s.trim_end().len());
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.header);
-        for row in &self.rows {
-            out.push_str(&line(row));
-        }
-        out
-    }
-}
 
 /// Unix ms as local `YYYY-MM-DD HH:MM:SS`; 0 or absent is blank.
 pub fn local_time(ms: u64, utc_offset_minutes: i32) -> String {
@@ -320,7 +228,7 @@ fn table(view: View, v: &Value, utc_offset_minutes: i32) -> Option<Table> {
             let mut t = Table::new(&[
                 "CALL-ID", "CALLER", "DIALED", "STATE", "FOR>", "QUEUE", "AGENT", "FLOW",
             ]);
-            let now = crate::acd::now_ms();
+            let now = crate::clock::now_ms();
             for c in &items {
                 t.row(vec![
                     text(&c["call_id"]),
@@ -430,22 +338,6 @@ fn status(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn columns_line_up_with_chinese_text_and_figures_align_right() {
-        let mut t = Table::new(&["QUEUE", "WAITING>", "DESCRIPTION"]);
-        t.row(vec![
-            "hrss".into(),
-            "3".into(),
-            "社保 social insurance".into(),
-        ]);
-        t.row(vec!["housing-fund".into(), "12".into(), "x\ny".into()]);
-        let text = t.render();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "QUEUE         WAITING  DESCRIPTION");
-        assert_eq!(lines[1], "hrss                3  社保 social insurance");
-        assert_eq!(lines[2], "housing-fund       12  x y");
-    }
 
     #[test]
     fn times_are_local_and_spans_read_as_clocks() {

@@ -293,7 +293,7 @@ pub(super) async fn transfer(
                 "give `to` or `flow`, not both (and a flow is not attended)",
             ));
         }
-        if !crate::ivr::flow::is_plain_name(&flow) || flow.len() > 64 {
+        if !crate::text::is_plain_name(&flow) || flow.len() > 64 {
             return Err(bad("flow", "a flow's name: letters, digits, - and _"));
         }
         let detail = json!({ "flow": flow });

@@ -24,18 +24,20 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use super::queue::{Waited, CALLBACK_BOOKED};
 use super::{respond, Call, CallCtx, CallEvent, Fork, Leg};
-use crate::acd::desk::Rank;
-use crate::acd::records::Disposition;
-use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
+use crate::acd::{SeatContact, Ticket, ToCall};
+use crate::clock::now_ms;
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
+use crate::routing::Route;
 use crate::server::{Shared, WorkerInput};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer};
-use crate::store::{CallbackBooking, Route};
+use crate::store::CallbackBooking;
+use crate::store::Disposition;
+use crate::store::Rank;
 
 /// How ringing the citizen ended.
 enum Citizen {

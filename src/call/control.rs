@@ -313,7 +313,7 @@ impl super::Call {
 
     /// The call enters `state`.
     pub(super) fn show_state(&self, state: &'static str) {
-        let now = crate::acd::now_ms();
+        let now = crate::clock::now_ms();
         self.show(|v| {
             if v.state != state {
                 v.state = state;

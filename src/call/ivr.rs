@@ -19,18 +19,19 @@ use tracing::{info, warn};
 
 use super::queue::Unserved;
 use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End};
-use crate::acd::records::Disposition;
 use crate::ivr::session::{Effect, Facts, Input, Session};
 use crate::ivr::Catalog;
 use crate::media::dtmf::info_key;
 use crate::media::engine::{MediaEvent, Stream, StreamSetup};
 use crate::media::player::Law;
 use crate::media::sdp::{AudioOffer, Direction};
+use crate::routing::Route;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer, SipTarget};
-use crate::store::{Route, Store};
+use crate::store::Disposition;
+use crate::store::Store;
 
 /// Prompt played when no seat answered within `[queue] max_wait`.
 pub(crate) const ALL_BUSY: &str = "common/all-busy";
@@ -503,7 +504,7 @@ impl Call {
                         return End::Refused;
                     }
                 },
-                _ = crate::server::sleep_until(deadline.map(Instant::into_std)) => {
+                _ = crate::clock::sleep_until(deadline.map(Instant::into_std)) => {
                     if let Some((id, _)) = timer.take() {
                         input = Some(Input::Timer(id));
                     }
@@ -781,7 +782,7 @@ impl Drop for Call {
             }
         }
         let mut cdr = std::mem::take(&mut self.cdr);
-        cdr.ended = crate::acd::now_ms();
+        cdr.ended = crate::clock::now_ms();
         if cdr.hung_up_by == "api"
             && self
                 .ctx
@@ -791,7 +792,7 @@ impl Drop for Call {
         {
             // The stop's drain ran out and hung the call up.
             cdr.hung_up_by = "system".into();
-            cdr.disposition = crate::acd::records::Disposition::Drained;
+            cdr.disposition = crate::store::Disposition::Drained;
         }
         if let Some(relay) = &self.relay {
             cdr.rtp_caller = relay.stats.a_quality.load();
@@ -859,7 +860,7 @@ impl Call {
                 "vars": vars,
             }),
         );
-        self.cdr.ivr_end = Some(crate::acd::now_ms());
+        self.cdr.ivr_end = Some(crate::clock::now_ms());
         self.cdr.keys = session.keys().to_string();
         self.cdr.path = recent_path(session);
         self.cdr.vars = session
@@ -885,7 +886,7 @@ impl Call {
         self.cdr.rating = rating.to_string();
         self.keep_record();
         self.ctx.shared.records.log(crate::acd::records::LogLine {
-            at: crate::acd::now_ms(),
+            at: crate::clock::now_ms(),
             call_id: self.invite.core.call_id.clone(),
             queue: self.cdr.queue.clone(),
             agent: self.cdr.agent.clone(),

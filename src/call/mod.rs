@@ -45,17 +45,18 @@ pub use transfer::Consults;
 use transfer::Takeover;
 
 use crate::acd::desk::OfferOutcome;
-use crate::acd::records::Cdr;
-use crate::acd::{now_ms, SeatContact, Ticket};
+use crate::acd::{SeatContact, Ticket};
+use crate::clock::now_ms;
 use crate::media::player::Law;
 use crate::media::relay::{Relay, RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
+use crate::routing::Route;
 use crate::server::{Shared, WorkerInput};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, OutgoingRequest, Request, Response};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer};
-use crate::store::Route;
+use crate::store::Cdr;
 
 /// What a call hears from its worker.
 #[derive(Debug)]
@@ -419,7 +420,7 @@ fn refused_record(shared: &crate::server::Shared, call: ArrivedCall, route: &Rou
         } else {
             String::new()
         },
-        disposition: crate::acd::records::Disposition::Failed,
+        disposition: crate::store::Disposition::Failed,
         hung_up_by: "system".into(),
         refused: status,
         ..Cdr::default()

@@ -15,13 +15,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ivr::CallerSaid, Call, CallEvent, Leg, Offer};
-use crate::acd::desk::{ExitReason, Rank, Refusal};
-use crate::acd::records::Disposition;
-use crate::acd::{now_ms, SeatContact, Ticket, ToCall};
+use crate::acd::desk::{ExitReason, Refusal};
+use crate::acd::{SeatContact, Ticket, ToCall};
+use crate::clock::now_ms;
 use crate::config::{Announcements, Overflow};
 use crate::media::engine::MediaEvent;
 use crate::media::sdp::AudioOffer;
-use crate::store::Route;
+use crate::routing::Route;
+use crate::store::Disposition;
+use crate::store::Rank;
 
 /// Most overflows one call follows (a ring of queues overflowing into each
 /// other ends here).
@@ -321,7 +323,7 @@ impl Call {
                     Some(MediaEvent::PlayDone(_)) => {}
                     None => self.keys = None,
                 },
-                _ = crate::server::sleep_until(deadline.map(Instant::into_std)) => {
+                _ = crate::clock::sleep_until(deadline.map(Instant::into_std)) => {
                     self.announce(&mut announcer, ticket, &queue).await;
                 }
                 m = desk.recv() => match m {

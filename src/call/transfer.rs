@@ -36,12 +36,12 @@ use crate::media::engine::{MediaEvent, StreamSetup};
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{AudioOffer, Direction};
+use crate::routing::Route;
 use crate::server::Shared;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer, SipTarget};
-use crate::store::Route;
 
 /// Where a transfer (or an agent's own call) goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,7 +413,7 @@ pub(super) async fn call_target(
     let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
     let end = match call.reach_target(&target, ring, &offer, None).await {
         Reached::Answered(leg, ticket) => {
-            call.cdr.disposition = crate::acd::records::Disposition::Answered;
+            call.cdr.disposition = crate::store::Disposition::Answered;
             let a_dialog = Dialog::uas(&call.invite, &call.a_tag);
             call.bridge_to_end(a_dialog, *leg, ticket).await
         }

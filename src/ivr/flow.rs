@@ -15,7 +15,7 @@ use chrono::{NaiveTime, Weekday};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::DurationText;
+use crate::text::{is_plain_name, DurationText};
 
 /// Largest flow file accepted.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
@@ -372,7 +372,7 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn at(&mut self, span: Range<usize>, warning: bool, message: String) {
-        let (line, column) = crate::config::line_col(self.text, span.start);
+        let (line, column) = crate::text::line_col(self.text, span.start);
         self.found.push(Diagnostic {
             file: self.file.to_string(),
             line,
@@ -387,12 +387,12 @@ impl Report<'_> {
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
-        crate::config::line_col(self.text, span.start).0
+        crate::text::line_col(self.text, span.start).0
     }
 }
 
 /// A flow's wait (a menu's or a collect's timeout): as every duration is
-/// written ([`crate::config::parse_duration`]: `5`, `"5s"`, `"500ms"`,
+/// written ([`crate::text::parse_duration`]: `5`, `"5s"`, `"500ms"`,
 /// `"2m"`), from 1 ms to 60 minutes.
 pub fn flow_duration(d: &DurationText) -> Result<Duration, String> {
     let parsed = d.duration()?;
@@ -400,14 +400,6 @@ pub fn flow_duration(d: &DurationText) -> Result<Duration, String> {
         return Err(format!("{d} must be between 1ms and 60m"));
     }
     Ok(parsed)
-}
-
-/// A plain name: letters, digits, `_` and `-` (variables, nodes, lists).
-pub fn is_plain_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn is_key(c: char) -> bool {

@@ -72,7 +72,7 @@ struct CalendarFile {
 /// `calendars/NAME.toml`: `dates = ["2026-10-01", …]`.
 fn load_calendar(path: &Path, text: &str, out: &mut Vec<Diagnostic>) -> BTreeSet<NaiveDate> {
     let file = path.display().to_string();
-    let at = |offset: usize| crate::config::line_col(text, offset);
+    let at = |offset: usize| crate::text::line_col(text, offset);
     let cal: CalendarFile = match toml::from_str(text) {
         Ok(c) => c,
         Err(e) => {
