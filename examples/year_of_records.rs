@@ -6,7 +6,7 @@
 //! recording path; ~700 bytes) and its queue-log lines (ENTERQUEUE, CONNECT,
 //! COMPLETECALLER), written in batches as the records writer does. The
 //! server must not be running on DATA_DIR.
-use yihaotong::acd::records::LogLine;
+use yihaotong::acd::queue_log::{LogLine, QueueEvent};
 use yihaotong::store::{record_key, LiveChanges, Store};
 use yihaotong::store::{Cdr, Disposition};
 
@@ -89,8 +89,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     agent.clone()
                 },
-                event: event.into(),
-                data,
+                event: QueueEvent::read(event, &data),
             };
             log.push((key(at), serde_json::to_vec(&line)?));
         }

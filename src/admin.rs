@@ -646,7 +646,7 @@ pub fn execute(
             let mut log = Vec::new();
             if by == By::Agent {
                 for v in store.records(RecordKind::QueueLog, since, until)? {
-                    if let Ok(l) = serde_json::from_slice(&v) {
+                    if let Ok(l) = serde_json::from_slice::<crate::acd::queue_log::LogLine>(&v) {
                         log.push(l);
                     }
                 }
@@ -666,8 +666,8 @@ pub fn execute(
         AdminCommand::QueueLog { since, until, .. } => {
             let mut text = String::new();
             for v in store.records(RecordKind::QueueLog, since, until)? {
-                if let Ok(l) = serde_json::from_slice(&v) {
-                    text.push_str(&crate::acd::report::queue_log_line(&l));
+                if let Ok(l) = serde_json::from_slice::<crate::acd::queue_log::LogLine>(&v) {
+                    text.push_str(&l.queue_log_line());
                     text.push('\n');
                 }
             }

@@ -409,7 +409,7 @@ fn a_backup_taken_during_calls_restores_every_record_and_account() {
 /// of the days `backs` days ago, as the records writer writes them, into
 /// the database under `data_dir` (no server may hold it); their Call-IDs.
 fn write_old_calls(data_dir: &std::path::Path, backs: &[u64], per_day: u64) -> BTreeSet<String> {
-    use yihaotong::acd::records::LogLine;
+    use yihaotong::acd::queue_log::{LogLine, QueueEvent};
     use yihaotong::store::{record_key, LiveChanges, Store};
     use yihaotong::store::{Cdr, Disposition};
     let day_ms = 86_400_000u64;
@@ -447,8 +447,11 @@ fn write_old_calls(data_dir: &std::path::Path, backs: &[u64], per_day: u64) -> B
                 call_id: cdr.call_id.clone(),
                 queue: "main".into(),
                 agent: "1001".into(),
-                event: "CONNECT".into(),
-                data: vec!["10".into(), "linked".into(), "9".into()],
+                event: QueueEvent::Connect {
+                    hold_s: 10,
+                    bridged: "linked".into(),
+                    ring_s: 9,
+                },
             };
             log.push((key(line.at), serde_json::to_vec(&line).expect("json")));
         }

@@ -19,8 +19,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::queue_log::LogLine;
+use super::queue_log::{LeftLine, QueueEvent, Talk};
 use super::SeatContact;
 use crate::config::{EmptyWhen, Strategy};
 use crate::store::{Presence, Rank};
@@ -238,6 +240,17 @@ struct Connected {
     direct: bool,
 }
 
+impl Connected {
+    /// The call's figures when it ends (or is transferred) at `now`.
+    fn talk(&self, now: u64) -> Talk {
+        Talk {
+            hold_s: self.answered.saturating_sub(self.entered) / 1000,
+            talk_s: now.saturating_sub(self.answered) / 1000,
+            first_position: self.first_position,
+        }
+    }
+}
+
 /// A call offered to one agent by name (a transfer, a consultation), not
 /// through a line.
 #[derive(Debug)]
@@ -359,23 +372,6 @@ pub enum HungUp {
     Caller,
     /// The agent.
     Agent,
-}
-
-/// One queue_log line (Asterisk's layout: time|callid|queue|agent|event|data…).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Unix milliseconds.
-    pub at: u64,
-    /// Caller's Call-ID, or "NONE" for agent events.
-    pub call_id: String,
-    /// Queue, or "NONE".
-    pub queue: String,
-    /// Agent, or "NONE".
-    pub agent: String,
-    /// ENTERQUEUE, CONNECT, …
-    pub event: String,
-    /// Event data fields.
-    pub data: Vec<String>,
 }
 
 /// What the desk wants done.
@@ -601,16 +597,14 @@ impl Desk {
         call_id: &str,
         queue: &str,
         agent: &str,
-        event: &str,
-        data: Vec<String>,
+        event: QueueEvent,
     ) {
         out.push(Output::Log(LogLine {
             at,
             call_id: call_id.to_string(),
             queue: queue.to_string(),
             agent: agent.to_string(),
-            event: event.to_string(),
-            data,
+            event,
         }));
     }
 
@@ -789,19 +783,22 @@ impl Desk {
                 agent.idle_since = now;
             }
         }
-        let (event, data) = match (&old, &presence) {
-            (Presence::LoggedOut, _) if presence != Presence::LoggedOut => {
-                ("AGENTLOGIN", Vec::new())
-            }
-            (_, Presence::LoggedOut) => ("AGENTLOGOFF", Vec::new()),
-            (_, Presence::OnBreak(reason)) => ("PAUSE", vec![reason.clone()]),
-            _ => ("UNPAUSE", Vec::new()),
+        let event = match (&old, &presence) {
+            (Presence::LoggedOut, _) if presence != Presence::LoggedOut => QueueEvent::AgentLogin,
+            (_, Presence::LoggedOut) => QueueEvent::AgentLogoff,
+            (_, Presence::OnBreak(reason)) => QueueEvent::Pause {
+                reason: reason.clone(),
+            },
+            _ => QueueEvent::Unpause,
         };
-        Self::log(out, now, "NONE", "NONE", id, event, data);
+        Self::log(out, now, "NONE", "NONE", id, event);
         // A login that lands on a break logs both.
         if old == Presence::LoggedOut {
             if let Presence::OnBreak(reason) = &presence {
-                Self::log(out, now, "NONE", "NONE", id, "PAUSE", vec![reason.clone()]);
+                let pause = QueueEvent::Pause {
+                    reason: reason.clone(),
+                };
+                Self::log(out, now, "NONE", "NONE", id, pause);
             }
         }
         out.push(Output::Persist {
@@ -1054,17 +1051,11 @@ impl Desk {
             &joining.call_id,
             &name,
             "NONE",
-            "ENTERQUEUE",
-            vec![
-                String::new(),
-                joining.number.clone(),
-                position.to_string(),
-                if resumed.is_some() {
-                    "RESUMED".into()
-                } else {
-                    String::new()
-                },
-            ],
+            QueueEvent::EnterQueue {
+                caller: joining.number.clone(),
+                position,
+                resumed: resumed.is_some(),
+            },
         );
         self.callers.insert(
             joining.call,
@@ -1185,12 +1176,11 @@ impl Desk {
                     &caller.call_id,
                     &queue_name,
                     &id,
-                    "CONNECT",
-                    vec![
-                        (hold / 1000).to_string(),
-                        caller.call_id.clone(),
-                        (ring_ms / 1000).to_string(),
-                    ],
+                    QueueEvent::Connect {
+                        hold_s: hold / 1000,
+                        bridged: caller.call_id.clone(),
+                        ring_s: ring_ms / 1000,
+                    },
                 );
                 self.connected.insert(
                     call,
@@ -1232,8 +1222,7 @@ impl Desk {
                     &call_id,
                     &queue_name,
                     &id,
-                    "RINGNOANSWER",
-                    vec![ring_ms.to_string()],
+                    QueueEvent::RingNoAnswer { ring_ms },
                 );
                 let mut pause = false;
                 if let Some(agent) = self.agents.get_mut(&id) {
@@ -1286,12 +1275,11 @@ impl Desk {
                 &caller.call_id,
                 &name,
                 "NONE",
-                "ABANDON",
-                vec![
-                    position.to_string(),
-                    caller.first_position.to_string(),
-                    (now.saturating_sub(caller.entered) / 1000).to_string(),
-                ],
+                QueueEvent::Abandon(LeftLine {
+                    position,
+                    first_position: caller.first_position,
+                    wait_s: now.saturating_sub(caller.entered) / 1000,
+                }),
             );
             for id in &caller.ringing {
                 if let Some(a) = self.agents.get_mut(id) {
@@ -1312,21 +1300,11 @@ impl Desk {
             self.settle(now, out);
             return;
         }
-        let event = match by {
-            HungUp::Caller => "COMPLETECALLER",
-            HungUp::Agent => "COMPLETEAGENT",
-        };
         self.release_connected(
             call,
-            |c, now| {
-                (
-                    event,
-                    vec![
-                        (c.answered.saturating_sub(c.entered) / 1000).to_string(),
-                        (now.saturating_sub(c.answered) / 1000).to_string(),
-                        c.first_position.to_string(),
-                    ],
-                )
+            |c, now| match by {
+                HungUp::Caller => QueueEvent::CompleteCaller(c.talk(now)),
+                HungUp::Agent => QueueEvent::CompleteAgent(c.talk(now)),
             },
             now,
             out,
@@ -1339,17 +1317,9 @@ impl Desk {
     pub fn transferred(&mut self, call: CallRef, to: &str, now: u64, out: &mut Vec<Output>) {
         self.release_connected(
             call,
-            |c, now| {
-                (
-                    "TRANSFER",
-                    vec![
-                        to.to_string(),
-                        String::new(),
-                        (c.answered.saturating_sub(c.entered) / 1000).to_string(),
-                        (now.saturating_sub(c.answered) / 1000).to_string(),
-                        c.first_position.to_string(),
-                    ],
-                )
+            |c, now| QueueEvent::Transfer {
+                to: to.to_string(),
+                talk: c.talk(now),
             },
             now,
             out,
@@ -1361,7 +1331,7 @@ impl Desk {
     fn release_connected(
         &mut self,
         call: CallRef,
-        line: impl FnOnce(&Connected, u64) -> (&'static str, Vec<String>),
+        line: impl FnOnce(&Connected, u64) -> QueueEvent,
         now: u64,
         out: &mut Vec<Output>,
     ) {
@@ -1370,8 +1340,8 @@ impl Desk {
         };
         if !c.direct {
             let name = self.queues[c.queue].name.clone();
-            let (event, data) = line(&c, now);
-            Self::log(out, now, &c.call_id, &name, &c.agent, event, data);
+            let event = line(&c, now);
+            Self::log(out, now, &c.call_id, &name, &c.agent, event);
         }
         let wrap_up_rule = self.queues[c.queue].rules.wrap_up;
         if let Some(agent) = self.agents.get_mut(&c.agent) {
@@ -1412,8 +1382,7 @@ impl Desk {
             &call_id,
             &name,
             "NONE",
-            "CALLBACK",
-            vec![position.to_string()],
+            QueueEvent::Callback { position },
         );
         true
     }
@@ -1522,22 +1491,17 @@ impl Desk {
         queue.line.remove(&caller.key);
         queue.ready.remove(&caller.key);
         let name = queue.name.clone();
-        Self::log(
-            out,
-            now,
-            &caller.call_id,
-            &name,
-            "NONE",
+        Self::log(out, now, &caller.call_id, &name, "NONE", {
+            let left = LeftLine {
+                position,
+                first_position: caller.first_position,
+                wait_s: now.saturating_sub(caller.entered) / 1000,
+            };
             match reason {
-                ExitReason::Timeout => "EXITWITHTIMEOUT",
-                ExitReason::Empty => "EXITEMPTY",
-            },
-            vec![
-                position.to_string(),
-                caller.first_position.to_string(),
-                (now.saturating_sub(caller.entered) / 1000).to_string(),
-            ],
-        );
+                ExitReason::Timeout => QueueEvent::ExitWithTimeout(left),
+                ExitReason::Empty => QueueEvent::ExitEmpty(left),
+            }
+        });
         out.push(Output::Exit { call, reason });
     }
 

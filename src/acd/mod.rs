@@ -9,6 +9,7 @@
 //! agent can stay "on call" after a lost BYE.
 
 pub mod desk;
+pub mod queue_log;
 pub mod records;
 pub mod report;
 
@@ -609,7 +610,7 @@ impl Actor {
                         }
                     }
                     Output::Log(line) => {
-                        tracing::info!(event = %line.event, queue = %line.queue, agent = %line.agent, call_id = %line.call_id, data = ?line.data, "queue");
+                        tracing::info!(event = %line.event, queue = %line.queue, agent = %line.agent, call_id = %line.call_id, data = ?line.event.fields(), "queue");
                         self.records.log(line);
                     }
                     Output::Persist { agent, presence } => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use super::desk::LogLine;
+use super::queue_log::LogLine;
 use crate::store::{record_key, Cdr, RecordingMeta, Store};
 
 enum RecordMsg {
@@ -53,7 +53,7 @@ impl Records {
 
     /// Queues a queue-log line (and publishes it as an event).
     pub fn log(&self, line: LogLine) {
-        let (kind, about, data) = event_of(&line);
+        let (kind, about, data) = line.cti_event();
         self.events.publish(kind, about, data);
         let _ = self.tx.send(RecordMsg::Log(line));
     }
@@ -92,47 +92,6 @@ impl Records {
             let _ = rx.await;
         }
     }
-}
-
-/// A queue-log line as a CTI event: its kind, what it is about, its data.
-fn event_of(line: &LogLine) -> (&'static str, crate::events::About, serde_json::Value) {
-    let kind = match line.event.as_str() {
-        "ENTERQUEUE" => "call.queued",
-        "CONNECT" => "call.answered",
-        "RINGNOANSWER" => "agent.no_answer",
-        "ABANDON" => "call.abandoned",
-        "EXITWITHTIMEOUT" | "EXITEMPTY" => "call.left_queue",
-        "TRANSFER" => "call.transferred",
-        "CALLBACK" => "call.callback_booked",
-        "RATED" => "call.rated",
-        "COMPLETECALLER" | "COMPLETEAGENT" => "call.completed",
-        "AGENTLOGIN" | "AGENTLOGOFF" | "PAUSE" | "UNPAUSE" => "agent.state",
-        _ => "queue.event",
-    };
-    let known = |v: &str| (v != "NONE" && !v.is_empty()).then(|| v.to_string());
-    let state = match line.event.as_str() {
-        "AGENTLOGIN" | "UNPAUSE" => Some("available"),
-        "AGENTLOGOFF" => Some("logged-out"),
-        "PAUSE" => Some("on-break"),
-        _ => None,
-    };
-    let mut data = serde_json::json!({
-        "call_id": known(&line.call_id),
-        "queue_log": line.event,
-        "fields": line.data,
-    });
-    if let Some(s) = state {
-        data["state"] = s.into();
-    }
-    if line.event == "RATED" {
-        data["rating"] = line.data.first().cloned().unwrap_or_default().into();
-    }
-    let about = crate::events::About {
-        queue: known(&line.queue),
-        agent: known(&line.agent),
-        hotline: None,
-    };
-    (kind, about, data)
 }
 
 #[derive(Default)]

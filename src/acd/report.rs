@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::desk::LogLine;
+use super::queue_log::LogLine;
 use crate::store::{Cdr, Disposition};
 
 /// Abandons shorter than this are "short" (ms).
@@ -240,7 +240,7 @@ pub fn compute(cdrs: &[Cdr], log: &[LogLine], by: By, utc_offset_minutes: i32) -
     }
     if by == By::Agent {
         for line in log {
-            if line.event == "CONNECT" || line.event == "RINGNOANSWER" {
+            if line.event.is_offer() {
                 groups.entry(line.agent.clone()).or_default().offered += 1;
             }
         }
@@ -405,26 +405,10 @@ pub fn parse_time(text: &str, utc_offset_minutes: i32, now_ms: u64) -> Result<u6
     Ok(at.timestamp_millis().max(0) as u64)
 }
 
-/// One queue-log line in Asterisk's layout: `epoch|callid|queue|agent|event|data…`.
-pub fn queue_log_line(l: &LogLine) -> String {
-    let mut s = format!(
-        "{}|{}|{}|{}|{}",
-        l.at / 1000,
-        l.call_id,
-        l.queue,
-        l.agent,
-        l.event
-    );
-    for d in &l.data {
-        s.push('|');
-        s.push_str(&d.replace(['|', '\n'], " "));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acd::queue_log::QueueEvent;
 
     fn cdr(
         queue: &str,
@@ -505,24 +489,22 @@ mod tests {
         let by_queue = compute(&cdrs, &[], By::Queue, 480);
         assert_eq!(by_queue[0].calls, 6, "the self-service call has no queue");
 
-        let log: Vec<LogLine> = [
-            "CONNECT",
-            "RINGNOANSWER",
-            "CONNECT",
-            "CONNECT",
-            "CONNECT",
-            "RINGNOANSWER",
-        ]
-        .iter()
-        .map(|e| LogLine {
-            at: 0,
-            call_id: "x".into(),
-            queue: "main".into(),
-            agent: "1001".into(),
-            event: e.to_string(),
-            data: vec![],
-        })
-        .collect();
+        let connect = QueueEvent::Connect {
+            hold_s: 3,
+            bridged: "x".into(),
+            ring_s: 2,
+        };
+        let missed = QueueEvent::RingNoAnswer { ring_ms: 15_000 };
+        let log: Vec<LogLine> = [&connect, &missed, &connect, &connect, &connect, &missed]
+            .into_iter()
+            .map(|event| LogLine {
+                at: 0,
+                call_id: "x".into(),
+                queue: "main".into(),
+                agent: "1001".into(),
+                event: event.clone(),
+            })
+            .collect();
         let by_agent = compute(&cdrs, &log, By::Agent, 480);
         assert_eq!((by_agent[0].offered, by_agent[0].answered), (6, 4));
 

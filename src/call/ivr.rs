@@ -885,13 +885,14 @@ impl Call {
         info!(rating, agent = %self.cdr.agent, "the caller rated the call");
         self.cdr.rating = rating.to_string();
         self.keep_record();
-        self.ctx.shared.records.log(crate::acd::records::LogLine {
+        self.ctx.shared.records.log(crate::acd::queue_log::LogLine {
             at: crate::clock::now_ms(),
             call_id: self.invite.core.call_id.clone(),
             queue: self.cdr.queue.clone(),
             agent: self.cdr.agent.clone(),
-            event: "RATED".into(),
-            data: vec![rating.to_string()],
+            event: crate::acd::queue_log::QueueEvent::Rated {
+                rating: rating.to_string(),
+            },
         });
     }
 }
