@@ -2,7 +2,7 @@
 //! SIP over loopback; states, CDRs and the queue log land in a real sled
 //! database. Each known race of queue systems has its test here.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::time::Duration;
 

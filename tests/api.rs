@@ -3,7 +3,7 @@
 //! token lifecycle, pagination, bad input named by field, an agent state
 //! change reaching the desk and the audit log.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{connected_call, Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;

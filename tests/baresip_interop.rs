@@ -8,9 +8,8 @@
 //! Without `baresip` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
 
-#[path = "common/baresip.rs"]
-mod baresip;
-mod common;
+use yihaotong_testkit as common;
+use yihaotong_testkit::baresip;
 
 use baresip::Baresip;
 use common::{Phone, TestServer};

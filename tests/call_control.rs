@@ -5,7 +5,7 @@
 //! the call, are audited, and end in the CDR; roles and an agent's own
 //! calls are enforced; a call in a flow or still ringing can be hung up.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{answer, assert_talking, connected_call, talk, Phone, TestServer};
 use serde_json::json;

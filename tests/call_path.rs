@@ -1,7 +1,7 @@
 //! The call path end to end: the real server on loopback, phones speaking
 //! real SIP and RTP, a real sled database in a temp folder.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;

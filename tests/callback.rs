@@ -2,7 +2,7 @@
 //! with a key while waiting, hangs up, and is called back through the trunk
 //! once an agent is on the line, also across a kill -9 and restart.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::time::{Duration, Instant};
 

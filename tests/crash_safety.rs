@@ -6,7 +6,7 @@
 //! flushed before the kill; and that no call stays "in progress": calls cut by
 //! the kill are closed out as `crashed` at start-up, exactly once.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

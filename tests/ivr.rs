@@ -4,7 +4,7 @@
 //! (RFC 4733, SIP INFO, in-band tones), and the call must land where the
 //! flow says: a backend UAS, or an agent with the flow's data as headers.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{
     answer, answer_ivr, decode_pcmu, prompt_correlation, prompt_source, Phone, RtpIn, TestServer,

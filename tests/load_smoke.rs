@@ -2,7 +2,7 @@
 //! harness cannot rot. It asserts correctness (every call completed or was
 //! abandoned as asked, audio arrived both ways, nothing leaked), never speed.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::TestServer;
 

@@ -1,7 +1,7 @@
 //! What an operator meets around the call path, against the real binary:
 //! log lines fit for a file or a shipper.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{Phone, TestServer};
 
@@ -59,7 +59,7 @@ fn logs_into_a_file_carry_no_colour_and_json_lines_parse() {
     // A level that is not a filter is refused with the field named.
     let (ok, out) = server.cli(&["check"]);
     assert!(ok, "{out}");
-    let bad = std::process::Command::new(common::BIN)
+    let bad = std::process::Command::new(common::bin())
         .arg("check")
         .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("YIHAOTONG_LOG__LEVEL", "yihaotong=loud")
@@ -85,7 +85,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 
 /// `yihaotong check` with these settings in the environment: (success, output).
 fn check(env: &[(&str, &std::path::Path)]) -> (bool, String) {
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("check")
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .env_remove("RUST_LOG")
@@ -166,11 +166,11 @@ fn a_data_dir_this_user_cannot_write_is_named_by_check_and_run() {
     let root = nix::unistd::getuid().is_root();
     let bin = if root {
         let copy = dir.path().join("yihaotong");
-        std::fs::copy(common::BIN, &copy).expect("copy the binary");
+        std::fs::copy(common::bin(), &copy).expect("copy the binary");
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         copy
     } else {
-        common::BIN.into()
+        common::bin().into()
     };
     let as_user = |args: &[&str]| {
         let mut cmd = if root {
@@ -443,7 +443,7 @@ fn calls_refused_at_setup_leave_one_record_each() {
 fn the_cli_elsewhere_says_where_it_looked_and_creates_nothing() {
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(common::BIN)
+        let out = std::process::Command::new(common::bin())
             .args(args)
             .current_dir(elsewhere.path())
             .env_remove("YIHAOTONG_DATA_DIR")

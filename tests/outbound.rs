@@ -5,7 +5,7 @@
 //! outbound call's own CDR. The gateway, the agents and the caller speak
 //! real SIP and RTP over loopback.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! with Retry-After and take no state, while calls already up keep their
 //! dialogs and emergency numbers still go out. Real SIP over loopback.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;

@@ -6,7 +6,7 @@
 //! in the queue log, on the event stream and in the report. When the caller
 //! hangs up first, nothing runs.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::time::Duration;
 

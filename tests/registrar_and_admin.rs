@@ -1,7 +1,7 @@
 //! Registrar persistence, live administration through the admin socket, and
 //! the first agent-selection rules of the ACD, all against the real server.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{Phone, TestServer};
 use yihaotong::sip::auth::Algorithm;
@@ -225,7 +225,7 @@ fn a_server_starting_on_a_held_database_waits_and_status_never_holds_it() {
     // starting.
     let mut server = TestServer::start();
     let elsewhere = server.dir.path().join("never-opened");
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("status")
         .envs(server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("YIHAOTONG_DATA_DIR", &elsewhere)

@@ -6,11 +6,9 @@
 //! call that is up. The offers come from the real stacks: Chromium's
 //! WebRTC and baresip's `mediaenc=srtp-mand`.
 
-#[path = "common/baresip.rs"]
-mod baresip;
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
+use yihaotong_testkit as common;
+use yihaotong_testkit::baresip;
+use yihaotong_testkit::browser;
 
 use baresip::Baresip;
 use common::{assert_talking, connected_call, Phone, TestServer};

@@ -11,7 +11,7 @@
 //! Without `sipp` on PATH the test says so and passes, except under CI
 //! (`CI` set), where `.ci/run` installs it and its absence is a failure.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

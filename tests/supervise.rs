@@ -1,7 +1,7 @@
 //! Supervisors listening to, whispering to and barging into an agent's call
 //! from their own phones (*31/*32/*33 + agent), with real SIP and RTP.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{connected_call, Phone, PhoneDialog, TestServer};
 use yihaotong::sip::auth::Algorithm;

@@ -3,7 +3,7 @@
 //! caller, the agents and an emergency desk speaking real SIP and RTP over
 //! loopback.
 
-mod common;
+use yihaotong_testkit as common;
 
 use common::{answer, connected_call, talk, Phone, PhoneDialog, TestServer};
 use yihaotong::sip::auth::Algorithm;

@@ -7,9 +7,8 @@
 //! Chromium must be installed under CI (`.ci/run` installs it); elsewhere the
 //! test says it was skipped.
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
+use yihaotong_testkit as common;
+use yihaotong_testkit::browser;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! receiver is gone turns its events into dead letters, counted in
 //! `status` and `/metrics`.
 
-mod common;
+use yihaotong_testkit as common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

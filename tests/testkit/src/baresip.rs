@@ -1,15 +1,12 @@
 //! Debian's baresip 1.0 as a peer nobody here wrote: one process with its
 //! own config folder, bound to loopback only (its SDP must never name
 //! another interface), its audio looped (aubridge: what it hears is what it
-//! sends), SRTP and the command menu loaded. Included with
-//! `#[path = "common/baresip.rs"] mod baresip;` by the tests that use it.
-
-#![allow(dead_code)]
+//! sends), SRTP and the command menu loaded.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, installed, media_port};
+use crate::{free_port, installed, media_port};
 
 /// Whether baresip is installed (under CI it must be).
 pub fn available() -> bool {

@@ -1,9 +1,6 @@
 //! A headless Chromium driven over its DevTools protocol (a WebSocket), for
 //! the tests that need a real browser: the wallboard's page, and WebRTC
-//! offers made by the browser's own stack. Included with
-//! `#[path = "common/browser.rs"] mod browser;` by the tests that use it.
-
-#![allow(dead_code)]
+//! offers made by the browser's own stack.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
