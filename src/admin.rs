@@ -91,11 +91,8 @@ pub enum AdminCommand {
     AgentsState {
         /// Agent id.
         id: String,
-        /// The new state.
-        state: String,
-        /// Break reason code.
-        #[serde(default)]
-        reason: Option<String>,
+        /// What is asked of the seat (read once, where the word was typed).
+        change: SeatChange,
     },
     /// Remove an agent.
     AgentsRemove {
@@ -673,15 +670,15 @@ pub fn execute(
             }
             Ok(Value::String(text))
         }
-        AdminCommand::AgentsState { id, state, reason } => {
+        AdminCommand::AgentsState { id, change } => {
             if store.agent(&id)?.is_none() {
                 bail!("no agent {id:?}");
             }
-            match presence_of(&state, reason)? {
-                Some(p) => store.put_presence(&id, &p)?,
-                None => bail!("end-wrap-up needs the running server"),
+            match &change {
+                SeatChange::Presence(p) => store.put_presence(&id, p)?,
+                SeatChange::EndWrapUp => bail!("end-wrap-up needs the running server"),
             }
-            Ok(json!({ "agent": id, "state": state }))
+            Ok(json!({ "agent": id, "state": change.word() }))
         }
         AdminCommand::AgentsList => {
             let mut out = Vec::new();
@@ -909,19 +906,47 @@ fn records_json(store: &Store, kind: RecordKind, since: u64, until: u64) -> anyh
     Ok(Value::Array(out))
 }
 
-/// The presence an `agents state` word asks for (`None`: end wrap-up).
-pub fn presence_of(state: &str, reason: Option<String>) -> anyhow::Result<Option<Presence>> {
-    Ok(Some(match state {
-        "available" => Presence::Available,
-        "break" | "on-break" => {
-            let reason = reason.unwrap_or_else(|| "break".to_string());
-            valid_name("break reason", &reason)?;
-            Presence::OnBreak(reason)
+/// What an `agents state` change asks of a seat: a presence (take calls,
+/// a break with its reason, logged out), or the end of its wrap-up. Read
+/// once from the word where it was typed (the CLI, the API's body, a
+/// phone's feature code); from there on it travels as this value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeatChange {
+    /// The seat's chosen presence.
+    Presence(Presence),
+    /// End the wrap-up now and take the next call.
+    EndWrapUp,
+}
+
+impl SeatChange {
+    /// The change a word asks for: `available`, `break` (or `on-break`, with
+    /// `reason`, `break` when none), `logged-out` (or `logout`), `end-wrap-up`.
+    pub fn read(state: &str, reason: Option<String>) -> anyhow::Result<SeatChange> {
+        Ok(SeatChange::Presence(match state {
+            "available" => Presence::Available,
+            "break" | "on-break" => {
+                let reason = reason.unwrap_or_else(|| "break".to_string());
+                valid_name("break reason", &reason)?;
+                Presence::OnBreak(reason)
+            }
+            "logged-out" | "logout" => Presence::LoggedOut,
+            "end-wrap-up" => return Ok(SeatChange::EndWrapUp),
+            other => {
+                bail!("unknown state {other:?}: use available, break, logged-out or end-wrap-up")
+            }
+        }))
+    }
+
+    /// The state's name in answers, as `agents list` shows states.
+    pub fn word(&self) -> &'static str {
+        match self {
+            SeatChange::Presence(Presence::Available) => "available",
+            SeatChange::Presence(Presence::OnBreak(_)) => "on-break",
+            SeatChange::Presence(Presence::LoggedOut) => "logged-out",
+            SeatChange::EndWrapUp => "end-wrap-up",
         }
-        "logged-out" | "logout" => Presence::LoggedOut,
-        "end-wrap-up" => return Ok(None),
-        other => bail!("unknown state {other:?}: use available, break, logged-out or end-wrap-up"),
-    }))
+    }
 }
 
 /// The admin socket's path.

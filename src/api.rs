@@ -494,7 +494,7 @@ async fn agent_state(
             return Err(bad("reason", "up to 32 letters, digits and dashes"));
         }
     }
-    crate::admin::presence_of(&change.state, change.reason.clone())
+    let wanted = crate::admin::SeatChange::read(&change.state, change.reason.clone())
         .map_err(|e| bad("state", format!("{e:#}")))?;
     record_action(
         &api,
@@ -504,11 +504,7 @@ async fn agent_state(
         json!({ "state": change.state, "reason": change.reason }),
     )
     .await?;
-    let cmd = AdminCommand::AgentsState {
-        id,
-        state: change.state,
-        reason: change.reason,
-    };
+    let cmd = AdminCommand::AgentsState { id, change: wanted };
     Ok(Json(run(&api, cmd).await?))
 }
 

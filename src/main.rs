@@ -709,9 +709,10 @@ fn real_main() -> anyhow::Result<()> {
                 supervisor,
                 dial,
             },
-            AgentsAction::State { id, state, reason } => {
-                AdminCommand::AgentsState { id, state, reason }
-            }
+            AgentsAction::State { id, state, reason } => AdminCommand::AgentsState {
+                id,
+                change: admin::SeatChange::read(&state, reason)?,
+            },
             AgentsAction::List => AdminCommand::AgentsList,
             AgentsAction::Remove { id } => AdminCommand::AgentsRemove { id },
         }),
