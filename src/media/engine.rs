@@ -509,8 +509,13 @@ impl Bridges {
 
     /// Housekeeping for the bridges of `slot`; ends those whose call is over
     /// or wants its sockets back.
-    fn housekeeping(&mut self, slot: u32, registry: &mio::Registry, stats: &EngineStats) {
-        let now = Instant::now();
+    fn housekeeping(
+        &mut self,
+        slot: u32,
+        registry: &mio::Registry,
+        stats: &EngineStats,
+        now: Instant,
+    ) {
         let mut ended = Vec::new();
         for id in &self.slots[slot as usize] {
             if let Some(b) = self.by_id.get_mut(id) {
@@ -677,7 +682,7 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats, thread:
         }
         let slot_before = clock.slot;
         pressure.had_work |= !streams.entries.is_empty() || !bridges.by_id.is_empty();
-        if let Some(late) = pace(&mut streams, &mut clock, stats) {
+        if let Some(late) = pace(&mut streams, &mut clock, stats, Instant::now()) {
             pressure.lateness.push(late);
         }
         for ev in events.iter() {
@@ -700,13 +705,13 @@ fn run(mut poll: Poll, rx: std_mpsc::Receiver<Cmd>, stats: &EngineStats, thread:
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        if let Some(late) = pace(&mut streams, &mut clock, stats) {
+        if let Some(late) = pace(&mut streams, &mut clock, stats, Instant::now()) {
             pressure.lateness.push(late);
         }
         // Each slot that went by: its bridges' housekeeping.
         let mut slot = slot_before;
         while slot != clock.slot {
-            bridges.housekeeping(slot, poll.registry(), stats);
+            bridges.housekeeping(slot, poll.registry(), stats, Instant::now());
             slot = (slot + 1) % SLOTS;
         }
         pressure.busy += woke.elapsed();
@@ -719,12 +724,17 @@ struct Clock {
     slot: u32,
 }
 
-/// If the slot's deadline has come: one frame for every playing stream of
-/// that slot, in one pass, and the next deadline one slot later (absolute,
-/// so lateness does not accumulate). Returns how late the pass started (µs),
-/// if one ran.
-fn pace(streams: &mut Streams, clock: &mut Clock, stats: &EngineStats) -> Option<u32> {
-    let now = Instant::now();
+/// If the slot's deadline has come by `now` (the caller reads the clock,
+/// so a test can hand in made-up instants): one frame for every playing
+/// stream of that slot, in one pass, and the next deadline one slot later
+/// (absolute, so lateness does not accumulate). Returns how late the pass
+/// started (µs), if one ran.
+fn pace(
+    streams: &mut Streams,
+    clock: &mut Clock,
+    stats: &EngineStats,
+    now: Instant,
+) -> Option<u32> {
     if now < clock.deadline {
         return None;
     }
@@ -1175,5 +1185,51 @@ mod tests {
         assert_eq!(rtp_payload(&x), None);
         x[0] = 0x8f; // 15 CSRCs, none present
         assert_eq!(rtp_payload(&x), None);
+    }
+
+    #[test]
+    fn the_pacing_clock_keeps_absolute_deadlines_and_does_not_burst_after_a_stall() {
+        let stats = EngineStats::default();
+        let mut streams = Streams::default();
+        let t0 = Instant::now();
+        let mut clock = Clock {
+            deadline: t0 + SLOT,
+            slot: 0,
+        };
+        // Before the deadline: nothing.
+        assert_eq!(pace(&mut streams, &mut clock, &stats, t0), None);
+        // 3 ms late: one pass, counted late; the next deadline is one slot
+        // after the last one, not after now.
+        let late = pace(
+            &mut streams,
+            &mut clock,
+            &stats,
+            t0 + SLOT + Duration::from_millis(3),
+        );
+        assert_eq!(late, Some(3_000));
+        assert_eq!((clock.slot, clock.deadline), (1, t0 + 2 * SLOT));
+        assert_eq!(stats.ticks.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.late_ticks.load(Ordering::Relaxed), 1);
+        // On time: not counted late.
+        assert_eq!(
+            pace(&mut streams, &mut clock, &stats, t0 + 2 * SLOT),
+            Some(0)
+        );
+        assert_eq!(stats.late_ticks.load(Ordering::Relaxed), 1);
+        // A stall of a second: one pass, then the clock starts again from
+        // now instead of running fifty passes to catch up.
+        let woke = t0 + Duration::from_secs(1);
+        assert!(pace(&mut streams, &mut clock, &stats, woke).is_some());
+        assert_eq!(clock.deadline, woke + SLOT);
+        assert_eq!(pace(&mut streams, &mut clock, &stats, woke), None);
+        // The slot goes round.
+        for i in 0..SLOTS {
+            let at = clock.deadline;
+            assert!(
+                pace(&mut streams, &mut clock, &stats, at).is_some(),
+                "pass {i}"
+            );
+        }
+        assert_eq!(clock.slot, 3, "three passes, then a whole round");
     }
 }
