@@ -24,9 +24,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::call::CallEvent;
 use crate::config::{BackendDef, BackendTarget, Select};
-use crate::server::WorkerInput;
+use crate::endpoint::CallEvent;
+use crate::endpoint::WorkerInput;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::Method;
 use crate::sip::transaction::TxKey;
@@ -313,7 +313,7 @@ async fn probe_loop(
     loop {
         ticker.tick().await;
         let call_id = format!("{}-probe@yihaotong", random_token());
-        let worker = &workers[crate::server::shard(&call_id, workers.len())];
+        let worker = &workers[crate::endpoint::shard(&call_id, workers.len())];
         let mut dialog = Dialog::uac(
             call_id,
             format!("<sip:ping@{host}>"),

@@ -11,6 +11,8 @@
 //! - Protocol: [`sip`] (sans-IO messages over rsipstack, transactions,
 //!   dialogs, digest auth; the UDP/TCP transport edge), [`media`] (SDP, RTP
 //!   ports, prompts, DTMF, the media engine, relays, recording).
+//! - SIP endpoint: [`endpoint`] (what a SIP worker is told, what a call
+//!   hears from it, which worker owns a Call-ID).
 //! - Number plan and limits: [`routing`] (numbers, routes, plan files),
 //!   [`outbound`] (what agents may dial out: the toll-fraud guard),
 //!   [`overload`] (when to refuse a new call).
@@ -21,7 +23,7 @@
 //! - Calls: [`registrar`] (REGISTER and agent auth, with lock-out), [`ivr`]
 //!   (flow files, checks, the sans-IO interpreter), [`acd`] (the desk, its
 //!   actor, the records writer, reports), [`call`] (the B2BUA, one task per
-//!   call), [`backends`] (the self-service systems' health).
+//!   call, and the `House` calls share), [`backends`] (the self-service systems' health).
 //! - Back office: [`admin`] (CLI commands, locally or via the running
 //!   server), [`api`] (the HTTP admin and CTI API), [`webhooks`] (events as
 //!   signed HTTP POSTs).
@@ -38,6 +40,7 @@ pub mod boxed;
 pub mod call;
 pub mod clock;
 pub mod config;
+pub mod endpoint;
 pub mod events;
 pub mod fuzzing;
 pub mod ivr;

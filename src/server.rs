@@ -29,10 +29,11 @@ use tokio::sync::mpsc;
 use crate::acd::records::Records;
 use crate::acd::Acd;
 use crate::admin::AdminCommand;
-use crate::call::{self, CallEvent};
+use crate::call::{self, House};
 use crate::clock::{now_unix, sleep_until};
 use crate::config::Settings;
-use crate::ivr::Catalog;
+use crate::endpoint::{CallEvent, WorkerInput, ALLOW};
+
 use crate::media::engine::Engine;
 use crate::media::ports::PortPool;
 use crate::registrar::{Answer, AuthOutcome, Registrar};
@@ -52,10 +53,6 @@ mod worker;
 pub use tasks::watch_reloads;
 use tasks::{housekeeping, queue_stats, sync_registrations};
 use worker::{dispatch, EndedDialogs, Worker};
-pub use worker::{shard, WorkerInput};
-
-/// Methods we implement, for Allow headers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
 
 /// Depth of each worker's in-dialog lane (responses, in-dialog requests,
 /// what its calls ask it to send). Its lane of new requests is
@@ -69,63 +66,44 @@ const IDLE_CPU_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the runtime's timer lateness is measured (overload control).
 const LAG_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// State every worker and call shares. Each part is either immutable or
-/// behind a short lock that is never held across an await.
+/// State every worker shares: the calls' [`House`], and what only the
+/// switchboard needs (the registrar, sockets, the lanes of new requests,
+/// overload control, reload and drain flags, figures). Each part is either
+/// immutable or behind a short lock that is never held across an await.
+/// It reads as the house too (`Deref`), so the switchboard's code says
+/// `shared.settings` as the calls say `house.settings`.
 pub struct Shared {
-    /// Settings.
-    pub settings: Settings,
-    /// Database.
-    pub store: Store,
+    /// What calls share.
+    pub house: Arc<House>,
     /// Registrar and authenticator.
     pub registrar: Mutex<Registrar>,
-    /// The ACD: agent states and waiting callers.
-    pub acd: Acd,
-    /// CDRs and the queue log.
-    pub records: Records,
-    /// RTP ports.
-    pub ports: Arc<PortPool>,
     /// Sockets.
     pub sockets: Arc<SipSockets>,
-    /// Worker inputs, by index: in-dialog traffic and what calls send.
-    pub workers: Vec<mpsc::Sender<WorkerInput>>,
     /// Each worker's lane of new out-of-dialog requests from the network,
     /// served only when its in-dialog lane is empty.
     fresh: Vec<mpsc::Sender<WorkerInput>>,
     /// Overload control: limits, per-holder counts, what was shed.
     pub overload: Arc<crate::overload::Overload>,
-    /// The backends' health and the calls each holds.
-    pub backends: Arc<crate::backends::Backends>,
-    /// host:port for Via and Contact.
-    pub host: String,
-    /// Calls alive now.
-    pub live_calls: AtomicUsize,
-    /// Flows, prompts and calendars: the version new calls get.
-    pub catalog: std::sync::RwLock<Arc<Catalog>>,
-    /// The queues in service (the store's): the version new calls get.
-    queues: std::sync::RwLock<Arc<crate::config::Queues>>,
-    /// Plays prompts and hears keys for IVR calls.
-    pub engine: Engine,
     /// Catalog versions taken since start (0 = the one loaded at start).
     pub catalog_version: std::sync::atomic::AtomicU64,
     /// Serializes reloads (a file watch and a SIGHUP at once).
     reloading: Mutex<()>,
     /// Set on SIGTERM/Ctrl-C: new calls get 503 while calls in progress finish.
     pub draining: std::sync::atomic::AtomicBool,
-    /// Set when the drain ends the calls still up: their hang-ups are the
-    /// drain's (disposition `drained`).
-    pub drain_cut: std::sync::atomic::AtomicBool,
-    /// Calls placed by agents' phones (attended transfers replace them).
-    pub consults: crate::call::Consults,
-    /// Agents' bridged calls, for supervisors.
-    pub supervision: crate::call::Supervision,
-    /// Every call alive now, with what it is doing, for the API's call control.
-    pub calls: Arc<crate::call::LiveCalls>,
     /// Each webhook's delivery figures (its task writes them).
     pub webhooks: crate::webhooks::Figures,
     /// Each SIP worker's live transactions, as of its last input.
     pub transactions: Vec<AtomicUsize>,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = House;
+
+    fn deref(&self) -> &House {
+        &self.house
+    }
 }
 
 impl Shared {
@@ -155,27 +133,6 @@ impl Shared {
         cache.1.contains(&ip)
     }
 
-    /// The queues new calls get.
-    pub fn queues(&self) -> Arc<crate::config::Queues> {
-        match self.queues.read() {
-            Ok(q) => q.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// One queue's definition, if it is in service.
-    pub fn queue(&self, name: &str) -> Option<crate::config::QueueDef> {
-        self.queues().get(name).cloned()
-    }
-
-    /// The catalog new calls get.
-    pub fn catalog(&self) -> Arc<Catalog> {
-        match self.catalog.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
     /// Refuses a request for overload without taking any state: a counted
     /// 503 with `[limits] retry_after`, sent straight to `peer`.
     fn shed_statelessly(&self, req: &Request, peer: Peer, why: crate::overload::Shed) {
@@ -183,11 +140,6 @@ impl Shared {
         let retry = self.settings.limits.retry_after.to_string();
         let resp = req.response(503, Some(&random_token()), &[("Retry-After", &retry)], b"");
         self.sockets.send(peer, Bytes::from(resp));
-    }
-
-    /// Which worker owns a Call-ID.
-    pub fn worker_of(&self, call_id: &str) -> usize {
-        shard(call_id, self.workers.len())
     }
 }
 
@@ -284,8 +236,8 @@ impl Server {
             std::time::Duration::from_secs(settings.queue.record_flush),
             events,
         );
-        let shared = Arc::new(Shared {
-            registrar: Mutex::new(Registrar::new(store.clone(), settings.sip.clone())),
+        let registrar = Mutex::new(Registrar::new(store.clone(), settings.sip.clone()));
+        let house = Arc::new(House {
             acd: Acd::start(&settings, &queues, store.clone(), records.clone()),
             queues: std::sync::RwLock::new(Arc::new(queues)),
             records,
@@ -294,27 +246,31 @@ impl Server {
                 settings.rtp.port_min,
                 settings.rtp.port_max,
             )),
-            sockets: sockets.clone(),
             workers: senders,
-            fresh,
-            overload,
             backends: Arc::new(crate::backends::Backends::new(&settings.backends)),
             host,
             live_calls: AtomicUsize::new(0),
             catalog: std::sync::RwLock::new(Arc::new(catalog)),
             engine,
-            catalog_version: Default::default(),
-            reloading: Mutex::new(()),
-            draining: Default::default(),
             drain_cut: Default::default(),
-            agent_sources: Mutex::new((u64::MAX, Arc::default())),
             consults: Default::default(),
             supervision: Default::default(),
             calls: Default::default(),
-            webhooks: Default::default(),
-            transactions: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             store,
             settings,
+        });
+        let shared = Arc::new(Shared {
+            house,
+            registrar,
+            sockets: sockets.clone(),
+            fresh,
+            overload,
+            catalog_version: Default::default(),
+            reloading: Mutex::new(()),
+            draining: Default::default(),
+            agent_sources: Mutex::new((u64::MAX, Arc::default())),
+            webhooks: Default::default(),
+            transactions: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         });
         for (index, (rx, fresh_rx)) in receivers.into_iter().enumerate() {
             let worker = Worker {
@@ -334,7 +290,7 @@ impl Server {
         tokio::spawn(housekeeping(shared.clone()));
         tokio::spawn(sync_registrations(shared.store.clone()));
         // Callbacks booked before a stop go back in line.
-        tokio::spawn(crate::call::resume_callbacks(shared.clone()));
+        tokio::spawn(crate::call::resume_callbacks(shared.house.clone()));
         shared
             .backends
             .spawn_probes(shared.workers.clone(), shared.host.clone());

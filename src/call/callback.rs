@@ -23,14 +23,15 @@ use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use super::queue::{Waited, CALLBACK_BOOKED};
+use super::House;
 use super::{respond, Call, CallCtx, CallEvent, Fork, Leg};
 use crate::acd::{SeatContact, Ticket, ToCall};
 use crate::clock::now_ms;
+use crate::endpoint::WorkerInput;
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
 use crate::routing::Route;
-use crate::server::{Shared, WorkerInput};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::TxKey;
@@ -220,7 +221,7 @@ impl Call {
 }
 
 /// Puts every saved booking back in line, oldest first (at start).
-pub async fn resume_callbacks(shared: Arc<Shared>) {
+pub async fn resume_callbacks(shared: Arc<House>) {
     let store = shared.store.clone();
     let bookings = match tokio::task::spawn_blocking(move || store.callbacks()).await {
         Ok(Ok(b)) => b,
@@ -248,7 +249,7 @@ pub async fn resume_callbacks(shared: Arc<Shared>) {
 
 /// A booking's place in line again (after a restart or a retry).
 async fn rejoin(
-    shared: &Shared,
+    shared: &House,
     booking: &CallbackBooking,
 ) -> Option<(Ticket, crate::boxed::UnboundedReceiver<ToCall>)> {
     let (tx, rx) = crate::boxed::unbounded_channel();
@@ -280,7 +281,7 @@ async fn rejoin(
 /// transferred into a queue where its caller could book again, so the
 /// future would otherwise contain itself.)
 fn pending(
-    shared: Arc<Shared>,
+    shared: Arc<House>,
     mut booking: CallbackBooking,
     ticket: Ticket,
     desk: crate::boxed::UnboundedReceiver<ToCall>,
@@ -353,7 +354,7 @@ pub struct Originate {
 /// queue or flow exists) and returns the new call's Call-ID; how it goes
 /// shows in the call's view, the event stream and its CDR (hotline
 /// `outbound`).
-pub async fn originate(shared: &Arc<Shared>, o: Originate) -> Result<String, String> {
+pub async fn originate(shared: &Arc<House>, o: Originate) -> Result<String, String> {
     if !o.data.is_empty() {
         super::control::check_data(&o.data)?;
     }
@@ -521,7 +522,7 @@ impl Call {
     }
 }
 
-async fn forget(shared: &Shared, id: u64) {
+async fn forget(shared: &House, id: u64) {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || store.remove_callback(id)).await {
         Ok(Ok(())) => {}
@@ -532,7 +533,7 @@ async fn forget(shared: &Shared, id: u64) {
 
 /// Waits for the place to come, rings agents, then the citizen.
 async fn attempt(
-    shared: &Arc<Shared>,
+    shared: &Arc<House>,
     booking: &CallbackBooking,
     ticket: Ticket,
     desk: &mut crate::boxed::UnboundedReceiver<ToCall>,
@@ -585,7 +586,7 @@ async fn attempt(
 
 /// A call of our own for a booking: its "caller" is the citizen.
 async fn callback_call(
-    shared: &Arc<Shared>,
+    shared: &Arc<House>,
     booking: &CallbackBooking,
 ) -> Option<(Call, AudioOffer, Route)> {
     let call_id = format!("{}-cb@yihaotong", random_token());

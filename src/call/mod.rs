@@ -30,6 +30,7 @@ use tracing::{info, info_span, warn, Instrument};
 mod callback;
 mod consult;
 mod control;
+mod house;
 mod ivr;
 mod queue;
 mod supervise;
@@ -41,61 +42,29 @@ pub use callback::{originate, resume_callbacks, Originate};
 
 pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls, CALL_STATES};
 
+pub use house::House;
 pub use transfer::Consults;
 use transfer::Takeover;
 
 use crate::acd::desk::OfferOutcome;
 use crate::acd::{SeatContact, Ticket};
 use crate::clock::now_ms;
+use crate::endpoint::{CallEvent, WorkerInput};
 use crate::media::player::Law;
 use crate::media::relay::{Relay, RelayCmd, Side};
 use crate::media::sdp::{self, AudioOffer, Direction};
 use crate::routing::Route;
-use crate::server::{Shared, WorkerInput};
+
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, OutgoingRequest, Request, Response};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer};
 use crate::store::Cdr;
 
-/// What a call hears from its worker.
-#[derive(Debug)]
-pub enum CallEvent {
-    /// A request in one of the call's dialogs (or a retransmitted INVITE).
-    Request {
-        /// Server transaction to answer on. (Keys are boxed: a call's
-        /// event channel allocates a block of 32 events up front, so the
-        /// event's size is paid 32 times per call.)
-        key: Box<TxKey>,
-        /// The request.
-        request: Box<Request>,
-        /// Source.
-        peer: Peer,
-    },
-    /// The caller ACKed our 2xx.
-    Ack,
-    /// The caller cancelled the INVITE.
-    Cancelled,
-    /// A response to a request we sent (`key` is `None` for a stray 2xx retransmission).
-    Response {
-        /// The client transaction, if it still exists.
-        key: Option<Box<TxKey>>,
-        /// The response.
-        response: Box<Response>,
-    },
-    /// One of our requests got no answer (Timer B/F).
-    Timeout {
-        /// The client transaction.
-        key: Box<TxKey>,
-    },
-    /// The caller never ACKed our 2xx.
-    AckTimeout,
-}
-
 /// What a call needs from the server.
 pub struct CallCtx {
-    /// Shared state.
-    pub shared: Arc<Shared>,
+    /// What every call shares.
+    pub shared: Arc<House>,
     /// Our worker.
     pub worker: mpsc::Sender<WorkerInput>,
     /// Its index (new Call-IDs must hash to it).
@@ -405,7 +374,7 @@ struct ArrivedCall {
 /// reached routing ends in exactly one CDR (disposition `failed`, hung up
 /// by `system`, the status it got), so offered = ended in `/metrics` and
 /// reports.
-fn refused_record(shared: &crate::server::Shared, call: ArrivedCall, route: &Route, status: u16) {
+fn refused_record(shared: &House, call: ArrivedCall, route: &Route, status: u16) {
     shared.records.cdr(Cdr {
         call_id: call.call_id,
         hotline: route.hotline.clone(),
@@ -443,7 +412,7 @@ fn respond(
 /// the one its Call-ID shards to (a leg taken over from another call may
 /// live on another worker).
 fn respond_via(
-    shared: &Shared,
+    shared: &House,
     key: &TxKey,
     req: &Request,
     tag: &str,
@@ -591,7 +560,7 @@ fn given_up_answer(
 /// It reads the call's own event channel, which the forks stay bound to, so
 /// nothing that arrived as the call ended is lost.
 async fn linger(
-    shared: Arc<Shared>,
+    shared: Arc<House>,
     worker: mpsc::Sender<WorkerInput>,
     host: String,
     mut forks: Vec<Fork>,
@@ -624,7 +593,7 @@ async fn linger(
 /// Answers a request that reached a call which has ended: a BYE crossing
 /// ours (glare, RFC 3261 §15.1.2, RFC 5407 §3.1.2) gets 200, anything else
 /// in a dialog that is gone 481.
-fn answer_gone(shared: &Shared, key: &TxKey, req: &Request) {
+fn answer_gone(shared: &House, key: &TxKey, req: &Request) {
     let status = if req.method == Method::Bye { 200 } else { 481 };
     respond_via(shared, key, req, &random_token(), status, &[], b"");
 }
@@ -661,7 +630,7 @@ fn allow_only(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16)
         req,
         tag,
         status,
-        &[("Allow", crate::server::ALLOW)],
+        &[("Allow", crate::endpoint::ALLOW)],
         b"",
     );
 }
@@ -1152,7 +1121,7 @@ impl Call {
         let n = self.ctx.shared.workers.len();
         loop {
             let id = format!("{}-b@yihaotong", random_token());
-            if crate::server::shard(&id, n) == self.ctx.worker_index {
+            if crate::endpoint::shard(&id, n) == self.ctx.worker_index {
                 return id;
             }
         }

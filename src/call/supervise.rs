@@ -20,11 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, info_span, Instrument};
 
 use super::{offer_or_488, respond, send_bye, Call, CallCtx, CallEvent};
+use crate::endpoint::WorkerInput;
 use crate::media::monitor::{Mixer, Mode};
 use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Supervisor};
 use crate::media::sdp::{self, Direction};
-use crate::server::WorkerInput;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request};
 use crate::sip::random_token;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::ivr::IvrMedia;
 use super::queue::Unserved;
+use super::House;
 use super::{respond, Call, CallCtx, CallEvent, End, Leg, Offer};
 use crate::acd::{SeatContact, Ticket};
 use crate::media::engine::{MediaEvent, StreamSetup};
@@ -37,7 +38,6 @@ use crate::media::player::Law;
 use crate::media::relay::{RelayCmd, Side};
 use crate::media::sdp::{AudioOffer, Direction};
 use crate::routing::Route;
-use crate::server::Shared;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request};
 use crate::sip::transaction::TxKey;
@@ -142,7 +142,7 @@ pub(super) struct Replaces {
 /// us, so sending one out is a hairpin (two trunk channels per turn, each
 /// billed, round and round). Emergency numbers always go. `None` (logged
 /// with the reason) when the number may not or cannot go out.
-pub(super) fn outbound(shared: &Shared, number: &str) -> Option<SipTarget> {
+pub(super) fn outbound(shared: &House, number: &str) -> Option<SipTarget> {
     let settings = &shared.settings;
     let Some(gateway) = SipTarget::parse(&settings.trunk.outbound) else {
         warn!(number, "no [trunk] outbound: the number cannot be called");
@@ -164,7 +164,7 @@ pub(super) fn outbound(shared: &Shared, number: &str) -> Option<SipTarget> {
 
 /// The route of our own plan `number` would arrive on if sent out through
 /// the trunk (emergency numbers are never held back).
-fn hairpin(shared: &Shared, number: &str) -> Option<String> {
+fn hairpin(shared: &House, number: &str) -> Option<String> {
     let settings = &shared.settings;
     if settings.transfer.emergency.iter().any(|n| n == number) {
         return None;
@@ -246,7 +246,7 @@ pub(super) fn parse_refer_to(value: &str) -> Option<(String, Option<Replaces>)> 
 /// Where `user` (from a Refer-To, or dialed by an agent) leads, if anywhere
 /// an agent may send a call: emergency numbers first, then peer centres,
 /// agents, queues by name, and numbers the plan routes to a queue.
-pub(super) fn resolve(shared: &Shared, user: &str) -> Option<Target> {
+pub(super) fn resolve(shared: &House, user: &str) -> Option<Target> {
     let settings = &shared.settings;
     if settings.transfer.emergency.iter().any(|n| n == user) {
         return outbound(shared, user).map(|target| Target::Out {
@@ -299,7 +299,7 @@ pub struct DirectTarget(pub(super) Target);
 /// agent, an emergency number or a peer centre straight; a number our plan
 /// routes through the plan; any other number out through the trunk when
 /// the agent's dialing permissions allow it (callbacks, 回访).
-pub fn agent_dial(shared: &Shared, agent: &str, dialed: &str) -> AgentDial {
+pub fn agent_dial(shared: &House, agent: &str, dialed: &str) -> AgentDial {
     if dialed == agent {
         return AgentDial::Plan;
     }
@@ -327,7 +327,7 @@ pub fn agent_dial(shared: &Shared, agent: &str, dialed: &str) -> AgentDial {
 /// `number` (normalized) out through the trunk for agent `agent`, if its
 /// dialing permissions (its own list, or `[outbound] allow`) allow it and
 /// the number may go out at all (no hairpins).
-fn permitted(shared: &Shared, agent: &str, number: &str) -> Result<Target, String> {
+fn permitted(shared: &House, agent: &str, number: &str) -> Result<Target, String> {
     let settings = &shared.settings;
     let list = match shared.store.agent(agent) {
         Ok(a) => a.and_then(|a| a.dial),
@@ -431,7 +431,7 @@ pub(super) async fn call_target(
 /// A number out through the trunk for `agent` (`""`: by `[outbound] allow`
 /// alone): dialable, not one our own plan routes (it would come straight
 /// back), and within the agent's dialing permissions.
-pub(super) fn outside_target(shared: &Shared, agent: &str, user: &str) -> Result<Target, String> {
+pub(super) fn outside_target(shared: &House, agent: &str, user: &str) -> Result<Target, String> {
     let settings = &shared.settings;
     let refused = || format!("{user} is not a number that may be called out");
     let number = crate::outbound::dialable(user, &settings.trunk.normalize, &settings.outbound)
@@ -652,7 +652,7 @@ impl Call {
         let b_call_id = b.dialog.call_id.clone();
         let _ = self
             .worker_for(&b_call_id)
-            .send(crate::server::WorkerInput::Unbind { call_id: b_call_id })
+            .send(crate::endpoint::WorkerInput::Unbind { call_id: b_call_id })
             .await;
         self.cdr.hung_up_by = "agent".into();
         self.after_call = Some(flow.to_string());
@@ -888,7 +888,7 @@ impl Call {
         // The target's dialog is ours from now on.
         let _ = self
             .worker_for(&dialog.call_id)
-            .send(crate::server::WorkerInput::Bind {
+            .send(crate::endpoint::WorkerInput::Bind {
                 call_id: dialog.call_id.clone(),
                 owner: self.ctx.events_tx.clone(),
             })
@@ -918,7 +918,7 @@ impl Call {
         self.bye(&mut b.dialog, b.peer);
         let _ = self
             .worker_for(&b.dialog.call_id)
-            .send(crate::server::WorkerInput::Unbind {
+            .send(crate::endpoint::WorkerInput::Unbind {
                 call_id: b.dialog.call_id.clone(),
             })
             .await;

@@ -253,7 +253,7 @@ impl Worker {
         let (tx, rx) = crate::boxed::channel(64);
         self.calls.insert(call_id.to_string(), tx.clone());
         let ctx = call::CallCtx {
-            shared: self.shared.clone(),
+            shared: self.shared.house.clone(),
             worker: self.shared.workers[self.index].clone(),
             worker_index: self.index,
             events_tx: tx,

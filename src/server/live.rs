@@ -43,7 +43,7 @@ impl Shared {
                 data,
             } => {
                 let placed = runtime.block_on(crate::call::originate(
-                    self,
+                    &self.house,
                     crate::call::Originate {
                         number: number.clone(),
                         agent: agent.clone(),

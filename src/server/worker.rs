@@ -9,63 +9,6 @@
 
 use super::*;
 
-/// What a worker is told.
-#[derive(Debug)]
-pub enum WorkerInput {
-    /// A message from the network.
-    Incoming(Box<Message>, Peer),
-    /// A call answers one of its server transactions.
-    Respond {
-        /// Transaction.
-        key: TxKey,
-        /// Status in `bytes`.
-        status: u16,
-        /// The response.
-        bytes: Bytes,
-    },
-    /// A call starts a client transaction; its events go to `owner`.
-    Request {
-        /// Method.
-        method: Method,
-        /// Branch in the request's Via.
-        branch: String,
-        /// The request.
-        bytes: Bytes,
-        /// Destination.
-        peer: Peer,
-        /// The call.
-        owner: crate::boxed::Sender<CallEvent>,
-    },
-    /// Bytes outside any transaction (ACK for 2xx).
-    Stateless {
-        /// Destination.
-        peer: Peer,
-        /// Bytes.
-        bytes: Bytes,
-    },
-    /// Route messages of this Call-ID to a call.
-    Bind {
-        /// Call-ID.
-        call_id: String,
-        /// The call.
-        owner: crate::boxed::Sender<CallEvent>,
-    },
-    /// Stop routing this Call-ID.
-    Unbind {
-        /// Call-ID.
-        call_id: String,
-    },
-}
-
-/// FNV-1a of the Call-ID, modulo the worker count.
-pub fn shard(call_id: &str, n: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in call_id.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    (h % n.max(1) as u64) as usize
-}
-
 /// Parses one received message and hands it to its worker. Malformed requests
 /// get a stateless answer here, when RFC 3261 wants one.
 pub(super) fn dispatch(shared: &Arc<Shared>, bytes: &[u8], peer: Peer) {
