@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use super::queue_log::LogLine;
+use super::queue_log::LogLine;
 use super::queue_log::{LeftLine, QueueEvent, Talk};
 use super::SeatContact;
 use crate::config::{EmptyWhen, Strategy};
