@@ -11,8 +11,9 @@
 //! - Protocol: [`sip`] (sans-IO messages over rsipstack, transactions,
 //!   dialogs, digest auth; the UDP/TCP transport edge), [`media`] (SDP, RTP
 //!   ports, prompts, DTMF, the media engine, relays, recording).
-//! - SIP endpoint: [`endpoint`] (what a SIP worker is told, what a call
-//!   hears from it, which worker owns a Call-ID).
+//! - SIP endpoint: [`endpoint`] (the SIP workers, one per core: what a
+//!   worker is told, what a call hears from it, which worker owns a
+//!   Call-ID, the door to admission).
 //! - Number plan and limits: [`routing`] (numbers, routes, plan files),
 //!   [`outbound`] (what agents may dial out: the toll-fraud guard),
 //!   [`overload`] (when to refuse a new call).

@@ -1,27 +1,25 @@
-//! The server: sockets, SIP workers, and the requests that start things.
+//! The server: sockets, SIP workers, and the requests that start things,
+//! put together.
 //!
-//! Room: the switchboard. [`Server::start`] binds the sockets and starts one
-//! SIP worker per core. Received messages are parsed on the socket tasks and
-//! handed to the worker that owns their Call-ID (a hash), so a call's
-//! messages are always handled in order by one task, and SIP work spreads
-//! over the cores. A worker is the thin async driver of one sans-IO
-//! [`Transactions`] table: it feeds it messages and timeouts, sends what it
-//! asks to send, and turns its events into registrar answers, OPTIONS
-//! answers, new calls, or messages to a running call's task.
+//! Room: the switchboard's wiring. [`Server::start`] binds the sockets,
+//! builds the calls' [`House`] and the server's [`Shared`] around it, and
+//! starts one SIP worker ([`Worker`], in `endpoint`) per core. Received
+//! messages are parsed on the socket tasks and handed to the worker that
+//! owns their Call-ID (a hash), so a call's messages are always handled in
+//! order by one task, and SIP work spreads over the cores.
 //!
-//! Its parts: `worker` (a worker's inbox, dispatch by Call-ID, the
-//! transaction driver), `admission` (what a new request meets: overload,
-//! the trunk's ACL or an agent's digest, feature codes, the number plan,
-//! then a call task), `live` (the admin commands only the running server
-//! answers: status, reload, agent states, queue changes) and `tasks` (queue
-//! figures, registration syncs, housekeeping, reload watching). Issue 26
-//! takes the worker and admission below the calls, as the SIP endpoint.
+//! Its parts: `dispatch` (bytes to the worker owning the Call-ID, in one
+//! of two lanes), `admission` (the workers' door: what a new request
+//! meets, decided by `admit`, then a registrar answer, a feature code or a
+//! call task), `live` (the admin commands only the running server answers:
+//! status, reload, agent states, queue changes) and `tasks` (queue figures,
+//! registration syncs, housekeeping, reload watching).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,29 +28,29 @@ use crate::acd::records::Records;
 use crate::acd::Acd;
 use crate::admin::AdminCommand;
 use crate::call::{self, House};
-use crate::clock::{now_unix, sleep_until};
+use crate::clock::now_unix;
 use crate::config::Settings;
-use crate::endpoint::{CallEvent, WorkerInput, ALLOW};
+use crate::endpoint::{CallEvent, Worker, WorkerInput, ALLOW};
 
 use crate::media::engine::Engine;
 use crate::media::ports::PortPool;
 use crate::registrar::{Answer, AuthOutcome, Registrar};
 use crate::routing;
 use crate::sip::message::{self, Message, Method, Request};
-use crate::sip::transaction::{TimerConfig, Transactions, TxEvent, TxKey};
+use crate::sip::transaction::TxKey;
 use crate::sip::transport::SipSockets;
 use crate::sip::{random_token, Peer};
 use crate::store::Store;
 use std::sync::atomic::Ordering::Relaxed;
 
 mod admission;
+mod dispatch;
 mod live;
 mod tasks;
-mod worker;
 
+use dispatch::dispatch;
 pub use tasks::watch_reloads;
 use tasks::{housekeeping, queue_stats, sync_registrations};
-use worker::{dispatch, EndedDialogs, Worker};
 
 /// Depth of each worker's in-dialog lane (responses, in-dialog requests,
 /// what its calls ask it to send). Its lane of new requests is
@@ -93,7 +91,7 @@ pub struct Shared {
     /// Each webhook's delivery figures (its task writes them).
     pub webhooks: crate::webhooks::Figures,
     /// Each SIP worker's live transactions, as of its last input.
-    pub transactions: Vec<AtomicUsize>,
+    pub transactions: Vec<Arc<AtomicUsize>>,
     /// Source addresses of registered agents, as of a store generation.
     agent_sources: Mutex<(u64, Arc<std::collections::HashSet<std::net::IpAddr>>)>,
 }
@@ -270,21 +268,18 @@ impl Server {
             draining: Default::default(),
             agent_sources: Mutex::new((u64::MAX, Arc::default())),
             webhooks: Default::default(),
-            transactions: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            transactions: (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
         });
         for (index, (rx, fresh_rx)) in receivers.into_iter().enumerate() {
-            let worker = Worker {
+            let worker = Worker::new(
                 index,
-                shared: shared.clone(),
-                txs: Transactions::new(
-                    TimerConfig::default(),
-                    shared.settings.sip.max_transactions,
-                ),
-                calls: HashMap::new(),
-                owners: HashMap::new(),
-                backlog: 0,
-                ended: EndedDialogs::default(),
-            };
+                Arc::new(admission::Switchboard {
+                    shared: shared.clone(),
+                }),
+                shared.sockets.clone(),
+                shared.transactions[index].clone(),
+                shared.settings.sip.max_transactions,
+            );
             tokio::spawn(worker.run(rx, fresh_rx));
         }
         tokio::spawn(housekeeping(shared.clone()));

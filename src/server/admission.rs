@@ -35,14 +35,7 @@ pub(super) enum Admit {
     /// Answered at once; `Some(why)`: a call shed, counted under `why`.
     Answer(Answer, Option<crate::overload::Shed>),
     /// An agent's phone dialed a feature code (`*21`…).
-    FeatureCode {
-        /// The authenticated agent.
-        agent: String,
-        /// What followed the `*`.
-        code: String,
-        /// Its place in the agent's count of calls.
-        slot: crate::overload::CallSlot,
-    },
+    FeatureCode(FeatureDial),
     /// A call to set up.
     Call {
         /// The number-plan entry (or an agent's own call's stand-in),
@@ -57,6 +50,16 @@ pub(super) enum Admit {
         /// Its place in its agent's or trunk address's count.
         slot: crate::overload::CallSlot,
     },
+}
+
+/// An agent's phone dialed `*CODE`.
+pub(super) struct FeatureDial {
+    /// The authenticated agent.
+    agent: String,
+    /// What followed the `*`.
+    code: String,
+    /// Its place in the agent's count of calls.
+    slot: crate::overload::CallSlot,
 }
 
 /// What admission asks of the house. Two of them change something: the
@@ -180,11 +183,11 @@ pub(super) fn admit(req: &Request, peer: &Peer, facts: &impl Facts) -> Admit {
         }
     };
     if let (Some(agent), Some(code)) = (&caller_agent, dialed_raw.strip_prefix('*')) {
-        return Admit::FeatureCode {
+        return Admit::FeatureCode(FeatureDial {
             agent: agent.clone(),
             code: code.to_string(),
             slot,
-        };
+        });
     }
     // An agent's phone reaches another agent, a peer centre, an
     // emergency number or, within its dialing permissions, an outside
@@ -310,13 +313,23 @@ impl Facts for HouseFacts<'_> {
     }
 }
 
-impl Worker {
-    pub(super) fn new_request(&mut self, key: TxKey, req: Request, peer: Peer) {
+/// Answers `req` with the registrar's (or admission's) answer.
+fn reply(w: &mut Worker, key: &TxKey, req: &Request, answer: &Answer) {
+    w.respond(key, req, answer.status, &answer.headers);
+}
+
+/// Admission as the workers' door: the server's shared state behind it.
+pub(super) struct Switchboard {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl crate::endpoint::Door for Switchboard {
+    fn new_request(&self, w: &mut Worker, key: TxKey, req: Request, peer: Peer) {
         // We support no extensions: any Require gets 420 (RFC 3261 §8.2.2.3).
         let required: Vec<&str> = req.headers.get_all("require").collect();
         if !required.is_empty() && req.method != Method::Cancel {
             let unsupported = required.join(", ");
-            self.simple(&key, &req, 420, &[("Unsupported", unsupported)]);
+            w.respond(&key, &req, 420, &[("Unsupported", unsupported)]);
             return;
         }
         match &req.method {
@@ -330,47 +343,51 @@ impl Worker {
                         self.shared.acd.touch(agent, answer.came_online);
                     }
                 }
-                self.answer(&key, &req, &answer);
+                reply(w, &key, &req, &answer);
             }
             Method::Options => {
                 let headers = [
                     ("Allow", ALLOW.to_string()),
                     ("Accept", "application/sdp".to_string()),
                 ];
-                self.simple(&key, &req, 200, &headers);
+                w.respond(&key, &req, 200, &headers);
             }
-            Method::Invite if req.core.to.tag.is_some() => self.simple(&key, &req, 481, &[]),
-            Method::Invite => self.new_call(key, req, peer),
+            Method::Invite if req.core.to.tag.is_some() => w.respond(&key, &req, 481, &[]),
+            Method::Invite => self.new_call(w, key, req, peer),
             // A BYE crossing ours for a call that is ending or just ended
             // (its task is gone or going): 200, as RFC 3261 §15.1.2 and
             // RFC 5407 §3.1.2 want; its retransmissions hit the transaction.
-            Method::Bye
-                if self.ended.contains(&req.core.call_id)
-                    || self
-                        .calls
-                        .get(&req.core.call_id)
-                        .is_some_and(|c| c.is_closed()) =>
-            {
-                self.simple(&key, &req, 200, &[])
-            }
+            Method::Bye if w.just_ended(&req.core.call_id) => w.respond(&key, &req, 200, &[]),
             Method::Bye
             | Method::Info
             | Method::Update
             | Method::Refer
             | Method::Notify
-            | Method::Prack => self.simple(&key, &req, 481, &[]),
+            | Method::Prack => w.respond(&key, &req, 481, &[]),
             Method::Subscribe | Method::Message | Method::Publish => {
-                self.simple(&key, &req, 405, &[("Allow", ALLOW.to_string())])
+                w.respond(&key, &req, 405, &[("Allow", ALLOW.to_string())])
             }
-            Method::Other(_) => self.simple(&key, &req, 501, &[("Allow", ALLOW.to_string())]),
+            Method::Other(_) => w.respond(&key, &req, 501, &[("Allow", ALLOW.to_string())]),
             Method::Ack | Method::Cancel => {}
         }
     }
 
-    fn new_call(&mut self, key: TxKey, req: Request, peer: Peer) {
+    fn hears(&self, req: &Request, peer: &Peer) -> bool {
+        self.shared.settings.sip.answers_stranger(&req.method)
+            || self.shared.is_known_source(peer.addr.ip())
+    }
+
+    fn refuse_full(&self, req: &Request, peer: Peer) {
+        self.shared
+            .shed_statelessly(req, peer, crate::overload::Shed::Transactions);
+    }
+}
+
+impl Switchboard {
+    fn new_call(&self, w: &mut Worker, key: TxKey, req: Request, peer: Peer) {
         let facts = HouseFacts {
             shared: &self.shared,
-            backlog: self.backlog,
+            backlog: w.backlog(),
         };
         match admit(&req, &peer, &facts) {
             Admit::Answer(answer, shed) => {
@@ -378,11 +395,9 @@ impl Worker {
                     self.shared.overload.record(why);
                     tracing::debug!(call_id = %req.core.call_id, reason = why.label(), "new call shed");
                 }
-                self.answer(&key, &req, &answer);
+                reply(w, &key, &req, &answer);
             }
-            Admit::FeatureCode { agent, code, slot } => {
-                self.feature_code(key, req, peer, agent, code, slot)
-            }
+            Admit::FeatureCode(dial) => self.feature_code(w, key, req, peer, dial),
             Admit::Call {
                 route,
                 dialed,
@@ -390,7 +405,7 @@ impl Worker {
                 direct,
                 slot,
             } => {
-                let (ctx, rx) = self.call_ctx(&req.core.call_id);
+                let (ctx, rx) = self.call_ctx(w, &req.core.call_id);
                 let arrival = call::Arrival {
                     key,
                     invite: req,
@@ -407,13 +422,17 @@ impl Worker {
     }
 
     /// A new call's context: its events come from this worker.
-    fn call_ctx(&mut self, call_id: &str) -> (call::CallCtx, crate::boxed::Receiver<CallEvent>) {
+    fn call_ctx(
+        &self,
+        w: &mut Worker,
+        call_id: &str,
+    ) -> (call::CallCtx, crate::boxed::Receiver<CallEvent>) {
         let (tx, rx) = crate::boxed::channel(64);
-        self.calls.insert(call_id.to_string(), tx.clone());
+        w.bind(call_id, tx.clone());
         let ctx = call::CallCtx {
             shared: self.shared.house.clone(),
-            worker: self.shared.workers[self.index].clone(),
-            worker_index: self.index,
+            worker: self.shared.workers[w.index()].clone(),
+            worker_index: w.index(),
             events_tx: tx,
             flow_vars: Vec::new(),
         };
@@ -426,15 +445,15 @@ impl Worker {
     /// went (flow variable `result`: logged-in, on-break, logged-out, ready
     /// or failed).
     fn feature_code(
-        &mut self,
+        &self,
+        w: &mut Worker,
         key: TxKey,
         req: Request,
         peer: Peer,
-        agent: String,
-        code: String,
-        slot: crate::overload::CallSlot,
+        dial: FeatureDial,
     ) {
         use crate::store::Presence;
+        let FeatureDial { agent, code, slot } = dial;
         // *31/*32/*33 + agent: listen, whisper, barge (supervisors only).
         if let Some((mode, target)) = call::supervision_code(&code) {
             let allowed = matches!(self.shared.store.agent(&agent), Ok(Some(a)) if a.supervisor);
@@ -444,11 +463,11 @@ impl Worker {
                     code,
                     "supervision code from an account that is not a supervisor"
                 );
-                self.simple(&key, &req, 403, &[]);
+                w.respond(&key, &req, 403, &[]);
                 return;
             }
             let target = target.to_string();
-            let (ctx, rx) = self.call_ctx(&req.core.call_id);
+            let (ctx, rx) = self.call_ctx(w, &req.core.call_id);
             tokio::spawn(async move {
                 let _slot = slot;
                 call::supervise(ctx, rx, key, req, peer, agent, target, mode).await
@@ -475,7 +494,7 @@ impl Worker {
         };
         let Some(change) = change else {
             tracing::info!(agent, code, "unknown feature code");
-            self.simple(&key, &req, 404, &[]);
+            w.respond(&key, &req, 404, &[]);
             return;
         };
         let route = crate::routing::Route {
@@ -487,7 +506,7 @@ impl Worker {
         };
         // Ask the desk first, then answer the phone with the outcome.
         let acd = self.shared.acd.clone();
-        let (ctx, rx) = self.call_ctx(&req.core.call_id);
+        let (ctx, rx) = self.call_ctx(w, &req.core.call_id);
         let arrival = call::Arrival {
             key,
             invite: req,
@@ -625,7 +644,7 @@ mod tests {
         match admit {
             Admit::Answer(a, None) => a.status.to_string(),
             Admit::Answer(a, Some(why)) => format!("{} {}", a.status, why.label()),
-            Admit::FeatureCode { agent, code, .. } => format!("feature {agent} {code}"),
+            Admit::FeatureCode(d) => format!("feature {} {}", d.agent, d.code),
             Admit::Call {
                 dialed,
                 caller_agent,
