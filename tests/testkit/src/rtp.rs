@@ -183,7 +183,7 @@ pub fn decode_pcmu(packets: &[RtpIn]) -> Vec<f64> {
 
 /// The bundled prompt `name` decoded as the server plays it (8 kHz).
 pub fn prompt_source(name: &str) -> Vec<i16> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = crate::repo_root()
         .join("sounds")
         .join(format!("{name}.flac"));
     yihaotong::media::prompts::decode_to_8k(&path).expect("bundled prompt decodes")

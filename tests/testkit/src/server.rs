@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::Phone;
 
+/// The repository's root (the kit lives in `tests/testkit`): where the
+/// bundled `sounds/`, `ivr-flows/` and `config/` are.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// The `yihaotong` binary cargo built beside the test running now (cargo
 /// builds a package's binaries before its integration tests, in the same
 /// profile folder: the test is `target/PROFILE/deps/NAME-HASH`).
