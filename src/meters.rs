@@ -87,6 +87,17 @@ pub fn install() {
     });
 }
 
+/// Moves the histogram samples recorded since the last upkeep into their
+/// buckets. The recorder keeps each sample until then: a scrape of
+/// `/metrics` does it too, but a server nobody scrapes would keep every
+/// call's samples for good (about 100 bytes a call; the million-call soak
+/// found it). [`crate::server`] runs it every few seconds.
+pub fn upkeep() {
+    if let Some(Some(handle)) = HANDLE.get() {
+        handle.run_upkeep();
+    }
+}
+
 /// What each metric is (`# HELP`) and its kind (`# TYPE`), said once to
 /// the recorder. The `process_*` figures are written by [`render`] itself.
 const DESCRIPTIONS: &[(&str, Kind, &str)] = &[

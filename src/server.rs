@@ -50,7 +50,7 @@ mod tasks;
 
 use dispatch::dispatch;
 pub use tasks::watch_reloads;
-use tasks::{housekeeping, queue_stats, sync_registrations};
+use tasks::{housekeeping, meters_upkeep, queue_stats, sync_registrations};
 
 /// Depth of each worker's in-dialog lane (responses, in-dialog requests,
 /// what its calls ask it to send). Its lane of new requests is
@@ -283,6 +283,7 @@ impl Server {
             tokio::spawn(worker.run(rx, fresh_rx));
         }
         tokio::spawn(housekeeping(shared.clone()));
+        tokio::spawn(meters_upkeep());
         tokio::spawn(sync_registrations(shared.store.clone()));
         // Callbacks booked before a stop go back in line.
         tokio::spawn(crate::call::resume_callbacks(shared.house.clone()));

@@ -135,3 +135,18 @@ pub fn watch_reloads(shared: Arc<Shared>) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// How often histogram samples are folded into their buckets.
+const METERS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every few seconds, folds the histograms' samples into their buckets
+/// ([`crate::meters::upkeep`]), so memory does not depend on whether
+/// anyone scrapes `/metrics`.
+pub(super) async fn meters_upkeep() {
+    let mut tick = tokio::time::interval(METERS_UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::meters::upkeep();
+    }
+}
