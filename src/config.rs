@@ -602,6 +602,13 @@ pub struct TrunkSettings {
     pub outbound: String,
 }
 
+impl TrunkSettings {
+    /// Whether `ip` is one of the trusted trunk sources.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
 /// `[transfer]`: where agents may send a call from their phones besides
 /// other agents and queues.
 #[derive(Debug, Clone, Deserialize)]

@@ -109,7 +109,7 @@ impl Shared {
     /// (rebuilt from the store when a registration changes; a binding that
     /// lapsed without a write still counts until the next one).
     pub fn is_known_source(&self, ip: std::net::IpAddr) -> bool {
-        if self.settings.trunk.allow.iter().any(|n| n.contains(&ip)) {
+        if self.settings.trunk.allows(ip) {
             return true;
         }
         let generation = self.store.generation();

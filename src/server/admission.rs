@@ -265,12 +265,7 @@ impl Facts for HouseFacts<'_> {
     }
 
     fn is_trunk(&self, peer: &Peer) -> bool {
-        self.shared
-            .settings
-            .trunk
-            .allow
-            .iter()
-            .any(|net| net.contains(&peer.addr.ip()))
+        self.shared.settings.trunk.allows(peer.addr.ip())
     }
 
     fn authenticate(&self, req: &Request, peer: &Peer) -> AuthOutcome {
