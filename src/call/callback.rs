@@ -465,7 +465,7 @@ pub async fn originate(shared: &Arc<House>, o: Originate) -> Result<String, Stri
                 }
             }
             let call_id = call.invite.core.call_id.clone();
-            if !call.abandoned.iter().any(|f| f.dialog.call_id == call_id) {
+            if !call.ringing.is_abandoned(&call_id) {
                 let _ = call
                     .worker_for(&call_id)
                     .send(WorkerInput::Unbind { call_id })
@@ -484,8 +484,10 @@ impl Call {
     async fn citizen_into_flow(&mut self, flow: &str) {
         let shared = self.ctx.shared.clone();
         let catalog = shared.catalog();
-        let (Some(found), Some(law)) = (catalog.flows.get(flow).cloned(), Law::from_pt(self.codec))
-        else {
+        let (Some(found), Some(law)) = (
+            catalog.flows.get(flow).cloned(),
+            Law::from_pt(self.voice.codec),
+        ) else {
             warn!(
                 flow,
                 "the flow is gone (or the codec is not G.711); nothing placed"
@@ -573,7 +575,7 @@ async fn attempt(
     };
     // A given-up INVITE to the citizen stays routed to the call until
     // `linger` settles it; otherwise the Call-ID is released now.
-    if !call.abandoned.iter().any(|f| f.dialog.call_id == call_id) {
+    if !call.ringing.is_abandoned(&call_id) {
         let _ = call
             .worker_for(&call_id)
             .send(WorkerInput::Unbind {

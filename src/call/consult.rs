@@ -127,7 +127,7 @@ impl Call {
                 return After::Bridge(Box::new(b), ticket);
             }
         };
-        let Some(law) = Law::from_pt(self.codec) else {
+        let Some(law) = Law::from_pt(self.voice.codec) else {
             req.answer(Err((409, "transfer needs PCMU or PCMA".into())));
             return After::Bridge(Box::new(b), ticket);
         };

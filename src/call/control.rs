@@ -479,7 +479,7 @@ impl super::Call {
                 req.answer(Err((409, "the call is already held".into())))
             }
             Control::Hold => {
-                let Some(law) = crate::media::player::Law::from_pt(self.codec) else {
+                let Some(law) = crate::media::player::Law::from_pt(self.voice.codec) else {
                     req.answer(Err((
                         409,
                         "only a G.711 call can hear music on hold".into(),

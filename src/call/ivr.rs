@@ -184,7 +184,7 @@ impl Call {
                 socket: dup,
                 remote: self.a_remote,
                 law,
-                telephone_event: self.telephone_event,
+                telephone_event: self.voice.telephone_event,
                 events: media_tx,
                 silence: Some((self.silent_tx.clone(), self.rtp_timeout())),
                 continuing: None,
@@ -774,7 +774,7 @@ impl Drop for Call {
         // Requests that came as the call ended are answered, not dropped
         // (a BYE crossing ours gets 200). With forks given up on, `linger`
         // takes the events instead: their late answers are among them.
-        if self.abandoned.is_empty() {
+        if self.ringing.is_settled() {
             while let Ok(event) = self.events.try_recv() {
                 if let CallEvent::Request { key, request, .. } = event {
                     super::answer_gone(&self.ctx.shared, &key, &request);
@@ -800,13 +800,12 @@ impl Drop for Call {
         }
         crate::meters::rtp_quality(&cdr);
         self.ctx.shared.records.cdr(cdr);
-        if !self.abandoned.is_empty() {
+        if !self.ringing.is_settled() {
             let (_, closed) = crate::boxed::channel(1);
             tokio::spawn(super::linger(
                 self.ctx.shared.clone(),
                 self.ctx.worker.clone(),
-                self.ctx.shared.host.clone(),
-                std::mem::take(&mut self.abandoned),
+                std::mem::take(&mut self.ringing),
                 std::mem::replace(&mut self.events, closed),
                 self.ctx.events_tx.clone(),
             ));

@@ -16,6 +16,12 @@
 //!
 //! re-INVITEs (hold and resume) are passed across: the other leg gets our
 //! offer with the same direction, and the answer comes back the same way.
+//!
+//! Phases move, one at a time, into sans-IO machines that this task drives
+//! (ARCHITECTURE.md, "the call machine"): `ringing` (a round of offers and
+//! the late answers of forks given up on) and `bridge` (two answered
+//! legs). They write what they send as data (`sip_out::SipOut`) and own no
+//! socket, channel or timer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -27,12 +33,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+mod bridge;
 mod callback;
 mod consult;
 mod control;
 mod house;
 mod ivr;
 mod queue;
+mod ringing;
+mod sip_out;
 mod supervise;
 mod transfer;
 
@@ -46,6 +55,10 @@ pub use house::House;
 pub use transfer::Consults;
 use transfer::Takeover;
 
+use bridge::{Bridge, Exit, Leg, MediaOut};
+use ringing::{Fork, Ringing, RoundEnd};
+use sip_out::{deliver, SipOut, Voice};
+
 use crate::acd::desk::OfferOutcome;
 use crate::acd::{SeatContact, Ticket};
 use crate::clock::now_ms;
@@ -56,7 +69,7 @@ use crate::media::sdp::{self, AudioOffer, Direction};
 use crate::routing::Route;
 
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, OutgoingRequest, Request, Response};
+use crate::sip::message::{Method, Request, Response};
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer};
 use crate::store::Cdr;
@@ -73,23 +86,6 @@ pub struct CallCtx {
     pub events_tx: crate::boxed::Sender<CallEvent>,
     /// Flow variables set before the flow starts.
     pub flow_vars: Vec<(String, String)>,
-}
-
-/// One side of the bridge.
-struct Leg {
-    side: Side,
-    dialog: Dialog,
-    peer: Peer,
-    /// Our media address facing this leg.
-    media: SocketAddr,
-    /// SDP version we last sent this leg.
-    sdp_version: u64,
-    /// A re-INVITE from this leg waiting for the other leg's answer.
-    pending: Option<(TxKey, Box<Request>)>,
-    /// Key of our own re-INVITE to this leg, while it is outstanding.
-    our_reinvite: Option<(TxKey, u32)>,
-    /// Where this leg's SDP says to send its RTP.
-    remote_media: SocketAddr,
 }
 
 /// Why the call ended, for the log line.
@@ -148,16 +144,15 @@ struct Call {
     a_key: TxKey,
     invite: Request,
     a_tag: String,
-    session_id: u64,
-    /// Codec both legs use (from the agent's answer).
-    codec: u8,
-    telephone_event: Option<u8>,
+    /// What our SDP says (the codec both legs use is the agent's answer's).
+    voice: Voice,
     /// Where the caller's INVITE came from.
     a_peer: Peer,
     /// The caller cancelled while agents were ringing.
     caller_gone: bool,
-    /// An agent leg we gave up on while it rang; a late 2xx from it is ACKed and BYEd.
-    abandoned: Vec<Fork>,
+    /// The offers to seats, and those given up on while they rang (a late
+    /// 2xx from one is ACKed and hung up).
+    ringing: Ringing,
     /// The unanswered caller has heard 180.
     rang_caller: bool,
     /// The call's record, written when the call is dropped.
@@ -213,9 +208,6 @@ struct Call {
     /// Whoever bridges this call runs an after-call flow on
     /// [`End::AfterCall`] (the queue paths do).
     after_call_ok: bool,
-    /// While an agent is on the far leg and an after-call flow would run:
-    /// the agent's BYE leaves the caller up.
-    after_call_armed: bool,
     /// The after-call flow to walk once the agent has gone.
     after_call: Option<String>,
 }
@@ -244,18 +236,14 @@ enum Bridged {
     },
 }
 
-/// One INVITE of an offer (several at once under ring-all).
-#[derive(Clone)]
-struct Fork {
-    seat: SeatContact,
-    dialog: Dialog,
-    key: TxKey,
-    branch: String,
-    cseq: u32,
-    /// A provisional response came (a CANCEL is needed to stop it).
-    early: bool,
-    /// Answered, refused, or given up.
-    done: bool,
+impl From<Exit> for Bridged {
+    fn from(exit: Exit) -> Bridged {
+        match exit {
+            Exit::Ended(end) => Bridged::Ended(end),
+            Exit::Refer(key, req) => Bridged::Refer(key, req),
+            Exit::HandBack(refer) => Bridged::HandBack(refer),
+        }
+    }
 }
 
 /// A new call as the SIP worker hands it over.
@@ -405,182 +393,40 @@ fn respond(
     extra: &[(&str, &str)],
     body: &[u8],
 ) {
-    respond_via(&ctx.shared, key, req, tag, status, extra, body);
-}
-
-/// [`respond`] without a call: through the worker holding the transaction,
-/// the one its Call-ID shards to (a leg taken over from another call may
-/// live on another worker).
-fn respond_via(
-    shared: &House,
-    key: &TxKey,
-    req: &Request,
-    tag: &str,
-    status: u16,
-    extra: &[(&str, &str)],
-    body: &[u8],
-) {
-    let bytes = req.response(status, Some(tag), extra, body);
-    let worker = &shared.workers[shared.worker_of(&req.core.call_id)];
-    let _ = worker.try_send(WorkerInput::Respond {
-        key: key.clone(),
-        status,
-        bytes: Bytes::from(bytes),
-    });
-}
-
-/// ACK for a 2xx (outside any transaction).
-fn send_ack(
-    worker: &mpsc::Sender<WorkerInput>,
-    host: &str,
-    dialog: &mut Dialog,
-    cseq: u32,
-    peer: Peer,
-) {
-    let (bytes, _, _) = dialog.request(
-        &Method::Ack,
-        host,
-        peer.transport.via_token(),
-        Some(cseq),
-        &[],
-        b"",
-    );
-    let _ = worker.try_send(WorkerInput::Stateless {
-        peer,
-        bytes: Bytes::from(bytes),
-    });
-}
-
-/// BYE in `dialog`; its answer goes to `owner`.
-fn send_bye(
-    worker: &mpsc::Sender<WorkerInput>,
-    host: &str,
-    dialog: &mut Dialog,
-    peer: Peer,
-    owner: &crate::boxed::Sender<CallEvent>,
-) {
-    let (bytes, branch, _) = dialog.request(
-        &Method::Bye,
-        host,
-        peer.transport.via_token(),
-        None,
-        &[],
-        b"",
-    );
-    let _ = worker.try_send(WorkerInput::Request {
-        method: Method::Bye,
-        branch,
-        bytes: Bytes::from(bytes),
-        peer,
-        owner: owner.clone(),
-    });
-}
-
-/// CANCEL for a fork's INVITE (RFC 3261 §9.1: same branch, Request-URI,
-/// Call-ID, From, To without tag, CSeq number).
-fn send_cancel(
-    worker: &mpsc::Sender<WorkerInput>,
-    host: &str,
-    fork: &Fork,
-    owner: &crate::boxed::Sender<CallEvent>,
-) {
-    let peer = fork.seat.peer;
-    let via = format!(
-        "{} {host};branch={};rport",
-        peer.transport.via_token(),
-        fork.branch
-    );
-    let from = format!("{};tag={}", fork.dialog.local_uri, fork.dialog.local_tag);
-    let bytes = OutgoingRequest {
-        method: &Method::Cancel,
-        uri: &fork.seat.uri,
-        via: &via,
-        from: &from,
-        to: &fork.dialog.remote_uri,
-        call_id: &fork.dialog.call_id,
-        cseq: fork.cseq,
-        extra: &[],
-        body: b"",
-    }
-    .write();
-    let _ = worker.try_send(WorkerInput::Request {
-        method: Method::Cancel,
-        branch: fork.branch.clone(),
-        bytes: Bytes::from(bytes),
-        peer,
-        owner: owner.clone(),
-    });
-}
-
-/// A response to an INVITE of an offer the call gave up on: a first
-/// provisional gets the CANCEL that could not be sent before it (RFC 3261
-/// §9.1); a 2xx that crossed the CANCEL is ACKed and hung up; a final
-/// refusal settles it. Returns the Call-ID of a fork now settled.
-fn given_up_answer(
-    worker: &mpsc::Sender<WorkerInput>,
-    host: &str,
-    forks: &mut Vec<Fork>,
-    response: &Response,
-    owner: &crate::boxed::Sender<CallEvent>,
-) -> Option<String> {
-    if response.core.cseq_method != Method::Invite {
-        return None;
-    }
-    let i = forks
-        .iter()
-        .position(|f| f.dialog.call_id == response.core.call_id)?;
-    match response.status {
-        101..=199 if !forks[i].early => {
-            forks[i].early = true;
-            send_cancel(worker, host, &forks[i], owner);
-            None
-        }
-        200..=299 => {
-            let mut fork = forks.swap_remove(i);
-            fork.dialog.confirm(response);
-            info!(call_id = %fork.dialog.call_id, "late answer from an offer the call gave up: ACK and BYE");
-            send_ack(
-                worker,
-                host,
-                &mut fork.dialog,
-                response.core.cseq,
-                fork.seat.peer,
-            );
-            send_bye(worker, host, &mut fork.dialog, fork.seat.peer, owner);
-            Some(fork.dialog.call_id)
-        }
-        300.. => Some(forks.swap_remove(i).dialog.call_id),
-        _ => None,
-    }
+    let out = SipOut::respond(key, req, tag, status, extra, body);
+    deliver(&ctx.shared, None, out);
 }
 
 /// After a call ends, offers it gave up on may still answer (a 200 can cross
-/// our CANCEL; a phone that never rang may ring late): for 64×T1 each is
-/// settled by [`given_up_answer`], so no agent is left talking to nobody.
-/// It reads the call's own event channel, which the forks stay bound to, so
-/// nothing that arrived as the call ended is lost.
+/// our CANCEL; a phone that never rang may ring late): for 64×T1 the call's
+/// [`Ringing`] settles each, so no agent is left talking to nobody. It reads
+/// the call's own event channel, which the forks stay bound to, so nothing
+/// that arrived as the call ended is lost.
 async fn linger(
     shared: Arc<House>,
     worker: mpsc::Sender<WorkerInput>,
-    host: String,
-    mut forks: Vec<Fork>,
+    mut ringing: Ringing,
     mut rx: crate::boxed::Receiver<CallEvent>,
     tx: crate::boxed::Sender<CallEvent>,
 ) {
-    let ids: Vec<String> = forks.iter().map(|f| f.dialog.call_id.clone()).collect();
+    let ids = ringing.abandoned_call_ids();
     let deadline = Instant::now() + Duration::from_secs(32);
-    while !forks.is_empty() {
+    while !ringing.is_settled() {
         let event = tokio::select! {
             e = rx.recv() => e,
             _ = tokio::time::sleep_until(deadline) => None,
         };
-        match event {
-            None => break,
-            Some(CallEvent::Response { response, .. }) => {
-                given_up_answer(&worker, &host, &mut forks, &response, &tx);
+        let Some(event) = event else { break };
+        if let Err(CallEvent::Request { key, request, .. }) =
+            ringing.handle(event, std::time::Instant::now())
+        {
+            answer_gone(&shared, &key, &request);
+        }
+        while let Some(out) = ringing.poll_output() {
+            // Their routes go all at once, below.
+            if let ringing::Out::Sip(out) = out {
+                deliver(&shared, Some(&tx), out);
             }
-            Some(CallEvent::Request { key, request, .. }) => answer_gone(&shared, &key, &request),
-            Some(_) => {}
         }
     }
     // Give the BYEs' answers a moment to arrive before the routes go.
@@ -595,28 +441,28 @@ async fn linger(
 /// in a dialog that is gone 481.
 fn answer_gone(shared: &House, key: &TxKey, req: &Request) {
     let status = if req.method == Method::Bye { 200 } else { 481 };
-    respond_via(shared, key, req, &random_token(), status, &[], b"");
+    let out = SipOut::respond(key, req, &random_token(), status, &[], b"");
+    deliver(shared, None, out);
 }
 
-/// The SDP offer in `req`, or a 488 with the reason in a Warning.
 /// Whether `dialog` takes the in-dialog request `req` (its CSeq in order);
 /// one it does not is answered 500 with Retry-After (RFC 3261 §12.2.2).
 fn in_order(ctx: &CallCtx, dialog: &mut Dialog, key: &TxKey, req: &Request) -> bool {
-    if dialog.accept_request(req) {
-        return true;
+    match sip_out::out_of_order(dialog, key, req) {
+        None => true,
+        Some(refusal) => {
+            deliver(&ctx.shared, None, refusal);
+            false
+        }
     }
-    let tag = dialog.local_tag.clone();
-    respond(ctx, key, req, &tag, 500, &[("Retry-After", "1")], b"");
-    false
 }
 
+/// The SDP offer in `req`, or a 488 with the reason in a Warning.
 fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<AudioOffer> {
-    match sdp::parse_audio(&req.body) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            info!(error = %e, "SDP offer refused");
-            let warning = crate::sip::warning_coded(e.warn_code(), &e.to_string());
-            respond(ctx, key, req, tag, 488, &[("Warning", &warning)], b"");
+    match sip_out::offer_in(key, req, tag) {
+        Ok(offer) => Some(offer),
+        Err(refusal) => {
+            deliver(&ctx.shared, None, *refusal);
             None
         }
     }
@@ -624,14 +470,10 @@ fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<
 
 /// 405 or 501 with the methods we do take.
 fn allow_only(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16) {
-    respond(
-        ctx,
-        key,
-        req,
-        tag,
-        status,
-        &[("Allow", crate::endpoint::ALLOW)],
-        b"",
+    deliver(
+        &ctx.shared,
+        None,
+        sip_out::allow_only(key, req, tag, status),
     );
 }
 
@@ -742,6 +584,7 @@ impl Call {
             data: cdr.peer_data.clone(),
             ..control::CallView::default()
         });
+        let ringing = Ringing::new(&ctx.shared.host);
         Call {
             ctx,
             events,
@@ -759,12 +602,14 @@ impl Call {
             a_key,
             invite,
             a_tag,
-            session_id: rand::random::<u32>() as u64,
-            codec: offer.codecs[0],
-            telephone_event: offer.telephone_event,
+            voice: Voice {
+                session_id: rand::random::<u32>() as u64,
+                codec: offer.codecs[0],
+                telephone_event: offer.telephone_event,
+            },
             a_peer,
             caller_gone: false,
-            abandoned: Vec::new(),
+            ringing,
             rang_caller: false,
             cdr,
             route: route.clone(),
@@ -781,7 +626,6 @@ impl Call {
             return_keys: None,
             returned_media: None,
             after_call_ok: false,
-            after_call_armed: false,
             after_call: None,
             consult: None,
             control,
@@ -822,7 +666,7 @@ impl Call {
                 self.bye(&mut b.dialog, b.peer);
                 return End::Refused;
             };
-            let mut a = Leg {
+            let a = Leg {
                 side: Side::A,
                 dialog,
                 peer: self.a_peer,
@@ -842,14 +686,38 @@ impl Call {
                 self.supervised = Some(rx);
                 (self.b_agent.clone(), tx)
             });
-            self.after_call_armed =
-                self.after_call_ok && ticket.is_some() && Law::from_pt(self.codec).is_some();
-            let outcome = self.bridged(&mut a, &mut b, ticket.is_some()).await;
-            self.after_call_armed = false;
+            // An agent's call whose caller stays for an after-call flow
+            // when the agent hangs up first.
+            let after_call = (self.after_call_ok
+                && ticket.is_some()
+                && Law::from_pt(self.voice.codec).is_some())
+            .then(|| self.after_call_flow())
+            .flatten();
+            let transfers = ticket.is_some();
+            let rules = bridge::Rules {
+                transfers,
+                hand_back: self.handing_off && !transfers,
+                return_keys: self.return_keys.clone(),
+                caller_stays: after_call.is_some(),
+            };
+            let host = &self.ctx.shared.host;
+            let mut bridge = Bridge::new(a, b, host, self.voice, rules, self.a_direction);
+            let outcome = self.bridged(&mut bridge, transfers).await;
             if let Some((agent, tx)) = supervision {
                 self.ctx.shared.supervision.remove(&agent, &tx);
                 self.supervised = None;
             }
+            if matches!(outcome, Bridged::Ended(_)) {
+                bridge.end_pending();
+                self.carry_out(&mut bridge).await;
+            }
+            if bridge.caller_stayed {
+                self.after_call = after_call;
+            }
+            self.a_direction = bridge.a_direction;
+            self.return_keys = bridge.return_keys().cloned();
+            let (mut a, taken_b) = bridge.into_legs();
+            b = taken_b;
             self.a_sdp_version = a.sdp_version;
             let b_call_id = b.dialog.call_id.clone();
             match outcome {
@@ -894,7 +762,7 @@ impl Call {
                 }
                 Bridged::HandBack(refer) => {
                     let tag = b.dialog.local_tag.clone();
-                    let law = Law::from_pt(self.codec);
+                    let law = Law::from_pt(self.voice.codec);
                     let media = match law {
                         Some(law) => self.unbridge(law).await,
                         None => None,
@@ -947,15 +815,6 @@ impl Call {
                     return End::Transferred;
                 }
                 Bridged::Ended(end) => {
-                    // A re-INVITE still waiting for the other leg's answer
-                    // when the call ended (a BYE crossed it, RFC 5407 §3.5)
-                    // gets its final answer now, not silence.
-                    for leg in [&mut a, &mut b] {
-                        if let Some((key, req)) = leg.pending.take() {
-                            let tag = leg.dialog.local_tag.clone();
-                            respond(&self.ctx, &key, &req, &tag, 487, &[], b"");
-                        }
-                    }
                     self.cdr.hung_up_by = match end {
                         End::AgentHungUp => "agent",
                         End::CallerHungUp => "caller",
@@ -994,7 +853,7 @@ impl Call {
         if let Some(mut t) = ticket {
             t.by = crate::acd::desk::HungUp::Agent;
         }
-        let media = match Law::from_pt(self.codec) {
+        let media = match Law::from_pt(self.voice.codec) {
             Some(law) => self.unbridge(law).await,
             None => None,
         };
@@ -1036,7 +895,7 @@ impl Call {
             shared.settings.local_now(),
             &self.invite.core.call_id,
         );
-        let codec = self.codec;
+        let codec = self.voice.codec;
         let file = path.clone();
         // Creating folders and the file is blocking I/O: off the runtime.
         let created = tokio::task::spawn_blocking(move || {
@@ -1098,22 +957,11 @@ impl Call {
     }
 
     fn contact(&self, peer: &Peer) -> String {
-        format!(
-            "<sip:yihaotong@{};transport={}>",
-            self.ctx.shared.host,
-            peer.transport.via_token().to_ascii_lowercase()
-        )
+        sip_out::contact(&self.ctx.shared.host, peer)
     }
 
     fn our_sdp(&self, media: SocketAddr, version: u64, direction: Direction) -> String {
-        sdp::write(
-            self.session_id,
-            version,
-            media,
-            &[self.codec],
-            self.telephone_event,
-            direction,
-        )
+        self.voice.sdp(media, version, direction)
     }
 
     /// A Call-ID that our own worker owns, so the agent's replies come to us.
@@ -1156,7 +1004,7 @@ impl Call {
             })
             .await;
         let sdp_offer = sdp::write(
-            self.session_id,
+            self.voice.session_id,
             1,
             self.b_addr,
             &offer.codecs,
@@ -1263,19 +1111,26 @@ impl Call {
     /// Gives up on a fork still ringing: CANCEL it, and remember its dialog
     /// so a late 2xx is ACKed and hung up.
     fn drop_fork(&mut self, fork: &mut Fork) {
-        if fork.done {
-            return;
+        self.ringing.abandon(fork);
+        self.carry_out_ringing(None);
+    }
+
+    /// Does what the ringing said, in order; offers' outcomes go to the
+    /// desk through `ticket`.
+    fn carry_out_ringing(&mut self, ticket: Option<&Ticket>) {
+        while let Some(out) = self.ringing.poll_output() {
+            match out {
+                ringing::Out::Sip(out) => self.send(out),
+                ringing::Out::Outcome { agent, outcome } => {
+                    if let Some(t) = ticket {
+                        t.result(&agent, outcome);
+                    }
+                }
+                ringing::Out::Unbind(call_id) => {
+                    let _ = self.ctx.worker.try_send(WorkerInput::Unbind { call_id });
+                }
+            }
         }
-        fork.done = true;
-        if fork.early {
-            send_cancel(
-                &self.ctx.worker,
-                &self.ctx.shared.host,
-                fork,
-                &self.ctx.events_tx,
-            );
-        }
-        self.abandoned.push(fork.clone());
     }
 
     /// Offers the call to `seats` at once (one, or every free agent under
@@ -1318,160 +1173,111 @@ impl Call {
         // whether or not the phone itself sends 180 (many answer straight away).
         self.ring_caller();
 
-        let report = |fork: &Fork, outcome: OfferOutcome| {
-            if let Some(t) = ticket {
-                t.result(&fork.seat.agent, outcome);
-            }
-        };
-        let deadline = Instant::now() + ring;
-        let outcome = loop {
-            if forks.iter().all(|f| f.done) {
-                break Offer::Next;
-            }
+        let ends = std::time::Instant::now() + ring;
+        if self.ringing.begin(forks, ends).is_some() {
+            self.carry_out_ringing(ticket);
+            return Offer::Next;
+        }
+        loop {
+            let Some(deadline) = self.ringing.poll_timeout() else {
+                return Offer::Next;
+            };
             let event = tokio::select! {
                 e = self.events.recv() => e,
-                _ = tokio::time::sleep_until(deadline) => {
-                    for fork in forks.iter_mut().filter(|f| !f.done) {
-                        info!(agent = %fork.seat.agent, "agent did not answer in time");
-                        report(fork, OfferOutcome::NoAnswer);
-                        self.drop_fork(fork);
+                _ = tokio::time::sleep_until(Instant::from_std(deadline)) => {
+                    let end = self.ringing.handle_timeout(std::time::Instant::now());
+                    self.carry_out_ringing(ticket);
+                    if end.is_some() {
+                        return Offer::Next;
                     }
-                    break Offer::Next;
+                    continue;
                 }
                 // An IVR-answered caller whose RTP stopped (dead trunk) while waiting.
                 _ = self.silent.recv(), if self.ivr.is_some() => {
                     warn!("no RTP from the waiting caller for rtp_timeout; hanging up");
-                    for fork in forks.iter_mut() {
-                        self.drop_fork(fork);
-                    }
+                    self.stop_ringing();
                     self.bye_caller();
                     self.caller_gone = true;
-                    break Offer::CallerGone;
+                    return Offer::CallerGone;
                 }
                 Some(req) = self.control.recv() => {
                     if self.consult.is_some() && req.control == control::Control::TransferCancel {
                         info!("attended transfer cancelled through the API while the target rang");
                         req.answer(Ok(serde_json::json!({ "state": "cancelled" })));
-                        for fork in forks.iter_mut() {
-                            self.drop_fork(fork);
-                        }
-                        break Offer::Next;
+                        self.stop_ringing();
+                        return Offer::Next;
                     }
                     if self.control_unbridged(req, "ringing") {
-                        for fork in forks.iter_mut() {
-                            self.drop_fork(fork);
-                        }
-                        break Offer::CallerGone;
+                        self.stop_ringing();
+                        return Offer::CallerGone;
                     }
                     continue;
                 }
             };
             let Some(event) = event else {
-                break Offer::CallerGone;
+                self.stop_ringing();
+                return Offer::CallerGone;
             };
-            match event {
-                CallEvent::Response {
-                    key: Some(k),
-                    response,
-                } if forks.iter().any(|f| f.key == *k && !f.done) => {
-                    let Some(i) = forks.iter().position(|f| f.key == *k) else {
-                        continue;
-                    };
-                    match response.status {
-                        100 => {}
-                        101..=199 => {
-                            forks[i].early = true;
-                            forks[i].dialog.confirm(&response);
-                        }
-                        200..=299 => {
-                            let mut fork = forks.swap_remove(i);
-                            fork.done = true;
-                            for other in forks.iter_mut() {
-                                self.drop_fork(other);
-                            }
+            let event = match self.ringing.handle(event, std::time::Instant::now()) {
+                Ok(end) => {
+                    self.carry_out_ringing(ticket);
+                    match end {
+                        None => continue,
+                        Some(RoundEnd::NoneTook) => return Offer::Next,
+                        Some(RoundEnd::Answered(fork, response)) => {
                             let agent = fork.seat.agent.clone();
-                            match self.answered_by(fork, &response).await {
+                            return match self.answered_by(*fork, &response).await {
                                 Some(leg) => {
                                     if let Some(t) = ticket {
                                         t.answered(&agent).await;
                                     }
-                                    break Offer::Answered(Box::new(leg));
+                                    Offer::Answered(Box::new(leg))
                                 }
                                 None => {
                                     if let Some(t) = ticket {
                                         t.result(&agent, OfferOutcome::Unreachable);
                                     }
-                                    break Offer::Next;
+                                    Offer::Next
                                 }
-                            }
-                        }
-                        status => {
-                            info!(agent = %forks[i].seat.agent, status, "agent declined");
-                            forks[i].done = true;
-                            report(&forks[i], OfferOutcome::Declined);
+                            };
                         }
                     }
                 }
-                CallEvent::Timeout { key: k } if forks.iter().any(|f| f.key == *k && !f.done) => {
-                    if let Some(fork) = forks.iter_mut().find(|f| f.key == *k) {
-                        info!(agent = %fork.seat.agent, "agent unreachable");
-                        fork.done = true;
-                        report(fork, OfferOutcome::Unreachable);
-                    }
-                }
+                Err(event) => event,
+            };
+            match event {
                 CallEvent::Request { key, request, .. }
                     if self.answered && request.core.call_id == self.invite.core.call_id =>
                 {
                     if let ivr::CallerSaid::Bye = self.caller_request(*key, request) {
                         info!("caller hung up while agents rang");
-                        for fork in forks.iter_mut() {
-                            self.drop_fork(fork);
-                        }
+                        self.stop_ringing();
                         self.caller_gone = true;
-                        break Offer::CallerGone;
+                        return Offer::CallerGone;
                     }
                 }
                 CallEvent::Cancelled => {
                     info!("caller cancelled");
-                    for fork in forks.iter_mut() {
-                        self.drop_fork(fork);
-                    }
+                    self.stop_ringing();
                     self.a_respond(487, &[], b"");
                     self.caller_gone = true;
-                    break Offer::CallerGone;
+                    return Offer::CallerGone;
                 }
                 CallEvent::AckTimeout if self.answered => {
-                    for fork in forks.iter_mut() {
-                        self.drop_fork(fork);
-                    }
+                    self.stop_ringing();
                     self.bye_caller();
                     self.caller_gone = true;
-                    break Offer::CallerGone;
+                    return Offer::CallerGone;
                 }
                 other => self.stray(other),
             }
-        };
-        // Forks that did not win stop being routed to us (late 2xx aside,
-        // which `stray` handles while the call lives).
-        for fork in &forks {
-            let answered_here = matches!(&outcome, Offer::Answered(leg) if leg.dialog.call_id == fork.dialog.call_id);
-            // Given-up forks stay bound: a late 2xx must still be ACKed and
-            // hung up (by `stray`, then by `linger` after the call).
-            let given_up = self
-                .abandoned
-                .iter()
-                .any(|f| f.dialog.call_id == fork.dialog.call_id);
-            if !answered_here && !given_up {
-                let _ = self
-                    .ctx
-                    .worker
-                    .send(WorkerInput::Unbind {
-                        call_id: fork.dialog.call_id.clone(),
-                    })
-                    .await;
-            }
         }
-        outcome
+    }
+
+    /// Stops ringing the round's seats (CANCEL where one may be sent).
+    fn stop_ringing(&mut self) {
+        self.ringing.give_up();
+        self.carry_out_ringing(None);
     }
 
     /// The caller, if not yet answered, hears ringing (once).
@@ -1538,9 +1344,9 @@ impl Call {
         // Shown talking before the caller hears the answer.
         self.show_bridge(&leg);
         if !self.answered {
-            self.codec = answer.codecs[0];
+            self.voice.codec = answer.codecs[0];
             if answer.telephone_event.is_none() {
-                self.telephone_event = None;
+                self.voice.telephone_event = None;
             }
             let body = self.our_sdp(self.a_media(), 1, answer.direction);
             let contact = self.contact(&self.a_peer);
@@ -1611,16 +1417,14 @@ impl Call {
                 respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
             }
             // From an offer we already gave up on.
-            CallEvent::Response { response, .. } => {
-                let settled = given_up_answer(
-                    &self.ctx.worker,
-                    &self.ctx.shared.host,
-                    &mut self.abandoned,
-                    &response,
-                    &self.ctx.events_tx,
-                );
-                if let Some(call_id) = settled {
-                    let _ = self.ctx.worker.try_send(WorkerInput::Unbind { call_id });
+            CallEvent::Response { key, response } => {
+                let event = CallEvent::Response { key, response };
+                if self
+                    .ringing
+                    .handle(event, std::time::Instant::now())
+                    .is_ok()
+                {
+                    self.carry_out_ringing(None);
                 }
             }
             _ => {}
@@ -1639,17 +1443,16 @@ impl Call {
     ) -> (TxKey, String, u32) {
         let body = self.our_sdp(media, version, direction);
         let contact = self.contact(&peer);
-        let (bytes, branch, cseq) = dialog.request(
-            &Method::Invite,
+        let (out, key, cseq) = SipOut::in_dialog(
             &self.ctx.shared.host,
-            peer.transport.via_token(),
-            None,
+            dialog,
+            peer,
+            Method::Invite,
             &[("Contact", &contact), ("Content-Type", "application/sdp")],
             body.as_bytes(),
         );
-        let key = TxKey::client_for(&branch, Method::Invite);
-        self.send_to_leg(dialog, peer, bytes, branch.clone(), Method::Invite);
-        (key, branch, cseq)
+        self.send(out);
+        (key.clone(), key.branch, cseq)
     }
 
     /// The worker that owns `call_id` (where its transactions live).
@@ -1657,64 +1460,34 @@ impl Call {
         &self.ctx.shared.workers[self.ctx.shared.worker_of(call_id)]
     }
 
-    fn send_to_leg(
-        &self,
-        dialog: &Dialog,
-        peer: Peer,
-        bytes: Vec<u8>,
-        branch: String,
-        method: Method,
-    ) {
-        let _ = self
-            .worker_for(&dialog.call_id)
-            .try_send(WorkerInput::Request {
-                method,
-                branch,
-                bytes: Bytes::from(bytes),
-                peer,
-                owner: self.ctx.events_tx.clone(),
-            });
+    /// Sends `out`; answers to a request come back to this call.
+    fn send(&self, out: SipOut) {
+        deliver(&self.ctx.shared, Some(&self.ctx.events_tx), out);
     }
 
     fn ack(&self, dialog: &mut Dialog, cseq: u32, peer: Peer) {
-        send_ack(
-            self.worker_for(&dialog.call_id),
-            &self.ctx.shared.host,
-            dialog,
-            cseq,
-            peer,
-        );
+        self.send(SipOut::ack(&self.ctx.shared.host, dialog, cseq, peer));
     }
 
     fn bye(&self, dialog: &mut Dialog, peer: Peer) {
-        let worker = self.worker_for(&dialog.call_id).clone();
-        send_bye(
-            &worker,
-            &self.ctx.shared.host,
-            dialog,
-            peer,
-            &self.ctx.events_tx,
-        );
+        self.send(SipOut::bye(&self.ctx.shared.host, dialog, peer));
     }
 
-    /// A key the caller pressed while with a backend: whether it completes
-    /// the backend's return keys.
-    fn return_key(&mut self, key: char) -> bool {
-        let now = std::time::Instant::now();
-        self.return_keys
-            .as_mut()
-            .is_some_and(|seq| seq.key(key, now))
-    }
-
-    async fn bridged(&mut self, a: &mut Leg, b: &mut Leg, transfers: bool) -> Bridged {
+    /// Drives the bridged phase ([`bridge`]) until it ends: the SIP
+    /// worker's events, the relay's silence and return keys go to the
+    /// machine and what it says is sent; the API, supervisors and takeovers
+    /// are heard here.
+    async fn bridged(&mut self, bridge: &mut Bridge, transfers: bool) -> Bridged {
         self.relay_cmd(RelayCmd::Watch(true)).await;
-        self.show_bridge(b);
+        self.show_bridge(&bridge.b);
         // With a backend on the far leg, the caller's return keys (RFC 4733
-        // from the relay; SIP INFO below) bring them back.
+        // from the relay; SIP INFO goes to the machine) bring them back.
         let mut return_keys = None;
-        if let (true, Some(_), Some(pt)) =
-            (self.handing_off, &self.return_keys, self.telephone_event)
-        {
+        if let (true, Some(_), Some(pt)) = (
+            self.handing_off,
+            bridge.return_keys(),
+            self.voice.telephone_event,
+        ) {
             let (tx, rx) = mpsc::channel(16);
             self.relay_cmd(RelayCmd::Keys { pt, to: tx }).await;
             return_keys = Some(rx);
@@ -1732,23 +1505,19 @@ impl Call {
                     None => std::future::pending().await,
                 }
             };
-            let event = tokio::select! {
-                e = self.events.recv() => e,
-                k = key => {
-                    match k {
-                        Some(k) if self.return_key(k) => return Bridged::HandBack(None),
-                        Some(_) => {}
-                        None => return_keys = None,
+            let input = tokio::select! {
+                e = self.events.recv() => match e {
+                    Some(event) => bridge::Input::Sip(event),
+                    None => return Bridged::Ended(End::Refused),
+                },
+                k = key => match k {
+                    Some(k) => bridge::Input::Key(k),
+                    None => {
+                        return_keys = None;
+                        continue;
                     }
-                    continue;
-                }
-                s = self.silent.recv() => {
-                    let side = s.unwrap_or(Side::A);
-                    warn!(?side, "no RTP for rtp_timeout; hanging up");
-                    self.bye(&mut a.dialog, a.peer);
-                    self.bye(&mut b.dialog, b.peer);
-                    return Bridged::Ended(End::RtpTimeout);
-                }
+                },
+                s = self.silent.recv() => bridge::Input::Silent(s.unwrap_or(Side::A)),
                 Some(req) = async {
                     match self.supervised.as_mut() {
                         Some(rx) => rx.recv().await,
@@ -1759,6 +1528,7 @@ impl Call {
                     continue;
                 }
                 Some(req) = self.control.recv() => {
+                    let (a, b) = (&mut bridge.a, &mut bridge.b);
                     if let Some(end) = Box::pin(self.control_bridged(req, a, b, transfers)).await {
                         return end;
                     }
@@ -1788,248 +1558,34 @@ impl Call {
                     }
                 }
             };
-            let Some(event) = event else {
-                return Bridged::Ended(End::Refused);
-            };
-            match event {
-                CallEvent::Request { key, request, .. } => {
-                    let from_a = request.core.call_id == a.dialog.call_id;
-                    let from_b = request.core.call_id == b.dialog.call_id;
-                    if !from_a && !from_b {
-                        self.stray(CallEvent::Request {
-                            key,
-                            request,
-                            peer: b.peer,
-                        });
-                        continue;
-                    }
-                    let hand_back = self.handing_off && !transfers;
-                    if from_a && hand_back && request.method == Method::Info {
-                        let ct = request.headers.get("content-type").unwrap_or_default();
-                        let pressed = crate::media::dtmf::info_key(ct, &request.body);
-                        if pressed.is_some_and(|k| self.return_key(k)) {
-                            let tag = a.dialog.local_tag.clone();
-                            if a.dialog.accept_request(&request) {
-                                respond(&self.ctx, &key, &request, &tag, 200, &[], b"");
-                                return Bridged::HandBack(None);
-                            }
-                        }
-                    }
-                    if from_b && (transfers || hand_back) && request.method == Method::Refer {
-                        if b.dialog.accept_request(&request) {
-                            if hand_back {
-                                return Bridged::HandBack(Some((*key, request)));
-                            }
-                            return Bridged::Refer(*key, request);
-                        }
-                        let tag = b.dialog.local_tag.clone();
-                        respond(
-                            &self.ctx,
-                            &key,
-                            &request,
-                            &tag,
-                            500,
-                            &[("Retry-After", "1")],
-                            b"",
-                        );
-                        continue;
-                    }
-                    let (this, other) = if from_a {
-                        (&mut *a, &mut *b)
-                    } else {
-                        (&mut *b, &mut *a)
-                    };
-                    if let Some(end) = self.in_dialog(*key, request, this, other).await {
-                        return Bridged::Ended(end);
-                    }
-                }
-                CallEvent::Response { key, response }
-                    if response.core.call_id != a.dialog.call_id
-                        && response.core.call_id != b.dialog.call_id =>
-                {
-                    self.stray(CallEvent::Response { key, response });
-                }
-                CallEvent::Response { key, response } => {
-                    let for_a = response.core.call_id == a.dialog.call_id;
-                    let (this, other) = if for_a {
-                        (&mut *a, &mut *b)
-                    } else {
-                        (&mut *b, &mut *a)
-                    };
-                    self.reinvite_answer(key.map(|k| *k), &response, this, other)
-                        .await;
-                }
-                CallEvent::Timeout { key } => {
-                    // A re-INVITE the other side never answered: give up on the call.
-                    let ours = [&*a, &*b]
-                        .iter()
-                        .any(|l| l.our_reinvite.as_ref().is_some_and(|(k, _)| *k == *key));
-                    if ours {
-                        warn!("re-INVITE timed out; hanging up");
-                        self.bye(&mut a.dialog, a.peer);
-                        self.bye(&mut b.dialog, b.peer);
-                        return Bridged::Ended(End::Refused);
-                    }
-                }
-                CallEvent::AckTimeout => {
-                    warn!("caller never acknowledged the answer; hanging up");
-                    self.bye(&mut a.dialog, a.peer);
-                    self.bye(&mut b.dialog, b.peer);
-                    return Bridged::Ended(End::AckTimeout);
-                }
-                CallEvent::Ack | CallEvent::Cancelled => {}
+            let exit = bridge.handle(input, std::time::Instant::now());
+            self.carry_out(bridge).await;
+            if let Some(exit) = exit {
+                return exit.into();
             }
         }
     }
 
-    /// A request inside an established dialog. Returns `Some` when the call ends.
-    async fn in_dialog(
-        &mut self,
-        key: TxKey,
-        req: Box<Request>,
-        this: &mut Leg,
-        other: &mut Leg,
-    ) -> Option<End> {
-        if !in_order(&self.ctx, &mut this.dialog, &key, &req) {
-            return None;
-        }
-        let tag = this.dialog.local_tag.clone();
-        match req.method {
-            Method::Bye => {
-                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
-                // The agent left first: the caller stays for the
-                // after-call flow (a rating), if one is to run.
-                let stays = this.side == Side::B && self.after_call_armed && {
-                    self.after_call = self.after_call_flow();
-                    self.after_call.is_some()
-                };
-                if !stays {
-                    self.bye(&mut other.dialog, other.peer);
+    /// Sends what the bridge said, in order.
+    async fn carry_out(&mut self, bridge: &mut Bridge) {
+        while let Some(out) = bridge.poll_output() {
+            match out {
+                bridge::Out::Sip(out) => self.send(out),
+                bridge::Out::Media(MediaOut::Remote(side, addr)) => {
+                    self.relay_cmd(RelayCmd::Remote(side, addr)).await
                 }
-                Some(if this.side == Side::A {
-                    End::CallerHungUp
-                } else {
-                    End::AgentHungUp
-                })
-            }
-            Method::Invite | Method::Update if !req.body.is_empty() => {
-                if this.pending.is_some()
-                    || other.our_reinvite.is_some()
-                    || this.our_reinvite.is_some()
-                {
-                    respond(&self.ctx, &key, &req, &tag, 491, &[], b"");
-                    return None;
+                bridge::Out::Media(MediaOut::Watch(on)) => {
+                    self.relay_cmd(RelayCmd::Watch(on)).await
                 }
-                let offer = offer_or_488(&self.ctx, &key, &req, &tag)?;
-                this.remote_media = offer.addr;
-                if other.side == Side::A {
-                    self.a_direction = offer.direction;
-                }
-                self.relay_cmd(RelayCmd::Remote(this.side, offer.addr))
-                    .await;
-                info!(side = ?this.side, direction = offer.direction.token(), "re-INVITE passed across");
-                other.sdp_version += 1;
-                let (invite_key, _, cseq) = self.send_invite(
-                    &mut other.dialog,
-                    other.peer,
-                    other.media,
-                    other.sdp_version,
-                    offer.direction,
-                );
-                other.our_reinvite = Some((invite_key, cseq));
-                this.pending = Some((key, req));
-                None
+                bridge::Out::Stray(event) => self.stray(event),
             }
-            Method::Invite | Method::Update => {
-                // An offerless re-INVITE/UPDATE (session refresh): answer with our current SDP.
-                self.answer_with_sdp(this, &key, &req, Direction::SendRecv);
-                None
-            }
-            Method::Info | Method::Options => {
-                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
-                None
-            }
-            // Only an agent may transfer (the caller, a backend or an
-            // outside number may not send us elsewhere).
-            Method::Refer => {
-                info!(side = ?this.side, "REFER refused: this leg may not transfer");
-                respond(&self.ctx, &key, &req, &tag, 403, &[], b"");
-                None
-            }
-            Method::Other(_) => {
-                allow_only(&self.ctx, &key, &req, &tag, 501);
-                None
-            }
-            _ => {
-                allow_only(&self.ctx, &key, &req, &tag, 405);
-                None
-            }
-        }
-    }
-
-    /// The answer to a re-INVITE we passed to `this` leg: ACK it, and answer
-    /// the leg that asked.
-    async fn reinvite_answer(
-        &mut self,
-        key: Option<TxKey>,
-        resp: &Response,
-        this: &mut Leg,
-        other: &mut Leg,
-    ) {
-        if resp.core.cseq_method != Method::Invite || resp.status < 200 {
-            return;
-        }
-        let cseq = resp.core.cseq;
-        if (200..300).contains(&resp.status) {
-            // Always ACK a 2xx, also a retransmission (its ACK may have been lost).
-            self.ack(&mut this.dialog, cseq, this.peer);
-        }
-        let Some((ours, _)) = this.our_reinvite.as_ref() else {
-            return;
-        };
-        if key.as_ref() != Some(ours) {
-            return;
-        }
-        this.our_reinvite = None;
-        let Some((pkey, preq)) = other.pending.take() else {
-            return;
-        };
-        if (200..300).contains(&resp.status) {
-            let direction = match sdp::parse_audio(&resp.body) {
-                Ok(answer) => {
-                    this.remote_media = answer.addr;
-                    self.relay_cmd(RelayCmd::Remote(this.side, answer.addr))
-                        .await;
-                    answer.direction
-                }
-                Err(_) => Direction::SendRecv,
-            };
-            self.relay_cmd(RelayCmd::Watch(!direction.is_hold())).await;
-            if other.side == Side::A {
-                self.a_direction = direction;
-            }
-            self.answer_with_sdp(other, &pkey, &preq, direction);
-        } else {
-            let tag = other.dialog.local_tag.clone();
-            respond(&self.ctx, &pkey, &preq, &tag, resp.status, &[], b"");
         }
     }
 
     /// Answers an INVITE or UPDATE in `leg`'s dialog with 200 and our SDP
     /// for that leg (its next version), in `direction`.
     fn answer_with_sdp(&self, leg: &mut Leg, key: &TxKey, req: &Request, direction: Direction) {
-        leg.sdp_version += 1;
-        let body = self.our_sdp(leg.media, leg.sdp_version, direction);
-        let contact = self.contact(&leg.peer);
-        let tag = leg.dialog.local_tag.clone();
-        respond(
-            &self.ctx,
-            key,
-            req,
-            &tag,
-            200,
-            &[("Contact", &contact), ("Content-Type", "application/sdp")],
-            body.as_bytes(),
-        );
+        let out = leg.answer(&self.ctx.shared.host, &self.voice, key, req, direction);
+        self.send(out);
     }
 }

@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, info_span, Instrument};
 
-use super::{offer_or_488, respond, send_bye, Call, CallCtx, CallEvent};
+use super::sip_out::{deliver, SipOut};
+use super::{offer_or_488, respond, Call, CallCtx, CallEvent};
 use crate::endpoint::WorkerInput;
 use crate::media::monitor::{Mixer, Mode};
 use crate::media::player::Law;
@@ -89,7 +90,8 @@ impl Call {
     /// A supervisor asks to join this (bridged) call.
     pub(super) async fn let_supervisor_in(&mut self, req: Box<MonitorReq>) {
         let req = *req;
-        let law = Law::from_pt(self.codec).filter(|_| req.offered.contains(&self.codec));
+        let law =
+            Law::from_pt(self.voice.codec).filter(|_| req.offered.contains(&self.voice.codec));
         let Some(law) = law else {
             let _ = req.reply.send(Err((
                 req.socket,
@@ -117,7 +119,7 @@ impl Call {
             .await
             .is_ok()
         {
-            let _ = req.reply.send(Ok(self.codec));
+            let _ = req.reply.send(Ok(self.voice.codec));
         }
         // If the relay is gone, the supervisor's call sees its reply
         // dropped and `ended` closed, and gives up.
@@ -263,7 +265,8 @@ pub async fn supervise(
                     },
                     _ = &mut ended_rx => {
                         info!("the supervised call ended");
-                        send_bye(&ctx.worker, &shared.host, &mut dialog, peer, &ctx.events_tx);
+                        let bye = SipOut::bye(&shared.host, &mut dialog, peer);
+                        deliver(&shared, Some(&ctx.events_tx), bye);
                         break;
                     }
                 }

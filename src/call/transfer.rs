@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::ivr::IvrMedia;
 use super::queue::Unserved;
+use super::sip_out::SipOut;
 use super::House;
 use super::{respond, Call, CallCtx, CallEvent, End, Leg, Offer};
 use crate::acd::{SeatContact, Ticket};
@@ -529,11 +530,11 @@ impl Call {
         };
         let body = format!("SIP/2.0 {status} {}\r\n", phrase(status));
         let contact = self.contact(&leg.peer);
-        let (bytes, branch, _) = leg.dialog.request(
-            &Method::Notify,
+        let (out, _, _) = SipOut::in_dialog(
             &self.ctx.shared.host,
-            leg.peer.transport.via_token(),
-            None,
+            &mut leg.dialog,
+            leg.peer,
+            Method::Notify,
             &[
                 ("Event", "refer"),
                 ("Subscription-State", state),
@@ -542,7 +543,7 @@ impl Call {
             ],
             body.as_bytes(),
         );
-        self.send_to_leg(&leg.dialog, leg.peer, bytes, branch, Method::Notify);
+        self.send(out);
     }
 
     /// The final NOTIFY of a transfer, for an agent whose REFER asked for it.
@@ -634,7 +635,7 @@ impl Call {
             self.refuse(asker, &tag, 403, &format!("flow {flow} is not loaded"));
             return After::Bridge(Box::new(b), ticket);
         }
-        if Law::from_pt(self.codec).is_none() {
+        if Law::from_pt(self.voice.codec).is_none() {
             self.refuse(asker, &tag, 488, "a flow needs PCMU or PCMA");
             return After::Bridge(Box::new(b), ticket);
         }
@@ -679,7 +680,7 @@ impl Call {
                 return After::Bridge(Box::new(b), ticket);
             }
         };
-        let Some(law) = Law::from_pt(self.codec) else {
+        let Some(law) = Law::from_pt(self.voice.codec) else {
             self.refuse(asker, &tag, 488, "transfer needs PCMU or PCMA");
             return After::Bridge(Box::new(b), ticket);
         };
@@ -935,8 +936,8 @@ impl Call {
     pub(super) fn bridge_offer(&self) -> AudioOffer {
         AudioOffer {
             addr: self.a_remote,
-            codecs: vec![self.codec],
-            telephone_event: self.telephone_event,
+            codecs: vec![self.voice.codec],
+            telephone_event: self.voice.telephone_event,
             direction: Direction::SendRecv,
         }
     }
@@ -982,7 +983,7 @@ impl Call {
                 socket: dup,
                 remote,
                 law,
-                telephone_event: self.telephone_event,
+                telephone_event: self.voice.telephone_event,
                 events: media_tx,
                 silence: Some((self.silent_tx.clone(), self.rtp_timeout())),
                 continuing: Some(released.numbering),
