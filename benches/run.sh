@@ -78,13 +78,29 @@ print(int(sys.argv[2]), int(sys.argv[2]) - ok if ok + bad < int(sys.argv[2]) els
 PY
 }
 
+# CPU time (ms, user + system) used so far by the processes whose command
+# line matches $CPU_OF (pgrep -f), and their resident memory (MiB): the cost
+# of each step is read beside its result (Kamailio's children summed).
+CPU_OF=""
+cpu_ms() {
+  local ticks=0 rss=0 pid
+  for pid in $(pgrep -f "$CPU_OF" 2>/dev/null); do
+    read -r t r < <(awk '{print $14 + $15, $24}' "/proc/$pid/stat" 2>/dev/null) || continue
+    ticks=$((ticks + ${t:-0})); rss=$((rss + ${r:-0}))
+  done
+  echo "$(( ticks * 1000 / $(getconf CLK_TCK) )) $(( rss * $(getconf PAGESIZE) / 1048576 ))"
+}
+
 # sweep NAME PORT [NUMBER] -> best passing CPS
 sweep() {
   local name=$1 port=$2 number=${3:-123450} best=0
   for cps in $CPS_STEPS; do
+    read -r cpu0 _ < <(cpu_ms)
     read -r attempted failed < <(STEP_NAME=$name run_step "$port" "$cps" -s "$number")
+    read -r cpu1 rss < <(cpu_ms)
     local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
-    printf '  %-10s %5s cps: %6s calls, %5s failed\n' "$name" "$cps" "$attempted" "$failed" >&2
+    printf '  %-10s %5s cps: %6s calls, %5s failed; %s ms CPU per call, %s MiB resident after\n' "$name" "$cps" "$attempted" "$failed" \
+      "$(python3 -c "print(f'{($cpu1 - $cpu0) / max($attempted, 1):.3f}')")" "$rss" >&2
     if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi
   done
   echo "$best"
@@ -93,6 +109,7 @@ sweep() {
 if want sipp; then
 echo "== ceiling: SIPp UAC -> SIPp UAS" >&2
 start_uas
+CPU_OF="sipp.*-p $UAS_PORT"
 CEILING=$(sweep sipp $UAS_PORT)
 fi
 
@@ -102,6 +119,7 @@ sed -e "s/__KAM_PORT__/$KAM_PORT/" -e "s/__UAS_PORT__/$UAS_PORT/" benches/kamail
 kamailio -f "$WORK/kamailio.cfg" -P "$WORK/kamailio.pid" -Y "$WORK" -m 256 -M 32 >/dev/null 2>&1
 sleep 1
 start_uas
+CPU_OF="kamailio -f $WORK"
 KAMAILIO=$(sweep kamailio $KAM_PORT)
 pkill -f "kamailio -f $WORK" 2>/dev/null; sleep 0.5
 fi
@@ -132,6 +150,7 @@ PY
 start_uas
 (cd "$WORK" && sipp -sf "$ROOT/benches/sipp/register_many.xml" -inf "$WORK/agents.csv" -set agent_port $UAS_PORT \
    -i 127.0.0.1 -p $UAC_PORT 127.0.0.1:$YHT_PORT -m "$AGENTS" -r 200 -nostdin >/dev/null 2>&1) || echo "  (some agent registrations failed)" >&2
+CPU_OF="^$BIN run"
 if want yihaotong; then YIHAOTONG=$(sweep yihaotong $YHT_PORT); fi
 echo '' > "$WORK/ivr-rtt.txt"
 if want ivr; then
