@@ -2,8 +2,10 @@
 //!
 //! Room: the ACD, sans-IO. [`Desk`] is a plain state machine: it is told
 //! what happened (a caller entered, an agent did not answer, a call ended,
-//! an agent paused, the clock reached a deadline) with the time in Unix
-//! milliseconds, and it answers with [`Output`]s (ring these agents, this
+//! an agent paused, the clock reached a deadline) with the time in
+//! milliseconds on a clock that only moves on (the actor gives it
+//! `clock::steady_ms`, and turns the times it writes down into wall time),
+//! and it answers with [`Output`]s (ring these agents, this
 //! caller leaves the line, a queue_log line, a state to persist). It touches
 //! no socket, no clock and no database, so a unit test drives every race
 //! with a fake clock. The actor in `acd/mod.rs` feeds it and carries its
@@ -155,8 +157,8 @@ struct Agent {
     members: Vec<Member>,
     /// When the current offer or call started (for RINGNOANSWER and CONNECT).
     work_since: u64,
-    /// The state last shown ([`Agent::state_name`]) and since when (Unix
-    /// ms): a wallboard's "time in state".
+    /// The state last shown ([`Agent::state_name`]) and since when (the
+    /// desk's ms): a wallboard's "time in state".
     shown: (&'static str, u64),
 }
 
@@ -419,7 +421,8 @@ pub struct AgentView {
     pub misses: u32,
     /// Queues and levels.
     pub queues: Vec<(String, u32)>,
-    /// When the agent entered `state` (Unix ms).
+    /// When the agent entered `state` (the desk's ms; Unix ms once the
+    /// actor hands the view out).
     pub since: u64,
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::now_ms;
+use crate::clock::{now_unix, steady_ms, wall_of};
 use crate::config::{QueueDef, Settings};
 use crate::sip::{Peer, TransportKind};
 use crate::store::{Presence, Rank, Store};
@@ -274,7 +274,10 @@ impl Acd {
             .iter()
             .map(|(name, def)| (name.clone(), queue_rules(settings, Some(def))));
         let mut desk = Desk::new(queues);
-        let now = now_ms();
+        // The desk's clock is steady time (its deadlines do not move when
+        // the wall clock is stepped); what it writes down is turned into
+        // wall time as it leaves (`carry_out`, `Msg::Views`).
+        let now = steady_ms();
         let mut out = Vec::new();
         for agent in store.agents().unwrap_or_default() {
             let presence = store
@@ -282,7 +285,7 @@ impl Acd {
                 .ok()
                 .flatten()
                 .unwrap_or(Presence::LoggedOut);
-            let contact = seat_contact(&store, &agent.id, now / 1000);
+            let contact = seat_contact(&store, &agent.id, now_unix());
             desk.upsert_agent(spec_of(&agent), presence, contact, false, now, &mut out);
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -462,7 +465,7 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         loop {
             let deadline = self.desk.next_deadline();
-            let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(steady_ms())));
             let msg = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => Some(m),
@@ -470,7 +473,7 @@ impl Actor {
                 },
                 _ = sleep_opt(wait) => None,
             };
-            let now = now_ms();
+            let now = steady_ms();
             let mut out = Vec::new();
             match msg {
                 None => self.desk.tick(now, &mut out),
@@ -555,7 +558,7 @@ impl Actor {
                         .ok()
                         .flatten()
                         .unwrap_or(Presence::LoggedOut);
-                    let contact = seat_contact(&self.store, &agent, now / 1000);
+                    let contact = seat_contact(&self.store, &agent, now_unix());
                     self.desk.upsert_agent(
                         spec_of(&account),
                         presence,
@@ -572,7 +575,11 @@ impl Actor {
                 let _ = reply.send(self.desk.position(call));
             }
             Msg::Views { reply } => {
-                let _ = reply.send((self.desk.agent_views(now), self.desk.queue_views(now)));
+                let mut agents = self.desk.agent_views(now);
+                for agent in &mut agents {
+                    agent.since = wall_of(agent.since);
+                }
+                let _ = reply.send((agents, self.desk.queue_views(now)));
             }
             Msg::SetQueue { name, rules } => self.desk.set_queue(&name, rules, now, out),
             Msg::RemoveQueue { name, reply } => {
@@ -601,7 +608,8 @@ impl Actor {
                         if !sent {
                             // The call is gone: its agents are free again.
                             self.calls.remove(&call);
-                            self.desk.leave(call, HungUp::Caller, now_ms(), &mut more);
+                            self.desk
+                                .leave(call, HungUp::Caller, steady_ms(), &mut more);
                         }
                     }
                     Output::Exit { call, reason } => {
@@ -609,7 +617,8 @@ impl Actor {
                             let _ = tx.send(ToCall::Exit(reason));
                         }
                     }
-                    Output::Log(line) => {
+                    Output::Log(mut line) => {
+                        line.at = wall_of(line.at);
                         tracing::info!(event = %line.event, queue = %line.queue, agent = %line.agent, call_id = %line.call_id, data = ?line.event.fields(), "queue");
                         self.records.log(line);
                     }

@@ -338,7 +338,8 @@ impl std::fmt::Display for QueueEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredLine", into = "StoredLine")]
 pub struct LogLine {
-    /// Unix milliseconds.
+    /// Unix milliseconds (the desk's own time until its actor writes the
+    /// line down).
     pub at: u64,
     /// Caller's Call-ID, or "NONE" for agent events.
     pub call_id: String,
