@@ -251,8 +251,6 @@ impl Server {
             catalog: std::sync::RwLock::new(Arc::new(catalog)),
             engine,
             drain_cut: Default::default(),
-            consults: Default::default(),
-            supervision: Default::default(),
             calls: Default::default(),
             store,
             settings,

@@ -139,9 +139,10 @@ pub(super) struct Rules {
     pub hand_back: bool,
     /// The keys that hand the caller back (`[backends.NAME] return_keys`).
     pub return_keys: Option<KeySequence>,
-    /// When the agent hangs up first, the caller stays (for an after-call
-    /// flow) instead of getting our BYE.
-    pub caller_stays: bool,
+    /// When the agent hangs up first, the caller may stay (for an
+    /// after-call flow): the driver, not the bridge, sends their BYE if no
+    /// flow is to run ([`Bridge::caller_left_up`]).
+    pub caller_may_stay: bool,
 }
 
 /// Two answered legs, talking.
@@ -159,8 +160,10 @@ pub(super) struct Bridge {
     /// The caller's direction in the last SDP they were sent (a held
     /// caller is taken off hold by whoever takes them next).
     pub a_direction: Direction,
-    /// The agent hung up and the caller stayed (see [`Rules::caller_stays`]).
-    pub caller_stayed: bool,
+    /// The agent hung up and the caller's leg was left up (see
+    /// [`Rules::caller_may_stay`]): it gets BYE unless an after-call flow
+    /// takes it.
+    pub caller_left_up: bool,
     out: VecDeque<Out>,
 }
 
@@ -181,7 +184,7 @@ impl Bridge {
             voice,
             rules,
             a_direction,
-            caller_stayed: false,
+            caller_left_up: false,
             out: VecDeque::new(),
         }
     }
@@ -364,8 +367,8 @@ impl Bridge {
                 self.send(ok);
                 // The agent left first: the caller stays for the after-call
                 // flow (a rating), if one is to run.
-                if side == Side::B && self.rules.caller_stays {
-                    self.caller_stayed = true;
+                if side == Side::B && self.rules.caller_may_stay {
+                    self.caller_left_up = true;
                 } else {
                     self.bye(other_side(side));
                 }
@@ -760,20 +763,23 @@ mod tests {
         let exit = bridge.handle(from(Side::B, "BYE", 2, "", ""), now);
         assert!(matches!(exit, Some(Exit::Ended(End::AgentHungUp))));
         assert_eq!(said(&mut bridge), [Answer(200, b()), Ask(Method::Bye, a())]);
-        assert!(!bridge.caller_stayed);
+        assert!(!bridge.caller_left_up);
 
         let mut staying = self::bridge(Rules {
-            caller_stays: true,
+            caller_may_stay: true,
             ..agent_rules()
         });
         let exit = staying.handle(from(Side::B, "BYE", 2, "", ""), now);
         assert!(matches!(exit, Some(Exit::Ended(End::AgentHungUp))));
         assert_eq!(said(&mut staying), [Answer(200, b())]);
-        assert!(staying.caller_stayed);
+        assert!(staying.caller_left_up);
+        // No after-call flow after all: the driver hangs the caller up.
+        staying.bye(Side::A);
+        assert_eq!(said(&mut staying), [Ask(Method::Bye, a())]);
         // Only the agent's BYE leaves the caller up; the caller's own
         // ends it as ever.
         let mut caller_first = self::bridge(Rules {
-            caller_stays: true,
+            caller_may_stay: true,
             ..agent_rules()
         });
         caller_first.handle(from(Side::A, "BYE", 2, "", ""), now);

@@ -7,8 +7,10 @@
 //! dropped. A control request ([`Control`]) goes to the call's own task
 //! through a small channel and is answered by that task, which alone owns
 //! the legs; the registry's lock is held only to copy a view or clone a
-//! sender, never across an await. It may touch the registry and nothing
-//! else; what a request does to the call is the call's business.
+//! sender, never across an await. The same rows carry the doors a
+//! supervisor (by agent) and an attended transfer (by Call-ID) knock on: one
+//! registry of live calls. It may touch the registry and nothing else; what
+//! a request does to the call is the call's business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -17,6 +19,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+
+use super::supervise::MonitorReq;
+use super::transfer::Takeover;
 
 /// Most call data entries a call carries from the API.
 pub(super) const MAX_DATA: usize = 16;
@@ -171,31 +176,68 @@ impl ControlReq {
     }
 }
 
+/// One live call's row: what the API shows, and the doors into the call.
 struct Entry {
     view: CallView,
+    /// The API's requests.
     control: crate::boxed::Sender<ControlReq>,
+    /// While an agent's call is bridged: the agent, and where a
+    /// supervisor's request to join goes.
+    monitor: Option<(String, mpsc::Sender<Box<MonitorReq>>)>,
+    /// A call an agent's phone placed: where the attended transfer that
+    /// replaces it (RFC 3891) asks for its far leg.
+    takeover: Option<mpsc::Sender<Takeover>>,
 }
 
-/// The live calls by their caller's Call-ID.
+/// The one registry of live calls: every call by its caller's Call-ID
+/// (for the API), with the agents whose calls are bridged (for
+/// supervisors) and the calls agents' phones placed (for attended
+/// transfers) as doors on the same rows, under one lock.
 #[derive(Default)]
 pub struct LiveCalls {
-    calls: Mutex<HashMap<String, Entry>>,
+    inner: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    calls: HashMap<String, Entry>,
+    /// Agent → the Call-ID of the bridged call a supervisor joins (the
+    /// newest, if an agent shows on two for a moment).
+    by_agent: HashMap<String, String>,
+}
+
+impl Registry {
+    /// Forgets `call_id`'s supervision door, and the agent's index to it.
+    fn close_monitor(&mut self, call_id: &str) {
+        let Some((agent, _)) = self.calls.get_mut(call_id).and_then(|e| e.monitor.take()) else {
+            return;
+        };
+        if self.by_agent.get(&agent).is_some_and(|id| id == call_id) {
+            self.by_agent.remove(&agent);
+        }
+    }
 }
 
 impl LiveCalls {
     /// A call begins; the receiver is where its requests come.
     pub fn insert(&self, view: CallView) -> crate::boxed::Receiver<ControlReq> {
         let (tx, rx) = crate::boxed::channel(4);
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(view.call_id.clone(), Entry { view, control: tx });
+        if let Ok(mut reg) = self.inner.lock() {
+            let entry = Entry {
+                view,
+                control: tx,
+                monitor: None,
+                takeover: None,
+            };
+            reg.calls.insert(entry.view.call_id.clone(), entry);
         }
         rx
     }
 
     /// Changes a call's view (a no-op for a call that is gone).
     pub fn update(&self, call_id: &str, change: impl FnOnce(&mut CallView)) {
-        if let Ok(mut calls) = self.calls.lock() {
-            if let Some(e) = calls.get_mut(call_id) {
+        if let Ok(mut reg) = self.inner.lock() {
+            if let Some(e) = reg.calls.get_mut(call_id) {
                 change(&mut e.view);
             }
         }
@@ -203,15 +245,16 @@ impl LiveCalls {
 
     /// A call ended.
     pub fn remove(&self, call_id: &str) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.remove(call_id);
+        if let Ok(mut reg) = self.inner.lock() {
+            reg.close_monitor(call_id);
+            reg.calls.remove(call_id);
         }
     }
 
     /// Every live call, oldest first.
     pub fn list(&self) -> Vec<CallView> {
-        let mut out: Vec<CallView> = match self.calls.lock() {
-            Ok(calls) => calls.values().map(|e| e.view.clone()).collect(),
+        let mut out: Vec<CallView> = match self.inner.lock() {
+            Ok(reg) => reg.calls.values().map(|e| e.view.clone()).collect(),
             Err(_) => Vec::new(),
         };
         out.sort_by(|a, b| (a.arrived, &a.call_id).cmp(&(b.arrived, &b.call_id)));
@@ -221,8 +264,8 @@ impl LiveCalls {
     /// How many live calls are in each state (no views copied).
     pub fn count_by_state(&self) -> std::collections::BTreeMap<&'static str, usize> {
         let mut counts = std::collections::BTreeMap::new();
-        if let Ok(calls) = self.calls.lock() {
-            for e in calls.values() {
+        if let Ok(reg) = self.inner.lock() {
+            for e in reg.calls.values() {
                 *counts.entry(e.view.state).or_default() += 1;
             }
         }
@@ -231,17 +274,63 @@ impl LiveCalls {
 
     /// One call.
     pub fn get(&self, call_id: &str) -> Option<CallView> {
-        Some(self.calls.lock().ok()?.get(call_id)?.view.clone())
+        Some(self.inner.lock().ok()?.calls.get(call_id)?.view.clone())
+    }
+
+    /// `call_id`'s agent `agent` is bridged: supervisors asking for the
+    /// agent reach the call through `door`.
+    pub(super) fn open_monitor(
+        &self,
+        call_id: &str,
+        agent: &str,
+        door: mpsc::Sender<Box<MonitorReq>>,
+    ) {
+        if let Ok(mut reg) = self.inner.lock() {
+            reg.close_monitor(call_id);
+            if let Some(e) = reg.calls.get_mut(call_id) {
+                e.monitor = Some((agent.to_string(), door));
+                reg.by_agent.insert(agent.to_string(), call_id.to_string());
+            }
+        }
+    }
+
+    /// `call_id` is no longer bridged to its agent.
+    pub(super) fn close_monitor(&self, call_id: &str) {
+        if let Ok(mut reg) = self.inner.lock() {
+            reg.close_monitor(call_id);
+        }
+    }
+
+    /// Where a supervisor's request to join `agent`'s bridged call goes.
+    pub(super) fn monitor_of(&self, agent: &str) -> Option<mpsc::Sender<Box<MonitorReq>>> {
+        let reg = self.inner.lock().ok()?;
+        let call_id = reg.by_agent.get(agent)?;
+        Some(reg.calls.get(call_id)?.monitor.as_ref()?.1.clone())
+    }
+
+    /// `call_id` was placed by an agent's phone: an attended transfer that
+    /// replaces it asks through `door`.
+    pub(super) fn open_takeover(&self, call_id: &str, door: mpsc::Sender<Takeover>) {
+        if let Ok(mut reg) = self.inner.lock() {
+            if let Some(e) = reg.calls.get_mut(call_id) {
+                e.takeover = Some(door);
+            }
+        }
+    }
+
+    /// Where a transfer replacing `call_id` asks for its far leg.
+    pub(super) fn takeover_of(&self, call_id: &str) -> Option<mpsc::Sender<Takeover>> {
+        self.inner.lock().ok()?.calls.get(call_id)?.takeover.clone()
     }
 
     /// Sends `control` to the call and waits for its answer: 404 when there
     /// is no such call, 409 when it cannot take the request now.
     pub async fn send(&self, call_id: &str, control: Control) -> ControlResult {
         let tx = self
-            .calls
+            .inner
             .lock()
             .ok()
-            .and_then(|c| c.get(call_id).map(|e| e.control.clone()));
+            .and_then(|reg| reg.calls.get(call_id).map(|e| e.control.clone()));
         let Some(tx) = tx else {
             return Err((404, format!("no live call {call_id:?}")));
         };

@@ -52,10 +52,6 @@ pub struct House {
     /// Set when the drain ends the calls still up: their hang-ups are the
     /// drain's (disposition `drained`).
     pub drain_cut: AtomicBool,
-    /// Calls placed by agents' phones (attended transfers replace them).
-    pub consults: super::Consults,
-    /// Agents' bridged calls, for supervisors.
-    pub supervision: super::Supervision,
     /// Every call alive now, with what it is doing, for the API's call control.
     pub calls: Arc<super::LiveCalls>,
 }

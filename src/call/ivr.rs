@@ -18,16 +18,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::queue::Unserved;
-use super::{allow_only, no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End};
+use super::{no_ports, offer_or_488, respond, Call, CallCtx, CallEvent, End};
 use crate::ivr::session::{Effect, Facts, Input, Session};
 use crate::ivr::Catalog;
-use crate::media::dtmf::info_key;
 use crate::media::engine::{MediaEvent, Stream, StreamSetup};
 use crate::media::player::Law;
 use crate::media::sdp::{AudioOffer, Direction};
 use crate::routing::Route;
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, Request};
+use crate::sip::message::Request;
 use crate::sip::transaction::TxKey;
 use crate::sip::{random_token, Peer, SipTarget};
 use crate::store::Disposition;
@@ -67,12 +66,7 @@ impl Facts for Live<'_> {
     }
 }
 
-/// What an in-dialog request from the answered caller meant.
-pub(super) enum CallerSaid {
-    Bye,
-    Key(char),
-    Nothing,
-}
+pub(super) use super::caller::CallerSaid;
 
 /// What the queue phase left for the flow.
 enum AfterQueue {
@@ -532,6 +526,8 @@ impl Call {
             });
             return CallerSaid::Nothing;
         }
+        let host = self.ctx.shared.host.clone();
+        let (voice, media, peer) = (self.voice, self.a_media(), self.a_peer);
         let Some(dialog) = self.a_dialog.as_mut() else {
             self.stray(CallEvent::Request {
                 key: Box::new(key),
@@ -540,58 +536,18 @@ impl Call {
             });
             return CallerSaid::Nothing;
         };
-        if !super::in_order(&self.ctx, dialog, &key, &req) {
-            return CallerSaid::Nothing;
+        let facing = super::caller::Facing {
+            host: &host,
+            voice: &voice,
+            media,
+            peer: &peer,
+        };
+        let heard = super::caller::hear(dialog, &key, &req, &facing);
+        self.send(heard.answer);
+        if let (Some(addr), Some(ivr)) = (heard.media_to, &self.ivr) {
+            ivr.stream.remote(addr);
         }
-        let tag = dialog.local_tag.clone();
-        match req.method {
-            Method::Bye => {
-                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
-                CallerSaid::Bye
-            }
-            Method::Info => {
-                let ct = req.headers.get("content-type").unwrap_or_default();
-                let k = info_key(ct, &req.body);
-                // 200 for a key or an empty keep-alive; 415 for a body we cannot read.
-                let status = if k.is_some() || req.body.is_empty() {
-                    200
-                } else {
-                    415
-                };
-                respond(&self.ctx, &key, &req, &tag, status, &[], b"");
-                k.map_or(CallerSaid::Nothing, CallerSaid::Key)
-            }
-            Method::Invite | Method::Update => {
-                if !req.body.is_empty() {
-                    let Some(o) = offer_or_488(&self.ctx, &key, &req, &tag) else {
-                        return CallerSaid::Nothing;
-                    };
-                    if let Some(ivr) = &self.ivr {
-                        ivr.stream.remote(o.addr);
-                    }
-                }
-                let body = self.our_sdp(self.a_media(), 2, Direction::SendRecv);
-                let contact = self.contact(&self.a_peer);
-                respond(
-                    &self.ctx,
-                    &key,
-                    &req,
-                    &tag,
-                    200,
-                    &[("Contact", &contact), ("Content-Type", "application/sdp")],
-                    body.as_bytes(),
-                );
-                CallerSaid::Nothing
-            }
-            Method::Options => {
-                respond(&self.ctx, &key, &req, &tag, 200, &[], b"");
-                CallerSaid::Nothing
-            }
-            _ => {
-                allow_only(&self.ctx, &key, &req, &tag, 405);
-                CallerSaid::Nothing
-            }
-        }
+        heard.said
     }
 
     /// Waits until `until`, answering the caller; `false` if they hung up.

@@ -18,9 +18,9 @@
 //! offer with the same direction, and the answer comes back the same way.
 //!
 //! Phases move, one at a time, into sans-IO machines that this task drives
-//! (ARCHITECTURE.md, "the call machine"): `ringing` (a round of offers and
-//! the late answers of forks given up on) and `bridge` (two answered
-//! legs). They write what they send as data (`sip_out::SipOut`) and own no
+//! (ARCHITECTURE.md, "the call machine"): `caller` (the answered caller's
+//! requests before the bridge), `ringing` (a round of offers and the late
+//! answers of forks given up on) and `bridge` (two answered legs). They write what they send as data (`sip_out::SipOut`) and own no
 //! socket, channel or timer.
 
 use std::net::SocketAddr;
@@ -35,6 +35,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 mod bridge;
 mod callback;
+mod caller;
 mod consult;
 mod control;
 mod house;
@@ -45,14 +46,13 @@ mod sip_out;
 mod supervise;
 mod transfer;
 
-pub use supervise::{parse_code as supervision_code, supervise, Supervision};
+pub use supervise::{parse_code as supervision_code, supervise};
 
 pub use callback::{originate, resume_callbacks, Originate};
 
 pub use control::{check_data, CallView, Control, ControlResult, LegView, LiveCalls, CALL_STATES};
 
 pub use house::House;
-pub use transfer::Consults;
 use transfer::Takeover;
 
 use bridge::{Bridge, Exit, Leg, MediaOut};
@@ -468,15 +468,6 @@ fn offer_or_488(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str) -> Option<
     }
 }
 
-/// 405 or 501 with the methods we do take.
-fn allow_only(ctx: &CallCtx, key: &TxKey, req: &Request, tag: &str, status: u16) {
-    deliver(
-        &ctx.shared,
-        None,
-        sip_out::allow_only(key, req, tag, status),
-    );
-}
-
 fn no_ports(ctx: &CallCtx, a_key: &TxKey, invite: &Request, a_tag: &str) {
     warn!("no RTP ports left");
     respond(
@@ -677,42 +668,48 @@ impl Call {
                 remote_media: self.a_remote,
             };
             // While an agent is on the far leg, supervisors can find the call.
-            let supervision = (ticket.is_some() && !self.b_agent.is_empty()).then(|| {
+            let supervision = ticket.is_some() && !self.b_agent.is_empty();
+            if supervision {
                 let (tx, rx) = mpsc::channel(2);
+                let call_id = &self.invite.core.call_id;
                 self.ctx
                     .shared
-                    .supervision
-                    .insert(&self.b_agent, tx.clone());
+                    .calls
+                    .open_monitor(call_id, &self.b_agent, tx);
                 self.supervised = Some(rx);
-                (self.b_agent.clone(), tx)
-            });
-            // An agent's call whose caller stays for an after-call flow
+            }
+            // An agent's call whose caller may stay for an after-call flow
             // when the agent hangs up first.
-            let after_call = (self.after_call_ok
-                && ticket.is_some()
-                && Law::from_pt(self.voice.codec).is_some())
-            .then(|| self.after_call_flow())
-            .flatten();
             let transfers = ticket.is_some();
             let rules = bridge::Rules {
                 transfers,
                 hand_back: self.handing_off && !transfers,
                 return_keys: self.return_keys.clone(),
-                caller_stays: after_call.is_some(),
+                caller_may_stay: self.after_call_ok
+                    && transfers
+                    && Law::from_pt(self.voice.codec).is_some(),
             };
             let host = &self.ctx.shared.host;
             let mut bridge = Bridge::new(a, b, host, self.voice, rules, self.a_direction);
             let outcome = self.bridged(&mut bridge, transfers).await;
-            if let Some((agent, tx)) = supervision {
-                self.ctx.shared.supervision.remove(&agent, &tx);
+            if supervision {
+                self.ctx
+                    .shared
+                    .calls
+                    .close_monitor(&self.invite.core.call_id);
                 self.supervised = None;
+            }
+            // The agent left first and the caller's leg is up: the
+            // after-call flow takes them, or they get BYE too.
+            if bridge.caller_left_up {
+                self.after_call = self.after_call_flow();
+                if self.after_call.is_none() {
+                    bridge.bye(Side::A);
+                }
             }
             if matches!(outcome, Bridged::Ended(_)) {
                 bridge.end_pending();
                 self.carry_out(&mut bridge).await;
-            }
-            if bridge.caller_stayed {
-                self.after_call = after_call;
             }
             self.a_direction = bridge.a_direction;
             self.return_keys = bridge.return_keys().cloned();

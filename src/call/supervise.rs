@@ -4,19 +4,17 @@
 //! dials `*31<agent>` (listen), `*32<agent>` (whisper: the agent hears them,
 //! the caller does not) or `*33<agent>` (barge: both hear them). Only an
 //! account marked `--supervisor` may. The agent's call, while it is bridged,
-//! is found in [`Supervision`] by the agent's ID; it gives the supervisor's
+//! is found in [`super::LiveCalls`] by the agent's ID; it gives the supervisor's
 //! socket to its relay, whose [`crate::media::monitor::Mixer`] does the
 //! mixing. The supervisor's call then only answers, and ends when either
 //! side does: the supervisor hangs up, or the agent's call ends or moves on.
 //! It may touch the registry, the agent's relay (through its call), and the
 //! supervisor's dialog.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, info_span, Instrument};
 
 use super::sip_out::{deliver, SipOut};
@@ -45,33 +43,6 @@ pub(super) struct MonitorReq {
     ended: oneshot::Sender<()>,
     /// The payload type to answer with, or the socket back and why not.
     reply: oneshot::Sender<Result<u8, (std::net::UdpSocket, &'static str)>>,
-}
-
-/// Agents' bridged calls by agent ID, while they are bridged.
-#[derive(Default)]
-pub struct Supervision {
-    calls: Mutex<HashMap<String, mpsc::Sender<Box<MonitorReq>>>>,
-}
-
-impl Supervision {
-    pub(super) fn insert(&self, agent: &str, tx: mpsc::Sender<Box<MonitorReq>>) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(agent.to_string(), tx);
-        }
-    }
-
-    /// Forgets `agent`'s entry if it is still `tx` (a newer call may have replaced it).
-    pub(super) fn remove(&self, agent: &str, tx: &mpsc::Sender<Box<MonitorReq>>) {
-        if let Ok(mut calls) = self.calls.lock() {
-            if calls.get(agent).is_some_and(|t| t.same_channel(tx)) {
-                calls.remove(agent);
-            }
-        }
-    }
-
-    fn get(&self, agent: &str) -> Option<mpsc::Sender<Box<MonitorReq>>> {
-        self.calls.lock().ok()?.get(agent).cloned()
-    }
 }
 
 /// The mode a feature code asks for (`31`, `32`, `33`), and the agent.
@@ -160,7 +131,7 @@ pub async fn supervise(
             let Some(offer) = offer_or_488(&ctx, &key, &invite, &tag) else {
                 break 'call;
             };
-            let Some(agent_call) = shared.supervision.get(&agent) else {
+            let Some(agent_call) = shared.calls.monitor_of(&agent) else {
                 refuse(480, "the agent is not on a call");
                 break 'call;
             };

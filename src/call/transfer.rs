@@ -18,11 +18,10 @@
 //!   relay.
 //!
 //! It may touch the call's legs, the desk (claims and transfer records) and
-//! the [`Consults`] registry; nothing else.
+//! its door in the registry of live calls ([`super::LiveCalls`]); nothing
+//! else.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -88,32 +87,6 @@ pub(super) struct Takeover {
     /// The agent asking (only the agent who placed the consultation may).
     pub(super) agent: String,
     pub(super) reply: oneshot::Sender<Handed>,
-}
-
-/// Calls placed by agents' phones, by Call-ID, while they run: an attended
-/// transfer finds the consultation it replaces here.
-#[derive(Default)]
-pub struct Consults {
-    calls: Mutex<HashMap<String, mpsc::Sender<Takeover>>>,
-}
-
-impl Consults {
-    fn insert(&self, call_id: &str, tx: mpsc::Sender<Takeover>) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(call_id.to_string(), tx);
-        }
-    }
-
-    /// Forgets a call (at its end).
-    pub(super) fn remove(&self, call_id: &str) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.remove(call_id);
-        }
-    }
-
-    fn get(&self, call_id: &str) -> Option<mpsc::Sender<Takeover>> {
-        self.calls.lock().ok()?.get(call_id).cloned()
-    }
 }
 
 /// Who asked for a blind transfer.
@@ -408,7 +381,7 @@ pub(super) async fn call_target(
     }
     call.keep_record();
     let (tx, rx) = mpsc::channel(1);
-    shared.consults.insert(&call_id, tx);
+    shared.calls.open_takeover(&call_id, tx);
     call.takeover = Some(rx);
     info!(agent = %agent, to = %target.label(), "agent call");
     let ring = Duration::from_secs(shared.settings.queue.ring_timeout.max(1));
@@ -424,7 +397,6 @@ pub(super) async fn call_target(
         }
         Reached::CallerGone => End::CallerCancelled,
     };
-    shared.consults.remove(&call_id);
     call.note_end(&end);
     end
 }
@@ -846,7 +818,7 @@ impl Call {
     ) -> After {
         let tag = b.dialog.local_tag.clone();
         let shared = self.ctx.shared.clone();
-        let Some(consult) = shared.consults.get(&replaces.call_id) else {
+        let Some(consult) = shared.calls.takeover_of(&replaces.call_id) else {
             info!(call_id = %replaces.call_id, "Replaces names no consultation call");
             respond(&self.ctx, &key, &req, &tag, 481, &[], b"");
             return After::Bridge(Box::new(b), ticket);
