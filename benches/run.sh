@@ -16,7 +16,7 @@
 # BENCHMARKS.md records it.
 #
 # Usage: benches/run.sh            (installs sip-tester and kamailio if missing)
-# Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400
+# Env:   CPS_STEPS="200 400 800 1200 1600 2000"  STEP_SECONDS=10  AGENTS=400  YHT_BIN (see BIN)
 #        TARGETS="sipp kamailio yihaotong ivr harness concurrency" (a subset measures less; ratios need all)
 #        CONC_STREAM_STEPS="500 1000 1500 2000 2500 3000"  CONC_BRIDGED_STEPS="250 500 750 1000 1250 1500"
 #        add "surge" (SURGE_CPS, SURGE_SECONDS) for the overload run, see below,
@@ -38,14 +38,16 @@ if want soak; then
 fi
 CEILING=0 KAMAILIO=0 YIHAOTONG=0 IVR=0
 WORK=$(mktemp -d)
-BIN=$ROOT/target/release/yihaotong
+# YHT_BIN: a yihaotong binary to measure instead of building this tree's
+# (two builds side by side: YHT_BIN=/tmp/before/yihaotong, then the tree's).
+BIN=${YHT_BIN:-$ROOT/target/release/yihaotong}
 UAS_PORT=5091 KAM_PORT=5090 YHT_PORT=5092 UAC_PORT=5093
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need sipp sip-tester
 need kamailio kamailio
-cargo build --release -q
-cleanup() { pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; pkill -f "kamailio -f $WORK" 2>/dev/null; [ -n "${YHT_PID:-}" ] && kill "$YHT_PID" 2>/dev/null; true; }
+[ -n "${YHT_BIN:-}" ] || cargo build --release -q
+cleanup() { pkill -f "sipp.*-p $UAS_PORT" 2>/dev/null; pkill -f "kamailio -f $WORK" 2>/dev/null; [ -n "${YHT_PID:-}" ] && kill "$YHT_PID" 2>/dev/null && wait "$YHT_PID" 2>/dev/null; true; }
 trap cleanup EXIT
 
 # One SIPp UAS answering everything (the agents, or the proxied callee), with
@@ -79,16 +81,18 @@ PY
 }
 
 # CPU time (ms, user + system) used so far by the processes whose command
-# line matches $CPU_OF (pgrep -f), and their resident memory (MiB): the cost
-# of each step is read beside its result (Kamailio's children summed).
+# line matches $CPU_OF (pgrep -f), and their memory (MiB, proportional set
+# size: Kamailio's children share its shared memory, which a sum of RSS
+# would count once per child): the cost of each step, read beside its result.
 CPU_OF=""
 cpu_ms() {
-  local ticks=0 rss=0 pid
+  local ticks=0 rss=0 pss=0 pid
   for pid in $(pgrep -f "$CPU_OF" 2>/dev/null); do
     read -r t r < <(awk '{print $14 + $15, $24}' "/proc/$pid/stat" 2>/dev/null) || continue
-    ticks=$((ticks + ${t:-0})); rss=$((rss + ${r:-0}))
+    read -r p < <(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null)
+    ticks=$((ticks + ${t:-0})); rss=$((rss + ${r:-0})); pss=$((pss + ${p:-0}))
   done
-  echo "$(( ticks * 1000 / $(getconf CLK_TCK) )) $(( rss * $(getconf PAGESIZE) / 1048576 ))"
+  echo "$(( ticks * 1000 / $(getconf CLK_TCK) )) $(( pss / 1024 )) MiB (PSS; RSS summed $(( rss * $(getconf PAGESIZE) / 1048576 )))"
 }
 
 # sweep NAME PORT [NUMBER] -> best passing CPS
@@ -97,10 +101,10 @@ sweep() {
   for cps in $CPS_STEPS; do
     read -r cpu0 _ < <(cpu_ms)
     read -r attempted failed < <(STEP_NAME=$name run_step "$port" "$cps" -s "$number")
-    read -r cpu1 rss < <(cpu_ms)
+    read -r cpu1 mem < <(cpu_ms)
     local permille=$(( failed * 1000 / (attempted > 0 ? attempted : 1) ))
-    printf '  %-10s %5s cps: %6s calls, %5s failed; %s ms CPU per call, %s MiB resident after\n' "$name" "$cps" "$attempted" "$failed" \
-      "$(python3 -c "print(f'{($cpu1 - $cpu0) / max($attempted, 1):.3f}')")" "$rss" >&2
+    printf '  %-10s %5s cps: %6s calls, %5s failed; %s ms CPU per call, %s after\n' "$name" "$cps" "$attempted" "$failed" \
+      "$(python3 -c "print(f'{($cpu1 - $cpu0) / max($attempted, 1):.3f}')")" "$mem" >&2
     if [ "$failed" -le $((attempted / 1000)) ]; then best=$cps; else break; fi
   done
   echo "$best"
@@ -138,6 +142,8 @@ for i in $(seq 0 $((AGENTS - 1))); do
 done > "$WORK/provision.jsonl"
 # The harness's own runs use their own number and queue, apart from the SIPp agents.
 echo '{"op":"routes_set","number":"12399","queue":"loadq","hotline":"load harness"}' >> "$WORK/provision.jsonl"
+# A server of an earlier run may still be draining: wait for its port.
+for _ in $(seq 60); do ss -Hlun "sport = :$YHT_PORT" 2>/dev/null | grep -q . || break; sleep 1; done
 RUST_LOG=warn "$BIN" run >"$WORK/yht.log" 2>&1 &
 YHT_PID=$!
 sleep 1.5
