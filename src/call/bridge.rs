@@ -32,12 +32,13 @@ use crate::media::dtmf::KeySequence;
 use crate::media::relay::Side;
 use crate::media::sdp::{self, Direction};
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, Request, Response};
+use crate::sip::message::{Echo, Method, Request, Response};
 use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
 
-/// One answered leg of the call.
-#[derive(Debug, Clone)]
+/// One answered leg of the call. Plain data: it can be written down and
+/// read back (serde), as can the whole [`Bridge`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Leg {
     pub side: Side,
     pub dialog: Dialog,
@@ -46,8 +47,9 @@ pub(super) struct Leg {
     pub media: SocketAddr,
     /// SDP version we last sent this leg.
     pub sdp_version: u64,
-    /// A re-INVITE from this leg waiting for the other leg's answer.
-    pub pending: Option<(TxKey, Box<Request>)>,
+    /// A re-INVITE from this leg waiting for the other leg's answer: its
+    /// transaction, and what answering it needs.
+    pub pending: Option<(TxKey, Echo)>,
     /// Key and CSeq of our own re-INVITE to this leg, while it is outstanding.
     pub our_reinvite: Option<(TxKey, u32)>,
     /// Where this leg's SDP says to send its RTP.
@@ -56,21 +58,21 @@ pub(super) struct Leg {
 
 impl Leg {
     /// 200 with our SDP for this leg (its next version), in `direction`,
-    /// to the INVITE or UPDATE `req` in its dialog.
+    /// to the INVITE or UPDATE in its dialog that `echo` answers.
     pub(super) fn answer(
         &mut self,
         host: &str,
         voice: &Voice,
         key: &TxKey,
-        req: &Request,
+        echo: &Echo,
         direction: Direction,
     ) -> SipOut {
         self.sdp_version += 1;
         let body = voice.sdp(self.media, self.sdp_version, direction);
         let contact = contact(host, &self.peer);
-        SipOut::respond(
+        SipOut::respond_to(
             key,
-            req,
+            echo,
             &self.dialog.local_tag,
             200,
             &[("Contact", &contact), ("Content-Type", "application/sdp")],
@@ -81,6 +83,11 @@ impl Leg {
     /// `status` to `req` in this leg's dialog.
     fn respond(&self, key: &TxKey, req: &Request, status: u16) -> SipOut {
         SipOut::respond(key, req, &self.dialog.local_tag, status, &[], b"")
+    }
+
+    /// `status` to a request of this leg's kept to be answered later.
+    fn respond_later(&self, key: &TxKey, echo: &Echo, status: u16) -> SipOut {
+        SipOut::respond_to(key, echo, &self.dialog.local_tag, status, &[], b"")
     }
 }
 
@@ -130,7 +137,7 @@ pub(super) enum Exit {
 }
 
 /// What the far leg may do, fixed when the bridge starts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Rules {
     /// The far leg is an agent's: its REFER transfers the caller.
     pub transfers: bool,
@@ -146,7 +153,7 @@ pub(super) struct Rules {
 }
 
 /// Two answered legs, talking.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Bridge {
     /// The caller's leg.
     pub a: Leg,
@@ -164,6 +171,8 @@ pub(super) struct Bridge {
     /// [`Rules::caller_may_stay`]): it gets BYE unless an after-call flow
     /// takes it.
     pub caller_left_up: bool,
+    /// What to send: carried out before the bridge is written down.
+    #[serde(skip)]
     out: VecDeque<Out>,
 }
 
@@ -238,8 +247,9 @@ impl Bridge {
     /// not silence.
     pub(super) fn end_pending(&mut self) {
         for leg in [&mut self.a, &mut self.b] {
-            if let Some((key, req)) = leg.pending.take() {
-                self.out.push_back(Out::Sip(leg.respond(&key, &req, 487)));
+            if let Some((key, echo)) = leg.pending.take() {
+                let answer = leg.respond_later(&key, &echo, 487);
+                self.out.push_back(Out::Sip(answer));
             }
         }
     }
@@ -386,7 +396,7 @@ impl Bridge {
                 // with our current SDP.
                 let (host, voice) = (self.host.clone(), self.voice);
                 let (this, _) = self.legs(side);
-                let answer = this.answer(&host, &voice, &key, &req, Direction::SendRecv);
+                let answer = this.answer(&host, &voice, &key, &req.echo(), Direction::SendRecv);
                 self.send(answer);
                 None
             }
@@ -448,7 +458,7 @@ impl Bridge {
             body.as_bytes(),
         );
         other.our_reinvite = Some((invite_key, cseq));
-        this.pending = Some((key, req));
+        this.pending = Some((key, req.echo()));
         if side == Side::B {
             self.a_direction = offer.direction;
         }
@@ -480,14 +490,14 @@ impl Bridge {
             this.our_reinvite = None;
         }
         let answered = if ours { other.pending.take() } else { None };
-        let Some((pkey, preq)) = answered else {
+        let Some((pkey, pecho)) = answered else {
             if let Some(ack) = ack {
                 self.send(ack);
             }
             return;
         };
         if !(200..300).contains(&resp.status) {
-            let refusal = other.respond(&pkey, &preq, resp.status);
+            let refusal = other.respond_later(&pkey, &pecho, resp.status);
             self.send(refusal);
             return;
         }
@@ -498,7 +508,7 @@ impl Bridge {
             }
             Err(_) => (Direction::SendRecv, None),
         };
-        let answer = other.answer(&host, &voice, &pkey, &preq, direction);
+        let answer = other.answer(&host, &voice, &pkey, &pecho, direction);
         let other_side = other.side;
         if let Some(ack) = ack {
             self.send(ack);
@@ -1085,6 +1095,67 @@ mod tests {
             ]
         );
         assert_eq!(bridge.a.sdp_version, 2, "a refresh is a new version");
+    }
+
+    #[test]
+    fn a_bridge_written_down_and_read_back_goes_on_where_it_was() {
+        let start = Instant::now();
+        let mut bridge = bridge(Rules {
+            hand_back: true,
+            return_keys: KeySequence::new("*0", Duration::from_secs(3)),
+            ..Rules::default()
+        });
+        // Mid-hold: the far leg's offer waits for the caller's answer, and
+        // the caller has pressed the first return key.
+        bridge.handle(reinvite(Side::B, 2, Direction::SendOnly), start);
+        let (ours, key) = sent_request(&mut bridge);
+        assert!(bridge.handle(Input::Key('*'), start).is_none());
+        let written = serde_json::to_string(&bridge).expect("the bridge is data");
+        let mut read: Bridge = serde_json::from_str(&written).expect("and reads back");
+        assert_eq!(read.a.dialog, bridge.a.dialog);
+        assert_eq!(read.b.pending, bridge.b.pending);
+        assert_eq!(read.a.our_reinvite, bridge.a.our_reinvite);
+
+        // The caller's answer reaches the bridge read back: the far leg's
+        // re-INVITE gets its 200 with our SDP, from the kept values.
+        let answer = sdp_body(4004, Direction::RecvOnly);
+        read.handle(answer_to(&ours, Some(&key), 200, &answer), start);
+        let mut answered = None;
+        while let Some(out) = read.poll_output() {
+            if let Out::Sip(SipOut::Respond { bytes, .. }) = out {
+                answered = Some(message(&bytes));
+            }
+        }
+        let Some(Message::Response(r)) = answered else {
+            panic!("the kept re-INVITE was not answered")
+        };
+        assert_eq!((r.status, r.core.call_id.as_str()), (200, B_CALL));
+        assert_eq!(r.core.cseq, 2);
+        assert_eq!(r.core.to.tag.as_deref(), Some("b"));
+        // The first return key was pressed before: the second completes
+        // them (the first one's instant is not written down, so no gap is
+        // held against it).
+        assert!(matches!(
+            read.handle(Input::Key('0'), start + Duration::from_secs(10)),
+            Some(Exit::HandBack(None))
+        ));
+        // And the next request in each dialog follows the last CSeq.
+        read.hang_up_both(End::ApiHangup);
+        let byes: Vec<Request> = std::iter::from_fn(|| read.poll_output())
+            .filter_map(|out| match out {
+                Out::Sip(SipOut::Request { bytes, .. }) => match message(&bytes) {
+                    Message::Request(r) => Some(r),
+                    Message::Response(_) => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(byes.len(), 2);
+        assert_eq!(
+            byes[0].core.cseq,
+            ours.core.cseq + 1,
+            "the caller's dialog goes on"
+        );
     }
 
     #[test]

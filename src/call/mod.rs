@@ -1582,7 +1582,8 @@ impl Call {
     /// Answers an INVITE or UPDATE in `leg`'s dialog with 200 and our SDP
     /// for that leg (its next version), in `direction`.
     fn answer_with_sdp(&self, leg: &mut Leg, key: &TxKey, req: &Request, direction: Direction) {
-        let out = leg.answer(&self.ctx.shared.host, &self.voice, key, req, direction);
+        let echo = req.echo();
+        let out = leg.answer(&self.ctx.shared.host, &self.voice, key, &echo, direction);
         self.send(out);
     }
 }

@@ -15,7 +15,7 @@ use super::House;
 use crate::endpoint::{CallEvent, WorkerInput};
 use crate::media::sdp::{self, Direction};
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, Request};
+use crate::sip::message::{Echo, Method, Request};
 use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
 
@@ -72,6 +72,24 @@ impl SipOut {
             key: key.clone(),
             status,
             bytes: Bytes::from(req.response(status, Some(tag), extra, body)),
+        }
+    }
+
+    /// `status` to the request whose answering values `echo` holds (kept
+    /// to be answered later), on its transaction `key`.
+    pub(super) fn respond_to(
+        key: &TxKey,
+        echo: &Echo,
+        tag: &str,
+        status: u16,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> SipOut {
+        SipOut::Respond {
+            call_id: echo.call_id.clone(),
+            key: key.clone(),
+            status,
+            bytes: Bytes::from(echo.response(status, Some(tag), extra, body)),
         }
     }
 
@@ -171,7 +189,7 @@ pub(super) fn deliver(house: &House, owner: Option<&crate::boxed::Sender<CallEve
 
 /// What our SDP says on every leg of one call: its session, and the codec
 /// both legs use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Voice {
     /// `o=` session id.
     pub session_id: u64,

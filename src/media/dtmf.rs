@@ -93,10 +93,13 @@ impl EventReceiver {
 /// within `gap` of the one before; any other key starts over (and may begin
 /// the sequence itself). Time comes from the caller, so it runs on a fake
 /// clock in tests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeySequence {
     want: Vec<char>,
     matched: usize,
+    /// When the last key came (an instant is this process's own: written
+    /// down, it is left out, and the next key starts the gap afresh).
+    #[serde(skip)]
     last: Option<std::time::Instant>,
     gap: std::time::Duration,
 }

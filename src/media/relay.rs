@@ -97,7 +97,7 @@ impl Rewriter {
 }
 
 /// Which side of the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Side {
     /// The caller (trunk) side.
     A,

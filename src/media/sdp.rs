@@ -17,7 +17,7 @@ pub const MAX_SDP_BYTES: usize = 8 * 1024;
 pub const MAX_SDP_LINES: usize = 256;
 
 /// Stream direction (RFC 3264 §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     /// sendrecv (the default)
     SendRecv,

@@ -10,7 +10,7 @@ use super::message::{Method, OutgoingRequest, Request, Response};
 use super::{new_branch, random_token};
 
 /// One dialog, from our side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dialog {
     /// Call-ID.
     pub call_id: String,

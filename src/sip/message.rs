@@ -28,7 +28,7 @@ pub const MAX_HEADERS: usize = 128;
 pub const MAX_VIAS: usize = 70;
 
 /// A SIP method. Unknown methods are kept by name so they can get a 501.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Method {
     /// INVITE
     Invite,
@@ -608,7 +608,7 @@ pub struct Rejection {
 }
 
 /// Raw header values of a refused request, enough to build a stateless answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Echo {
     /// Via values in order.
     pub vias: Vec<String>,
@@ -620,6 +620,21 @@ pub struct Echo {
     pub call_id: String,
     /// CSeq value.
     pub cseq: String,
+}
+
+impl Echo {
+    /// A response to the request these values came from, serialized: one
+    /// kept to be answered later (a re-INVITE waiting for the other leg)
+    /// needs only them.
+    pub fn response(
+        &self,
+        status: u16,
+        to_tag: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Vec<u8> {
+        write_response(self, status, None, to_tag, extra, body)
+    }
 }
 
 /// Where the header section ends and how long the whole message is, for
@@ -1172,7 +1187,7 @@ impl Request {
         extra: &[(&str, &str)],
         body: &[u8],
     ) -> Vec<u8> {
-        write_response(&self.echo(), status, None, to_tag, extra, body)
+        self.echo().response(status, to_tag, extra, body)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod transport;
 use std::net::SocketAddr;
 
 /// The transport a message came in on, or must leave by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TransportKind {
     /// UDP: unreliable, retransmissions needed.
     Udp,
@@ -33,7 +33,7 @@ impl TransportKind {
 
 /// The far end of a message: address, transport and, for TCP, which
 /// connection (responses go back on the connection a request came in on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     /// Source address of what we received, or destination of what we send.
     pub addr: SocketAddr,

@@ -126,7 +126,7 @@ impl Arms {
 }
 
 /// Which side of the transaction we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// We sent the request.
     Client,
@@ -135,7 +135,7 @@ pub enum Role {
 }
 
 /// Transaction key (RFC 3261 §17.1.3, §17.2.3). ACK shares the INVITE's key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TxKey {
     /// Client or server side.
     pub role: Role,
