@@ -67,12 +67,7 @@ impl SipOut {
         extra: &[(&str, &str)],
         body: &[u8],
     ) -> SipOut {
-        SipOut::Respond {
-            call_id: req.core.call_id.clone(),
-            key: key.clone(),
-            status,
-            bytes: Bytes::from(req.response(status, Some(tag), extra, body)),
-        }
+        SipOut::respond_to(key, &req.echo(), tag, status, extra, body)
     }
 
     /// `status` to the request whose answering values `echo` holds (kept
