@@ -20,8 +20,9 @@
 //! Phases move, one at a time, into sans-IO machines that this task drives
 //! (ARCHITECTURE.md, "the call machine"): `caller` (the answered caller's
 //! requests before the bridge), `ringing` (a round of offers and the late
-//! answers of forks given up on) and `bridge` (two answered legs). They write what they send as data (`sip_out::SipOut`) and own no
-//! socket, channel or timer.
+//! answers of forks given up on) and `bridge` (two answered legs). They
+//! write what they send as data (`sip_out::SipOut`) and own no socket,
+//! channel or timer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -417,9 +418,7 @@ async fn linger(
             _ = tokio::time::sleep_until(deadline) => None,
         };
         let Some(event) = event else { break };
-        if let Err(CallEvent::Request { key, request, .. }) =
-            ringing.handle(event, std::time::Instant::now())
-        {
+        if let Err(CallEvent::Request { key, request, .. }) = ringing.handle(event) {
             answer_gone(&shared, &key, &request);
         }
         while let Some(out) = ringing.poll_output() {
@@ -1215,7 +1214,7 @@ impl Call {
                 self.stop_ringing();
                 return Offer::CallerGone;
             };
-            let event = match self.ringing.handle(event, std::time::Instant::now()) {
+            let event = match self.ringing.handle(event) {
                 Ok(end) => {
                     self.carry_out_ringing(ticket);
                     match end {
@@ -1413,16 +1412,10 @@ impl Call {
                 };
                 respond(&self.ctx, &key, &request, &random_token(), status, &[], b"");
             }
-            // From an offer we already gave up on.
-            CallEvent::Response { key, response } => {
-                let event = CallEvent::Response { key, response };
-                if self
-                    .ringing
-                    .handle(event, std::time::Instant::now())
-                    .is_ok()
-                {
-                    self.carry_out_ringing(None);
-                }
+            // From an offer we already gave up on (anything else is nobody's).
+            response @ CallEvent::Response { .. } => {
+                let _ = self.ringing.handle(response);
+                self.carry_out_ringing(None);
             }
             _ => {}
         }

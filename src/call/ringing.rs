@@ -173,13 +173,7 @@ impl Ringing {
         if !due {
             return None;
         }
-        let mut forks = std::mem::take(&mut self.live);
-        for fork in forks.iter_mut().filter(|f| !f.done) {
-            info!(agent = %fork.seat.agent, "agent did not answer in time");
-            self.outcome(fork, OfferOutcome::NoAnswer);
-            self.abandon(fork);
-        }
-        self.live = forks;
+        self.abandon_round(Some(OfferOutcome::NoAnswer));
         Some(self.end_round(None))
     }
 
@@ -187,12 +181,22 @@ impl Ringing {
     /// was cancelled): each fork still ringing is given up, and the round
     /// ends. The desk hears no outcome: the seats did nothing wrong.
     pub(super) fn give_up(&mut self) {
+        self.abandon_round(None);
+        self.end_round(None);
+    }
+
+    /// Gives up on every fork of the round still ringing; the desk hears
+    /// `told` for each, if anything (the ring time ran out).
+    fn abandon_round(&mut self, told: Option<OfferOutcome>) {
         let mut forks = std::mem::take(&mut self.live);
-        for fork in forks.iter_mut() {
+        for fork in forks.iter_mut().filter(|f| !f.done) {
+            if let Some(outcome) = told {
+                info!(agent = %fork.seat.agent, "agent did not answer in time");
+                self.outcome(fork, outcome);
+            }
             self.abandon(fork);
         }
         self.live = forks;
-        self.end_round(None);
     }
 
     /// Gives up on one fork still ringing: CANCEL it if it may be, and
@@ -211,11 +215,7 @@ impl Ringing {
     /// One of the worker's events at `now`: `Ok` when it was the
     /// ringing's (with the round's end, if this ended it), `Err` with the
     /// event when it is not.
-    pub(super) fn handle(
-        &mut self,
-        event: CallEvent,
-        _now: Instant,
-    ) -> Result<Option<RoundEnd>, CallEvent> {
+    pub(super) fn handle(&mut self, event: CallEvent) -> Result<Option<RoundEnd>, CallEvent> {
         match event {
             CallEvent::Response {
                 key: Some(key),
@@ -256,11 +256,7 @@ impl Ringing {
             200..=299 => {
                 let mut winner = self.live.swap_remove(i);
                 winner.done = true;
-                let mut others = std::mem::take(&mut self.live);
-                for other in others.iter_mut() {
-                    self.abandon(other);
-                }
-                self.live = others;
+                self.abandon_round(None);
                 Some(self.end_round(Some((winner, response))))
             }
             status => {
@@ -456,9 +452,9 @@ mod tests {
             answer(&f1, &inv1, 180, false),
             answer(&f2, &inv2, 100, false),
         ] {
-            assert!(matches!(ringing.handle(event, now), Ok(None)));
+            assert!(matches!(ringing.handle(event), Ok(None)));
         }
-        let end = ringing.handle(answer(&f3, &inv3, 200, false), now);
+        let end = ringing.handle(answer(&f3, &inv3, 200, false));
         let Ok(Some(RoundEnd::Answered(winner, response))) = end else {
             panic!("the 2xx did not win: {end:?}")
         };
@@ -471,9 +467,9 @@ mod tests {
 
         // 1002 rings after all: its CANCEL goes now. Then it answers anyway
         // (the 200 crossed the CANCEL): ACK and BYE, and it is settled.
-        assert!(ringing.handle(answer(&f2, &inv2, 180, true), now).is_ok());
+        assert!(ringing.handle(answer(&f2, &inv2, 180, true)).is_ok());
         assert_eq!(did(&mut ringing), [Asked(Method::Cancel, id("1002"))]);
-        assert!(ringing.handle(answer(&f2, &inv2, 200, true), now).is_ok());
+        assert!(ringing.handle(answer(&f2, &inv2, 200, true)).is_ok());
         assert_eq!(
             did(&mut ringing),
             [
@@ -483,7 +479,7 @@ mod tests {
             ]
         );
         // 1001 takes its CANCEL: 487 settles it.
-        assert!(ringing.handle(answer(&f1, &inv1, 487, true), now).is_ok());
+        assert!(ringing.handle(answer(&f1, &inv1, 487, true)).is_ok());
         assert_eq!(did(&mut ringing), [Did::Unbound(id("1001"))]);
         assert!(ringing.is_settled());
     }
@@ -494,10 +490,10 @@ mod tests {
         let (f, inv) = fork("1001", 5081);
         let mut ringing = Ringing::new(HOST);
         ringing.begin(vec![f.clone()], now + Duration::from_secs(15));
-        assert!(ringing.handle(answer(&f, &inv, 180, false), now).is_ok());
+        assert!(ringing.handle(answer(&f, &inv, 180, false)).is_ok());
         // The caller's CANCEL is the call's business; the call gives up.
         assert!(matches!(
-            ringing.handle(CallEvent::Cancelled, now),
+            ringing.handle(CallEvent::Cancelled),
             Err(CallEvent::Cancelled)
         ));
         ringing.give_up();
@@ -506,7 +502,7 @@ mod tests {
         // The agent's 200 crossed our CANCEL: the agent is not left talking
         // to nobody. No outcome for the desk: the seat did nothing wrong.
         assert!(matches!(
-            ringing.handle(answer(&f, &inv, 200, false), now),
+            ringing.handle(answer(&f, &inv, 200, false)),
             Ok(None)
         ));
         assert_eq!(
@@ -519,7 +515,7 @@ mod tests {
         );
         assert!(ringing.is_settled());
         // Its 200 again (our ACK lost) is nobody's now.
-        assert!(ringing.handle(answer(&f, &inv, 200, true), now).is_err());
+        assert!(ringing.handle(answer(&f, &inv, 200, true)).is_err());
     }
 
     #[test]
@@ -530,7 +526,7 @@ mod tests {
         let (f2, _) = fork("1002", 5082);
         let mut ringing = Ringing::new(HOST);
         ringing.begin(vec![f1.clone(), f2], start + ring);
-        ringing.handle(answer(&f1, &inv1, 183, false), start).ok();
+        ringing.handle(answer(&f1, &inv1, 183, false)).ok();
         assert_eq!(ringing.poll_timeout(), Some(start + ring));
         // Not yet.
         assert!(ringing
@@ -558,14 +554,14 @@ mod tests {
         let mut ringing = Ringing::new(HOST);
         ringing.begin(vec![f1.clone(), f2.clone()], now + Duration::from_secs(15));
         assert!(matches!(
-            ringing.handle(answer(&f1, &inv1, 486, false), now),
+            ringing.handle(answer(&f1, &inv1, 486, false)),
             Ok(None)
         ));
         let timeout = CallEvent::Timeout {
             key: Box::new(f2.key.clone()),
         };
         assert!(matches!(
-            ringing.handle(timeout, now),
+            ringing.handle(timeout),
             Ok(Some(RoundEnd::NoneTook))
         ));
         assert_eq!(
@@ -595,13 +591,13 @@ mod tests {
         let mut ringing = Ringing::new(HOST);
         ringing.begin(vec![f.clone()], now + Duration::from_secs(15));
         assert!(ringing
-            .handle(answer(&other, &other_inv, 200, false), now)
+            .handle(answer(&other, &other_inv, 200, false))
             .is_err());
-        assert!(ringing.handle(CallEvent::AckTimeout, now).is_err());
+        assert!(ringing.handle(CallEvent::AckTimeout).is_err());
         let stray_timeout = CallEvent::Timeout {
             key: Box::new(other.key.clone()),
         };
-        assert!(ringing.handle(stray_timeout, now).is_err());
+        assert!(ringing.handle(stray_timeout).is_err());
         // A response to our BYE or CANCEL is not an offer's answer.
         let cancel_ok = {
             let bytes = inv
@@ -620,7 +616,7 @@ mod tests {
             }
         };
         ringing.give_up();
-        assert!(ringing.handle(cancel_ok, now).is_err());
+        assert!(ringing.handle(cancel_ok).is_err());
         assert!(
             did(&mut ringing).is_empty(),
             "nothing rang, nothing to cancel"
